@@ -1,0 +1,409 @@
+//! The command line: clap definitions and one function per verb.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::discovery::{default_run_dir, RunDir};
+use crate::launch::{self, Accel, LaunchOptions, Machine};
+use crate::ram::{sha256_hex, DEFAULT_ATTEMPTS};
+use crate::size::{parse_number, parse_size};
+use crate::vm::Vm;
+
+type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Look inside running QEMU virtual machines: their RAM as files and as a library.
+#[derive(Debug, Parser)]
+#[command(name = "qemu-bridge", version, about)]
+pub struct Cli {
+    /// The verb.
+    #[command(subcommand)]
+    pub command: Verb,
+}
+
+/// Options every verb takes.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Directory of the VMs' QMP sockets [default: $QEMU_BRIDGE_RUN_DIR, /run/qemu-bridge for
+    /// root, else $XDG_RUNTIME_DIR/qemu-bridge]
+    #[arg(long, value_name = "DIR", global = true)]
+    pub run_dir: Option<PathBuf>,
+}
+
+impl Common {
+    fn run_dir(&self) -> RunDir {
+        RunDir::new(self.run_dir.clone().unwrap_or_else(default_run_dir))
+    }
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Start a daemonized QEMU whose RAM qemu-bridge can read
+    Launch(LaunchArgs),
+    /// Quit a VM through QMP and remove its RAM file and socket
+    Stop(NameArgs),
+    /// List the VMs of the run directory with state, RAM size and RAM file
+    List(ListArgs),
+    /// Print a VM's live run state
+    Status(NameArgs),
+    /// Pause a VM's vCPUs (QMP stop)
+    Pause(NameArgs),
+    /// Resume a paused VM (QMP cont)
+    Resume(NameArgs),
+    /// Reset a VM (QMP system_reset)
+    Reset(NameArgs),
+    /// Read guest-physical memory: a hex dump, or raw bytes with --raw
+    Read(ReadArgs),
+    /// Write a VM's whole RAM to a file and print its checksum and consistency verdict
+    Snapshot(SnapshotArgs),
+    /// Mount the FUSE file system: one directory per VM
+    Mount(crate::fs::MountArgs),
+    /// Unmount a qemu-bridge mount
+    Umount(UmountArgs),
+}
+
+/// A VM name.
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    /// The VM's name (its socket's file stem)
+    pub name: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// `launch`.
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// Name of the new VM
+    pub name: String,
+    /// Guest RAM, e.g. 64M, 1G (a bare number is MiB, as in QEMU)
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub memory: u64,
+    /// Machine type
+    #[arg(long, value_enum, default_value_t = Machine::Q35)]
+    pub machine: Machine,
+    /// Accelerator. TCG is the default because it works everywhere, including hosts where
+    /// /dev/kvm exists but guests hang under it; pass kvm where KVM really works
+    #[arg(long, value_enum, default_value_t = Accel::Tcg)]
+    pub accel: Accel,
+    /// Linux kernel to boot
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line
+    #[arg(long)]
+    pub append: Option<String>,
+    /// Raw disk image to boot from
+    #[arg(long)]
+    pub drive: Option<PathBuf>,
+    /// Run QEMU as this user (when started by root)
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Seconds to wait for QMP to answer
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+    /// Extra QEMU arguments, after --
+    #[arg(last = true)]
+    pub qemu_args: Vec<String>,
+}
+
+/// `list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// One JSON array instead of a table
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// `read`.
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// The VM's name
+    pub name: String,
+    /// Guest-physical address (decimal or 0x hex)
+    #[arg(value_parser = parse_number)]
+    pub addr: u64,
+    /// Number of bytes (decimal or 0x hex, at most 1 GiB)
+    #[arg(value_parser = parse_number)]
+    pub len: u64,
+    /// Write raw bytes to stdout instead of a hex dump
+    #[arg(long)]
+    pub raw: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// `snapshot`.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The VM's name
+    pub name: String,
+    /// Output file (written to a temporary name, then renamed: never left half-written)
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Verify the copy against live memory and re-copy changed pages
+    #[arg(long, conflicts_with = "pause")]
+    pub consistent: bool,
+    /// Pause the VM during the copy for an exact image (resumed only if it was running)
+    #[arg(long)]
+    pub pause: bool,
+    /// Copy attempts for --consistent
+    #[arg(long, default_value_t = DEFAULT_ATTEMPTS)]
+    pub attempts: u32,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// `umount`.
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    /// The mount point
+    pub mountpoint: PathBuf,
+}
+
+/// Runs the parsed command line.
+///
+/// # Errors
+///
+/// Whatever the verb failed with.
+pub fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Verb::Launch(args) => launch_verb(args),
+        Verb::Stop(args) => {
+            let stopped = launch::stop(&args.common.run_dir(), &args.name)?;
+            let how = if stopped.graceful { "quit" } else { "killed" };
+            println!("{} {how}; removed {} files", args.name, stopped.removed.len());
+            Ok(())
+        }
+        Verb::List(args) => list_verb(args),
+        Verb::Status(args) => {
+            let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
+            println!("{}", vm.status()?.status);
+            Ok(())
+        }
+        Verb::Pause(args) => lifecycle(&args, |qmp| qmp.stop()),
+        Verb::Resume(args) => lifecycle(&args, |qmp| qmp.cont()),
+        Verb::Reset(args) => lifecycle(&args, |qmp| qmp.system_reset()),
+        Verb::Read(args) => read_verb(args),
+        Verb::Snapshot(args) => snapshot_verb(args),
+        Verb::Mount(args) => crate::fs::mount_verb(args),
+        Verb::Umount(args) => crate::fs::umount(&args.mountpoint).map_err(Into::into),
+    }
+}
+
+fn lifecycle(
+    args: &NameArgs,
+    act: impl FnOnce(
+        &mut crate::qmp::QmpClient<std::os::unix::net::UnixStream>,
+    ) -> Result<(), crate::qmp::QmpError>,
+) -> CliResult {
+    let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
+    let status = vm.with_qmp(|qmp| {
+        act(qmp)?;
+        qmp.query_status()
+    })?;
+    println!("{}", status.status);
+    Ok(())
+}
+
+fn launch_verb(args: LaunchArgs) -> CliResult {
+    let mut options = LaunchOptions::new(&args.name, args.common.run_dir());
+    options.memory = args.memory;
+    options.machine = args.machine;
+    options.accel = args.accel;
+    options.kernel = args.kernel;
+    options.initrd = args.initrd;
+    options.append = args.append;
+    options.drive = args.drive;
+    options.user = args.user;
+    options.extra_args = args.qemu_args;
+    options.timeout = Duration::from_secs(args.timeout);
+    let vm = launch::launch(&options)?;
+    println!(
+        "launched {} (pid {}) in {:.2} s\n  qmp:    {}\n  ram:    {}\n  serial: {}",
+        vm.name,
+        vm.pid,
+        vm.startup.as_secs_f64(),
+        vm.socket.display(),
+        vm.ram_path.display(),
+        vm.serial.display()
+    );
+    Ok(())
+}
+
+fn list_verb(args: ListArgs) -> CliResult {
+    let run_dir = args.common.run_dir();
+    let mut rows = Vec::new();
+    for name in run_dir.vm_names()? {
+        let vm = Vm::new(&run_dir, &name)?;
+        rows.push(match vm.info() {
+            Ok(info) => serde_json::json!({
+                "name": name,
+                "state": info.status.as_str(),
+                "ram_size": info.ram_size,
+                "ram_path": info.ram_path,
+                "machine": info.machine,
+            }),
+            Err(err) => serde_json::json!({
+                "name": name,
+                "state": "unreachable",
+                "error": error_chain(&err),
+            }),
+        });
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(());
+    }
+    writeln!(out, "{:<20} {:<14} {:>10}  RAM FILE", "NAME", "STATE", "RAM")?;
+    for row in rows {
+        let size = row["ram_size"].as_u64().map_or_else(|| "-".to_string(), |s| format!("{}M", s >> 20));
+        let detail = row["ram_path"].as_str().or(row["error"].as_str()).unwrap_or("-");
+        writeln!(
+            out,
+            "{:<20} {:<14} {size:>10}  {detail}",
+            row["name"].as_str().unwrap_or(""),
+            row["state"].as_str().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}
+
+fn read_verb(args: ReadArgs) -> CliResult {
+    if args.len > 1 << 30 {
+        return Err(format!("length {:#x} too large: at most 1 GiB per read", args.len).into());
+    }
+    let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
+    let (bridge, _) = vm.open_bridge()?;
+    let mut buffer = vec![0u8; args.len as usize];
+    bridge.read_into(args.addr, &mut buffer)?;
+    let mut out = std::io::stdout().lock();
+    if args.raw {
+        out.write_all(&buffer)?;
+    } else {
+        out.write_all(hex_dump(args.addr, &buffer).as_bytes())?;
+    }
+    Ok(())
+}
+
+/// `xxd`-style lines: address, 16 bytes in hex, printable ASCII.
+pub fn hex_dump(start: u64, bytes: &[u8]) -> String {
+    let mut text = String::new();
+    for (row, chunk) in bytes.chunks(16).enumerate() {
+        text.push_str(&format!("{:08x}:", start + row as u64 * 16));
+        for (index, byte) in chunk.iter().enumerate() {
+            if index % 2 == 0 {
+                text.push(' ');
+            }
+            text.push_str(&format!("{byte:02x}"));
+        }
+        let width = chunk.len() * 2 + chunk.len().div_ceil(2);
+        text.push_str(&" ".repeat(40 - width));
+        text.push_str("  ");
+        text.extend(chunk.iter().map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' }));
+        text.push('\n');
+    }
+    text
+}
+
+fn snapshot_verb(args: SnapshotArgs) -> CliResult {
+    let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
+    let (bridge, _) = vm.open_bridge()?;
+    let snapshot = if args.pause {
+        vm.paused_snapshot(&bridge)?
+    } else if args.consistent {
+        bridge.consistent_snapshot(args.attempts)?
+    } else {
+        let data = bridge.try_snapshot()?;
+        crate::ram::Snapshot {
+            data,
+            verdict: crate::ram::Verdict::Unchecked,
+            attempts: 1,
+            torn_pages: 0,
+            recopied_pages: 0,
+        }
+    };
+    write_atomically(&args.output, &snapshot.data)?;
+    println!("{} {}", snapshot.summary_line(), args.output.display());
+    Ok(())
+}
+
+/// Writes `data` to a temporary file beside `path`, then renames it over `path`.
+fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file_name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a file name", path.display()),
+        )
+    })?;
+    let temporary = dir.join(format!(".{}.partial-{}", file_name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result
+}
+
+/// `error: cause: cause` for logs and JSON.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Used by the checksum file and `snapshot`: the digest of bytes.
+pub fn checksum_of(data: &[u8]) -> String {
+    sha256_hex(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_dump_matches_xxd_layout() {
+        let dump = hex_dump(0x7c00, b"QEMU-BRIDGE\x00\x01\xff tail!!");
+        assert_eq!(
+            dump,
+            "00007c00: 5145 4d55 2d42 5249 4447 4500 01ff 2074  QEMU-BRIDGE... t\n\
+             00007c10: 6169 6c21 21                             ail!!\n"
+        );
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_partial_file_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no/such/dir/out.bin");
+        assert!(write_atomically(&missing, b"x").is_err());
+        let target = dir.path().join("out.bin");
+        write_atomically(&target, b"hello").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"hello");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,187 @@
+//! The runtime directory: one QMP socket per VM, `<run-dir>/<vm>.qmp`.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::ram::validate_vm_name;
+
+/// Extension of QMP sockets in the run directory.
+pub const SOCKET_EXTENSION: &str = "qmp";
+
+/// Environment variable that overrides the default run directory.
+pub const RUN_DIR_ENV: &str = "QEMU_BRIDGE_RUN_DIR";
+
+/// The effective user id, read without `unsafe`: `/proc/self` is owned by it.
+pub fn effective_uid() -> u32 {
+    fs::metadata("/proc/self").map_or(u32::MAX, |metadata| metadata.uid())
+}
+
+/// `$QEMU_BRIDGE_RUN_DIR`, else `/run/qemu-bridge` for root, else
+/// `$XDG_RUNTIME_DIR/qemu-bridge` (falling back to `/tmp/qemu-bridge-<uid>`).
+pub fn default_run_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(RUN_DIR_ENV).filter(|dir| !dir.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let uid = effective_uid();
+    if uid == 0 {
+        return PathBuf::from("/run/qemu-bridge");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("qemu-bridge"),
+        None => PathBuf::from(format!("/tmp/qemu-bridge-{uid}")),
+    }
+}
+
+/// Errors about the run directory.
+#[derive(Debug, thiserror::Error)]
+pub enum RunDirError {
+    /// It does not exist.
+    #[error("run directory {0} does not exist")]
+    Missing(PathBuf),
+    /// It exists but is not a directory.
+    #[error("run directory {0} is not a directory")]
+    NotADirectory(PathBuf),
+    /// It cannot be read or created.
+    #[error("cannot access run directory {path}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A run directory holding QMP sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    /// A run directory at `path` (not checked until used).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The socket path for VM `name`.
+    pub fn socket_path(&self, name: &str) -> PathBuf {
+        self.path.join(format!("{name}.{SOCKET_EXTENSION}"))
+    }
+
+    /// Path of a per-VM file with `extension` (`pid`, `serial`, `log`).
+    pub fn file_path(&self, name: &str, extension: &str) -> PathBuf {
+        self.path.join(format!("{name}.{extension}"))
+    }
+
+    /// Checks that the directory exists and is a directory.
+    ///
+    /// # Errors
+    ///
+    /// [`RunDirError::Missing`], [`RunDirError::NotADirectory`], [`RunDirError::Io`].
+    pub fn check(&self) -> Result<(), RunDirError> {
+        match fs::metadata(&self.path) {
+            Ok(metadata) if metadata.is_dir() => Ok(()),
+            Ok(_) => Err(RunDirError::NotADirectory(self.path.clone())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                Err(RunDirError::Missing(self.path.clone()))
+            }
+            Err(source) => Err(RunDirError::Io { path: self.path.clone(), source }),
+        }
+    }
+
+    /// Creates the directory (mode 0700 for new directories) if needed.
+    ///
+    /// # Errors
+    ///
+    /// [`RunDirError::NotADirectory`] when a non-directory is in the way, [`RunDirError::Io`].
+    pub fn create(&self) -> Result<(), RunDirError> {
+        use std::os::unix::fs::DirBuilderExt;
+        match fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.path) {
+            Ok(()) => self.check(),
+            Err(_) if self.path.exists() => self.check(),
+            Err(source) => Err(RunDirError::Io { path: self.path.clone(), source }),
+        }
+    }
+
+    /// Names of the VMs whose sockets are in the directory, sorted. Entries whose names cannot
+    /// serve as a file name (not UTF-8, control characters) are skipped with a log line; nothing
+    /// is connected to here.
+    ///
+    /// # Errors
+    ///
+    /// As [`check`](Self::check), or when the directory cannot be listed.
+    pub fn vm_names(&self) -> Result<Vec<String>, RunDirError> {
+        self.check()?;
+        let entries =
+            fs::read_dir(&self.path).map_err(|source| RunDirError::Io { path: self.path.clone(), source })?;
+        let mut names = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension() != Some(OsStr::new(SOCKET_EXTENSION)) {
+                continue;
+            }
+            let is_socket = entry.file_type().is_ok_and(|kind| kind.is_socket());
+            if !is_socket {
+                continue;
+            }
+            let Some(stem) = path.file_stem() else { continue };
+            match stem.to_str() {
+                Some(name) if is_safe_name(name) => names.push(name.to_string()),
+                _ => log::warn!("skipping QMP socket with an unusable name: {}", path.display()),
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// Whether `name` is usable as a VM name and a directory name in the mount: a valid file name,
+/// no control characters, at most 200 bytes.
+pub fn is_safe_name(name: &str) -> bool {
+    validate_vm_name(name).is_ok() && name.len() <= 200 && !name.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_names() {
+        assert!(is_safe_name("demo"));
+        assert!(is_safe_name("vm-1.test_a"));
+        for bad in ["", ".", "..", "a/b", "a\nb", "tab\there", &"x".repeat(201)] {
+            assert!(!is_safe_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn lists_only_sockets_with_safe_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = RunDir::new(dir.path());
+        let _a = std::os::unix::net::UnixListener::bind(run_dir.socket_path("alpha")).unwrap();
+        let _b = std::os::unix::net::UnixListener::bind(run_dir.socket_path("beta")).unwrap();
+        let _c = std::os::unix::net::UnixListener::bind(dir.path().join("bad\u{1}.qmp")).unwrap();
+        std::fs::write(run_dir.socket_path("not-a-socket"), b"").unwrap();
+        std::fs::write(run_dir.file_path("alpha", "pid"), b"1").unwrap();
+        assert_eq!(run_dir.vm_names().unwrap(), ["alpha", "beta"]);
+    }
+
+    #[test]
+    fn missing_and_file_run_dirs_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = RunDir::new(dir.path().join("nope"));
+        assert!(matches!(missing.vm_names(), Err(RunDirError::Missing(_))));
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(matches!(RunDir::new(&file).vm_names(), Err(RunDirError::NotADirectory(_))));
+        assert!(RunDir::new(&file).create().is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! The client against scripted byte streams: what a real QEMU would send, and what a broken or
+//! hostile peer might.
+
+use std::io::{self, Cursor, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::*;
+
+const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": ""}, "capabilities": ["oob"]}}"#;
+
+/// Replays `input` and records what the client writes.
+struct Scripted {
+    input: Cursor<Vec<u8>>,
+    written: Vec<u8>,
+}
+
+impl Read for Scripted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.input.read(buf)
+    }
+}
+
+impl Write for Scripted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.written.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn scripted(lines: &[&str]) -> Scripted {
+    let mut input = Vec::new();
+    for line in lines {
+        input.extend_from_slice(line.as_bytes());
+        input.push(b'\n');
+    }
+    Scripted { input: Cursor::new(input), written: Vec::new() }
+}
+
+fn client(lines: &[&str]) -> Result<QmpClient<Scripted>, QmpError> {
+    QmpClient::handshake(scripted(lines), Duration::from_secs(2))
+}
+
+fn sent_commands(client: &QmpClient<Scripted>) -> Vec<Value> {
+    client
+        .stream
+        .written
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_slice(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn negotiates_and_runs_a_command_with_an_id() {
+    let mut client = client(&[
+        GREETING,
+        r#"{"return": {}, "id": 1}"#,
+        r#"{"return": {"status": "running", "singlestep": false, "running": true}, "id": 2}"#,
+    ])
+    .unwrap();
+    assert_eq!(client.qemu_version(), Some((7, 2, 22)));
+    let status = client.query_status().unwrap();
+    assert_eq!(status, StatusInfo { status: RunState::Running, running: true });
+    let sent = sent_commands(&client);
+    assert_eq!(sent[0], json!({"execute": "qmp_capabilities", "id": 1}));
+    assert_eq!(sent[1], json!({"execute": "query-status", "id": 2}));
+}
+
+#[test]
+fn events_between_replies_are_kept_not_mistaken_for_replies() {
+    let mut client = client(&[
+        GREETING,
+        r#"{"event": "RESUME", "timestamp": {"seconds": 1, "microseconds": 2}}"#,
+        r#"{"return": {}, "id": 1}"#,
+        r#"{"event": "STOP", "timestamp": {"seconds": 3, "microseconds": 4}}"#,
+        r#"{"event": "RTC_CHANGE", "data": {"offset": 1}, "timestamp": {"seconds": 5, "microseconds": 6}}"#,
+        r#"{"return": {"status": "paused", "singlestep": false, "running": false}, "id": 2}"#,
+    ])
+    .unwrap();
+    assert_eq!(client.query_status().unwrap().status, RunState::Paused);
+    let names: Vec<_> =
+        client.take_events().iter().map(|e| e["event"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["RESUME", "STOP", "RTC_CHANGE"]);
+    assert_eq!(client.events().count(), 0);
+}
+
+#[test]
+fn every_run_state_is_reported() {
+    for state in [
+        "prelaunch",
+        "inmigrate",
+        "postmigrate",
+        "shutdown",
+        "guest-panicked",
+        "internal-error",
+        "io-error",
+        "watchdog",
+        "suspended",
+        "finish-migrate",
+        "restore-vm",
+        "save-vm",
+        "debug",
+        "colo",
+    ] {
+        let reply = format!(
+            r#"{{"return": {{"status": "{state}", "singlestep": false, "running": false}}, "id": 2}}"#
+        );
+        let mut client = client(&[GREETING, r#"{"return": {}, "id": 1}"#, &reply]).unwrap();
+        let status = client.query_status().unwrap();
+        assert_eq!(status.status.as_str(), state);
+        assert!(!matches!(status.status, RunState::Other(_)), "{state} should be known");
+    }
+    assert_eq!(RunState::from_qmp("new-state-2030"), RunState::Other("new-state-2030".into()));
+}
+
+#[test]
+fn error_replies_are_typed() {
+    let mut client = client(&[
+        GREETING,
+        r#"{"return": {}, "id": 1}"#,
+        r#"{"error": {"class": "DeviceNotFound", "desc": "Device '/machine/q35' not found"}, "id": 2}"#,
+    ])
+    .unwrap();
+    match client.qom_get("/machine/q35", "below-4g-mem-size") {
+        Err(QmpError::Command { command, class, desc }) => {
+            assert_eq!(command, "qom-get");
+            assert_eq!(class, "DeviceNotFound");
+            assert!(desc.contains("/machine/q35"));
+        }
+        other => panic!("expected a command error, got {other:?}"),
+    }
+}
+
+#[test]
+fn stale_replies_for_other_ids_are_skipped() {
+    let mut client = client(&[
+        GREETING,
+        r#"{"return": {}, "id": 1}"#,
+        r#"{"return": {"late": true}, "id": 99}"#,
+        r#"{"return": {"name": "vm1"}, "id": 2}"#,
+    ])
+    .unwrap();
+    assert_eq!(client.query_name().unwrap().as_deref(), Some("vm1"));
+}
+
+#[test]
+fn memory_path_comes_from_qom_not_query_memdev() {
+    let mut client = client(&[
+        GREETING,
+        r#"{"return": {}, "id": 1}"#,
+        r#"{"return": "/objects/ram0", "id": 2}"#,
+        r#"{"return": [{"share": true, "size": 67108864, "id": "ram0"}], "id": 3}"#,
+        r#"{"return": "/dev/shm/elsewhere", "id": 4}"#,
+    ])
+    .unwrap();
+    assert_eq!(client.get_shared_memory_path().unwrap(), PathBuf::from("/dev/shm/elsewhere"));
+    let sent = sent_commands(&client);
+    assert_eq!(sent[3]["arguments"], json!({"path": "/objects/ram0", "property": "mem-path"}));
+}
+
+#[test]
+fn a_vm_without_a_file_backend_is_reported() {
+    let mut client = client(&[
+        GREETING,
+        r#"{"return": {}, "id": 1}"#,
+        r#"{"return": "/objects/pc.ram", "id": 2}"#,
+        r#"{"return": [{"share": false, "size": 67108864, "id": "pc.ram"}], "id": 3}"#,
+        r#"{"error": {"class": "GenericError", "desc": "Property 'memory-backend-ram.mem-path' not found"}, "id": 4}"#,
+    ])
+    .unwrap();
+    assert!(matches!(client.get_shared_memory_path(), Err(QmpError::NoFileBackend)));
+}
+
+#[test]
+fn layout_uses_q35_split_when_reported() {
+    let mut client = client(&[
+        GREETING,
+        r#"{"return": {}, "id": 1}"#,
+        r#"{"return": "pc-q35-7.2-machine", "id": 2}"#,
+        r#"{"return": 2147483648, "id": 3}"#,
+        r#"{"return": 1073741824, "id": 4}"#,
+    ])
+    .unwrap();
+    let layout = client.layout(3 << 30).unwrap();
+    assert_eq!(layout.translate(1 << 32, 1), Some(1 << 31));
+}
+
+#[test]
+fn garbage_truncated_and_wrong_shapes_are_protocol_errors() {
+    assert!(matches!(client(&["this is not json"]), Err(QmpError::Protocol(_))));
+    assert!(matches!(client(&["[1,2,3]"]), Err(QmpError::Protocol(_))));
+    assert!(matches!(client(&[r#"{"return": {}, "id": 1}"#]), Err(QmpError::Protocol(_))));
+    // greeting, then the stream ends in the middle of the reply
+    let mut truncated = scripted(&[GREETING]);
+    truncated.input.get_mut().extend_from_slice(br#"{"return": {"#);
+    assert!(matches!(QmpClient::handshake(truncated, Duration::from_secs(1)), Err(QmpError::Protocol(_))));
+    // a reply of the wrong shape for its command
+    let mut client = client(&[GREETING, r#"{"return": {}, "id": 1}"#, r#"{"return": 42, "id": 2}"#]).unwrap();
+    assert!(matches!(client.query_status(), Err(QmpError::UnexpectedReply { .. })));
+}
+
+#[test]
+fn closed_before_greeting() {
+    assert!(matches!(client(&[]), Err(QmpError::Closed)));
+}
+
+#[test]
+fn a_peer_that_never_answers_times_out() {
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    ours.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    assert!(matches!(QmpClient::handshake(ours, Duration::from_millis(200)), Err(QmpError::Timeout)));
+}
+
+#[test]
+fn a_peer_that_greets_then_goes_silent_times_out() {
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    ours.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    writeln!(theirs, "{GREETING}").unwrap();
+    assert!(matches!(QmpClient::handshake(ours, Duration::from_millis(200)), Err(QmpError::Timeout)));
+}
+
+#[test]
+fn connect_to_missing_socket_names_the_path() {
+    let err = QmpClient::connect(Path::new("/nonexistent/vm.qmp"), Duration::from_millis(200)).unwrap_err();
+    assert!(matches!(err, QmpError::Connect { .. }));
+    assert!(err.to_string().contains("/nonexistent/vm.qmp"));
+}

@@ -1,0 +1,168 @@
+//! The read-only mapping of a guest RAM file. Every `unsafe` block of the crate lives here.
+//!
+//! Guest RAM changes under every reader: QEMU's vCPUs write it while we read it. Rust assumes
+//! the bytes behind a `&[u8]` never change while the reference lives, so the project's own logic
+//! never builds on such views. It copies out through raw pointers instead, and uses volatile
+//! loads where a second look must really look again (the consistency check), as rust-vmm's
+//! `vm-memory` does. The `&[u8]` view exists only for callers who ask for it by name.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{compiler_fence, Ordering};
+
+use memmap2::{Mmap, MmapOptions};
+
+use super::BridgeError;
+
+/// Copies at least this large are split across threads when more than one core is available.
+const PARALLEL_COPY_THRESHOLD: usize = 16 << 20;
+
+/// A read-only, shared mapping of a whole guest RAM file.
+#[derive(Debug)]
+pub struct Mapping {
+    map: Mmap,
+    file: File,
+    path: PathBuf,
+}
+
+impl Mapping {
+    /// Opens `path` read-only and maps all of it `PROT_READ`, `MAP_SHARED`.
+    pub fn open(path: &Path) -> Result<Self, BridgeError> {
+        let file = File::open(path).map_err(|err| match err.kind() {
+            std::io::ErrorKind::NotFound => BridgeError::FileNotFound(path.display().to_string()),
+            std::io::ErrorKind::PermissionDenied => BridgeError::PermissionDenied,
+            _ => BridgeError::MmapFailed(err),
+        })?;
+        let metadata = file.metadata().map_err(BridgeError::MmapFailed)?;
+        if !metadata.is_file() {
+            return Err(BridgeError::NotAFile(path.display().to_string()));
+        }
+        // SAFETY: the mapping is read-only and shared; memmap2 keeps it alive as long as `Mmap`.
+        // The file's contents change under it (that is its purpose), so no code of this crate
+        // creates references into it except `view`, whose callers are told the bytes may
+        // change; everything else copies through raw pointers. A file that shrinks under the
+        // mapping is caught by `check_file_len` before each copy.
+        let map = unsafe { MmapOptions::new().map(&file) }.map_err(BridgeError::MmapFailed)?;
+        Ok(Self { map, file, path: path.to_path_buf() })
+    }
+
+    /// Mapped length in bytes (the file's size when it was opened).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the mapping is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The mapped file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's current length. A RAM file reused by a new QEMU can be truncated under the
+    /// mapping; touching a page past its new end raises SIGBUS.
+    pub fn current_file_len(&self) -> std::io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn check_range(&self, offset: usize, len: usize) -> Result<(), BridgeError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.map.len() => Ok(()),
+            _ => Err(BridgeError::InvalidAddress { addr: offset as u64, len, max: self.map.len() }),
+        }
+    }
+
+    fn check_file_len(&self, offset: usize, len: usize) -> Result<(), BridgeError> {
+        let current = self.current_file_len().map_err(BridgeError::MmapFailed)?;
+        if (offset + len) as u64 > current {
+            return Err(BridgeError::FileShrunk { mapped: self.map.len(), current });
+        }
+        Ok(())
+    }
+
+    /// A borrowed view of `len` bytes at `offset`. The guest may change them while the view
+    /// lives; see [`crate::SharedMemoryBridge::read_physical`].
+    pub fn view(&self, offset: usize, len: usize) -> Result<&[u8], BridgeError> {
+        self.check_range(offset, len)?;
+        Ok(&self.map[offset..offset + len])
+    }
+
+    /// Copies `dst.len()` bytes at `offset` into `dst`, split across threads when large.
+    pub fn copy_to(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
+        self.check_range(offset, dst.len())?;
+        self.check_file_len(offset, dst.len())?;
+        let threads = if dst.len() >= PARALLEL_COPY_THRESHOLD {
+            std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+        } else {
+            1
+        };
+        if threads <= 1 {
+            self.copy_unchecked(offset, dst);
+            return Ok(());
+        }
+        // Page-aligned chunks so that each thread streams whole pages.
+        let chunk = dst.len().div_ceil(threads).next_multiple_of(4096);
+        std::thread::scope(|scope| {
+            for (index, part) in dst.chunks_mut(chunk).enumerate() {
+                scope.spawn(move || self.copy_unchecked(offset + index * chunk, part));
+            }
+        });
+        Ok(())
+    }
+
+    /// Copy without checks; callers have checked the range against the mapping.
+    fn copy_unchecked(&self, offset: usize, dst: &mut [u8]) {
+        debug_assert!(offset + dst.len() <= self.map.len());
+        // SAFETY: `offset + dst.len() <= self.map.len()` (checked by every caller), so the
+        // source range lies inside the live mapping, which cannot overlap `dst` (heap or stack
+        // memory of ours). The copy goes through raw pointers: no `&[u8]` to changing memory is
+        // created. Concurrent guest writes may tear the copy; the consistency check detects it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(offset), dst.as_mut_ptr(), dst.len());
+        }
+        // Keep the compiler from moving or merging this copy with a later re-read.
+        compiler_fence(Ordering::SeqCst);
+    }
+
+    /// Indexes of the `page_size` pages of `copy` (a copy of the mapping from offset 0) whose
+    /// live bytes differ from it now. Live memory is read with volatile loads, so each call
+    /// really looks again.
+    pub fn changed_pages(&self, copy: &[u8], page_size: usize) -> Result<Vec<usize>, BridgeError> {
+        self.check_range(0, copy.len())?;
+        self.check_file_len(0, copy.len())?;
+        let mut changed = Vec::new();
+        for (page, expected) in copy.chunks(page_size.max(1)).enumerate() {
+            if !self.live_equals_unchecked(page * page_size, expected) {
+                changed.push(page);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Callers guarantee `offset + expected.len() <= self.map.len()`.
+    fn live_equals_unchecked(&self, offset: usize, expected: &[u8]) -> bool {
+        debug_assert!(offset + expected.len() <= self.map.len());
+        let base = self.map.as_ptr().wrapping_add(offset);
+        let mut words = expected.chunks_exact(8);
+        for (index, chunk) in words.by_ref().enumerate() {
+            // SAFETY: `index * 8 + 8 <= expected.len()` and the caller guarantees
+            // `offset + expected.len()` lies inside the mapping, so the 8-byte load is in
+            // bounds; `[u8; 8]` has alignment 1, so any offset is aligned for it.
+            let live = unsafe { std::ptr::read_volatile(base.add(index * 8).cast::<[u8; 8]>()) };
+            if live != *chunk {
+                return false;
+            }
+        }
+        let tail_start = expected.len() - words.remainder().len();
+        for (index, &byte) in words.remainder().iter().enumerate() {
+            // SAFETY: `tail_start + index < expected.len()`, inside the caller's range.
+            let live = unsafe { std::ptr::read_volatile(base.add(tail_start + index)) };
+            if live != byte {
+                return false;
+            }
+        }
+        true
+    }
+}

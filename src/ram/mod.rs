@@ -1,0 +1,230 @@
+//! Guest RAM: the read-only mapping, the guest-physical layout and snapshots.
+
+pub mod layout;
+mod mapping;
+pub mod snapshot;
+
+use std::path::{Path, PathBuf};
+
+pub use layout::{GuestLayout, MachineKind, Region};
+pub use mapping::Mapping;
+pub use snapshot::{sha256_hex, Snapshot, Verdict, CHECKSUM_ALGORITHM, DEFAULT_ATTEMPTS, PAGE_SIZE};
+
+/// Where [`SharedMemoryBridge::new`] looks for a VM's RAM file.
+pub const SHM_DIR: &str = "/dev/shm";
+
+/// Prefix of RAM files created by `qemu-bridge launch`.
+pub const RAM_FILE_PREFIX: &str = "qemu_ram_";
+
+/// Errors of the RAM layer.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The RAM file does not exist.
+    #[error("RAM file not found: {0}")]
+    FileNotFound(String),
+    /// The RAM file exists but may not be opened for reading.
+    #[error("permission denied opening the RAM file")]
+    PermissionDenied,
+    /// Opening, inspecting or mapping the RAM file failed.
+    #[error("cannot map the RAM file")]
+    MmapFailed(#[source] std::io::Error),
+    /// The range is not guest RAM: past the end, in a hole, or its end overflows.
+    #[error("invalid address {addr:#x} (+{len:#x} bytes): not inside guest RAM of {max:#x} bytes")]
+    InvalidAddress {
+        /// First address of the range.
+        addr: u64,
+        /// Length of the range.
+        len: usize,
+        /// Size of guest RAM in bytes.
+        max: usize,
+    },
+    /// The VM id cannot name a file (empty, `/`, NUL, `.` or `..`).
+    #[error("invalid VM name {0:?}: must be a non-empty file name without '/' or NUL")]
+    InvalidName(String),
+    /// The path is not a regular file.
+    #[error("{0} is not a regular file")]
+    NotAFile(String),
+    /// The RAM file shrank under the mapping (a new QEMU reused its path); reading the lost
+    /// pages would raise SIGBUS.
+    #[error("RAM file shrank under the mapping: mapped {mapped} bytes, file now {current} bytes")]
+    FileShrunk {
+        /// Bytes mapped.
+        mapped: usize,
+        /// The file's current size.
+        current: u64,
+    },
+    /// A layout that does not fit the file was given.
+    #[error("layout covers {layout} bytes but the RAM file has {file}")]
+    LayoutMismatch {
+        /// Bytes the layout covers.
+        layout: u64,
+        /// Bytes in the file.
+        file: usize,
+    },
+}
+
+/// Checks that `name` can be used as a single file-name component.
+pub fn validate_vm_name(name: &str) -> Result<(), BridgeError> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(BridgeError::InvalidName(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Read-only, zero-copy access to one VM's RAM file.
+///
+/// # Examples
+///
+/// ```no_run
+/// use qemu_bridge::SharedMemoryBridge;
+///
+/// // RAM of a VM started by `qemu-bridge launch demo`: /dev/shm/qemu_ram_demo
+/// let bridge = SharedMemoryBridge::new("demo")?;
+/// let mut boot_sector = [0u8; 512];
+/// bridge.read_into(0x7c00, &mut boot_sector)?;
+/// println!("{} bytes of RAM, boot signature {:02x?}", bridge.size(), &boot_sector[510..]);
+/// # Ok::<(), qemu_bridge::BridgeError>(())
+/// ```
+#[derive(Debug)]
+pub struct SharedMemoryBridge {
+    vm_id: String,
+    mapping: Mapping,
+    layout: GuestLayout,
+}
+
+impl SharedMemoryBridge {
+    /// Opens `/dev/shm/qemu_ram_{vm_id}` read-only, with guest addresses equal to file offsets.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::InvalidName`] for an id that is not a file name,
+    /// [`BridgeError::FileNotFound`], [`BridgeError::PermissionDenied`] and
+    /// [`BridgeError::MmapFailed`] as the open and map go.
+    pub fn new(vm_id: &str) -> Result<Self, BridgeError> {
+        validate_vm_name(vm_id)?;
+        let path = Path::new(SHM_DIR).join(format!("{RAM_FILE_PREFIX}{vm_id}"));
+        Self::open(vm_id, &path)
+    }
+
+    /// Opens any RAM file read-only, with guest addresses equal to file offsets.
+    ///
+    /// # Errors
+    ///
+    /// As [`SharedMemoryBridge::new`].
+    pub fn open(vm_id: &str, path: &Path) -> Result<Self, BridgeError> {
+        let mapping = Mapping::open(path)?;
+        let layout = GuestLayout::identity(mapping.len() as u64);
+        Ok(Self { vm_id: vm_id.to_string(), mapping, layout })
+    }
+
+    /// Replaces the guest-physical layout (e.g. from QMP, see `Vm::layout`).
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::LayoutMismatch`] when the layout does not cover exactly the file.
+    pub fn with_layout(mut self, layout: GuestLayout) -> Result<Self, BridgeError> {
+        if layout.ram_size() != self.mapping.len() as u64 {
+            return Err(BridgeError::LayoutMismatch { layout: layout.ram_size(), file: self.mapping.len() });
+        }
+        self.layout = layout;
+        Ok(self)
+    }
+
+    /// The VM's id (its name).
+    pub fn vm_id(&self) -> &str {
+        &self.vm_id
+    }
+
+    /// The RAM file's path.
+    pub fn path(&self) -> &Path {
+        self.mapping.path()
+    }
+
+    /// The RAM file's path, owned.
+    pub fn path_buf(&self) -> PathBuf {
+        self.mapping.path().to_path_buf()
+    }
+
+    /// Size of guest RAM in bytes (the RAM file's size when opened).
+    pub fn size(&self) -> usize {
+        self.mapping.len()
+    }
+
+    /// The guest-physical layout in use.
+    pub fn layout(&self) -> &GuestLayout {
+        &self.layout
+    }
+
+    /// The underlying mapping (file-offset access).
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    /// File offset of `len` bytes at guest-physical `addr`.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::InvalidAddress`] when any byte of the range is not guest RAM.
+    pub fn translate(&self, addr: u64, len: usize) -> Result<usize, BridgeError> {
+        self.layout
+            .translate(addr, len as u64)
+            .map(|offset| offset as usize)
+            .ok_or(BridgeError::InvalidAddress { addr, len, max: self.size() })
+    }
+
+    /// A zero-copy view of `len` bytes at guest-physical `addr`, in O(1).
+    ///
+    /// **The bytes can change while you hold the slice**: the guest keeps running and writes
+    /// its RAM. Two reads of the same element may differ, and the compiler is entitled to
+    /// assume they do not, so do not base comparisons or checksums on this view; use
+    /// [`read_into`](Self::read_into) or [`consistent_snapshot`](Self::consistent_snapshot).
+    /// The slice also dangles if the file is truncated under the mapping (SIGBUS on access).
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::InvalidAddress`] when any byte of the range is not guest RAM.
+    pub fn read_physical(&self, addr: u64, len: usize) -> Result<&[u8], BridgeError> {
+        let offset = self.translate(addr, len)?;
+        self.mapping.view(offset, len)
+    }
+
+    /// Copies `buf.len()` bytes at guest-physical `addr` into `buf`. Sound under concurrent
+    /// guest writes (a raw-pointer copy); a range written during the copy may be torn.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::InvalidAddress`] when any byte is not guest RAM,
+    /// [`BridgeError::FileShrunk`] when the file was truncated under the mapping.
+    pub fn read_into(&self, addr: u64, buf: &mut [u8]) -> Result<(), BridgeError> {
+        let offset = self.translate(addr, buf.len())?;
+        self.mapping.copy_to(offset, buf)
+    }
+
+    /// A copy of all guest RAM in file order, unchecked. Returns an empty vector if the file
+    /// shrank under the mapping (use [`try_snapshot`](Self::try_snapshot) to see the error).
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.try_snapshot().unwrap_or_else(|err| {
+            log::error!("snapshot of {} failed: {err}", self.vm_id);
+            Vec::new()
+        })
+    }
+
+    /// A copy of all guest RAM in file order, unchecked.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::FileShrunk`] when the file was truncated under the mapping.
+    pub fn try_snapshot(&self) -> Result<Vec<u8>, BridgeError> {
+        snapshot::take_plain(&self.mapping)
+    }
+
+    /// A copy of all guest RAM verified page by page against live memory, re-copying changed
+    /// pages up to `max_attempts` copies in all. See [`snapshot`] for what the verdict means.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::FileShrunk`] when the file was truncated under the mapping.
+    pub fn consistent_snapshot(&self, max_attempts: u32) -> Result<Snapshot, BridgeError> {
+        snapshot::take_checked(&self.mapping, max_attempts)
+    }
+}

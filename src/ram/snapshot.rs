@@ -1,0 +1,155 @@
+//! Snapshots that know whether they are torn.
+//!
+//! A copy of live RAM races the guest's vCPUs: pages written during the copy may hold a mix of
+//! old and new bytes. [`take_checked`] copies everything, then compares each page of the copy
+//! with live memory again (volatile loads); pages that differ are copied again, up to a number
+//! of attempts. The result says whether the last verification pass found every page unchanged.
+//! That is a strong hint, not a proof (a guest can write a page and write it back between two
+//! looks); only a paused VM gives a guaranteed image (see `Vm::paused_snapshot`).
+
+use std::fmt;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::mapping::Mapping;
+use super::BridgeError;
+
+/// Granularity of the consistency check.
+pub const PAGE_SIZE: usize = 4096;
+
+/// Default number of copy attempts for a checked snapshot.
+pub const DEFAULT_ATTEMPTS: u32 = 4;
+
+/// The hash used for checksums, named in every output that shows a digest.
+pub const CHECKSUM_ALGORITHM: &str = "sha256";
+
+/// Whether a snapshot is known to be free of torn pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The final verification pass found every page equal to live memory.
+    Consistent,
+    /// Some pages still changed during the last attempt.
+    Torn,
+    /// The VM was paused for the copy: the image is exact.
+    Paused,
+    /// Copied once with no verification.
+    Unchecked,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Consistent => "consistent",
+            Self::Torn => "torn",
+            Self::Paused => "paused",
+            Self::Unchecked => "unchecked",
+        })
+    }
+}
+
+/// A copy of guest RAM (in file order) and what is known of its consistency.
+#[derive(Clone)]
+pub struct Snapshot {
+    /// The bytes, in RAM-file order.
+    pub data: Vec<u8>,
+    /// Consistency verdict.
+    pub verdict: Verdict,
+    /// Copy attempts made (1 = the first copy verified clean).
+    pub attempts: u32,
+    /// Pages that differed in the last verification pass (0 when consistent).
+    pub torn_pages: u64,
+    /// Pages copied again over all attempts.
+    pub recopied_pages: u64,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("len", &self.data.len())
+            .field("verdict", &self.verdict)
+            .field("attempts", &self.attempts)
+            .field("torn_pages", &self.torn_pages)
+            .field("recopied_pages", &self.recopied_pages)
+            .finish()
+    }
+}
+
+impl Snapshot {
+    /// Whether the snapshot is known not to be torn.
+    pub fn is_consistent(&self) -> bool {
+        matches!(self.verdict, Verdict::Consistent | Verdict::Paused)
+    }
+
+    /// Lower-case hex SHA-256 of the data: equal to `sha256sum` of the same bytes on disk.
+    pub fn checksum(&self) -> String {
+        sha256_hex(&self.data)
+    }
+
+    /// One line: `sha256 <hex> <verdict> attempts=<n> torn_pages=<n> size=<bytes>`.
+    pub fn summary_line(&self) -> String {
+        format!(
+            "{CHECKSUM_ALGORITHM} {} {} attempts={} torn_pages={} size={}",
+            self.checksum(),
+            self.verdict,
+            self.attempts,
+            self.torn_pages,
+            self.data.len()
+        )
+    }
+}
+
+/// Lower-case hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let digest = Sha256::digest(data);
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        hex.push_str(&format!("{byte:02x}"));
+    }
+    hex
+}
+
+/// Copies the whole mapping once, unchecked.
+pub fn take_plain(mapping: &Mapping) -> Result<Vec<u8>, BridgeError> {
+    let mut data = vec![0u8; mapping.len()];
+    mapping.copy_to(0, &mut data)?;
+    Ok(data)
+}
+
+/// Copies the whole mapping, then verifies and re-copies changed pages up to `max_attempts`
+/// copies in all (at least 1).
+pub fn take_checked(mapping: &Mapping, max_attempts: u32) -> Result<Snapshot, BridgeError> {
+    let max_attempts = max_attempts.max(1);
+    let mut data = take_plain(mapping)?;
+    let mut recopied_pages = 0u64;
+    let mut attempts = 1;
+    loop {
+        let changed = mapping.changed_pages(&data, PAGE_SIZE)?;
+        if changed.is_empty() {
+            return Ok(Snapshot {
+                data,
+                verdict: Verdict::Consistent,
+                attempts,
+                torn_pages: 0,
+                recopied_pages,
+            });
+        }
+        if attempts >= max_attempts {
+            return Ok(Snapshot {
+                data,
+                verdict: Verdict::Torn,
+                attempts,
+                torn_pages: changed.len() as u64,
+                recopied_pages,
+            });
+        }
+        for &page in &changed {
+            let start = page * PAGE_SIZE;
+            let end = (start + PAGE_SIZE).min(data.len());
+            mapping.copy_to(start, &mut data[start..end])?;
+        }
+        recopied_pages += changed.len() as u64;
+        attempts += 1;
+    }
+}

@@ -1,0 +1,238 @@
+//! One VM: its QMP endpoint, its RAM file and layout, as QEMU reports them.
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::discovery::RunDir;
+use crate::qmp::{QmpClient, QmpError, RunState, StatusInfo, DEFAULT_TIMEOUT};
+use crate::ram::{validate_vm_name, BridgeError, GuestLayout, SharedMemoryBridge, Snapshot, Verdict};
+
+/// Errors about one VM, naming it.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The name cannot be a VM name.
+    #[error(transparent)]
+    InvalidName(BridgeError),
+    /// No socket for it in the run directory.
+    #[error("no VM named {name:?} in {run_dir} (no socket {name}.qmp)")]
+    NotFound {
+        /// The name.
+        name: String,
+        /// The run directory.
+        run_dir: PathBuf,
+    },
+    /// Talking to its QMP socket failed.
+    #[error("VM {vm}")]
+    Qmp {
+        /// The VM.
+        vm: String,
+        /// Why.
+        #[source]
+        source: QmpError,
+    },
+    /// Reading its RAM failed.
+    #[error("VM {vm}")]
+    Ram {
+        /// The VM.
+        vm: String,
+        /// Why.
+        #[source]
+        source: BridgeError,
+    },
+}
+
+/// What QMP reports about a VM, gathered over one connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmInfo {
+    /// The VM's name (socket stem).
+    pub name: String,
+    /// Run state.
+    pub status: RunState,
+    /// Whether vCPUs run.
+    pub running: bool,
+    /// QOM path of the RAM backend.
+    pub backend: String,
+    /// The RAM file.
+    pub ram_path: PathBuf,
+    /// RAM size in bytes.
+    pub ram_size: u64,
+    /// Machine type.
+    pub machine: String,
+    /// Guest-physical layout.
+    pub layout: GuestLayout,
+}
+
+/// A VM reachable through `<run-dir>/<name>.qmp`.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    name: String,
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl Vm {
+    /// The VM `name` of `run_dir`. Does not connect.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::InvalidName`] when `name` cannot be a file name.
+    pub fn new(run_dir: &RunDir, name: &str) -> Result<Self, VmError> {
+        validate_vm_name(name).map_err(VmError::InvalidName)?;
+        Ok(Self { name: name.to_string(), socket: run_dir.socket_path(name), timeout: DEFAULT_TIMEOUT })
+    }
+
+    /// Like [`new`](Self::new), and fails with [`VmError::NotFound`] when the socket is absent.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::InvalidName`], [`VmError::NotFound`].
+    pub fn existing(run_dir: &RunDir, name: &str) -> Result<Self, VmError> {
+        let vm = Self::new(run_dir, name)?;
+        if !vm.socket.exists() {
+            return Err(VmError::NotFound { name: name.to_string(), run_dir: run_dir.path().to_path_buf() });
+        }
+        Ok(vm)
+    }
+
+    /// Sets the timeout for connecting and for each QMP exchange (default 2 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The VM's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its QMP socket.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    fn qmp_error(&self, source: QmpError) -> VmError {
+        VmError::Qmp { vm: self.name.clone(), source }
+    }
+
+    fn ram_error(&self, source: BridgeError) -> VmError {
+        VmError::Ram { vm: self.name.clone(), source }
+    }
+
+    /// Opens a QMP connection. Drop it soon: QEMU 7.2 serves one client at a time.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::Qmp`].
+    pub fn connect(&self) -> Result<QmpClient<UnixStream>, VmError> {
+        QmpClient::connect(&self.socket, self.timeout).map_err(|err| self.qmp_error(err))
+    }
+
+    /// Runs `ask` on a fresh connection and closes it.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::Qmp`].
+    pub fn with_qmp<T>(
+        &self,
+        ask: impl FnOnce(&mut QmpClient<UnixStream>) -> Result<T, QmpError>,
+    ) -> Result<T, VmError> {
+        let mut client = self.connect()?;
+        ask(&mut client).map_err(|err| self.qmp_error(err))
+    }
+
+    /// Live `query-status`.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::Qmp`].
+    pub fn status(&self) -> Result<StatusInfo, VmError> {
+        self.with_qmp(QmpClient::query_status)
+    }
+
+    /// Everything QMP says about the VM's RAM and state, over one connection.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::Qmp`].
+    pub fn info(&self) -> Result<VmInfo, VmError> {
+        self.with_qmp(|qmp| {
+            let status = qmp.query_status()?;
+            let (backend, ram_path) = qmp.shared_memory_backend()?;
+            let ram_size = qmp.backend_size(&backend)?;
+            let machine = qmp.machine_type()?;
+            let layout = qmp.layout(ram_size)?;
+            Ok(VmInfo {
+                name: self.name.clone(),
+                status: status.status,
+                running: status.running,
+                backend,
+                ram_path,
+                ram_size,
+                machine,
+                layout,
+            })
+        })
+    }
+
+    /// `query-memdev` with each file backend's `mem-path` added, as QMP reports them.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::Qmp`].
+    pub fn memdev_json(&self) -> Result<Value, VmError> {
+        self.with_qmp(|qmp| {
+            let mut backends = qmp.query_memdev()?;
+            for backend in &mut backends {
+                let Some(id) = backend.get("id").and_then(Value::as_str).map(str::to_string) else {
+                    continue;
+                };
+                match qmp.qom_get(&format!("/objects/{id}"), "mem-path") {
+                    Ok(path @ Value::String(_)) => backend["mem-path"] = path,
+                    Ok(_) | Err(QmpError::Command { .. }) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            Ok(Value::Array(backends))
+        })
+    }
+
+    /// Maps the VM's RAM file (whatever QMP says it is) with the VM's guest-physical layout.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::Qmp`] and [`VmError::Ram`].
+    pub fn open_bridge(&self) -> Result<(SharedMemoryBridge, VmInfo), VmError> {
+        let info = self.info()?;
+        let bridge =
+            SharedMemoryBridge::open(&self.name, &info.ram_path).map_err(|err| self.ram_error(err))?;
+        let bridge = match bridge.with_layout(info.layout.clone()) {
+            Ok(bridge) => bridge,
+            Err(err) => return Err(self.ram_error(err)),
+        };
+        Ok((bridge, info))
+    }
+
+    /// An exact snapshot: pauses the VM (`stop`), copies all RAM, and resumes it (`cont`) only
+    /// if it was running before, also when the copy fails.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::Qmp`] and [`VmError::Ram`].
+    pub fn paused_snapshot(&self, bridge: &SharedMemoryBridge) -> Result<Snapshot, VmError> {
+        let mut qmp = self.connect()?;
+        let was_running = qmp.query_status().map_err(|err| self.qmp_error(err))?.running;
+        if was_running {
+            qmp.stop().map_err(|err| self.qmp_error(err))?;
+        }
+        let copy = bridge.try_snapshot();
+        if was_running {
+            qmp.cont().map_err(|err| self.qmp_error(err))?;
+        }
+        let data = copy.map_err(|err| self.ram_error(err))?;
+        Ok(Snapshot { data, verdict: Verdict::Paused, attempts: 1, torn_pages: 0, recopied_pages: 0 })
+    }
+}
