@@ -1,0 +1,241 @@
+//! The seed's library API on real files in /dev/shm.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::{pattern, ShmFile};
+use qemu_bridge::{BridgeError, GuestLayout, SharedMemoryBridge, Verdict};
+
+const SIZE: usize = 8 << 20;
+
+#[test]
+fn test_bridge_creation() {
+    let file = ShmFile::with_contents("create", &pattern(SIZE));
+    let bridge = SharedMemoryBridge::new(&file.id).unwrap();
+    assert_eq!(bridge.size(), SIZE);
+    assert_eq!(bridge.vm_id(), file.id);
+    assert_eq!(bridge.path(), file.path);
+
+    match SharedMemoryBridge::new("qbt-no-such-vm-anywhere") {
+        Err(BridgeError::FileNotFound(path)) => assert_eq!(path, "/dev/shm/qemu_ram_qbt-no-such-vm-anywhere"),
+        other => panic!("expected FileNotFound, got {other:?}"),
+    }
+    for bad in ["", "a/b", "..", "x\0y"] {
+        assert!(matches!(SharedMemoryBridge::new(bad), Err(BridgeError::InvalidName(_))), "{bad:?}");
+    }
+    // a directory is not a RAM file
+    assert!(matches!(
+        SharedMemoryBridge::open("dir", std::path::Path::new("/dev/shm")),
+        Err(BridgeError::NotAFile(_))
+    ));
+}
+
+#[test]
+fn test_bridge_is_read_only() {
+    let file = ShmFile::with_contents("readonly", &pattern(1 << 20));
+    let bridge = SharedMemoryBridge::new(&file.id).unwrap();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let line = maps.lines().find(|line| line.ends_with(file.path.to_str().unwrap())).expect("mapping listed");
+    let perms = line.split_whitespace().nth(1).unwrap();
+    assert_eq!(perms, "r--s", "RAM must be mapped read-only and shared: {line}");
+    drop(bridge);
+}
+
+#[test]
+fn test_permission_denied_is_reported() {
+    // Root bypasses file modes: as root, re-run this very test as `nobody` through setpriv.
+    if qemu_bridge::discovery::effective_uid() != 0 {
+        let path = std::env::var("QBT_UNREADABLE").map(std::path::PathBuf::from);
+        let owned;
+        let path = match path {
+            Ok(path) => path,
+            Err(_) => {
+                owned = ShmFile::with_contents("perm", &pattern(4096));
+                std::fs::set_permissions(&owned.path, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+                owned.path.clone()
+            }
+        };
+        assert!(matches!(SharedMemoryBridge::open("perm", &path), Err(BridgeError::PermissionDenied)));
+        return;
+    }
+    if !common::require_program("setpriv") {
+        return;
+    }
+    let file = ShmFile::with_contents("perm", &pattern(4096));
+    std::fs::set_permissions(&file.path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "test_permission_denied_is_reported", "--test-threads=1"])
+        .env("QBT_UNREADABLE", &file.path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "as nobody: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}
+
+#[test]
+fn test_read_physical() {
+    let data = pattern(SIZE);
+    let file = ShmFile::with_contents("read", &data);
+    let bridge = SharedMemoryBridge::new(&file.id).unwrap();
+    for (addr, len) in [(0usize, 1usize), (0x7c00, 512), (4095, 2), (SIZE - 16, 16), (0, SIZE), (SIZE, 0)] {
+        let view = bridge.read_physical(addr as u64, len).unwrap();
+        assert_eq!(view.len(), len);
+        // compare a copy, not the live view
+        let copied = view.to_vec();
+        assert_eq!(copied, &data[addr..addr + len], "view at {addr:#x}+{len}");
+        let mut buffer = vec![0u8; len];
+        bridge.read_into(addr as u64, &mut buffer).unwrap();
+        assert_eq!(buffer, &data[addr..addr + len], "copy at {addr:#x}+{len}");
+    }
+    // zero copy: the view points into the mapping, not into a fresh allocation
+    let first = bridge.read_physical(0, 16).unwrap().as_ptr();
+    let second = bridge.read_physical(16, 16).unwrap().as_ptr();
+    assert_eq!(second as usize - first as usize, 16);
+    assert_eq!(bridge.snapshot(), data);
+}
+
+#[test]
+fn test_invalid_address() {
+    let file = ShmFile::with_contents("invalid", &pattern(SIZE));
+    let bridge = SharedMemoryBridge::new(&file.id).unwrap();
+    for (addr, len) in [
+        (SIZE as u64, 1usize),
+        (SIZE as u64 - 1, 2),
+        (u64::MAX, 1),
+        (u64::MAX - 3, 8),
+        (0, SIZE + 1),
+        (1 << 40, 0),
+        (0, usize::MAX),
+    ] {
+        match bridge.read_physical(addr, len) {
+            Err(BridgeError::InvalidAddress { addr: a, len: l, max }) => {
+                assert_eq!((a, l, max), (addr, len, SIZE));
+            }
+            other => panic!("{addr:#x}+{len:#x}: expected InvalidAddress, got {other:?}"),
+        }
+        let mut buffer = [0u8; 8];
+        let short = buffer.len().min(len);
+        if addr.checked_add(short as u64).is_none_or(|end| end > SIZE as u64) {
+            assert!(bridge.read_into(addr, &mut buffer[..short]).is_err());
+        }
+    }
+    let message = bridge.read_physical(SIZE as u64, 4).unwrap_err().to_string();
+    assert!(message.contains("0x800000"), "{message}");
+}
+
+#[test]
+fn test_layout_holes_are_invalid() {
+    // 8 MiB split as 6 MiB low + 2 MiB at 4 GiB, like a machine with a PCI hole.
+    let data = pattern(SIZE);
+    let file = ShmFile::with_contents("layout", &data);
+    let bridge = SharedMemoryBridge::new(&file.id).unwrap().with_layout(GuestLayout::from_split(6 << 20, 2 << 20)).unwrap();
+    let mut buffer = [0u8; 16];
+    bridge.read_into(1 << 32, &mut buffer).unwrap();
+    assert_eq!(buffer, data[6 << 20..(6 << 20) + 16]);
+    assert!(matches!(bridge.read_physical(6 << 20, 1), Err(BridgeError::InvalidAddress { .. })));
+    assert!(matches!(bridge.read_physical((6 << 20) - 8, 16), Err(BridgeError::InvalidAddress { .. })));
+    // a layout that does not cover the file is refused
+    let other = SharedMemoryBridge::new(&file.id).unwrap();
+    assert!(matches!(other.with_layout(GuestLayout::identity(1 << 20)), Err(BridgeError::LayoutMismatch { .. })));
+}
+
+#[test]
+fn test_snapshot_consistency() {
+    let data = pattern(SIZE);
+    let file = ShmFile::with_contents("consistency", &data);
+    let bridge = SharedMemoryBridge::new(&file.id).unwrap();
+
+    // A quiet file is consistent on the first attempt, and its checksum is the file's SHA-256.
+    let quiet = bridge.consistent_snapshot(4).unwrap();
+    assert_eq!(quiet.verdict, Verdict::Consistent);
+    assert_eq!(quiet.attempts, 1);
+    assert_eq!(quiet.torn_pages, 0);
+    assert_eq!(quiet.data, data);
+    assert_eq!(quiet.checksum(), qemu_bridge::ram::sha256_hex(&data));
+
+    // A writer that keeps mutating pages through its own writable mapping-free path (pwrite on
+    // the same file) must be detected: the verdict is torn, or the pages it changed were
+    // re-copied. Both prove the verification looked at live memory again.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = Arc::clone(&stop);
+        let path = file.path.clone();
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            let mut value = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                value += 1;
+                for page in (0..SIZE / 4096).step_by(97) {
+                    file.write_at(&value.to_le_bytes(), (page * 4096) as u64).unwrap();
+                }
+            }
+            value
+        })
+    };
+    let mut detected = false;
+    for _ in 0..20 {
+        let snapshot = bridge.consistent_snapshot(2).unwrap();
+        if snapshot.verdict == Verdict::Torn {
+            assert!(snapshot.torn_pages > 0);
+            assert_eq!(snapshot.attempts, 2);
+            detected = true;
+            break;
+        }
+        if snapshot.recopied_pages > 0 {
+            detected = true;
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert!(writes > 0);
+    assert!(detected, "a file mutated during snapshots was never seen as changing");
+}
+
+#[test]
+fn test_concurrent_reads() {
+    let data = Arc::new(pattern(SIZE));
+    let file = ShmFile::with_contents("concurrent", &data);
+    let bridge = Arc::new(SharedMemoryBridge::new(&file.id).unwrap());
+    let threads: Vec<_> = (0..8u64)
+        .map(|thread| {
+            let bridge = Arc::clone(&bridge);
+            let data = Arc::clone(&data);
+            std::thread::spawn(move || {
+                let mut seed = thread.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+                let mut buffer = vec![0u8; 1 << 16];
+                for _ in 0..2000 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let len = (seed % (1 << 16)) as usize;
+                    let addr = ((seed >> 20) as usize) % (SIZE - len);
+                    bridge.read_into(addr as u64, &mut buffer[..len]).unwrap();
+                    assert_eq!(&buffer[..len], &data[addr..addr + len], "thread {thread} at {addr:#x}+{len}");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+}
+
+#[test]
+fn test_truncated_file_is_an_error_not_sigbus() {
+    let file = ShmFile::with_contents("shrink", &pattern(SIZE));
+    let bridge = SharedMemoryBridge::new(&file.id).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&file.path).unwrap().set_len(4096).unwrap();
+    let mut buffer = [0u8; 64];
+    assert!(matches!(bridge.read_into(1 << 20, &mut buffer), Err(BridgeError::FileShrunk { .. })));
+    assert!(matches!(bridge.consistent_snapshot(2), Err(BridgeError::FileShrunk { .. })));
+    assert!(bridge.snapshot().is_empty());
+    // what is still in the file remains readable
+    bridge.read_into(0, &mut buffer).unwrap();
+}

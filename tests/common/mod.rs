@@ -1,0 +1,224 @@
+//! Shared test infrastructure: real QEMU VMs with kill-on-drop, the boot-sector guest, RAM files
+//! in /dev/shm that clean themselves up, and polling instead of sleeps.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use qemu_bridge::discovery::RunDir;
+use qemu_bridge::launch::{self, LaunchOptions, LaunchedVm};
+
+/// Guest-physical address where the boot-sector guest copies its marker.
+pub const MARKER_ADDR: u64 = 0x10000;
+/// The marker.
+pub const MARKER: &[u8] = b"QEMU-BRIDGE-TEST-MARKER:7c1e5a";
+/// Guest-physical address of the guest's 32-bit counter.
+pub const COUNTER_ADDR: u64 = 0x10040;
+
+/// Whether we run under CI, where a missing tool or device fails the run.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Checks that a program is on PATH. Under CI a missing one fails the test; elsewhere the test
+/// is skipped with a loud message. Returns whether to go on.
+pub fn require_program(program: &str) -> bool {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(!in_ci(), "{program} is required under CI=true but is not installed");
+        eprintln!("SKIPPED: {program} not installed (CI=true makes this a failure)");
+    }
+    found
+}
+
+/// QEMU and binutils, needed for every VM test.
+pub fn require_qemu() -> bool {
+    require_program(&launch::qemu_binary()) && require_program("as") && require_program("ld")
+}
+
+/// A name no other test (or concurrent test run) uses.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The boot-sector guest, assembled once per test binary from `tests/guest/boot.S`.
+pub fn boot_image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("qemu-bridge-guest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/boot.S");
+        let object = dir.join("boot.o");
+        let image = dir.join("boot.img");
+        run(Command::new("as").arg("--32").arg(&source).arg("-o").arg(&object));
+        run(Command::new("ld")
+            .args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary"])
+            .arg(&object)
+            .arg("-o")
+            .arg(&image));
+        assert_eq!(std::fs::metadata(&image).unwrap().len(), 512, "boot sector must be 512 bytes");
+        // SeaBIOS refuses a 512-byte disk.
+        std::fs::OpenOptions::new().write(true).open(&image).unwrap().set_len(1 << 20).unwrap();
+        image
+    })
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
+    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A temporary run directory.
+pub struct TestRunDir {
+    pub dir: tempfile::TempDir,
+    pub run_dir: RunDir,
+}
+
+impl TestRunDir {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("qbt-run").tempdir().unwrap();
+        let run_dir = RunDir::new(dir.path());
+        Self { dir, run_dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Builder for a real VM under TCG.
+pub struct VmBuilder {
+    options: LaunchOptions,
+}
+
+impl VmBuilder {
+    /// A boot-sector guest VM named `<prefix>-<pid>-<n>` in `run_dir`.
+    pub fn new(prefix: &str, run_dir: &TestRunDir) -> Self {
+        let mut options = LaunchOptions::new(&unique_name(prefix), run_dir.run_dir.clone());
+        // QEMU locks a disk image for writing: each VM gets its own copy.
+        let image = run_dir.path().join(format!("{}.img", options.name));
+        std::fs::copy(boot_image(), &image).unwrap();
+        options.drive = Some(image);
+        options.timeout = Duration::from_secs(120);
+        Self { options }
+    }
+
+    pub fn memory(mut self, bytes: u64) -> Self {
+        self.options.memory = bytes;
+        self
+    }
+
+    pub fn machine(mut self, machine: launch::Machine) -> Self {
+        self.options.machine = machine;
+        self
+    }
+
+    pub fn no_drive(mut self) -> Self {
+        self.options.drive = None;
+        self
+    }
+
+    pub fn extra(mut self, args: &[&str]) -> Self {
+        self.options.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    pub fn options(&self) -> &LaunchOptions {
+        &self.options
+    }
+
+    pub fn launch(self) -> TestVm {
+        let launched = launch::launch(&self.options).expect("launch VM");
+        TestVm { launched, options: self.options }
+    }
+}
+
+/// A launched VM, killed by pid and cleaned up when dropped.
+pub struct TestVm {
+    pub launched: LaunchedVm,
+    pub options: LaunchOptions,
+}
+
+impl TestVm {
+    pub fn name(&self) -> &str {
+        &self.launched.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.launched.pid
+    }
+
+    /// Waits until the guest has written its marker (it ran) — TCG can be slow on a busy machine.
+    pub fn wait_for_marker(&self) {
+        let bridge = qemu_bridge::SharedMemoryBridge::open(self.name(), &self.launched.ram_path).unwrap();
+        let mut buffer = vec![0u8; MARKER.len()];
+        let seen = wait_until(Duration::from_secs(120), || {
+            bridge.read_into(MARKER_ADDR, &mut buffer).unwrap();
+            buffer == MARKER
+        });
+        assert!(seen, "guest {} never wrote its marker", self.name());
+    }
+
+    /// Kills QEMU by pid (SIGKILL) without cleaning up, as a crash would.
+    pub fn kill(&self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::SIGKILL);
+        assert!(wait_until(Duration::from_secs(20), || !launch::process_alive(self.pid())));
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.launched.pid as i32);
+        if launch::process_alive(self.launched.pid) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+            wait_until(Duration::from_secs(10), || !launch::process_alive(self.launched.pid));
+        }
+        let _ = std::fs::remove_file(&self.launched.ram_path);
+        let _ = std::fs::remove_file(&self.launched.socket);
+        let _ = std::fs::remove_file(self.options.run_dir.file_path(&self.launched.name, "pid"));
+    }
+}
+
+/// A file under /dev/shm named `qemu_ram_<id>`, removed on drop.
+pub struct ShmFile {
+    pub id: String,
+    pub path: PathBuf,
+}
+
+impl ShmFile {
+    pub fn with_contents(prefix: &str, contents: &[u8]) -> Self {
+        let id = unique_name(prefix);
+        let path = PathBuf::from(format!("/dev/shm/qemu_ram_{id}"));
+        std::fs::write(&path, contents).unwrap();
+        Self { id, path }
+    }
+}
+
+impl Drop for ShmFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A deterministic pattern: byte i = low byte of a hash of i.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8).collect()
+}

@@ -1,0 +1,47 @@
+/* A boot-sector guest for qemu-bridge's tests.
+ *
+ * SeaBIOS loads it at 0x7c00 and jumps to it in real mode. It copies a marker to guest-physical
+ * 0x10000 (where nothing else writes) so that the marker's presence there proves the guest ran,
+ * then increments a 32-bit counter at 0x10040 forever so that tests can watch memory change.
+ * It also writes the marker to the serial port (COM1) once.
+ *
+ * Build: as --32 boot.S -o boot.o && ld -m elf_i386 -Ttext 0x7c00 --oformat binary boot.o -o boot.bin
+ *        truncate -s 1M boot.bin     (SeaBIOS refuses a 512-byte disk)
+ */
+    .code16
+    .globl _start
+_start:
+    cli
+    xor %ax, %ax
+    mov %ax, %ds
+    mov %ax, %ss
+    mov $0x7c00, %sp
+    mov $0x1000, %ax
+    mov %ax, %es            /* es:0 = guest-physical 0x10000 */
+    cld
+    mov $marker, %si
+    xor %di, %di
+    mov $marker_end - marker, %cx
+    rep movsb
+    movl $0, %es:0x40
+
+    mov $marker, %si        /* the marker on COM1 */
+    mov $0x3f8, %dx
+serial:
+    lodsb
+    test %al, %al
+    jz count
+    out %al, %dx
+    jmp serial
+
+count:
+    incl %es:0x40
+    jmp count
+
+marker:
+    .ascii "QEMU-BRIDGE-TEST-MARKER:7c1e5a"
+    .byte 0
+marker_end:
+
+    .org 510
+    .word 0xaa55
