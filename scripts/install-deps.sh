@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what qemu-bridge needs to run and to be tested, with apt-get, if missing:
+# QEMU (Debian 12's 7.2), fusermount3, binutils (to assemble the test guest), python3,
+# xxd and util-linux (setpriv). Idempotent; needs root (or sudo) only when something is missing.
+set -euo pipefail
+
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v as >/dev/null && command -v ld >/dev/null || need+=(binutils)
+command -v python3 >/dev/null || need+=(python3)
+command -v xxd >/dev/null || need+=(xxd)
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v cc >/dev/null || need+=(gcc)
+
+if ((${#need[@]})); then
+    echo "installing: ${need[*]}" >&2
+    sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "cargo not found: install Rust (https://rustup.rs) first" >&2
+    exit 1
+fi
+
+# /dev/fuse is needed by the mount; under CI its absence is a failure, not a skip.
+if [[ ! -c /dev/fuse ]]; then
+    if [[ ${CI:-} == true ]]; then
+        echo "error: /dev/fuse is missing (CI=true: refusing to skip the mount tests)" >&2
+        exit 1
+    fi
+    echo "warning: /dev/fuse is missing: the mount will not work" >&2
+fi

@@ -1,0 +1,172 @@
+//! The `qemu-bridge` binary: verbs against real VMs, and bad input.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{require_qemu, TestRunDir, MARKER};
+
+fn qemu_bridge(run_dir: &TestRunDir, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+        .args(args)
+        .arg("--run-dir")
+        .arg(run_dir.path())
+        .output()
+        .unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A one-line error naming what was wrong, a non-zero exit, never a panic.
+fn assert_clean_failure(output: &Output, needle: &str) {
+    let text = stderr(output);
+    assert!(!output.status.success(), "expected failure, got success: {}", stdout(output));
+    assert!(!text.contains("panicked"), "panic: {text}");
+    assert!(text.contains(needle), "error should mention {needle:?}: {text}");
+    // clap adds a "For more information, try '--help'." hint to usage errors
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty() && !l.starts_with("For more information")).collect();
+    assert_eq!(lines.len(), 1, "one line expected: {text}");
+}
+
+#[test]
+fn test_cli_bad_input() {
+    let run_dir = TestRunDir::new();
+    assert_clean_failure(&qemu_bridge(&run_dir, &["status", "nosuchvm"]), "nosuchvm");
+    assert_clean_failure(&qemu_bridge(&run_dir, &["stop", "nosuchvm"]), "nosuchvm");
+    assert_clean_failure(&qemu_bridge(&run_dir, &["status", "a/b"]), "a/b");
+    assert_clean_failure(&qemu_bridge(&run_dir, &["launch", "x/y"]), "x/y");
+    assert_clean_failure(&qemu_bridge(&run_dir, &["launch", ""]), "invalid VM name");
+    for size in ["lots", "-5", "0", "1.5G", "99999999999T"] {
+        let output = qemu_bridge(&run_dir, &["launch", "vm", &format!("--memory={size}")]);
+        assert!(!output.status.success());
+        assert!(stderr(&output).contains("invalid size"), "{size}: {}", stderr(&output));
+        assert!(!stderr(&output).contains("panicked"));
+    }
+    assert_clean_failure(&qemu_bridge(&run_dir, &["read", "vm", "0xZZ", "16"]).clone(), "0xZZ");
+    assert_clean_failure(&qemu_bridge(&run_dir, &["read", "vm", "0", "0x100000000"]), "too large");
+    // a run dir that does not exist, or is a file
+    let missing = run_dir.path().join("missing");
+    let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge")).args(["list", "--run-dir"]).arg(&missing).output().unwrap();
+    assert_clean_failure(&output, "does not exist");
+    let file = run_dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge")).args(["list", "--run-dir"]).arg(&file).output().unwrap();
+    assert_clean_failure(&output, "not a directory");
+    // QEMU missing
+    let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+        .args(["launch", "vm", "--run-dir"])
+        .arg(run_dir.path())
+        .env("QEMU_BRIDGE_QEMU", "/nonexistent/qemu-system-x86_64")
+        .output()
+        .unwrap();
+    assert_clean_failure(&output, "not found");
+    // a kernel that does not exist
+    assert_clean_failure(&qemu_bridge(&run_dir, &["launch", "vm", "--kernel", "/nonexistent/vmlinuz"]), "/nonexistent/vmlinuz");
+    // nothing was left behind by the failed launches
+    assert!(!std::path::Path::new("/dev/shm/qemu_ram_vm").exists());
+}
+
+#[test]
+fn test_cli_lifecycle_on_real_vm() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let name = common::unique_name("cli");
+    let image = run_dir.path().join("boot.img");
+    std::fs::copy(common::boot_image(), &image).unwrap();
+    let output = qemu_bridge(&run_dir, &["launch", &name, "--memory", "32M", "--drive", image.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let ram_path = format!("/dev/shm/qemu_ram_{name}");
+    let pid: u32 = std::fs::read_to_string(run_dir.path().join(format!("{name}.pid"))).unwrap().trim().parse().unwrap();
+    // a kill-on-drop guard in case an assertion below fails
+    let _guard = scopeguard(pid, ram_path.clone());
+    assert!(stdout(&output).contains(&ram_path));
+
+    // launching the same name again is refused while it runs
+    assert_clean_failure(&qemu_bridge(&run_dir, &["launch", &name, "--drive", image.to_str().unwrap()]), "already running");
+
+    let list = qemu_bridge(&run_dir, &["list", "--json"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(rows[0]["name"], name.as_str());
+    assert_eq!(rows[0]["state"], "running");
+    assert_eq!(rows[0]["ram_size"], 32 << 20);
+    assert_eq!(rows[0]["ram_path"], ram_path.as_str());
+    assert!(stdout(&qemu_bridge(&run_dir, &["list"])).contains(&name));
+
+    assert_eq!(stdout(&qemu_bridge(&run_dir, &["pause", &name])).trim(), "paused");
+    assert_eq!(stdout(&qemu_bridge(&run_dir, &["status", &name])).trim(), "paused");
+    assert_eq!(stdout(&qemu_bridge(&run_dir, &["resume", &name])).trim(), "running");
+
+    // the marker, through `read`
+    assert!(common::wait_until(std::time::Duration::from_secs(120), || {
+        let out = qemu_bridge(&run_dir, &["read", &name, "0x10000", &MARKER.len().to_string(), "--raw"]);
+        out.stdout == MARKER
+    }));
+    let dump = stdout(&qemu_bridge(&run_dir, &["read", &name, "0x10000", "16"]));
+    assert!(dump.starts_with("00010000: 5145 4d55"), "{dump}");
+    assert_clean_failure(&qemu_bridge(&run_dir, &["read", &name, "0x2000000", "1"]), "invalid address");
+
+    // snapshots: --pause gives an exact image whose sha256 is printed
+    let snap = run_dir.path().join("snap.bin");
+    let output = qemu_bridge(&run_dir, &["snapshot", &name, "-o", snap.to_str().unwrap(), "--pause"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let line = stdout(&output);
+    let data = std::fs::read(&snap).unwrap();
+    assert_eq!(data.len(), 32 << 20);
+    assert!(line.starts_with(&format!("sha256 {} paused", qemu_bridge::ram::sha256_hex(&data))), "{line}");
+    let output = qemu_bridge(&run_dir, &["snapshot", &name, "-o", snap.to_str().unwrap(), "--consistent"]);
+    assert!(output.status.success());
+    assert!(stdout(&output).contains("attempts="));
+    // an unwritable output leaves nothing behind
+    assert!(!qemu_bridge(&run_dir, &["snapshot", &name, "-o", "/nonexistent/dir/x.bin"]).status.success());
+
+    // stop quits through QMP and removes the RAM file and socket
+    let output = qemu_bridge(&run_dir, &["stop", &name]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("quit"));
+    assert!(!std::path::Path::new(&ram_path).exists());
+    assert!(!run_dir.path().join(format!("{name}.qmp")).exists());
+    assert!(common::wait_until(std::time::Duration::from_secs(10), || !qemu_bridge::launch::process_alive(pid)));
+}
+
+#[test]
+fn test_cli_runs_qemu_as_unprivileged_user() {
+    if !require_qemu() || qemu_bridge::discovery::effective_uid() != 0 {
+        // only root can switch users; as non-root there is nothing to test
+        assert!(!common::in_ci() || qemu_bridge::discovery::effective_uid() == 0, "CI runs as root");
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let name = common::unique_name("user");
+    let output = qemu_bridge(&run_dir, &["launch", &name, "--user", "nobody"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let pid: u32 = std::fs::read_to_string(run_dir.path().join(format!("{name}.pid"))).unwrap().trim().parse().unwrap();
+    let _guard = scopeguard(pid, format!("/dev/shm/qemu_ram_{name}"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid_line.split_whitespace().skip(1).all(|uid| uid == "65534"), "{uid_line}");
+    assert!(qemu_bridge(&run_dir, &["stop", &name]).status.success());
+}
+
+struct Guard(u32, String);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if qemu_bridge::launch::process_alive(self.0) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), nix::sys::signal::SIGKILL);
+        }
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+fn scopeguard(pid: u32, ram_path: String) -> Guard {
+    Guard(pid, ram_path)
+}
