@@ -53,7 +53,8 @@ fn test_permission_denied_is_reported() {
             Ok(path) => path,
             Err(_) => {
                 owned = ShmFile::with_contents("perm", &pattern(4096));
-                std::fs::set_permissions(&owned.path, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+                std::fs::set_permissions(&owned.path, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+                    .unwrap();
                 owned.path.clone()
             }
         };
@@ -133,7 +134,10 @@ fn test_layout_holes_are_invalid() {
     // 8 MiB split as 6 MiB low + 2 MiB at 4 GiB, like a machine with a PCI hole.
     let data = pattern(SIZE);
     let file = ShmFile::with_contents("layout", &data);
-    let bridge = SharedMemoryBridge::new(&file.id).unwrap().with_layout(GuestLayout::from_split(6 << 20, 2 << 20)).unwrap();
+    let bridge = SharedMemoryBridge::new(&file.id)
+        .unwrap()
+        .with_layout(GuestLayout::from_split(6 << 20, 2 << 20))
+        .unwrap();
     let mut buffer = [0u8; 16];
     bridge.read_into(1 << 32, &mut buffer).unwrap();
     assert_eq!(buffer, data[6 << 20..(6 << 20) + 16]);
@@ -141,7 +145,10 @@ fn test_layout_holes_are_invalid() {
     assert!(matches!(bridge.read_physical((6 << 20) - 8, 16), Err(BridgeError::InvalidAddress { .. })));
     // a layout that does not cover the file is refused
     let other = SharedMemoryBridge::new(&file.id).unwrap();
-    assert!(matches!(other.with_layout(GuestLayout::identity(1 << 20)), Err(BridgeError::LayoutMismatch { .. })));
+    assert!(matches!(
+        other.with_layout(GuestLayout::identity(1 << 20)),
+        Err(BridgeError::LayoutMismatch { .. })
+    ));
 }
 
 #[test]

@@ -30,7 +30,8 @@ fn assert_clean_failure(output: &Output, needle: &str) {
     assert!(!text.contains("panicked"), "panic: {text}");
     assert!(text.contains(needle), "error should mention {needle:?}: {text}");
     // clap adds a "For more information, try '--help'." hint to usage errors
-    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty() && !l.starts_with("For more information")).collect();
+    let lines: Vec<&str> =
+        text.lines().filter(|l| !l.is_empty() && !l.starts_with("For more information")).collect();
     assert_eq!(lines.len(), 1, "one line expected: {text}");
 }
 
@@ -52,11 +53,19 @@ fn test_cli_bad_input() {
     assert_clean_failure(&qemu_bridge(&run_dir, &["read", "vm", "0", "0x100000000"]), "too large");
     // a run dir that does not exist, or is a file
     let missing = run_dir.path().join("missing");
-    let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge")).args(["list", "--run-dir"]).arg(&missing).output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+        .args(["list", "--run-dir"])
+        .arg(&missing)
+        .output()
+        .unwrap();
     assert_clean_failure(&output, "does not exist");
     let file = run_dir.path().join("file");
     std::fs::write(&file, b"").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge")).args(["list", "--run-dir"]).arg(&file).output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+        .args(["list", "--run-dir"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_clean_failure(&output, "not a directory");
     // QEMU missing
     let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
@@ -67,7 +76,10 @@ fn test_cli_bad_input() {
         .unwrap();
     assert_clean_failure(&output, "not found");
     // a kernel that does not exist
-    assert_clean_failure(&qemu_bridge(&run_dir, &["launch", "vm", "--kernel", "/nonexistent/vmlinuz"]), "/nonexistent/vmlinuz");
+    assert_clean_failure(
+        &qemu_bridge(&run_dir, &["launch", "vm", "--kernel", "/nonexistent/vmlinuz"]),
+        "/nonexistent/vmlinuz",
+    );
     // nothing was left behind by the failed launches
     assert!(!std::path::Path::new("/dev/shm/qemu_ram_vm").exists());
 }
@@ -81,16 +93,21 @@ fn test_cli_lifecycle_on_real_vm() {
     let name = common::unique_name("cli");
     let image = run_dir.path().join("boot.img");
     std::fs::copy(common::boot_image(), &image).unwrap();
-    let output = qemu_bridge(&run_dir, &["launch", &name, "--memory", "32M", "--drive", image.to_str().unwrap()]);
+    let output =
+        qemu_bridge(&run_dir, &["launch", &name, "--memory", "32M", "--drive", image.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
     let ram_path = format!("/dev/shm/qemu_ram_{name}");
-    let pid: u32 = std::fs::read_to_string(run_dir.path().join(format!("{name}.pid"))).unwrap().trim().parse().unwrap();
+    let pid: u32 =
+        std::fs::read_to_string(run_dir.path().join(format!("{name}.pid"))).unwrap().trim().parse().unwrap();
     // a kill-on-drop guard in case an assertion below fails
     let _guard = scopeguard(pid, ram_path.clone());
     assert!(stdout(&output).contains(&ram_path));
 
     // launching the same name again is refused while it runs
-    assert_clean_failure(&qemu_bridge(&run_dir, &["launch", &name, "--drive", image.to_str().unwrap()]), "already running");
+    assert_clean_failure(
+        &qemu_bridge(&run_dir, &["launch", &name, "--drive", image.to_str().unwrap()]),
+        "already running",
+    );
 
     let list = qemu_bridge(&run_dir, &["list", "--json"]);
     assert!(list.status.success(), "{}", stderr(&list));
@@ -134,7 +151,9 @@ fn test_cli_lifecycle_on_real_vm() {
     assert!(stdout(&output).contains("quit"));
     assert!(!std::path::Path::new(&ram_path).exists());
     assert!(!run_dir.path().join(format!("{name}.qmp")).exists());
-    assert!(common::wait_until(std::time::Duration::from_secs(10), || !qemu_bridge::launch::process_alive(pid)));
+    assert!(common::wait_until(std::time::Duration::from_secs(10), || !qemu_bridge::launch::process_alive(
+        pid
+    )));
 }
 
 #[test]
@@ -148,7 +167,8 @@ fn test_cli_runs_qemu_as_unprivileged_user() {
     let name = common::unique_name("user");
     let output = qemu_bridge(&run_dir, &["launch", &name, "--user", "nobody"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let pid: u32 = std::fs::read_to_string(run_dir.path().join(format!("{name}.pid"))).unwrap().trim().parse().unwrap();
+    let pid: u32 =
+        std::fs::read_to_string(run_dir.path().join(format!("{name}.pid"))).unwrap().trim().parse().unwrap();
     let _guard = scopeguard(pid, format!("/dev/shm/qemu_ram_{name}"));
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
@@ -161,7 +181,8 @@ struct Guard(u32, String);
 impl Drop for Guard {
     fn drop(&mut self) {
         if qemu_bridge::launch::process_alive(self.0) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), nix::sys::signal::SIGKILL);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), nix::sys::signal::SIGKILL);
         }
         let _ = std::fs::remove_file(&self.1);
     }

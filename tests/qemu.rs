@@ -25,7 +25,10 @@ fn test_qemu_vm_launch() {
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("launch", &run_dir).launch();
     assert!(vm.launched.ram_path.starts_with("/dev/shm"));
-    assert_eq!(vm.launched.ram_path.file_name().unwrap().to_str().unwrap(), format!("qemu_ram_{}", vm.name()));
+    assert_eq!(
+        vm.launched.ram_path.file_name().unwrap().to_str().unwrap(),
+        format!("qemu_ram_{}", vm.name())
+    );
     vm.wait_for_marker();
 
     // The seed's constructor finds the launched VM's RAM by name.
@@ -66,11 +69,13 @@ fn test_bytes_equal_pmemsave_of_stopped_vm() {
         .unwrap();
     assert_eq!(handle.status().unwrap().status, RunState::Paused);
     // pmemsave completes asynchronously on some versions: wait for the whole file
-    assert!(wait_until(Duration::from_secs(30), || std::fs::metadata(&oracle).is_ok_and(|m| m.len() == info.ram_size)));
+    assert!(wait_until(Duration::from_secs(30), || std::fs::metadata(&oracle)
+        .is_ok_and(|m| m.len() == info.ram_size)));
     let expected = std::fs::read(&oracle).unwrap();
     let ours = bridge.try_snapshot().unwrap();
     assert_eq!(ours.len(), expected.len());
-    let mismatches: Vec<usize> = (0..ours.len()).filter(|&i| ours[i] != expected[i] && !VGA_AND_ROM.contains(&i)).take(8).collect();
+    let mismatches: Vec<usize> =
+        (0..ours.len()).filter(|&i| ours[i] != expected[i] && !VGA_AND_ROM.contains(&i)).take(8).collect();
     assert!(mismatches.is_empty(), "bytes differ from pmemsave at {mismatches:#x?}");
     // the comparison is not vacuous: the marker is in both
     let at = MARKER_ADDR as usize;
@@ -122,10 +127,13 @@ fn test_qmp_states_and_memdev_on_real_qemu() {
     let status = qmp.query_status().unwrap();
     assert_eq!((status.status, status.running), (RunState::Paused, false));
     // events (RESUME, STOP) arrived between replies and were kept aside
-    let events: Vec<String> = qmp.take_events().iter().filter_map(|e| e["event"].as_str().map(String::from)).collect();
+    let events: Vec<String> =
+        qmp.take_events().iter().filter_map(|e| e["event"].as_str().map(String::from)).collect();
     assert!(events.contains(&"STOP".to_string()), "{events:?}");
     // an unknown command is a typed error
-    assert!(matches!(qmp.execute("no-such-command", None), Err(qemu_bridge::QmpError::Command { ref class, .. }) if class == "CommandNotFound"));
+    assert!(
+        matches!(qmp.execute("no-such-command", None), Err(qemu_bridge::QmpError::Command { ref class, .. }) if class == "CommandNotFound")
+    );
     drop(qmp);
     let json = handle.memdev_json().unwrap();
     assert_eq!(json[0]["mem-path"], vm.launched.ram_path.to_str().unwrap());
@@ -135,7 +143,8 @@ fn test_qmp_states_and_memdev_on_real_qemu() {
 /// guest sees at a guest-physical address: the layout must agree with QEMU itself.
 fn check_layout_against_qemu(machine: Machine, memory: u64, gpa: u64, expected_offset: u64) {
     let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("layout", &run_dir).machine(machine).memory(memory).no_drive().extra(&["-S"]).launch();
+    let vm =
+        VmBuilder::new("layout", &run_dir).machine(machine).memory(memory).no_drive().extra(&["-S"]).launch();
     let handle = Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
     let (bridge, info) = handle.open_bridge().unwrap();
     assert_eq!(bridge.translate(gpa, 4096).unwrap() as u64, expected_offset, "{machine:?} {memory:#x}");
@@ -177,7 +186,8 @@ fn test_python_qmp_client_against_real_vm() {
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("python", &run_dir).launch();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/qmp_client.py");
-    let output = std::process::Command::new("python3").arg(&script).arg(&vm.launched.socket).output().unwrap();
+    let output =
+        std::process::Command::new("python3").arg(&script).arg(&vm.launched.socket).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let reply: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(reply["status"]["status"], "running");

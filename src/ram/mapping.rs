@@ -89,6 +89,15 @@ impl Mapping {
         Ok(&self.map[offset..offset + len])
     }
 
+    /// Like [`view`](Self::view), after checking that the file still holds the range (a file
+    /// truncated under the mapping would SIGBUS whoever touches the view). The file can still
+    /// shrink between the check and the use: the window is one `fstat`.
+    pub fn view_checked(&self, offset: usize, len: usize) -> Result<&[u8], BridgeError> {
+        self.check_range(offset, len)?;
+        self.check_file_len(offset, len)?;
+        Ok(&self.map[offset..offset + len])
+    }
+
     /// Copies `dst.len()` bytes at `offset` into `dst`, split across threads when large.
     pub fn copy_to(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
         self.check_range(offset, dst.len())?;

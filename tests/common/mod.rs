@@ -26,7 +26,11 @@ pub fn in_ci() -> bool {
 /// Checks that a program is on PATH. Under CI a missing one fails the test; elsewhere the test
 /// is skipped with a loud message. Returns whether to go on.
 pub fn require_program(program: &str) -> bool {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().is_ok_and(|o| o.status.success());
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !found {
         assert!(!in_ci(), "{program} is required under CI=true but is not installed");
         eprintln!("SKIPPED: {program} not installed (CI=true makes this a failure)");
@@ -179,7 +183,8 @@ impl TestVm {
 
     /// Kills QEMU by pid (SIGKILL) without cleaning up, as a crash would.
     pub fn kill(&self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::SIGKILL);
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::SIGKILL);
         assert!(wait_until(Duration::from_secs(20), || !launch::process_alive(self.pid())));
     }
 }

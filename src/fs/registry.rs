@@ -1,0 +1,230 @@
+//! The mount's view of the run directory: which VMs are alive, each with its RAM mapped once.
+//!
+//! Every VM found alive becomes an [`Instance`] with inode numbers of its own. A VM restarted
+//! under the same name (a new socket file) is a new instance: handles opened on the old one keep
+//! the old mapping, new opens see the new RAM. A VM that dies is dropped, which unmaps its RAM
+//! (so tmpfs can free a deleted RAM file) once no open handle holds it.
+//!
+//! A socket that is dead, hangs or speaks garbage never blocks the caller for longer than the
+//! probe timeout, and is not asked again for a while after it failed.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::discovery::RunDir;
+use crate::ram::SharedMemoryBridge;
+use crate::vm::{Vm, VmInfo};
+
+/// Time allowed for the QMP exchanges that admit a new VM.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// A live VM is re-checked (socket connect) at most this often.
+const LIVENESS_INTERVAL: Duration = Duration::from_millis(500);
+/// A socket that failed to answer is not asked again before this.
+const RETRY_FAILED_AFTER: Duration = Duration::from_secs(3);
+/// Inodes per instance: directory + files.
+pub const INODES_PER_INSTANCE: u64 = 16;
+
+/// One discovered, running VM.
+#[derive(Debug)]
+pub struct Instance {
+    /// Instance number; its inodes are `number * 16 ..`.
+    pub number: u64,
+    /// The VM handle (QMP endpoint).
+    pub vm: Vm,
+    /// What QMP said when it was admitted.
+    pub info: VmInfo,
+    /// Its RAM, mapped read-only.
+    pub bridge: SharedMemoryBridge,
+    /// (device, inode) of its socket file: a new socket means a new QEMU.
+    socket_id: (u64, u64),
+    /// When it was admitted.
+    pub since: std::time::SystemTime,
+    last_seen_alive: Mutex<Instant>,
+}
+
+impl Instance {
+    /// The directory's inode.
+    pub fn dir_inode(&self) -> u64 {
+        self.number * INODES_PER_INSTANCE
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    by_name: HashMap<String, Arc<Instance>>,
+    by_number: HashMap<u64, Arc<Instance>>,
+    failed: HashMap<(u64, u64), Instant>,
+    next_number: u64,
+}
+
+/// The set of live VMs of one run directory.
+#[derive(Debug)]
+pub struct Registry {
+    run_dir: RunDir,
+    state: RwLock<State>,
+    /// Serialises refreshes so that concurrent `ls` calls do not probe the same sockets twice.
+    refreshing: Mutex<()>,
+}
+
+fn socket_id(run_dir: &RunDir, name: &str) -> Option<(u64, u64)> {
+    let metadata = std::fs::symlink_metadata(run_dir.socket_path(name)).ok()?;
+    Some((metadata.dev(), metadata.ino()))
+}
+
+/// Whether something listens on the socket (a dead QEMU leaves a socket that refuses).
+/// A listener that is busy with another QMP client still accepts the connection into its
+/// backlog, so this does not depend on QEMU's one-client-at-a-time rule.
+fn listening(vm: &Vm) -> bool {
+    let Ok(socket) = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None) else {
+        return false;
+    };
+    let Ok(address) = socket2::SockAddr::unix(vm.socket()) else { return false };
+    match socket.connect_timeout(&address, Duration::from_millis(200)) {
+        Ok(()) => true,
+        // a full backlog: alive, just busy
+        Err(err) => err.kind() == std::io::ErrorKind::WouldBlock,
+    }
+}
+
+impl Registry {
+    /// A registry over `run_dir`; nothing is probed yet.
+    pub fn new(run_dir: RunDir) -> Self {
+        Self {
+            run_dir,
+            state: RwLock::new(State { next_number: 1, ..State::default() }),
+            refreshing: Mutex::new(()),
+        }
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &RunDir {
+        &self.run_dir
+    }
+
+    /// The instance with inode-range number `number`, if still live.
+    pub fn by_number(&self, number: u64) -> Option<Arc<Instance>> {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).by_number.get(&number).cloned()
+    }
+
+    /// Live instances, sorted by name, after a refresh of the whole run directory.
+    pub fn list(&self) -> Vec<Arc<Instance>> {
+        self.refresh_all();
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let mut instances: Vec<_> = state.by_name.values().cloned().collect();
+        instances.sort_by(|a, b| a.vm.name().cmp(b.vm.name()));
+        instances
+    }
+
+    /// The live instance called `name`, checking that it is still alive. Does not wait for a
+    /// refresh of the whole directory in progress.
+    pub fn lookup(&self, name: &str) -> Option<Arc<Instance>> {
+        if !crate::discovery::is_safe_name(name) {
+            return None;
+        }
+        self.refresh_one(name);
+        self.state.read().unwrap_or_else(|e| e.into_inner()).by_name.get(name).cloned()
+    }
+
+    fn refresh_all(&self) {
+        let _guard = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        let names = match self.run_dir.vm_names() {
+            Ok(names) => names,
+            Err(err) => {
+                log::debug!("{err}");
+                Vec::new()
+            }
+        };
+        // Probe in parallel: one slow socket costs at most the probe timeout in all.
+        std::thread::scope(|scope| {
+            for name in &names {
+                scope.spawn(move || self.refresh_one(name));
+            }
+        });
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<String> = state.by_name.keys().filter(|name| !names.contains(name)).cloned().collect();
+        for name in gone {
+            Self::remove(&mut state, &name);
+        }
+    }
+
+    fn remove(state: &mut State, name: &str) {
+        if let Some(instance) = state.by_name.remove(name) {
+            log::info!("VM {name} is gone");
+            state.by_number.remove(&instance.number);
+        }
+    }
+
+    /// Re-checks one VM: keeps, admits, replaces or drops it.
+    fn refresh_one(&self, name: &str) {
+        let Some(id) = socket_id(&self.run_dir, name) else {
+            Self::remove(&mut self.state.write().unwrap_or_else(|e| e.into_inner()), name);
+            return;
+        };
+        let existing = self.state.read().unwrap_or_else(|e| e.into_inner()).by_name.get(name).cloned();
+        if let Some(instance) = existing {
+            if instance.socket_id == id {
+                let mut last = instance.last_seen_alive.lock().unwrap_or_else(|e| e.into_inner());
+                if last.elapsed() < LIVENESS_INTERVAL {
+                    return;
+                }
+                if listening(&instance.vm) {
+                    *last = Instant::now();
+                    return;
+                }
+            }
+            // dead, or a new QEMU behind a new socket
+            Self::remove(&mut self.state.write().unwrap_or_else(|e| e.into_inner()), name);
+        }
+        if let Some(failed_at) = self.state.read().unwrap_or_else(|e| e.into_inner()).failed.get(&id) {
+            if failed_at.elapsed() < RETRY_FAILED_AFTER {
+                return;
+            }
+        }
+        match self.admit(name, id) {
+            Ok(instance) => {
+                let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+                state.failed.remove(&id);
+                // a concurrent lookup admitted the same QEMU first: keep that one
+                if state.by_name.get(name).is_some_and(|other| other.socket_id == id) {
+                    return;
+                }
+                Self::remove(&mut state, name);
+                state.by_number.insert(instance.number, Arc::clone(&instance));
+                state.by_name.insert(name.to_string(), instance);
+            }
+            Err(err) => {
+                log::warn!("skipping VM {name}: {}", crate::cli::error_chain(err.as_ref()));
+                let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+                state.failed.retain(|_, at| at.elapsed() < RETRY_FAILED_AFTER);
+                state.failed.insert(id, Instant::now());
+            }
+        }
+    }
+
+    fn admit(
+        &self,
+        name: &str,
+        id: (u64, u64),
+    ) -> Result<Arc<Instance>, Box<dyn std::error::Error + Send + Sync>> {
+        let vm = Vm::new(&self.run_dir, name)?.with_timeout(PROBE_TIMEOUT);
+        let (bridge, info) = vm.open_bridge()?;
+        let number = {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            let number = state.next_number;
+            state.next_number += 1;
+            number
+        };
+        log::info!("VM {name}: RAM {} ({} bytes), {}", info.ram_path.display(), info.ram_size, info.status);
+        Ok(Arc::new(Instance {
+            number,
+            vm,
+            info,
+            bridge,
+            socket_id: id,
+            since: std::time::SystemTime::now(),
+            last_seen_alive: Mutex::new(Instant::now()),
+        }))
+    }
+}

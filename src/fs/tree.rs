@@ -1,0 +1,529 @@
+//! The file tree served over FUSE:
+//!
+//! ```text
+//! /<vm>/ram           guest RAM in file order, straight from the mapping (direct I/O)
+//! /<vm>/status        live query-status state, one line
+//! /<vm>/memdev.json   live query-memdev plus each backend's mem-path
+//! /<vm>/checksum      sha256 of a consistency-checked snapshot, with its verdict
+//! /<vm>/layout.json   how guest-physical addresses map onto `ram` offsets
+//! ```
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use super::audit::{AuditEvent, AuditLog};
+use super::registry::{Instance, Registry, INODES_PER_INSTANCE};
+use crate::ram::DEFAULT_ATTEMPTS;
+
+/// Attributes of files whose content is fixed for an instance's life.
+const TTL: Duration = Duration::from_secs(1);
+
+/// The files of a VM directory, by inode offset within the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmFile {
+    /// `ram`
+    Ram = 1,
+    /// `status`
+    Status = 2,
+    /// `memdev.json`
+    Memdev = 3,
+    /// `checksum`
+    Checksum = 4,
+    /// `layout.json`
+    Layout = 5,
+}
+
+impl VmFile {
+    /// All files, in listing order.
+    pub const ALL: [VmFile; 5] =
+        [VmFile::Ram, VmFile::Status, VmFile::Memdev, VmFile::Checksum, VmFile::Layout];
+
+    /// The file's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            VmFile::Ram => "ram",
+            VmFile::Status => "status",
+            VmFile::Memdev => "memdev.json",
+            VmFile::Checksum => "checksum",
+            VmFile::Layout => "layout.json",
+        }
+    }
+
+    fn from_name(name: &OsStr) -> Option<Self> {
+        Self::ALL.into_iter().find(|file| OsStr::new(file.name()) == name)
+    }
+
+    fn from_offset(offset: u64) -> Option<Self> {
+        Self::ALL.into_iter().find(|file| *file as u64 == offset)
+    }
+}
+
+/// What an inode number names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Node {
+    Root,
+    Dir(u64),
+    File(u64, VmFile),
+}
+
+impl Node {
+    fn from_inode(ino: INodeNo) -> Option<Self> {
+        let ino = u64::from(ino);
+        if ino == 1 {
+            return Some(Node::Root);
+        }
+        let (number, offset) = (ino / INODES_PER_INSTANCE, ino % INODES_PER_INSTANCE);
+        if number == 0 {
+            return None;
+        }
+        match offset {
+            0 => Some(Node::Dir(number)),
+            _ => VmFile::from_offset(offset).map(|file| Node::File(number, file)),
+        }
+    }
+}
+
+fn file_inode(instance: &Instance, file: VmFile) -> INodeNo {
+    INodeNo(instance.dir_inode() + file as u64)
+}
+
+enum Handle {
+    Ram(Arc<Instance>),
+    Text(Vec<u8>),
+}
+
+/// Options of the file system.
+#[derive(Debug, Clone, Default)]
+pub struct TreeOptions {
+    /// Serve `ram` by FUSE passthrough when the kernel allows it.
+    pub passthrough: bool,
+}
+
+/// The FUSE file system.
+pub struct Tree {
+    registry: Arc<Registry>,
+    audit: Option<AuditLog>,
+    uid: u32,
+    gid: u32,
+    mounted_at: SystemTime,
+    handles: RwLock<HashMap<u64, Handle>>,
+    next_handle: AtomicU64,
+    passthrough: AtomicBool,
+    backing: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
+}
+
+impl Tree {
+    /// A tree over `registry`, owned by the mounting user.
+    pub fn new(registry: Arc<Registry>, audit: Option<AuditLog>, options: &TreeOptions) -> Self {
+        Self {
+            registry,
+            audit,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            mounted_at: SystemTime::now(),
+            handles: RwLock::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            passthrough: AtomicBool::new(options.passthrough),
+            backing: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn attr(&self, ino: INodeNo, kind: FileType, perm: u16, size: u64, time: SystemTime) -> FileAttr {
+        FileAttr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            kind,
+            perm,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn dir_attr(&self, instance: &Instance) -> FileAttr {
+        self.attr(INodeNo(instance.dir_inode()), FileType::Directory, 0o555, 0, instance.since)
+    }
+
+    fn file_attr(&self, instance: &Instance, file: VmFile) -> FileAttr {
+        // Generated files report size 0: with direct I/O, readers read until EOF.
+        let size = if file == VmFile::Ram { instance.bridge.size() as u64 } else { 0 };
+        self.attr(file_inode(instance, file), FileType::RegularFile, 0o444, size, instance.since)
+    }
+
+    fn audit(&self, req: &Request, instance: &Instance, file: VmFile, op: &str, offset: u64, len: u64) {
+        if let Some(audit) = &self.audit {
+            audit.record(&AuditEvent {
+                uid: req.uid(),
+                pid: req.pid(),
+                vm: instance.vm.name(),
+                file: file.name(),
+                op,
+                offset,
+                len,
+            });
+        }
+    }
+
+    /// Text of a generated file, asked of QMP or computed now.
+    fn generate(instance: &Instance, file: VmFile) -> Result<Vec<u8>, String> {
+        let error = |err: &dyn std::error::Error| crate::cli::error_chain(err);
+        let mut text = match file {
+            VmFile::Ram => return Err("ram is not generated".into()),
+            VmFile::Status => instance.vm.status().map_err(|e| error(&e))?.status.to_string(),
+            VmFile::Memdev => {
+                let json = instance.vm.memdev_json().map_err(|e| error(&e))?;
+                serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?
+            }
+            VmFile::Checksum => {
+                instance.bridge.consistent_snapshot(DEFAULT_ATTEMPTS).map_err(|e| error(&e))?.summary_line()
+            }
+            VmFile::Layout => {
+                let json = serde_json::json!({
+                    "machine": instance.info.machine,
+                    "ram_size": instance.info.ram_size,
+                    "ram_path": instance.info.ram_path,
+                    "regions": instance.bridge.layout().regions(),
+                });
+                serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?
+            }
+        };
+        text.push('\n');
+        Ok(text.into_bytes())
+    }
+
+    fn new_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles.write().unwrap_or_else(|e| e.into_inner()).insert(fh, handle);
+        fh
+    }
+
+    fn open_ram(&self, instance: Arc<Instance>, ino: INodeNo, reply: ReplyOpen) {
+        if self.passthrough.load(Ordering::Relaxed) {
+            let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+            let id = match backing.get_mut(&ino.0) {
+                Some((id, count)) => {
+                    *count += 1;
+                    Some(Arc::clone(id))
+                }
+                None => match std::fs::File::open(&instance.info.ram_path)
+                    .and_then(|file| reply.open_backing(&file))
+                {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        backing.insert(ino.0, (Arc::clone(&id), 1));
+                        Some(id)
+                    }
+                    Err(err) => {
+                        log::warn!("passthrough unavailable ({err}); serving ram through the daemon");
+                        self.passthrough.store(false, Ordering::Relaxed);
+                        None
+                    }
+                },
+            };
+            if let Some(id) = id {
+                let fh = self.new_handle(Handle::Ram(instance));
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                return;
+            }
+        }
+        let fh = self.new_handle(Handle::Ram(instance));
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+    }
+}
+
+impl Filesystem for Tree {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if self.passthrough.load(Ordering::Relaxed) {
+            let enabled = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !enabled {
+                log::warn!("the kernel does not offer FUSE passthrough; serving ram through the daemon");
+                self.passthrough.store(false, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match Node::from_inode(parent) {
+            Some(Node::Root) => {
+                let Some(instance) = name.to_str().and_then(|name| self.registry.lookup(name)) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                // TTL 0: a VM that dies must vanish at the next path walk.
+                reply.entry(&Duration::ZERO, &self.dir_attr(&instance), Generation(0));
+            }
+            Some(Node::Dir(number)) => {
+                let (Some(instance), Some(file)) = (self.registry.by_number(number), VmFile::from_name(name))
+                else {
+                    return reply.error(Errno::ENOENT);
+                };
+                reply.entry(&TTL, &self.file_attr(&instance, file), Generation(0));
+            }
+            _ => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match Node::from_inode(ino) {
+            Some(Node::Root) => {
+                reply.attr(&TTL, &self.attr(INodeNo::ROOT, FileType::Directory, 0o555, 0, self.mounted_at))
+            }
+            Some(Node::Dir(number)) => match self.registry.by_number(number) {
+                Some(instance) => reply.attr(&Duration::ZERO, &self.dir_attr(&instance)),
+                None => reply.error(Errno::ENOENT),
+            },
+            Some(Node::File(number, file)) => match self.registry.by_number(number) {
+                Some(instance) => reply.attr(&TTL, &self.file_attr(&instance, file)),
+                None => reply.error(Errno::ENOENT),
+            },
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let mut entries: Vec<(INodeNo, FileType, String)> = Vec::new();
+        match Node::from_inode(ino) {
+            Some(Node::Root) => {
+                entries.push((INodeNo::ROOT, FileType::Directory, ".".into()));
+                entries.push((INodeNo::ROOT, FileType::Directory, "..".into()));
+                for instance in self.registry.list() {
+                    entries.push((
+                        INodeNo(instance.dir_inode()),
+                        FileType::Directory,
+                        instance.vm.name().into(),
+                    ));
+                }
+            }
+            Some(Node::Dir(number)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                entries.push((INodeNo(instance.dir_inode()), FileType::Directory, ".".into()));
+                entries.push((INodeNo::ROOT, FileType::Directory, "..".into()));
+                for file in VmFile::ALL {
+                    entries.push((file_inode(&instance, file), FileType::RegularFile, file.name().into()));
+                }
+            }
+            _ => return reply.error(Errno::ENOTDIR),
+        }
+        for (index, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(ino, index as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        let Some(Node::File(number, file)) = Node::from_inode(ino) else {
+            return reply.error(Errno::EISDIR);
+        };
+        let Some(instance) = self.registry.by_number(number) else { return reply.error(Errno::ENOENT) };
+        self.audit(req, &instance, file, "open", 0, 0);
+        if file == VmFile::Ram {
+            return self.open_ram(instance, ino, reply);
+        }
+        match Self::generate(&instance, file) {
+            Ok(text) => {
+                let fh = self.new_handle(Handle::Text(text));
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+            }
+            Err(err) => {
+                log::error!("{}/{}: {err}", instance.vm.name(), file.name());
+                reply.error(Errno::EIO);
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let handles = self.handles.read().unwrap_or_else(|e| e.into_inner());
+        match handles.get(&fh.0) {
+            Some(Handle::Text(text)) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(text.len());
+                let end = start.saturating_add(size as usize).min(text.len());
+                reply.data(&text[start..end]);
+            }
+            Some(Handle::Ram(instance)) => {
+                let total = instance.bridge.size() as u64;
+                if offset >= total {
+                    return reply.data(&[]);
+                }
+                let len = (size as u64).min(total - offset) as usize;
+                self.audit(req, instance, VmFile::Ram, "read", offset, len as u64);
+                // The reply is written to /dev/fuse straight from the mapping: zero copy.
+                match instance.bridge.mapping().view_checked(offset as usize, len) {
+                    Ok(bytes) => reply.data(bytes),
+                    Err(err) => {
+                        log::error!("{}/ram at {offset:#x}: {err}", instance.vm.name());
+                        reply.error(Errno::EIO);
+                    }
+                }
+            }
+            None => {
+                log::warn!("read of inode {ino:?} with unknown handle {}", fh.0);
+                reply.error(Errno::EBADF);
+            }
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.write().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, count)) = backing.get_mut(&ino.0) {
+            *count -= 1;
+            if *count == 0 {
+                backing.remove(&ino.0);
+            }
+        }
+        reply.ok();
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+}
