@@ -112,7 +112,7 @@ fn spawn_daemon(args: &MountArgs) -> VerbResult {
         command.arg("--threads").arg(threads.to_string());
     }
     if std::env::var_os("RUST_LOG").is_none() {
-        command.env("RUST_LOG", "info");
+        command.env("RUST_LOG", "info,fuser=warn,fuser::mnt=error");
     }
     use std::os::unix::process::CommandExt;
     let mut child = command

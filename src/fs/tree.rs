@@ -101,6 +101,16 @@ enum Handle {
     Text(Vec<u8>),
 }
 
+/// FUSE reports the calling thread; the audit log wants its process (thread group).
+fn process_of_thread(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| line.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok()))
+        })
+        .unwrap_or(tid)
+}
+
 /// Options of the file system.
 #[derive(Debug, Clone, Default)]
 pub struct TreeOptions {
@@ -171,7 +181,7 @@ impl Tree {
         if let Some(audit) = &self.audit {
             audit.record(&AuditEvent {
                 uid: req.uid(),
-                pid: req.pid(),
+                pid: process_of_thread(req.pid()),
                 vm: instance.vm.name(),
                 file: file.name(),
                 op,

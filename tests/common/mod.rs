@@ -227,3 +227,85 @@ impl Drop for ShmFile {
 pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8).collect()
 }
+
+/// A qemu-bridge mount in a temporary directory, unmounted (and its daemon killed by pid if it
+/// lingers) on drop.
+pub struct TestMount {
+    pub dir: tempfile::TempDir,
+    pub mountpoint: PathBuf,
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+impl TestMount {
+    /// Mounts the run directory with extra `mount` arguments; None (after a loud message) when
+    /// /dev/fuse is missing outside CI.
+    pub fn new(run_dir: &TestRunDir, extra: &[&str]) -> Option<Self> {
+        if !Path::new("/dev/fuse").exists() {
+            assert!(!in_ci(), "/dev/fuse is required under CI=true");
+            eprintln!("SKIPPED: /dev/fuse missing");
+            return None;
+        }
+        let dir = tempfile::Builder::new().prefix("qbt-mnt").tempdir().unwrap();
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).unwrap();
+        let log = dir.path().join("mount.log");
+        let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+            .arg("mount")
+            .arg(&mountpoint)
+            .arg("--run-dir")
+            .arg(run_dir.path())
+            .arg("--log-file")
+            .arg(&log)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "mount failed: {}{}",
+            String::from_utf8_lossy(&output.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let pid =
+            stdout.split("(pid ").nth(1).and_then(|rest| rest.split(',').next()).unwrap().parse().unwrap();
+        Some(Self { dir, mountpoint, pid, log })
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.mountpoint.join(relative)
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        qemu_bridge::fs::is_mounted(&self.mountpoint)
+    }
+
+    /// Names listed at the mount's root.
+    pub fn ls(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.mountpoint)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        if self.is_mounted() {
+            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        }
+        if launch::process_alive(self.pid) {
+            wait_until(Duration::from_secs(5), || !launch::process_alive(self.pid));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid as i32),
+                nix::sys::signal::SIGKILL,
+            );
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! The FUSE mount against real VMs: discovery, live files, bounds, read-only, shutdown.
+
+mod common;
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{require_qemu, wait_until, TestMount, TestRunDir, VmBuilder, COUNTER_ADDR, MARKER, MARKER_ADDR};
+use qemu_bridge::launch::process_alive;
+use qemu_bridge::Vm;
+
+const SIZE: u64 = 64 << 20;
+
+fn counter_at(ram: &File) -> u32 {
+    let mut bytes = [0u8; 4];
+    ram.read_exact_at(&mut bytes, COUNTER_ADDR).unwrap();
+    u32::from_le_bytes(bytes)
+}
+
+fn qmp(run_dir: &TestRunDir, name: &str) -> Vm {
+    Vm::existing(&run_dir.run_dir, name).unwrap()
+}
+
+#[test]
+fn test_mount_lists_launched_vms_and_drops_killed_ones() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let first = VmBuilder::new("ls-a", &run_dir).launch();
+    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    assert_eq!(mount.ls(), [first.name()]);
+    // a VM launched after mounting shows up at the next ls
+    let second = VmBuilder::new("ls-b", &run_dir).launch();
+    assert!(wait_until(Duration::from_secs(10), || mount.ls().contains(&second.name().to_string())));
+    let mut entries: Vec<String> = std::fs::read_dir(mount.path(first.name()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["checksum", "layout.json", "memdev.json", "ram", "status"]);
+    // a killed VM disappears: no stale directory
+    first.kill();
+    assert!(wait_until(Duration::from_secs(10), || mount.ls() == [second.name()]), "{:?}", mount.ls());
+    assert!(!mount.path(first.name()).exists());
+    assert!(std::fs::read(mount.path(&format!("{}/status", first.name()))).is_err());
+    // the other VM is unaffected
+    assert_eq!(
+        std::fs::read_to_string(mount.path(&format!("{}/status", second.name()))).unwrap(),
+        "running\n"
+    );
+}
+
+#[test]
+fn test_mount_status_follows_qmp() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("status", &run_dir).launch();
+    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let status = mount.path(&format!("{}/status", vm.name()));
+    assert_eq!(std::fs::read_to_string(&status).unwrap(), "running\n");
+    qmp(&run_dir, vm.name()).with_qmp(|q| q.stop()).unwrap();
+    assert_eq!(std::fs::read_to_string(&status).unwrap(), "paused\n");
+    qmp(&run_dir, vm.name()).with_qmp(|q| q.cont()).unwrap();
+    assert_eq!(std::fs::read_to_string(&status).unwrap(), "running\n");
+    // `cat` reads the generated file whole although it reports size 0
+    let output = Command::new("cat").arg(&status).output().unwrap();
+    assert_eq!(output.stdout, b"running\n");
+}
+
+#[test]
+fn test_mount_memdev_json_and_checksum() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("memdev", &run_dir).launch();
+    vm.wait_for_marker();
+    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let text = std::fs::read_to_string(mount.path(&format!("{}/memdev.json", vm.name()))).unwrap();
+    assert!(text.ends_with("}\n]\n"), "pretty JSON ending in a newline: {text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json[0]["mem-path"], vm.launched.ram_path.to_str().unwrap());
+    assert_eq!(json[0]["size"], SIZE);
+    assert_eq!(json[0]["share"], true);
+
+    // paused: the checksum is consistent on the first attempt and equals sha256 of the file
+    qmp(&run_dir, vm.name()).with_qmp(|q| q.stop()).unwrap();
+    let line = std::fs::read_to_string(mount.path(&format!("{}/checksum", vm.name()))).unwrap();
+    let expected = qemu_bridge::ram::sha256_hex(&std::fs::read(&vm.launched.ram_path).unwrap());
+    assert_eq!(line, format!("sha256 {expected} consistent attempts=1 torn_pages=0 size={SIZE}\n"));
+    // running, the guest's counter changes constantly: the verdict must say so honestly
+    qmp(&run_dir, vm.name()).with_qmp(|q| q.cont()).unwrap();
+    let line = std::fs::read_to_string(mount.path(&format!("{}/checksum", vm.name()))).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[0], "sha256");
+    assert_eq!(fields[1].len(), 64);
+    assert!(fields[2] == "torn" || fields[2] == "consistent", "{line}");
+    let layout: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(mount.path(&format!("{}/layout.json", vm.name()))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(layout["regions"][0]["len"], SIZE);
+}
+
+#[test]
+fn test_mount_ram_equals_pmemsave_and_is_live() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("ram", &run_dir).launch();
+    vm.wait_for_marker();
+    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let ram_path = mount.path(&format!("{}/ram", vm.name()));
+    assert_eq!(std::fs::metadata(&ram_path).unwrap().len(), SIZE);
+
+    // live: the counter changes between two reads of the same open file (no page cache)
+    let ram = File::open(&ram_path).unwrap();
+    let first = counter_at(&ram);
+    assert!(wait_until(Duration::from_secs(60), || counter_at(&ram) != first), "stale reads");
+
+    // xxd at the marker shows it
+    let output = Command::new("xxd")
+        .args(["-s", &MARKER_ADDR.to_string(), "-l", "32"])
+        .arg(&ram_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("QEMU-BRIDGE-TEST"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    // dd of a stopped VM's ram equals QEMU's pmemsave outside the VGA/ROM window
+    let handle = qmp(&run_dir, vm.name());
+    let oracle = run_dir.path().join("pmemsave.bin");
+    handle
+        .with_qmp(|q| {
+            q.stop()?;
+            q.pmemsave(0, SIZE, &oracle)
+        })
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(30), || std::fs::metadata(&oracle).is_ok_and(|m| m.len() == SIZE)));
+    let dumped = run_dir.path().join("dd.bin");
+    let status = Command::new("dd")
+        .arg(format!("if={}", ram_path.display()))
+        .arg(format!("of={}", dumped.display()))
+        .args(["bs=1M", "status=none"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ours = std::fs::read(&dumped).unwrap();
+    let expected = std::fs::read(&oracle).unwrap();
+    assert_eq!(ours.len(), expected.len());
+    let differing =
+        (0..ours.len()).filter(|&i| ours[i] != expected[i] && !(0xA0000..0x100000).contains(&i)).count();
+    assert_eq!(differing, 0);
+    assert_eq!(&ours[MARKER_ADDR as usize..MARKER_ADDR as usize + MARKER.len()], MARKER);
+
+    // grep -a finds the marker
+    let output =
+        Command::new("grep").args(["-a", "-c", "QEMU-BRIDGE-TEST-MARKER"]).arg(&ram_path).output().unwrap();
+    assert!(output.status.success());
+
+    // bounds: at or past the end nothing, across the end cut
+    let mut buffer = vec![0u8; 8192];
+    assert_eq!(ram.read_at(&mut buffer, SIZE).unwrap(), 0);
+    assert_eq!(ram.read_at(&mut buffer, SIZE + 12345).unwrap(), 0);
+    // far past the end the kernel itself refuses the offset (EINVAL) or we return nothing
+    assert!(ram
+        .read_at(&mut buffer, u64::MAX / 2)
+        .map_or_else(|e| e.raw_os_error() == Some(libc::EINVAL), |n| n == 0));
+    assert_eq!(ram.read_at(&mut buffer, SIZE - 100).unwrap(), 100);
+    assert_eq!(ram.read_at(&mut buffer[..0], 0).unwrap(), 0);
+    // a whole read through the mount equals the RAM file (VM paused)
+    let mut whole = Vec::new();
+    File::open(&ram_path).unwrap().read_to_end(&mut whole).unwrap();
+    assert_eq!(whole, std::fs::read(&vm.launched.ram_path).unwrap());
+}
+
+#[test]
+fn test_mount_is_read_only() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("ro", &run_dir).launch();
+    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let dir = mount.path(vm.name());
+    let ram = dir.join("ram");
+    let read_only = |err: std::io::Error| {
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM)),
+            "unexpected error {err}"
+        )
+    };
+    read_only(std::fs::OpenOptions::new().write(true).open(&ram).unwrap_err());
+    read_only(std::fs::OpenOptions::new().read(true).write(true).open(&ram).unwrap_err());
+    read_only(std::fs::OpenOptions::new().write(true).truncate(true).open(dir.join("status")).unwrap_err());
+    read_only(File::create(dir.join("new-file")).unwrap_err());
+    read_only(std::fs::create_dir(dir.join("subdir")).unwrap_err());
+    read_only(std::fs::remove_file(&ram).unwrap_err());
+    read_only(
+        std::fs::set_permissions(&ram, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap_err(),
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&ram).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o444);
+    // the daemon maps guest RAM read-only, never writable
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", mount.pid)).unwrap();
+    let ram_file = vm.launched.ram_path.to_str().unwrap();
+    let mappings: Vec<&str> = maps.lines().filter(|l| l.ends_with(ram_file)).collect();
+    assert!(!mappings.is_empty(), "the daemon should map the RAM file");
+    for line in mappings {
+        assert_eq!(line.split_whitespace().nth(1), Some("r--s"), "{line}");
+    }
+    // lookups of odd names fail cleanly
+    assert!(!mount.path("..hidden").exists());
+    assert!(std::fs::metadata(dir.join("nonexistent")).is_err());
+    assert!(std::fs::metadata(mount.path(&"x".repeat(255))).is_err());
+}
+
+#[test]
+fn test_multi_vm() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let vms: Vec<_> = (0..3).map(|i| VmBuilder::new(&format!("multi{i}"), &run_dir).launch()).collect();
+    // Stamp each VM's RAM (the test writes the files; the mount never does) at the same offset.
+    const STAMP_AT: u64 = 0x200000;
+    for (index, vm) in vms.iter().enumerate() {
+        let file = std::fs::OpenOptions::new().write(true).open(&vm.launched.ram_path).unwrap();
+        file.write_all_at(format!("stamp-of-vm-{index}-{}", vm.name()).as_bytes(), STAMP_AT).unwrap();
+    }
+    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mut names: Vec<String> = vms.iter().map(|vm| vm.name().to_string()).collect();
+    names.sort();
+    assert_eq!(mount.ls(), names);
+    // all three read at the same time, each directory serving only its own VM
+    std::thread::scope(|scope| {
+        for (index, vm) in vms.iter().enumerate() {
+            let path = mount.path(&format!("{}/ram", vm.name()));
+            scope.spawn(move || {
+                let ram = File::open(&path).unwrap();
+                let expected = format!("stamp-of-vm-{index}-{}", vm.name());
+                for _ in 0..50 {
+                    let mut buffer = vec![0u8; expected.len()];
+                    ram.read_exact_at(&mut buffer, STAMP_AT).unwrap();
+                    assert_eq!(String::from_utf8_lossy(&buffer), expected);
+                    let mut chunk = vec![0u8; 1 << 20];
+                    assert_eq!(ram.read_at(&mut chunk, 0).unwrap(), 1 << 20);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn test_mount_survives_dead_and_hung_sockets() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("healthy", &run_dir).launch();
+    // a socket nobody listens on, one that accepts and never speaks, one that speaks garbage
+    let dead = std::os::unix::net::UnixListener::bind(run_dir.path().join("dead.qmp")).unwrap();
+    drop(dead);
+    let _hung = std::os::unix::net::UnixListener::bind(run_dir.path().join("hung.qmp")).unwrap();
+    let garbage = std::os::unix::net::UnixListener::bind(run_dir.path().join("garbage.qmp")).unwrap();
+    std::thread::spawn(move || {
+        for stream in garbage.incoming().flatten() {
+            let mut stream = stream;
+            let _ = std::io::Write::write_all(&mut stream, b"\xff\xfe not json at all\n{\"QMP\": 5}\n");
+        }
+    });
+    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    assert_eq!(mount.ls(), [vm.name()]);
+    assert_eq!(std::fs::read_to_string(mount.path(&format!("{}/status", vm.name()))).unwrap(), "running\n");
+    assert!(!mount.path("hung").exists());
+    assert!(mount.log_text().contains("skipping VM"), "{}", mount.log_text());
+    // a second mount on the same mount point is refused with a clear error
+    let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+        .arg("mount")
+        .arg(&mount.mountpoint)
+        .arg("--run-dir")
+        .arg(run_dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("already a qemu-bridge mount"));
+}
+
+#[test]
+fn test_audit_log_records_ram_access() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("audit", &run_dir).launch();
+    let audit = run_dir.path().join("audit.log");
+    let Some(mount) = TestMount::new(&run_dir, &["--audit-log", audit.to_str().unwrap()]) else { return };
+    let ram = File::open(mount.path(&format!("{}/ram", vm.name()))).unwrap();
+    let mut buffer = [0u8; 4096];
+    ram.read_exact_at(&mut buffer, 0x7000).unwrap();
+    drop(ram);
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let me = std::process::id();
+    let uid = qemu_bridge::discovery::effective_uid();
+    assert!(log.contains(&format!("uid={uid} pid={me} vm={} file=ram op=open", vm.name())), "{log}");
+    assert!(
+        log.contains(&format!(
+            "uid={uid} pid={me} vm={} file=ram op=read offset={} len=4096",
+            vm.name(),
+            0x7000
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn test_unmount_paths_leave_nothing_behind() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("umount", &run_dir).launch();
+    // qemu-bridge umount, umount(8) and fusermount3 -u all end the daemon and the mount
+    let binary = env!("CARGO_BIN_EXE_qemu-bridge");
+    for how in ["qemu-bridge", "umount", "fusermount3"] {
+        let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+        // a file open while unmounting
+        let open = File::open(mount.path(&format!("{}/ram", vm.name()))).unwrap();
+        let status = match how {
+            "qemu-bridge" => Command::new(binary).arg("umount").arg(&mount.mountpoint).status(),
+            "umount" => Command::new("umount").arg("-l").arg(&mount.mountpoint).status(),
+            _ => Command::new("fusermount3").arg("-u").arg("-z").arg(&mount.mountpoint).status(),
+        }
+        .unwrap();
+        assert!(status.success(), "{how}");
+        assert!(!mount.is_mounted(), "{how}: still mounted");
+        drop(open);
+        assert!(
+            wait_until(Duration::from_secs(10), || !process_alive(mount.pid)),
+            "{how}: daemon still running"
+        );
+    }
+    // the daemon's exit is clean: it logged the unmount, no panic
+    let output = Command::new(binary).args(["umount", "/nonexistent-mountpoint"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not a qemu-bridge mount"));
+}
+
+#[test]
+fn test_foreground_mount_ends_on_signals() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("fg", &run_dir).launch();
+    for signal in [nix::sys::signal::SIGINT, nix::sys::signal::SIGTERM] {
+        let dir = tempfile::tempdir().unwrap();
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+            .arg("mount")
+            .arg(&mountpoint)
+            .arg("--foreground")
+            .arg("--run-dir")
+            .arg(run_dir.path())
+            .spawn()
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(20), || qemu_bridge::fs::is_mounted(&mountpoint)));
+        // a reader active while the signal arrives
+        let ram = File::open(mountpoint.join(format!("{}/ram", vm.name()))).unwrap();
+        let mut buffer = vec![0u8; 1 << 20];
+        assert_eq!(ram.read_at(&mut buffer, 0).unwrap(), 1 << 20);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || child.try_wait().unwrap().is_some()),
+            "{signal} ignored"
+        );
+        assert!(child.wait().unwrap().success());
+        assert!(!qemu_bridge::fs::is_mounted(&mountpoint), "{signal}: stale mount");
+        // the open reader now gets an error or EOF, never a hang
+        let after = ram.read_at(&mut buffer, 0);
+        assert!(
+            after.as_ref().is_err() || after.as_ref().is_ok_and(|&n| n == 0 || n == buffer.len()),
+            "{after:?}"
+        );
+    }
+}
+
+#[test]
+fn test_passthrough_serves_the_same_bytes() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("passthrough", &run_dir).launch();
+    vm.wait_for_marker();
+    qmp(&run_dir, vm.name()).with_qmp(|q| q.stop()).unwrap();
+    let audit = run_dir.path().join("audit.log");
+    let Some(mount) = TestMount::new(&run_dir, &["--passthrough", "--audit-log", audit.to_str().unwrap()])
+    else {
+        return;
+    };
+    let ram_path = mount.path(&format!("{}/ram", vm.name()));
+    let mut whole = Vec::new();
+    File::open(&ram_path).unwrap().read_to_end(&mut whole).unwrap();
+    assert_eq!(whole, std::fs::read(&vm.launched.ram_path).unwrap());
+    let ram = File::open(&ram_path).unwrap();
+    let mut buffer = vec![0u8; 100];
+    assert_eq!(ram.read_at(&mut buffer, SIZE - 10).unwrap(), 10);
+    assert_eq!(ram.read_at(&mut buffer, SIZE).unwrap(), 0);
+    // passthrough reads are live too
+    qmp(&run_dir, vm.name()).with_qmp(|q| q.cont()).unwrap();
+    let first = counter_at(&ram);
+    assert!(wait_until(Duration::from_secs(60), || counter_at(&ram) != first));
+    // With kernel passthrough, reads never reach the daemon: the audit log sees opens only.
+    // Where the kernel refuses it, the daemon says so and serves the reads itself.
+    let log = mount.log_text();
+    let audit = std::fs::read_to_string(&audit).unwrap();
+    assert!(audit.contains("op=open"));
+    if log.contains("passthrough unavailable") || log.contains("does not offer FUSE passthrough") {
+        assert!(!common::in_ci(), "CI machines (kernel >= 6.9, root) must support passthrough: {log}");
+        assert!(audit.contains("op=read"));
+    } else {
+        assert!(!audit.contains("op=read"), "passthrough reads reached the daemon: {audit}");
+    }
+}
