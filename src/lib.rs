@@ -22,3 +22,7 @@ pub use discovery::{default_run_dir, RunDir};
 pub use qmp::{QmpClient, QmpError, RunState};
 pub use ram::{BridgeError, GuestLayout, MachineKind, SharedMemoryBridge, Snapshot, Verdict};
 pub use vm::{Vm, VmError, VmInfo};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
