@@ -435,3 +435,76 @@ fn test_passthrough_serves_the_same_bytes() {
         assert!(!audit.contains("op=read"), "passthrough reads reached the daemon: {audit}");
     }
 }
+
+#[test]
+fn test_unresponsive_qmp_gives_eio_not_a_hang() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let frozen = VmBuilder::new("frozen", &run_dir).launch();
+    let healthy = VmBuilder::new("fine", &run_dir).launch();
+    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    assert_eq!(mount.ls().len(), 2);
+    // SIGSTOP: the socket still accepts connections (kernel backlog) but QEMU never answers
+    let pid = nix::unistd::Pid::from_raw(frozen.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGSTOP).unwrap();
+    let result = std::fs::read_to_string(mount.path(&format!("{}/status", frozen.name())));
+    let ram_still_readable = std::fs::File::open(mount.path(&format!("{}/ram", frozen.name())))
+        .and_then(|ram| {
+            let mut buffer = [0u8; 16];
+            ram.read_exact_at(&mut buffer, MARKER_ADDR)
+        })
+        .is_ok();
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGCONT).unwrap();
+    let err = result.expect_err("status of a frozen VM must fail, not show stale text");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(ram_still_readable, "RAM is read from the mapping, without QMP");
+    assert!(mount.log_text().contains(&format!("{}/status", frozen.name())), "{}", mount.log_text());
+    // the other VM was never affected
+    assert_eq!(
+        std::fs::read_to_string(mount.path(&format!("{}/status", healthy.name()))).unwrap(),
+        "running\n"
+    );
+    // and the frozen one recovers once it runs again
+    assert!(wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+        mount.path(&format!("{}/status", frozen.name()))
+    )
+    .is_ok_and(|s| s == "running\n")));
+}
+
+#[test]
+fn test_other_users_need_allow_other() {
+    if !require_qemu() || !common::require_program("setpriv") {
+        return;
+    }
+    if qemu_bridge::discovery::effective_uid() != 0 {
+        assert!(!common::in_ci(), "CI runs as root");
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("acl", &run_dir).launch();
+    let as_nobody = |path: &std::path::Path| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "cat"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    for (extra, allowed) in [(&[][..], false), (&["--allow-other"][..], true)] {
+        let Some(mount) = TestMount::new(&run_dir, extra) else { return };
+        // the temporary directory above the mount point must be traversable by nobody
+        std::fs::set_permissions(mount.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let output = as_nobody(&mount.path(&format!("{}/status", vm.name())));
+        assert_eq!(
+            output.status.success(),
+            allowed,
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if allowed {
+            assert_eq!(output.stdout, b"running\n");
+        }
+    }
+}
