@@ -184,20 +184,7 @@ impl Vm {
     ///
     /// [`VmError::Qmp`].
     pub fn memdev_json(&self) -> Result<Value, VmError> {
-        self.with_qmp(|qmp| {
-            let mut backends = qmp.query_memdev()?;
-            for backend in &mut backends {
-                let Some(id) = backend.get("id").and_then(Value::as_str).map(str::to_string) else {
-                    continue;
-                };
-                match qmp.qom_get(&format!("/objects/{id}"), "mem-path") {
-                    Ok(path @ Value::String(_)) => backend["mem-path"] = path,
-                    Ok(_) | Err(QmpError::Command { .. }) => {}
-                    Err(err) => return Err(err),
-                }
-            }
-            Ok(Value::Array(backends))
-        })
+        self.with_qmp(memdev_with_paths)
     }
 
     /// Maps the VM's RAM file (whatever QMP says it is) with the VM's guest-physical layout.
@@ -235,4 +222,24 @@ impl Vm {
         let data = copy.map_err(|err| self.ram_error(err))?;
         Ok(Snapshot { data, verdict: Verdict::Paused, attempts: 1, torn_pages: 0, recopied_pages: 0 })
     }
+}
+
+/// `query-memdev` with each file backend's `mem-path` added.
+///
+/// # Errors
+///
+/// As [`QmpClient::execute`].
+pub fn memdev_with_paths<S: std::io::Read + std::io::Write>(
+    qmp: &mut QmpClient<S>,
+) -> Result<Value, QmpError> {
+    let mut backends = qmp.query_memdev()?;
+    for backend in &mut backends {
+        let Some(id) = backend.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
+        match qmp.qom_get(&format!("/objects/{id}"), "mem-path") {
+            Ok(path @ Value::String(_)) => backend["mem-path"] = path,
+            Ok(_) | Err(QmpError::Command { .. }) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(Value::Array(backends))
 }

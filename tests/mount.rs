@@ -508,3 +508,34 @@ fn test_other_users_need_allow_other() {
         }
     }
 }
+
+#[test]
+fn test_status_readers_never_starve_other_qmp_clients() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("starve", &run_dir).launch();
+    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let status = mount.path(&format!("{}/status", vm.name()));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // a tight loop of status reads keeps the mount's cached QMP connection busy
+        let reader = scope.spawn(|| {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let text = std::fs::read_to_string(&status);
+                assert!(text.as_deref().is_ok_and(|t| t == "running\n"), "{text:?}: {}", mount.log_text());
+                reads += 1;
+            }
+            reads
+        });
+        // QEMU 7.2 serves one QMP client at a time: other clients must still get their turn
+        for _ in 0..5 {
+            let answer = qmp(&run_dir, vm.name()).status();
+            assert!(answer.is_ok(), "another QMP client starved: {answer:?}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+    });
+}

@@ -172,6 +172,7 @@ fn serve(args: &MountArgs) -> VerbResult {
         None => None,
     };
     let registry = Arc::new(Registry::new(run_dir.clone()));
+    registry.spawn_janitor();
     let tree = Tree::new(registry, audit, &TreeOptions { passthrough: args.passthrough });
 
     let mut config = Config::default();

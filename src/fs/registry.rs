@@ -13,9 +13,12 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use std::os::unix::net::UnixStream;
+
 use crate::discovery::RunDir;
+use crate::qmp::{QmpClient, QmpError};
 use crate::ram::SharedMemoryBridge;
-use crate::vm::{Vm, VmInfo};
+use crate::vm::{Vm, VmError, VmInfo};
 
 /// Time allowed for the QMP exchanges that admit a new VM.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -23,6 +26,11 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(500);
 /// A socket that failed to answer is not asked again before this.
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(3);
+/// A cached QMP connection is closed after this long unused ...
+const QMP_IDLE: Duration = Duration::from_millis(100);
+/// ... and after this long in all, so that other QMP clients (QEMU 7.2 serves one at a time)
+/// never wait longer than this for their turn.
+const QMP_MAX_HOLD: Duration = Duration::from_millis(500);
 /// Inodes per instance: directory + files.
 pub const INODES_PER_INSTANCE: u64 = 16;
 
@@ -42,9 +50,81 @@ pub struct Instance {
     /// When it was admitted.
     pub since: std::time::SystemTime,
     last_seen_alive: Mutex<Instant>,
+    /// A QMP connection kept for bursts of reads: (client, connected at, last used).
+    qmp: Mutex<Option<CachedQmp>>,
+}
+
+#[derive(Debug)]
+struct CachedQmp {
+    client: QmpClient<UnixStream>,
+    connected: Instant,
+    used: Instant,
+}
+
+impl CachedQmp {
+    fn expired(&self) -> bool {
+        self.used.elapsed() > QMP_IDLE || self.connected.elapsed() > QMP_MAX_HOLD
+    }
 }
 
 impl Instance {
+    /// Runs `ask` over a QMP connection kept for a short while, so that a burst of reads
+    /// (`watch cat status`) costs one round trip each rather than a connection each. A stale
+    /// cached connection is replaced once; a timeout is not retried.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::Qmp`].
+    pub fn with_qmp<T>(
+        &self,
+        ask: impl Fn(&mut QmpClient<UnixStream>) -> Result<T, QmpError>,
+    ) -> Result<T, VmError> {
+        let mut cached = self.qmp.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut entry) = cached.take().filter(|entry| !entry.expired()) {
+            match ask(&mut entry.client) {
+                Ok(value) => {
+                    entry.used = Instant::now();
+                    *cached = Some(entry);
+                    return Ok(value);
+                }
+                Err(QmpError::Command { command, class, desc }) => {
+                    entry.used = Instant::now();
+                    *cached = Some(entry);
+                    return Err(VmError::Qmp {
+                        vm: self.vm.name().to_string(),
+                        source: QmpError::Command { command, class, desc },
+                    });
+                }
+                Err(QmpError::Timeout) => {
+                    return Err(VmError::Qmp { vm: self.vm.name().to_string(), source: QmpError::Timeout })
+                }
+                Err(err) => {
+                    log::debug!("cached QMP connection to {} failed ({err}); reconnecting", self.vm.name())
+                }
+            }
+        }
+        let mut client = self.vm.connect()?;
+        let value =
+            ask(&mut client).map_err(|source| VmError::Qmp { vm: self.vm.name().to_string(), source })?;
+        let now = Instant::now();
+        *cached = Some(CachedQmp { client, connected: now, used: now });
+        Ok(value)
+    }
+
+    /// Closes the cached QMP connection if it has been kept long enough.
+    fn release_idle_qmp(&self) {
+        if let Ok(mut cached) = self.qmp.try_lock() {
+            if cached.as_ref().is_some_and(CachedQmp::expired) {
+                *cached = None;
+            }
+        }
+    }
+
+    /// Whether a cached QMP connection was used just now (the VM is certainly alive).
+    fn recently_answered(&self) -> bool {
+        self.qmp.try_lock().is_ok_and(|cached| cached.as_ref().is_some_and(|entry| !entry.expired()))
+    }
+
     /// The directory's inode.
     pub fn dir_inode(&self) -> u64 {
         self.number * INODES_PER_INSTANCE
@@ -81,9 +161,12 @@ fn listening(vm: &Vm) -> bool {
         return false;
     };
     let Ok(address) = socket2::SockAddr::unix(vm.socket()) else { return false };
-    match socket.connect_timeout(&address, Duration::from_millis(200)) {
+    if socket.set_nonblocking(true).is_err() {
+        return false;
+    }
+    match socket.connect(&address) {
         Ok(()) => true,
-        // a full backlog: alive, just busy
+        // EAGAIN: the backlog is full, so a listener exists: alive, just busy
         Err(err) => err.kind() == std::io::ErrorKind::WouldBlock,
     }
 }
@@ -101,6 +184,29 @@ impl Registry {
     /// The run directory.
     pub fn run_dir(&self) -> &RunDir {
         &self.run_dir
+    }
+
+    /// Starts a thread that closes idle cached QMP connections; it ends with the registry.
+    pub fn spawn_janitor(self: &Arc<Self>) {
+        let registry = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("qmp-janitor".into()).spawn(move || loop {
+            std::thread::sleep(QMP_IDLE / 2);
+            let Some(registry) = registry.upgrade() else { return };
+            let instances: Vec<_> = registry
+                .state
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .by_number
+                .values()
+                .cloned()
+                .collect();
+            for instance in instances {
+                instance.release_idle_qmp();
+            }
+        });
+        if let Err(err) = spawned {
+            log::error!("cannot start the QMP janitor thread: {err}");
+        }
     }
 
     /// The instance with inode-range number `number`, if still live.
@@ -166,7 +272,7 @@ impl Registry {
         if let Some(instance) = existing {
             if instance.socket_id == id {
                 let mut last = instance.last_seen_alive.lock().unwrap_or_else(|e| e.into_inner());
-                if last.elapsed() < LIVENESS_INTERVAL {
+                if last.elapsed() < LIVENESS_INTERVAL || instance.recently_answered() {
                     return;
                 }
                 if listening(&instance.vm) {
@@ -225,6 +331,7 @@ impl Registry {
             socket_id: id,
             since: std::time::SystemTime::now(),
             last_seen_alive: Mutex::new(Instant::now()),
+            qmp: Mutex::new(None),
         }))
     }
 }

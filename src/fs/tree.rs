@@ -196,9 +196,11 @@ impl Tree {
         let error = |err: &dyn std::error::Error| crate::cli::error_chain(err);
         let mut text = match file {
             VmFile::Ram => return Err("ram is not generated".into()),
-            VmFile::Status => instance.vm.status().map_err(|e| error(&e))?.status.to_string(),
+            VmFile::Status => {
+                instance.with_qmp(|qmp| qmp.query_status()).map_err(|e| error(&e))?.status.to_string()
+            }
             VmFile::Memdev => {
-                let json = instance.vm.memdev_json().map_err(|e| error(&e))?;
+                let json = instance.with_qmp(crate::vm::memdev_with_paths).map_err(|e| error(&e))?;
                 serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?
             }
             VmFile::Checksum => {

@@ -197,7 +197,11 @@ impl QmpClient<UnixStream> {
         let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
             .map_err(connect_error)?;
         let address = socket2::SockAddr::unix(path).map_err(connect_error)?;
-        socket.connect_timeout(&address, timeout).map_err(connect_error)?;
+        // A blocking connect bounded by SO_SNDTIMEO: a unix socket whose backlog is full (QEMU
+        // busy with another client) makes connect wait for room, up to the timeout. A
+        // non-blocking connect would fail at once with EAGAIN instead.
+        socket.set_write_timeout(Some(timeout)).map_err(connect_error)?;
+        socket.connect(&address).map_err(connect_error)?;
         let stream = UnixStream::from(socket);
         stream.set_read_timeout(Some(timeout)).map_err(QmpError::Io)?;
         stream.set_write_timeout(Some(timeout)).map_err(QmpError::Io)?;

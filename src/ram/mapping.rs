@@ -100,22 +100,38 @@ impl Mapping {
 
     /// Copies `dst.len()` bytes at `offset` into `dst`, split across threads when large.
     pub fn copy_to(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
-        self.check_range(offset, dst.len())?;
-        self.check_file_len(offset, dst.len())?;
         let threads = if dst.len() >= PARALLEL_COPY_THRESHOLD {
             std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
         } else {
             1
         };
-        if threads <= 1 {
+        self.copy_with_threads(offset, dst, threads)
+    }
+
+    /// Copies `dst.len()` bytes at `offset` into `dst` on `threads` threads (1 = this thread).
+    pub fn copy_with_threads(
+        &self,
+        offset: usize,
+        dst: &mut [u8],
+        threads: usize,
+    ) -> Result<(), BridgeError> {
+        self.check_range(offset, dst.len())?;
+        self.check_file_len(offset, dst.len())?;
+        if threads <= 1 || dst.len() < 2 * 4096 {
             self.copy_unchecked(offset, dst);
             return Ok(());
         }
-        // Page-aligned chunks so that each thread streams whole pages.
+        // Page-aligned chunks so that each thread streams whole pages; the last chunk runs on
+        // this thread.
         let chunk = dst.len().div_ceil(threads).next_multiple_of(4096);
         std::thread::scope(|scope| {
-            for (index, part) in dst.chunks_mut(chunk).enumerate() {
+            let mut parts = dst.chunks_mut(chunk).enumerate();
+            let last = parts.next_back();
+            for (index, part) in parts {
                 scope.spawn(move || self.copy_unchecked(offset + index * chunk, part));
+            }
+            if let Some((index, part)) = last {
+                self.copy_unchecked(offset + index * chunk, part);
             }
         });
         Ok(())

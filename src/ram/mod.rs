@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 pub use layout::{GuestLayout, MachineKind, Region};
 pub use mapping::Mapping;
-pub use snapshot::{sha256_hex, Snapshot, Verdict, CHECKSUM_ALGORITHM, DEFAULT_ATTEMPTS, PAGE_SIZE};
+pub use snapshot::{
+    sha256_hex, CheckReport, Snapshot, Verdict, CHECKSUM_ALGORITHM, DEFAULT_ATTEMPTS, PAGE_SIZE,
+};
 
 /// Where [`SharedMemoryBridge::new`] looks for a VM's RAM file.
 pub const SHM_DIR: &str = "/dev/shm";
@@ -216,6 +218,34 @@ impl SharedMemoryBridge {
     /// [`BridgeError::FileShrunk`] when the file was truncated under the mapping.
     pub fn try_snapshot(&self) -> Result<Vec<u8>, BridgeError> {
         snapshot::take_plain(&self.mapping)
+    }
+
+    /// Copies all guest RAM (file order) into `buffer`, which must be [`size`](Self::size)
+    /// bytes long. Reusing one buffer avoids the page faults a fresh allocation costs.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::InvalidAddress`] for a buffer of the wrong length,
+    /// [`BridgeError::FileShrunk`] when the file was truncated under the mapping.
+    pub fn snapshot_into(&self, buffer: &mut [u8]) -> Result<(), BridgeError> {
+        if buffer.len() != self.size() {
+            return Err(BridgeError::InvalidAddress { addr: 0, len: buffer.len(), max: self.size() });
+        }
+        self.mapping.copy_to(0, buffer)
+    }
+
+    /// [`consistent_snapshot`](Self::consistent_snapshot) into a reused buffer of
+    /// [`size`](Self::size) bytes.
+    ///
+    /// # Errors
+    ///
+    /// As [`snapshot_into`](Self::snapshot_into).
+    pub fn consistent_snapshot_into(
+        &self,
+        buffer: &mut [u8],
+        max_attempts: u32,
+    ) -> Result<CheckReport, BridgeError> {
+        snapshot::check_into(&self.mapping, buffer, max_attempts)
     }
 
     /// A copy of all guest RAM verified page by page against live memory, re-copying changed

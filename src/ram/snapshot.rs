@@ -120,24 +120,52 @@ pub fn take_plain(mapping: &Mapping) -> Result<Vec<u8>, BridgeError> {
 /// Copies the whole mapping, then verifies and re-copies changed pages up to `max_attempts`
 /// copies in all (at least 1).
 pub fn take_checked(mapping: &Mapping, max_attempts: u32) -> Result<Snapshot, BridgeError> {
+    let mut data = vec![0u8; mapping.len()];
+    let report = check_into(mapping, &mut data, max_attempts)?;
+    Ok(Snapshot {
+        data,
+        verdict: report.verdict,
+        attempts: report.attempts,
+        torn_pages: report.torn_pages,
+        recopied_pages: report.recopied_pages,
+    })
+}
+
+/// What a checked copy found (the bytes went to the caller's buffer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Consistency verdict.
+    pub verdict: Verdict,
+    /// Copy attempts made.
+    pub attempts: u32,
+    /// Pages that differed in the last verification pass.
+    pub torn_pages: u64,
+    /// Pages copied again over all attempts.
+    pub recopied_pages: u64,
+}
+
+/// [`take_checked`] into a caller's buffer of exactly the mapping's length: no allocation, so a
+/// caller taking snapshots in a loop (a visualizer at 60 Hz) pays no page faults for new memory.
+///
+/// # Errors
+///
+/// [`BridgeError::InvalidAddress`] when `data` is not the mapping's length,
+/// [`BridgeError::FileShrunk`] when the file was truncated under the mapping.
+pub fn check_into(mapping: &Mapping, data: &mut [u8], max_attempts: u32) -> Result<CheckReport, BridgeError> {
+    if data.len() != mapping.len() {
+        return Err(BridgeError::InvalidAddress { addr: 0, len: data.len(), max: mapping.len() });
+    }
     let max_attempts = max_attempts.max(1);
-    let mut data = take_plain(mapping)?;
+    mapping.copy_to(0, data)?;
     let mut recopied_pages = 0u64;
     let mut attempts = 1;
     loop {
-        let changed = mapping.changed_pages(&data, PAGE_SIZE)?;
+        let changed = mapping.changed_pages(data, PAGE_SIZE)?;
         if changed.is_empty() {
-            return Ok(Snapshot {
-                data,
-                verdict: Verdict::Consistent,
-                attempts,
-                torn_pages: 0,
-                recopied_pages,
-            });
+            return Ok(CheckReport { verdict: Verdict::Consistent, attempts, torn_pages: 0, recopied_pages });
         }
         if attempts >= max_attempts {
-            return Ok(Snapshot {
-                data,
+            return Ok(CheckReport {
                 verdict: Verdict::Torn,
                 attempts,
                 torn_pages: changed.len() as u64,
