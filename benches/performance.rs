@@ -41,7 +41,10 @@ struct Results {
 
 impl Results {
     fn add(&mut self, row: Row) {
-        let baseline = row.baseline.as_ref().map_or(String::new(), |(name, value)| format!(" | {name} {}", fmt(*value, row.unit)));
+        let baseline = row
+            .baseline
+            .as_ref()
+            .map_or(String::new(), |(name, value)| format!(" | {name} {}", fmt(*value, row.unit)));
         let ratio = row.ratio.map_or(String::new(), |r| format!(" | {r:.2}x"));
         println!(
             "{:<58} median {:>12} p99 {:>12}{baseline}{ratio}  {}",
@@ -65,7 +68,9 @@ impl Results {
                 row.target,
                 fmt(row.median, row.unit),
                 fmt(row.p99, row.unit),
-                row.baseline.as_ref().map_or("-".into(), |(name, value)| format!("{name}: {}", fmt(*value, row.unit))),
+                row.baseline
+                    .as_ref()
+                    .map_or("-".into(), |(name, value)| format!("{name}: {}", fmt(*value, row.unit))),
                 row.ratio.map_or("-".into(), |r| format!("{r:.2}x")),
                 row.verdict
             ));
@@ -122,7 +127,10 @@ fn cpu_seconds() -> f64 {
     let usage = getrusage(UsageWho::RUSAGE_SELF).unwrap();
     let user = usage.user_time();
     let system = usage.system_time();
-    user.tv_sec() as f64 + user.tv_usec() as f64 * 1e-6 + system.tv_sec() as f64 + system.tv_usec() as f64 * 1e-6
+    user.tv_sec() as f64
+        + user.tv_usec() as f64 * 1e-6
+        + system.tv_sec() as f64
+        + system.tv_usec() as f64 * 1e-6
 }
 
 struct Lab {
@@ -189,11 +197,19 @@ impl Drop for Lab {
 fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let qemu = Command::new(launch::qemu_binary()).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string()).unwrap_or_default();
+    let qemu = Command::new(launch::qemu_binary())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
+        .unwrap_or_default();
     format!("{cpu}, {cores} cores, kernel {}, {qemu}", kernel.trim())
 }
 
@@ -465,6 +481,10 @@ fn main() {
     second.with_qmp(|q| q.stop()).unwrap();
     third.with_qmp(|q| q.stop()).unwrap();
     let mut buffers = vec![vec![0u8; RAM]; 3];
+    // fault the buffers in first: a visualizer allocates once
+    for (bridge, buffer) in [&bridge, &bridge2, &bridge3].into_iter().zip(buffers.iter_mut()) {
+        bridge.snapshot_into(buffer).unwrap();
+    }
     let (rate3, cpu3, late3) = sustained(&[&bridge, &bridge2, &bridge3], 20.0, &mut buffers);
     results.add(Row {
         name: format!("3 VMs x 20 Hz (60 snapshots/s in all) for {seconds} s"),
@@ -475,8 +495,8 @@ fn main() {
         baseline: None,
         ratio: None,
         verdict: format!(
-            "{}: p99 lateness {:.1} ms; CPU {cpu3:.0} % of one core",
-            if late3 < 1.0 / 60.0 { "met" } else { "not met" },
+            "{}: p99 lateness {:.1} ms (period 50 ms); CPU {cpu3:.0} % of one core",
+            if rate3 >= 0.99 * 60.0 * RAM as f64 / 1e6 && late3 < 0.05 { "met" } else { "not met" },
             late3 * 1e3
         ),
     });
@@ -498,14 +518,22 @@ fn main() {
         }
         RAM as f64 / start.elapsed().as_secs_f64() / 1e9
     };
-    let throughput_samples = |path: &Path| -> (f64, f64) {
-        let samples: Vec<f64> = (0..30).map(|_| sequential(path)).collect();
-        let (median, _) = stats(samples.clone());
-        let (low, _) = stats(samples.iter().map(|s| -s).collect());
-        (median, -low)
+    // Alternate the two readers sample by sample, so that a noisy neighbour on a shared machine
+    // hits both alike; report the median and the 1st percentile (the slow tail) of GB/s.
+    let interleaved = |ours: &Path, baseline: &Path| -> ((f64, f64), (f64, f64)) {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..30 {
+            a.push(sequential(ours));
+            b.push(sequential(baseline));
+        }
+        let summary = |samples: Vec<f64>| {
+            let (median, _) = stats(samples.clone());
+            let (slow, _) = stats(samples.iter().map(|s| -s).collect());
+            (median, -slow)
+        };
+        (summary(a), summary(b))
     };
-    let direct = throughput_samples(&direct_path);
-    let fuse = throughput_samples(&ram_path);
+    let (fuse, direct) = interleaved(&ram_path, &direct_path);
     results.add(Row {
         name: "mount: sequential ram reads, 1 MiB requests".into(),
         target: ">= 0.75 x direct".into(),
@@ -593,7 +621,7 @@ fn main() {
     // passthrough
     let passthrough_mount = lab.mount(&["--passthrough"]);
     let passthrough_ram = passthrough_mount.join(&info.name).join("ram");
-    let passthrough = throughput_samples(&passthrough_ram);
+    let (passthrough, direct) = interleaved(&passthrough_ram, &direct_path);
     results.add(Row {
         name: "mount --passthrough: sequential ram reads, 1 MiB".into(),
         target: ">= 0.95 x direct".into(),
@@ -632,7 +660,7 @@ fn main() {
         std::fs::remove_file(&shm_out).unwrap();
     }));
     results.add(Row {
-        name: "64 MiB to a file: `qemu-bridge snapshot` (whole process)".into(),
+        name: "64 MiB to a file: `qemu-bridge snapshot` (whole process, with SHA-256)".into(),
         target: "-".into(),
         median: cli.0,
         p99: cli.1,

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::discovery::{default_run_dir, RunDir};
 use crate::launch::{self, Accel, LaunchOptions, Machine};
-use crate::ram::{sha256_hex, DEFAULT_ATTEMPTS};
+use crate::ram::{CHECKSUM_ALGORITHM, DEFAULT_ATTEMPTS};
 use crate::size::{parse_number, parse_size};
 use crate::vm::Vm;
 
@@ -324,27 +324,45 @@ pub fn hex_dump(start: u64, bytes: &[u8]) -> String {
 fn snapshot_verb(args: SnapshotArgs) -> CliResult {
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
     let (bridge, _) = vm.open_bridge()?;
-    let snapshot = if args.pause {
-        vm.paused_snapshot(&bridge)?
-    } else if args.consistent {
-        bridge.consistent_snapshot(args.attempts)?
-    } else {
-        let data = bridge.try_snapshot()?;
-        crate::ram::Snapshot {
-            data,
-            verdict: crate::ram::Verdict::Unchecked,
-            attempts: 1,
-            torn_pages: 0,
-            recopied_pages: 0,
-        }
-    };
-    write_atomically(&args.output, &snapshot.data)?;
+    if !args.pause && !args.consistent {
+        // Unchecked: straight from the mapping to the file, then hash what was written.
+        write_atomically(&args.output, |file| bridge.write_snapshot_to(file).map_err(std::io::Error::other))?;
+        let digest = sha256_of_file(&args.output)?;
+        println!(
+            "{CHECKSUM_ALGORITHM} {digest} unchecked attempts=1 torn_pages=0 size={} {}",
+            bridge.size(),
+            args.output.display()
+        );
+        return Ok(());
+    }
+    let snapshot =
+        if args.pause { vm.paused_snapshot(&bridge)? } else { bridge.consistent_snapshot(args.attempts)? };
+    write_atomically(&args.output, |file| file.write_all(&snapshot.data))?;
     println!("{} {}", snapshot.summary_line(), args.output.display());
     Ok(())
 }
 
-/// Writes `data` to a temporary file beside `path`, then renames it over `path`.
-fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+fn sha256_of_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&chunk[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a temporary file beside `path` with `fill`, then renames it over `path`: a failure
+/// leaves neither a partial file nor a temporary one.
+fn write_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let file_name = path.file_name().ok_or_else(|| {
         std::io::Error::new(
@@ -355,7 +373,7 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let temporary = dir.join(format!(".{}.partial-{}", file_name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(data)?;
+        fill(&mut file)?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)
     })();
@@ -377,11 +395,6 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Used by the checksum file and `snapshot`: the digest of bytes.
-pub fn checksum_of(data: &[u8]) -> String {
-    sha256_hex(data)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,9 +413,16 @@ mod tests {
     fn atomic_write_leaves_no_partial_file_on_error() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("no/such/dir/out.bin");
-        assert!(write_atomically(&missing, b"x").is_err());
+        assert!(write_atomically(&missing, |f| f.write_all(b"x")).is_err());
         let target = dir.path().join("out.bin");
-        write_atomically(&target, b"hello").unwrap();
+        // a failing writer leaves nothing, not even the temporary file
+        assert!(write_atomically(&target, |f| {
+            f.write_all(b"partial")?;
+            Err(std::io::Error::other("disk full"))
+        })
+        .is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        write_atomically(&target, |f| f.write_all(b"hello")).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"hello");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }

@@ -142,6 +142,13 @@ fn test_cli_lifecycle_on_real_vm() {
     let output = qemu_bridge(&run_dir, &["snapshot", &name, "-o", snap.to_str().unwrap(), "--consistent"]);
     assert!(output.status.success());
     assert!(stdout(&output).contains("attempts="));
+    // unchecked: written straight from the mapping; the digest is that of the file written
+    let output = qemu_bridge(&run_dir, &["snapshot", &name, "-o", snap.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let data = std::fs::read(&snap).unwrap();
+    assert_eq!(data.len(), 32 << 20);
+    assert_eq!(&data[0x10000..0x10000 + MARKER.len()], MARKER);
+    assert!(stdout(&output).starts_with(&format!("sha256 {} unchecked", qemu_bridge::ram::sha256_hex(&data))));
     // an unwritable output leaves nothing behind
     assert!(!qemu_bridge(&run_dir, &["snapshot", &name, "-o", "/nonexistent/dir/x.bin"]).status.success());
 

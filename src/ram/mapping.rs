@@ -157,12 +157,42 @@ impl Mapping {
     pub fn changed_pages(&self, copy: &[u8], page_size: usize) -> Result<Vec<usize>, BridgeError> {
         self.check_range(0, copy.len())?;
         self.check_file_len(0, copy.len())?;
-        let mut changed = Vec::new();
-        for (page, expected) in copy.chunks(page_size.max(1)).enumerate() {
-            if !self.live_equals_unchecked(page * page_size, expected) {
-                changed.push(page);
-            }
+        let page_size = page_size.max(1);
+        let pages = copy.len().div_ceil(page_size);
+        let scan = |first: usize, last: usize| -> Vec<usize> {
+            (first..last)
+                .filter(|&page| {
+                    let start = page * page_size;
+                    let end = (start + page_size).min(copy.len());
+                    !self.live_equals_unchecked(start, &copy[start..end])
+                })
+                .collect()
+        };
+        let threads = if copy.len() >= PARALLEL_COPY_THRESHOLD {
+            std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+        } else {
+            1
+        };
+        if threads <= 1 {
+            return Ok(scan(0, pages));
         }
+        let per_thread = pages.div_ceil(threads);
+        let scan = &scan;
+        let mut changed = std::thread::scope(|scope| {
+            let workers: Vec<_> = (1..threads)
+                .map(|index| {
+                    let range = (index * per_thread).min(pages)..((index + 1) * per_thread).min(pages);
+                    (range.clone(), scope.spawn(move || scan(range.start, range.end)))
+                })
+                .collect();
+            let mut changed = scan(0, per_thread.min(pages));
+            for (range, worker) in workers {
+                // a worker that died proves nothing: count its pages as changed
+                changed.extend(worker.join().unwrap_or_else(|_| range.collect()));
+            }
+            changed
+        });
+        changed.sort_unstable();
         Ok(changed)
     }
 
@@ -171,17 +201,20 @@ impl Mapping {
         debug_assert!(offset + expected.len() <= self.map.len());
         let base = self.map.as_ptr().wrapping_add(offset);
         let mut words = expected.chunks_exact(8);
-        for (index, chunk) in words.by_ref().enumerate() {
-            // SAFETY: `index * 8 + 8 <= expected.len()` and the caller guarantees
-            // `offset + expected.len()` lies inside the mapping, so the 8-byte load is in
-            // bounds; `[u8; 8]` has alignment 1, so any offset is aligned for it.
-            let live = unsafe { std::ptr::read_volatile(base.add(index * 8).cast::<[u8; 8]>()) };
-            if live != *chunk {
-                return false;
+        if base.align_offset(8) == 0 {
+            for (index, word) in words.by_ref().enumerate() {
+                let expected_word = u64::from_ne_bytes(word.try_into().unwrap_or_default());
+                // SAFETY: `index * 8 + 8 <= expected.len()` and the caller guarantees
+                // `offset + expected.len()` lies inside the mapping, so the load is in bounds;
+                // `base` is 8-byte aligned (checked above), so `base + index * 8` is too.
+                let live = unsafe { std::ptr::read_volatile(base.add(index * 8).cast::<u64>()) };
+                if live != expected_word {
+                    return false;
+                }
             }
         }
         let tail_start = expected.len() - words.remainder().len();
-        for (index, &byte) in words.remainder().iter().enumerate() {
+        for (index, &byte) in expected[tail_start..].iter().enumerate() {
             // SAFETY: `tail_start + index < expected.len()`, inside the caller's range.
             let live = unsafe { std::ptr::read_volatile(base.add(tail_start + index)) };
             if live != byte {
@@ -189,5 +222,33 @@ impl Mapping {
             }
         }
         true
+    }
+
+    /// Writes `len` bytes of the mapping at `offset` to `file` at its current position, straight
+    /// from the mapping (the kernel copies; no buffer of ours, no Rust reference to live memory).
+    pub fn write_to(&self, file: &std::fs::File, offset: usize, len: usize) -> Result<(), BridgeError> {
+        use std::os::fd::AsRawFd;
+        self.check_range(offset, len)?;
+        self.check_file_len(offset, len)?;
+        let mut done = 0;
+        while done < len {
+            let chunk = (len - done).min(1 << 30);
+            // SAFETY: `offset + done + chunk <= offset + len <= self.map.len()` (checked above),
+            // so the kernel reads only inside the live mapping; it reads, never writes, it.
+            let written =
+                unsafe { libc::write(file.as_raw_fd(), self.map.as_ptr().add(offset + done).cast(), chunk) };
+            if written < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(BridgeError::Write(err));
+            }
+            if written == 0 {
+                return Err(BridgeError::Write(std::io::Error::from(std::io::ErrorKind::WriteZero)));
+            }
+            done += written as usize;
+        }
+        Ok(())
     }
 }

@@ -55,6 +55,9 @@ pub enum BridgeError {
         /// The file's current size.
         current: u64,
     },
+    /// Writing RAM to a file failed.
+    #[error("cannot write RAM to the output file")]
+    Write(#[source] std::io::Error),
     /// A layout that does not fit the file was given.
     #[error("layout covers {layout} bytes but the RAM file has {file}")]
     LayoutMismatch {
@@ -246,6 +249,16 @@ impl SharedMemoryBridge {
         max_attempts: u32,
     ) -> Result<CheckReport, BridgeError> {
         snapshot::check_into(&self.mapping, buffer, max_attempts)
+    }
+
+    /// Writes all guest RAM (file order) to `file`, straight from the mapping: no intermediate
+    /// buffer. Unchecked: pages the guest writes meanwhile may be torn.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::Write`], [`BridgeError::FileShrunk`].
+    pub fn write_snapshot_to(&self, file: &std::fs::File) -> Result<(), BridgeError> {
+        self.mapping.write_to(file, 0, self.size())
     }
 
     /// A copy of all guest RAM verified page by page against live memory, re-copying changed
