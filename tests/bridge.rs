@@ -246,3 +246,61 @@ fn test_truncated_file_is_an_error_not_sigbus() {
     // what is still in the file remains readable
     bridge.read_into(0, &mut buffer).unwrap();
 }
+
+#[test]
+fn test_truncation_during_copies_is_an_error_not_a_crash() {
+    // Without the SIGBUS guard this test process dies: copies run back to back while another
+    // thread truncates the file, so some copy is in flight past the new end.
+    for round in 0..5 {
+        let file = ShmFile::with_contents("race", &pattern(SIZE));
+        let bridge = Arc::new(SharedMemoryBridge::new(&file.id).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let copier = {
+            let bridge = Arc::clone(&bridge);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut buffer = vec![0u8; SIZE];
+                let mut outcomes = (0u32, 0u32);
+                while !stop.load(Ordering::Relaxed) {
+                    match bridge.mapping().copy_with_threads(0, &mut buffer, 1) {
+                        Ok(()) => outcomes.0 += 1,
+                        Err(BridgeError::FileShrunk { .. }) => outcomes.1 += 1,
+                        Err(other) => panic!("unexpected {other}"),
+                    }
+                }
+                outcomes
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20 + round * 7));
+        std::fs::OpenOptions::new().write(true).open(&file.path).unwrap().set_len(4096).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        stop.store(true, Ordering::Relaxed);
+        let (_ok, shrunk) = copier.join().unwrap();
+        assert!(shrunk > 0, "copies after the truncation must report it");
+        // the mapping stays unusable past the new end, and never returns the guard's zeros
+        let mut buffer = [0u8; 64];
+        assert!(matches!(bridge.read_into(1 << 20, &mut buffer), Err(BridgeError::FileShrunk { .. })));
+    }
+}
+
+#[test]
+fn test_touching_a_truncated_page_is_survived() {
+    // Deterministic version of the race: a view taken before the truncation is touched after
+    // it. Without the guard the kernel kills this process with SIGBUS.
+    let file = ShmFile::with_contents("touch", &pattern(SIZE));
+    let bridge = SharedMemoryBridge::new(&file.id).unwrap();
+    let view = bridge.read_physical(4 << 20, 4096).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&file.path).unwrap().set_len(4096).unwrap();
+    // the seed API's caveat in action: the guard maps zeros over the lost page
+    let byte = unsafe_free_read(view);
+    assert_eq!(byte, 0);
+    let mut buffer = [0u8; 16];
+    assert!(
+        matches!(bridge.read_into(0, &mut buffer), Err(BridgeError::FileShrunk { .. })),
+        "poisoned mapping must refuse reads"
+    );
+}
+
+fn unsafe_free_read(view: &[u8]) -> u8 {
+    std::hint::black_box(view)[100]
+}

@@ -23,6 +23,16 @@ pub struct Mapping {
     map: Mmap,
     file: File,
     path: PathBuf,
+    /// Slot in the SIGBUS guard's table, if one was free.
+    guard_slot: Option<usize>,
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if let Some(slot) = self.guard_slot {
+            sigbus::unregister(slot);
+        }
+    }
 }
 
 impl Mapping {
@@ -43,7 +53,14 @@ impl Mapping {
         // change; everything else copies through raw pointers. A file that shrinks under the
         // mapping is caught by `check_file_len` before each copy.
         let map = unsafe { MmapOptions::new().map(&file) }.map_err(BridgeError::MmapFailed)?;
-        Ok(Self { map, file, path: path.to_path_buf() })
+        let guard_slot = sigbus::register(map.as_ptr() as usize, map.len());
+        if guard_slot.is_none() && !map.is_empty() {
+            log::warn!(
+                "{}: no SIGBUS guard slot left; a truncated file could crash this process",
+                path.display()
+            );
+        }
+        Ok(Self { map, file, path: path.to_path_buf(), guard_slot })
     }
 
     /// Mapped length in bytes (the file's size when it was opened).
@@ -74,9 +91,13 @@ impl Mapping {
         }
     }
 
+    /// Fails when the file no longer holds `offset..offset + len`, or when a page of the
+    /// mapping was ever lost to a truncation (the guard replaced it with zeros: the mapping no
+    /// longer mirrors the file).
     fn check_file_len(&self, offset: usize, len: usize) -> Result<(), BridgeError> {
         let current = self.current_file_len().map_err(BridgeError::MmapFailed)?;
-        if (offset + len) as u64 > current {
+        let poisoned = self.guard_slot.is_some_and(sigbus::poisoned);
+        if poisoned || (offset + len) as u64 > current {
             return Err(BridgeError::FileShrunk { mapped: self.map.len(), current });
         }
         Ok(())
@@ -119,7 +140,8 @@ impl Mapping {
         self.check_file_len(offset, dst.len())?;
         if threads <= 1 || dst.len() < 2 * 4096 {
             self.copy_unchecked(offset, dst);
-            return Ok(());
+            // a truncation during the copy left zeros where pages were lost
+            return self.check_file_len(offset, dst.len());
         }
         // Page-aligned chunks so that each thread streams whole pages; the last chunk runs on
         // this thread.
@@ -134,7 +156,7 @@ impl Mapping {
                 self.copy_unchecked(offset + index * chunk, part);
             }
         });
-        Ok(())
+        self.check_file_len(offset, dst.len())
     }
 
     /// Copy without checks; callers have checked the range against the mapping.
@@ -174,7 +196,9 @@ impl Mapping {
             1
         };
         if threads <= 1 {
-            return Ok(scan(0, pages));
+            let changed = scan(0, pages);
+            self.check_file_len(0, copy.len())?;
+            return Ok(changed);
         }
         let per_thread = pages.div_ceil(threads);
         let scan = &scan;
@@ -193,6 +217,7 @@ impl Mapping {
             changed
         });
         changed.sort_unstable();
+        self.check_file_len(0, copy.len())?;
         Ok(changed)
     }
 
@@ -249,6 +274,113 @@ impl Mapping {
             }
             done += written as usize;
         }
-        Ok(())
+        self.check_file_len(offset, len)
+    }
+}
+
+/// The SIGBUS guard. Touching a page of a shared file mapping past the file's end raises SIGBUS,
+/// which would kill the process: a RAM file can be truncated under us at any time (a new QEMU
+/// reusing the path does it). The size check before each copy leaves a window; this closes it.
+///
+/// Every mapping registers its address range. The handler, for a fault inside a registered
+/// range, maps a private zero page over the faulting page (so the access completes, reading
+/// zeros), marks that mapping poisoned and returns. Callers re-check after each copy and report
+/// [`BridgeError::FileShrunk`] instead of returning the zeros. A fault outside every registered
+/// range gets the default action (the process dies, as it would have anyway).
+mod sigbus {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Once;
+
+    const SLOTS: usize = 1024;
+
+    #[allow(clippy::declare_interior_mutable_const)]
+    const EMPTY: AtomicUsize = AtomicUsize::new(0);
+    #[allow(clippy::declare_interior_mutable_const)]
+    const CLEAN: AtomicBool = AtomicBool::new(false);
+    /// Start and end of each registered range; start 0 = free slot.
+    static STARTS: [AtomicUsize; SLOTS] = [EMPTY; SLOTS];
+    static ENDS: [AtomicUsize; SLOTS] = [EMPTY; SLOTS];
+    static POISONED: [AtomicBool; SLOTS] = [CLEAN; SLOTS];
+    static INSTALL: Once = Once::new();
+
+    /// Registers `start..start + len`; `None` when the table is full or the range is empty.
+    pub(super) fn register(start: usize, len: usize) -> Option<usize> {
+        if len == 0 {
+            return None;
+        }
+        INSTALL.call_once(install);
+        for slot in 0..SLOTS {
+            // claim the slot by its end first, so that the handler never sees a start without
+            // its end
+            if ENDS[slot].compare_exchange(0, start + len, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                POISONED[slot].store(false, Ordering::Release);
+                STARTS[slot].store(start, Ordering::Release);
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    pub(super) fn unregister(slot: usize) {
+        STARTS[slot].store(0, Ordering::Release);
+        ENDS[slot].store(0, Ordering::Release);
+    }
+
+    pub(super) fn poisoned(slot: usize) -> bool {
+        POISONED[slot].load(Ordering::Acquire)
+    }
+
+    fn install() {
+        // SAFETY: a zeroed `sigaction` is a valid value (empty mask, no flags) that we then fill
+        // in; `handler` has the signature SA_SIGINFO requires and only does async-signal-safe
+        // work (atomics, mmap, sigaction). Installing it replaces std's handler, which only
+        // reports stack overflows for SIGSEGV/SIGBUS; foreign faults still end the process.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) != 0 {
+                log::error!("cannot install the SIGBUS guard: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+
+    extern "C" fn handler(_signal: libc::c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
+        // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; for SIGBUS
+        // `si_addr` is the faulting address.
+        let address = unsafe { (*info).si_addr() } as usize;
+        for slot in 0..SLOTS {
+            let start = STARTS[slot].load(Ordering::Acquire);
+            let end = ENDS[slot].load(Ordering::Acquire);
+            if start != 0 && address >= start && address < end {
+                POISONED[slot].store(true, Ordering::Release);
+                let page = address & !(4095usize);
+                // SAFETY: `page` lies inside a live mapping of ours (registered until the
+                // mapping is dropped); MAP_FIXED replaces just that page with a private
+                // read-only zero page, so the faulting load can complete. No Rust reference
+                // depends on the page's contents.
+                let mapped = unsafe {
+                    libc::mmap(
+                        page as *mut libc::c_void,
+                        4096,
+                        libc::PROT_READ,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                        -1,
+                        0,
+                    )
+                };
+                if mapped != libc::MAP_FAILED {
+                    return;
+                }
+                break;
+            }
+        }
+        // Not ours (or the page could not be replaced): the default action, as without us.
+        // SAFETY: restoring SIG_DFL is async-signal-safe; returning re-executes the faulting
+        // access, which then ends the process with SIGBUS.
+        unsafe {
+            libc::signal(libc::SIGBUS, libc::SIG_DFL);
+        }
     }
 }
