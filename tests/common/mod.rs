@@ -125,6 +125,20 @@ impl VmBuilder {
         Self { options }
     }
 
+    /// Uses exactly `name` (e.g. to restart a VM under the same name).
+    pub fn named(mut self, name: &str) -> Self {
+        let old_image = self.options.drive.clone();
+        self.options.name = name.to_string();
+        if let Some(old) = old_image {
+            let image = old.with_file_name(format!("{name}.img"));
+            if image != old {
+                std::fs::rename(&old, &image).unwrap();
+            }
+            self.options.drive = Some(image);
+        }
+        self
+    }
+
     pub fn memory(mut self, bytes: u64) -> Self {
         self.options.memory = bytes;
         self

@@ -2,7 +2,9 @@
  *
  * SeaBIOS loads it at 0x7c00 and jumps to it in real mode. It copies a marker to guest-physical
  * 0x10000 (where nothing else writes) so that the marker's presence there proves the guest ran,
- * then increments a 32-bit counter at 0x10040 forever so that tests can watch memory change.
+ * then increments a 32-bit counter at 0x10040 on every BIOS timer tick (18.2 Hz) so that tests
+ * can watch memory change. Between ticks it halts, so that under TCG it does not burn a host
+ * core (a spinning guest would on a 2-core machine starve QEMU's monitor and the tests).
  * It also writes the marker to the serial port (COM1) once.
  *
  * Build: as --32 boot.S -o boot.o && ld -m elf_i386 -Ttext 0x7c00 --oformat binary boot.o -o boot.bin
@@ -35,6 +37,8 @@ serial:
     jmp serial
 
 count:
+    sti                     /* the BIOS timer interrupt wakes us from hlt */
+    hlt
     incl %es:0x40
     jmp count
 
