@@ -34,6 +34,16 @@ pub enum VmError {
         #[source]
         source: QmpError,
     },
+    /// The RAM file named by QMP is not one this tool trusts (see [`Vm::info`]).
+    #[error("VM {vm}: refusing RAM file {path}: {reason}")]
+    Untrusted {
+        /// The VM.
+        vm: String,
+        /// The file QMP named.
+        path: PathBuf,
+        /// Why it is not trusted.
+        reason: String,
+    },
     /// Reading its RAM failed.
     #[error("VM {vm}")]
     Ram {
@@ -155,27 +165,73 @@ impl Vm {
 
     /// Everything QMP says about the VM's RAM and state, over one connection.
     ///
+    /// The QMP peer names the file to map, so it is checked before anyone maps it: the process
+    /// listening on the socket must run as this user or root (its credentials from
+    /// `SO_PEERCRED`), and it must hold the RAM file open (QEMU keeps its backend file open).
+    /// A socket planted by someone else cannot point qemu-bridge at an arbitrary file.
+    ///
     /// # Errors
     ///
-    /// [`VmError::Qmp`].
+    /// [`VmError::Qmp`], [`VmError::Untrusted`].
     pub fn info(&self) -> Result<VmInfo, VmError> {
-        self.with_qmp(|qmp| {
-            let status = qmp.query_status()?;
-            let (backend, ram_path) = qmp.shared_memory_backend()?;
-            let ram_size = qmp.backend_size(&backend)?;
-            let machine = qmp.machine_type()?;
-            let layout = qmp.layout(ram_size)?;
-            Ok(VmInfo {
-                name: self.name.clone(),
-                status: status.status,
-                running: status.running,
-                backend,
-                ram_path,
-                ram_size,
-                machine,
-                layout,
-            })
+        let mut qmp = self.connect()?;
+        let info = self.gather(&mut qmp).map_err(|err| self.qmp_error(err))?;
+        self.verify_peer_holds(&qmp, &info.ram_path)?;
+        Ok(info)
+    }
+
+    fn gather(&self, qmp: &mut QmpClient<UnixStream>) -> Result<VmInfo, QmpError> {
+        let status = qmp.query_status()?;
+        let (backend, ram_path) = qmp.shared_memory_backend()?;
+        let ram_size = qmp.backend_size(&backend)?;
+        let machine = qmp.machine_type()?;
+        let layout = qmp.layout(ram_size)?;
+        Ok(VmInfo {
+            name: self.name.clone(),
+            status: status.status,
+            running: status.running,
+            backend,
+            ram_path,
+            ram_size,
+            machine,
+            layout,
         })
+    }
+
+    fn verify_peer_holds(
+        &self,
+        qmp: &QmpClient<UnixStream>,
+        ram_path: &std::path::Path,
+    ) -> Result<(), VmError> {
+        use std::os::unix::fs::MetadataExt;
+        let untrusted = |reason: String| VmError::Untrusted {
+            vm: self.name.clone(),
+            path: ram_path.to_path_buf(),
+            reason,
+        };
+        let credentials =
+            nix::sys::socket::getsockopt(qmp.stream(), nix::sys::socket::sockopt::PeerCredentials)
+                .map_err(|err| untrusted(format!("cannot identify the QMP peer: {err}")))?;
+        let me = crate::discovery::effective_uid();
+        if credentials.uid() != me && credentials.uid() != 0 {
+            return Err(untrusted(format!(
+                "the QMP peer runs as uid {}, not {me} or root",
+                credentials.uid()
+            )));
+        }
+        let target = std::fs::metadata(ram_path).map_err(|err| untrusted(err.to_string()))?;
+        if !target.is_file() {
+            return Err(untrusted("not a regular file".into()));
+        }
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", credentials.pid()))
+            .map_err(|err| untrusted(format!("cannot inspect QMP peer pid {}: {err}", credentials.pid())))?;
+        let held = fds.flatten().any(|fd| {
+            std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
+        });
+        if !held {
+            return Err(untrusted(format!("QMP peer pid {} does not have it open", credentials.pid())));
+        }
+        Ok(())
     }
 
     /// `query-memdev` with each file backend's `mem-path` added, as QMP reports them.

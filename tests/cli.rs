@@ -180,6 +180,9 @@ fn test_cli_runs_qemu_as_unprivileged_user() {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert!(uid_line.split_whitespace().skip(1).all(|uid| uid == "65534"), "{uid_line}");
+    // its RAM is still trusted and readable: QEMU listened on its socket as root, and holds the file
+    let output = qemu_bridge(&run_dir, &["read", &name, "0", "16"]);
+    assert!(output.status.success(), "{}", stderr(&output));
     assert!(qemu_bridge(&run_dir, &["stop", &name]).status.success());
 }
 

@@ -397,3 +397,81 @@ fn test_unmount_under_load() {
         "daemon still running after its readers left"
     );
 }
+
+/// Starts the fake monitor (optionally as `nobody`) and waits until it listens.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn fake_monitor(
+    run_dir: &TestRunDir,
+    name: &str,
+    ram: &std::path::Path,
+    hold: bool,
+    as_nobody: bool,
+) -> KillOnDrop {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_qmp.py");
+    let mut command = if as_nobody {
+        let mut command = Command::new("setpriv");
+        // Debian's python3: another user cannot reach an interpreter under root's home
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/bin/python3"]);
+        command
+    } else {
+        Command::new("python3")
+    };
+    command.arg(&script).arg(run_dir.path().join(format!("{name}.qmp"))).arg(ram).arg("65536");
+    if hold {
+        command.arg("--hold");
+    }
+    let mut child = KillOnDrop(command.stdout(std::process::Stdio::piped()).spawn().unwrap());
+    let mut ready = [0u8; 5];
+    child.0.stdout.as_mut().unwrap().read_exact(&mut ready).expect("the fake monitor did not start");
+    assert_eq!(&ready, b"ready");
+    child
+}
+
+#[test]
+fn test_planted_sockets_cannot_point_the_mount_at_other_files() {
+    if !require_qemu() || !common::require_program("python3") || !common::require_program("setpriv") {
+        return;
+    }
+    if qemu_bridge::discovery::effective_uid() != 0 {
+        assert!(!common::in_ci(), "CI runs as root");
+        return;
+    }
+    let _serial = one_at_a_time();
+    let run_dir = TestRunDir::new();
+    std::fs::set_permissions(run_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let healthy = VmBuilder::new("real", &run_dir).launch();
+    // a root-owned file that is not any VM's RAM
+    let secret = common::ShmFile::with_contents("secret", &[0x5a; 65536]);
+    std::fs::set_permissions(&secret.path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // 1: a peer of a trusted user names a file it does not hold open
+    let liar = fake_monitor(&run_dir, "liar", &secret.path, false, false);
+    // 2: a peer of another user (nobody) names a file it does hold open
+    let intruder = fake_monitor(&run_dir, "intruder", &secret.path, true, true);
+    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let names = ls_does_not_hang(&mount);
+    assert_eq!(names, [healthy.name()], "{}", mount.log_text());
+    let log = mount.log_text();
+    assert!(log.contains("does not have it open"), "{log}");
+    assert!(log.contains("uid 65534"), "{log}");
+    // the CLI refuses the same way
+    let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+        .args(["read", "liar", "0", "16", "--run-dir"])
+        .arg(run_dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("refusing RAM file"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    drop((liar, intruder));
+}

@@ -241,6 +241,11 @@ impl<S: Read + Write> QmpClient<S> {
         Ok(client)
     }
 
+    /// The underlying stream.
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
     /// The server's greeting (`{"version": ..., "capabilities": [...]}`).
     pub fn greeting(&self) -> &Value {
         &self.greeting
