@@ -539,3 +539,58 @@ fn test_status_readers_never_starve_other_qmp_clients() {
         assert!(reader.join().unwrap() > 0);
     });
 }
+
+#[test]
+fn test_bad_input_at_every_edge() {
+    if !require_qemu() {
+        return;
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("edges", &run_dir).launch();
+    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let dir = mount.path(vm.name());
+    // odd names: non-UTF-8, very long, dot names, a file name as a directory
+    let not_found = |path: std::path::PathBuf| {
+        let err = std::fs::metadata(&path).unwrap_err();
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENAMETOOLONG) | Some(libc::ENOTDIR)),
+            "{path:?}: {err}"
+        );
+    };
+    not_found(mount.mountpoint.join(std::ffi::OsStr::from_bytes(b"\xff\xfe-not-utf8")));
+    not_found(dir.join(std::ffi::OsStr::from_bytes(b"ram\xff")));
+    not_found(mount.path(&"n".repeat(255)));
+    not_found(mount.path(&"n".repeat(300)));
+    not_found(dir.join("ram/inside"));
+    not_found(mount.path(".hidden"));
+    // `..` from a VM directory is the root
+    let parent = std::fs::read_dir(dir.join("..")).unwrap().count();
+    assert_eq!(parent, 1);
+    // zero-length and huge-offset reads
+    let ram = File::open(dir.join("ram")).unwrap();
+    assert_eq!(ram.read_at(&mut [], 12345).unwrap(), 0);
+    assert!(ram
+        .read_at(&mut [0u8; 16], u64::MAX - 15)
+        .map_or_else(|e| e.raw_os_error() == Some(libc::EINVAL), |n| n == 0));
+    // directories cannot be opened for writing, files cannot be truncated, xattrs cannot be set
+    assert!(std::fs::OpenOptions::new().write(true).open(&dir).is_err());
+    assert!(std::fs::OpenOptions::new().write(true).truncate(true).open(dir.join("ram")).is_err());
+    let program = format!(
+        "import os, errno\ntry:\n    os.setxattr({path:?}, 'user.test', b'1')\n    print('set')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n",
+        path = dir.join("ram")
+    );
+    let output = Command::new("python3").arg("-c").arg(&program).output().unwrap();
+    let answer = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(
+        ["EROFS", "ENOTSUP", "EOPNOTSUPP", "EPERM", "EACCES"].contains(&answer.as_str()),
+        "setxattr: {answer}"
+    );
+    // getxattr and listxattr answer without errors a tool would choke on
+    let program = format!("import os\nprint(os.listxattr({path:?}))\n", path = dir.join("ram"));
+    let output = Command::new("python3").arg("-c").arg(&program).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "[]");
+    // the daemon is still fine
+    assert_eq!(std::fs::read_to_string(dir.join("status")).unwrap(), "running\n");
+    assert!(process_alive(mount.pid));
+}
