@@ -45,8 +45,8 @@ pub struct Instance {
     pub info: VmInfo,
     /// Its RAM, mapped read-only.
     pub bridge: SharedMemoryBridge,
-    /// (device, inode) of its socket file: a new socket means a new QEMU.
-    socket_id: (u64, u64),
+    /// Identity of its socket file: a new socket means a new QEMU.
+    socket_id: SocketId,
     /// When it was admitted.
     pub since: std::time::SystemTime,
     last_seen_alive: Mutex<Instant>,
@@ -135,7 +135,7 @@ impl Instance {
 struct State {
     by_name: HashMap<String, Arc<Instance>>,
     by_number: HashMap<u64, Arc<Instance>>,
-    failed: HashMap<(u64, u64), Instant>,
+    failed: HashMap<SocketId, Instant>,
     next_number: u64,
 }
 
@@ -148,9 +148,13 @@ pub struct Registry {
     refreshing: Mutex<()>,
 }
 
-fn socket_id(run_dir: &RunDir, name: &str) -> Option<(u64, u64)> {
+/// Identity of a socket file: device, inode and change time. tmpfs reuses inode numbers, so a
+/// new QEMU's socket can get the old one's number; the change time tells them apart.
+type SocketId = (u64, u64, i64, i64);
+
+fn socket_id(run_dir: &RunDir, name: &str) -> Option<SocketId> {
     let metadata = std::fs::symlink_metadata(run_dir.socket_path(name)).ok()?;
-    Some((metadata.dev(), metadata.ino()))
+    Some((metadata.dev(), metadata.ino(), metadata.ctime(), metadata.ctime_nsec()))
 }
 
 /// Whether something listens on the socket (a dead QEMU leaves a socket that refuses).
@@ -312,7 +316,7 @@ impl Registry {
     fn admit(
         &self,
         name: &str,
-        id: (u64, u64),
+        id: SocketId,
     ) -> Result<Arc<Instance>, Box<dyn std::error::Error + Send + Sync>> {
         let vm = Vm::new(&self.run_dir, name)?.with_timeout(PROBE_TIMEOUT);
         let (bridge, info) = vm.open_bridge()?;
