@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test: installs what is missing, then rustfmt, clippy, unit, integration
-# (real QEMU under TCG, real FUSE mounts, real files in /dev/shm) and doc tests.
+# (real QEMU under TCG, real FUSE mounts, real files in /dev/shm) and doc tests, then the fuzz
+# targets for 60 s each (FUZZ_SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +17,5 @@ echo "== cargo test"
 cargo test --locked --all-targets
 echo "== doc tests"
 cargo test --locked --doc
+echo "== fuzzing (bounded)"
+scripts/fuzz.sh

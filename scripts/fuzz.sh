@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the cargo-fuzz targets for a bounded time each (FUZZ_SECONDS, default 60):
+#   qmp_reply  the QMP client fed arbitrary server bytes
+#   layout     guest-physical layout and bounds arithmetic
+# cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1 lets the stable toolchain provide them
+# (no other toolchain can be installed here). A crash fails the run and leaves its input in
+# fuzz/artifacts/<target>/: turn it into a unit test next to the code, then fix the bug.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${FUZZ_SECONDS:-60}
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
+export RUSTC_BOOTSTRAP=1
+for target in qmp_reply layout; do
+    mkdir -p "fuzz/corpus/$target"
+    echo "== fuzz $target for ${seconds}s"
+    cargo fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
+        -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 2>&1 \
+        | grep -E "^(Done|stat::number_of_executed_units|==[0-9]+==|thread '|SUMMARY|.*panicked)" || true
+    if compgen -G "fuzz/artifacts/$target/*" >/dev/null; then
+        echo "fuzz target $target failed (crash, leak, timeout or OOM): inputs in fuzz/artifacts/$target/" >&2
+        exit 1
+    fi
+done
