@@ -14,6 +14,12 @@ use crate::vm::Vm;
 
 type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
+/// What the guest of scripts/build-guest.sh prints once it is up.
+pub const LINUX_MARKER: &str = "QEMU-BRIDGE-LINUX-MARKER";
+
+/// Debian's kernel needs at least 80 MiB; 128 MiB is comfortable.
+const LINUX_MEMORY: u64 = 128 << 20;
+
 /// Look inside running QEMU virtual machines: their RAM as files and as a library.
 #[derive(Debug, Parser)]
 #[command(name = "qemu-bridge", version, about)]
@@ -80,9 +86,17 @@ pub struct NameArgs {
 pub struct LaunchArgs {
     /// Name of the new VM
     pub name: String,
-    /// Guest RAM, e.g. 64M, 1G (a bare number is MiB, as in QEMU)
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
-    pub memory: u64,
+    /// Guest RAM, e.g. 64M, 1G (a bare number is MiB, as in QEMU) [default: 64M, 128M with
+    /// --linux]
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// Boot the Linux guest built by scripts/build-guest.sh from DIR (vmlinuz, initrd.gz):
+    /// sets --kernel, --initrd, --append "console=ttyS0 quiet", 128M and waits for its marker
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "drive"])]
+    pub linux: Option<PathBuf>,
+    /// Return only once TEXT appears on the serial console, and report the boot time
+    #[arg(long, value_name = "TEXT")]
+    pub wait_for: Option<String>,
     /// Machine type
     #[arg(long, value_enum, default_value_t = Machine::Q35)]
     pub machine: Machine,
@@ -222,12 +236,19 @@ fn lifecycle(
 
 fn launch_verb(args: LaunchArgs) -> CliResult {
     let mut options = LaunchOptions::new(&args.name, args.common.run_dir());
-    options.memory = args.memory;
+    options.memory = args.memory.unwrap_or(if args.linux.is_some() { LINUX_MEMORY } else { 64 << 20 });
     options.machine = args.machine;
     options.accel = args.accel;
     options.kernel = args.kernel;
     options.initrd = args.initrd;
     options.append = args.append;
+    options.wait_for = args.wait_for;
+    if let Some(dir) = &args.linux {
+        options.kernel = Some(dir.join("vmlinuz"));
+        options.initrd = Some(dir.join("initrd.gz"));
+        options.append.get_or_insert_with(|| "console=ttyS0 quiet".into());
+        options.wait_for.get_or_insert_with(|| LINUX_MARKER.into());
+    }
     options.drive = args.drive;
     options.user = args.user;
     options.extra_args = args.qemu_args;
@@ -242,6 +263,9 @@ fn launch_verb(args: LaunchArgs) -> CliResult {
         vm.ram_path.display(),
         vm.serial.display()
     );
+    if let (Some(boot), Some(text)) = (vm.boot, &options.wait_for) {
+        println!("  booted: {text:?} on the serial console after {:.2} s", boot.as_secs_f64());
+    }
     Ok(())
 }
 

@@ -56,6 +56,16 @@ pub enum LaunchError {
     /// The VM did not come up in time.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, &'static str),
+    /// The guest never printed the awaited text.
+    #[error("timed out after {timeout:?} waiting for {text:?} on the serial console; it ends with: {tail}")]
+    NoSerialText {
+        /// How long we waited.
+        timeout: Duration,
+        /// The text.
+        text: String,
+        /// The last serial output.
+        tail: String,
+    },
     /// QMP error while talking to the new or old VM.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -116,8 +126,10 @@ pub struct LaunchOptions {
     pub extra_args: Vec<String>,
     /// Directory of the RAM file.
     pub shm_dir: PathBuf,
-    /// How long to wait for QMP to answer.
+    /// How long to wait for QMP to answer (and for `wait_for`).
     pub timeout: Duration,
+    /// Wait until this text appears on the serial console before returning.
+    pub wait_for: Option<String>,
 }
 
 impl LaunchOptions {
@@ -137,6 +149,7 @@ impl LaunchOptions {
             extra_args: Vec::new(),
             shm_dir: PathBuf::from(SHM_DIR),
             timeout: Duration::from_secs(60),
+            wait_for: None,
         }
     }
 
@@ -161,6 +174,8 @@ pub struct LaunchedVm {
     pub serial: PathBuf,
     /// Time from spawning QEMU until QMP answered.
     pub startup: Duration,
+    /// Time from spawning QEMU until the `wait_for` text appeared, if one was given.
+    pub boot: Option<Duration>,
 }
 
 /// The QEMU binary to run.
@@ -342,14 +357,27 @@ pub fn launch(options: &LaunchOptions) -> Result<LaunchedVm, LaunchError> {
         }
         sleep(Duration::from_millis(20));
     }
-    Ok(LaunchedVm {
-        name: name.clone(),
-        pid,
-        socket,
-        ram_path,
-        serial: run_dir.file_path(name, "serial"),
-        startup: started.elapsed(),
-    })
+    let startup = started.elapsed();
+    let serial = run_dir.file_path(name, "serial");
+    let mut boot = None;
+    if let Some(text) = &options.wait_for {
+        loop {
+            let output = fs::read(&serial).unwrap_or_default();
+            if output.windows(text.len().max(1)).any(|window| window == text.as_bytes()) {
+                boot = Some(started.elapsed());
+                break;
+            }
+            if started.elapsed() > options.timeout || !process_alive(pid) {
+                kill_and_wait(pid, Duration::from_millis(100));
+                cleanup_files(options);
+                let tail =
+                    String::from_utf8_lossy(&output[output.len().saturating_sub(300)..]).trim().to_string();
+                return Err(LaunchError::NoSerialText { timeout: options.timeout, text: text.clone(), tail });
+            }
+            sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(LaunchedVm { name: name.clone(), pid, socket, ram_path, serial, startup, boot })
 }
 
 fn cleanup_files(options: &LaunchOptions) {

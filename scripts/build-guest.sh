@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Builds a small Linux guest from Debian's packages, offline apart from the package registry:
+# the cloud kernel (linux-image-*-cloud-amd64) and an initramfs of busybox-static whose /init
+#   - prints a marker line to the serial console: QEMU-BRIDGE-LINUX-MARKER:<boot id>
+#   - keeps that marker resident in guest memory (a file in the RAM-backed rootfs)
+#   - runs a small workload that keeps changing memory (a counter file rewritten 10 times a s)
+# Output: OUTDIR/vmlinuz, OUTDIR/initrd.gz (default target/guest/linux). Cached: a second run
+# returns at once. Boot it with: qemu-bridge launch NAME --linux OUTDIR
+# Debian's kernel needs at least 80 MiB of RAM (with 64 MiB QEMU exits at once with no output);
+# --linux defaults to 128 MiB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-target/guest/linux}
+if [[ -f $out/vmlinuz && -f $out/initrd.gz && -f $out/.complete ]]; then
+    echo "$out (cached)"
+    exit 0
+fi
+command -v cpio >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cpio >/dev/null; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+chmod 777 "$work"   # apt-get download drops to the _apt user
+kernel=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+if [[ -z $kernel ]]; then
+    apt-get update -qq
+    kernel=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+fi
+(cd "$work" && apt-get download -qq "$kernel" busybox-static 2>/dev/null)
+dpkg -x "$work"/linux-image-*.deb "$work/kernel"
+dpkg -x "$work"/busybox-static_*.deb "$work/busybox"
+
+root=$work/root
+mkdir -p "$root"/{bin,dev,proc,sys,tmp}
+cp "$work/busybox/bin/busybox" "$root/bin/busybox"
+cat > "$root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+marker="QEMU-BRIDGE-LINUX-MARKER:$(cat /proc/sys/kernel/random/boot_id)"
+echo "$marker" > /tmp/marker
+echo "$marker" > /dev/ttyS0
+echo "qemu-bridge guest up: $(uname -r)" > /dev/ttyS0
+counter=0
+while true; do
+    counter=$((counter + 1))
+    echo "QEMU-BRIDGE-COUNTER:$counter" > /tmp/counter
+    sleep 0.1
+done
+INIT
+chmod +x "$root/init"
+mkdir -p "$out"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) > "$out/initrd.gz"
+cp "$work"/kernel/boot/vmlinuz-* "$out/vmlinuz"
+echo "$kernel" > "$out/.complete"
+echo "$out ($kernel)"

@@ -1,0 +1,187 @@
+//! End-to-end against a real Linux guest (Debian's cloud kernel + busybox, built by
+//! scripts/build-guest.sh) and the boot-sector guests beside it.
+
+mod common;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{require_qemu, wait_until, TestMount, TestRunDir, VmBuilder, MARKER, MARKER_ADDR};
+use qemu_bridge::launch::{self, LaunchOptions};
+use qemu_bridge::{RunState, Verdict, Vm};
+
+/// The guest, built (or found in the cache) once per test binary.
+fn guest_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("target/guest/linux");
+        let output = Command::new(root.join("scripts/build-guest.sh")).arg(&dir).output().unwrap();
+        assert!(output.status.success(), "build-guest.sh: {}", String::from_utf8_lossy(&output.stderr));
+        dir
+    })
+}
+
+struct LinuxVm {
+    launched: launch::LaunchedVm,
+    marker: String,
+}
+
+impl Drop for LinuxVm {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.launched.pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+        wait_until(Duration::from_secs(10), || !launch::process_alive(self.launched.pid));
+        let _ = std::fs::remove_file(&self.launched.ram_path);
+    }
+}
+
+fn boot_linux(run_dir: &TestRunDir) -> LinuxVm {
+    let dir = guest_dir();
+    let mut options = LaunchOptions::new(&common::unique_name("linux"), run_dir.run_dir.clone());
+    options.memory = 128 << 20;
+    options.kernel = Some(dir.join("vmlinuz"));
+    options.initrd = Some(dir.join("initrd.gz"));
+    options.append = Some("console=ttyS0 quiet".into());
+    options.wait_for = Some("QEMU-BRIDGE-LINUX-MARKER:".into());
+    // TCG boots in ~3 s on a quiet machine, up to a minute on a busy one: poll, never sleep
+    options.timeout = Duration::from_secs(180);
+    let launched = launch::launch(&options).expect("boot the Linux guest");
+    // the whole marker line, with this boot's id
+    let mut marker = String::new();
+    assert!(wait_until(Duration::from_secs(30), || {
+        let serial = std::fs::read_to_string(&launched.serial).unwrap_or_default();
+        match serial.lines().find_map(|line| line.trim().strip_prefix("QEMU-BRIDGE-LINUX-MARKER:")) {
+            Some(id) if id.len() == 36 => {
+                marker = format!("QEMU-BRIDGE-LINUX-MARKER:{id}");
+                true
+            }
+            _ => false,
+        }
+    }));
+    eprintln!("Linux guest booted in {:.2} s", launched.boot.unwrap().as_secs_f64());
+    LinuxVm { launched, marker }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+#[test]
+fn test_linux_guest_seen_through_mount_and_library() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let linux = boot_linux(&run_dir);
+    let name = linux.launched.name.clone();
+    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let ram = mount.path(&format!("{name}/ram"));
+    assert_eq!(std::fs::metadata(&ram).unwrap().len(), 128 << 20);
+
+    // the marker with this boot's id, found by grep -a in the mounted ram
+    let output = Command::new("grep").args(["-a", "-c", &linux.marker]).arg(&ram).output().unwrap();
+    assert!(output.status.success(), "grep -a found no marker in {name}/ram");
+    // ... and through the library, in a snapshot
+    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
+    let (bridge, info) = vm.open_bridge().unwrap();
+    assert_eq!(info.ram_size, 128 << 20);
+    let snapshot = vm.paused_snapshot(&bridge).unwrap();
+    let at = find(&snapshot.data, linux.marker.as_bytes()).expect("marker in a paused snapshot");
+    // read_into at that guest-physical address (all RAM is below 4 GiB at 128 MiB) agrees
+    let mut again = vec![0u8; linux.marker.len()];
+    bridge.read_into(at as u64, &mut again).unwrap();
+    assert_eq!(again, linux.marker.as_bytes());
+    // the kernel's version banner
+    let banner = find(&snapshot.data, b"Linux version 6.").expect("Linux version banner in RAM");
+    let line: String = snapshot.data[banner..banner + 40].iter().map(|&b| b as char).collect();
+    eprintln!("found: {line}");
+
+    // the checksum file of a running Linux guest reports its verdict honestly
+    let line = std::fs::read_to_string(mount.path(&format!("{name}/checksum"))).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!((fields[0], fields[1].len()), ("sha256", 64), "{line}");
+    assert!(["consistent", "torn"].contains(&fields[2]), "{line}");
+    // paused, it is consistent on the first attempt and equals the file's sha256
+    vm.with_qmp(|q| q.stop()).unwrap();
+    let line = std::fs::read_to_string(mount.path(&format!("{name}/checksum"))).unwrap();
+    let expected = qemu_bridge::ram::sha256_hex(&std::fs::read(&info.ram_path).unwrap());
+    assert!(line.starts_with(&format!("sha256 {expected} consistent attempts=1")), "{line}");
+    let checked = bridge.consistent_snapshot(4).unwrap();
+    assert_eq!(checked.verdict, Verdict::Consistent);
+
+    // lifecycle commands change what status shows
+    let binary = env!("CARGO_BIN_EXE_qemu-bridge");
+    let status = || std::fs::read_to_string(mount.path(&format!("{name}/status"))).unwrap();
+    assert_eq!(status(), "paused\n");
+    let cli = |verb: &str| {
+        let output =
+            Command::new(binary).args([verb, &name, "--run-dir"]).arg(run_dir.path()).output().unwrap();
+        assert!(output.status.success(), "{verb}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    assert_eq!(cli("resume"), "running");
+    assert_eq!(status(), "running\n");
+    assert_eq!(cli("pause"), "paused");
+    assert_eq!(vm.status().unwrap().status, RunState::Paused);
+    assert_eq!(cli("resume"), "running");
+    // reset reboots the guest: a new boot id appears on the console and in RAM
+    assert_eq!(cli("reset"), "running");
+    assert!(wait_until(Duration::from_secs(180), || {
+        std::fs::read_to_string(&linux.launched.serial)
+            .unwrap_or_default()
+            .matches("QEMU-BRIDGE-LINUX-MARKER:")
+            .count()
+            >= 2
+    }));
+}
+
+#[test]
+fn test_multi_vm_linux_and_two_small_guests() {
+    if !require_qemu() {
+        return;
+    }
+    let run_dir = TestRunDir::new();
+    let linux = boot_linux(&run_dir);
+    let small: Vec<_> = (0..2).map(|i| VmBuilder::new(&format!("small{i}"), &run_dir).launch()).collect();
+    for vm in &small {
+        vm.wait_for_marker();
+    }
+    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mut names: Vec<String> = small.iter().map(|vm| vm.name().to_string()).collect();
+    names.push(linux.launched.name.clone());
+    names.sort();
+    assert_eq!(mount.ls(), names);
+    // all three read at the same time, each directory serving only its own VM
+    std::thread::scope(|scope| {
+        let linux_ram = mount.path(&format!("{}/ram", linux.launched.name));
+        let marker = linux.marker.clone();
+        let linux_reader = scope.spawn(move || {
+            let output = Command::new("grep").args(["-a", "-c", &marker]).arg(&linux_ram).output().unwrap();
+            output.status.success()
+        });
+        let small_readers: Vec<_> = small
+            .iter()
+            .map(|vm| {
+                let path = mount.path(&format!("{}/ram", vm.name()));
+                let marker = linux.marker.clone();
+                scope.spawn(move || {
+                    let whole = std::fs::read(&path).unwrap();
+                    assert_eq!(whole.len(), 64 << 20);
+                    let mut at = vec![0u8; MARKER.len()];
+                    File::open(&path).unwrap().read_exact_at(&mut at, MARKER_ADDR).unwrap();
+                    // its own marker, and nothing of the Linux guest
+                    at == MARKER && find(&whole, marker.as_bytes()).is_none()
+                })
+            })
+            .collect();
+        assert!(linux_reader.join().unwrap(), "the Linux directory lacks its marker");
+        for reader in small_readers {
+            assert!(reader.join().unwrap(), "a small VM's directory served someone else's bytes");
+        }
+    });
+}
