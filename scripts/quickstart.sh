@@ -4,7 +4,9 @@
 #   boot-sector guest that writes a marker and keeps counting), mounts every VM at
 #   $QEMU_BRIDGE_MOUNT (default /mnt/qemu) and takes a short tour.
 # Environment: QEMU_BRIDGE_MOUNT, QEMU_BRIDGE_RUN_DIR, QEMU_BRIDGE_VM (default demo),
-#              QEMU_BRIDGE_BIN (use this binary instead of building one).
+#              QEMU_BRIDGE_BIN (use this binary instead of building one),
+#              QEMU_BRIDGE_GUEST=linux (boot a real Linux guest built by scripts/build-guest.sh
+#              instead of the boot-sector demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,14 +21,17 @@ else
     bin=target/release/qemu-bridge
 fi
 
-image=target/guest/boot.img
-[[ -f $image ]] || scripts/build-boot-guest.sh "$image"
-guest_disk=target/guest/$vm.img           # QEMU locks a disk image: one copy per VM
-cp "$image" "$guest_disk"
-
+linux=${QEMU_BRIDGE_GUEST:-}
 if "$bin" status "$vm" >/dev/null 2>&1; then
     echo "VM $vm is already running"
+elif [[ $linux == linux ]]; then
+    scripts/build-guest.sh target/guest/linux
+    "$bin" launch "$vm" --linux target/guest/linux
 else
+    image=target/guest/boot.img
+    [[ -f $image ]] || scripts/build-boot-guest.sh "$image"
+    guest_disk=target/guest/$vm.img           # QEMU locks a disk image: one copy per VM
+    cp "$image" "$guest_disk"
     "$bin" launch "$vm" --drive "$guest_disk"
 fi
 mkdir -p "$mountpoint"
@@ -36,18 +41,29 @@ else
     "$bin" mount "$mountpoint"
 fi
 
-# wait (TCG can take a while on a busy machine) until the guest has written its marker
-for _ in $(seq 600); do
-    "$bin" read "$vm" 0x10000 16 --raw 2>/dev/null | grep -qa QEMU-BRIDGE && break
-    sleep 0.1
-done
-
-set -x
-ls "$mountpoint"
-cat "$mountpoint/$vm/status"
-xxd -s 0x10000 -l 32 "$mountpoint/$vm/ram"
-cat "$mountpoint/$vm/checksum"
-{ set +x; } 2>/dev/null
-echo
-echo "Done. Try: xxd -s 0x10040 -l 4 $mountpoint/$vm/ram   (the guest's counter, live)"
+if [[ $linux == linux ]]; then
+    set -x
+    ls "$mountpoint"
+    cat "$mountpoint/$vm/status"
+    grep -a -o -m 1 'QEMU-BRIDGE-LINUX-MARKER:[0-9a-f-]*' "$mountpoint/$vm/ram"
+    grep -a -o -m 1 'Linux version [^ ]*' "$mountpoint/$vm/ram"
+    cat "$mountpoint/$vm/checksum"
+    { set +x; } 2>/dev/null
+    echo
+    echo "Done. Try: grep -a -o 'QEMU-BRIDGE-COUNTER:[0-9]*' $mountpoint/$vm/ram | tail -1   (live)"
+else
+    # wait (TCG can take a while on a busy machine) until the guest has written its marker
+    for _ in $(seq 600); do
+        "$bin" read "$vm" 0x10000 16 --raw 2>/dev/null | grep -qa QEMU-BRIDGE && break
+        sleep 0.1
+    done
+    set -x
+    ls "$mountpoint"
+    cat "$mountpoint/$vm/status"
+    xxd -s 0x10000 -l 32 "$mountpoint/$vm/ram"
+    cat "$mountpoint/$vm/checksum"
+    { set +x; } 2>/dev/null
+    echo
+    echo "Done. Try: xxd -s 0x10040 -l 4 $mountpoint/$vm/ram   (the guest's counter, live)"
+fi
 echo "Clean up: $bin umount $mountpoint && $bin stop $vm"

@@ -8,6 +8,15 @@ use common::{require_qemu, TestRunDir};
 
 #[test]
 fn test_readme_quickstart_shows_the_vm_as_files() {
+    quickstart("");
+}
+
+#[test]
+fn test_readme_quickstart_boots_linux_and_mounts_it() {
+    quickstart("linux");
+}
+
+fn quickstart(guest: &str) {
     if !require_qemu() || !std::path::Path::new("/dev/fuse").exists() {
         assert!(!common::in_ci());
         return;
@@ -23,6 +32,7 @@ fn test_readme_quickstart_shows_the_vm_as_files() {
         .env("QEMU_BRIDGE_RUN_DIR", run_dir.path())
         .env("QEMU_BRIDGE_VM", &vm)
         .env("QEMU_BRIDGE_BIN", env!("CARGO_BIN_EXE_qemu-bridge"))
+        .env("QEMU_BRIDGE_GUEST", guest)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -34,8 +44,81 @@ fn test_readme_quickstart_shows_the_vm_as_files() {
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains(&vm), "ls shows the VM: {stdout}");
     assert!(stdout.contains("running"), "{stdout}");
-    assert!(stdout.contains("QEMU-BRIDGE-TEST"), "the guest's marker through xxd: {stdout}");
+    if guest == "linux" {
+        assert!(
+            stdout.contains("QEMU-BRIDGE-LINUX-MARKER:"),
+            "the Linux guest's marker via grep -a: {stdout}"
+        );
+        assert!(stdout.contains("Linux version"), "{stdout}");
+    } else {
+        assert!(stdout.contains("QEMU-BRIDGE-TEST"), "the guest's marker through xxd: {stdout}");
+    }
     assert!(stdout.contains("sha256 "), "{stdout}");
     assert!(umount.success() && stop.success());
     assert!(!std::path::Path::new(&format!("/dev/shm/qemu_ram_{vm}")).exists());
+}
+
+/// The README's Examples block, run against a mounted Linux guest.
+#[test]
+fn test_readme_examples_run() {
+    if !require_qemu() || !std::path::Path::new("/dev/fuse").exists() {
+        assert!(!common::in_ci());
+        return;
+    }
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let examples = readme.split("## Examples").nth(1).expect("README has an Examples section");
+    let block =
+        examples.split("```sh\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a sh block");
+    let run_dir = TestRunDir::new();
+    let vm = common::unique_name("example");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let guest = std::path::Path::new(root).join("target/guest/linux");
+    let built = Command::new(format!("{root}/scripts/build-guest.sh")).arg(&guest).status().unwrap();
+    assert!(built.success());
+    let binary = env!("CARGO_BIN_EXE_qemu-bridge");
+    let launched = Command::new(binary)
+        .args(["launch", &vm, "--linux"])
+        .arg(&guest)
+        .arg("--run-dir")
+        .arg(run_dir.path())
+        .output()
+        .unwrap();
+    assert!(launched.status.success(), "{}", String::from_utf8_lossy(&launched.stderr));
+    let Some(mount) = common::TestMount::new(&run_dir, &[]) else { return };
+    let work = tempfile::tempdir().unwrap();
+    let path = format!(
+        "{}:{}",
+        std::path::Path::new(binary).parent().unwrap().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{block}"))
+        .current_dir(work.path())
+        .env("PATH", path)
+        .env("MNT", &mount.mountpoint)
+        .env("VM", &vm)
+        .env("QEMU_BRIDGE_RUN_DIR", run_dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stop = Command::new(binary).args(["stop", &vm, "--run-dir"]).arg(run_dir.path()).status().unwrap();
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stop.success());
+    // each example printed what it promises
+    assert!(stdout.lines().next().is_some_and(|l| l.contains(":QEMU-BRIDGE-LINUX-MARKER:")), "{stdout}");
+    let counters: Vec<u64> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("QEMU-BRIDGE-COUNTER:"))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(counters.len(), 2, "{stdout}");
+    assert!(counters[1] > counters[0], "the counter moved on: {counters:?}");
+    assert!(
+        stdout.lines().any(|l| l.contains(&(128u64 << 20).to_string()) && l.ends_with(&format!("{vm}.ram"))),
+        "{stdout}"
+    );
+    assert!(stdout.contains("paused: checksums match"), "{stdout}");
+    assert!(stdout.contains(&format!("{vm} running")), "{stdout}");
+    assert!(stdout.contains(&format!("['{vm}']")), "{stdout}");
 }
