@@ -2,7 +2,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use crate::ram::validate_vm_name;
@@ -13,9 +13,9 @@ pub const SOCKET_EXTENSION: &str = "qmp";
 /// Environment variable that overrides the default run directory.
 pub const RUN_DIR_ENV: &str = "QEMU_BRIDGE_RUN_DIR";
 
-/// The effective user id, read without `unsafe`: `/proc/self` is owned by it.
+/// The effective user id.
 pub fn effective_uid() -> u32 {
-    fs::metadata("/proc/self").map_or(u32::MAX, |metadata| metadata.uid())
+    nix::unistd::geteuid().as_raw()
 }
 
 /// `$QEMU_BRIDGE_RUN_DIR`, else `/run/qemu-bridge` for root, else

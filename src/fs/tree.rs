@@ -137,7 +137,7 @@ impl Tree {
         Self {
             registry,
             audit,
-            uid: nix::unistd::geteuid().as_raw(),
+            uid: crate::discovery::effective_uid(),
             gid: nix::unistd::getegid().as_raw(),
             mounted_at: SystemTime::now(),
             handles: RwLock::new(HashMap::new()),

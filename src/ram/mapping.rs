@@ -51,7 +51,8 @@ impl Mapping {
         // The file's contents change under it (that is its purpose), so no code of this crate
         // creates references into it except `view`, whose callers are told the bytes may
         // change; everything else copies through raw pointers. A file that shrinks under the
-        // mapping is caught by `check_file_len` before each copy.
+        // mapping is caught by `check_file_len` before each copy and by the SIGBUS guard
+        // (`sigbus`, below) during one.
         let map = unsafe { MmapOptions::new().map(&file) }.map_err(BridgeError::MmapFailed)?;
         let guard_slot = sigbus::register(map.as_ptr() as usize, map.len());
         if guard_slot.is_none() && !map.is_empty() {
@@ -103,6 +104,26 @@ impl Mapping {
         Ok(())
     }
 
+    /// After a copy: fails when a page was lost to a truncation during it (the SIGBUS guard
+    /// left zeros in the copy). A truncation that touched no copied page leaves the copy valid,
+    /// so only the guard's flag is consulted; no `fstat` on the success path.
+    fn check_intact(&self) -> Result<(), BridgeError> {
+        if self.guard_slot.is_some_and(sigbus::poisoned) {
+            let current = self.current_file_len().unwrap_or(0);
+            return Err(BridgeError::FileShrunk { mapped: self.map.len(), current });
+        }
+        Ok(())
+    }
+
+    /// Threads for a copy or scan of `len` bytes: all cores (at most 8) when large, else one.
+    fn threads_for(len: usize) -> usize {
+        if len >= PARALLEL_COPY_THRESHOLD {
+            std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+        } else {
+            1
+        }
+    }
+
     /// A borrowed view of `len` bytes at `offset`. The guest may change them while the view
     /// lives; see [`crate::SharedMemoryBridge::read_physical`].
     pub fn view(&self, offset: usize, len: usize) -> Result<&[u8], BridgeError> {
@@ -121,12 +142,7 @@ impl Mapping {
 
     /// Copies `dst.len()` bytes at `offset` into `dst`, split across threads when large.
     pub fn copy_to(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
-        let threads = if dst.len() >= PARALLEL_COPY_THRESHOLD {
-            std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
-        } else {
-            1
-        };
-        self.copy_with_threads(offset, dst, threads)
+        self.copy_with_threads(offset, dst, Self::threads_for(dst.len()))
     }
 
     /// Copies `dst.len()` bytes at `offset` into `dst` on `threads` threads (1 = this thread).
@@ -141,7 +157,7 @@ impl Mapping {
         if threads <= 1 || dst.len() < 2 * 4096 {
             self.copy_unchecked(offset, dst);
             // a truncation during the copy left zeros where pages were lost
-            return self.check_file_len(offset, dst.len());
+            return self.check_intact();
         }
         // Page-aligned chunks so that each thread streams whole pages; the last chunk runs on
         // this thread.
@@ -156,7 +172,7 @@ impl Mapping {
                 self.copy_unchecked(offset + index * chunk, part);
             }
         });
-        self.check_file_len(offset, dst.len())
+        self.check_intact()
     }
 
     /// Copy without checks; callers have checked the range against the mapping.
@@ -190,14 +206,10 @@ impl Mapping {
                 })
                 .collect()
         };
-        let threads = if copy.len() >= PARALLEL_COPY_THRESHOLD {
-            std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
-        } else {
-            1
-        };
+        let threads = Self::threads_for(copy.len());
         if threads <= 1 {
             let changed = scan(0, pages);
-            self.check_file_len(0, copy.len())?;
+            self.check_intact()?;
             return Ok(changed);
         }
         let per_thread = pages.div_ceil(threads);
@@ -217,7 +229,7 @@ impl Mapping {
             changed
         });
         changed.sort_unstable();
-        self.check_file_len(0, copy.len())?;
+        self.check_intact()?;
         Ok(changed)
     }
 
@@ -274,7 +286,7 @@ impl Mapping {
             }
             done += written as usize;
         }
-        self.check_file_len(offset, len)
+        self.check_intact()
     }
 }
 
