@@ -351,7 +351,7 @@ fn snapshot_verb(args: SnapshotArgs) -> CliResult {
     if !args.pause && !args.consistent {
         // Unchecked: straight from the mapping to the file, then hash what was written.
         write_atomically(&args.output, |file| bridge.write_snapshot_to(file).map_err(std::io::Error::other))?;
-        let digest = sha256_of_file(&args.output)?;
+        let digest = crate::ram::snapshot::sha256_hex_of_reader(std::fs::File::open(&args.output)?)?;
         println!(
             "{CHECKSUM_ALGORITHM} {digest} unchecked attempts=1 torn_pages=0 size={} {}",
             bridge.size(),
@@ -364,21 +364,6 @@ fn snapshot_verb(args: SnapshotArgs) -> CliResult {
     write_atomically(&args.output, |file| file.write_all(&snapshot.data))?;
     println!("{} {}", snapshot.summary_line(), args.output.display());
     Ok(())
-}
-
-fn sha256_of_file(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut chunk = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut file, &mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&chunk[..n]);
-    }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Writes a temporary file beside `path` with `fill`, then renames it over `path`: a failure

@@ -7,12 +7,12 @@ use std::process::{Command, Output};
 use common::{require_qemu, TestRunDir, MARKER};
 
 fn qemu_bridge(run_dir: &TestRunDir, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
-        .args(args)
-        .arg("--run-dir")
-        .arg(run_dir.path())
-        .output()
-        .unwrap()
+    qemu_bridge_in(run_dir.path(), args)
+}
+
+/// The binary with `--run-dir DIR`, for run directories that are not a [`TestRunDir`].
+fn qemu_bridge_in(dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qemu-bridge")).args(args).arg("--run-dir").arg(dir).output().unwrap()
 }
 
 fn stderr(output: &Output) -> String {
@@ -49,23 +49,15 @@ fn test_cli_bad_input() {
         assert!(stderr(&output).contains("invalid size"), "{size}: {}", stderr(&output));
         assert!(!stderr(&output).contains("panicked"));
     }
-    assert_clean_failure(&qemu_bridge(&run_dir, &["read", "vm", "0xZZ", "16"]).clone(), "0xZZ");
+    assert_clean_failure(&qemu_bridge(&run_dir, &["read", "vm", "0xZZ", "16"]), "0xZZ");
     assert_clean_failure(&qemu_bridge(&run_dir, &["read", "vm", "0", "0x100000000"]), "too large");
     // a run dir that does not exist, or is a file
     let missing = run_dir.path().join("missing");
-    let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
-        .args(["list", "--run-dir"])
-        .arg(&missing)
-        .output()
-        .unwrap();
+    let output = qemu_bridge_in(&missing, &["list"]);
     assert_clean_failure(&output, "does not exist");
     let file = run_dir.path().join("file");
     std::fs::write(&file, b"").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
-        .args(["list", "--run-dir"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = qemu_bridge_in(&file, &["list"]);
     assert_clean_failure(&output, "not a directory");
     // QEMU missing
     let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
@@ -100,7 +92,7 @@ fn test_cli_lifecycle_on_real_vm() {
     let pid: u32 =
         std::fs::read_to_string(run_dir.path().join(format!("{name}.pid"))).unwrap().trim().parse().unwrap();
     // a kill-on-drop guard in case an assertion below fails
-    let _guard = scopeguard(pid, ram_path.clone());
+    let _guard = common::VmGuard { pid, ram_path: ram_path.clone().into() };
     assert!(stdout(&output).contains(&ram_path));
 
     // launching the same name again is refused while it runs
@@ -176,7 +168,7 @@ fn test_cli_runs_qemu_as_unprivileged_user() {
     assert!(output.status.success(), "{}", stderr(&output));
     let pid: u32 =
         std::fs::read_to_string(run_dir.path().join(format!("{name}.pid"))).unwrap().trim().parse().unwrap();
-    let _guard = scopeguard(pid, format!("/dev/shm/qemu_ram_{name}"));
+    let _guard = common::VmGuard { pid, ram_path: format!("/dev/shm/qemu_ram_{name}").into() };
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert!(uid_line.split_whitespace().skip(1).all(|uid| uid == "65534"), "{uid_line}");
@@ -184,20 +176,4 @@ fn test_cli_runs_qemu_as_unprivileged_user() {
     let output = qemu_bridge(&run_dir, &["read", &name, "0", "16"]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(qemu_bridge(&run_dir, &["stop", &name]).status.success());
-}
-
-struct Guard(u32, String);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if qemu_bridge::launch::process_alive(self.0) {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), nix::sys::signal::SIGKILL);
-        }
-        let _ = std::fs::remove_file(&self.1);
-    }
-}
-
-fn scopeguard(pid: u32, ram_path: String) -> Guard {
-    Guard(pid, ram_path)
 }

@@ -33,10 +33,7 @@ struct LinuxVm {
 
 impl Drop for LinuxVm {
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.launched.pid as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
-        wait_until(Duration::from_secs(10), || !launch::process_alive(self.launched.pid));
-        let _ = std::fs::remove_file(&self.launched.ram_path);
+        common::kill_vm(self.launched.pid, &self.launched.ram_path);
     }
 }
 

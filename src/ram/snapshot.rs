@@ -102,12 +102,22 @@ impl Snapshot {
 
 /// Lower-case hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
-    let mut hex = String::with_capacity(64);
-    for byte in digest {
-        hex.push_str(&format!("{byte:02x}"));
-    }
-    hex
+    hex(&Sha256::digest(data))
+}
+
+/// Lower-case hex SHA-256 of everything `reader` yields (a file written to disk, say).
+///
+/// # Errors
+///
+/// When reading fails.
+pub fn sha256_hex_of_reader(mut reader: impl std::io::Read) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut reader, &mut hasher)?;
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Copies the whole mapping once, unchecked.

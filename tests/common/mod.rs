@@ -203,14 +203,30 @@ impl TestVm {
     }
 }
 
+/// Kills QEMU `pid` (SIGKILL, if still alive), waits for it, and removes its RAM file.
+pub fn kill_vm(pid: u32, ram_path: &Path) {
+    if launch::process_alive(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+        wait_until(Duration::from_secs(10), || !launch::process_alive(pid));
+    }
+    let _ = std::fs::remove_file(ram_path);
+}
+
+/// Kills a VM started outside [`VmBuilder`] (by the CLI, say) when a test ends, even failing.
+pub struct VmGuard {
+    pub pid: u32,
+    pub ram_path: PathBuf,
+}
+
+impl Drop for VmGuard {
+    fn drop(&mut self) {
+        kill_vm(self.pid, &self.ram_path);
+    }
+}
+
 impl Drop for TestVm {
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.launched.pid as i32);
-        if launch::process_alive(self.launched.pid) {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
-            wait_until(Duration::from_secs(10), || !launch::process_alive(self.launched.pid));
-        }
-        let _ = std::fs::remove_file(&self.launched.ram_path);
+        kill_vm(self.launched.pid, &self.launched.ram_path);
         let _ = std::fs::remove_file(&self.launched.socket);
         let _ = std::fs::remove_file(self.options.run_dir.file_path(&self.launched.name, "pid"));
     }
