@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -418,7 +419,14 @@ fn fake_monitor(
     hold: bool,
     as_nobody: bool,
 ) -> KillOnDrop {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_qmp.py");
+    // A copy in the run directory: another user may not be able to reach the checkout (CI
+    // clones into directories of mode 0700).
+    let script = run_dir.path().join("fake_qmp.py");
+    if !script.exists() {
+        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_qmp.py"), &script)
+            .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
     let mut command = if as_nobody {
         let mut command = Command::new("setpriv");
         // Debian's python3: another user cannot reach an interpreter under root's home
