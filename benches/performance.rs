@@ -189,7 +189,7 @@ impl Drop for Lab {
             }
         }
         for vm in &self.vms {
-            let _ = launch::stop(&self.run_dir, &vm.name);
+            let _ = launch::stop(&self.run_dir, &vm.name, true);
         }
     }
 }

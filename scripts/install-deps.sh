@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what qemu-bridge needs to run and to be tested, with apt-get, if missing:
-# QEMU (Debian 12's 7.2), fusermount3, binutils (to assemble the test guest), python3,
+# QEMU (Debian 12's 7.2) and qemu-img, fusermount3, binutils (to assemble the test guest), python3,
 # xxd and util-linux (setpriv). Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v qemu-img >/dev/null || need+=(qemu-utils)   # creates the qcow2 state disks
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v as >/dev/null && command -v ld >/dev/null || need+=(binutils)
 [[ -x /usr/bin/python3 ]] || need+=(python3)   # the tests run it as another user

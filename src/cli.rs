@@ -49,8 +49,9 @@ impl Common {
 pub enum Verb {
     /// Start a daemonized QEMU whose RAM qemu-bridge can read
     Launch(LaunchArgs),
-    /// Quit a VM through QMP and remove its RAM file and socket
-    Stop(NameArgs),
+    /// Quit a VM through QMP and remove its RAM file, socket and cgroups (its saved states are
+    /// kept unless --discard-state)
+    Stop(StopArgs),
     /// List the VMs of the run directory with state, RAM size and RAM file
     List(ListArgs),
     /// Print a VM's live run state
@@ -61,6 +62,14 @@ pub enum Verb {
     Resume(NameArgs),
     /// Reset a VM (QMP system_reset)
     Reset(NameArgs),
+    /// Save a VM's whole state (RAM, devices, disks) under a name, with QEMU's snapshot-save
+    Save(StateArgs),
+    /// Bring a VM back to a saved state (QEMU's snapshot-load); RAM readers see it at once
+    Restore(StateArgs),
+    /// List a VM's saved states
+    Saved(SavedArgs),
+    /// Delete a saved state
+    DeleteSaved(StateArgs),
     /// Read guest-physical memory: a hex dump, or raw bytes with --raw
     Read(ReadArgs),
     /// Write a VM's whole RAM to a file and print its checksum and consistency verdict
@@ -76,6 +85,47 @@ pub enum Verb {
 pub struct NameArgs {
     /// The VM's name (its socket's file stem)
     pub name: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// `stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// The VM's name
+    pub name: String,
+    /// Also delete the VM's state disk and so every state saved for it
+    #[arg(long)]
+    pub discard_state: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// `save`, `restore`, `delete-saved`.
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// The VM's name
+    pub name: String,
+    /// Name of the saved state
+    pub tag: String,
+    /// Seconds QEMU may take
+    #[arg(long, default_value_t = crate::state::DEFAULT_WAIT.as_secs())]
+    pub timeout: u64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// `saved`.
+#[derive(Debug, Args)]
+pub struct SavedArgs {
+    /// The VM's name
+    pub name: String,
+    /// One JSON array instead of a table
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -119,6 +169,17 @@ pub struct LaunchArgs {
     /// Run QEMU as this user (when started by root)
     #[arg(long)]
     pub user: Option<String>,
+    /// Memory limit for the QEMU process (guest RAM it touched plus its own), e.g. 256M,
+    /// through a cgroup of its own (v2, else v1); warns and carries on where none is usable
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub max_memory: Option<u64>,
+    /// CPU limit in percent of one CPU, e.g. 50% (150% = one and a half CPUs), through a
+    /// cgroup of its own (v2, else v1); warns and carries on where none is usable
+    #[arg(long, value_parser = crate::cgroup::parse_cpu_quota, value_name = "PERCENT")]
+    pub cpu_quota: Option<u32>,
+    /// Attach no state disk (<run-dir>/<name>.state.qcow2): save and restore will not work
+    #[arg(long)]
+    pub no_state_disk: bool,
     /// Seconds to wait for QMP to answer
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -198,9 +259,14 @@ pub fn run(cli: Cli) -> CliResult {
     match cli.command {
         Verb::Launch(args) => launch_verb(args),
         Verb::Stop(args) => {
-            let stopped = launch::stop(&args.common.run_dir(), &args.name)?;
+            let run_dir = args.common.run_dir();
+            let stopped = launch::stop(&run_dir, &args.name, args.discard_state)?;
             let how = if stopped.graceful { "quit" } else { "killed" };
             println!("{} {how}; removed {} files", args.name, stopped.removed.len());
+            let state_disk = run_dir.file_path(&args.name, launch::STATE_DISK_EXTENSION);
+            if state_disk.exists() {
+                println!("saved states kept in {} (stop --discard-state deletes them)", state_disk.display());
+            }
             Ok(())
         }
         Verb::List(args) => list_verb(args),
@@ -212,11 +278,76 @@ pub fn run(cli: Cli) -> CliResult {
         Verb::Pause(args) => lifecycle(&args, |qmp| qmp.stop()),
         Verb::Resume(args) => lifecycle(&args, |qmp| qmp.cont()),
         Verb::Reset(args) => lifecycle(&args, |qmp| qmp.system_reset()),
+        Verb::Save(args) => {
+            let saved = crate::state::save(&args.vm()?, &args.tag, args.wait())?;
+            println!("saved {} as {:?} ({} bytes of VM state)", args.name, saved.tag, saved.vm_state_size);
+            Ok(())
+        }
+        Verb::Restore(args) => {
+            let vm = args.vm()?;
+            crate::state::restore(&vm, &args.tag, args.wait())?;
+            println!("restored {} to {:?}; now {}", args.name, args.tag, vm.status()?.status);
+            Ok(())
+        }
+        Verb::DeleteSaved(args) => {
+            crate::state::delete(&args.vm()?, &args.tag, args.wait())?;
+            println!("deleted saved state {:?} of {}", args.tag, args.name);
+            Ok(())
+        }
+        Verb::Saved(args) => saved_verb(args),
         Verb::Read(args) => read_verb(args),
         Verb::Snapshot(args) => snapshot_verb(args),
         Verb::Mount(args) => crate::fs::mount_verb(args),
         Verb::Umount(args) => crate::fs::umount(&args.mountpoint).map_err(Into::into),
     }
+}
+
+impl StateArgs {
+    fn vm(&self) -> Result<Vm, crate::vm::VmError> {
+        Vm::existing(&self.common.run_dir(), &self.name)
+    }
+
+    fn wait(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}
+
+fn saved_verb(args: SavedArgs) -> CliResult {
+    let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
+    let states = crate::state::list(&vm)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&states)?)?;
+        return Ok(());
+    }
+    writeln!(out, "{:<24} {:>12} {:>12}  SAVED AT (UTC)", "NAME", "STATE SIZE", "GUEST TIME")?;
+    for state in states {
+        writeln!(
+            out,
+            "{:<24} {:>12} {:>11.1}s  {}",
+            state.tag,
+            state.vm_state_size,
+            state.vm_clock_ns as f64 / 1e9,
+            utc_time(state.date)
+        )?;
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM:SS` of a Unix time, in UTC (civil-from-days, Howard Hinnant's algorithm).
+fn utc_time(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let rest = seconds % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rest / 3600, rest / 60 % 60, rest % 60)
 }
 
 fn lifecycle(
@@ -251,6 +382,9 @@ fn launch_verb(args: LaunchArgs) -> CliResult {
     }
     options.drive = args.drive;
     options.user = args.user;
+    options.limits.max_memory = args.max_memory;
+    options.limits.cpu_quota_percent = args.cpu_quota;
+    options.state_disk = !args.no_state_disk;
     options.extra_args = args.qemu_args;
     options.timeout = Duration::from_secs(args.timeout);
     let vm = launch::launch(&options)?;
@@ -265,6 +399,15 @@ fn launch_verb(args: LaunchArgs) -> CliResult {
     );
     if let (Some(boot), Some(text)) = (vm.boot, &options.wait_for) {
         println!("  booted: {text:?} on the serial console after {:.2} s", boot.as_secs_f64());
+    }
+    if let Some(state_disk) = &vm.state_disk {
+        println!("  states: {}", state_disk.display());
+    }
+    for limit in vm.cgroup.iter().flat_map(|cgroup| cgroup.describe()) {
+        println!("  limit:  {limit}");
+    }
+    for warning in &vm.warnings {
+        eprintln!("warning: {warning}");
     }
     Ok(())
 }
@@ -407,6 +550,13 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc_time(1_795_492_691), "2026-11-24 03:58:11");
+    }
 
     #[test]
     fn hex_dump_matches_xxd_layout() {

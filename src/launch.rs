@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::cgroup::{self, Limits, VmCgroup};
 use crate::discovery::{RunDir, RunDirError};
 use crate::qmp::{QmpClient, QmpError};
 use crate::ram::{validate_vm_name, BridgeError, RAM_FILE_PREFIX, SHM_DIR};
@@ -18,6 +19,21 @@ use crate::vm::{Vm, VmError};
 
 /// Environment variable naming the QEMU binary (default `qemu-system-x86_64`).
 pub const QEMU_ENV: &str = "QEMU_BRIDGE_QEMU";
+
+/// Environment variable naming `qemu-img` (default `qemu-img`), used to create state disks.
+pub const QEMU_IMG_ENV: &str = "QEMU_BRIDGE_QEMU_IMG";
+
+/// Extension of the file, beside the socket, that lists a launched VM's cgroup directories.
+const CGROUP_FILE: &str = "cgroup";
+
+/// Extension of a launched VM's state disk (a qcow2 image holding its saved states).
+pub const STATE_DISK_EXTENSION: &str = "state.qcow2";
+
+/// Joins the cgroups named before `--`, then becomes the command after it. A shell rather than
+/// a `pre_exec` hook, so that QEMU is in its cgroup from its first allocation without unsafe
+/// code outside the RAM mapping module.
+const JOIN_CGROUPS_SCRIPT: &str =
+    r#"while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@""#;
 
 /// Errors of launching and stopping.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +61,12 @@ pub enum LaunchError {
     /// The QEMU binary is not installed.
     #[error("QEMU binary {0} not found (install it: apt-get install qemu-system-x86)")]
     QemuMissing(String),
+    /// The out-of-memory killer of the VM's cgroup ended QEMU before the VM was up.
+    #[error("QEMU was killed by the out-of-memory killer: --max-memory {} MiB is too small for it", .limit >> 20)]
+    OutOfMemory {
+        /// The memory limit in bytes.
+        limit: u64,
+    },
     /// QEMU exited with an error before the VM was up.
     #[error("QEMU failed to start ({status}): {stderr}")]
     QemuFailed {
@@ -130,6 +152,11 @@ pub struct LaunchOptions {
     pub timeout: Duration,
     /// Wait until this text appears on the serial console before returning.
     pub wait_for: Option<String>,
+    /// Resource limits, applied through a cgroup of the VM's own.
+    pub limits: Limits,
+    /// Attach a qcow2 state disk (`<run-dir>/<vm>.state.qcow2`, created when missing, kept
+    /// across restarts) so that the VM's state can be saved and restored ([`crate::state`]).
+    pub state_disk: bool,
 }
 
 impl LaunchOptions {
@@ -150,7 +177,14 @@ impl LaunchOptions {
             shm_dir: PathBuf::from(SHM_DIR),
             timeout: Duration::from_secs(60),
             wait_for: None,
+            limits: Limits::default(),
+            state_disk: true,
         }
+    }
+
+    /// Where the state disk goes.
+    pub fn state_disk_path(&self) -> PathBuf {
+        self.run_dir.file_path(&self.name, STATE_DISK_EXTENSION)
     }
 
     /// Where the RAM file goes.
@@ -176,6 +210,12 @@ pub struct LaunchedVm {
     pub startup: Duration,
     /// Time from spawning QEMU until the `wait_for` text appeared, if one was given.
     pub boot: Option<Duration>,
+    /// The state disk, if one is attached.
+    pub state_disk: Option<PathBuf>,
+    /// The VM's cgroup, if limits were asked for and could be applied.
+    pub cgroup: Option<VmCgroup>,
+    /// What was asked for but could not be had (no usable cgroup, no `qemu-img`), in words.
+    pub warnings: Vec<String>,
 }
 
 /// The QEMU binary to run.
@@ -202,6 +242,29 @@ pub fn qemu_version(binary: &str) -> Result<(u32, u32), LaunchError> {
     Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
 }
 
+/// `qemu-img` to run.
+pub fn qemu_img_binary() -> String {
+    std::env::var(QEMU_IMG_ENV).ok().filter(|b| !b.is_empty()).unwrap_or_else(|| "qemu-img".into())
+}
+
+/// A value inside a QEMU `-object`/`-drive` option list: commas are doubled.
+fn option_value(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+/// The image format of a disk, from its first bytes: qcow2 by its magic, raw otherwise.
+fn disk_format(path: &Path) -> &'static str {
+    let mut magic = [0u8; 4];
+    let is_qcow2 =
+        fs::File::open(path).and_then(|mut file| io::Read::read_exact(&mut file, &mut magic)).is_ok()
+            && &magic == b"QFI\xfb";
+    if is_qcow2 {
+        "qcow2"
+    } else {
+        "raw"
+    }
+}
+
 /// The QEMU command line for `options` (without the binary).
 pub fn qemu_args(options: &LaunchOptions, version: (u32, u32)) -> Vec<String> {
     let run_dir = &options.run_dir;
@@ -224,11 +287,11 @@ pub fn qemu_args(options: &LaunchOptions, version: (u32, u32)) -> Vec<String> {
         "-object".into(),
         format!(
             "memory-backend-file,id=ram0,mem-path={},size={},share=on",
-            options.ram_path().display(),
+            option_value(&options.ram_path()),
             options.memory
         ),
         "-qmp".into(),
-        format!("unix:{},server=on,wait=off", run_dir.socket_path(name).display()),
+        format!("unix:{},server=on,wait=off", option_value(&run_dir.socket_path(name))),
         "-daemonize".into(),
         "-pidfile".into(),
         run_dir.file_path(name, "pid").display().to_string(),
@@ -236,7 +299,7 @@ pub fn qemu_args(options: &LaunchOptions, version: (u32, u32)) -> Vec<String> {
         "none".into(),
         "-nodefaults".into(),
         "-serial".into(),
-        format!("file:{}", run_dir.file_path(name, "serial").display()),
+        format!("file:{}", option_value(&run_dir.file_path(name, "serial"))),
     ];
     if let Some(kernel) = &options.kernel {
         args.extend(["-kernel".into(), kernel.display().to_string()]);
@@ -248,7 +311,20 @@ pub fn qemu_args(options: &LaunchOptions, version: (u32, u32)) -> Vec<String> {
         args.extend(["-append".into(), append.clone()]);
     }
     if let Some(drive) = &options.drive {
-        args.extend(["-drive".into(), format!("file={},format=raw", drive.display())]);
+        args.extend(["-drive".into(), format!("file={},format={}", option_value(drive), disk_format(drive))]);
+    }
+    if options.state_disk {
+        // A block node with no device: the guest does not see it; QEMU keeps saved states in it.
+        let file_node = format!("{}-file", crate::state::STATE_NODE);
+        args.extend([
+            "-blockdev".into(),
+            format!(
+                "driver=file,filename={},node-name={file_node}",
+                option_value(&options.state_disk_path())
+            ),
+            "-blockdev".into(),
+            format!("driver=qcow2,file={file_node},node-name={}", crate::state::STATE_NODE),
+        ]);
     }
     if let Some(user) = &options.user {
         // -runas was deprecated in 9.1 in favour of -run-with user=
@@ -312,80 +388,232 @@ pub fn launch(options: &LaunchOptions) -> Result<LaunchedVm, LaunchError> {
         fs::remove_file(&ram_path)
             .map_err(io_error(format!("cannot remove stale RAM file {}", ram_path.display())))?;
     }
-    let log_path = run_dir.file_path(name, "log");
-    let log =
-        fs::File::create(&log_path).map_err(io_error(format!("cannot create {}", log_path.display())))?;
-    let started = Instant::now();
-    let mut child = Command::new(&binary)
-        .args(qemu_args(options, version))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|err| match err.kind() {
-            io::ErrorKind::NotFound => LaunchError::QemuMissing(binary.clone()),
-            _ => LaunchError::Io { what: format!("cannot run {binary}"), source: err },
+    let mut launched = Launching { options: options.clone(), created_state_disk: false, cgroup: None };
+    let mut warnings = Vec::new();
+    if options.state_disk {
+        if let Err(warning) = launched.prepare_state_disk() {
+            warnings.push(warning);
+            launched.options.state_disk = false;
+        }
+    }
+    if !options.limits.is_empty() {
+        match cgroup::Host::detect()
+            .map_err(|err| err.to_string())
+            .and_then(|host| host.create(name, &options.limits).map_err(|err| crate::cli::error_chain(&err)))
+        {
+            Ok(cgroup) => {
+                let listing: String =
+                    cgroup.dirs().iter().map(|dir| format!("{}\n", dir.display())).collect();
+                let file = run_dir.file_path(name, CGROUP_FILE);
+                if let Err(source) = fs::write(&file, listing) {
+                    cgroup.remove();
+                    launched.cleanup();
+                    return Err(LaunchError::Io { what: format!("cannot write {}", file.display()), source });
+                }
+                launched.cgroup = Some(cgroup);
+            }
+            Err(reason) => warnings.push(format!("resource limits not applied: {reason}")),
+        }
+    }
+    let result = launched.start(&binary, version);
+    match result {
+        Ok(mut vm) => {
+            for warning in &warnings {
+                log::warn!("VM {name}: {warning}");
+            }
+            vm.warnings = warnings;
+            Ok(vm)
+        }
+        Err(err) => {
+            launched.cleanup();
+            Err(err)
+        }
+    }
+}
+
+/// A launch under way: what to undo when it fails.
+struct Launching {
+    options: LaunchOptions,
+    created_state_disk: bool,
+    cgroup: Option<VmCgroup>,
+}
+
+impl Launching {
+    /// Creates the state disk unless it exists (it keeps saved states across restarts).
+    fn prepare_state_disk(&mut self) -> Result<(), String> {
+        let path = self.options.state_disk_path();
+        if path.exists() {
+            return Ok(());
+        }
+        let qemu_img = qemu_img_binary();
+        let output = Command::new(&qemu_img)
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&path)
+            .arg("1M")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|err| {
+                format!("no state disk, so the VM's state cannot be saved: cannot run {qemu_img} ({err}; apt-get install qemu-utils)")
+            })?;
+        if !output.status.success() {
+            let _ = fs::remove_file(&path);
+            return Err(format!(
+                "no state disk, so the VM's state cannot be saved: {qemu_img} create {} failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        self.created_state_disk = true;
+        Ok(())
+    }
+
+    fn command(&self, binary: &str, version: (u32, u32)) -> Command {
+        let args = qemu_args(&self.options, version);
+        match &self.cgroup {
+            None => {
+                let mut command = Command::new(binary);
+                command.args(args);
+                command
+            }
+            Some(cgroup) => {
+                let mut command = Command::new("/bin/sh");
+                command.args(["-c", JOIN_CGROUPS_SCRIPT, "qemu-bridge-join-cgroups"]);
+                command.args(cgroup.procs_files()).arg("--").arg(binary).args(args);
+                command
+            }
+        }
+    }
+
+    fn start(&self, binary: &str, version: (u32, u32)) -> Result<LaunchedVm, LaunchError> {
+        let options = &self.options;
+        let run_dir = &options.run_dir;
+        let name = &options.name;
+        let socket = run_dir.socket_path(name);
+        let log_path = run_dir.file_path(name, "log");
+        let log =
+            fs::File::create(&log_path).map_err(io_error(format!("cannot create {}", log_path.display())))?;
+        let started = Instant::now();
+        let mut child = self
+            .command(binary, version)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|err| match err.kind() {
+                io::ErrorKind::NotFound => LaunchError::QemuMissing(binary.to_string()),
+                _ => LaunchError::Io { what: format!("cannot run {binary}"), source: err },
+            })?;
+        // With -daemonize the process we started exits once the VM is initialised.
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(io_error("waiting for QEMU"))? {
+                break status;
+            }
+            if started.elapsed() > options.timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LaunchError::Timeout(options.timeout, "QEMU to daemonize"));
+            }
+            sleep(Duration::from_millis(20));
+        };
+        let out_of_memory = || -> Option<LaunchError> {
+            let cgroup = self.cgroup.as_ref()?;
+            let limit = cgroup.limits.max_memory?;
+            (cgroup.oom_kills() > 0).then_some(LaunchError::OutOfMemory { limit })
+        };
+        if !status.success() {
+            if let Some(err) = out_of_memory() {
+                return Err(err);
+            }
+            let stderr = fs::read_to_string(&log_path).unwrap_or_default().trim().to_string();
+            return Err(LaunchError::QemuFailed { status: status.to_string(), stderr });
+        }
+        let pid = read_pid(&run_dir.file_path(name, "pid")).ok_or_else(|| LaunchError::QemuFailed {
+            status: status.to_string(),
+            stderr: "no pidfile".into(),
         })?;
-    // With -daemonize the process we started exits once the VM is initialised.
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(io_error("waiting for QEMU"))? {
-            break status;
-        }
-        if started.elapsed() > options.timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            cleanup_files(options);
-            return Err(LaunchError::Timeout(options.timeout, "QEMU to daemonize"));
-        }
-        sleep(Duration::from_millis(20));
-    };
-    if !status.success() {
-        let stderr = fs::read_to_string(&log_path).unwrap_or_default().trim().to_string();
-        cleanup_files(options);
-        return Err(LaunchError::QemuFailed { status: status.to_string(), stderr });
-    }
-    let pid = read_pid(&run_dir.file_path(name, "pid"))
-        .ok_or_else(|| LaunchError::QemuFailed { status: status.to_string(), stderr: "no pidfile".into() })?;
-    loop {
-        if answers(&socket) {
-            break;
-        }
-        if started.elapsed() > options.timeout {
-            kill_and_wait(pid, Duration::from_secs(5));
-            cleanup_files(options);
-            return Err(LaunchError::Timeout(options.timeout, "QMP to answer"));
-        }
-        sleep(Duration::from_millis(20));
-    }
-    let startup = started.elapsed();
-    let serial = run_dir.file_path(name, "serial");
-    let mut boot = None;
-    if let Some(text) = &options.wait_for {
+        let gone = |what: &'static str| {
+            kill_and_wait(pid, Duration::from_millis(100));
+            out_of_memory().unwrap_or(LaunchError::Timeout(options.timeout, what))
+        };
         loop {
-            let output = fs::read(&serial).unwrap_or_default();
-            if output.windows(text.len().max(1)).any(|window| window == text.as_bytes()) {
-                boot = Some(started.elapsed());
+            if answers(&socket) {
                 break;
             }
             if started.elapsed() > options.timeout || !process_alive(pid) {
-                kill_and_wait(pid, Duration::from_millis(100));
-                cleanup_files(options);
-                let tail =
-                    String::from_utf8_lossy(&output[output.len().saturating_sub(300)..]).trim().to_string();
-                return Err(LaunchError::NoSerialText { timeout: options.timeout, text: text.clone(), tail });
+                return Err(gone("QMP to answer"));
             }
-            sleep(Duration::from_millis(50));
+            sleep(Duration::from_millis(20));
         }
+        if let Some(cgroup) = &self.cgroup {
+            if !cgroup.holds(pid) {
+                kill_and_wait(pid, Duration::from_millis(100));
+                return Err(LaunchError::QemuFailed {
+                    status: "started".into(),
+                    stderr: format!("QEMU pid {pid} is not in its cgroup {:?}", cgroup.dirs()),
+                });
+            }
+        }
+        let startup = started.elapsed();
+        let serial = run_dir.file_path(name, "serial");
+        let mut boot = None;
+        if let Some(text) = &options.wait_for {
+            loop {
+                let output = fs::read(&serial).unwrap_or_default();
+                if output.windows(text.len().max(1)).any(|window| window == text.as_bytes()) {
+                    boot = Some(started.elapsed());
+                    break;
+                }
+                if started.elapsed() > options.timeout || !process_alive(pid) {
+                    kill_and_wait(pid, Duration::from_millis(100));
+                    if let Some(err) = out_of_memory() {
+                        return Err(err);
+                    }
+                    let tail = String::from_utf8_lossy(&output[output.len().saturating_sub(300)..])
+                        .trim()
+                        .to_string();
+                    return Err(LaunchError::NoSerialText {
+                        timeout: options.timeout,
+                        text: text.clone(),
+                        tail,
+                    });
+                }
+                sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(LaunchedVm {
+            name: name.clone(),
+            pid,
+            socket,
+            ram_path: options.ram_path(),
+            serial,
+            startup,
+            boot,
+            state_disk: options.state_disk.then(|| options.state_disk_path()),
+            cgroup: self.cgroup.clone(),
+            warnings: Vec::new(),
+        })
     }
-    Ok(LaunchedVm { name: name.clone(), pid, socket, ram_path, serial, startup, boot })
-}
 
-fn cleanup_files(options: &LaunchOptions) {
-    let run_dir = &options.run_dir;
-    for path in
-        [run_dir.socket_path(&options.name), run_dir.file_path(&options.name, "pid"), options.ram_path()]
-    {
-        let _ = fs::remove_file(path);
+    /// Removes what this launch made: socket, pidfile, RAM file, cgroups, and the state disk
+    /// if it was created now.
+    fn cleanup(&self) {
+        let options = &self.options;
+        let run_dir = &options.run_dir;
+        let mut files = vec![
+            run_dir.socket_path(&options.name),
+            run_dir.file_path(&options.name, "pid"),
+            run_dir.file_path(&options.name, CGROUP_FILE),
+            options.ram_path(),
+        ];
+        if self.created_state_disk {
+            files.push(options.state_disk_path());
+        }
+        for path in files {
+            let _ = fs::remove_file(path);
+        }
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.remove();
+        }
     }
 }
 
@@ -438,12 +666,13 @@ pub struct Stopped {
 }
 
 /// Quits VM `name` through QMP, waits for QEMU to exit (signalling its pid if it does not),
-/// and removes its RAM file, socket and pidfile.
+/// and removes its RAM file, socket, pidfile and cgroups. Its state disk is kept, so that a VM
+/// launched again under the same name can restore its saved states, unless `discard_state`.
 ///
 /// # Errors
 ///
 /// [`VmError::NotFound`] when neither socket nor pidfile exist; I/O errors removing files.
-pub fn stop(run_dir: &RunDir, name: &str) -> Result<Stopped, LaunchError> {
+pub fn stop(run_dir: &RunDir, name: &str, discard_state: bool) -> Result<Stopped, LaunchError> {
     let vm = Vm::new(run_dir, name)?;
     let pidfile = run_dir.file_path(name, "pid");
     let socket = run_dir.socket_path(name);
@@ -481,8 +710,17 @@ pub fn stop(run_dir: &RunDir, name: &str) -> Result<Stopped, LaunchError> {
     }
     // Launched VMs have their RAM under the standard name; remove that too when QMP was gone.
     let ram_path = ram_path.unwrap_or_else(|| Path::new(SHM_DIR).join(format!("{RAM_FILE_PREFIX}{name}")));
+    let cgroup_file = run_dir.file_path(name, CGROUP_FILE);
+    if let Ok(listing) = fs::read_to_string(&cgroup_file) {
+        let dirs: Vec<PathBuf> = listing.lines().filter(|line| !line.is_empty()).map(PathBuf::from).collect();
+        cgroup::remove_dirs(&dirs);
+    }
     let mut removed = Vec::new();
-    for path in [ram_path, socket, pidfile] {
+    let mut files = vec![ram_path, socket, pidfile, cgroup_file];
+    if discard_state {
+        files.push(run_dir.file_path(name, STATE_DISK_EXTENSION));
+    }
+    for path in files {
         match fs::remove_file(&path) {
             Ok(()) => removed.push(path),
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}

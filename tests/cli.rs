@@ -2,38 +2,11 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::{require_qemu, TestRunDir, MARKER};
-
-fn qemu_bridge(run_dir: &TestRunDir, args: &[&str]) -> Output {
-    qemu_bridge_in(run_dir.path(), args)
-}
-
-/// The binary with `--run-dir DIR`, for run directories that are not a [`TestRunDir`].
-fn qemu_bridge_in(dir: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qemu-bridge")).args(args).arg("--run-dir").arg(dir).output().unwrap()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// A one-line error naming what was wrong, a non-zero exit, never a panic.
-fn assert_clean_failure(output: &Output, needle: &str) {
-    let text = stderr(output);
-    assert!(!output.status.success(), "expected failure, got success: {}", stdout(output));
-    assert!(!text.contains("panicked"), "panic: {text}");
-    assert!(text.contains(needle), "error should mention {needle:?}: {text}");
-    // clap adds a "For more information, try '--help'." hint to usage errors
-    let lines: Vec<&str> =
-        text.lines().filter(|l| !l.is_empty() && !l.starts_with("For more information")).collect();
-    assert_eq!(lines.len(), 1, "one line expected: {text}");
-}
+use common::{
+    assert_clean_failure, qemu_bridge, qemu_bridge_in, require_qemu, stderr, stdout, TestRunDir, MARKER,
+};
 
 #[test]
 fn test_cli_bad_input() {

@@ -71,6 +71,26 @@ pub enum QmpError {
         /// What was wrong.
         detail: String,
     },
+    /// A background job QEMU ran for a command ended with an error.
+    #[error("QEMU job {job} ({command}) failed: {desc}")]
+    Job {
+        /// The job's id.
+        job: String,
+        /// The command that started it.
+        command: String,
+        /// QEMU's description.
+        desc: String,
+    },
+    /// A background job did not conclude in time (it may still be running in QEMU).
+    #[error("QEMU job {job} ({command}) did not conclude within {waited:?}")]
+    JobTimeout {
+        /// The job's id.
+        job: String,
+        /// The command that started it.
+        command: String,
+        /// How long it was waited for.
+        waited: Duration,
+    },
     /// The VM's RAM is not in a file (no `mem-path` on any memory backend).
     #[error("the VM has no file-backed RAM (no memory backend with a mem-path)")]
     NoFileBackend,
@@ -528,6 +548,50 @@ impl<S: Read + Write> QmpClient<S> {
     pub fn pmemsave(&mut self, addr: u64, size: u64, file: &Path) -> Result<(), QmpError> {
         let filename = file.to_str().ok_or_else(|| Self::unexpected("pmemsave", "file name is not UTF-8"))?;
         self.execute("pmemsave", Some(json!({ "val": addr, "size": size, "filename": filename }))).map(drop)
+    }
+
+    /// Runs `command`, which starts a background job with id `job`, polls `query-jobs` until
+    /// that job concludes (at most `wait`), then dismisses it. Used for `snapshot-save`,
+    /// `snapshot-load` and `snapshot-delete`, whose errors come from the job, not the reply.
+    ///
+    /// # Errors
+    ///
+    /// [`QmpError::Job`] with QEMU's message when the job failed, [`QmpError::JobTimeout`];
+    /// as [`execute`](Self::execute).
+    pub fn run_job(
+        &mut self,
+        command: &str,
+        job: &str,
+        arguments: Value,
+        wait: Duration,
+    ) -> Result<(), QmpError> {
+        self.execute(command, Some(arguments))?;
+        let started = Instant::now();
+        loop {
+            let jobs = self.execute("query-jobs", None)?;
+            let jobs = jobs.as_array().ok_or_else(|| Self::unexpected("query-jobs", "not an array"))?;
+            let Some(info) = jobs.iter().find(|info| info["id"] == job) else {
+                return Err(Self::unexpected("query-jobs", format!("job {job} vanished")));
+            };
+            if info["status"] == "concluded" || info["status"] == "null" {
+                let error = info["error"].as_str().map(str::to_string);
+                self.execute("job-dismiss", Some(json!({ "id": job })))?;
+                return match error {
+                    Some(desc) => {
+                        Err(QmpError::Job { job: job.to_string(), command: command.to_string(), desc })
+                    }
+                    None => Ok(()),
+                };
+            }
+            if started.elapsed() > wait {
+                return Err(QmpError::JobTimeout {
+                    job: job.to_string(),
+                    command: command.to_string(),
+                    waited: wait,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Runs an HMP command and returns its text output.

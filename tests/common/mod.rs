@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -149,6 +149,17 @@ impl VmBuilder {
         self
     }
 
+    /// Boots from `image` (raw or qcow2) instead of a copy of the boot sector.
+    pub fn drive(mut self, image: &Path) -> Self {
+        self.options.drive = Some(image.to_path_buf());
+        self
+    }
+
+    pub fn no_state_disk(mut self) -> Self {
+        self.options.state_disk = false;
+        self
+    }
+
     pub fn no_drive(mut self) -> Self {
         self.options.drive = None;
         self
@@ -224,12 +235,62 @@ impl Drop for VmGuard {
     }
 }
 
+/// A qcow2 image in `run_dir` over the boot sector (a backing file), so that the VM's disk can
+/// be saved with its state. Needs `qemu-img`.
+pub fn qcow2_boot_disk(run_dir: &TestRunDir, name: &str) -> PathBuf {
+    let image = run_dir.path().join(format!("{name}.qcow2"));
+    run(Command::new(launch::qemu_img_binary())
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(boot_image())
+        .arg(&image));
+    image
+}
+
+/// Removes the cgroups a launch recorded for VM `name` in `run_dir` (`<name>.cgroup`).
+pub fn remove_cgroups(run_dir: &Path, name: &str) {
+    if let Ok(listing) = std::fs::read_to_string(run_dir.join(format!("{name}.cgroup"))) {
+        let dirs: Vec<PathBuf> = listing.lines().map(PathBuf::from).collect();
+        qemu_bridge::cgroup::remove_dirs(&dirs);
+    }
+}
+
 impl Drop for TestVm {
     fn drop(&mut self) {
         kill_vm(self.launched.pid, &self.launched.ram_path);
+        remove_cgroups(self.options.run_dir.path(), &self.launched.name);
         let _ = std::fs::remove_file(&self.launched.socket);
         let _ = std::fs::remove_file(self.options.run_dir.file_path(&self.launched.name, "pid"));
     }
+}
+
+/// The `qemu-bridge` binary with `--run-dir` of `run_dir`.
+pub fn qemu_bridge(run_dir: &TestRunDir, args: &[&str]) -> Output {
+    qemu_bridge_in(run_dir.path(), args)
+}
+
+/// The binary with `--run-dir DIR`, for run directories that are not a [`TestRunDir`].
+pub fn qemu_bridge_in(dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qemu-bridge")).args(args).arg("--run-dir").arg(dir).output().unwrap()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A one-line error naming what was wrong, a non-zero exit, never a panic.
+pub fn assert_clean_failure(output: &Output, needle: &str) {
+    let text = stderr(output);
+    assert!(!output.status.success(), "expected failure, got success: {}", stdout(output));
+    assert!(!text.contains("panicked"), "panic: {text}");
+    assert!(text.contains(needle), "error should mention {needle:?}: {text}");
+    // clap adds a "For more information, try '--help'." hint to usage errors
+    let lines: Vec<&str> =
+        text.lines().filter(|l| !l.is_empty() && !l.starts_with("For more information")).collect();
+    assert_eq!(lines.len(), 1, "one line expected: {text}");
 }
 
 /// A file under /dev/shm named `qemu_ram_<id>`, removed on drop.
