@@ -64,6 +64,25 @@ fn boot_linux(run_dir: &TestRunDir) -> LinuxVm {
     LinuxVm { launched, marker }
 }
 
+/// The largest `n` of any `QEMU-BRIDGE-COUNTER:n` in `ram`.
+fn max_counter(ram: &[u8]) -> u64 {
+    let prefix = b"QEMU-BRIDGE-COUNTER:";
+    ram.windows(prefix.len())
+        .enumerate()
+        .filter(|(_, window)| window == prefix)
+        .filter_map(|(at, _)| {
+            let digits: Vec<u8> = ram[at + prefix.len()..]
+                .iter()
+                .take(20)
+                .take_while(|b| b.is_ascii_digit())
+                .copied()
+                .collect();
+            std::str::from_utf8(&digits).ok()?.parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|window| window == needle)
 }
@@ -125,16 +144,35 @@ fn test_linux_guest_seen_through_mount_and_library() {
     assert_eq!(status(), "running\n");
     assert_eq!(cli("pause"), "paused");
     assert_eq!(vm.status().unwrap().status, RunState::Paused);
+    // save the booted guest (paused, so its RAM at save time is known exactly)
+    let ram_digest = || qemu_bridge::ram::sha256_hex(&bridge.try_snapshot().unwrap());
+    let booted = ram_digest();
+    let state = |verb: &str, tag: &str| {
+        let output =
+            Command::new(binary).args([verb, &name, tag, "--run-dir"]).arg(run_dir.path()).output().unwrap();
+        assert!(output.status.success(), "{verb}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    state("save", "booted");
     assert_eq!(cli("resume"), "running");
     // reset reboots the guest: a new boot id appears on the console and in RAM
     assert_eq!(cli("reset"), "running");
-    assert!(wait_until(Duration::from_secs(180), || {
+    let boots = || {
         std::fs::read_to_string(&linux.launched.serial)
             .unwrap_or_default()
             .matches("QEMU-BRIDGE-LINUX-MARKER:")
             .count()
-            >= 2
-    }));
+    };
+    assert!(wait_until(Duration::from_secs(180), || boots() >= 2));
+    // restoring brings back the first boot's RAM, byte for byte, and the guest runs on from it
+    assert_eq!(cli("pause"), "paused");
+    assert_ne!(ram_digest(), booted);
+    state("restore", "booted");
+    assert_eq!(ram_digest(), booted);
+    assert_eq!(cli("resume"), "running");
+    // the workload writes ever larger counters: one beyond any in the restored RAM appears
+    let highest = || max_counter(&std::fs::read(mount.path(&format!("{name}/ram"))).unwrap());
+    let restored = highest();
+    assert!(wait_until(Duration::from_secs(60), || highest() > restored), "the restored guest does not run");
 }
 
 #[test]

@@ -230,3 +230,46 @@ fn connect_to_missing_socket_names_the_path() {
     assert!(matches!(err, QmpError::Connect { .. }));
     assert!(err.to_string().contains("/nonexistent/vm.qmp"));
 }
+
+/// A job that runs, then concludes with an error: the error is QEMU's, and the job is dismissed.
+#[test]
+fn jobs_are_polled_until_concluded_and_dismissed() {
+    let mut client = client(&[
+        GREETING,
+        r#"{"return": {}, "id": 1}"#,
+        r#"{"event": "JOB_STATUS_CHANGE", "data": {"status": "created", "id": "j"}, "timestamp": {"seconds": 1, "microseconds": 0}}"#,
+        r#"{"return": {}, "id": 2}"#,
+        r#"{"return": [{"current-progress": 0, "status": "running", "total-progress": 1, "type": "snapshot-load", "id": "j"}], "id": 3}"#,
+        r#"{"return": [{"status": "concluded", "type": "snapshot-load", "id": "other"}, {"current-progress": 1, "status": "concluded", "total-progress": 1, "type": "snapshot-load", "id": "j", "error": "Snapshot 'x' does not exist in one or more devices"}], "id": 4}"#,
+        r#"{"return": {}, "id": 5}"#,
+    ])
+    .unwrap();
+    let err = client
+        .run_job("snapshot-load", "j", json!({"job-id": "j", "tag": "x"}), Duration::from_secs(5))
+        .unwrap_err();
+    match err {
+        QmpError::Job { job, command, desc } => {
+            assert_eq!((job.as_str(), command.as_str()), ("j", "snapshot-load"));
+            assert_eq!(desc, "Snapshot 'x' does not exist in one or more devices");
+        }
+        other => panic!("expected a job error, got {other:?}"),
+    }
+    let sent = sent_commands(&client);
+    let commands: Vec<&str> = sent.iter().map(|c| c["execute"].as_str().unwrap()).collect();
+    assert_eq!(commands, ["qmp_capabilities", "snapshot-load", "query-jobs", "query-jobs", "job-dismiss"]);
+    assert_eq!(sent[4]["arguments"], json!({"id": "j"}));
+}
+
+/// A job that vanished from query-jobs is an error, not an endless wait.
+#[test]
+fn a_vanished_job_is_an_error() {
+    let mut client = client(&[
+        GREETING,
+        r#"{"return": {}, "id": 1}"#,
+        r#"{"return": {}, "id": 2}"#,
+        r#"{"return": [], "id": 3}"#,
+    ])
+    .unwrap();
+    let err = client.run_job("snapshot-save", "j", json!({}), Duration::from_secs(5)).unwrap_err();
+    assert!(err.to_string().contains("job j vanished"), "{err}");
+}
