@@ -207,8 +207,9 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn open(vm: &'a Vm, wait: Duration) -> Result<Self, StateError> {
+        let mut qmp = vm.connect()?;
         // The monitor does not answer while QEMU writes or reads the state.
-        let qmp = vm.clone().with_timeout(wait).connect()?;
+        qmp.set_timeout(wait).map_err(|source| VmError::Qmp { vm: vm.name().to_string(), source })?;
         Ok(Self { vm, qmp })
     }
 

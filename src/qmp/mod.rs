@@ -227,6 +227,19 @@ impl QmpClient<UnixStream> {
         stream.set_write_timeout(Some(timeout)).map_err(QmpError::Io)?;
         Self::handshake(stream, timeout)
     }
+
+    /// Sets the time each later exchange may take (for commands during which QEMU's monitor
+    /// is known to be busy, such as saving a VM's state).
+    ///
+    /// # Errors
+    ///
+    /// [`QmpError::Io`] when the socket's timeouts cannot be set.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), QmpError> {
+        self.stream.set_read_timeout(Some(timeout)).map_err(QmpError::Io)?;
+        self.stream.set_write_timeout(Some(timeout)).map_err(QmpError::Io)?;
+        self.timeout = timeout;
+        Ok(())
+    }
 }
 
 impl<S: Read + Write> QmpClient<S> {
