@@ -369,25 +369,28 @@ pub struct Placement {
 
 impl Placement {
     fn write_limits(&self, limits: &Limits) -> Result<(), CgroupError> {
-        for controller in &self.controllers {
-            match (*controller, self.version) {
-                ("memory", version) => {
-                    let bytes = limits.max_memory.unwrap_or(u64::MAX).to_string();
-                    let file = if version == Version::V2 { "memory.max" } else { "memory.limit_in_bytes" };
-                    write(&self.dir.join(file), &bytes)?;
-                }
-                ("cpu", Version::V2) => {
-                    let quota = cpu_quota_us(limits);
-                    write(&self.dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
-                }
-                ("cpu", Version::V1) => {
+        for &controller in &self.controllers {
+            let value = match (controller, self.version) {
+                ("memory", _) => limits.max_memory.unwrap_or(u64::MAX).to_string(),
+                ("cpu", Version::V2) => format!("{} {CPU_PERIOD_US}", cpu_quota_us(limits)),
+                _ => {
                     write(&self.dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                    write(&self.dir.join("cpu.cfs_quota_us"), &cpu_quota_us(limits).to_string())?;
+                    cpu_quota_us(limits).to_string()
                 }
-                _ => {}
-            }
+            };
+            write(&self.dir.join(limit_file(controller, self.version)), &value)?;
         }
         Ok(())
+    }
+}
+
+/// The file that holds the limit of `controller` (`memory` or `cpu`).
+fn limit_file(controller: &str, version: Version) -> &'static str {
+    match (controller, version) {
+        ("memory", Version::V2) => "memory.max",
+        ("memory", Version::V1) => "memory.limit_in_bytes",
+        (_, Version::V2) => "cpu.max",
+        (_, Version::V1) => "cpu.cfs_quota_us",
     }
 }
 
@@ -453,13 +456,7 @@ impl VmCgroup {
         for placement in &self.placements {
             let at = format!("({} {})", placement.version, placement.dir.display());
             for controller in &placement.controllers {
-                let text = match (*controller, placement.version) {
-                    ("memory", Version::V2) => read(&placement.dir.join("memory.max")).ok(),
-                    ("memory", Version::V1) => read(&placement.dir.join("memory.limit_in_bytes")).ok(),
-                    ("cpu", Version::V2) => read(&placement.dir.join("cpu.max")).ok(),
-                    ("cpu", Version::V1) => read(&placement.dir.join("cpu.cfs_quota_us")).ok(),
-                    _ => None,
-                };
+                let text = read(&placement.dir.join(limit_file(controller, placement.version))).ok();
                 let value = text.map(|t| t.trim().to_string()).unwrap_or_default();
                 lines.push(match *controller {
                     "memory" => match value.parse::<u64>() {

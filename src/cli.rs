@@ -263,7 +263,7 @@ pub fn run(cli: Cli) -> CliResult {
             let stopped = launch::stop(&run_dir, &args.name, args.discard_state)?;
             let how = if stopped.graceful { "quit" } else { "killed" };
             println!("{} {how}; removed {} files", args.name, stopped.removed.len());
-            let state_disk = run_dir.file_path(&args.name, launch::STATE_DISK_EXTENSION);
+            let state_disk = launch::state_disk_path(&run_dir, &args.name);
             if state_disk.exists() {
                 println!("saved states kept in {} (stop --discard-state deletes them)", state_disk.display());
             }

@@ -27,7 +27,19 @@ pub const QEMU_IMG_ENV: &str = "QEMU_BRIDGE_QEMU_IMG";
 const CGROUP_FILE: &str = "cgroup";
 
 /// Extension of a launched VM's state disk (a qcow2 image holding its saved states).
-pub const STATE_DISK_EXTENSION: &str = "state.qcow2";
+const STATE_DISK_EXTENSION: &str = "state.qcow2";
+
+/// The state disk of VM `name`: `<run-dir>/<name>.state.qcow2`.
+pub fn state_disk_path(run_dir: &RunDir, name: &str) -> PathBuf {
+    run_dir.file_path(name, STATE_DISK_EXTENSION)
+}
+
+/// The cgroup directories a launch recorded for VM `name` (in `<run-dir>/<name>.cgroup`, one
+/// per line), so that `stop` can remove them.
+pub fn recorded_cgroups(run_dir: &RunDir, name: &str) -> Vec<PathBuf> {
+    let listing = fs::read_to_string(run_dir.file_path(name, CGROUP_FILE)).unwrap_or_default();
+    listing.lines().filter(|line| !line.is_empty()).map(PathBuf::from).collect()
+}
 
 /// Joins the cgroups named before `--`, then becomes the command after it. A shell rather than
 /// a `pre_exec` hook, so that QEMU is in its cgroup from its first allocation without unsafe
@@ -184,7 +196,7 @@ impl LaunchOptions {
 
     /// Where the state disk goes.
     pub fn state_disk_path(&self) -> PathBuf {
-        self.run_dir.file_path(&self.name, STATE_DISK_EXTENSION)
+        state_disk_path(&self.run_dir, &self.name)
     }
 
     /// Where the RAM file goes.
@@ -418,8 +430,9 @@ pub fn launch(options: &LaunchOptions) -> Result<LaunchedVm, LaunchError> {
     let result = launched.start(&binary, version);
     match result {
         Ok(mut vm) => {
+            // Returned, not logged: the caller says them (the CLI prints `warning: ...`).
             for warning in &warnings {
-                log::warn!("VM {name}: {warning}");
+                log::info!("VM {name}: {warning}");
             }
             vm.warnings = warnings;
             Ok(vm)
@@ -515,42 +528,40 @@ impl Launching {
             }
             sleep(Duration::from_millis(20));
         };
-        let out_of_memory = || -> Option<LaunchError> {
-            let cgroup = self.cgroup.as_ref()?;
-            let limit = cgroup.limits.max_memory?;
-            (cgroup.oom_kills() > 0).then_some(LaunchError::OutOfMemory { limit })
+        // A QEMU ended by its cgroup's out-of-memory killer is said to be, whatever else failed.
+        let or_out_of_memory = |otherwise: LaunchError| match &self.cgroup {
+            Some(cgroup) if cgroup.oom_kills() > 0 => {
+                cgroup.limits.max_memory.map_or(otherwise, |limit| LaunchError::OutOfMemory { limit })
+            }
+            _ => otherwise,
         };
         if !status.success() {
-            if let Some(err) = out_of_memory() {
-                return Err(err);
-            }
             let stderr = fs::read_to_string(&log_path).unwrap_or_default().trim().to_string();
-            return Err(LaunchError::QemuFailed { status: status.to_string(), stderr });
+            return Err(or_out_of_memory(LaunchError::QemuFailed { status: status.to_string(), stderr }));
         }
         let pid = read_pid(&run_dir.file_path(name, "pid")).ok_or_else(|| LaunchError::QemuFailed {
             status: status.to_string(),
             stderr: "no pidfile".into(),
         })?;
-        let gone = |what: &'static str| {
+        let gone = |otherwise: LaunchError| {
             kill_and_wait(pid, Duration::from_millis(100));
-            out_of_memory().unwrap_or(LaunchError::Timeout(options.timeout, what))
+            or_out_of_memory(otherwise)
         };
         loop {
             if answers(&socket) {
                 break;
             }
             if started.elapsed() > options.timeout || !process_alive(pid) {
-                return Err(gone("QMP to answer"));
+                return Err(gone(LaunchError::Timeout(options.timeout, "QMP to answer")));
             }
             sleep(Duration::from_millis(20));
         }
         if let Some(cgroup) = &self.cgroup {
             if !cgroup.holds(pid) {
-                kill_and_wait(pid, Duration::from_millis(100));
-                return Err(LaunchError::QemuFailed {
+                return Err(gone(LaunchError::QemuFailed {
                     status: "started".into(),
                     stderr: format!("QEMU pid {pid} is not in its cgroup {:?}", cgroup.dirs()),
-                });
+                }));
             }
         }
         let startup = started.elapsed();
@@ -564,18 +575,14 @@ impl Launching {
                     break;
                 }
                 if started.elapsed() > options.timeout || !process_alive(pid) {
-                    kill_and_wait(pid, Duration::from_millis(100));
-                    if let Some(err) = out_of_memory() {
-                        return Err(err);
-                    }
                     let tail = String::from_utf8_lossy(&output[output.len().saturating_sub(300)..])
                         .trim()
                         .to_string();
-                    return Err(LaunchError::NoSerialText {
+                    return Err(gone(LaunchError::NoSerialText {
                         timeout: options.timeout,
                         text: text.clone(),
                         tail,
-                    });
+                    }));
                 }
                 sleep(Duration::from_millis(50));
             }
@@ -710,15 +717,12 @@ pub fn stop(run_dir: &RunDir, name: &str, discard_state: bool) -> Result<Stopped
     }
     // Launched VMs have their RAM under the standard name; remove that too when QMP was gone.
     let ram_path = ram_path.unwrap_or_else(|| Path::new(SHM_DIR).join(format!("{RAM_FILE_PREFIX}{name}")));
+    cgroup::remove_dirs(&recorded_cgroups(run_dir, name));
     let cgroup_file = run_dir.file_path(name, CGROUP_FILE);
-    if let Ok(listing) = fs::read_to_string(&cgroup_file) {
-        let dirs: Vec<PathBuf> = listing.lines().filter(|line| !line.is_empty()).map(PathBuf::from).collect();
-        cgroup::remove_dirs(&dirs);
-    }
     let mut removed = Vec::new();
     let mut files = vec![ram_path, socket, pidfile, cgroup_file];
     if discard_state {
-        files.push(run_dir.file_path(name, STATE_DISK_EXTENSION));
+        files.push(state_disk_path(run_dir, name));
     }
     for path in files {
         match fs::remove_file(&path) {

@@ -182,17 +182,18 @@ fn parse_states(list: &[Value]) -> Vec<SavedState> {
         .collect()
 }
 
-/// The top node of every writable disk attached to a device: saved and restored with the state.
-fn writable_disks(qmp: &mut QmpClient<UnixStream>) -> Result<Vec<String>, QmpError> {
+/// The state disk, then the top node of every writable disk attached to a device: the nodes
+/// saved and restored together.
+fn state_devices(qmp: &mut QmpClient<UnixStream>) -> Result<Vec<String>, QmpError> {
     let block = qmp.execute("query-block", None)?;
-    Ok(block
+    let disks = block
         .as_array()
         .into_iter()
         .flatten()
         .filter(|device| device["inserted"]["ro"] == false)
         .filter_map(|device| device["inserted"]["node-name"].as_str().map(str::to_string))
-        .filter(|node| node != STATE_NODE)
-        .collect())
+        .filter(|node| node != STATE_NODE);
+    Ok(std::iter::once(STATE_NODE.to_string()).chain(disks).collect())
 }
 
 fn job_id(action: &str) -> String {
@@ -203,6 +204,7 @@ fn job_id(action: &str) -> String {
 struct Session<'a> {
     vm: &'a Vm,
     qmp: QmpClient<UnixStream>,
+    wait: Duration,
 }
 
 impl<'a> Session<'a> {
@@ -210,7 +212,7 @@ impl<'a> Session<'a> {
         let mut qmp = vm.connect()?;
         // The monitor does not answer while QEMU writes or reads the state.
         qmp.set_timeout(wait).map_err(|source| VmError::Qmp { vm: vm.name().to_string(), source })?;
-        Ok(Self { vm, qmp })
+        Ok(Self { vm, qmp, wait })
     }
 
     fn qmp_error(&self, source: QmpError) -> StateError {
@@ -228,23 +230,20 @@ impl<'a> Session<'a> {
         Ok((states, nodes))
     }
 
-    fn running(&mut self) -> Result<bool, StateError> {
-        self.qmp.query_status().map(|status| status.running).map_err(|err| self.qmp_error(err))
+    fn devices(&mut self) -> Result<Vec<String>, StateError> {
+        state_devices(&mut self.qmp).map_err(|err| self.qmp_error(err))
     }
 
+    /// Runs QEMU's job `command`; on failure says whether it left a running VM stopped.
     fn run(
         &mut self,
         action: &'static str,
         command: &str,
         tag: &str,
         arguments: Value,
-        wait: Duration,
-        was_running: bool,
     ) -> Result<(), StateError> {
-        let job = job_id(action);
-        let mut arguments = arguments;
-        arguments["job-id"] = json!(job);
-        match self.qmp.run_job(command, &job, arguments, wait) {
+        let was_running = self.qmp.query_status().map_err(|err| self.qmp_error(err))?.running;
+        match self.qmp.run_job(command, &job_id(action), arguments, self.wait) {
             Ok(()) => Ok(()),
             Err(QmpError::Job { desc, .. } | QmpError::Command { desc, .. }) => {
                 let state_after = match self.qmp.query_status() {
@@ -298,11 +297,9 @@ pub fn save(vm: &Vm, tag: &str, wait: Duration) -> Result<SavedState, StateError
     if states.iter().any(|state| state.tag == tag) {
         return Err(StateError::Exists { vm: vm.name().to_string(), tag: tag.to_string() });
     }
-    let mut devices = vec![STATE_NODE.to_string()];
-    devices.extend(writable_disks(&mut session.qmp).map_err(|err| session.qmp_error(err))?);
-    let was_running = session.running()?;
+    let devices = session.devices()?;
     let arguments = json!({ "tag": tag, "vmstate": STATE_NODE, "devices": devices });
-    session.run("save", "snapshot-save", tag, arguments, wait, was_running)?;
+    session.run("save", "snapshot-save", tag, arguments)?;
     let (states, _) = session.states()?;
     states.into_iter().find(|state| state.tag == tag).ok_or_else(|| StateError::Refused {
         vm: vm.name().to_string(),
@@ -327,21 +324,18 @@ pub fn restore(vm: &Vm, tag: &str, wait: Duration) -> Result<(), StateError> {
     let mut session = Session::open(vm, wait)?;
     let (states, nodes) = session.states()?;
     require_state(vm, &states, tag)?;
-    let disks = writable_disks(&mut session.qmp).map_err(|err| session.qmp_error(err))?;
-    for disk in &disks {
-        if !nodes.iter().any(|node| &node.name == disk && node.holds(tag)) {
+    let devices = session.devices()?;
+    for device in &devices {
+        if !nodes.iter().any(|node| &node.name == device && node.holds(tag)) {
             return Err(StateError::DiskLacksState {
                 vm: vm.name().to_string(),
-                node: disk.clone(),
+                node: device.clone(),
                 tag: tag.to_string(),
             });
         }
     }
-    let mut devices = vec![STATE_NODE.to_string()];
-    devices.extend(disks);
-    let was_running = session.running()?;
     let arguments = json!({ "tag": tag, "vmstate": STATE_NODE, "devices": devices });
-    session.run("restore", "snapshot-load", tag, arguments, wait, was_running)
+    session.run("restore", "snapshot-load", tag, arguments)
 }
 
 /// Deletes the state saved as `tag` from every node that holds it.
@@ -359,15 +353,7 @@ pub fn delete(vm: &Vm, tag: &str, wait: Duration) -> Result<(), StateError> {
         .filter(|node| !node.read_only && node.holds(tag))
         .map(|node| node.name.as_str())
         .collect();
-    let was_running = session.running()?;
-    session.run(
-        "delete",
-        "snapshot-delete",
-        tag,
-        json!({ "tag": tag, "devices": devices }),
-        wait,
-        was_running,
-    )
+    session.run("delete", "snapshot-delete", tag, json!({ "tag": tag, "devices": devices }))
 }
 
 #[cfg(test)]

@@ -145,14 +145,6 @@ fn stat_value(text: &str, key: &str) -> u64 {
     text.lines().find_map(|line| line.strip_prefix(key)?.trim().parse().ok()).unwrap_or(0)
 }
 
-fn recorded_cgroups(run_dir: &TestRunDir, name: &str) -> Vec<PathBuf> {
-    std::fs::read_to_string(run_dir.path().join(format!("{name}.cgroup")))
-        .unwrap_or_default()
-        .lines()
-        .map(PathBuf::from)
-        .collect()
-}
-
 #[test]
 fn test_limits_are_in_force_on_the_qemu_process() {
     if !require_qemu() {
@@ -177,7 +169,7 @@ fn test_limits_are_in_force_on_the_qemu_process() {
         ],
     );
     // dropped last: the cgroups go once QEMU is gone
-    let dirs = recorded_cgroups(&run_dir, &name);
+    let dirs = qemu_bridge::launch::recorded_cgroups(&run_dir.run_dir, &name);
     let _cleanup = CgroupCleanup(dirs.clone());
     let pid: u32 = std::fs::read_to_string(run_dir.path().join(format!("{name}.pid")))
         .map(|text| text.trim().parse().unwrap())

@@ -131,15 +131,15 @@ fn test_linux_guest_seen_through_mount_and_library() {
     assert_eq!(checked.verdict, Verdict::Consistent);
 
     // lifecycle commands change what status shows
-    let binary = env!("CARGO_BIN_EXE_qemu-bridge");
     let status = || std::fs::read_to_string(mount.path(&format!("{name}/status"))).unwrap();
     assert_eq!(status(), "paused\n");
-    let cli = |verb: &str| {
-        let output =
-            Command::new(binary).args([verb, &name, "--run-dir"]).arg(run_dir.path()).output().unwrap();
-        assert!(output.status.success(), "{verb}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    // `verb NAME [TAG]` through the binary; its output
+    let cli_with = |verb: &str, tag: Option<&str>| {
+        let output = common::qemu_bridge(&run_dir, &[&[verb, name.as_str()], tag.as_slice()].concat());
+        assert!(output.status.success(), "{verb}: {}", common::stderr(&output));
+        common::stdout(&output).trim().to_string()
     };
+    let cli = |verb: &str| cli_with(verb, None);
     assert_eq!(cli("resume"), "running");
     assert_eq!(status(), "running\n");
     assert_eq!(cli("pause"), "paused");
@@ -147,12 +147,7 @@ fn test_linux_guest_seen_through_mount_and_library() {
     // save the booted guest (paused, so its RAM at save time is known exactly)
     let ram_digest = || qemu_bridge::ram::sha256_hex(&bridge.try_snapshot().unwrap());
     let booted = ram_digest();
-    let state = |verb: &str, tag: &str| {
-        let output =
-            Command::new(binary).args([verb, &name, tag, "--run-dir"]).arg(run_dir.path()).output().unwrap();
-        assert!(output.status.success(), "{verb}: {}", String::from_utf8_lossy(&output.stderr));
-    };
-    state("save", "booted");
+    cli_with("save", Some("booted"));
     assert_eq!(cli("resume"), "running");
     // reset reboots the guest: a new boot id appears on the console and in RAM
     assert_eq!(cli("reset"), "running");
@@ -166,7 +161,7 @@ fn test_linux_guest_seen_through_mount_and_library() {
     // restoring brings back the first boot's RAM, byte for byte, and the guest runs on from it
     assert_eq!(cli("pause"), "paused");
     assert_ne!(ram_digest(), booted);
-    state("restore", "booted");
+    cli_with("restore", Some("booted"));
     assert_eq!(ram_digest(), booted);
     assert_eq!(cli("resume"), "running");
     // the workload writes ever larger counters: one beyond any in the restored RAM appears

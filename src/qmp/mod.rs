@@ -563,8 +563,8 @@ impl<S: Read + Write> QmpClient<S> {
         self.execute("pmemsave", Some(json!({ "val": addr, "size": size, "filename": filename }))).map(drop)
     }
 
-    /// Runs `command`, which starts a background job with id `job`, polls `query-jobs` until
-    /// that job concludes (at most `wait`), then dismisses it. Used for `snapshot-save`,
+    /// Runs `command` with `arguments` plus `"job-id": job`, which starts a background job,
+    /// polls `query-jobs` until that job concludes (at most `wait`), then dismisses it. Used for `snapshot-save`,
     /// `snapshot-load` and `snapshot-delete`, whose errors come from the job, not the reply.
     ///
     /// # Errors
@@ -578,6 +578,8 @@ impl<S: Read + Write> QmpClient<S> {
         arguments: Value,
         wait: Duration,
     ) -> Result<(), QmpError> {
+        let mut arguments = arguments;
+        arguments["job-id"] = json!(job);
         self.execute(command, Some(arguments))?;
         let started = Instant::now();
         loop {

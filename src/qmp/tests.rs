@@ -244,9 +244,7 @@ fn jobs_are_polled_until_concluded_and_dismissed() {
         r#"{"return": {}, "id": 5}"#,
     ])
     .unwrap();
-    let err = client
-        .run_job("snapshot-load", "j", json!({"job-id": "j", "tag": "x"}), Duration::from_secs(5))
-        .unwrap_err();
+    let err = client.run_job("snapshot-load", "j", json!({"tag": "x"}), Duration::from_secs(5)).unwrap_err();
     match err {
         QmpError::Job { job, command, desc } => {
             assert_eq!((job.as_str(), command.as_str()), ("j", "snapshot-load"));
@@ -257,6 +255,7 @@ fn jobs_are_polled_until_concluded_and_dismissed() {
     let sent = sent_commands(&client);
     let commands: Vec<&str> = sent.iter().map(|c| c["execute"].as_str().unwrap()).collect();
     assert_eq!(commands, ["qmp_capabilities", "snapshot-load", "query-jobs", "query-jobs", "job-dismiss"]);
+    assert_eq!(sent[1]["arguments"], json!({"job-id": "j", "tag": "x"}));
     assert_eq!(sent[4]["arguments"], json!({"id": "j"}));
 }
 

@@ -246,18 +246,13 @@ pub fn qcow2_boot_disk(run_dir: &TestRunDir, name: &str) -> PathBuf {
     image
 }
 
-/// Removes the cgroups a launch recorded for VM `name` in `run_dir` (`<name>.cgroup`).
-pub fn remove_cgroups(run_dir: &Path, name: &str) {
-    if let Ok(listing) = std::fs::read_to_string(run_dir.join(format!("{name}.cgroup"))) {
-        let dirs: Vec<PathBuf> = listing.lines().map(PathBuf::from).collect();
-        qemu_bridge::cgroup::remove_dirs(&dirs);
-    }
-}
-
 impl Drop for TestVm {
     fn drop(&mut self) {
         kill_vm(self.launched.pid, &self.launched.ram_path);
-        remove_cgroups(self.options.run_dir.path(), &self.launched.name);
+        qemu_bridge::cgroup::remove_dirs(&launch::recorded_cgroups(
+            &self.options.run_dir,
+            &self.launched.name,
+        ));
         let _ = std::fs::remove_file(&self.launched.socket);
         let _ = std::fs::remove_file(self.options.run_dir.file_path(&self.launched.name, "pid"));
     }
