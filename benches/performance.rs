@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrusage, UsageWho};
-use qemu_bridge::discovery::RunDir;
 use qemu_bridge::launch::{self, LaunchOptions};
+use qemu_bridge::run_dir::RunDir;
 use qemu_bridge::{SharedMemoryBridge, Vm};
 
 const RAM: usize = 64 << 20;
@@ -152,10 +152,11 @@ impl Lab {
         let image = self.run_dir.path().parent().unwrap().join(format!("{name}.img"));
         let status = Command::new(root.join("scripts/build-boot-guest.sh")).arg(&image).status().unwrap();
         assert!(status.success(), "cannot build the boot-sector guest");
-        let mut options = LaunchOptions::new(&format!("{name}-{}", std::process::id()), self.run_dir.clone());
+        let name = qemu_bridge::VmName::new(&format!("{name}-{}", std::process::id())).unwrap();
+        let mut options = LaunchOptions::new(name, self.run_dir.clone());
         options.drive = Some(image);
         let vm = launch::launch(&options).expect("launch VM");
-        let handle = Vm::existing(&self.run_dir, &vm.name).unwrap();
+        let handle = vm.vm.clone();
         self.vms.push(vm);
         handle
     }
@@ -182,14 +183,11 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         for (mountpoint, pid) in &self.mounts {
-            let _ = qemu_bridge::fs::umount(mountpoint);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while launch::process_alive(*pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            let _ = qemu_bridge::mount::umount(mountpoint);
+            qemu_bridge::poll::wait_for(Duration::from_secs(5), || !qemu_bridge::process::alive(*pid));
         }
         for vm in &self.vms {
-            let _ = launch::stop(&self.run_dir, &vm.name, true);
+            let _ = launch::stop(&self.run_dir, vm.name().as_str(), true);
         }
     }
 }
@@ -640,7 +638,7 @@ fn main() {
     }));
     let cli = stats(time(5, || {
         let status = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
-            .args(["snapshot", &info.name, "-o"])
+            .args(["snapshot", info.name.as_str(), "-o"])
             .arg(&shm_out)
             .arg("--run-dir")
             .arg(lab.run_dir.path())

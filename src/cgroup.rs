@@ -15,8 +15,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The CPU bandwidth period (100 ms, the kernel's default).
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -41,15 +40,82 @@ impl Limits {
         self.max_memory.is_none() && self.cpu_quota_percent.is_none()
     }
 
-    fn controllers(&self) -> Vec<&'static str> {
+    fn controllers(&self) -> Vec<Controller> {
         let mut controllers = Vec::new();
         if self.max_memory.is_some() {
-            controllers.push("memory");
+            controllers.push(Controller::Memory);
         }
         if self.cpu_quota_percent.is_some() {
-            controllers.push("cpu");
+            controllers.push(Controller::Cpu);
         }
         controllers
+    }
+}
+
+/// The cgroup controllers qemu-bridge sets limits with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Controller {
+    /// `memory`: [`Limits::max_memory`].
+    Memory,
+    /// `cpu`: [`Limits::cpu_quota_percent`].
+    Cpu,
+}
+
+impl Controller {
+    /// The kernel's name of the controller.
+    pub fn name(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory",
+            Controller::Cpu => "cpu",
+        }
+    }
+
+    /// The file that holds the limit in a cgroup of `version`.
+    fn limit_file(self, version: Version) -> &'static str {
+        match (self, version) {
+            (Controller::Memory, Version::V2) => "memory.max",
+            (Controller::Memory, Version::V1) => "memory.limit_in_bytes",
+            (Controller::Cpu, Version::V2) => "cpu.max",
+            (Controller::Cpu, Version::V1) => "cpu.cfs_quota_us",
+        }
+    }
+}
+
+impl std::fmt::Display for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One line of `/proc/<pid>/cgroup`: `id:controllers:path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The controllers of a v1 hierarchy (comma-separated in the file); empty for v2.
+    pub controllers: Vec<String>,
+    /// The cgroup path.
+    pub path: String,
+}
+
+impl Membership {
+    /// Parses the text of `/proc/<pid>/cgroup`; malformed lines are skipped.
+    pub fn parse_all(text: &str) -> Vec<Membership> {
+        text.lines()
+            .filter_map(|line| {
+                let mut parts = line.splitn(3, ':');
+                let (_, listed, path) = (parts.next()?, parts.next()?, parts.next()?);
+                let controllers = listed.split(',').filter(|c| !c.is_empty()).map(str::to_string).collect();
+                Some(Membership { controllers, path: path.to_string() })
+            })
+            .collect()
+    }
+
+    /// Whether this line is about the hierarchy of `version` that has any of `controllers`
+    /// (v2: the line with no controllers listed).
+    fn is_in(&self, version: Version, controllers: &[String]) -> bool {
+        match version {
+            Version::V2 => self.controllers.is_empty(),
+            Version::V1 => self.controllers.iter().any(|c| controllers.contains(c)),
+        }
     }
 }
 
@@ -100,7 +166,7 @@ impl std::fmt::Display for Version {
 pub enum CgroupError {
     /// No mounted hierarchy has the controller.
     #[error("no mounted cgroup hierarchy has the {0} controller")]
-    NoController(&'static str),
+    NoController(Controller),
     /// A cgroup file or directory could not be read or written.
     #[error("cannot {what} {path}")]
     Io {
@@ -168,26 +234,6 @@ pub struct Host {
     hierarchies: Vec<Hierarchy>,
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let octal =
-            bytes.get(index + 1..index + 4).filter(|digits| digits.iter().all(|d| (b'0'..=b'7').contains(d)));
-        if let (b'\\', Some(digits)) = (bytes[index], octal) {
-            let value = digits.iter().fold(0u32, |value, digit| value * 8 + u32::from(digit - b'0'));
-            out.push(value as u8);
-            index += 4;
-            continue;
-        }
-        out.push(bytes[index]);
-        index += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 impl Host {
     /// Reads `/proc/self/mountinfo`, `/proc/self/cgroup` and the v2 root's `cgroup.controllers`.
     ///
@@ -195,9 +241,11 @@ impl Host {
     ///
     /// When the `/proc` files cannot be read.
     pub fn detect() -> io::Result<Self> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+        let mounts = crate::mountinfo::read_self()?;
         let own = fs::read_to_string("/proc/self/cgroup")?;
-        Ok(Self::parse(&mountinfo, &own, |mount| fs::read_to_string(mount.join("cgroup.controllers")).ok()))
+        Ok(Self::from_mounts(&mounts, &own, |mount| {
+            fs::read_to_string(mount.join("cgroup.controllers")).ok()
+        }))
     }
 
     /// Builds the picture from the text of a mountinfo and a `/proc/<pid>/cgroup` file;
@@ -207,20 +255,21 @@ impl Host {
         own_cgroups: &str,
         v2_controllers: impl Fn(&Path) -> Option<String>,
     ) -> Self {
+        Self::from_mounts(&crate::mountinfo::parse(mountinfo.as_bytes()), own_cgroups, v2_controllers)
+    }
+
+    fn from_mounts(
+        mounts: &[crate::mountinfo::MountEntry],
+        own_cgroups: &str,
+        v2_controllers: impl Fn(&Path) -> Option<String>,
+    ) -> Self {
+        let memberships = Membership::parse_all(own_cgroups);
         let mut hierarchies = Vec::new();
-        for line in mountinfo.lines() {
-            let Some((before, after)) = line.split_once(" - ") else { continue };
-            let fields: Vec<&str> = before.split(' ').collect();
-            let tail: Vec<&str> = after.split(' ').collect();
-            if fields.len() < 5 || tail.len() < 3 {
-                continue;
-            }
-            let mount_root = unescape_mountinfo(fields[3]);
-            let mount = PathBuf::from(unescape_mountinfo(fields[4]));
-            let (version, controllers) = match tail[0] {
+        for mount in mounts {
+            let (version, controllers) = match mount.fs_type.as_str() {
                 "cgroup2" => (
                     Version::V2,
-                    v2_controllers(&mount)
+                    v2_controllers(&mount.mount_point)
                         .unwrap_or_default()
                         .split_whitespace()
                         .map(str::to_string)
@@ -228,7 +277,8 @@ impl Host {
                 ),
                 "cgroup" => (
                     Version::V1,
-                    tail[2]
+                    mount
+                        .super_options
                         .split(',')
                         .filter(|option| !option.starts_with("name=") && !["rw", "ro"].contains(option))
                         .map(str::to_string)
@@ -236,26 +286,25 @@ impl Host {
                 ),
                 _ => continue,
             };
-            let own = own_cgroups.lines().find_map(|line| {
-                let mut parts = line.splitn(3, ':');
-                let (_, listed, path) = (parts.next()?, parts.next()?, parts.next()?);
-                let matches = match version {
-                    Version::V2 => listed.is_empty(),
-                    Version::V1 => {
-                        !listed.is_empty() && listed.split(',').any(|c| controllers.iter().any(|o| o == c))
-                    }
-                };
-                matches.then(|| path.to_string())
+            let own = memberships
+                .iter()
+                .find(|membership| membership.is_in(version, &controllers))
+                .map(|membership| membership.path.clone());
+            hierarchies.push(Hierarchy {
+                version,
+                mount: mount.mount_point.clone(),
+                mount_root: mount.root.to_string_lossy().into_owned(),
+                controllers,
+                own,
             });
-            hierarchies.push(Hierarchy { version, mount, mount_root, controllers, own });
         }
         Self { hierarchies }
     }
 
     /// The hierarchy that has `controller`: v2 first (a controller in use by v1 is not offered
     /// by v2's root).
-    fn with_controller(&self, controller: &str) -> Option<&Hierarchy> {
-        let offers = |h: &&Hierarchy| h.controllers.iter().any(|c| c == controller);
+    fn with_controller(&self, controller: Controller) -> Option<&Hierarchy> {
+        let offers = |h: &&Hierarchy| h.controllers.iter().any(|c| c == controller.name());
         let v2 = self.hierarchies.iter().filter(|h| h.version == Version::V2).find(offers);
         v2.or_else(|| self.hierarchies.iter().filter(|h| h.version == Version::V1).find(offers))
     }
@@ -268,7 +317,7 @@ impl Host {
     /// [`CgroupError::NoController`] when a needed controller is not mounted; I/O errors (most
     /// often permission) naming the file.
     pub fn create(&self, vm_name: &str, limits: &Limits) -> Result<VmCgroup, CgroupError> {
-        let mut groups: Vec<(&Hierarchy, Vec<&'static str>)> = Vec::new();
+        let mut groups: Vec<(&Hierarchy, Vec<Controller>)> = Vec::new();
         for controller in limits.controllers() {
             let hierarchy = self.with_controller(controller).ok_or(CgroupError::NoController(controller))?;
             match groups.iter_mut().find(|(h, _)| *h == hierarchy) {
@@ -313,7 +362,7 @@ fn read(path: &Path) -> Result<String, CgroupError> {
 /// Makes `<parent>/qemu-bridge/<leaf>` in `hierarchy` under the first parent that accepts it.
 fn place(
     hierarchy: &Hierarchy,
-    controllers: &[&'static str],
+    controllers: &[Controller],
     leaf: &str,
     limits: &Limits,
 ) -> Result<Placement, CgroupError> {
@@ -364,33 +413,27 @@ pub struct Placement {
     /// Its path as `/proc/<pid>/cgroup` shows it.
     pub cgroup_path: String,
     /// The controllers limited there.
-    pub controllers: Vec<&'static str>,
+    pub controllers: Vec<Controller>,
 }
 
 impl Placement {
     fn write_limits(&self, limits: &Limits) -> Result<(), CgroupError> {
         for &controller in &self.controllers {
             let value = match (controller, self.version) {
-                ("memory", _) => limits.max_memory.unwrap_or(u64::MAX).to_string(),
-                ("cpu", Version::V2) => format!("{} {CPU_PERIOD_US}", cpu_quota_us(limits)),
-                _ => {
+                (Controller::Memory, _) => limits.max_memory.unwrap_or(u64::MAX).to_string(),
+                (Controller::Cpu, Version::V2) => format!("{} {CPU_PERIOD_US}", cpu_quota_us(limits)),
+                (Controller::Cpu, Version::V1) => {
                     write(&self.dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                     cpu_quota_us(limits).to_string()
                 }
             };
-            write(&self.dir.join(limit_file(controller, self.version)), &value)?;
+            write(&self.dir.join(controller.limit_file(self.version)), &value)?;
         }
         Ok(())
     }
-}
 
-/// The file that holds the limit of `controller` (`memory` or `cpu`).
-fn limit_file(controller: &str, version: Version) -> &'static str {
-    match (controller, version) {
-        ("memory", Version::V2) => "memory.max",
-        ("memory", Version::V1) => "memory.limit_in_bytes",
-        (_, Version::V2) => "cpu.max",
-        (_, Version::V1) => "cpu.cfs_quota_us",
+    fn controller_names(&self) -> Vec<String> {
+        self.controllers.iter().map(|c| c.name().to_string()).collect()
     }
 }
 
@@ -421,18 +464,12 @@ impl VmCgroup {
     /// Whether process `pid` is in every one of the VM's cgroups (per `/proc/<pid>/cgroup`).
     pub fn holds(&self, pid: u32) -> bool {
         let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return false };
+        let memberships = Membership::parse_all(&text);
         self.placements.iter().all(|placement| {
-            text.lines().any(|line| {
-                let mut parts = line.splitn(3, ':');
-                let (Some(_), Some(listed), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-                    return false;
-                };
-                let hierarchy_matches = match placement.version {
-                    Version::V2 => listed.is_empty(),
-                    Version::V1 => listed.split(',').any(|c| placement.controllers.contains(&c)),
-                };
-                hierarchy_matches && path == placement.cgroup_path
-            })
+            let controllers = placement.controller_names();
+            memberships
+                .iter()
+                .any(|m| m.is_in(placement.version, &controllers) && m.path == placement.cgroup_path)
         })
     }
 
@@ -440,7 +477,7 @@ impl VmCgroup {
     pub fn oom_kills(&self) -> u64 {
         self.placements
             .iter()
-            .filter(|p| p.controllers.contains(&"memory"))
+            .filter(|p| p.controllers.contains(&Controller::Memory))
             .filter_map(|p| {
                 let file = if p.version == Version::V2 { "memory.events" } else { "memory.oom_control" };
                 let text = fs::read_to_string(p.dir.join(file)).ok()?;
@@ -455,15 +492,15 @@ impl VmCgroup {
         let mut lines = Vec::new();
         for placement in &self.placements {
             let at = format!("({} {})", placement.version, placement.dir.display());
-            for controller in &placement.controllers {
-                let text = read(&placement.dir.join(limit_file(controller, placement.version))).ok();
+            for &controller in &placement.controllers {
+                let text = read(&placement.dir.join(controller.limit_file(placement.version))).ok();
                 let value = text.map(|t| t.trim().to_string()).unwrap_or_default();
-                lines.push(match *controller {
-                    "memory" => match value.parse::<u64>() {
+                lines.push(match controller {
+                    Controller::Memory => match value.parse::<u64>() {
                         Ok(bytes) => format!("memory {} MiB {at}", bytes >> 20),
                         Err(_) => format!("memory {value} {at}"),
                     },
-                    _ => {
+                    Controller::Cpu => {
                         let quota = value.split_whitespace().next().unwrap_or("").parse::<u64>().ok();
                         match quota {
                             Some(us) => format!("cpu {}% of one CPU {at}", us * 100 / CPU_PERIOD_US),
@@ -486,19 +523,18 @@ impl VmCgroup {
 /// Failures are logged: a left-over empty cgroup costs nothing.
 pub fn remove_dirs(dirs: &[PathBuf]) {
     for dir in dirs {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            match fs::remove_dir(dir) {
-                Ok(()) => break,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => break,
-                Err(err) if Instant::now() < deadline && err.raw_os_error() == Some(libc::EBUSY) => {
-                    sleep(Duration::from_millis(20));
-                }
-                Err(err) => {
-                    log::warn!("cannot remove cgroup {}: {err}", dir.display());
-                    break;
-                }
-            }
+        // EBUSY while exiting processes still leave it: look again.
+        let outcome =
+            crate::poll::until(Duration::from_secs(2), crate::poll::INTERVAL, || match fs::remove_dir(dir) {
+                Ok(()) => Some(Ok(())),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => Some(Ok(())),
+                Err(err) if err.raw_os_error() == Some(libc::EBUSY) => None,
+                Err(err) => Some(Err(err)),
+            });
+        match outcome {
+            Some(Ok(())) => {}
+            Some(Err(err)) => log::warn!("cannot remove cgroup {}: {err}", dir.display()),
+            None => log::warn!("cannot remove cgroup {}: still busy after 2 s", dir.display()),
         }
     }
 }
@@ -522,17 +558,20 @@ mod tests {
     #[test]
     fn mixed_host_takes_each_controller_from_v1() {
         let host = Host::parse(MIXED_MOUNTINFO, MIXED_SELF, |_| Some("hugetlb\n".into()));
-        let memory = host.with_controller("memory").unwrap();
+        let memory = host.with_controller(Controller::Memory).unwrap();
         assert_eq!(memory.version, Version::V1);
         assert_eq!(memory.mount, Path::new("/sys/fs/cgroup/memory"));
         assert_eq!(
             memory.parents(),
             vec![("/sandbox/abc".to_string(), PathBuf::from("/sys/fs/cgroup/memory/sandbox/abc"))]
         );
-        assert_eq!(host.with_controller("cpu").unwrap().mount, Path::new("/sys/fs/cgroup/cpu"));
-        assert!(host.with_controller("io").is_none());
+        assert_eq!(host.with_controller(Controller::Cpu).unwrap().mount, Path::new("/sys/fs/cgroup/cpu"));
         // the named systemd hierarchy offers no controller
-        assert!(host.with_controller("name=systemd").is_none());
+        assert!(host
+            .hierarchies
+            .iter()
+            .filter(|h| h.mount.ends_with("systemd"))
+            .all(|h| h.controllers.is_empty()));
     }
 
     #[test]
@@ -542,7 +581,7 @@ mod tests {
             assert_eq!(path, Path::new("/sys/fs/cgroup"));
             Some("cpuset cpu io memory pids\n".into())
         });
-        let hierarchy = host.with_controller("memory").unwrap();
+        let hierarchy = host.with_controller(Controller::Memory).unwrap();
         assert_eq!(hierarchy.version, Version::V2);
         assert_eq!(
             hierarchy.parents(),
@@ -561,7 +600,7 @@ mod tests {
         // a container that sees only /lxc/c1 of the host's hierarchy, mounted with a space
         let mountinfo = "50 40 0:30 /lxc/c1 /cg\\040mem rw - cgroup cgroup rw,memory\n";
         let host = Host::parse(mountinfo, "4:memory:/lxc/c1/inner\n", |_| None);
-        let hierarchy = host.with_controller("memory").unwrap();
+        let hierarchy = host.with_controller(Controller::Memory).unwrap();
         assert_eq!(hierarchy.mount, Path::new("/cg mem"));
         assert_eq!(hierarchy.parents(), vec![("/lxc/c1/inner".to_string(), PathBuf::from("/cg mem/inner"))]);
         // a path the mount does not show is not mapped onto it
@@ -604,7 +643,7 @@ mod tests {
     #[test]
     fn a_missing_controller_is_named() {
         let limits = Limits { max_memory: None, cpu_quota_percent: Some(10) };
-        assert_eq!(limits.controllers(), vec!["cpu"]);
+        assert_eq!(limits.controllers(), vec![Controller::Cpu]);
         let empty = Host::parse("", "", |_| None);
         let err = empty.create("vm", &limits).unwrap_err();
         assert_eq!(err.to_string(), "no mounted cgroup hierarchy has the cpu controller");

@@ -1,18 +1,20 @@
-//! The command line: clap definitions and one function per verb.
+//! The command line: clap definitions, their conversion into the library's option structs,
+//! and one function per verb. Only this module prints.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
 
-use crate::discovery::{default_run_dir, RunDir};
-use crate::launch::{self, Accel, LaunchOptions, Machine};
-use crate::ram::{CHECKSUM_ALGORITHM, DEFAULT_ATTEMPTS};
-use crate::size::{parse_number, parse_size};
-use crate::vm::Vm;
+use qemu_bridge::launch::{self, Accel, LaunchOptions};
+use qemu_bridge::mount::MountOptions;
+use qemu_bridge::ram::{Summary, Verdict, DEFAULT_ATTEMPTS};
+use qemu_bridge::size::{parse_number, parse_size};
+use qemu_bridge::{default_run_dir, Machine, RunDir, RunState, Vm, VmName};
 
-type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 /// What the guest of scripts/build-guest.sh prints once it is up.
 pub const LINUX_MARKER: &str = "QEMU-BRIDGE-LINUX-MARKER";
@@ -45,6 +47,8 @@ impl Common {
 }
 
 /// The verbs.
+// Parsed once per run: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Verb {
     /// Start a daemonized QEMU whose RAM qemu-bridge can read
@@ -75,7 +79,7 @@ pub enum Verb {
     /// Write a VM's whole RAM to a file and print its checksum and consistency verdict
     Snapshot(SnapshotArgs),
     /// Mount the FUSE file system: one directory per VM
-    Mount(crate::fs::MountArgs),
+    Mount(MountArgs),
     /// Unmount a qemu-bridge mount
     Umount(UmountArgs),
 }
@@ -111,7 +115,7 @@ pub struct StateArgs {
     /// Name of the saved state
     pub tag: String,
     /// Seconds QEMU may take
-    #[arg(long, default_value_t = crate::state::DEFAULT_WAIT.as_secs())]
+    #[arg(long, default_value_t = qemu_bridge::saved_state::DEFAULT_WAIT.as_secs())]
     pub timeout: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -134,8 +138,9 @@ pub struct SavedArgs {
 /// `launch`.
 #[derive(Debug, Args)]
 pub struct LaunchArgs {
-    /// Name of the new VM
-    pub name: String,
+    /// Name of the new VM (at most 100 bytes, no '/', no control characters, not starting
+    /// with '.')
+    pub name: VmName,
     /// Guest RAM, e.g. 64M, 1G (a bare number is MiB, as in QEMU) [default: 64M, 128M with
     /// --linux]
     #[arg(long, value_parser = parse_size)]
@@ -147,12 +152,12 @@ pub struct LaunchArgs {
     /// Return only once TEXT appears on the serial console, and report the boot time
     #[arg(long, value_name = "TEXT")]
     pub wait_for: Option<String>,
-    /// Machine type
-    #[arg(long, value_enum, default_value_t = Machine::Q35)]
+    /// Machine type: q35, pc, or any other QEMU knows (their RAM layout is asked of QEMU)
+    #[arg(long, default_value = "q35")]
     pub machine: Machine,
-    /// Accelerator. TCG is the default because it works everywhere, including hosts where
-    /// /dev/kvm exists but guests hang under it; pass kvm where KVM really works
-    #[arg(long, value_enum, default_value_t = Accel::Tcg)]
+    /// Accelerator, tcg or kvm. TCG is the default because it works everywhere, including hosts
+    /// where /dev/kvm exists but guests hang under it; pass kvm where KVM really works
+    #[arg(long, default_value = "tcg")]
     pub accel: Accel,
     /// Linux kernel to boot
     #[arg(long)]
@@ -175,7 +180,7 @@ pub struct LaunchArgs {
     pub max_memory: Option<u64>,
     /// CPU limit in percent of one CPU, e.g. 50% (150% = one and a half CPUs), through a
     /// cgroup of its own (v2, else v1); warns and carries on where none is usable
-    #[arg(long, value_parser = crate::cgroup::parse_cpu_quota, value_name = "PERCENT")]
+    #[arg(long, value_parser = qemu_bridge::cgroup::parse_cpu_quota, value_name = "PERCENT")]
     pub cpu_quota: Option<u32>,
     /// Attach no state disk (<run-dir>/<name>.state.qcow2): save and restore will not work
     #[arg(long)]
@@ -243,6 +248,51 @@ pub struct SnapshotArgs {
     pub common: Common,
 }
 
+/// `mount`.
+#[derive(Debug, Clone, Args)]
+pub struct MountArgs {
+    /// Where to mount (an existing directory)
+    pub mountpoint: PathBuf,
+    /// Directory of the VMs' QMP sockets (see `launch --help`)
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Stay attached; Ctrl-C or SIGTERM unmounts
+    #[arg(long)]
+    pub foreground: bool,
+    /// Let other users enter the mount (needs user_allow_other in /etc/fuse.conf for non-root)
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Append one line per operation on guest RAM (time, uid, pid, VM, file, offset, length)
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Serve `ram` by FUSE passthrough (kernel >= 6.9 and root); falls back with a log line
+    #[arg(long)]
+    pub passthrough: bool,
+    /// Threads serving requests [default: number of cores, 2 to 8]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: Option<u16>,
+    /// Where the background daemon logs [default: <run-dir>/mount.log]
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+impl MountArgs {
+    /// The library's options (everything but `--foreground`, which says how to run them).
+    pub fn options(&self) -> MountOptions {
+        let MountArgs {
+            mountpoint,
+            run_dir,
+            foreground: _,
+            allow_other,
+            audit_log,
+            passthrough,
+            threads,
+            log_file,
+        } = self.clone();
+        MountOptions { mountpoint, run_dir, allow_other, audit_log, passthrough, threads, log_file }
+    }
+}
+
 /// `umount`.
 #[derive(Debug, Args)]
 pub struct UmountArgs {
@@ -263,7 +313,7 @@ pub fn run(cli: Cli) -> CliResult {
             let stopped = launch::stop(&run_dir, &args.name, args.discard_state)?;
             let how = if stopped.graceful { "quit" } else { "killed" };
             println!("{} {how}; removed {} files", args.name, stopped.removed.len());
-            let state_disk = launch::state_disk_path(&run_dir, &args.name);
+            let state_disk = launch::state_disk_path(&run_dir, &VmName::new(&args.name)?);
             if state_disk.exists() {
                 println!("saved states kept in {} (stop --discard-state deletes them)", state_disk.display());
             }
@@ -279,31 +329,31 @@ pub fn run(cli: Cli) -> CliResult {
         Verb::Resume(args) => lifecycle(&args, |qmp| qmp.cont()),
         Verb::Reset(args) => lifecycle(&args, |qmp| qmp.system_reset()),
         Verb::Save(args) => {
-            let saved = crate::state::save(&args.vm()?, &args.tag, args.wait())?;
+            let saved = qemu_bridge::saved_state::save(&args.vm()?, &args.tag, args.wait())?;
             println!("saved {} as {:?} ({} bytes of VM state)", args.name, saved.tag, saved.vm_state_size);
             Ok(())
         }
         Verb::Restore(args) => {
             let vm = args.vm()?;
-            crate::state::restore(&vm, &args.tag, args.wait())?;
+            qemu_bridge::saved_state::restore(&vm, &args.tag, args.wait())?;
             println!("restored {} to {:?}; now {}", args.name, args.tag, vm.status()?.status);
             Ok(())
         }
         Verb::DeleteSaved(args) => {
-            crate::state::delete(&args.vm()?, &args.tag, args.wait())?;
+            qemu_bridge::saved_state::delete(&args.vm()?, &args.tag, args.wait())?;
             println!("deleted saved state {:?} of {}", args.tag, args.name);
             Ok(())
         }
         Verb::Saved(args) => saved_verb(args),
         Verb::Read(args) => read_verb(args),
         Verb::Snapshot(args) => snapshot_verb(args),
-        Verb::Mount(args) => crate::fs::mount_verb(args),
-        Verb::Umount(args) => crate::fs::umount(&args.mountpoint).map_err(Into::into),
+        Verb::Mount(args) => mount_verb(&args),
+        Verb::Umount(args) => qemu_bridge::mount::umount(&args.mountpoint).map_err(Into::into),
     }
 }
 
 impl StateArgs {
-    fn vm(&self) -> Result<Vm, crate::vm::VmError> {
+    fn vm(&self) -> Result<Vm, qemu_bridge::VmError> {
         Vm::existing(&self.common.run_dir(), &self.name)
     }
 
@@ -314,7 +364,7 @@ impl StateArgs {
 
 fn saved_verb(args: SavedArgs) -> CliResult {
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
-    let states = crate::state::list(&vm)?;
+    let states = qemu_bridge::saved_state::list(&vm)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&states)?)?;
@@ -353,8 +403,8 @@ fn utc_time(seconds: u64) -> String {
 fn lifecycle(
     args: &NameArgs,
     act: impl FnOnce(
-        &mut crate::qmp::QmpClient<std::os::unix::net::UnixStream>,
-    ) -> Result<(), crate::qmp::QmpError>,
+        &mut qemu_bridge::QmpClient<std::os::unix::net::UnixStream>,
+    ) -> Result<(), qemu_bridge::QmpError>,
 ) -> CliResult {
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
     let status = vm.with_qmp(|qmp| {
@@ -365,35 +415,43 @@ fn lifecycle(
     Ok(())
 }
 
-fn launch_verb(args: LaunchArgs) -> CliResult {
-    let mut options = LaunchOptions::new(&args.name, args.common.run_dir());
-    options.memory = args.memory.unwrap_or(if args.linux.is_some() { LINUX_MEMORY } else { 64 << 20 });
-    options.machine = args.machine;
-    options.accel = args.accel;
-    options.kernel = args.kernel;
-    options.initrd = args.initrd;
-    options.append = args.append;
-    options.wait_for = args.wait_for;
-    if let Some(dir) = &args.linux {
-        options.kernel = Some(dir.join("vmlinuz"));
-        options.initrd = Some(dir.join("initrd.gz"));
-        options.append.get_or_insert_with(|| "console=ttyS0 quiet".into());
-        options.wait_for.get_or_insert_with(|| LINUX_MARKER.into());
+impl LaunchArgs {
+    /// The library's options.
+    fn options(self) -> LaunchOptions {
+        let mut options = LaunchOptions::new(self.name, self.common.run_dir());
+        options.memory = self.memory.unwrap_or(if self.linux.is_some() { LINUX_MEMORY } else { 64 << 20 });
+        options.machine = self.machine;
+        options.accel = self.accel;
+        options.kernel = self.kernel;
+        options.initrd = self.initrd;
+        options.append = self.append;
+        options.wait_for = self.wait_for;
+        if let Some(dir) = &self.linux {
+            options.kernel = Some(dir.join("vmlinuz"));
+            options.initrd = Some(dir.join("initrd.gz"));
+            options.append.get_or_insert_with(|| "console=ttyS0 quiet".into());
+            options.wait_for.get_or_insert_with(|| LINUX_MARKER.into());
+        }
+        options.drive = self.drive;
+        options.user = self.user;
+        options.limits.max_memory = self.max_memory;
+        options.limits.cpu_quota_percent = self.cpu_quota;
+        options.state_disk = !self.no_state_disk;
+        options.extra_args = self.qemu_args;
+        options.timeout = Duration::from_secs(self.timeout);
+        options
     }
-    options.drive = args.drive;
-    options.user = args.user;
-    options.limits.max_memory = args.max_memory;
-    options.limits.cpu_quota_percent = args.cpu_quota;
-    options.state_disk = !args.no_state_disk;
-    options.extra_args = args.qemu_args;
-    options.timeout = Duration::from_secs(args.timeout);
+}
+
+fn launch_verb(args: LaunchArgs) -> CliResult {
+    let options = args.options();
     let vm = launch::launch(&options)?;
     println!(
         "launched {} (pid {}) in {:.2} s\n  qmp:    {}\n  ram:    {}\n  serial: {}",
-        vm.name,
+        vm.name(),
         vm.pid,
         vm.startup.as_secs_f64(),
-        vm.socket.display(),
+        vm.vm.socket().display(),
         vm.ram_path.display(),
         vm.serial.display()
     );
@@ -412,26 +470,71 @@ fn launch_verb(args: LaunchArgs) -> CliResult {
     Ok(())
 }
 
+/// One row of `list`: what `--json` prints and the table shows.
+#[derive(Debug, Serialize)]
+struct ListRow {
+    name: VmName,
+    state: ListState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ram_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ram_path: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    machine: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// A VM's state in `list`: QEMU's run state, or why it could not be asked.
+#[derive(Debug)]
+enum ListState {
+    Run(RunState),
+    Unreachable,
+}
+
+impl Serialize for ListState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl std::fmt::Display for ListState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListState::Run(state) => state.fmt(f),
+            ListState::Unreachable => f.write_str("unreachable"),
+        }
+    }
+}
+
+impl ListRow {
+    fn of(run_dir: &RunDir, name: VmName) -> Self {
+        let vm = Vm::named(run_dir, name.clone());
+        match vm.info() {
+            Ok(info) => ListRow {
+                name,
+                state: ListState::Run(info.status),
+                ram_size: Some(info.ram_size),
+                ram_path: Some(info.ram_path),
+                machine: Some(info.machine),
+                error: None,
+            },
+            Err(err) => ListRow {
+                name,
+                state: ListState::Unreachable,
+                ram_size: None,
+                ram_path: None,
+                machine: None,
+                error: Some(qemu_bridge::error::chain(&err)),
+            },
+        }
+    }
+}
+
 fn list_verb(args: ListArgs) -> CliResult {
     let run_dir = args.common.run_dir();
-    let mut rows = Vec::new();
-    for name in run_dir.vm_names()? {
-        let vm = Vm::new(&run_dir, &name)?;
-        rows.push(match vm.info() {
-            Ok(info) => serde_json::json!({
-                "name": name,
-                "state": info.status.as_str(),
-                "ram_size": info.ram_size,
-                "ram_path": info.ram_path,
-                "machine": info.machine,
-            }),
-            Err(err) => serde_json::json!({
-                "name": name,
-                "state": "unreachable",
-                "error": error_chain(&err),
-            }),
-        });
-    }
+    let rows: Vec<ListRow> =
+        run_dir.vm_names()?.into_iter().map(|name| ListRow::of(&run_dir, name)).collect();
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
@@ -439,15 +542,25 @@ fn list_verb(args: ListArgs) -> CliResult {
     }
     writeln!(out, "{:<20} {:<14} {:>10}  RAM FILE", "NAME", "STATE", "RAM")?;
     for row in rows {
-        let size = row["ram_size"].as_u64().map_or_else(|| "-".to_string(), |s| format!("{}M", s >> 20));
-        let detail = row["ram_path"].as_str().or(row["error"].as_str()).unwrap_or("-");
-        writeln!(
-            out,
-            "{:<20} {:<14} {size:>10}  {detail}",
-            row["name"].as_str().unwrap_or(""),
-            row["state"].as_str().unwrap_or("")
-        )?;
+        let size = row.ram_size.map_or_else(|| "-".to_string(), |size| format!("{}M", size >> 20));
+        let detail = match (&row.ram_path, &row.error) {
+            (Some(path), _) => path.display().to_string(),
+            (None, Some(error)) => error.clone(),
+            (None, None) => "-".into(),
+        };
+        writeln!(out, "{:<20} {:<14} {size:>10}  {detail}", row.name.as_str(), row.state.to_string())?;
     }
+    Ok(())
+}
+
+fn mount_verb(args: &MountArgs) -> CliResult {
+    let options = args.options();
+    if args.foreground {
+        qemu_bridge::mount::serve(&options)?;
+        return Ok(());
+    }
+    let daemon = qemu_bridge::mount::spawn_daemon(&options, &std::env::current_exe()?)?;
+    println!("mounted {} (pid {}, log {})", options.mountpoint.display(), daemon.pid, daemon.log.display());
     Ok(())
 }
 
@@ -494,12 +607,15 @@ fn snapshot_verb(args: SnapshotArgs) -> CliResult {
     if !args.pause && !args.consistent {
         // Unchecked: straight from the mapping to the file, then hash what was written.
         write_atomically(&args.output, |file| bridge.write_snapshot_to(file).map_err(std::io::Error::other))?;
-        let digest = crate::ram::snapshot::sha256_hex_of_reader(std::fs::File::open(&args.output)?)?;
-        println!(
-            "{CHECKSUM_ALGORITHM} {digest} unchecked attempts=1 torn_pages=0 size={} {}",
-            bridge.size(),
-            args.output.display()
-        );
+        let digest = qemu_bridge::ram::snapshot::sha256_hex_of_reader(std::fs::File::open(&args.output)?)?;
+        let summary = Summary {
+            digest,
+            verdict: Verdict::Unchecked,
+            attempts: 1,
+            torn_pages: 0,
+            size: bridge.size() as u64,
+        };
+        println!("{summary} {}", args.output.display());
         return Ok(());
     }
     let snapshot =
@@ -535,21 +651,59 @@ fn write_atomically(
     result
 }
 
-/// `error: cause: cause` for logs and JSON.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The background daemon gets its options as `mount --foreground` arguments: every option
+    /// must survive the trip, or the daemon would silently serve something else.
+    #[test]
+    fn mount_options_survive_the_trip_to_the_daemon() {
+        let mut all = MountOptions::new("/mnt/q m");
+        all.run_dir = Some("/run/r".into());
+        all.allow_other = true;
+        all.audit_log = Some("/var/log/audit".into());
+        all.passthrough = true;
+        all.threads = Some(3);
+        all.log_file = Some("/tmp/log".into());
+        for options in [MountOptions::new("/mnt/q"), all] {
+            let mut argv: Vec<std::ffi::OsString> =
+                vec!["qemu-bridge".into(), "mount".into(), "--foreground".into()];
+            argv.extend(options.to_args());
+            let Verb::Mount(args) = Cli::try_parse_from(argv).unwrap().command else { panic!("not mount") };
+            assert!(args.foreground);
+            assert_eq!(args.options(), options);
+        }
+    }
+
+    #[test]
+    fn list_rows_serialize_as_before() {
+        let row = ListRow {
+            name: VmName::new("a").unwrap(),
+            state: ListState::Run(RunState::Paused),
+            ram_size: Some(64 << 20),
+            ram_path: Some("/dev/shm/qemu_ram_a".into()),
+            machine: Some("pc-q35-7.2-machine".into()),
+            error: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&row).unwrap(),
+            serde_json::json!({"name": "a", "state": "paused", "ram_size": 67108864,
+                               "ram_path": "/dev/shm/qemu_ram_a", "machine": "pc-q35-7.2-machine"})
+        );
+        let row = ListRow {
+            name: VmName::new("b").unwrap(),
+            state: ListState::Unreachable,
+            ram_size: None,
+            ram_path: None,
+            machine: None,
+            error: Some("boom".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(&row).unwrap(),
+            serde_json::json!({"name": "b", "state": "unreachable", "error": "boom"})
+        );
+    }
 
     #[test]
     fn utc_times() {

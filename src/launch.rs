@@ -4,17 +4,16 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::thread::sleep;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
 use crate::cgroup::{self, Limits, VmCgroup};
-use crate::discovery::{RunDir, RunDirError};
+use crate::name::{NameError, VmName};
+use crate::poll;
+use crate::process;
 use crate::qmp::{QmpClient, QmpError};
-use crate::ram::{validate_vm_name, BridgeError, RAM_FILE_PREFIX, SHM_DIR};
+use crate::ram::{ram_file_path, Machine, SHM_DIR};
+use crate::run_dir::{RunDir, RunDirError};
 use crate::vm::{Vm, VmError};
 
 /// Environment variable naming the QEMU binary (default `qemu-system-x86_64`).
@@ -29,16 +28,26 @@ const CGROUP_FILE: &str = "cgroup";
 /// Extension of a launched VM's state disk (a qcow2 image holding its saved states).
 const STATE_DISK_EXTENSION: &str = "state.qcow2";
 
+/// Longest path a unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// The state disk of VM `name`: `<run-dir>/<name>.state.qcow2`.
-pub fn state_disk_path(run_dir: &RunDir, name: &str) -> PathBuf {
+pub fn state_disk_path(run_dir: &RunDir, name: &VmName) -> PathBuf {
     run_dir.file_path(name, STATE_DISK_EXTENSION)
 }
 
 /// The cgroup directories a launch recorded for VM `name` (in `<run-dir>/<name>.cgroup`, one
-/// per line), so that `stop` can remove them.
-pub fn recorded_cgroups(run_dir: &RunDir, name: &str) -> Vec<PathBuf> {
-    let listing = fs::read_to_string(run_dir.file_path(name, CGROUP_FILE)).unwrap_or_default();
-    listing.lines().filter(|line| !line.is_empty()).map(PathBuf::from).collect()
+/// per line), so that `stop` can remove them. No record: none.
+///
+/// # Errors
+///
+/// When the record exists but cannot be read.
+pub fn recorded_cgroups(run_dir: &RunDir, name: &VmName) -> io::Result<Vec<PathBuf>> {
+    match fs::read_to_string(run_dir.file_path(name, CGROUP_FILE)) {
+        Ok(listing) => Ok(listing.lines().filter(|line| !line.is_empty()).map(PathBuf::from).collect()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(err),
+    }
 }
 
 /// Joins the cgroups named before `--`, then becomes the command after it. A shell rather than
@@ -47,12 +56,38 @@ pub fn recorded_cgroups(run_dir: &RunDir, name: &str) -> Vec<PathBuf> {
 const JOIN_CGROUPS_SCRIPT: &str =
     r#"while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@""#;
 
+/// What a launch was waiting for when time ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// The first QEMU process to daemonize (exit once the VM is set up).
+    Daemonize,
+    /// The QMP socket to answer.
+    Qmp,
+}
+
+impl std::fmt::Display for Waited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Waited::Daemonize => "QEMU to daemonize",
+            Waited::Qmp => "QMP to answer",
+        })
+    }
+}
+
 /// Errors of launching and stopping.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     /// Bad VM name.
     #[error(transparent)]
-    InvalidName(BridgeError),
+    InvalidName(#[from] NameError),
+    /// The VM's socket path is too long for a unix socket address.
+    #[error("VM name {name:?} makes the QMP socket path {path} longer than {MAX_SOCKET_PATH} bytes: use a shorter name or run directory")]
+    SocketPathTooLong {
+        /// The name.
+        name: String,
+        /// The socket path.
+        path: PathBuf,
+    },
     /// Run directory problem.
     #[error(transparent)]
     RunDir(#[from] RunDirError),
@@ -73,6 +108,14 @@ pub enum LaunchError {
     /// The QEMU binary is not installed.
     #[error("QEMU binary {0} not found (install it: apt-get install qemu-system-x86)")]
     QemuMissing(String),
+    /// `QEMU --version` printed no version.
+    #[error("{binary} --version printed no version: {output}")]
+    UnknownVersion {
+        /// The binary.
+        binary: String,
+        /// What it printed.
+        output: String,
+    },
     /// The out-of-memory killer of the VM's cgroup ended QEMU before the VM was up.
     #[error("QEMU was killed by the out-of-memory killer: --max-memory {} MiB is too small for it", .limit >> 20)]
     OutOfMemory {
@@ -82,14 +125,25 @@ pub enum LaunchError {
     /// QEMU exited with an error before the VM was up.
     #[error("QEMU failed to start ({status}): {stderr}")]
     QemuFailed {
-        /// Exit status.
-        status: String,
+        /// How the first QEMU process exited.
+        status: ExitStatus,
         /// What QEMU printed.
         stderr: String,
     },
+    /// QEMU daemonized without writing its pidfile.
+    #[error("QEMU started but wrote no pidfile {0}")]
+    NoPidfile(PathBuf),
+    /// QEMU runs, but outside the cgroup made for it.
+    #[error("QEMU pid {pid} is not in its cgroup {dirs:?}")]
+    NotInCgroup {
+        /// QEMU's pid.
+        pid: u32,
+        /// The cgroup directories.
+        dirs: Vec<PathBuf>,
+    },
     /// The VM did not come up in time.
     #[error("timed out after {0:?} waiting for {1}")]
-    Timeout(Duration, &'static str),
+    Timeout(Duration, Waited),
     /// The guest never printed the awaited text.
     #[error("timed out after {timeout:?} waiting for {text:?} on the serial console; it ends with: {tail}")]
     NoSerialText {
@@ -114,17 +168,8 @@ pub enum LaunchError {
     },
 }
 
-/// Machine types the launcher knows the RAM layout of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Machine {
-    /// ICH9 chipset (QEMU's modern default for x86).
-    Q35,
-    /// i440FX chipset.
-    Pc,
-}
-
 /// Accelerators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
     /// Software emulation: works everywhere, including hosts whose `/dev/kvm` exists but whose
     /// nested virtualisation hangs guests.
@@ -133,11 +178,33 @@ pub enum Accel {
     Kvm,
 }
 
+impl Accel {
+    /// The name QEMU's `accel=` takes.
+    pub fn qemu_name(self) -> &'static str {
+        match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+}
+
+impl std::str::FromStr for Accel {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "tcg" => Ok(Accel::Tcg),
+            "kvm" => Ok(Accel::Kvm),
+            _ => Err(format!("unknown accelerator {name:?}: expected tcg or kvm")),
+        }
+    }
+}
+
 /// What to launch.
 #[derive(Debug, Clone)]
 pub struct LaunchOptions {
     /// VM name: socket stem and RAM file suffix.
-    pub name: String,
+    pub name: VmName,
     /// Run directory.
     pub run_dir: RunDir,
     /// RAM in bytes (whole MiB).
@@ -152,7 +219,7 @@ pub struct LaunchOptions {
     pub initrd: Option<PathBuf>,
     /// `-append`.
     pub append: Option<String>,
-    /// Raw disk image.
+    /// Raw or qcow2 disk image.
     pub drive: Option<PathBuf>,
     /// Run QEMU as this user (when started by root).
     pub user: Option<String>,
@@ -167,15 +234,15 @@ pub struct LaunchOptions {
     /// Resource limits, applied through a cgroup of the VM's own.
     pub limits: Limits,
     /// Attach a qcow2 state disk (`<run-dir>/<vm>.state.qcow2`, created when missing, kept
-    /// across restarts) so that the VM's state can be saved and restored ([`crate::state`]).
+    /// across restarts) so that the VM's state can be saved and restored ([`crate::saved_state`]).
     pub state_disk: bool,
 }
 
 impl LaunchOptions {
     /// Defaults: 64 MiB, q35, TCG, RAM under `/dev/shm`.
-    pub fn new(name: &str, run_dir: RunDir) -> Self {
+    pub fn new(name: VmName, run_dir: RunDir) -> Self {
         Self {
-            name: name.to_string(),
+            name,
             run_dir,
             memory: 64 << 20,
             machine: Machine::Q35,
@@ -201,19 +268,38 @@ impl LaunchOptions {
 
     /// Where the RAM file goes.
     pub fn ram_path(&self) -> PathBuf {
-        self.shm_dir.join(format!("{RAM_FILE_PREFIX}{}", self.name))
+        ram_file_path(&self.shm_dir, &self.name)
+    }
+
+    fn file_path(&self, extension: &str) -> PathBuf {
+        self.run_dir.file_path(&self.name, extension)
+    }
+
+    /// Checks what can be checked before anything is created.
+    fn validate(&self) -> Result<(), LaunchError> {
+        let socket = self.run_dir.socket_path(&self.name);
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(LaunchError::SocketPathTooLong { name: self.name.to_string(), path: socket });
+        }
+        if self.memory == 0 || self.memory % (1 << 20) != 0 {
+            return Err(LaunchError::InvalidMemory(self.memory));
+        }
+        for (what, path) in [("kernel", &self.kernel), ("initrd", &self.initrd), ("drive", &self.drive)] {
+            if let Some(path) = path.as_ref().filter(|path| !path.exists()) {
+                return Err(LaunchError::MissingFile { what, path: path.clone() });
+            }
+        }
+        Ok(())
     }
 }
 
 /// A VM that was launched.
 #[derive(Debug, Clone)]
 pub struct LaunchedVm {
-    /// Name.
-    pub name: String,
+    /// The VM (its name, run directory and QMP socket).
+    pub vm: Vm,
     /// QEMU's pid.
     pub pid: u32,
-    /// QMP socket.
-    pub socket: PathBuf,
     /// RAM file.
     pub ram_path: PathBuf,
     /// Serial console log.
@@ -230,6 +316,13 @@ pub struct LaunchedVm {
     pub warnings: Vec<String>,
 }
 
+impl LaunchedVm {
+    /// The VM's name.
+    pub fn name(&self) -> &VmName {
+        self.vm.name()
+    }
+}
+
 /// The QEMU binary to run.
 pub fn qemu_binary() -> String {
     std::env::var(QEMU_ENV).ok().filter(|b| !b.is_empty()).unwrap_or_else(|| "qemu-system-x86_64".into())
@@ -239,17 +332,17 @@ pub fn qemu_binary() -> String {
 ///
 /// # Errors
 ///
-/// [`LaunchError::QemuMissing`] when the binary cannot be run.
+/// [`LaunchError::QemuMissing`] when the binary cannot be run, [`LaunchError::UnknownVersion`]
+/// when it prints no version.
 pub fn qemu_version(binary: &str) -> Result<(u32, u32), LaunchError> {
     let output = Command::new(binary)
         .arg("--version")
         .output()
         .map_err(|_| LaunchError::QemuMissing(binary.to_string()))?;
     let text = String::from_utf8_lossy(&output.stdout);
-    let version =
-        text.split_whitespace().skip_while(|word| *word != "version").nth(1).ok_or_else(|| {
-            LaunchError::QemuFailed { status: "--version".into(), stderr: text.to_string() }
-        })?;
+    let version = text.split_whitespace().skip_while(|word| *word != "version").nth(1).ok_or_else(|| {
+        LaunchError::UnknownVersion { binary: binary.to_string(), output: text.trim().to_string() }
+    })?;
     let mut parts = version.split('.').map(|part| part.parse::<u32>().unwrap_or(0));
     Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
 }
@@ -259,9 +352,13 @@ pub fn qemu_img_binary() -> String {
     std::env::var(QEMU_IMG_ENV).ok().filter(|b| !b.is_empty()).unwrap_or_else(|| "qemu-img".into())
 }
 
-/// A value inside a QEMU `-object`/`-drive` option list: commas are doubled.
-fn option_value(path: &Path) -> String {
-    path.display().to_string().replace(',', ",,")
+/// A value inside a QEMU option list (`-object`, `-drive`, `-name`...): commas are doubled.
+fn option_value(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+fn option_path(path: &Path) -> String {
+    option_value(&path.display().to_string())
 }
 
 /// The image format of a disk, from its first bytes: qcow2 by its magic, raw otherwise.
@@ -279,64 +376,11 @@ fn disk_format(path: &Path) -> &'static str {
 
 /// The QEMU command line for `options` (without the binary).
 pub fn qemu_args(options: &LaunchOptions, version: (u32, u32)) -> Vec<String> {
-    let run_dir = &options.run_dir;
-    let name = &options.name;
-    let machine = match options.machine {
-        Machine::Q35 => "q35",
-        Machine::Pc => "pc",
-    };
-    let accel = match options.accel {
-        Accel::Tcg => "tcg",
-        Accel::Kvm => "kvm",
-    };
-    let mut args: Vec<String> = vec![
-        "-name".into(),
-        name.clone(),
-        "-machine".into(),
-        format!("{machine},accel={accel},memory-backend=ram0"),
-        "-m".into(),
-        format!("{}M", options.memory >> 20),
-        "-object".into(),
-        format!(
-            "memory-backend-file,id=ram0,mem-path={},size={},share=on",
-            option_value(&options.ram_path()),
-            options.memory
-        ),
-        "-qmp".into(),
-        format!("unix:{},server=on,wait=off", option_value(&run_dir.socket_path(name))),
-        "-daemonize".into(),
-        "-pidfile".into(),
-        run_dir.file_path(name, "pid").display().to_string(),
-        "-display".into(),
-        "none".into(),
-        "-nodefaults".into(),
-        "-serial".into(),
-        format!("file:{}", option_value(&run_dir.file_path(name, "serial"))),
-    ];
-    if let Some(kernel) = &options.kernel {
-        args.extend(["-kernel".into(), kernel.display().to_string()]);
-    }
-    if let Some(initrd) = &options.initrd {
-        args.extend(["-initrd".into(), initrd.display().to_string()]);
-    }
-    if let Some(append) = &options.append {
-        args.extend(["-append".into(), append.clone()]);
-    }
-    if let Some(drive) = &options.drive {
-        args.extend(["-drive".into(), format!("file={},format={}", option_value(drive), disk_format(drive))]);
-    }
+    let mut args = machine_args(options);
+    args.extend(control_args(options));
+    args.extend(boot_args(options));
     if options.state_disk {
-        // A block node with no device: the guest does not see it; QEMU keeps saved states in it.
-        let file_node = format!("{}-file", crate::state::STATE_NODE);
-        args.extend([
-            "-blockdev".into(),
-            format!(
-                "driver=file,filename={},node-name={file_node}",
-                option_value(&options.state_disk_path())
-            ),
-            "-blockdev".into(),
-            format!("driver=qcow2,file={file_node},node-name={}", crate::state::STATE_NODE),
-        ]);
+        args.extend(state_disk_args(&options.state_disk_path()));
     }
     if let Some(user) = &options.user {
         // -runas was deprecated in 9.1 in favour of -run-with user=
@@ -348,6 +392,70 @@ pub fn qemu_args(options: &LaunchOptions, version: (u32, u32)) -> Vec<String> {
     }
     args.extend(options.extra_args.iter().cloned());
     args
+}
+
+/// The machine and its RAM, in a shared file.
+fn machine_args(options: &LaunchOptions) -> Vec<String> {
+    vec![
+        "-name".into(),
+        option_value(options.name.as_str()),
+        "-machine".into(),
+        format!("{},accel={},memory-backend=ram0", options.machine.qemu_name(), options.accel.qemu_name()),
+        "-m".into(),
+        format!("{}M", options.memory >> 20),
+        "-object".into(),
+        format!(
+            "memory-backend-file,id=ram0,mem-path={},size={},share=on",
+            option_path(&options.ram_path()),
+            options.memory
+        ),
+    ]
+}
+
+/// QMP socket, daemon, pidfile, no display, serial to a file.
+fn control_args(options: &LaunchOptions) -> Vec<String> {
+    vec![
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", option_path(&options.run_dir.socket_path(&options.name))),
+        "-daemonize".into(),
+        "-pidfile".into(),
+        options.file_path("pid").display().to_string(),
+        "-display".into(),
+        "none".into(),
+        "-nodefaults".into(),
+        "-serial".into(),
+        format!("file:{}", option_path(&options.file_path("serial"))),
+    ]
+}
+
+/// Kernel, initrd, command line and disk.
+fn boot_args(options: &LaunchOptions) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(kernel) = &options.kernel {
+        args.extend(["-kernel".into(), kernel.display().to_string()]);
+    }
+    if let Some(initrd) = &options.initrd {
+        args.extend(["-initrd".into(), initrd.display().to_string()]);
+    }
+    if let Some(append) = &options.append {
+        args.extend(["-append".into(), append.clone()]);
+    }
+    if let Some(drive) = &options.drive {
+        args.extend(["-drive".into(), format!("file={},format={}", option_path(drive), disk_format(drive))]);
+    }
+    args
+}
+
+/// A block node with no device over `path`: the guest does not see it; QEMU keeps saved
+/// states in it.
+fn state_disk_args(path: &Path) -> Vec<String> {
+    let file_node = format!("{}-file", crate::saved_state::STATE_NODE);
+    vec![
+        "-blockdev".into(),
+        format!("driver=file,filename={},node-name={file_node}", option_path(path)),
+        "-blockdev".into(),
+        format!("driver=qcow2,file={file_node},node-name={}", crate::saved_state::STATE_NODE),
+    ]
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> LaunchError {
@@ -367,27 +475,48 @@ fn answers(socket: &Path) -> bool {
 /// Every [`LaunchError`]; on failure nothing is left behind (no socket, pidfile or RAM file
 /// of this launch).
 pub fn launch(options: &LaunchOptions) -> Result<LaunchedVm, LaunchError> {
-    validate_vm_name(&options.name).map_err(LaunchError::InvalidName)?;
-    if options.memory == 0 || options.memory % (1 << 20) != 0 {
-        return Err(LaunchError::InvalidMemory(options.memory));
-    }
-    for (what, path) in [("kernel", &options.kernel), ("initrd", &options.initrd), ("drive", &options.drive)]
-    {
-        if let Some(path) = path {
-            if !path.exists() {
-                return Err(LaunchError::MissingFile { what, path: path.clone() });
-            }
-        }
-    }
+    options.validate()?;
     let binary = qemu_binary();
     let version = qemu_version(&binary)?;
     options.run_dir.create()?;
-    let run_dir = &options.run_dir;
-    let name = &options.name;
-    let socket = run_dir.socket_path(name);
+    remove_stale_files(options)?;
+    let mut launching = Launching { options: options.clone(), created_state_disk: false, cgroup: None };
+    let mut warnings = Vec::new();
+    if options.state_disk {
+        if let Err(warning) = launching.prepare_state_disk() {
+            warnings.push(warning);
+            launching.options.state_disk = false;
+        }
+    }
+    if !options.limits.is_empty() {
+        match launching.prepare_cgroup() {
+            Ok(()) => {}
+            Err(LimitsNotApplied(reason)) => warnings.push(format!("resource limits not applied: {reason}")),
+        }
+    }
+    match launching.start(&binary, version) {
+        Ok(mut vm) => {
+            // Returned, not logged at warn: the caller says them (the CLI prints `warning: ...`).
+            for warning in &warnings {
+                log::info!("VM {}: {warning}", options.name);
+            }
+            vm.warnings = warnings;
+            Ok(vm)
+        }
+        Err(err) => {
+            launching.cleanup();
+            Err(err)
+        }
+    }
+}
+
+/// A socket nobody answers on, and a RAM file of an earlier launch, are removed; a socket that
+/// answers means the name is taken.
+fn remove_stale_files(options: &LaunchOptions) -> Result<(), LaunchError> {
+    let socket = options.run_dir.socket_path(&options.name);
     if socket.exists() {
         if answers(&socket) {
-            return Err(LaunchError::AlreadyRunning(name.clone()));
+            return Err(LaunchError::AlreadyRunning(options.name.to_string()));
         }
         log::info!("removing stale socket {}", socket.display());
         fs::remove_file(&socket)
@@ -400,49 +529,11 @@ pub fn launch(options: &LaunchOptions) -> Result<LaunchedVm, LaunchError> {
         fs::remove_file(&ram_path)
             .map_err(io_error(format!("cannot remove stale RAM file {}", ram_path.display())))?;
     }
-    let mut launched = Launching { options: options.clone(), created_state_disk: false, cgroup: None };
-    let mut warnings = Vec::new();
-    if options.state_disk {
-        if let Err(warning) = launched.prepare_state_disk() {
-            warnings.push(warning);
-            launched.options.state_disk = false;
-        }
-    }
-    if !options.limits.is_empty() {
-        match cgroup::Host::detect()
-            .map_err(|err| err.to_string())
-            .and_then(|host| host.create(name, &options.limits).map_err(|err| crate::cli::error_chain(&err)))
-        {
-            Ok(cgroup) => {
-                let listing: String =
-                    cgroup.dirs().iter().map(|dir| format!("{}\n", dir.display())).collect();
-                let file = run_dir.file_path(name, CGROUP_FILE);
-                if let Err(source) = fs::write(&file, listing) {
-                    cgroup.remove();
-                    launched.cleanup();
-                    return Err(LaunchError::Io { what: format!("cannot write {}", file.display()), source });
-                }
-                launched.cgroup = Some(cgroup);
-            }
-            Err(reason) => warnings.push(format!("resource limits not applied: {reason}")),
-        }
-    }
-    let result = launched.start(&binary, version);
-    match result {
-        Ok(mut vm) => {
-            // Returned, not logged: the caller says them (the CLI prints `warning: ...`).
-            for warning in &warnings {
-                log::info!("VM {name}: {warning}");
-            }
-            vm.warnings = warnings;
-            Ok(vm)
-        }
-        Err(err) => {
-            launched.cleanup();
-            Err(err)
-        }
-    }
+    Ok(())
 }
+
+/// Why limits were not applied (the launch goes on without them).
+struct LimitsNotApplied(String);
 
 /// A launch under way: what to undo when it fails.
 struct Launching {
@@ -480,6 +571,23 @@ impl Launching {
         Ok(())
     }
 
+    /// Makes the VM's cgroup and records its directories for `stop`.
+    fn prepare_cgroup(&mut self) -> Result<(), LimitsNotApplied> {
+        let options = &self.options;
+        let host = cgroup::Host::detect().map_err(|err| LimitsNotApplied(err.to_string()))?;
+        let cgroup = host
+            .create(options.name.as_str(), &options.limits)
+            .map_err(|err| LimitsNotApplied(crate::error::chain(&err)))?;
+        let listing: String = cgroup.dirs().iter().map(|dir| format!("{}\n", dir.display())).collect();
+        let record = options.file_path(CGROUP_FILE);
+        if let Err(err) = fs::write(&record, listing) {
+            cgroup.remove();
+            return Err(LimitsNotApplied(format!("cannot write {}: {err}", record.display())));
+        }
+        self.cgroup = Some(cgroup);
+        Ok(())
+    }
+
     fn command(&self, binary: &str, version: (u32, u32)) -> Command {
         let args = qemu_args(&self.options, version);
         match &self.cgroup {
@@ -497,100 +605,47 @@ impl Launching {
         }
     }
 
-    fn start(&self, binary: &str, version: (u32, u32)) -> Result<LaunchedVm, LaunchError> {
-        let options = &self.options;
-        let run_dir = &options.run_dir;
-        let name = &options.name;
-        let socket = run_dir.socket_path(name);
-        let log_path = run_dir.file_path(name, "log");
-        let log =
-            fs::File::create(&log_path).map_err(io_error(format!("cannot create {}", log_path.display())))?;
-        let started = Instant::now();
-        let mut child = self
-            .command(binary, version)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|err| match err.kind() {
-                io::ErrorKind::NotFound => LaunchError::QemuMissing(binary.to_string()),
-                _ => LaunchError::Io { what: format!("cannot run {binary}"), source: err },
-            })?;
-        // With -daemonize the process we started exits once the VM is initialised.
-        let status = loop {
-            if let Some(status) = child.try_wait().map_err(io_error("waiting for QEMU"))? {
-                break status;
-            }
-            if started.elapsed() > options.timeout {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(LaunchError::Timeout(options.timeout, "QEMU to daemonize"));
-            }
-            sleep(Duration::from_millis(20));
-        };
-        // A QEMU ended by its cgroup's out-of-memory killer is said to be, whatever else failed.
-        let or_out_of_memory = |otherwise: LaunchError| match &self.cgroup {
+    /// A QEMU ended by its cgroup's out-of-memory killer is said to be, whatever else failed.
+    fn or_out_of_memory(&self, otherwise: LaunchError) -> LaunchError {
+        match &self.cgroup {
             Some(cgroup) if cgroup.oom_kills() > 0 => {
                 cgroup.limits.max_memory.map_or(otherwise, |limit| LaunchError::OutOfMemory { limit })
             }
             _ => otherwise,
-        };
-        if !status.success() {
-            let stderr = fs::read_to_string(&log_path).unwrap_or_default().trim().to_string();
-            return Err(or_out_of_memory(LaunchError::QemuFailed { status: status.to_string(), stderr }));
         }
-        let pid = read_pid(&run_dir.file_path(name, "pid")).ok_or_else(|| LaunchError::QemuFailed {
-            status: status.to_string(),
-            stderr: "no pidfile".into(),
-        })?;
-        let gone = |otherwise: LaunchError| {
-            kill_and_wait(pid, Duration::from_millis(100));
-            or_out_of_memory(otherwise)
-        };
-        loop {
-            if answers(&socket) {
-                break;
-            }
-            if started.elapsed() > options.timeout || !process_alive(pid) {
-                return Err(gone(LaunchError::Timeout(options.timeout, "QMP to answer")));
-            }
-            sleep(Duration::from_millis(20));
+    }
+
+    /// Kills the QEMU that came up but is not usable, and says why.
+    fn abandon(&self, pid: u32, why: LaunchError) -> LaunchError {
+        process::end(pid, Duration::from_millis(100));
+        self.or_out_of_memory(why)
+    }
+
+    fn start(&self, binary: &str, version: (u32, u32)) -> Result<LaunchedVm, LaunchError> {
+        let options = &self.options;
+        let started = Instant::now();
+        let pid = self.spawn_daemon(binary, version, started)?;
+        let socket = options.run_dir.socket_path(&options.name);
+        let up = poll::wait_for(options.timeout.saturating_sub(started.elapsed()), || {
+            answers(&socket) || !process::alive(pid)
+        });
+        if !up || !process::alive(pid) {
+            return Err(self.abandon(pid, LaunchError::Timeout(options.timeout, Waited::Qmp)));
         }
         if let Some(cgroup) = &self.cgroup {
             if !cgroup.holds(pid) {
-                return Err(gone(LaunchError::QemuFailed {
-                    status: "started".into(),
-                    stderr: format!("QEMU pid {pid} is not in its cgroup {:?}", cgroup.dirs()),
-                }));
+                return Err(self.abandon(pid, LaunchError::NotInCgroup { pid, dirs: cgroup.dirs() }));
             }
         }
         let startup = started.elapsed();
-        let serial = run_dir.file_path(name, "serial");
-        let mut boot = None;
-        if let Some(text) = &options.wait_for {
-            loop {
-                let output = fs::read(&serial).unwrap_or_default();
-                if output.windows(text.len().max(1)).any(|window| window == text.as_bytes()) {
-                    boot = Some(started.elapsed());
-                    break;
-                }
-                if started.elapsed() > options.timeout || !process_alive(pid) {
-                    let tail = String::from_utf8_lossy(&output[output.len().saturating_sub(300)..])
-                        .trim()
-                        .to_string();
-                    return Err(gone(LaunchError::NoSerialText {
-                        timeout: options.timeout,
-                        text: text.clone(),
-                        tail,
-                    }));
-                }
-                sleep(Duration::from_millis(50));
-            }
-        }
+        let serial = options.file_path("serial");
+        let boot = match &options.wait_for {
+            Some(text) => Some(self.wait_for_serial(pid, &serial, text, started)?),
+            None => None,
+        };
         Ok(LaunchedVm {
-            name: name.clone(),
+            vm: Vm::named(&options.run_dir, options.name.clone()),
             pid,
-            socket,
             ram_path: options.ram_path(),
             serial,
             startup,
@@ -601,15 +656,74 @@ impl Launching {
         })
     }
 
+    /// Runs QEMU with `-daemonize` and waits for the first process to exit, which it does once
+    /// the VM is set up; returns the daemon's pid from the pidfile.
+    fn spawn_daemon(&self, binary: &str, version: (u32, u32), started: Instant) -> Result<u32, LaunchError> {
+        let options = &self.options;
+        let log_path = options.file_path("log");
+        let log =
+            fs::File::create(&log_path).map_err(io_error(format!("cannot create {}", log_path.display())))?;
+        let mut child = self
+            .command(binary, version)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|err| match err.kind() {
+                io::ErrorKind::NotFound => LaunchError::QemuMissing(binary.to_string()),
+                _ => LaunchError::Io { what: format!("cannot run {binary}"), source: err },
+            })?;
+        let exited = poll::until(options.timeout, poll::INTERVAL, || child.try_wait().transpose());
+        let status = match exited {
+            Some(result) => result.map_err(io_error("waiting for QEMU"))?,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LaunchError::Timeout(started.elapsed(), Waited::Daemonize));
+            }
+        };
+        if !status.success() {
+            let stderr = fs::read_to_string(&log_path).unwrap_or_default().trim().to_string();
+            return Err(self.or_out_of_memory(LaunchError::QemuFailed { status, stderr }));
+        }
+        let pidfile = options.file_path("pid");
+        process::read_pid(&pidfile).ok_or(LaunchError::NoPidfile(pidfile))
+    }
+
+    /// Waits for `text` on the serial console; the time since `started` when it appeared.
+    fn wait_for_serial(
+        &self,
+        pid: u32,
+        serial: &Path,
+        text: &str,
+        started: Instant,
+    ) -> Result<Duration, LaunchError> {
+        let timeout = self.options.timeout;
+        let appeared =
+            poll::until(timeout.saturating_sub(started.elapsed()), Duration::from_millis(50), || {
+                let output = fs::read(serial).unwrap_or_default();
+                if output.windows(text.len().max(1)).any(|window| window == text.as_bytes()) {
+                    Some(true)
+                } else {
+                    (!process::alive(pid)).then_some(false)
+                }
+            });
+        if appeared == Some(true) {
+            return Ok(started.elapsed());
+        }
+        let output = fs::read(serial).unwrap_or_default();
+        let tail = String::from_utf8_lossy(&output[output.len().saturating_sub(300)..]).trim().to_string();
+        Err(self.abandon(pid, LaunchError::NoSerialText { timeout, text: text.to_string(), tail }))
+    }
+
     /// Removes what this launch made: socket, pidfile, RAM file, cgroups, and the state disk
     /// if it was created now.
     fn cleanup(&self) {
         let options = &self.options;
-        let run_dir = &options.run_dir;
         let mut files = vec![
-            run_dir.socket_path(&options.name),
-            run_dir.file_path(&options.name, "pid"),
-            run_dir.file_path(&options.name, CGROUP_FILE),
+            options.run_dir.socket_path(&options.name),
+            options.file_path("pid"),
+            options.file_path(CGROUP_FILE),
             options.ram_path(),
         ];
         if self.created_state_disk {
@@ -624,43 +738,11 @@ impl Launching {
     }
 }
 
-/// The pid in a pidfile.
-pub fn read_pid(pidfile: &Path) -> Option<u32> {
-    fs::read_to_string(pidfile).ok()?.trim().parse().ok()
-}
-
-/// Whether process `pid` exists (and is not a zombie of ours).
-pub fn process_alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
 /// Whether `pid` is a QEMU whose command line names `socket` (guards against pid reuse).
 fn is_our_qemu(pid: u32, socket: &Path) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let needle = socket.display().to_string();
     cmdline.split(|&b| b == 0).any(|arg| String::from_utf8_lossy(arg).contains(&needle))
-}
-
-/// Waits up to `grace` for `pid` to exit, then SIGTERM, then SIGKILL.
-fn kill_and_wait(pid: u32, grace: Duration) -> bool {
-    let target = Pid::from_raw(pid as i32);
-    for signal in [None, Some(Signal::SIGTERM), Some(Signal::SIGKILL)] {
-        if let Some(signal) = signal {
-            let _ = kill(target, signal);
-        }
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if !process_alive(pid) {
-                return true;
-            }
-            sleep(Duration::from_millis(20));
-        }
-    }
-    !process_alive(pid)
 }
 
 /// What `stop` did.
@@ -678,37 +760,20 @@ pub struct Stopped {
 ///
 /// # Errors
 ///
-/// [`VmError::NotFound`] when neither socket nor pidfile exist; I/O errors removing files.
+/// [`VmError::NotFound`] when neither socket nor pidfile exist; I/O errors removing files or
+/// reading the cgroup record.
 pub fn stop(run_dir: &RunDir, name: &str, discard_state: bool) -> Result<Stopped, LaunchError> {
     let vm = Vm::new(run_dir, name)?;
-    let pidfile = run_dir.file_path(name, "pid");
-    let socket = run_dir.socket_path(name);
+    let pidfile = vm.file_path("pid");
+    let socket = vm.socket().to_path_buf();
     if !socket.exists() && !pidfile.exists() {
-        return Err(
-            VmError::NotFound { name: name.to_string(), run_dir: run_dir.path().to_path_buf() }.into()
-        );
+        return Err(vm.not_found().into());
     }
-    let pid = read_pid(&pidfile).filter(|&pid| is_our_qemu(pid, &socket));
-    let mut ram_path = None;
-    let graceful = match vm.connect() {
-        Ok(mut qmp) => {
-            ram_path = qmp.get_shared_memory_path().ok();
-            match qmp.quit() {
-                Ok(()) | Err(QmpError::Closed) => true,
-                Err(err) => {
-                    log::warn!("VM {name}: quit failed: {err}");
-                    false
-                }
-            }
-        }
-        Err(err) => {
-            log::warn!("{err}; stopping by pid");
-            false
-        }
-    };
+    let pid = process::read_pid(&pidfile).filter(|&pid| is_our_qemu(pid, &socket));
+    let (graceful, ram_path) = quit(&vm);
     if let Some(pid) = pid {
         let grace = if graceful { Duration::from_secs(10) } else { Duration::from_millis(100) };
-        if !kill_and_wait(pid, grace) {
+        if !process::end(pid, grace) {
             return Err(LaunchError::Io {
                 what: format!("QEMU pid {pid} of VM {name} does not exit"),
                 source: io::Error::from(io::ErrorKind::TimedOut),
@@ -716,14 +781,15 @@ pub fn stop(run_dir: &RunDir, name: &str, discard_state: bool) -> Result<Stopped
         }
     }
     // Launched VMs have their RAM under the standard name; remove that too when QMP was gone.
-    let ram_path = ram_path.unwrap_or_else(|| Path::new(SHM_DIR).join(format!("{RAM_FILE_PREFIX}{name}")));
-    cgroup::remove_dirs(&recorded_cgroups(run_dir, name));
-    let cgroup_file = run_dir.file_path(name, CGROUP_FILE);
-    let mut removed = Vec::new();
-    let mut files = vec![ram_path, socket, pidfile, cgroup_file];
+    let ram_path = ram_path.unwrap_or_else(|| ram_file_path(Path::new(SHM_DIR), vm.name()));
+    let cgroups = recorded_cgroups(run_dir, vm.name())
+        .map_err(io_error(format!("cannot read the cgroup record of VM {name}")))?;
+    cgroup::remove_dirs(&cgroups);
+    let mut files = vec![ram_path, socket, pidfile, vm.file_path(CGROUP_FILE)];
     if discard_state {
-        files.push(state_disk_path(run_dir, name));
+        files.push(state_disk_path(run_dir, vm.name()));
     }
+    let mut removed = Vec::new();
     for path in files {
         match fs::remove_file(&path) {
             Ok(()) => removed.push(path),
@@ -734,4 +800,60 @@ pub fn stop(run_dir: &RunDir, name: &str, discard_state: bool) -> Result<Stopped
         }
     }
     Ok(Stopped { graceful, removed })
+}
+
+/// Sends `quit`: whether QEMU took it, and the RAM file QMP named before.
+fn quit(vm: &Vm) -> (bool, Option<PathBuf>) {
+    let mut qmp = match vm.connect() {
+        Ok(qmp) => qmp,
+        Err(err) => {
+            log::warn!("{}; stopping by pid", crate::error::chain(&err));
+            return (false, None);
+        }
+    };
+    let ram_path = qmp.get_shared_memory_path().ok();
+    match qmp.quit() {
+        Ok(()) | Err(QmpError::Closed) => (true, ram_path),
+        Err(err) => {
+            log::warn!("VM {}: quit failed: {err}", vm.name());
+            (false, ram_path)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(name: &str, run_dir: &str) -> LaunchOptions {
+        LaunchOptions::new(VmName::new(name).unwrap(), RunDir::new(run_dir))
+    }
+
+    #[test]
+    fn commas_in_names_and_paths_are_doubled_for_qemu() {
+        let mut options = options("a,b", "/run/x,y");
+        options.drive = Some(PathBuf::from("/img,1.raw"));
+        let args = qemu_args(&options, (7, 2));
+        assert_eq!(args[0..2], ["-name", "a,,b"]);
+        assert!(args.contains(&"unix:/run/x,,y/a,,b.qmp,server=on,wait=off".to_string()), "{args:?}");
+        assert!(args.iter().any(|arg| arg.starts_with("file=/img,,1.raw,format=")), "{args:?}");
+        assert!(args.iter().any(|arg| arg.contains("mem-path=/dev/shm/qemu_ram_a,,b,")), "{args:?}");
+    }
+
+    #[test]
+    fn socket_paths_too_long_for_a_unix_address_are_refused_before_anything_is_made() {
+        let long_dir = format!("/tmp/{}", "d".repeat(60));
+        let err = options(&"n".repeat(50), &long_dir).validate().unwrap_err();
+        assert!(matches!(err, LaunchError::SocketPathTooLong { .. }), "{err}");
+        assert!(err.to_string().contains("shorter name"), "{err}");
+        assert!(options("ok", &long_dir).validate().is_ok());
+    }
+
+    #[test]
+    fn user_option_follows_the_qemu_version() {
+        let mut options = options("u", "/run/q");
+        options.user = Some("nobody".into());
+        assert!(qemu_args(&options, (7, 2)).windows(2).any(|w| w == ["-runas", "nobody"]));
+        assert!(qemu_args(&options, (9, 1)).windows(2).any(|w| w == ["-run-with", "user=nobody"]));
+    }
 }

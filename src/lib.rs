@@ -3,27 +3,42 @@
 //! QEMU keeps guest RAM in a shared file (`memory-backend-file,share=on` under `/dev/shm`).
 //! This crate maps that file read-only ([`ram`]), asks QEMU over QMP where it is, which state
 //! the VM is in and how guest addresses map onto the file ([`qmp`]), ties both together per VM
-//! ([`vm`], [`discovery`]), starts VMs built for it ([`launch`], with limits from [`cgroup`]),
-//! saves and restores their state ([`state`]) and serves everything as a FUSE file system
-//! ([`fs`]).
+//! ([`vm`], found through the [`run_dir`]), starts VMs built for it ([`launch`], with limits
+//! from [`cgroup`]), saves and restores their whole state with QEMU's own snapshots
+//! ([`saved_state`]) and, with the `mount` feature, serves everything as a FUSE file system
+//! ([`mount`]).
+//!
+//! Two words are kept apart: a *snapshot* is a copy of guest RAM taken by this crate
+//! ([`ram::snapshot`]); a *saved state* is QEMU's snapshot of the whole VM (RAM, devices,
+//! disks), which QEMU writes and loads ([`saved_state`]).
+//!
+//! Features: `cli` (default) builds the `qemu-bridge` command and implies `mount`, the FUSE
+//! file system. With `default-features = false` the library has the RAM, layout, QMP, VM and
+//! launch layers and pulls in neither clap, fuser nor env_logger.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
 pub mod cgroup;
-pub mod cli;
-pub mod discovery;
-pub mod fs;
+pub mod error;
 pub mod launch;
+#[cfg(feature = "mount")]
+pub mod mount;
+pub mod mountinfo;
+pub mod name;
+pub mod poll;
+pub mod process;
 pub mod qmp;
 pub mod ram;
+pub mod run_dir;
+pub mod saved_state;
 pub mod size;
-pub mod state;
 pub mod vm;
 
-pub use discovery::{default_run_dir, RunDir};
+pub use name::{NameError, VmName};
 pub use qmp::{QmpClient, QmpError, RunState};
-pub use ram::{BridgeError, GuestLayout, MachineKind, SharedMemoryBridge, Snapshot, Verdict};
+pub use ram::{BridgeError, GuestLayout, Machine, SharedMemoryBridge, Snapshot, Verdict};
+pub use run_dir::{default_run_dir, RunDir};
 pub use vm::{Vm, VmError, VmInfo};
 
 #[cfg(doctest)]

@@ -1,4 +1,6 @@
-//! The `qemu-bridge` command.
+//! The `qemu-bridge` command: parses the command line, runs the verb, prints the error chain.
+
+mod cli;
 
 use std::process::ExitCode;
 
@@ -7,11 +9,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser::mnt=error"))
         .init();
-    let cli = qemu_bridge::cli::Cli::parse();
-    match qemu_bridge::cli::run(cli) {
+    match cli::run(cli::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("qemu-bridge: error: {}", qemu_bridge::cli::error_chain(err.as_ref()));
+            eprintln!("qemu-bridge: error: {}", qemu_bridge::error::chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }

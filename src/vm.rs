@@ -7,16 +7,17 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::discovery::RunDir;
+use crate::name::{NameError, VmName};
 use crate::qmp::{QmpClient, QmpError, RunState, StatusInfo, DEFAULT_TIMEOUT};
-use crate::ram::{validate_vm_name, BridgeError, GuestLayout, SharedMemoryBridge, Snapshot, Verdict};
+use crate::ram::{BridgeError, GuestLayout, SharedMemoryBridge, Snapshot, Verdict};
+use crate::run_dir::RunDir;
 
 /// Errors about one VM, naming it.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// The name cannot be a VM name.
     #[error(transparent)]
-    InvalidName(BridgeError),
+    InvalidName(#[from] NameError),
     /// No socket for it in the run directory.
     #[error("no VM named {name:?} in {run_dir} (no socket {name}.qmp)")]
     NotFound {
@@ -59,7 +60,7 @@ pub enum VmError {
 #[derive(Debug, Clone, Serialize)]
 pub struct VmInfo {
     /// The VM's name (socket stem).
-    pub name: String,
+    pub name: VmName,
     /// Run state.
     pub status: RunState,
     /// Whether vCPUs run.
@@ -76,10 +77,12 @@ pub struct VmInfo {
     pub layout: GuestLayout,
 }
 
-/// A VM reachable through `<run-dir>/<name>.qmp`.
+/// A VM reachable through `<run-dir>/<name>.qmp`: the handle every verb, the launcher and the
+/// mount use to talk to one VM.
 #[derive(Debug, Clone)]
 pub struct Vm {
-    name: String,
+    name: VmName,
+    run_dir: RunDir,
     socket: PathBuf,
     timeout: Duration,
 }
@@ -89,10 +92,15 @@ impl Vm {
     ///
     /// # Errors
     ///
-    /// [`VmError::InvalidName`] when `name` cannot be a file name.
+    /// [`VmError::InvalidName`] when `name` is not a valid [`VmName`].
     pub fn new(run_dir: &RunDir, name: &str) -> Result<Self, VmError> {
-        validate_vm_name(name).map_err(VmError::InvalidName)?;
-        Ok(Self { name: name.to_string(), socket: run_dir.socket_path(name), timeout: DEFAULT_TIMEOUT })
+        Ok(Self::named(run_dir, VmName::new(name)?))
+    }
+
+    /// The VM `name` of `run_dir`, for a name already checked. Does not connect.
+    pub fn named(run_dir: &RunDir, name: VmName) -> Self {
+        let socket = run_dir.socket_path(&name);
+        Self { name, run_dir: run_dir.clone(), socket, timeout: DEFAULT_TIMEOUT }
     }
 
     /// Like [`new`](Self::new), and fails with [`VmError::NotFound`] when the socket is absent.
@@ -103,7 +111,7 @@ impl Vm {
     pub fn existing(run_dir: &RunDir, name: &str) -> Result<Self, VmError> {
         let vm = Self::new(run_dir, name)?;
         if !vm.socket.exists() {
-            return Err(VmError::NotFound { name: name.to_string(), run_dir: run_dir.path().to_path_buf() });
+            return Err(vm.not_found());
         }
         Ok(vm)
     }
@@ -115,8 +123,18 @@ impl Vm {
     }
 
     /// The VM's name.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &VmName {
         &self.name
+    }
+
+    /// Its run directory.
+    pub fn run_dir(&self) -> &RunDir {
+        &self.run_dir
+    }
+
+    /// Path of its file with `extension` in the run directory (`pid`, `serial`, `log`...).
+    pub fn file_path(&self, extension: &str) -> PathBuf {
+        self.run_dir.file_path(&self.name, extension)
     }
 
     /// Its QMP socket.
@@ -124,12 +142,18 @@ impl Vm {
         &self.socket
     }
 
-    fn qmp_error(&self, source: QmpError) -> VmError {
-        VmError::Qmp { vm: self.name.clone(), source }
+    /// [`VmError::NotFound`] for this VM.
+    pub fn not_found(&self) -> VmError {
+        VmError::NotFound { name: self.name.to_string(), run_dir: self.run_dir.path().to_path_buf() }
+    }
+
+    /// [`VmError::Qmp`] for this VM.
+    pub fn qmp_error(&self, source: QmpError) -> VmError {
+        VmError::Qmp { vm: self.name.to_string(), source }
     }
 
     fn ram_error(&self, source: BridgeError) -> VmError {
-        VmError::Ram { vm: self.name.clone(), source }
+        VmError::Ram { vm: self.name.to_string(), source }
     }
 
     /// Opens a QMP connection. Drop it soon: QEMU 7.2 serves one client at a time.
@@ -205,14 +229,14 @@ impl Vm {
     ) -> Result<(), VmError> {
         use std::os::unix::fs::MetadataExt;
         let untrusted = |reason: String| VmError::Untrusted {
-            vm: self.name.clone(),
+            vm: self.name.to_string(),
             path: ram_path.to_path_buf(),
             reason,
         };
         let credentials =
             nix::sys::socket::getsockopt(qmp.stream(), nix::sys::socket::sockopt::PeerCredentials)
                 .map_err(|err| untrusted(format!("cannot identify the QMP peer: {err}")))?;
-        let me = crate::discovery::effective_uid();
+        let me = crate::process::effective_uid();
         if credentials.uid() != me && credentials.uid() != 0 {
             return Err(untrusted(format!(
                 "the QMP peer runs as uid {}, not {me} or root",
@@ -250,8 +274,8 @@ impl Vm {
     /// [`VmError::Qmp`] and [`VmError::Ram`].
     pub fn open_bridge(&self) -> Result<(SharedMemoryBridge, VmInfo), VmError> {
         let info = self.info()?;
-        let bridge =
-            SharedMemoryBridge::open(&self.name, &info.ram_path).map_err(|err| self.ram_error(err))?;
+        let bridge = SharedMemoryBridge::open(self.name.as_str(), &info.ram_path)
+            .map_err(|err| self.ram_error(err))?;
         let bridge = match bridge.with_layout(info.layout.clone()) {
             Ok(bridge) => bridge,
             Err(err) => return Err(self.ram_error(err)),
@@ -291,10 +315,8 @@ pub fn memdev_with_paths<S: std::io::Read + std::io::Write>(
     let mut backends = qmp.query_memdev()?;
     for backend in &mut backends {
         let Some(id) = backend.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
-        match qmp.qom_get(&format!("/objects/{id}"), "mem-path") {
-            Ok(path @ Value::String(_)) => backend["mem-path"] = path,
-            Ok(_) | Err(QmpError::Command { .. }) => {}
-            Err(err) => return Err(err),
+        if let Some(path) = qmp.mem_path(&format!("/objects/{id}"))? {
+            backend["mem-path"] = Value::String(path.display().to_string());
         }
     }
     Ok(Value::Array(backends))

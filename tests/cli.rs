@@ -50,10 +50,9 @@ fn test_cli_bad_input() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_cli_lifecycle_on_real_vm() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let name = common::unique_name("cli");
     let image = run_dir.path().join("boot.img");
@@ -62,10 +61,9 @@ fn test_cli_lifecycle_on_real_vm() {
         qemu_bridge(&run_dir, &["launch", &name, "--memory", "32M", "--drive", image.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
     let ram_path = format!("/dev/shm/qemu_ram_{name}");
-    let pid: u32 =
-        std::fs::read_to_string(run_dir.path().join(format!("{name}.pid"))).unwrap().trim().parse().unwrap();
     // a kill-on-drop guard in case an assertion below fails
-    let _guard = common::VmGuard { pid, ram_path: ram_path.clone().into() };
+    let guard = common::VmGuard::launched_by_cli(&run_dir, &name).expect("a pidfile");
+    let pid = guard.pid;
     assert!(stdout(&output).contains(&ram_path));
 
     // launching the same name again is refused while it runs
@@ -123,25 +121,21 @@ fn test_cli_lifecycle_on_real_vm() {
     assert!(stdout(&output).contains("quit"));
     assert!(!std::path::Path::new(&ram_path).exists());
     assert!(!run_dir.path().join(format!("{name}.qmp")).exists());
-    assert!(common::wait_until(std::time::Duration::from_secs(10), || !qemu_bridge::launch::process_alive(
-        pid
-    )));
+    assert!(common::wait_until(std::time::Duration::from_secs(10), || !qemu_bridge::process::alive(pid)));
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_cli_runs_qemu_as_unprivileged_user() {
-    if !require_qemu() || qemu_bridge::discovery::effective_uid() != 0 {
-        // only root can switch users; as non-root there is nothing to test
-        assert!(!common::in_ci() || qemu_bridge::discovery::effective_uid() == 0, "CI runs as root");
-        return;
-    }
+    require_qemu();
+    // only root can switch users
+    common::require_root();
     let run_dir = TestRunDir::new();
     let name = common::unique_name("user");
     let output = qemu_bridge(&run_dir, &["launch", &name, "--user", "nobody"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let pid: u32 =
-        std::fs::read_to_string(run_dir.path().join(format!("{name}.pid"))).unwrap().trim().parse().unwrap();
-    let _guard = common::VmGuard { pid, ram_path: format!("/dev/shm/qemu_ram_{name}").into() };
+    let guard = common::VmGuard::launched_by_cli(&run_dir, &name).expect("a pidfile");
+    let pid = guard.pid;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert!(uid_line.split_whitespace().skip(1).all(|uid| uid == "65534"), "{uid_line}");

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{require_qemu, wait_until, TestMount, TestRunDir, VmBuilder, MARKER, MARKER_ADDR};
-use qemu_bridge::launch::process_alive;
+use qemu_bridge::process::alive as process_alive;
 use qemu_bridge::Vm;
 
 const SIZE: u64 = 64 << 20;
@@ -63,10 +63,9 @@ fn hostile_peer(run_dir: &TestRunDir, name: &str, script: fn(std::os::unix::net:
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_hostile_qmp_peers_never_take_the_mount_down() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let _serial = one_at_a_time();
     let run_dir = TestRunDir::new();
     let healthy = VmBuilder::new("healthy", &run_dir).launch();
@@ -115,7 +114,7 @@ fn test_hostile_qmp_peers_never_take_the_mount_down() {
         let _ = stream.read(&mut request);
         let _ = stream.write_all(br#"{"return": {"sta"#);
     });
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     let baseline_rss = anon_rss_kib(mount.pid);
     for round in 0..3 {
         let started = std::time::Instant::now();
@@ -162,15 +161,14 @@ fn test_hostile_qmp_peers_never_take_the_mount_down() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_ram_file_truncated_deleted_or_replaced_under_the_mount() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let _serial = one_at_a_time();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("ramfault", &run_dir).launch();
     vm.wait_for_marker();
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     let ram_path = mount.path(&format!("{}/ram", vm.name()));
     let ram = File::open(&ram_path).unwrap();
     let mut buffer = vec![0u8; 4096];
@@ -235,15 +233,14 @@ fn qmp_stop(run_dir: &TestRunDir, name: &str) {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_vm_killed_during_dd_and_checksum() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let _serial = one_at_a_time();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("dies", &run_dir).launch();
     let other = VmBuilder::new("lives", &run_dir).launch();
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     let ram_path = mount.path(&format!("{}/ram", vm.name()));
     let checksum_path = mount.path(&format!("{}/checksum", vm.name()));
     std::thread::scope(|scope| {
@@ -277,10 +274,9 @@ fn test_vm_killed_during_dd_and_checksum() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_load_16_readers_3_vms_every_byte_checked() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let _serial = one_at_a_time();
     let run_dir = TestRunDir::new();
     let vms: Vec<_> = (0..3).map(|i| VmBuilder::new(&format!("load{i}"), &run_dir).launch()).collect();
@@ -288,7 +284,7 @@ fn test_load_16_readers_3_vms_every_byte_checked() {
         vm.wait_for_marker();
         qmp_stop(&run_dir, vm.name());
     }
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     // paused VMs: the RAM files are the oracle
     let expected: Vec<Vec<u8>> = vms.iter().map(|vm| std::fs::read(&vm.launched.ram_path).unwrap()).collect();
     let seconds: u64 = std::env::var("QB_LOAD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
@@ -344,14 +340,13 @@ fn test_load_16_readers_3_vms_every_byte_checked() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_unmount_under_load() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let _serial = one_at_a_time();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("busy", &run_dir).launch();
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     let path = mount.path(&format!("{}/ram", vm.name()));
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -447,11 +442,12 @@ fn fake_monitor(
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_planted_sockets_cannot_point_the_mount_at_other_files() {
-    if !require_qemu() || !common::require_program("python3") || !common::require_program("setpriv") {
-        return;
-    }
-    if qemu_bridge::discovery::effective_uid() != 0 {
+    require_qemu();
+    common::require_program("python3");
+    common::require_program("setpriv");
+    if qemu_bridge::process::effective_uid() != 0 {
         assert!(!common::in_ci(), "CI runs as root");
         return;
     }
@@ -466,7 +462,7 @@ fn test_planted_sockets_cannot_point_the_mount_at_other_files() {
     let liar = fake_monitor(&run_dir, "liar", &secret.path, false, false);
     // 2: a peer of another user (nobody) names a file it does hold open
     let intruder = fake_monitor(&run_dir, "intruder", &secret.path, true, true);
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     let names = ls_does_not_hang(&mount);
     assert_eq!(names, [healthy.name()], "{}", mount.log_text());
     let log = mount.log_text();

@@ -12,7 +12,7 @@ use common::{
     VmBuilder, COUNTER_ADDR,
 };
 use qemu_bridge::ram::sha256_hex;
-use qemu_bridge::state::{self, StateError};
+use qemu_bridge::saved_state::{self, SavedStateError};
 use qemu_bridge::{SharedMemoryBridge, Vm};
 
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -38,10 +38,10 @@ fn ok(output: std::process::Output) -> String {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_save_and_restore_bring_back_ram_exactly() {
-    if !require_qemu() || !require_program("qemu-img") {
-        return;
-    }
+    require_qemu();
+    require_program("qemu-img");
     let run_dir = TestRunDir::new();
     let name = common::unique_name("save");
     let disk = common::qcow2_boot_disk(&run_dir, &name);
@@ -111,10 +111,10 @@ fn test_save_and_restore_bring_back_ram_exactly() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_qemu_refusals_are_reported_and_change_nothing() {
-    if !require_qemu() || !require_program("qemu-img") {
-        return;
-    }
+    require_qemu();
+    require_program("qemu-img");
     let run_dir = TestRunDir::new();
     // a writable raw disk cannot hold a snapshot: QEMU refuses, as saving RAM without the disk
     // would let the two disagree after a restore
@@ -129,8 +129,8 @@ fn test_qemu_refusals_are_reported_and_change_nothing() {
     let bare = VmBuilder::new("bare", &run_dir).no_state_disk().no_drive().launch();
     assert!(bare.launched.state_disk.is_none());
     let handle = Vm::existing(&run_dir.run_dir, bare.name()).unwrap();
-    let err = state::save(&handle, "t", state::DEFAULT_WAIT).unwrap_err();
-    assert!(matches!(err, StateError::NoStateDisk { .. }), "{err}");
+    let err = saved_state::save(&handle, "t", saved_state::DEFAULT_WAIT).unwrap_err();
+    assert!(matches!(err, SavedStateError::NoStateDisk { .. }), "{err}");
     assert!(err.to_string().contains("has no state disk"), "{err}");
     assert_clean_failure(&qemu_bridge(&run_dir, &["restore", bare.name(), "t"]), "has no state disk");
     assert_eq!(status(&run_dir, bare.name()), "running");
@@ -146,10 +146,9 @@ fn stat_value(text: &str, key: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_limits_are_in_force_on_the_qemu_process() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let name = common::unique_name("limits");
     let image = run_dir.path().join("boot.img");
@@ -169,12 +168,13 @@ fn test_limits_are_in_force_on_the_qemu_process() {
         ],
     );
     // dropped last: the cgroups go once QEMU is gone
-    let dirs = qemu_bridge::launch::recorded_cgroups(&run_dir.run_dir, &name);
+    let dirs =
+        qemu_bridge::launch::recorded_cgroups(&run_dir.run_dir, &qemu_bridge::VmName::new(&name).unwrap())
+            .unwrap();
     let _cleanup = CgroupCleanup(dirs.clone());
-    let pid: u32 = std::fs::read_to_string(run_dir.path().join(format!("{name}.pid")))
-        .map(|text| text.trim().parse().unwrap())
-        .unwrap_or_else(|_| panic!("launch failed: {}", stderr(&output)));
-    let _guard = common::VmGuard { pid, ram_path: format!("/dev/shm/qemu_ram_{name}").into() };
+    let guard = common::VmGuard::launched_by_cli(&run_dir, &name)
+        .unwrap_or_else(|| panic!("launch failed: {}", stderr(&output)));
+    let pid = guard.pid;
     if stderr(&output).contains("resource limits not applied") {
         assert!(!common::in_ci(), "CI runs as root on a host with cgroups: {}", stderr(&output));
         eprintln!("SKIPPED: no usable cgroup here: {}", stderr(&output));
@@ -243,11 +243,10 @@ impl Drop for CgroupCleanup {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_memory_limit_too_small_is_a_clear_error() {
-    if !require_qemu() || qemu_bridge::discovery::effective_uid() != 0 {
-        assert!(!common::in_ci() || qemu_bridge::discovery::effective_uid() == 0, "CI runs as root");
-        return;
-    }
+    require_qemu();
+    common::require_root();
     let run_dir = TestRunDir::new();
     let name = common::unique_name("oom");
     // QEMU needs well over 4 MiB to start: the out-of-memory killer of its cgroup ends it
@@ -264,11 +263,11 @@ fn test_memory_limit_too_small_is_a_clear_error() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_no_usable_cgroup_is_said_and_the_vm_runs() {
-    if !require_qemu() || !require_program("setpriv") || qemu_bridge::discovery::effective_uid() != 0 {
-        assert!(!common::in_ci() || qemu_bridge::discovery::effective_uid() == 0, "CI runs as root");
-        return;
-    }
+    require_qemu();
+    require_program("setpriv");
+    common::require_root();
     // an unprivileged user may not make cgroups here
     let run_dir = TestRunDir::new();
     let binary = run_dir.path().join("qemu-bridge");
@@ -284,10 +283,7 @@ fn test_no_usable_cgroup_is_said_and_the_vm_runs() {
         .env("XDG_RUNTIME_DIR", run_dir.path())
         .output()
         .unwrap();
-    let pid: Option<u32> = std::fs::read_to_string(run_dir.path().join(format!("{name}.pid")))
-        .ok()
-        .and_then(|text| text.trim().parse().ok());
-    let _guard = pid.map(|pid| common::VmGuard { pid, ram_path: format!("/dev/shm/qemu_ram_{name}").into() });
+    let _guard = common::VmGuard::launched_by_cli(&run_dir, &name);
     assert!(output.status.success(), "the VM runs without limits: {}", stderr(&output));
     let warning = stderr(&output);
     assert!(warning.contains("warning: resource limits not applied: cannot create"), "{warning}");

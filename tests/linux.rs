@@ -39,7 +39,10 @@ impl Drop for LinuxVm {
 
 fn boot_linux(run_dir: &TestRunDir) -> LinuxVm {
     let dir = guest_dir();
-    let mut options = LaunchOptions::new(&common::unique_name("linux"), run_dir.run_dir.clone());
+    let mut options = LaunchOptions::new(
+        qemu_bridge::VmName::new(&common::unique_name("linux")).unwrap(),
+        run_dir.run_dir.clone(),
+    );
     options.memory = 128 << 20;
     options.kernel = Some(dir.join("vmlinuz"));
     options.initrd = Some(dir.join("initrd.gz"));
@@ -88,14 +91,13 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_linux_guest_seen_through_mount_and_library() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let linux = boot_linux(&run_dir);
-    let name = linux.launched.name.clone();
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let name = linux.launched.name().to_string();
+    let mount = TestMount::new(&run_dir, &[]);
     let ram = mount.path(&format!("{name}/ram"));
     assert_eq!(std::fs::metadata(&ram).unwrap().len(), 128 << 20);
 
@@ -171,24 +173,23 @@ fn test_linux_guest_seen_through_mount_and_library() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_multi_vm_linux_and_two_small_guests() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let linux = boot_linux(&run_dir);
     let small: Vec<_> = (0..2).map(|i| VmBuilder::new(&format!("small{i}"), &run_dir).launch()).collect();
     for vm in &small {
         vm.wait_for_marker();
     }
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     let mut names: Vec<String> = small.iter().map(|vm| vm.name().to_string()).collect();
-    names.push(linux.launched.name.clone());
+    names.push(linux.launched.name().to_string());
     names.sort();
     assert_eq!(mount.ls(), names);
     // all three read at the same time, each directory serving only its own VM
     std::thread::scope(|scope| {
-        let linux_ram = mount.path(&format!("{}/ram", linux.launched.name));
+        let linux_ram = mount.path(&format!("{}/ram", linux.launched.name()));
         let marker = linux.marker.clone();
         let linux_reader = scope.spawn(move || {
             let output = Command::new("grep").args(["-a", "-c", &marker]).arg(&linux_ram).output().unwrap();

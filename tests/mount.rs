@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{require_qemu, wait_until, TestMount, TestRunDir, VmBuilder, COUNTER_ADDR, MARKER, MARKER_ADDR};
-use qemu_bridge::launch::process_alive;
+use qemu_bridge::process::alive as process_alive;
 use qemu_bridge::Vm;
 
 const SIZE: u64 = 64 << 20;
@@ -25,13 +25,12 @@ fn qmp(run_dir: &TestRunDir, name: &str) -> Vm {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_mount_lists_launched_vms_and_drops_killed_ones() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let first = VmBuilder::new("ls-a", &run_dir).launch();
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     assert_eq!(mount.ls(), [first.name()]);
     // a VM launched after mounting shows up at the next ls
     let second = VmBuilder::new("ls-b", &run_dir).launch();
@@ -55,13 +54,12 @@ fn test_mount_lists_launched_vms_and_drops_killed_ones() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_mount_status_follows_qmp() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("status", &run_dir).launch();
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     let status = mount.path(&format!("{}/status", vm.name()));
     assert_eq!(std::fs::read_to_string(&status).unwrap(), "running\n");
     qmp(&run_dir, vm.name()).with_qmp(|q| q.stop()).unwrap();
@@ -74,14 +72,13 @@ fn test_mount_status_follows_qmp() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_mount_memdev_json_and_checksum() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("memdev", &run_dir).launch();
     vm.wait_for_marker();
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     let text = std::fs::read_to_string(mount.path(&format!("{}/memdev.json", vm.name()))).unwrap();
     assert!(text.ends_with("}\n]\n"), "pretty JSON ending in a newline: {text}");
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -109,14 +106,13 @@ fn test_mount_memdev_json_and_checksum() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_mount_ram_equals_pmemsave_and_is_live() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("ram", &run_dir).launch();
     vm.wait_for_marker();
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     let ram_path = mount.path(&format!("{}/ram", vm.name()));
     assert_eq!(std::fs::metadata(&ram_path).unwrap().len(), SIZE);
 
@@ -186,13 +182,12 @@ fn test_mount_ram_equals_pmemsave_and_is_live() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_mount_is_read_only() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("ro", &run_dir).launch();
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     let dir = mount.path(vm.name());
     let ram = dir.join("ram");
     let read_only = |err: std::io::Error| {
@@ -227,10 +222,9 @@ fn test_mount_is_read_only() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_multi_vm() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let vms: Vec<_> = (0..3).map(|i| VmBuilder::new(&format!("multi{i}"), &run_dir).launch()).collect();
     // Stamp each VM's RAM (the test writes the files; the mount never does) at the same offset.
@@ -239,7 +233,7 @@ fn test_multi_vm() {
         let file = std::fs::OpenOptions::new().write(true).open(&vm.launched.ram_path).unwrap();
         file.write_all_at(format!("stamp-of-vm-{index}-{}", vm.name()).as_bytes(), STAMP_AT).unwrap();
     }
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     let mut names: Vec<String> = vms.iter().map(|vm| vm.name().to_string()).collect();
     names.sort();
     assert_eq!(mount.ls(), names);
@@ -263,10 +257,9 @@ fn test_multi_vm() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_mount_survives_dead_and_hung_sockets() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("healthy", &run_dir).launch();
     // a socket nobody listens on, one that accepts and never speaks, one that speaks garbage
@@ -280,7 +273,7 @@ fn test_mount_survives_dead_and_hung_sockets() {
             let _ = std::io::Write::write_all(&mut stream, b"\xff\xfe not json at all\n{\"QMP\": 5}\n");
         }
     });
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     assert_eq!(mount.ls(), [vm.name()]);
     assert_eq!(std::fs::read_to_string(mount.path(&format!("{}/status", vm.name()))).unwrap(), "running\n");
     assert!(!mount.path("hung").exists());
@@ -298,21 +291,20 @@ fn test_mount_survives_dead_and_hung_sockets() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_audit_log_records_ram_access() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("audit", &run_dir).launch();
     let audit = run_dir.path().join("audit.log");
-    let Some(mount) = TestMount::new(&run_dir, &["--audit-log", audit.to_str().unwrap()]) else { return };
+    let mount = TestMount::new(&run_dir, &["--audit-log", audit.to_str().unwrap()]);
     let ram = File::open(mount.path(&format!("{}/ram", vm.name()))).unwrap();
     let mut buffer = [0u8; 4096];
     ram.read_exact_at(&mut buffer, 0x7000).unwrap();
     drop(ram);
     let log = std::fs::read_to_string(&audit).unwrap();
     let me = std::process::id();
-    let uid = qemu_bridge::discovery::effective_uid();
+    let uid = qemu_bridge::process::effective_uid();
     assert!(log.contains(&format!("uid={uid} pid={me} vm={} file=ram op=open", vm.name())), "{log}");
     assert!(
         log.contains(&format!(
@@ -325,16 +317,15 @@ fn test_audit_log_records_ram_access() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_unmount_paths_leave_nothing_behind() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("umount", &run_dir).launch();
     // qemu-bridge umount, umount(8) and fusermount3 -u all end the daemon and the mount
     let binary = env!("CARGO_BIN_EXE_qemu-bridge");
     for how in ["qemu-bridge", "umount", "fusermount3"] {
-        let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+        let mount = TestMount::new(&run_dir, &[]);
         // a file open while unmounting
         let open = File::open(mount.path(&format!("{}/ram", vm.name()))).unwrap();
         let status = match how {
@@ -358,10 +349,9 @@ fn test_unmount_paths_leave_nothing_behind() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_foreground_mount_ends_on_signals() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("fg", &run_dir).launch();
     for signal in [nix::sys::signal::SIGINT, nix::sys::signal::SIGTERM] {
@@ -376,7 +366,7 @@ fn test_foreground_mount_ends_on_signals() {
             .arg(run_dir.path())
             .spawn()
             .unwrap();
-        assert!(wait_until(Duration::from_secs(20), || qemu_bridge::fs::is_mounted(&mountpoint)));
+        assert!(wait_until(Duration::from_secs(20), || qemu_bridge::mount::is_mounted(&mountpoint)));
         // a reader active while the signal arrives
         let ram = File::open(mountpoint.join(format!("{}/ram", vm.name()))).unwrap();
         let mut buffer = vec![0u8; 1 << 20];
@@ -387,7 +377,7 @@ fn test_foreground_mount_ends_on_signals() {
             "{signal} ignored"
         );
         assert!(child.wait().unwrap().success());
-        assert!(!qemu_bridge::fs::is_mounted(&mountpoint), "{signal}: stale mount");
+        assert!(!qemu_bridge::mount::is_mounted(&mountpoint), "{signal}: stale mount");
         // the open reader now gets an error or EOF, never a hang
         let after = ram.read_at(&mut buffer, 0);
         assert!(
@@ -398,19 +388,15 @@ fn test_foreground_mount_ends_on_signals() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_passthrough_serves_the_same_bytes() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("passthrough", &run_dir).launch();
     vm.wait_for_marker();
     qmp(&run_dir, vm.name()).with_qmp(|q| q.stop()).unwrap();
     let audit = run_dir.path().join("audit.log");
-    let Some(mount) = TestMount::new(&run_dir, &["--passthrough", "--audit-log", audit.to_str().unwrap()])
-    else {
-        return;
-    };
+    let mount = TestMount::new(&run_dir, &["--passthrough", "--audit-log", audit.to_str().unwrap()]);
     let ram_path = mount.path(&format!("{}/ram", vm.name()));
     let mut whole = Vec::new();
     File::open(&ram_path).unwrap().read_to_end(&mut whole).unwrap();
@@ -437,14 +423,13 @@ fn test_passthrough_serves_the_same_bytes() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_unresponsive_qmp_gives_eio_not_a_hang() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let frozen = VmBuilder::new("frozen", &run_dir).launch();
     let healthy = VmBuilder::new("fine", &run_dir).launch();
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     assert_eq!(mount.ls().len(), 2);
     // SIGSTOP: the socket still accepts connections (kernel backlog) but QEMU never answers
     let pid = nix::unistd::Pid::from_raw(frozen.pid() as i32);
@@ -474,14 +459,11 @@ fn test_unresponsive_qmp_gives_eio_not_a_hang() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_other_users_need_allow_other() {
-    if !require_qemu() || !common::require_program("setpriv") {
-        return;
-    }
-    if qemu_bridge::discovery::effective_uid() != 0 {
-        assert!(!common::in_ci(), "CI runs as root");
-        return;
-    }
+    require_qemu();
+    common::require_program("setpriv");
+    common::require_root();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("acl", &run_dir).launch();
     let as_nobody = |path: &std::path::Path| {
@@ -492,7 +474,7 @@ fn test_other_users_need_allow_other() {
             .unwrap()
     };
     for (extra, allowed) in [(&[][..], false), (&["--allow-other"][..], true)] {
-        let Some(mount) = TestMount::new(&run_dir, extra) else { return };
+        let mount = TestMount::new(&run_dir, extra);
         // the temporary directory above the mount point must be traversable by nobody
         std::fs::set_permissions(mount.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
@@ -510,13 +492,12 @@ fn test_other_users_need_allow_other() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_status_readers_never_starve_other_qmp_clients() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("starve", &run_dir).launch();
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     let status = mount.path(&format!("{}/status", vm.name()));
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -541,14 +522,13 @@ fn test_status_readers_never_starve_other_qmp_clients() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_bad_input_at_every_edge() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     use std::os::unix::ffi::OsStrExt;
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("edges", &run_dir).launch();
-    let Some(mount) = TestMount::new(&run_dir, &[]) else { return };
+    let mount = TestMount::new(&run_dir, &[]);
     let dir = mount.path(vm.name());
     // odd names: non-UTF-8, very long, dot names, a file name as a directory
     let not_found = |path: std::path::PathBuf| {

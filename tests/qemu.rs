@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use common::{require_qemu, wait_until, TestRunDir, VmBuilder, COUNTER_ADDR, MARKER, MARKER_ADDR};
-use qemu_bridge::launch::Machine;
+use qemu_bridge::Machine;
 use qemu_bridge::{RunState, SharedMemoryBridge, Verdict, Vm};
 
 const VGA_AND_ROM: std::ops::Range<usize> = 0xA0000..0x100000;
@@ -18,10 +18,9 @@ fn read_counter(bridge: &SharedMemoryBridge) -> u32 {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_qemu_vm_launch() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("launch", &run_dir).launch();
     assert!(vm.launched.ram_path.starts_with("/dev/shm"));
@@ -50,10 +49,9 @@ fn test_qemu_vm_launch() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_bytes_equal_pmemsave_of_stopped_vm() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("pmemsave", &run_dir).launch();
     vm.wait_for_marker();
@@ -102,10 +100,9 @@ fn test_bytes_equal_pmemsave_of_stopped_vm() {
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_qmp_states_and_memdev_on_real_qemu() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     let run_dir = TestRunDir::new();
     // -S: the VM never starts its vCPUs
     let vm = VmBuilder::new("states", &run_dir).extra(&["-S"]).launch();
@@ -143,8 +140,12 @@ fn test_qmp_states_and_memdev_on_real_qemu() {
 /// guest sees at a guest-physical address: the layout must agree with QEMU itself.
 fn check_layout_against_qemu(machine: Machine, memory: u64, gpa: u64, expected_offset: u64) {
     let run_dir = TestRunDir::new();
-    let vm =
-        VmBuilder::new("layout", &run_dir).machine(machine).memory(memory).no_drive().extra(&["-S"]).launch();
+    let vm = VmBuilder::new("layout", &run_dir)
+        .machine(machine.clone())
+        .memory(memory)
+        .no_drive()
+        .extra(&["-S"])
+        .launch();
     let handle = Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
     let (bridge, info) = handle.open_bridge().unwrap();
     assert_eq!(bridge.translate(gpa, 4096).unwrap() as u64, expected_offset, "{machine:?} {memory:#x}");
@@ -163,31 +164,29 @@ fn check_layout_against_qemu(machine: Machine, memory: u64, gpa: u64, expected_o
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_layout_q35_3g_matches_qemu() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     check_layout_against_qemu(Machine::Q35, 3 << 30, 1 << 32, 2 << 30);
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_layout_pc_4g_matches_qemu() {
-    if !require_qemu() {
-        return;
-    }
+    require_qemu();
     check_layout_against_qemu(Machine::Pc, 4 << 30, (1 << 32) + 4096, (3 << 30) + 4096);
 }
 
 #[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_python_qmp_client_against_real_vm() {
-    if !require_qemu() || !common::require_program("python3") {
-        return;
-    }
+    require_qemu();
+    common::require_program("python3");
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("python", &run_dir).launch();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/qmp_client.py");
     let output =
-        std::process::Command::new("python3").arg(&script).arg(&vm.launched.socket).output().unwrap();
+        std::process::Command::new("python3").arg(&script).arg(vm.launched.vm.socket()).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let reply: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(reply["status"]["status"], "running");
@@ -199,7 +198,7 @@ fn test_python_qmp_client_against_real_vm() {
          c = QMPClient({sock:?}); print(c.query_status()['running'], c.get_shared_memory_path()); c.close()\n\
          try:\n    QMPClient('/nonexistent.qmp')\nexcept QMPError as e:\n    print('error', e)\n",
         dir = script.parent().unwrap(),
-        sock = vm.launched.socket,
+        sock = vm.launched.vm.socket().display(),
     );
     let output = std::process::Command::new("python3").arg("-c").arg(&program).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

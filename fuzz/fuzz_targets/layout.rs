@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qemu_bridge::ram::{GuestLayout, MachineKind};
+use qemu_bridge::ram::{GuestLayout, Machine};
 
 fn word(data: &[u8], index: usize) -> u64 {
     let mut bytes = [0u8; 8];
@@ -15,9 +15,9 @@ fn word(data: &[u8], index: usize) -> u64 {
 
 fuzz_target!(|data: &[u8]| {
     let kind = match data.first().copied().unwrap_or(0) % 3 {
-        0 => MachineKind::Q35,
-        1 => MachineKind::Pc,
-        _ => MachineKind::Other("virt".into()),
+        0 => Machine::Q35,
+        1 => Machine::Pc,
+        _ => Machine::Other("virt".into()),
     };
     // RAM up to 16 TiB, as a real machine could have
     let ram = word(data, 1) % (16 << 40);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::ram::{GuestLayout, MachineKind};
+use crate::ram::{GuestLayout, Machine};
 use protocol::{LineReader, Message};
 
 /// Default time allowed for connecting and for each exchange.
@@ -372,6 +372,21 @@ impl<S: Read + Write> QmpClient<S> {
         self.execute("qom-get", Some(json!({ "path": path, "property": property })))
     }
 
+    /// `qom-get` of a property that older machines or versions may lack: `None` when QEMU
+    /// answers with an error (no such object or property), while a timeout or a broken
+    /// connection is still an error.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute), except [`QmpError::Command`].
+    pub fn optional_property(&mut self, path: &str, property: &str) -> Result<Option<Value>, QmpError> {
+        match self.qom_get(path, property) {
+            Ok(value) => Ok(Some(value)),
+            Err(QmpError::Command { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// `query-status`: every run state QEMU reports.
     ///
     /// # Errors
@@ -406,14 +421,12 @@ impl<S: Read + Write> QmpClient<S> {
     ///
     /// As [`execute`](Self::execute).
     pub fn memory_backend(&mut self) -> Result<Option<String>, QmpError> {
-        match self.qom_get("/machine", "memory-backend") {
-            Ok(Value::String(path)) if !path.is_empty() => {
+        // Older machines lack the property.
+        match self.optional_property("/machine", "memory-backend")? {
+            Some(Value::String(path)) if !path.is_empty() => {
                 Ok(Some(if path.starts_with('/') { path } else { format!("/objects/{path}") }))
             }
-            Ok(_) => Ok(None),
-            // Older machines without the property
-            Err(QmpError::Command { .. }) => Ok(None),
-            Err(err) => Err(err),
+            _ => Ok(None),
         }
     }
 
@@ -438,13 +451,24 @@ impl<S: Read + Write> QmpClient<S> {
             }
         }
         for backend in candidates {
-            match self.qom_get(&backend, "mem-path") {
-                Ok(Value::String(path)) if !path.is_empty() => return Ok((backend, PathBuf::from(path))),
-                Ok(_) | Err(QmpError::Command { .. }) => continue,
-                Err(err) => return Err(err),
+            if let Some(path) = self.mem_path(&backend)? {
+                return Ok((backend, path));
             }
         }
         Err(QmpError::NoFileBackend)
+    }
+
+    /// The `mem-path` of the memory backend at QOM path `backend`; `None` for backends without
+    /// one (memfd, anonymous RAM) or with an empty one.
+    ///
+    /// # Errors
+    ///
+    /// As [`optional_property`](Self::optional_property).
+    pub fn mem_path(&mut self, backend: &str) -> Result<Option<PathBuf>, QmpError> {
+        Ok(match self.optional_property(backend, "mem-path")? {
+            Some(Value::String(path)) if !path.is_empty() => Some(PathBuf::from(path)),
+            _ => None,
+        })
     }
 
     /// The file that holds the VM's RAM (`mem-path` of its memory backend). `query-memdev`
@@ -496,10 +520,10 @@ impl<S: Read + Write> QmpClient<S> {
     ///
     /// As [`execute`](Self::execute).
     pub fn layout(&mut self, ram_size: u64) -> Result<GuestLayout, QmpError> {
-        let kind = MachineKind::from_type_name(&self.machine_type()?);
-        if kind == MachineKind::Q35 {
-            let below = self.qom_get("/machine/q35", "below-4g-mem-size").ok().and_then(|v| v.as_u64());
-            let above = self.qom_get("/machine/q35", "above-4g-mem-size").ok().and_then(|v| v.as_u64());
+        let kind = Machine::from_type_name(&self.machine_type()?);
+        if kind == Machine::Q35 {
+            let below = self.optional_property("/machine/q35", "below-4g-mem-size")?.and_then(|v| v.as_u64());
+            let above = self.optional_property("/machine/q35", "above-4g-mem-size")?.and_then(|v| v.as_u64());
             if let (Some(below), Some(above)) = (below, above) {
                 if below + above == ram_size {
                     return Ok(GuestLayout::from_split(below, above));
@@ -509,11 +533,7 @@ impl<S: Read + Write> QmpClient<S> {
                 );
             }
         }
-        let cap = match self.qom_get("/machine", "max-ram-below-4g") {
-            Ok(value) => value.as_u64(),
-            Err(QmpError::Command { .. }) => None,
-            Err(err) => return Err(err),
-        };
+        let cap = self.optional_property("/machine", "max-ram-below-4g")?.and_then(|v| v.as_u64());
         Ok(GuestLayout::x86(&kind, ram_size, cap))
     }
 

@@ -22,18 +22,19 @@ pub struct Region {
     pub len: u64,
 }
 
-/// The x86 machine families whose RAM split is known.
+/// A QEMU machine type: the two x86 families whose RAM split is known, or any other by name.
+/// The launcher starts it (`-machine q35`) and the layout follows from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MachineKind {
-    /// `q35` (ICH9 chipset).
+pub enum Machine {
+    /// `q35` (ICH9 chipset), QEMU's modern x86 machine.
     Q35,
     /// `pc` (i440FX chipset).
     Pc,
-    /// Any other machine type: addresses are taken as file offsets.
+    /// Any other machine type (`microvm`, `virt`...): addresses are taken as file offsets.
     Other(String),
 }
 
-impl MachineKind {
+impl Machine {
     /// Classifies a QEMU machine type name such as `pc-q35-7.2-machine`, `q35` or `pc`.
     pub fn from_type_name(name: &str) -> Self {
         let name = name.strip_suffix("-machine").unwrap_or(name);
@@ -44,6 +45,29 @@ impl MachineKind {
         } else {
             Self::Other(name.to_string())
         }
+    }
+
+    /// The name to give QEMU's `-machine`.
+    pub fn qemu_name(&self) -> &str {
+        match self {
+            Self::Q35 => "q35",
+            Self::Pc => "pc",
+            Self::Other(name) => name,
+        }
+    }
+}
+
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.qemu_name())
+    }
+}
+
+impl std::str::FromStr for Machine {
+    type Err = std::convert::Infallible;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Ok(Self::from_type_name(name))
     }
 }
 
@@ -73,15 +97,15 @@ impl GuestLayout {
 
     /// The split QEMU applies to `ram` bytes on an x86 machine of `kind`, optionally capped by
     /// the machine property `max-ram-below-4g` (QEMU 7.2 `pc_q35.c` / `pc_piix.c`).
-    pub fn x86(kind: &MachineKind, ram: u64, max_ram_below_4g: Option<u64>) -> Self {
+    pub fn x86(kind: &Machine, ram: u64, max_ram_below_4g: Option<u64>) -> Self {
         // QEMU treats a zero property as "not set".
         let cap = max_ram_below_4g.filter(|&cap| cap > 0);
         let lowmem = match kind {
-            MachineKind::Q35 => {
+            Machine::Q35 => {
                 let lowmem = if ram >= 0xB000_0000 { 0x8000_0000 } else { 0xB000_0000 };
                 lowmem.min(cap.unwrap_or(FOUR_GIB))
             }
-            MachineKind::Pc => {
+            Machine::Pc => {
                 let mut lowmem = cap.unwrap_or(0xE000_0000);
                 // gigabyte_align, set for every machine type since 2.0
                 if ram >= lowmem && lowmem > 0xC000_0000 {
@@ -89,7 +113,7 @@ impl GuestLayout {
                 }
                 lowmem
             }
-            MachineKind::Other(_) => return Self::identity(ram),
+            Machine::Other(_) => return Self::identity(ram),
         };
         let below = ram.min(lowmem);
         Self::from_split(below, ram - below)
@@ -133,16 +157,16 @@ mod tests {
 
     #[test]
     fn machine_kind_from_qemu_names() {
-        assert_eq!(MachineKind::from_type_name("pc-q35-7.2-machine"), MachineKind::Q35);
-        assert_eq!(MachineKind::from_type_name("q35"), MachineKind::Q35);
-        assert_eq!(MachineKind::from_type_name("pc-i440fx-10.0-machine"), MachineKind::Pc);
-        assert_eq!(MachineKind::from_type_name("pc"), MachineKind::Pc);
-        assert_eq!(MachineKind::from_type_name("microvm-machine"), MachineKind::Other("microvm".into()));
+        assert_eq!(Machine::from_type_name("pc-q35-7.2-machine"), Machine::Q35);
+        assert_eq!(Machine::from_type_name("q35"), Machine::Q35);
+        assert_eq!(Machine::from_type_name("pc-i440fx-10.0-machine"), Machine::Pc);
+        assert_eq!(Machine::from_type_name("pc"), Machine::Pc);
+        assert_eq!(Machine::from_type_name("microvm-machine"), Machine::Other("microvm".into()));
     }
 
     #[test]
     fn q35_64_mib_is_all_below_4g() {
-        let layout = GuestLayout::x86(&MachineKind::Q35, 64 * MIB, None);
+        let layout = GuestLayout::x86(&Machine::Q35, 64 * MIB, None);
         assert_eq!(layout.regions(), &[Region { gpa: 0, offset: 0, len: 64 * MIB }]);
         assert_eq!(layout.translate(0x7c00, 512), Some(0x7c00));
         assert_eq!(layout.translate(64 * MIB - 1, 1), Some(64 * MIB - 1));
@@ -153,7 +177,7 @@ mod tests {
 
     #[test]
     fn q35_2560_mib_is_all_below_4g() {
-        let layout = GuestLayout::x86(&MachineKind::Q35, 2560 * MIB, None);
+        let layout = GuestLayout::x86(&Machine::Q35, 2560 * MIB, None);
         assert_eq!(layout.regions().len(), 1);
         assert_eq!(layout.translate(2560 * MIB - 4096, 4096), Some(2560 * MIB - 4096));
         assert_eq!(layout.translate(FOUR_GIB, 1), None);
@@ -161,7 +185,7 @@ mod tests {
 
     #[test]
     fn q35_3_gib_splits_2_and_1() {
-        let layout = GuestLayout::x86(&MachineKind::Q35, 3 * GIB, None);
+        let layout = GuestLayout::x86(&Machine::Q35, 3 * GIB, None);
         assert_eq!(
             layout.regions(),
             &[
@@ -182,7 +206,7 @@ mod tests {
 
     #[test]
     fn pc_4_gib_splits_3_and_1() {
-        let layout = GuestLayout::x86(&MachineKind::Pc, 4 * GIB, None);
+        let layout = GuestLayout::x86(&Machine::Pc, 4 * GIB, None);
         assert_eq!(
             layout.regions(),
             &[
@@ -196,15 +220,15 @@ mod tests {
 
     #[test]
     fn pc_below_threshold_is_all_below() {
-        let layout = GuestLayout::x86(&MachineKind::Pc, 3 * GIB, None);
+        let layout = GuestLayout::x86(&Machine::Pc, 3 * GIB, None);
         assert_eq!(layout.regions().len(), 1);
         // QEMU 7.2 reports max-ram-below-4g = 0xE0000000 for pc: same result
-        assert_eq!(layout, GuestLayout::x86(&MachineKind::Pc, 3 * GIB, Some(0xE000_0000)));
+        assert_eq!(layout, GuestLayout::x86(&Machine::Pc, 3 * GIB, Some(0xE000_0000)));
     }
 
     #[test]
     fn max_ram_below_4g_caps_the_low_part() {
-        let layout = GuestLayout::x86(&MachineKind::Q35, GIB, Some(512 * MIB));
+        let layout = GuestLayout::x86(&Machine::Q35, GIB, Some(512 * MIB));
         assert_eq!(
             layout.regions(),
             &[
@@ -216,7 +240,7 @@ mod tests {
 
     #[test]
     fn translate_never_overflows() {
-        let layout = GuestLayout::x86(&MachineKind::Q35, 3 * GIB, None);
+        let layout = GuestLayout::x86(&Machine::Q35, 3 * GIB, None);
         assert_eq!(layout.translate(u64::MAX, 1), None);
         assert_eq!(layout.translate(u64::MAX - 1, u64::MAX), None);
         assert_eq!(layout.translate(FOUR_GIB, u64::MAX), None);
@@ -224,7 +248,7 @@ mod tests {
 
     #[test]
     fn other_machines_are_identity() {
-        let layout = GuestLayout::x86(&MachineKind::Other("virt".into()), 8 * GIB, None);
+        let layout = GuestLayout::x86(&Machine::Other("virt".into()), 8 * GIB, None);
         assert_eq!(layout, GuestLayout::identity(8 * GIB));
     }
 }

@@ -2,9 +2,13 @@
 //!
 //! Guest RAM changes under every reader: QEMU's vCPUs write it while we read it. Rust assumes
 //! the bytes behind a `&[u8]` never change while the reference lives, so the project's own logic
-//! never builds on such views. It copies out through raw pointers instead, and uses volatile
-//! loads where a second look must really look again (the consistency check), as rust-vmm's
-//! `vm-memory` does. The `&[u8]` view exists only for callers who ask for it by name.
+//! never reads through such views. It copies out through raw pointers instead, and uses volatile
+//! loads where a second look must really look again (the consistency check).
+//!
+//! Two callers do hold a `&[u8]` over live memory, and neither lets Rust load from it: the
+//! seed API's [`view`](Mapping::view) (`SharedMemoryBridge::read_physical`), whose callers are
+//! told the bytes change, and the FUSE read path, which passes the slice straight to the
+//! kernel (`writev` on the FUSE device): the kernel copies the bytes, no Rust code reads them.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -37,16 +41,32 @@ impl Drop for Mapping {
 
 impl Mapping {
     /// Opens `path` read-only and maps all of it `PROT_READ`, `MAP_SHARED`.
+    ///
+    /// The first mapping opened in a process installs a process-wide SIGBUS handler (see the
+    /// `sigbus` module below); faults outside this crate's mappings go on to the handler that
+    /// was installed before it, or get the default action.
     pub fn open(path: &Path) -> Result<Self, BridgeError> {
+        // io::Error's message does not say which file; put the path in it.
+        let with_path =
+            |err: std::io::Error| std::io::Error::new(err.kind(), format!("{}: {err}", path.display()));
         let file = File::open(path).map_err(|err| match err.kind() {
             std::io::ErrorKind::NotFound => BridgeError::FileNotFound(path.display().to_string()),
             std::io::ErrorKind::PermissionDenied => BridgeError::PermissionDenied,
-            _ => BridgeError::MmapFailed(err),
+            _ => BridgeError::MmapFailed(with_path(err)),
         })?;
+        Self::from_file(file, path).map_err(|err| match err {
+            BridgeError::MmapFailed(err) => BridgeError::MmapFailed(with_path(err)),
+            other => other,
+        })
+    }
+
+    /// Maps an open file; `path` is what it is called in messages.
+    fn from_file(file: File, path: &Path) -> Result<Self, BridgeError> {
         let metadata = file.metadata().map_err(BridgeError::MmapFailed)?;
         if !metadata.is_file() {
             return Err(BridgeError::NotAFile(path.display().to_string()));
         }
+        let page_size = page_size_of(&file).map_err(BridgeError::MmapFailed)?;
         // SAFETY: the mapping is read-only and shared; memmap2 keeps it alive as long as `Mmap`.
         // The file's contents change under it (that is its purpose), so no code of this crate
         // creates references into it except `view`, whose callers are told the bytes may
@@ -54,7 +74,7 @@ impl Mapping {
         // mapping is caught by `check_file_len` before each copy and by the SIGBUS guard
         // (`sigbus`, below) during one.
         let map = unsafe { MmapOptions::new().map(&file) }.map_err(BridgeError::MmapFailed)?;
-        let guard_slot = sigbus::register(map.as_ptr() as usize, map.len());
+        let guard_slot = sigbus::register(map.as_ptr() as usize, map.len(), page_size);
         if guard_slot.is_none() && !map.is_empty() {
             log::warn!(
                 "{}: no SIGBUS guard slot left; a truncated file could crash this process",
@@ -233,32 +253,35 @@ impl Mapping {
         Ok(changed)
     }
 
-    /// Callers guarantee `offset + expected.len() <= self.map.len()`.
+    /// Whether live memory at `offset` equals `expected` now. Callers guarantee
+    /// `offset + expected.len() <= self.map.len()`. Bytes up to the first 8-byte boundary and
+    /// after the last one are compared one by one, the rest as aligned words.
     fn live_equals_unchecked(&self, offset: usize, expected: &[u8]) -> bool {
         debug_assert!(offset + expected.len() <= self.map.len());
         let base = self.map.as_ptr().wrapping_add(offset);
-        let mut words = expected.chunks_exact(8);
-        if base.align_offset(8) == 0 {
-            for (index, word) in words.by_ref().enumerate() {
-                let expected_word = u64::from_ne_bytes(word.try_into().unwrap_or_default());
-                // SAFETY: `index * 8 + 8 <= expected.len()` and the caller guarantees
-                // `offset + expected.len()` lies inside the mapping, so the load is in bounds;
-                // `base` is 8-byte aligned (checked above), so `base + index * 8` is too.
-                let live = unsafe { std::ptr::read_volatile(base.add(index * 8).cast::<u64>()) };
-                if live != expected_word {
-                    return false;
-                }
-            }
+        let head = base.align_offset(8).min(expected.len());
+        let words = (expected.len() - head) / 8;
+        let tail_start = head + words * 8;
+        let byte_equals = |index: usize| {
+            // SAFETY: `index < expected.len()` (callers below), and the caller guarantees
+            // `offset + expected.len()` lies inside the mapping, so the load is in bounds.
+            let live = unsafe { std::ptr::read_volatile(base.add(index)) };
+            live == expected[index]
+        };
+        if !(0..head).all(byte_equals) {
+            return false;
         }
-        let tail_start = expected.len() - words.remainder().len();
-        for (index, &byte) in expected[tail_start..].iter().enumerate() {
-            // SAFETY: `tail_start + index < expected.len()`, inside the caller's range.
-            let live = unsafe { std::ptr::read_volatile(base.add(tail_start + index)) };
-            if live != byte {
+        for word in 0..words {
+            let start = head + word * 8;
+            let expected_word = u64::from_ne_bytes(expected[start..start + 8].try_into().unwrap_or_default());
+            // SAFETY: `start + 8 <= tail_start <= expected.len()`, inside the caller's range;
+            // `base + head` is 8-byte aligned (`align_offset`), so `base + start` is too.
+            let live = unsafe { std::ptr::read_volatile(base.add(start).cast::<u64>()) };
+            if live != expected_word {
                 return false;
             }
         }
-        true
+        (tail_start..expected.len()).all(byte_equals)
     }
 
     /// Writes `len` bytes of the mapping at `offset` to `file` at its current position, straight
@@ -290,18 +313,35 @@ impl Mapping {
     }
 }
 
+/// The size of the pages the kernel maps `file` with: the huge page size on hugetlbfs (2 MiB or
+/// 1 GiB), the system page size elsewhere.
+fn page_size_of(file: &File) -> std::io::Result<usize> {
+    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    let stats = nix::sys::statfs::fstatfs(file)?;
+    if stats.filesystem_type().0 as i64 == HUGETLBFS_MAGIC {
+        return Ok(stats.block_size() as usize);
+    }
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten();
+    Ok(page.map_or(4096, |size| size as usize))
+}
+
 /// The SIGBUS guard. Touching a page of a shared file mapping past the file's end raises SIGBUS,
 /// which would kill the process: a RAM file can be truncated under us at any time (a new QEMU
 /// reusing the path does it). The size check before each copy leaves a window; this closes it.
 ///
-/// Every mapping registers its address range. The handler, for a fault inside a registered
-/// range, maps a private zero page over the faulting page (so the access completes, reading
-/// zeros), marks that mapping poisoned and returns. Callers re-check after each copy and report
-/// [`BridgeError::FileShrunk`] instead of returning the zeros. A fault outside every registered
-/// range gets the default action (the process dies, as it would have anyway).
+/// Every mapping registers its address range and page size. The handler, for a fault inside a
+/// registered range, maps a private zero page (of the mapping's page size: a 4 KiB page cannot
+/// replace part of a huge page) over the faulting page, so the access completes reading zeros,
+/// marks that mapping poisoned and returns. Callers re-check after each copy and report
+/// [`BridgeError::FileShrunk`] instead of returning the zeros.
+///
+/// The handler is process-wide: the first [`Mapping::open`] installs it, remembering the
+/// handler that was there before (std's stack-overflow reporter, or an application's own). A
+/// fault outside every registered range is passed on to that handler; where there was none, the
+/// default action ends the process, as it would have without us.
 mod sigbus {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Once;
+    use std::sync::{Once, OnceLock};
 
     const SLOTS: usize = 1024;
 
@@ -312,11 +352,24 @@ mod sigbus {
     /// Start and end of each registered range; start 0 = free slot.
     static STARTS: [AtomicUsize; SLOTS] = [EMPTY; SLOTS];
     static ENDS: [AtomicUsize; SLOTS] = [EMPTY; SLOTS];
+    static PAGE_SIZES: [AtomicUsize; SLOTS] = [EMPTY; SLOTS];
     static POISONED: [AtomicBool; SLOTS] = [CLEAN; SLOTS];
     static INSTALL: Once = Once::new();
+    /// The SIGBUS disposition before ours, for faults that are not ours.
+    static PREVIOUS: OnceLock<Previous> = OnceLock::new();
 
-    /// Registers `start..start + len`; `None` when the table is full or the range is empty.
-    pub(super) fn register(start: usize, len: usize) -> Option<usize> {
+    /// A `sigaction` as read back from the kernel: plain data, never changed once stored.
+    struct Previous(libc::sigaction);
+
+    // SAFETY: `Previous` is written once before the handler is installed and only read after;
+    // a `sigaction` is plain data (a handler address, a mask, flags).
+    unsafe impl Sync for Previous {}
+    // SAFETY: as above; nothing in it is tied to a thread.
+    unsafe impl Send for Previous {}
+
+    /// Registers `start..start + len`, mapped in pages of `page_size` bytes; `None` when the
+    /// table is full or the range is empty.
+    pub(super) fn register(start: usize, len: usize, page_size: usize) -> Option<usize> {
         if len == 0 {
             return None;
         }
@@ -326,6 +379,7 @@ mod sigbus {
             // its end
             if ENDS[slot].compare_exchange(0, start + len, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 POISONED[slot].store(false, Ordering::Release);
+                PAGE_SIZES[slot].store(page_size.max(4096), Ordering::Release);
                 STARTS[slot].store(start, Ordering::Release);
                 return Some(slot);
             }
@@ -343,10 +397,17 @@ mod sigbus {
     }
 
     fn install() {
-        // SAFETY: a zeroed `sigaction` is a valid value (empty mask, no flags) that we then fill
-        // in; `handler` has the signature SA_SIGINFO requires and only does async-signal-safe
-        // work (atomics, mmap, sigaction). Installing it replaces std's handler, which only
-        // reports stack overflows for SIGSEGV/SIGBUS; foreign faults still end the process.
+        // SAFETY: a zeroed `sigaction` is a valid value (empty mask, no flags, SIG_DFL) that
+        // the kernel overwrites with the current disposition (a null new action only reads).
+        let previous = unsafe {
+            let mut previous: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut previous);
+            previous
+        };
+        let _ = PREVIOUS.set(Previous(previous));
+        // SAFETY: as above for the zeroed value, which we then fill in; `handler` has the
+        // signature SA_SIGINFO requires and only does async-signal-safe work (atomics, mmap,
+        // sigaction, calling the previous handler).
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = handler as *const () as usize;
@@ -358,7 +419,7 @@ mod sigbus {
         }
     }
 
-    extern "C" fn handler(_signal: libc::c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
+    extern "C" fn handler(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
         // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; for SIGBUS
         // `si_addr` is the faulting address.
         let address = unsafe { (*info).si_addr() } as usize;
@@ -367,15 +428,17 @@ mod sigbus {
             let end = ENDS[slot].load(Ordering::Acquire);
             if start != 0 && address >= start && address < end {
                 POISONED[slot].store(true, Ordering::Release);
-                let page = address & !(4095usize);
+                let page_size = PAGE_SIZES[slot].load(Ordering::Acquire);
+                let page = address & !(page_size - 1);
                 // SAFETY: `page` lies inside a live mapping of ours (registered until the
-                // mapping is dropped); MAP_FIXED replaces just that page with a private
-                // read-only zero page, so the faulting load can complete. No Rust reference
-                // depends on the page's contents.
+                // mapping is dropped), aligned to that mapping's page size (mappings start on
+                // such a boundary), so MAP_FIXED replaces exactly the faulting page with a
+                // private read-only zero page and the faulting load can complete. No Rust
+                // reference depends on the page's contents.
                 let mapped = unsafe {
                     libc::mmap(
                         page as *mut libc::c_void,
-                        4096,
+                        page_size,
                         libc::PROT_READ,
                         libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
                         -1,
@@ -388,11 +451,37 @@ mod sigbus {
                 break;
             }
         }
-        // Not ours (or the page could not be replaced): the default action, as without us.
-        // SAFETY: restoring SIG_DFL is async-signal-safe; returning re-executes the faulting
-        // access, which then ends the process with SIGBUS.
-        unsafe {
-            libc::signal(libc::SIGBUS, libc::SIG_DFL);
+        pass_on(signal, info, context);
+    }
+
+    /// A fault that is not ours (or whose page could not be replaced): what would have happened
+    /// without us.
+    fn pass_on(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+        let previous = PREVIOUS.get().map(|previous| &previous.0);
+        match previous {
+            Some(previous)
+                if previous.sa_sigaction != libc::SIG_DFL && previous.sa_sigaction != libc::SIG_IGN =>
+            {
+                if previous.sa_flags & libc::SA_SIGINFO != 0 {
+                    // SAFETY: with SA_SIGINFO the kernel took `sa_sigaction` as a three-argument
+                    // handler when it was installed; we call it as the kernel would have.
+                    let chained: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                        unsafe { std::mem::transmute(previous.sa_sigaction) };
+                    chained(signal, info, context);
+                } else {
+                    // SAFETY: without SA_SIGINFO `sa_sigaction` is a one-argument handler.
+                    let chained: extern "C" fn(libc::c_int) =
+                        unsafe { std::mem::transmute(previous.sa_sigaction) };
+                    chained(signal);
+                }
+            }
+            _ => {
+                // SAFETY: restoring SIG_DFL is async-signal-safe; returning re-executes the
+                // faulting access, which then ends the process with SIGBUS.
+                unsafe {
+                    libc::signal(libc::SIGBUS, libc::SIG_DFL);
+                }
+            }
         }
     }
 }

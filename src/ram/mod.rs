@@ -6,10 +6,12 @@ pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 
-pub use layout::{GuestLayout, MachineKind, Region};
+use crate::name::{NameError, VmName};
+
+pub use layout::{GuestLayout, Machine, Region};
 pub use mapping::Mapping;
 pub use snapshot::{
-    sha256_hex, CheckReport, Snapshot, Verdict, CHECKSUM_ALGORITHM, DEFAULT_ATTEMPTS, PAGE_SIZE,
+    sha256_hex, CheckReport, Snapshot, Summary, Verdict, CHECKSUM_ALGORITHM, DEFAULT_ATTEMPTS, PAGE_SIZE,
 };
 
 /// Where [`SharedMemoryBridge::new`] looks for a VM's RAM file.
@@ -17,6 +19,12 @@ pub const SHM_DIR: &str = "/dev/shm";
 
 /// Prefix of RAM files created by `qemu-bridge launch`.
 pub const RAM_FILE_PREFIX: &str = "qemu_ram_";
+
+/// `<dir>/qemu_ram_<name>`: where `launch` puts a VM's RAM file and where
+/// [`SharedMemoryBridge::new`] looks for it (with `dir` = [`SHM_DIR`]).
+pub fn ram_file_path(dir: &Path, name: &VmName) -> PathBuf {
+    dir.join(format!("{RAM_FILE_PREFIX}{name}"))
+}
 
 /// Errors of the RAM layer.
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +48,17 @@ pub enum BridgeError {
         /// Size of guest RAM in bytes.
         max: usize,
     },
-    /// The VM id cannot name a file (empty, `/`, NUL, `.` or `..`).
-    #[error("invalid VM name {0:?}: must be a non-empty file name without '/' or NUL")]
-    InvalidName(String),
+    /// The VM id is not a valid VM name (see [`VmName`]).
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// A caller's buffer does not have the length the operation needs.
+    #[error("buffer of {actual} bytes given where {expected} bytes are needed")]
+    BufferLength {
+        /// Bytes needed.
+        expected: usize,
+        /// Bytes given.
+        actual: usize,
+    },
     /// The path is not a regular file.
     #[error("{0} is not a regular file")]
     NotAFile(String),
@@ -66,14 +82,6 @@ pub enum BridgeError {
         /// Bytes in the file.
         file: usize,
     },
-}
-
-/// Checks that `name` can be used as a single file-name component.
-pub fn validate_vm_name(name: &str) -> Result<(), BridgeError> {
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-        return Err(BridgeError::InvalidName(name.to_string()));
-    }
-    Ok(())
 }
 
 /// Read-only, zero-copy access to one VM's RAM file.
@@ -102,13 +110,12 @@ impl SharedMemoryBridge {
     ///
     /// # Errors
     ///
-    /// [`BridgeError::InvalidName`] for an id that is not a file name,
-    /// [`BridgeError::FileNotFound`], [`BridgeError::PermissionDenied`] and
-    /// [`BridgeError::MmapFailed`] as the open and map go.
+    /// [`BridgeError::InvalidName`] for an id that is not a [`VmName`],
+    /// [`BridgeError::FileNotFound`] (with the path), [`BridgeError::PermissionDenied`] and
+    /// [`BridgeError::MmapFailed`] (whose message names the path) as the open and map go.
     pub fn new(vm_id: &str) -> Result<Self, BridgeError> {
-        validate_vm_name(vm_id)?;
-        let path = Path::new(SHM_DIR).join(format!("{RAM_FILE_PREFIX}{vm_id}"));
-        Self::open(vm_id, &path)
+        let name = VmName::new(vm_id)?;
+        Self::open(vm_id, &ram_file_path(Path::new(SHM_DIR), &name))
     }
 
     /// Opens any RAM file read-only, with guest addresses equal to file offsets.
@@ -193,8 +200,13 @@ impl SharedMemoryBridge {
         self.mapping.view(offset, len)
     }
 
-    /// Copies `buf.len()` bytes at guest-physical `addr` into `buf`. Sound under concurrent
-    /// guest writes (a raw-pointer copy); a range written during the copy may be torn.
+    /// Copies `buf.len()` bytes at guest-physical `addr` into `buf`.
+    ///
+    /// The copy goes through raw pointers and forms no reference to guest memory, so Rust never
+    /// assumes the bytes are stable. It is still a plain copy racing the guest's vCPUs: bytes
+    /// the guest writes meanwhile may be torn (some old, some new), and neither Rust's memory
+    /// model nor this function makes that race well-defined. The consistency check
+    /// ([`consistent_snapshot`](Self::consistent_snapshot)) detects such pages afterwards.
     ///
     /// # Errors
     ///
@@ -205,13 +217,18 @@ impl SharedMemoryBridge {
         self.mapping.copy_to(offset, buf)
     }
 
-    /// A copy of all guest RAM in file order, unchecked. Returns an empty vector if the file
-    /// shrank under the mapping (use [`try_snapshot`](Self::try_snapshot) to see the error).
+    /// A copy of all guest RAM in file order, unchecked (the seed's signature).
+    ///
+    /// # Panics
+    ///
+    /// When the copy fails, which only happens when the RAM file was truncated under the
+    /// mapping: an empty or partial vector would pass for guest RAM. Use
+    /// [`try_snapshot`](Self::try_snapshot) to get the error instead.
     pub fn snapshot(&self) -> Vec<u8> {
-        self.try_snapshot().unwrap_or_else(|err| {
-            log::error!("snapshot of {} failed: {err}", self.vm_id);
-            Vec::new()
-        })
+        match self.try_snapshot() {
+            Ok(data) => data,
+            Err(err) => panic!("snapshot of VM {} failed: {}", self.vm_id, crate::error::chain(&err)),
+        }
     }
 
     /// A copy of all guest RAM in file order, unchecked.
@@ -228,11 +245,11 @@ impl SharedMemoryBridge {
     ///
     /// # Errors
     ///
-    /// [`BridgeError::InvalidAddress`] for a buffer of the wrong length,
+    /// [`BridgeError::BufferLength`] for a buffer of the wrong length,
     /// [`BridgeError::FileShrunk`] when the file was truncated under the mapping.
     pub fn snapshot_into(&self, buffer: &mut [u8]) -> Result<(), BridgeError> {
         if buffer.len() != self.size() {
-            return Err(BridgeError::InvalidAddress { addr: 0, len: buffer.len(), max: self.size() });
+            return Err(BridgeError::BufferLength { expected: self.size(), actual: buffer.len() });
         }
         self.mapping.copy_to(0, buffer)
     }

@@ -89,13 +89,40 @@ impl Snapshot {
 
     /// One line: `sha256 <hex> <verdict> attempts=<n> torn_pages=<n> size=<bytes>`.
     pub fn summary_line(&self) -> String {
-        format!(
+        Summary {
+            digest: self.checksum(),
+            verdict: self.verdict,
+            attempts: self.attempts,
+            torn_pages: self.torn_pages,
+            size: self.data.len() as u64,
+        }
+        .to_string()
+    }
+}
+
+/// What a snapshot's one-line summary says, wherever its bytes went (memory or a file); its
+/// `Display` is the line `checksum` files and `qemu-bridge snapshot` print:
+/// `sha256 <hex> <verdict> attempts=<n> torn_pages=<n> size=<bytes>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Lower-case hex SHA-256 of the bytes.
+    pub digest: String,
+    /// Consistency verdict.
+    pub verdict: Verdict,
+    /// Copy attempts made.
+    pub attempts: u32,
+    /// Pages that differed in the last verification pass.
+    pub torn_pages: u64,
+    /// Bytes.
+    pub size: u64,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
             "{CHECKSUM_ALGORITHM} {} {} attempts={} torn_pages={} size={}",
-            self.checksum(),
-            self.verdict,
-            self.attempts,
-            self.torn_pages,
-            self.data.len()
+            self.digest, self.verdict, self.attempts, self.torn_pages, self.size
         )
     }
 }
@@ -159,11 +186,11 @@ pub struct CheckReport {
 ///
 /// # Errors
 ///
-/// [`BridgeError::InvalidAddress`] when `data` is not the mapping's length,
+/// [`BridgeError::BufferLength`] when `data` is not the mapping's length,
 /// [`BridgeError::FileShrunk`] when the file was truncated under the mapping.
 pub fn check_into(mapping: &Mapping, data: &mut [u8], max_attempts: u32) -> Result<CheckReport, BridgeError> {
     if data.len() != mapping.len() {
-        return Err(BridgeError::InvalidAddress { addr: 0, len: data.len(), max: mapping.len() });
+        return Err(BridgeError::BufferLength { expected: mapping.len(), actual: data.len() });
     }
     let max_attempts = max_attempts.max(1);
     mapping.copy_to(0, data)?;

@@ -1,15 +1,21 @@
 //! Shared test infrastructure: real QEMU VMs with kill-on-drop, the boot-sector guest, RAM files
 //! in /dev/shm that clean themselves up, and polling instead of sleeps.
+//!
+//! Tests that need QEMU, /dev/fuse or root are `#[ignore = "needs ..."]`, so a plain `cargo
+//! test` lists them as ignored instead of passing them silently; `scripts/test.sh` installs what
+//! they need and runs them with `--include-ignored`. Once included, a test whose tool is
+//! missing fails (the `require_*` helpers panic): it never passes without doing its work.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use qemu_bridge::discovery::RunDir;
 use qemu_bridge::launch::{self, LaunchOptions, LaunchedVm};
+use qemu_bridge::process;
+use qemu_bridge::{Machine, RunDir, SharedMemoryBridge, VmName};
 
 /// Guest-physical address where the boot-sector guest copies its marker.
 pub const MARKER_ADDR: u64 = 0x10000;
@@ -18,29 +24,36 @@ pub const MARKER: &[u8] = b"QEMU-BRIDGE-TEST-MARKER:7c1e5a";
 /// Guest-physical address of the guest's 32-bit counter.
 pub const COUNTER_ADDR: u64 = 0x10040;
 
-/// Whether we run under CI, where a missing tool or device fails the run.
+/// Whether we run under CI.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// Checks that a program is on PATH. Under CI a missing one fails the test; elsewhere the test
-/// is skipped with a loud message. Returns whether to go on.
-pub fn require_program(program: &str) -> bool {
+/// Fails the test unless `program` is on PATH.
+pub fn require_program(program: &str) {
     let found = Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {program}"))
         .output()
         .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(!in_ci(), "{program} is required under CI=true but is not installed");
-        eprintln!("SKIPPED: {program} not installed (CI=true makes this a failure)");
-    }
-    found
+    assert!(found, "this test needs {program}, which is not installed (scripts/install-deps.sh installs it)");
 }
 
 /// QEMU and binutils, needed for every VM test.
-pub fn require_qemu() -> bool {
-    require_program(&launch::qemu_binary()) && require_program("as") && require_program("ld")
+pub fn require_qemu() {
+    require_program(&launch::qemu_binary());
+    require_program("as");
+    require_program("ld");
+}
+
+/// Fails the test unless /dev/fuse exists.
+pub fn require_fuse() {
+    assert!(Path::new("/dev/fuse").exists(), "this test needs /dev/fuse");
+}
+
+/// Fails the test unless it runs as root.
+pub fn require_root() {
+    assert_eq!(process::effective_uid(), 0, "this test needs root");
 }
 
 /// A name no other test (or concurrent test run) uses.
@@ -50,37 +63,20 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+pub fn wait_until(timeout: Duration, condition: impl FnMut() -> bool) -> bool {
+    qemu_bridge::poll::wait_for(timeout, condition)
 }
 
-/// The boot-sector guest, assembled once per test binary from `tests/guest/boot.S`.
+/// The boot-sector guest, built once per test binary by `scripts/build-boot-guest.sh` (the one
+/// builder the demo, the benchmarks and the tests share).
 pub fn boot_image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("guest-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/boot.S");
-        let object = dir.join("boot.o");
-        let image = dir.join("boot.img");
-        run(Command::new("as").arg("--32").arg(&source).arg("-o").arg(&object));
-        run(Command::new("ld")
-            .args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary"])
-            .arg(&object)
-            .arg("-o")
+        let image =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("guest-{}/boot.img", std::process::id()));
+        run(Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-boot-guest.sh"))
             .arg(&image));
-        assert_eq!(std::fs::metadata(&image).unwrap().len(), 512, "boot sector must be 512 bytes");
-        // SeaBIOS refuses a 512-byte disk.
-        std::fs::OpenOptions::new().write(true).open(&image).unwrap().set_len(1 << 20).unwrap();
+        assert_eq!(std::fs::metadata(&image).unwrap().len(), 1 << 20, "the boot disk is padded to 1 MiB");
         image
     })
 }
@@ -88,6 +84,20 @@ pub fn boot_image() -> &'static Path {
 fn run(command: &mut Command) {
     let output = command.output().unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
     assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// The guest's 32-bit counter, read through the library.
+pub fn counter(bridge: &SharedMemoryBridge) -> u32 {
+    let mut bytes = [0u8; 4];
+    bridge.read_into(COUNTER_ADDR, &mut bytes).unwrap();
+    u32::from_le_bytes(bytes)
+}
+
+/// The guest's 32-bit counter, read from a `ram` file of the mount.
+pub fn counter_in(ram: &std::fs::File) -> u32 {
+    let mut bytes = [0u8; 4];
+    std::os::unix::fs::FileExt::read_exact_at(ram, &mut bytes, COUNTER_ADDR).unwrap();
+    u32::from_le_bytes(bytes)
 }
 
 /// A temporary run directory.
@@ -116,7 +126,8 @@ pub struct VmBuilder {
 impl VmBuilder {
     /// A boot-sector guest VM named `<prefix>-<pid>-<n>` in `run_dir`.
     pub fn new(prefix: &str, run_dir: &TestRunDir) -> Self {
-        let mut options = LaunchOptions::new(&unique_name(prefix), run_dir.run_dir.clone());
+        let name = VmName::new(&unique_name(prefix)).unwrap();
+        let mut options = LaunchOptions::new(name, run_dir.run_dir.clone());
         // QEMU locks a disk image for writing: each VM gets its own copy.
         let image = run_dir.path().join(format!("{}.img", options.name));
         std::fs::copy(boot_image(), &image).unwrap();
@@ -128,7 +139,7 @@ impl VmBuilder {
     /// Uses exactly `name` (e.g. to restart a VM under the same name).
     pub fn named(mut self, name: &str) -> Self {
         let old_image = self.options.drive.clone();
-        self.options.name = name.to_string();
+        self.options.name = VmName::new(name).unwrap();
         if let Some(old) = old_image {
             let image = old.with_file_name(format!("{name}.img"));
             if image != old {
@@ -144,7 +155,7 @@ impl VmBuilder {
         self
     }
 
-    pub fn machine(mut self, machine: launch::Machine) -> Self {
+    pub fn machine(mut self, machine: Machine) -> Self {
         self.options.machine = machine;
         self
     }
@@ -175,20 +186,18 @@ impl VmBuilder {
     }
 
     pub fn launch(self) -> TestVm {
-        let launched = launch::launch(&self.options).expect("launch VM");
-        TestVm { launched, options: self.options }
+        TestVm { launched: launch::launch(&self.options).expect("launch VM") }
     }
 }
 
 /// A launched VM, killed by pid and cleaned up when dropped.
 pub struct TestVm {
     pub launched: LaunchedVm,
-    pub options: LaunchOptions,
 }
 
 impl TestVm {
     pub fn name(&self) -> &str {
-        &self.launched.name
+        self.launched.name().as_str()
     }
 
     pub fn pid(&self) -> u32 {
@@ -197,7 +206,7 @@ impl TestVm {
 
     /// Waits until the guest has written its marker (it ran) — TCG can be slow on a busy machine.
     pub fn wait_for_marker(&self) {
-        let bridge = qemu_bridge::SharedMemoryBridge::open(self.name(), &self.launched.ram_path).unwrap();
+        let bridge = SharedMemoryBridge::open(self.name(), &self.launched.ram_path).unwrap();
         let mut buffer = vec![0u8; MARKER.len()];
         let seen = wait_until(Duration::from_secs(120), || {
             bridge.read_into(MARKER_ADDR, &mut buffer).unwrap();
@@ -210,15 +219,15 @@ impl TestVm {
     pub fn kill(&self) {
         let _ =
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::SIGKILL);
-        assert!(wait_until(Duration::from_secs(20), || !launch::process_alive(self.pid())));
+        assert!(wait_until(Duration::from_secs(20), || !process::alive(self.pid())));
     }
 }
 
 /// Kills QEMU `pid` (SIGKILL, if still alive), waits for it, and removes its RAM file.
 pub fn kill_vm(pid: u32, ram_path: &Path) {
-    if launch::process_alive(pid) {
+    if process::alive(pid) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
-        wait_until(Duration::from_secs(10), || !launch::process_alive(pid));
+        wait_until(Duration::from_secs(10), || !process::alive(pid));
     }
     let _ = std::fs::remove_file(ram_path);
 }
@@ -227,6 +236,15 @@ pub fn kill_vm(pid: u32, ram_path: &Path) {
 pub struct VmGuard {
     pub pid: u32,
     pub ram_path: PathBuf,
+}
+
+impl VmGuard {
+    /// For the VM `name` the CLI launched into `run_dir` (its pidfile, its standard RAM file).
+    pub fn launched_by_cli(run_dir: &TestRunDir, name: &str) -> Option<Self> {
+        let name = VmName::new(name).unwrap();
+        let pid = process::read_pid(&run_dir.run_dir.file_path(&name, "pid"))?;
+        Some(Self { pid, ram_path: qemu_bridge::ram::ram_file_path(Path::new("/dev/shm"), &name) })
+    }
 }
 
 impl Drop for VmGuard {
@@ -249,12 +267,12 @@ pub fn qcow2_boot_disk(run_dir: &TestRunDir, name: &str) -> PathBuf {
 impl Drop for TestVm {
     fn drop(&mut self) {
         kill_vm(self.launched.pid, &self.launched.ram_path);
-        qemu_bridge::cgroup::remove_dirs(&launch::recorded_cgroups(
-            &self.options.run_dir,
-            &self.launched.name,
-        ));
-        let _ = std::fs::remove_file(&self.launched.socket);
-        let _ = std::fs::remove_file(self.options.run_dir.file_path(&self.launched.name, "pid"));
+        let vm = &self.launched.vm;
+        qemu_bridge::cgroup::remove_dirs(
+            &launch::recorded_cgroups(vm.run_dir(), vm.name()).unwrap_or_default(),
+        );
+        let _ = std::fs::remove_file(vm.socket());
+        let _ = std::fs::remove_file(vm.file_path("pid"));
     }
 }
 
@@ -314,6 +332,16 @@ pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8).collect()
 }
 
+/// The daemon's pid from what `qemu-bridge mount` prints: `mounted DIR (pid N, log FILE)`.
+pub fn daemon_pid(stdout: &str) -> u32 {
+    stdout
+        .split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no daemon pid in {stdout:?}"))
+}
+
 /// A qemu-bridge mount in a temporary directory, unmounted (and its daemon killed by pid if it
 /// lingers) on drop.
 pub struct TestMount {
@@ -324,14 +352,9 @@ pub struct TestMount {
 }
 
 impl TestMount {
-    /// Mounts the run directory with extra `mount` arguments; None (after a loud message) when
-    /// /dev/fuse is missing outside CI.
-    pub fn new(run_dir: &TestRunDir, extra: &[&str]) -> Option<Self> {
-        if !Path::new("/dev/fuse").exists() {
-            assert!(!in_ci(), "/dev/fuse is required under CI=true");
-            eprintln!("SKIPPED: /dev/fuse missing");
-            return None;
-        }
+    /// Mounts the run directory with extra `mount` arguments.
+    pub fn new(run_dir: &TestRunDir, extra: &[&str]) -> Self {
+        require_fuse();
         let dir = tempfile::Builder::new().prefix("qbt-mnt").tempdir().unwrap();
         let mountpoint = dir.path().join("mnt");
         std::fs::create_dir(&mountpoint).unwrap();
@@ -352,10 +375,8 @@ impl TestMount {
             String::from_utf8_lossy(&output.stderr),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let pid =
-            stdout.split("(pid ").nth(1).and_then(|rest| rest.split(',').next()).unwrap().parse().unwrap();
-        Some(Self { dir, mountpoint, pid, log })
+        let pid = daemon_pid(&String::from_utf8_lossy(&output.stdout));
+        Self { dir, mountpoint, pid, log }
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
@@ -363,7 +384,7 @@ impl TestMount {
     }
 
     pub fn is_mounted(&self) -> bool {
-        qemu_bridge::fs::is_mounted(&self.mountpoint)
+        qemu_bridge::mount::is_mounted(&self.mountpoint)
     }
 
     /// Names listed at the mount's root.
@@ -386,8 +407,8 @@ impl Drop for TestMount {
         if self.is_mounted() {
             let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
         }
-        if launch::process_alive(self.pid) {
-            wait_until(Duration::from_secs(5), || !launch::process_alive(self.pid));
+        if process::alive(self.pid) {
+            wait_until(Duration::from_secs(5), || !process::alive(self.pid));
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(self.pid as i32),
                 nix::sys::signal::SIGKILL,

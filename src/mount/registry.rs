@@ -1,6 +1,6 @@
 //! The mount's view of the run directory: which VMs are alive, each with its RAM mapped once.
 //!
-//! Every VM found alive becomes an [`Instance`] with inode numbers of its own. A VM restarted
+//! Every VM found alive becomes a [`MountedVm`] with inode numbers of its own. A VM restarted
 //! under the same name (a new socket file) is a new instance: handles opened on the old one keep
 //! the old mapping, new opens see the new RAM. A VM that dies is dropped, which unmaps its RAM
 //! (so tmpfs can free a deleted RAM file) once no open handle holds it.
@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use std::os::unix::net::UnixStream;
 
-use crate::discovery::RunDir;
+use crate::name::VmName;
 use crate::qmp::{QmpClient, QmpError};
 use crate::ram::SharedMemoryBridge;
+use crate::run_dir::RunDir;
 use crate::vm::{Vm, VmError, VmInfo};
 
 /// Time allowed for the QMP exchanges that admit a new VM.
@@ -34,10 +35,11 @@ const QMP_MAX_HOLD: Duration = Duration::from_millis(500);
 /// Inodes per instance: directory + files.
 pub const INODES_PER_INSTANCE: u64 = 16;
 
-/// One discovered, running VM.
+/// One discovered, running VM as the mount serves it: the [`Vm`] handle, what QMP said when it
+/// was admitted, its RAM mapped once, its inode numbers and a short-lived QMP connection.
 #[derive(Debug)]
-pub struct Instance {
-    /// Instance number; its inodes are `number * 16 ..`.
+pub struct MountedVm {
+    /// MountedVm number; its inodes are `number * 16 ..`.
     pub number: u64,
     /// The VM handle (QMP endpoint).
     pub vm: Vm,
@@ -67,7 +69,7 @@ impl CachedQmp {
     }
 }
 
-impl Instance {
+impl MountedVm {
     /// Runs `ask` over a QMP connection kept for a short while, so that a burst of reads
     /// (`watch cat status`) costs one round trip each rather than a connection each. A stale
     /// cached connection is replaced once; a timeout is not retried.
@@ -90,22 +92,16 @@ impl Instance {
                 Err(QmpError::Command { command, class, desc }) => {
                     entry.used = Instant::now();
                     *cached = Some(entry);
-                    return Err(VmError::Qmp {
-                        vm: self.vm.name().to_string(),
-                        source: QmpError::Command { command, class, desc },
-                    });
+                    return Err(self.vm.qmp_error(QmpError::Command { command, class, desc }));
                 }
-                Err(QmpError::Timeout) => {
-                    return Err(VmError::Qmp { vm: self.vm.name().to_string(), source: QmpError::Timeout })
-                }
+                Err(QmpError::Timeout) => return Err(self.vm.qmp_error(QmpError::Timeout)),
                 Err(err) => {
                     log::debug!("cached QMP connection to {} failed ({err}); reconnecting", self.vm.name())
                 }
             }
         }
         let mut client = self.vm.connect()?;
-        let value =
-            ask(&mut client).map_err(|source| VmError::Qmp { vm: self.vm.name().to_string(), source })?;
+        let value = ask(&mut client).map_err(|source| self.vm.qmp_error(source))?;
         let now = Instant::now();
         *cached = Some(CachedQmp { client, connected: now, used: now });
         Ok(value)
@@ -133,8 +129,8 @@ impl Instance {
 
 #[derive(Debug, Default)]
 struct State {
-    by_name: HashMap<String, Arc<Instance>>,
-    by_number: HashMap<u64, Arc<Instance>>,
+    by_name: HashMap<VmName, Arc<MountedVm>>,
+    by_number: HashMap<u64, Arc<MountedVm>>,
     failed: HashMap<SocketId, Instant>,
     next_number: u64,
 }
@@ -152,7 +148,7 @@ pub struct Registry {
 /// new QEMU's socket can get the old one's number; the change time tells them apart.
 type SocketId = (u64, u64, i64, i64);
 
-fn socket_id(run_dir: &RunDir, name: &str) -> Option<SocketId> {
+fn socket_id(run_dir: &RunDir, name: &VmName) -> Option<SocketId> {
     let metadata = std::fs::symlink_metadata(run_dir.socket_path(name)).ok()?;
     Some((metadata.dev(), metadata.ino(), metadata.ctime(), metadata.ctime_nsec()))
 }
@@ -214,12 +210,12 @@ impl Registry {
     }
 
     /// The instance with inode-range number `number`, if still live.
-    pub fn by_number(&self, number: u64) -> Option<Arc<Instance>> {
+    pub fn by_number(&self, number: u64) -> Option<Arc<MountedVm>> {
         self.state.read().unwrap_or_else(|e| e.into_inner()).by_number.get(&number).cloned()
     }
 
     /// Live instances, sorted by name, after a refresh of the whole run directory.
-    pub fn list(&self) -> Vec<Arc<Instance>> {
+    pub fn list(&self) -> Vec<Arc<MountedVm>> {
         self.refresh_all();
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         let mut instances: Vec<_> = state.by_name.values().cloned().collect();
@@ -229,12 +225,10 @@ impl Registry {
 
     /// The live instance called `name`, checking that it is still alive. Does not wait for a
     /// refresh of the whole directory in progress.
-    pub fn lookup(&self, name: &str) -> Option<Arc<Instance>> {
-        if !crate::discovery::is_safe_name(name) {
-            return None;
-        }
-        self.refresh_one(name);
-        self.state.read().unwrap_or_else(|e| e.into_inner()).by_name.get(name).cloned()
+    pub fn lookup(&self, name: &str) -> Option<Arc<MountedVm>> {
+        let name = VmName::new(name).ok()?;
+        self.refresh_one(&name);
+        self.state.read().unwrap_or_else(|e| e.into_inner()).by_name.get(&name).cloned()
     }
 
     fn refresh_all(&self) {
@@ -253,13 +247,13 @@ impl Registry {
             }
         });
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let gone: Vec<String> = state.by_name.keys().filter(|name| !names.contains(name)).cloned().collect();
+        let gone: Vec<VmName> = state.by_name.keys().filter(|name| !names.contains(name)).cloned().collect();
         for name in gone {
             Self::remove(&mut state, &name);
         }
     }
 
-    fn remove(state: &mut State, name: &str) {
+    fn remove(state: &mut State, name: &VmName) {
         if let Some(instance) = state.by_name.remove(name) {
             log::info!("VM {name} is gone");
             state.by_number.remove(&instance.number);
@@ -267,7 +261,7 @@ impl Registry {
     }
 
     /// Re-checks one VM: keeps, admits, replaces or drops it.
-    fn refresh_one(&self, name: &str) {
+    fn refresh_one(&self, name: &VmName) {
         let Some(id) = socket_id(&self.run_dir, name) else {
             Self::remove(&mut self.state.write().unwrap_or_else(|e| e.into_inner()), name);
             return;
@@ -302,10 +296,10 @@ impl Registry {
                 }
                 Self::remove(&mut state, name);
                 state.by_number.insert(instance.number, Arc::clone(&instance));
-                state.by_name.insert(name.to_string(), instance);
+                state.by_name.insert(name.clone(), instance);
             }
             Err(err) => {
-                log::warn!("skipping VM {name}: {}", crate::cli::error_chain(err.as_ref()));
+                log::warn!("skipping VM {name}: {}", crate::error::chain(&err));
                 let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
                 state.failed.retain(|_, at| at.elapsed() < RETRY_FAILED_AFTER);
                 state.failed.insert(id, Instant::now());
@@ -313,12 +307,8 @@ impl Registry {
         }
     }
 
-    fn admit(
-        &self,
-        name: &str,
-        id: SocketId,
-    ) -> Result<Arc<Instance>, Box<dyn std::error::Error + Send + Sync>> {
-        let vm = Vm::new(&self.run_dir, name)?.with_timeout(PROBE_TIMEOUT);
+    fn admit(&self, name: &VmName, id: SocketId) -> Result<Arc<MountedVm>, VmError> {
+        let vm = Vm::named(&self.run_dir, name.clone()).with_timeout(PROBE_TIMEOUT);
         let (bridge, info) = vm.open_bridge()?;
         let number = {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
@@ -327,7 +317,7 @@ impl Registry {
             number
         };
         log::info!("VM {name}: RAM {} ({} bytes), {}", info.ram_path.display(), info.ram_size, info.status);
-        Ok(Arc::new(Instance {
+        Ok(Arc::new(MountedVm {
             number,
             vm,
             info,

@@ -6,6 +6,25 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// What was done to a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditOp {
+    /// The file was opened.
+    Open,
+    /// Bytes were read.
+    Read,
+}
+
+impl AuditOp {
+    /// The word in the log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditOp::Open => "open",
+            AuditOp::Read => "read",
+        }
+    }
+}
+
 /// One operation on guest RAM.
 #[derive(Debug, Clone, Copy)]
 pub struct AuditEvent<'a> {
@@ -17,8 +36,8 @@ pub struct AuditEvent<'a> {
     pub vm: &'a str,
     /// File name within the VM directory.
     pub file: &'a str,
-    /// `open` or `read`.
-    pub op: &'a str,
+    /// What was done.
+    pub op: AuditOp,
     /// Offset read.
     pub offset: u64,
     /// Length read.
@@ -48,9 +67,10 @@ impl AuditLog {
         let AuditEvent { uid, pid, vm, file, op, offset, len } = *event;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let line = format!(
-            "time={}.{:06} uid={uid} pid={pid} vm={vm} file={file} op={op} offset={offset} len={len}\n",
+            "time={}.{:06} uid={uid} pid={pid} vm={vm} file={file} op={} offset={offset} len={len}\n",
             now.as_secs(),
-            now.subsec_micros()
+            now.subsec_micros(),
+            op.as_str()
         );
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(err) = file.write_all(line.as_bytes()) {

@@ -5,18 +5,14 @@ use std::fs;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use crate::ram::validate_vm_name;
+use crate::name::VmName;
+use crate::process::effective_uid;
 
 /// Extension of QMP sockets in the run directory.
 pub const SOCKET_EXTENSION: &str = "qmp";
 
 /// Environment variable that overrides the default run directory.
 pub const RUN_DIR_ENV: &str = "QEMU_BRIDGE_RUN_DIR";
-
-/// The effective user id.
-pub fn effective_uid() -> u32 {
-    nix::unistd::geteuid().as_raw()
-}
 
 /// `$QEMU_BRIDGE_RUN_DIR`, else `/run/qemu-bridge` for root, else
 /// `$XDG_RUNTIME_DIR/qemu-bridge` (falling back to `/tmp/qemu-bridge-<uid>`).
@@ -72,12 +68,12 @@ impl RunDir {
     }
 
     /// The socket path for VM `name`.
-    pub fn socket_path(&self, name: &str) -> PathBuf {
-        self.path.join(format!("{name}.{SOCKET_EXTENSION}"))
+    pub fn socket_path(&self, name: &VmName) -> PathBuf {
+        self.file_path(name, SOCKET_EXTENSION)
     }
 
     /// Path of a per-VM file with `extension` (`pid`, `serial`, `log`).
-    pub fn file_path(&self, name: &str, extension: &str) -> PathBuf {
+    pub fn file_path(&self, name: &VmName, extension: &str) -> PathBuf {
         self.path.join(format!("{name}.{extension}"))
     }
 
@@ -111,14 +107,14 @@ impl RunDir {
         }
     }
 
-    /// Names of the VMs whose sockets are in the directory, sorted. Entries whose names cannot
-    /// serve as a file name (not UTF-8, control characters) are skipped with a log line; nothing
-    /// is connected to here.
+    /// Names of the VMs whose sockets are in the directory, sorted. Sockets whose stems are not
+    /// valid [`VmName`]s (not UTF-8, control characters, too long) are skipped with a log line;
+    /// nothing is connected to here.
     ///
     /// # Errors
     ///
     /// As [`check`](Self::check), or when the directory cannot be listed.
-    pub fn vm_names(&self) -> Result<Vec<String>, RunDirError> {
+    pub fn vm_names(&self) -> Result<Vec<VmName>, RunDirError> {
         self.check()?;
         let entries =
             fs::read_dir(&self.path).map_err(|source| RunDirError::Io { path: self.path.clone(), source })?;
@@ -133,9 +129,10 @@ impl RunDir {
                 continue;
             }
             let Some(stem) = path.file_stem() else { continue };
-            match stem.to_str() {
-                Some(name) if is_safe_name(name) => names.push(name.to_string()),
-                _ => log::warn!("skipping QMP socket with an unusable name: {}", path.display()),
+            match stem.to_str().map(VmName::new) {
+                Some(Ok(name)) => names.push(name),
+                Some(Err(err)) => log::warn!("skipping QMP socket {}: {err}", path.display()),
+                None => log::warn!("skipping QMP socket {}: its name is not UTF-8", path.display()),
             }
         }
         names.sort();
@@ -143,35 +140,22 @@ impl RunDir {
     }
 }
 
-/// Whether `name` is usable as a VM name and a directory name in the mount: a valid file name,
-/// no control characters, at most 200 bytes.
-pub fn is_safe_name(name: &str) -> bool {
-    validate_vm_name(name).is_ok() && name.len() <= 200 && !name.chars().any(char::is_control)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn safe_names() {
-        assert!(is_safe_name("demo"));
-        assert!(is_safe_name("vm-1.test_a"));
-        for bad in ["", ".", "..", "a/b", "a\nb", "tab\there", &"x".repeat(201)] {
-            assert!(!is_safe_name(bad), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn lists_only_sockets_with_safe_names() {
         let dir = tempfile::tempdir().unwrap();
         let run_dir = RunDir::new(dir.path());
-        let _a = std::os::unix::net::UnixListener::bind(run_dir.socket_path("alpha")).unwrap();
-        let _b = std::os::unix::net::UnixListener::bind(run_dir.socket_path("beta")).unwrap();
+        let name = |text: &str| VmName::new(text).unwrap();
+        let _a = std::os::unix::net::UnixListener::bind(run_dir.socket_path(&name("alpha"))).unwrap();
+        let _b = std::os::unix::net::UnixListener::bind(run_dir.socket_path(&name("beta"))).unwrap();
         let _c = std::os::unix::net::UnixListener::bind(dir.path().join("bad\u{1}.qmp")).unwrap();
-        std::fs::write(run_dir.socket_path("not-a-socket"), b"").unwrap();
-        std::fs::write(run_dir.file_path("alpha", "pid"), b"1").unwrap();
-        assert_eq!(run_dir.vm_names().unwrap(), ["alpha", "beta"]);
+        let _d = std::os::unix::net::UnixListener::bind(dir.path().join(".hidden.qmp")).unwrap();
+        std::fs::write(run_dir.socket_path(&name("not-a-socket")), b"").unwrap();
+        std::fs::write(run_dir.file_path(&name("alpha"), "pid"), b"1").unwrap();
+        assert_eq!(run_dir.vm_names().unwrap(), [name("alpha"), name("beta")]);
     }
 
     #[test]

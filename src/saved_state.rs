@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::qmp::{QmpClient, QmpError};
+use crate::qmp::{QmpClient, QmpError, RunState};
 use crate::vm::{Vm, VmError};
 
 /// Node name of the qcow2 image that holds saved states of launched VMs.
@@ -29,7 +29,7 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(120);
 
 /// Errors of saving and restoring.
 #[derive(Debug, thiserror::Error)]
-pub enum StateError {
+pub enum SavedStateError {
     /// The tag cannot name a saved state.
     #[error("invalid state name {tag:?}: {reason}")]
     InvalidTag {
@@ -87,14 +87,14 @@ pub enum StateError {
         /// QEMU's message.
         desc: String,
         /// The VM's run state afterwards, when it is no longer running although it was.
-        state_after: Option<String>,
+        state_after: Option<RunState>,
     },
     /// Talking to the VM failed.
     #[error(transparent)]
     Vm(#[from] VmError),
 }
 
-fn after_failure(state_after: &Option<String>) -> String {
+fn after_failure(state_after: &Option<RunState>) -> String {
     match state_after {
         Some(state) => format!(
             "; the VM is left {state}: QEMU may have restored part of it \
@@ -121,10 +121,10 @@ pub struct SavedState {
 ///
 /// # Errors
 ///
-/// [`StateError::InvalidTag`]: empty, longer than 127 bytes, control characters, or all
+/// [`SavedStateError::InvalidTag`]: empty, longer than 127 bytes, control characters, or all
 /// digits (QEMU looks snapshots up by id as well as by name, so `2` could find another one).
-pub fn validate_tag(tag: &str) -> Result<(), StateError> {
-    let invalid = |reason| Err(StateError::InvalidTag { tag: tag.to_string(), reason });
+pub fn validate_tag(tag: &str) -> Result<(), SavedStateError> {
+    let invalid = |reason| Err(SavedStateError::InvalidTag { tag: tag.to_string(), reason });
     if tag.is_empty() {
         return invalid("it is empty");
     }
@@ -155,8 +155,17 @@ impl BlockNode {
 
 /// Every named block node.
 fn block_nodes(qmp: &mut QmpClient<UnixStream>) -> Result<Vec<BlockNode>, QmpError> {
-    let nodes = qmp.execute("query-named-block-nodes", Some(json!({ "flat": true })))?;
-    let nodes = nodes.as_array().cloned().unwrap_or_default();
+    let reply = qmp.execute("query-named-block-nodes", Some(json!({ "flat": true })))?;
+    parse_block_nodes(&reply)
+}
+
+/// The nodes of a `query-named-block-nodes` reply. A reply that is not a list is an error, not
+/// "no nodes" (which would read as "no state disk").
+fn parse_block_nodes(reply: &Value) -> Result<Vec<BlockNode>, QmpError> {
+    let nodes = reply.as_array().ok_or_else(|| QmpError::UnexpectedReply {
+        command: "query-named-block-nodes".into(),
+        detail: format!("expected a list, got {reply}"),
+    })?;
     Ok(nodes
         .iter()
         .filter_map(|node| {
@@ -208,29 +217,29 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn open(vm: &'a Vm, wait: Duration) -> Result<Self, StateError> {
+    fn open(vm: &'a Vm, wait: Duration) -> Result<Self, SavedStateError> {
         let mut qmp = vm.connect()?;
         // The monitor does not answer while QEMU writes or reads the state.
-        qmp.set_timeout(wait).map_err(|source| VmError::Qmp { vm: vm.name().to_string(), source })?;
+        qmp.set_timeout(wait).map_err(|source| vm.qmp_error(source))?;
         Ok(Self { vm, qmp, wait })
     }
 
-    fn qmp_error(&self, source: QmpError) -> StateError {
-        StateError::Vm(VmError::Qmp { vm: self.vm.name().to_string(), source })
+    fn qmp_error(&self, source: QmpError) -> SavedStateError {
+        SavedStateError::Vm(self.vm.qmp_error(source))
     }
 
     /// The states on the state disk, and every block node.
-    fn states(&mut self) -> Result<(Vec<SavedState>, Vec<BlockNode>), StateError> {
+    fn states(&mut self) -> Result<(Vec<SavedState>, Vec<BlockNode>), SavedStateError> {
         let nodes = block_nodes(&mut self.qmp).map_err(|err| self.qmp_error(err))?;
         let states = nodes
             .iter()
             .find(|node| node.name == STATE_NODE)
             .map(|node| node.states.clone())
-            .ok_or_else(|| StateError::NoStateDisk { vm: self.vm.name().to_string() })?;
+            .ok_or_else(|| SavedStateError::NoStateDisk { vm: self.vm.name().to_string() })?;
         Ok((states, nodes))
     }
 
-    fn devices(&mut self) -> Result<Vec<String>, StateError> {
+    fn devices(&mut self) -> Result<Vec<String>, SavedStateError> {
         state_devices(&mut self.qmp).map_err(|err| self.qmp_error(err))
     }
 
@@ -241,16 +250,16 @@ impl<'a> Session<'a> {
         command: &str,
         tag: &str,
         arguments: Value,
-    ) -> Result<(), StateError> {
+    ) -> Result<(), SavedStateError> {
         let was_running = self.qmp.query_status().map_err(|err| self.qmp_error(err))?.running;
         match self.qmp.run_job(command, &job_id(action), arguments, self.wait) {
             Ok(()) => Ok(()),
             Err(QmpError::Job { desc, .. } | QmpError::Command { desc, .. }) => {
                 let state_after = match self.qmp.query_status() {
-                    Ok(status) if was_running && !status.running => Some(status.status.as_str().to_string()),
+                    Ok(status) if was_running && !status.running => Some(status.status),
                     _ => None,
                 };
-                Err(StateError::Refused {
+                Err(SavedStateError::Refused {
                     vm: self.vm.name().to_string(),
                     action,
                     tag: tag.to_string(),
@@ -263,21 +272,21 @@ impl<'a> Session<'a> {
     }
 }
 
-fn require_state(vm: &Vm, states: &[SavedState], tag: &str) -> Result<(), StateError> {
+fn require_state(vm: &Vm, states: &[SavedState], tag: &str) -> Result<(), SavedStateError> {
     if states.iter().any(|state| state.tag == tag) {
         return Ok(());
     }
     let known: Vec<&str> = states.iter().map(|state| state.tag.as_str()).collect();
     let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
-    Err(StateError::UnknownTag { vm: vm.name().to_string(), tag: tag.to_string(), known })
+    Err(SavedStateError::UnknownTag { vm: vm.name().to_string(), tag: tag.to_string(), known })
 }
 
 /// The states saved for `vm`, oldest first.
 ///
 /// # Errors
 ///
-/// [`StateError::NoStateDisk`]; QMP errors.
-pub fn list(vm: &Vm) -> Result<Vec<SavedState>, StateError> {
+/// [`SavedStateError::NoStateDisk`]; QMP errors.
+pub fn list(vm: &Vm) -> Result<Vec<SavedState>, SavedStateError> {
     let mut session = Session::open(vm, crate::qmp::DEFAULT_TIMEOUT)?;
     Ok(session.states()?.0)
 }
@@ -287,21 +296,21 @@ pub fn list(vm: &Vm) -> Result<Vec<SavedState>, StateError> {
 ///
 /// # Errors
 ///
-/// [`StateError::InvalidTag`], [`StateError::NoStateDisk`], [`StateError::Exists`],
-/// [`StateError::Refused`] with QEMU's reason (for instance a writable raw disk, which cannot
+/// [`SavedStateError::InvalidTag`], [`SavedStateError::NoStateDisk`], [`SavedStateError::Exists`],
+/// [`SavedStateError::Refused`] with QEMU's reason (for instance a writable raw disk, which cannot
 /// hold snapshots); QMP errors.
-pub fn save(vm: &Vm, tag: &str, wait: Duration) -> Result<SavedState, StateError> {
+pub fn save(vm: &Vm, tag: &str, wait: Duration) -> Result<SavedState, SavedStateError> {
     validate_tag(tag)?;
     let mut session = Session::open(vm, wait)?;
     let (states, _) = session.states()?;
     if states.iter().any(|state| state.tag == tag) {
-        return Err(StateError::Exists { vm: vm.name().to_string(), tag: tag.to_string() });
+        return Err(SavedStateError::Exists { vm: vm.name().to_string(), tag: tag.to_string() });
     }
     let devices = session.devices()?;
     let arguments = json!({ "tag": tag, "vmstate": STATE_NODE, "devices": devices });
     session.run("save", "snapshot-save", tag, arguments)?;
     let (states, _) = session.states()?;
-    states.into_iter().find(|state| state.tag == tag).ok_or_else(|| StateError::Refused {
+    states.into_iter().find(|state| state.tag == tag).ok_or_else(|| SavedStateError::Refused {
         vm: vm.name().to_string(),
         action: "save",
         tag: tag.to_string(),
@@ -316,10 +325,10 @@ pub fn save(vm: &Vm, tag: &str, wait: Duration) -> Result<SavedState, StateError
 ///
 /// # Errors
 ///
-/// [`StateError::UnknownTag`] and [`StateError::DiskLacksState`] before anything is touched;
-/// [`StateError::Refused`] when QEMU fails (the message says whether the VM was left paused);
-/// [`StateError::NoStateDisk`]; QMP errors.
-pub fn restore(vm: &Vm, tag: &str, wait: Duration) -> Result<(), StateError> {
+/// [`SavedStateError::UnknownTag`] and [`SavedStateError::DiskLacksState`] before anything is touched;
+/// [`SavedStateError::Refused`] when QEMU fails (the message says whether the VM was left paused);
+/// [`SavedStateError::NoStateDisk`]; QMP errors.
+pub fn restore(vm: &Vm, tag: &str, wait: Duration) -> Result<(), SavedStateError> {
     validate_tag(tag)?;
     let mut session = Session::open(vm, wait)?;
     let (states, nodes) = session.states()?;
@@ -327,7 +336,7 @@ pub fn restore(vm: &Vm, tag: &str, wait: Duration) -> Result<(), StateError> {
     let devices = session.devices()?;
     for device in &devices {
         if !nodes.iter().any(|node| &node.name == device && node.holds(tag)) {
-            return Err(StateError::DiskLacksState {
+            return Err(SavedStateError::DiskLacksState {
                 vm: vm.name().to_string(),
                 node: device.clone(),
                 tag: tag.to_string(),
@@ -342,8 +351,8 @@ pub fn restore(vm: &Vm, tag: &str, wait: Duration) -> Result<(), StateError> {
 ///
 /// # Errors
 ///
-/// [`StateError::UnknownTag`], [`StateError::NoStateDisk`], [`StateError::Refused`]; QMP errors.
-pub fn delete(vm: &Vm, tag: &str, wait: Duration) -> Result<(), StateError> {
+/// [`SavedStateError::UnknownTag`], [`SavedStateError::NoStateDisk`], [`SavedStateError::Refused`]; QMP errors.
+pub fn delete(vm: &Vm, tag: &str, wait: Duration) -> Result<(), SavedStateError> {
     validate_tag(tag)?;
     let mut session = Session::open(vm, wait)?;
     let (states, nodes) = session.states()?;
@@ -366,7 +375,7 @@ mod tests {
             assert!(validate_tag(good).is_ok(), "{good}");
         }
         for bad in ["", "12", "a\nb", &"x".repeat(128)] {
-            assert!(matches!(validate_tag(bad), Err(StateError::InvalidTag { .. })), "{bad:?}");
+            assert!(matches!(validate_tag(bad), Err(SavedStateError::InvalidTag { .. })), "{bad:?}");
         }
     }
 
@@ -390,14 +399,23 @@ mod tests {
 
     #[test]
     fn refusal_says_when_the_vm_was_left_paused() {
-        let refused = |state_after: Option<&str>| StateError::Refused {
+        let refused = |state_after: Option<RunState>| SavedStateError::Refused {
             vm: "v".into(),
             action: "restore",
             tag: "t".into(),
             desc: "boom".into(),
-            state_after: state_after.map(str::to_string),
+            state_after,
         };
         assert_eq!(refused(None).to_string(), "VM v: QEMU could not restore state \"t\": boom");
-        assert!(refused(Some("restore-vm")).to_string().contains("the VM is left restore-vm"));
+        assert!(refused(Some(RunState::RestoreVm)).to_string().contains("the VM is left restore-vm"));
+    }
+
+    #[test]
+    fn a_malformed_block_node_list_is_an_error_not_a_missing_state_disk() {
+        assert!(matches!(parse_block_nodes(&json!({"oops": 1})), Err(QmpError::UnexpectedReply { .. })));
+        let nodes =
+            parse_block_nodes(&json!([{"node-name": STATE_NODE, "ro": false}, {"ro": true}])).unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert!(!nodes[0].read_only);
     }
 }

@@ -20,8 +20,8 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::audit::{AuditEvent, AuditLog};
-use super::registry::{Instance, Registry, INODES_PER_INSTANCE};
+use super::audit::{AuditEvent, AuditLog, AuditOp};
+use super::registry::{MountedVm, Registry, INODES_PER_INSTANCE};
 use crate::ram::DEFAULT_ATTEMPTS;
 
 /// Attributes of files whose content is fixed for an instance's life.
@@ -92,23 +92,13 @@ impl Node {
     }
 }
 
-fn file_inode(instance: &Instance, file: VmFile) -> INodeNo {
+fn file_inode(instance: &MountedVm, file: VmFile) -> INodeNo {
     INodeNo(instance.dir_inode() + file as u64)
 }
 
 enum Handle {
-    Ram(Arc<Instance>),
+    Ram(Arc<MountedVm>),
     Text(Vec<u8>),
-}
-
-/// FUSE reports the calling thread; the audit log wants its process (thread group).
-fn process_of_thread(tid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{tid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|line| line.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok()))
-        })
-        .unwrap_or(tid)
 }
 
 /// Options of the file system.
@@ -137,8 +127,8 @@ impl Tree {
         Self {
             registry,
             audit,
-            uid: crate::discovery::effective_uid(),
-            gid: nix::unistd::getegid().as_raw(),
+            uid: crate::process::effective_uid(),
+            gid: crate::process::effective_gid(),
             mounted_at: SystemTime::now(),
             handles: RwLock::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -167,22 +157,22 @@ impl Tree {
         }
     }
 
-    fn dir_attr(&self, instance: &Instance) -> FileAttr {
+    fn dir_attr(&self, instance: &MountedVm) -> FileAttr {
         self.attr(INodeNo(instance.dir_inode()), FileType::Directory, 0o555, 0, instance.since)
     }
 
-    fn file_attr(&self, instance: &Instance, file: VmFile) -> FileAttr {
+    fn file_attr(&self, instance: &MountedVm, file: VmFile) -> FileAttr {
         // Generated files report size 0: with direct I/O, readers read until EOF.
         let size = if file == VmFile::Ram { instance.bridge.size() as u64 } else { 0 };
         self.attr(file_inode(instance, file), FileType::RegularFile, 0o444, size, instance.since)
     }
 
-    fn audit(&self, req: &Request, instance: &Instance, file: VmFile, op: &str, offset: u64, len: u64) {
+    fn audit(&self, req: &Request, instance: &MountedVm, file: VmFile, op: AuditOp, offset: u64, len: u64) {
         if let Some(audit) = &self.audit {
             audit.record(&AuditEvent {
                 uid: req.uid(),
-                pid: process_of_thread(req.pid()),
-                vm: instance.vm.name(),
+                pid: crate::process::thread_group(req.pid()),
+                vm: instance.vm.name().as_str(),
                 file: file.name(),
                 op,
                 offset,
@@ -192,8 +182,8 @@ impl Tree {
     }
 
     /// Text of a generated file, asked of QMP or computed now.
-    fn generate(instance: &Instance, file: VmFile) -> Result<Vec<u8>, String> {
-        let error = |err: &dyn std::error::Error| crate::cli::error_chain(err);
+    fn generate(instance: &MountedVm, file: VmFile) -> Result<Vec<u8>, String> {
+        let error = |err: &dyn std::error::Error| crate::error::chain(err);
         let mut text = match file {
             VmFile::Ram => return Err("ram is not generated".into()),
             VmFile::Status => {
@@ -226,7 +216,7 @@ impl Tree {
         fh
     }
 
-    fn open_ram(&self, instance: Arc<Instance>, ino: INodeNo, reply: ReplyOpen) {
+    fn open_ram(&self, instance: Arc<MountedVm>, ino: INodeNo, reply: ReplyOpen) {
         if self.passthrough.load(Ordering::Relaxed) {
             let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
             let id = match backing.get_mut(&ino.0) {
@@ -320,7 +310,7 @@ impl Filesystem for Tree {
                     entries.push((
                         INodeNo(instance.dir_inode()),
                         FileType::Directory,
-                        instance.vm.name().into(),
+                        instance.vm.name().as_str().into(),
                     ));
                 }
             }
@@ -352,7 +342,7 @@ impl Filesystem for Tree {
             return reply.error(Errno::EISDIR);
         };
         let Some(instance) = self.registry.by_number(number) else { return reply.error(Errno::ENOENT) };
-        self.audit(req, &instance, file, "open", 0, 0);
+        self.audit(req, &instance, file, AuditOp::Open, 0, 0);
         if file == VmFile::Ram {
             return self.open_ram(instance, ino, reply);
         }
@@ -392,7 +382,7 @@ impl Filesystem for Tree {
                     return reply.data(&[]);
                 }
                 let len = (size as u64).min(total - offset) as usize;
-                self.audit(req, instance, VmFile::Ram, "read", offset, len as u64);
+                self.audit(req, instance, VmFile::Ram, AuditOp::Read, offset, len as u64);
                 // The reply is written to /dev/fuse straight from the mapping: zero copy.
                 match instance.bridge.mapping().view_checked(offset as usize, len) {
                     Ok(bytes) => reply.data(bytes),

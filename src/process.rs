@@ -1,0 +1,81 @@
+//! Processes of this host: who we are, whether a pid lives, and ending one.
+
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// The effective user id.
+pub fn effective_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// The effective group id.
+pub fn effective_gid() -> u32 {
+    nix::unistd::getegid().as_raw()
+}
+
+/// The pid in a pidfile.
+pub fn read_pid(pidfile: &Path) -> Option<u32> {
+    std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()
+}
+
+/// Whether process `pid` exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself hold ')'.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `grace` for `pid` to exit, then sends SIGTERM and waits `grace` again, then
+/// SIGKILL and waits `grace` once more. Whether it is gone.
+pub fn end(pid: u32, grace: Duration) -> bool {
+    let target = Pid::from_raw(pid as i32);
+    for signal in [None, Some(Signal::SIGTERM), Some(Signal::SIGKILL)] {
+        if let Some(signal) = signal {
+            let _ = kill(target, signal);
+        }
+        if crate::poll::wait_for(grace, || !alive(pid)) {
+            return true;
+        }
+    }
+    false
+}
+
+/// FUSE and `SO_PEERCRED` report a thread; this is its process (thread group).
+pub fn thread_group(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| line.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok()))
+        })
+        .unwrap_or(tid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_lives_and_a_reaped_child_does_not() {
+        assert!(alive(std::process::id()));
+        assert_eq!(thread_group(std::process::id()), std::process::id());
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!alive(pid));
+    }
+
+    #[test]
+    fn end_stops_a_process_that_ignores_nothing() {
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id();
+        // reap it in the background so that it does not linger as a zombie (which counts as gone)
+        let waiter = std::thread::spawn(move || child.wait());
+        assert!(end(pid, Duration::from_millis(200)));
+        waiter.join().unwrap().unwrap();
+    }
+}
