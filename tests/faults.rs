@@ -258,15 +258,20 @@ fn test_vm_killed_during_dd_and_checksum() {
             results
         });
         // checksums computed while the VM dies: each returns (a line or an error), none hangs
-        let checksums = scope.spawn(|| {
-            (0..10).map(|_| std::fs::read_to_string(&checksum_path).is_ok()).collect::<Vec<bool>>()
-        });
+        let checksums =
+            scope.spawn(|| (0..10).map(|_| std::fs::read_to_string(&checksum_path)).collect::<Vec<_>>());
         std::thread::sleep(Duration::from_millis(300));
         vm.kill();
         // every dd ended: with success (the RAM file outlives QEMU) or an error; none hung
         let codes = dd.join().unwrap();
         assert!(codes.iter().all(|code| code.is_some()), "{codes:?}");
-        assert_eq!(checksums.join().unwrap().len(), 10);
+        // each read of checksum either gave a whole summary line or failed cleanly (EIO)
+        for outcome in checksums.join().unwrap() {
+            match outcome {
+                Ok(line) => assert!(line.starts_with("sha256 ") && line.contains(" size="), "{line:?}"),
+                Err(err) => assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}"),
+            }
+        }
     });
     assert!(process_alive(mount.pid), "daemon died: {}", mount.log_text());
     assert!(wait_until(Duration::from_secs(10), || !mount.ls().contains(&vm.name().to_string())));
@@ -349,24 +354,31 @@ fn test_unmount_under_load() {
     let mount = TestMount::new(&run_dir, &[]);
     let path = mount.path(&format!("{}/ram", vm.name()));
     let stop = AtomicBool::new(false);
+    let unmounted = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let readers: Vec<_> = (0..4)
             .map(|_| {
                 let path = &path;
                 let stop = &stop;
+                let unmounted = &unmounted;
                 scope.spawn(move || {
                     let file = File::open(path).unwrap();
                     let mut buffer = vec![0u8; 1 << 20];
                     let mut offset = 0;
+                    // reads that completed after `umount` returned: each reader must see the
+                    // unmount, as reads still served or as a clean error
+                    let mut reads_after_unmount = 0u32;
                     loop {
+                        let after = unmounted.load(Ordering::Relaxed);
                         match file.read_at(&mut buffer, offset) {
                             Ok(0) => offset = 0,
                             Ok(n) => offset += n as u64,
                             // after the unmount: ENOTCONN (or another clean error), no hang
-                            Err(err) => return Some(err.raw_os_error()),
+                            Err(err) => return (Some(err.raw_os_error()), reads_after_unmount),
                         }
-                        if stop.load(Ordering::Relaxed) {
-                            return None;
+                        reads_after_unmount += u32::from(after);
+                        if stop.load(Ordering::Relaxed) && reads_after_unmount > 0 {
+                            return (None, reads_after_unmount);
                         }
                     }
                 })
@@ -380,15 +392,17 @@ fn test_unmount_under_load() {
             .unwrap();
         assert!(status.success());
         assert!(!mount.is_mounted());
+        unmounted.store(true, Ordering::Relaxed);
         // the lazily detached mount keeps serving open files until they close; then it ends
-        std::thread::sleep(Duration::from_millis(300));
         stop.store(true, Ordering::Relaxed);
         for reader in readers {
-            let outcome = reader.join().unwrap();
-            assert!(
-                matches!(outcome, None | Some(Some(libc::ENOTCONN)) | Some(Some(libc::ENODEV))),
-                "{outcome:?}"
-            );
+            let (error, reads_after_unmount) = reader.join().unwrap();
+            match error {
+                None => assert!(reads_after_unmount > 0),
+                Some(errno) => {
+                    assert!(matches!(errno, Some(libc::ENOTCONN) | Some(libc::ENODEV)), "{errno:?}")
+                }
+            }
         }
     });
     assert!(

@@ -9,19 +9,13 @@ use std::time::Duration;
 
 use common::{
     assert_clean_failure, qemu_bridge, require_program, require_qemu, stderr, stdout, wait_until, TestRunDir,
-    VmBuilder, COUNTER_ADDR,
+    VmBuilder,
 };
 use qemu_bridge::ram::sha256_hex;
 use qemu_bridge::saved_state::{self, SavedStateError};
 use qemu_bridge::{SharedMemoryBridge, Vm};
 
 const PATIENCE: Duration = Duration::from_secs(120);
-
-fn counter(bridge: &SharedMemoryBridge) -> u32 {
-    let mut bytes = [0u8; 4];
-    bridge.read_into(COUNTER_ADDR, &mut bytes).unwrap();
-    u32::from_le_bytes(bytes)
-}
 
 /// SHA-256 of the whole RAM file, copied while the VM is paused.
 fn ram_digest(bridge: &SharedMemoryBridge) -> String {
@@ -54,7 +48,7 @@ fn test_save_and_restore_bring_back_ram_exactly() {
     // save while paused, so that the RAM file at save time is known exactly
     assert_eq!(ok(qemu_bridge(&run_dir, &["pause", &name])).trim(), "paused");
     let saved_digest = ram_digest(&bridge);
-    let saved_counter = counter(&bridge);
+    let saved_counter = common::counter(&bridge);
     assert!(ok(qemu_bridge(&run_dir, &["save", &name, "before"])).contains("saved"));
     assert_eq!(status(&run_dir, &name), "paused", "save keeps a paused VM paused");
     let listed: serde_json::Value =
@@ -64,19 +58,19 @@ fn test_save_and_restore_bring_back_ram_exactly() {
 
     // the guest runs on and changes memory
     ok(qemu_bridge(&run_dir, &["resume", &name]));
-    assert!(wait_until(PATIENCE, || counter(&bridge) != saved_counter), "the guest never counted");
+    assert!(wait_until(PATIENCE, || common::counter(&bridge) != saved_counter), "the guest never counted");
     ok(qemu_bridge(&run_dir, &["pause", &name]));
     assert_ne!(ram_digest(&bridge), saved_digest);
 
     // restore rewrites the shared file in place: the mapping sees the saved bytes, all of them
     let restored = ok(qemu_bridge(&run_dir, &["restore", &name, "before"]));
     assert!(restored.contains("now paused"), "a paused VM stays paused: {restored}");
-    assert_eq!(counter(&bridge), saved_counter);
+    assert_eq!(common::counter(&bridge), saved_counter);
     assert_eq!(ram_digest(&bridge), saved_digest, "RAM after restore differs from RAM at save");
 
     // and the guest runs on from there
     ok(qemu_bridge(&run_dir, &["resume", &name]));
-    assert!(wait_until(PATIENCE, || counter(&bridge) != saved_counter));
+    assert!(wait_until(PATIENCE, || common::counter(&bridge) != saved_counter));
     assert!(ok(qemu_bridge(&run_dir, &["restore", &name, "before"])).contains("now running"));
 
     // refusals: clear, one line, and the VM untouched (QEMU 7.2 would leave it in restore-vm
