@@ -850,6 +850,19 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_cgroup_record_is_an_error_not_an_empty_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = RunDir::new(dir.path());
+        let name = VmName::new("vm").unwrap();
+        assert_eq!(recorded_cgroups(&run_dir, &name).unwrap(), Vec::<PathBuf>::new());
+        std::fs::write(run_dir.file_path(&name, CGROUP_FILE), "/sys/fs/cgroup/memory/a\n\n").unwrap();
+        assert_eq!(recorded_cgroups(&run_dir, &name).unwrap(), [PathBuf::from("/sys/fs/cgroup/memory/a")]);
+        std::fs::remove_file(run_dir.file_path(&name, CGROUP_FILE)).unwrap();
+        std::fs::create_dir(run_dir.file_path(&name, CGROUP_FILE)).unwrap();
+        assert!(recorded_cgroups(&run_dir, &name).is_err());
+    }
+
+    #[test]
     fn user_option_follows_the_qemu_version() {
         let mut options = options("u", "/run/q");
         options.user = Some("nobody".into());

@@ -16,6 +16,15 @@ fn test_cli_bad_input() {
     assert_clean_failure(&qemu_bridge(&run_dir, &["status", "a/b"]), "a/b");
     assert_clean_failure(&qemu_bridge(&run_dir, &["launch", "x/y"]), "x/y");
     assert_clean_failure(&qemu_bridge(&run_dir, &["launch", ""]), "invalid VM name");
+    // names that would launch but never show in `list` or the mount are refused up front
+    assert_clean_failure(&qemu_bridge(&run_dir, &["launch", "new\nline"]), "control character");
+    assert_clean_failure(&qemu_bridge(&run_dir, &["launch", &"x".repeat(101)]), "longer than 100 bytes");
+    assert_clean_failure(&qemu_bridge(&run_dir, &["launch", ".hidden"]), "starts with '.'");
+    // a name that fits, in a run directory that makes its socket path too long for unix(7)
+    let deep = run_dir.path().join("d".repeat(90));
+    std::fs::create_dir(&deep).unwrap();
+    assert_clean_failure(&common::qemu_bridge_in(&deep, &["launch", &"n".repeat(20)]), "shorter name");
+    assert_eq!(std::fs::read_dir(&deep).unwrap().count(), 0, "nothing was created");
     for size in ["lots", "-5", "0", "1.5G", "99999999999T"] {
         let output = qemu_bridge(&run_dir, &["launch", "vm", &format!("--memory={size}")]);
         assert!(!output.status.success());

@@ -18,6 +18,28 @@ fn qmp(run_dir: &TestRunDir, name: &str) -> Vm {
     Vm::existing(&run_dir.run_dir, name).unwrap()
 }
 
+/// A mount point whose path is not ASCII is found in /proc/self/mountinfo (it used to be
+/// compared as `char`s of single bytes, so `mount` waited 20 s and failed).
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_mount_point_with_a_non_ascii_path() {
+    common::require_fuse();
+    let run_dir = TestRunDir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("qemu-ünïcode mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let output = common::qemu_bridge(&run_dir, &["mount", mountpoint.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let pid = common::daemon_pid(&common::stdout(&output));
+    assert!(qemu_bridge::mount::is_mounted(&mountpoint));
+    assert_eq!(std::fs::read_dir(&mountpoint).unwrap().count(), 0, "no VMs in an empty run directory");
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_qemu-bridge")).arg("umount").arg(&mountpoint).output().unwrap();
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    assert!(!qemu_bridge::mount::is_mounted(&mountpoint));
+    assert!(wait_until(Duration::from_secs(10), || !process_alive(pid)));
+}
+
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_mount_lists_launched_vms_and_drops_killed_ones() {

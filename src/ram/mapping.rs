@@ -485,3 +485,124 @@ mod sigbus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A mapped temporary file of `len` bytes of a pattern, and the file to change under it.
+    fn mapped(len: usize) -> (tempfile::NamedTempFile, Mapping, Vec<u8>) {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(&bytes).unwrap();
+        file.flush().unwrap();
+        let mapping = Mapping::open(file.path()).unwrap();
+        (file, mapping, bytes)
+    }
+
+    fn write_at(file: &tempfile::NamedTempFile, offset: u64, bytes: &[u8]) {
+        std::os::unix::fs::FileExt::write_all_at(file.as_file(), bytes, offset).unwrap();
+    }
+
+    #[test]
+    fn copies_see_changes_made_through_the_file() {
+        let (file, mapping, bytes) = mapped(3 * 4096);
+        let mut copy = vec![0u8; bytes.len()];
+        mapping.copy_to(0, &mut copy).unwrap();
+        assert_eq!(copy, bytes);
+        write_at(&file, 5000, b"changed");
+        let mut part = [0u8; 7];
+        mapping.copy_to(5000, &mut part).unwrap();
+        assert_eq!(&part, b"changed");
+    }
+
+    #[test]
+    fn ranges_past_the_end_are_refused_before_any_copy() {
+        let (_file, mapping, _) = mapped(4096);
+        let mut buffer = [0u8; 16];
+        assert!(matches!(mapping.copy_to(4090, &mut buffer), Err(BridgeError::InvalidAddress { .. })));
+        assert!(matches!(
+            mapping.copy_to(usize::MAX - 4, &mut buffer),
+            Err(BridgeError::InvalidAddress { .. })
+        ));
+        assert!(matches!(mapping.view(4096, 1), Err(BridgeError::InvalidAddress { .. })));
+        assert!(mapping.view(4095, 1).is_ok());
+    }
+
+    /// Pages whose size is not a multiple of 8 start at unaligned addresses: a change in their
+    /// first bytes must still be seen (it was not, before the head bytes were compared).
+    #[test]
+    fn changes_in_unaligned_pages_are_found_in_every_byte() {
+        let (file, mapping, bytes) = mapped(1000);
+        for page_size in [1, 3, 7, 13, 100, 1000] {
+            for changed_byte in [0, 1, 5, 7, 8, 99, 500, 999] {
+                let mut expected = bytes.clone();
+                expected[changed_byte] ^= 0xff;
+                let changed = mapping.changed_pages(&expected, page_size).unwrap();
+                assert_eq!(
+                    changed,
+                    vec![changed_byte / page_size],
+                    "page size {page_size}, byte {changed_byte}"
+                );
+            }
+            assert_eq!(mapping.changed_pages(&bytes, page_size).unwrap(), Vec::<usize>::new());
+        }
+        // and a change made under the mapping is seen against an old copy
+        write_at(&file, 333, &[bytes[333] ^ 1]);
+        assert_eq!(mapping.changed_pages(&bytes, 10).unwrap(), vec![33]);
+    }
+
+    #[test]
+    fn large_copies_and_scans_split_across_threads_agree_with_one_thread() {
+        let len = PARALLEL_COPY_THRESHOLD + 3 * 4096 + 17;
+        let (file, mapping, bytes) = mapped(len);
+        let mut one = vec![0u8; len];
+        let mut many = vec![0u8; len];
+        mapping.copy_with_threads(0, &mut one, 1).unwrap();
+        mapping.copy_with_threads(0, &mut many, 3).unwrap();
+        assert!(one == bytes && many == bytes);
+        write_at(&file, (len - 1) as u64, &[bytes[len - 1] ^ 1]);
+        write_at(&file, 4096, &[bytes[4096] ^ 1]);
+        assert_eq!(mapping.changed_pages(&bytes, 4096).unwrap(), vec![1, (len - 1) / 4096]);
+    }
+
+    #[test]
+    fn write_to_puts_exactly_the_range_in_the_file() {
+        let (_file, mapping, bytes) = mapped(10_000);
+        let out = tempfile::tempfile().unwrap();
+        mapping.write_to(&out, 123, 9000).unwrap();
+        let mut written = Vec::new();
+        std::io::Seek::rewind(&mut &out).unwrap();
+        std::io::Read::read_to_end(&mut &out, &mut written).unwrap();
+        assert_eq!(written, bytes[123..9123]);
+    }
+
+    #[test]
+    fn a_shrunk_file_is_reported_not_read() {
+        let (file, mapping, _) = mapped(3 * 4096);
+        file.as_file().set_len(4096).unwrap();
+        let mut buffer = [0u8; 8];
+        assert!(matches!(
+            mapping.copy_to(2 * 4096, &mut buffer),
+            Err(BridgeError::FileShrunk { current: 4096, .. })
+        ));
+        mapping.copy_to(0, &mut buffer).unwrap();
+    }
+
+    #[test]
+    fn open_errors_name_the_file() {
+        match Mapping::open(Path::new("/nonexistent/qemu-bridge-ram")) {
+            Err(BridgeError::FileNotFound(path)) => assert_eq!(path, "/nonexistent/qemu-bridge-ram"),
+            other => panic!("{other:?}"),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(Mapping::open(dir.path()), Err(BridgeError::NotAFile(_))));
+    }
+
+    #[test]
+    fn tmpfs_pages_are_the_system_page_size() {
+        let file = tempfile::tempfile().unwrap();
+        assert_eq!(page_size_of(&file).unwrap(), 4096);
+    }
+}

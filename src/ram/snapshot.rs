@@ -218,3 +218,49 @@ pub fn check_into(mapping: &Mapping, data: &mut [u8], max_attempts: u32) -> Resu
         attempts += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn mapped(bytes: &[u8]) -> (tempfile::NamedTempFile, Mapping) {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(bytes).unwrap();
+        file.flush().unwrap();
+        let mapping = Mapping::open(file.path()).unwrap();
+        (file, mapping)
+    }
+
+    #[test]
+    fn a_quiet_file_is_consistent_on_the_first_attempt() {
+        let bytes: Vec<u8> = (0..5 * PAGE_SIZE + 10).map(|i| i as u8).collect();
+        let (_file, mapping) = mapped(&bytes);
+        let snapshot = take_checked(&mapping, 3).unwrap();
+        assert_eq!(snapshot.data, bytes);
+        assert_eq!((snapshot.verdict, snapshot.attempts, snapshot.torn_pages), (Verdict::Consistent, 1, 0));
+        assert_eq!(snapshot.checksum(), sha256_hex(&bytes));
+        assert_eq!(
+            snapshot.summary_line(),
+            format!("sha256 {} consistent attempts=1 torn_pages=0 size={}", sha256_hex(&bytes), bytes.len())
+        );
+    }
+
+    #[test]
+    fn a_buffer_of_the_wrong_length_is_a_length_error() {
+        let (_file, mapping) = mapped(&[1u8; 100]);
+        let mut short = vec![0u8; 99];
+        assert!(matches!(
+            check_into(&mapping, &mut short, 2),
+            Err(BridgeError::BufferLength { expected: 100, actual: 99 })
+        ));
+    }
+
+    #[test]
+    fn hashing_a_reader_equals_hashing_the_bytes() {
+        let data = b"guest ram".repeat(1000);
+        assert_eq!(sha256_hex_of_reader(&data[..]).unwrap(), sha256_hex(&data));
+        // the empty input's well-known digest
+        assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+}
