@@ -4,23 +4,37 @@
 # xxd and util-linux (setpriv). Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-need=()
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-command -v qemu-img >/dev/null || need+=(qemu-utils)   # creates the qcow2 state disks
-command -v fusermount3 >/dev/null || need+=(fuse3)
-command -v as >/dev/null && command -v ld >/dev/null || need+=(binutils)
-[[ -x /usr/bin/python3 ]] || need+=(python3)   # the tests run it as another user
-command -v xxd >/dev/null || need+=(xxd)
-command -v setpriv >/dev/null || need+=(util-linux)
-command -v cc >/dev/null || need+=(gcc)
+# What is missing, computed afresh each time: installing one package can remove another (Debian's
+# qemu-system-x86 7.2 replaces a backported qemu-utils, taking qemu-img with it).
+missing() {
+    need=()
+    command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+    command -v qemu-img >/dev/null || need+=(qemu-utils)   # creates the qcow2 state disks
+    command -v fusermount3 >/dev/null || need+=(fuse3)
+    command -v as >/dev/null && command -v ld >/dev/null || need+=(binutils)
+    [[ -x /usr/bin/python3 ]] || need+=(python3)   # the tests run it as another user
+    command -v xxd >/dev/null || need+=(xxd)
+    command -v setpriv >/dev/null || need+=(util-linux)
+    command -v cc >/dev/null || need+=(gcc)
+}
 
-if ((${#need[@]})); then
+sudo=""
+[[ $(id -u) -eq 0 ]] || sudo="sudo"
+updated=false
+for attempt in 1 2 3; do
+    missing
+    ((${#need[@]})) || break
+    if ((attempt == 3)); then
+        echo "error: still missing after installing: ${need[*]}" >&2
+        exit 1
+    fi
     echo "installing: ${need[*]}" >&2
-    sudo=""
-    [[ $(id -u) -eq 0 ]] || sudo="sudo"
-    $sudo apt-get update -qq
+    if ! $updated; then
+        $sudo apt-get update -qq
+        updated=true
+    fi
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+done
 
 if ! command -v cargo >/dev/null; then
     echo "cargo not found: install Rust (https://rustup.rs) first" >&2

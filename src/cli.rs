@@ -140,7 +140,7 @@ pub struct SavedArgs {
 pub struct LaunchArgs {
     /// Name of the new VM (at most 100 bytes, no '/', no control characters, not starting
     /// with '.')
-    pub name: VmName,
+    pub name: String,
     /// Guest RAM, e.g. 64M, 1G (a bare number is MiB, as in QEMU) [default: 64M, 128M with
     /// --linux]
     #[arg(long, value_parser = parse_size)]
@@ -417,8 +417,9 @@ fn lifecycle(
 
 impl LaunchArgs {
     /// The library's options.
-    fn options(self) -> LaunchOptions {
-        let mut options = LaunchOptions::new(self.name, self.common.run_dir());
+    fn options(self) -> Result<LaunchOptions, qemu_bridge::NameError> {
+        // Checked here rather than by clap, whose message would show a newline in the name raw.
+        let mut options = LaunchOptions::new(VmName::new(&self.name)?, self.common.run_dir());
         options.memory = self.memory.unwrap_or(if self.linux.is_some() { LINUX_MEMORY } else { 64 << 20 });
         options.machine = self.machine;
         options.accel = self.accel;
@@ -439,12 +440,12 @@ impl LaunchArgs {
         options.state_disk = !self.no_state_disk;
         options.extra_args = self.qemu_args;
         options.timeout = Duration::from_secs(self.timeout);
-        options
+        Ok(options)
     }
 }
 
 fn launch_verb(args: LaunchArgs) -> CliResult {
-    let options = args.options();
+    let options = args.options()?;
     let vm = launch::launch(&options)?;
     println!(
         "launched {} (pid {}) in {:.2} s\n  qmp:    {}\n  ram:    {}\n  serial: {}",
