@@ -322,3 +322,61 @@ fn test_touching_a_truncated_page_is_survived() {
 fn unsafe_free_read(view: &[u8]) -> u8 {
     std::hint::black_box(view)[100]
 }
+
+/// Huge pages for one test: raises `nr_hugepages`, mounts hugetlbfs, and puts both back.
+struct HugePages {
+    previous: String,
+    dir: tempfile::TempDir,
+}
+
+impl HugePages {
+    const COUNT_FILE: &'static str = "/proc/sys/vm/nr_hugepages";
+
+    fn reserve(pages: u64) -> Self {
+        common::require_root();
+        let previous = std::fs::read_to_string(Self::COUNT_FILE).unwrap();
+        let wanted = previous.trim().parse::<u64>().unwrap() + pages;
+        std::fs::write(Self::COUNT_FILE, wanted.to_string()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Self { previous, dir };
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "hugetlbfs", "-o", "pagesize=2M", "none"])
+            .arg(pool.dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "cannot mount hugetlbfs");
+        pool
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::write(Self::COUNT_FILE, self.previous.trim());
+    }
+}
+
+/// A RAM file on hugetlbfs (2 MiB pages) truncated under a view: the SIGBUS guard must replace a
+/// whole huge page (a 4 KiB page cannot be mapped into a huge page mapping, and the process
+/// died of the SIGBUS when the guard tried).
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_touching_a_truncated_huge_page_is_survived() {
+    const HUGE: u64 = 2 << 20;
+    let pool = HugePages::reserve(4);
+    let path = pool.dir.path().join("ram");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(2 * HUGE).unwrap();
+    {
+        let bridge = SharedMemoryBridge::open("huge", &path).unwrap();
+        let mut buffer = [0xffu8; 16];
+        bridge.read_into(HUGE + 4096, &mut buffer).unwrap();
+        assert_eq!(buffer, [0; 16]);
+        let view = bridge.read_physical(HUGE + 4096, 4096).unwrap();
+        file.set_len(HUGE).unwrap();
+        assert_eq!(unsafe_free_read(view), 0);
+        assert!(matches!(bridge.read_into(0, &mut buffer), Err(BridgeError::FileShrunk { .. })));
+    }
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+}

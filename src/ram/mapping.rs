@@ -600,6 +600,57 @@ mod tests {
         assert!(matches!(Mapping::open(dir.path()), Err(BridgeError::NotAFile(_))));
     }
 
+    /// Set by the handler the chain test installs before ours.
+    static EARLIER_HANDLER_RAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    extern "C" fn earlier_handler(_signal: libc::c_int) {
+        EARLIER_HANDLER_RAN.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Run in a child process by the test below (handlers are process-wide): an application's
+    /// SIGBUS handler installed before the first mapping still gets the SIGBUS signals that are
+    /// not ours. Before the guard chained, such a signal killed the process.
+    #[test]
+    #[ignore = "run in a child process by foreign_sigbus_goes_to_the_handler_installed_before"]
+    fn sigbus_chain_child() {
+        if std::env::var_os("QEMU_BRIDGE_SIGBUS_CHILD").is_none() {
+            return;
+        }
+        // SAFETY: a zeroed sigaction is valid (empty mask, no flags); `earlier_handler` is a
+        // one-argument handler that only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = earlier_handler as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            assert_eq!(libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()), 0);
+        }
+        let (_file, _mapping, _) = mapped(4096);
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGBUS).unwrap();
+        assert!(EARLIER_HANDLER_RAN.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn foreign_sigbus_goes_to_the_handler_installed_before() {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "ram::mapping::tests::sigbus_chain_child",
+                "--include-ignored",
+                "--test-threads=1",
+            ])
+            .env("QEMU_BRIDGE_SIGBUS_CHILD", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{:?}: {stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("1 passed"), "{stdout}");
+    }
+
     #[test]
     fn tmpfs_pages_are_the_system_page_size() {
         let file = tempfile::tempfile().unwrap();
