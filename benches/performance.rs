@@ -1,5 +1,5 @@
 //! qemu-bridge benchmarks: every figure with its median and p99, a baseline measured in the same
-//! run and the ratio to it, against the seed's targets (REQ-QB-005, REQ-QB-006).
+//! run and the ratio to it, against the targets this tool is held to (latency, throughput, 60 snapshots a second).
 //!
 //! `cargo bench --bench performance` (or `scripts/bench.sh`) launches a 64 MiB VM under TCG (and
 //! two more for the multi-VM figures), mounts them, measures, tears everything down and writes

@@ -1,32 +1,14 @@
 //! The QMP client fed arbitrary server bytes: it may fail, never panic, hang or grow unbounded.
 #![no_main]
 
-use std::io::{Cursor, Read, Write};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use qemu_bridge::qmp::{protocol, QmpClient};
-
-struct Scripted(Cursor<Vec<u8>>);
-
-impl Read for Scripted {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl Write for Scripted {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use qemu_bridge::qmp::{protocol, QmpClient, ScriptedStream};
 
 fuzz_target!(|data: &[u8]| {
     let _ = protocol::parse_line(data);
-    let Ok(mut client) = QmpClient::handshake(Scripted(Cursor::new(data.to_vec())), Duration::from_secs(1))
+    let Ok(mut client) = QmpClient::handshake(ScriptedStream::new(data.to_vec()), Duration::from_secs(1))
     else {
         return;
     };

@@ -1,6 +1,6 @@
 //! The FUSE mount: `qemu-bridge mount MOUNTPOINT` serves one directory per running VM.
 //!
-//! Shutdown follows what works with fuser 0.18 (see the project's facts): on SIGINT, SIGTERM or
+//! Shutdown works around fuser 0.18, whose own unmount fails on a busy mount: on SIGINT, SIGTERM or
 //! SIGHUP the daemon detaches the mount (`umount2(MNT_DETACH)`, or `fusermount3 -u -z` when not
 //! root) and waits briefly for the session thread; an unmount from outside (`umount`,
 //! `fusermount3 -u`, `qemu-bridge umount`) ends the session thread, and the daemon exits.

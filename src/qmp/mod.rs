@@ -6,6 +6,7 @@
 //! The client is generic over `Read + Write` so its parser can be fed scripted bytes.
 
 pub mod protocol;
+mod scripted;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -19,6 +20,7 @@ use serde_json::{json, Value};
 
 use crate::ram::{GuestLayout, Machine};
 use protocol::{LineReader, Message};
+pub use scripted::ScriptedStream;
 
 /// Default time allowed for connecting and for each exchange.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);

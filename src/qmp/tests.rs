@@ -1,7 +1,6 @@
 //! The client against scripted byte streams: what a real QEMU would send, and what a broken or
 //! hostile peer might.
 
-use std::io::{self, Cursor, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -11,34 +10,10 @@ use super::*;
 
 const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": ""}, "capabilities": ["oob"]}}"#;
 
-/// Replays `input` and records what the client writes.
-struct Scripted {
-    input: Cursor<Vec<u8>>,
-    written: Vec<u8>,
-}
-
-impl Read for Scripted {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.input.read(buf)
-    }
-}
-
-impl Write for Scripted {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.written.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+type Scripted = ScriptedStream;
 
 fn scripted(lines: &[&str]) -> Scripted {
-    let mut input = Vec::new();
-    for line in lines {
-        input.extend_from_slice(line.as_bytes());
-        input.push(b'\n');
-    }
-    Scripted { input: Cursor::new(input), written: Vec::new() }
+    ScriptedStream::from_lines(lines)
 }
 
 fn client(lines: &[&str]) -> Result<QmpClient<Scripted>, QmpError> {
@@ -48,7 +23,7 @@ fn client(lines: &[&str]) -> Result<QmpClient<Scripted>, QmpError> {
 fn sent_commands(client: &QmpClient<Scripted>) -> Vec<Value> {
     client
         .stream
-        .written
+        .written()
         .split(|&b| b == b'\n')
         .filter(|line| !line.is_empty())
         .map(|line| serde_json::from_slice(line).unwrap())
@@ -196,8 +171,7 @@ fn garbage_truncated_and_wrong_shapes_are_protocol_errors() {
     assert!(matches!(client(&["[1,2,3]"]), Err(QmpError::Protocol(_))));
     assert!(matches!(client(&[r#"{"return": {}, "id": 1}"#]), Err(QmpError::Protocol(_))));
     // greeting, then the stream ends in the middle of the reply
-    let mut truncated = scripted(&[GREETING]);
-    truncated.input.get_mut().extend_from_slice(br#"{"return": {"#);
+    let truncated = ScriptedStream::new(format!("{GREETING}\n{{\"return\": {{").into_bytes());
     assert!(matches!(QmpClient::handshake(truncated, Duration::from_secs(1)), Err(QmpError::Protocol(_))));
     // a reply of the wrong shape for its command
     let mut client = client(&[GREETING, r#"{"return": {}, "id": 1}"#, r#"{"return": 42, "id": 2}"#]).unwrap();

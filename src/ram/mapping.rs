@@ -6,7 +6,7 @@
 //! loads where a second look must really look again (the consistency check).
 //!
 //! Two callers do hold a `&[u8]` over live memory, and neither lets Rust load from it: the
-//! seed API's [`view`](Mapping::view) (`SharedMemoryBridge::read_physical`), whose callers are
+//! public API's [`view`](Mapping::view) (`SharedMemoryBridge::read_physical`), whose callers are
 //! told the bytes change, and the FUSE read path, which passes the slice straight to the
 //! kernel (`writev` on the FUSE device): the kernel copies the bytes, no Rust code reads them.
 

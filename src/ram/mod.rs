@@ -217,7 +217,7 @@ impl SharedMemoryBridge {
         self.mapping.copy_to(offset, buf)
     }
 
-    /// A copy of all guest RAM in file order, unchecked (the seed's signature).
+    /// A copy of all guest RAM in file order, unchecked; infallible, as the first version of this API was.
     ///
     /// # Panics
     ///
