@@ -42,7 +42,17 @@ pub struct Common {
 
 impl Common {
     fn run_dir(&self) -> RunDir {
-        RunDir::new(self.run_dir.clone().unwrap_or_else(default_run_dir))
+        let run_dir = RunDir::new(self.run_dir.clone().unwrap_or_else(default_run_dir));
+        warn_if_shared(&run_dir);
+        run_dir
+    }
+}
+
+/// Says once per run (one verb) that the run directory is open to other users.
+fn warn_if_shared(run_dir: &RunDir) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if let Some(warning) = run_dir.sharing_warning() {
+        WARNED.call_once(|| eprintln!("warning: {warning}"));
     }
 }
 
@@ -53,8 +63,8 @@ impl Common {
 pub enum Verb {
     /// Start a daemonized QEMU whose RAM qemu-bridge can read
     Launch(LaunchArgs),
-    /// Quit a VM through QMP and remove its RAM file, socket and cgroups (its saved states are
-    /// kept unless --discard-state)
+    /// Quit a VM through QMP; for a VM `launch` started, also remove exactly the files and
+    /// cgroups it made (its saved states are kept unless --discard-state)
     Stop(StopArgs),
     /// List the VMs of the run directory with state, RAM size and RAM file
     List(ListArgs),
@@ -171,7 +181,8 @@ pub struct LaunchArgs {
     /// Raw disk image to boot from
     #[arg(long)]
     pub drive: Option<PathBuf>,
-    /// Run QEMU as this user (when started by root)
+    /// Run QEMU as this user when started by root [default: the system user qemu-bridge,
+    /// created on first use]; `--user root` keeps QEMU as root
     #[arg(long)]
     pub user: Option<String>,
     /// Memory limit for the QEMU process (guest RAM it touched plus its own), e.g. 256M,
@@ -308,17 +319,7 @@ pub struct UmountArgs {
 pub fn run(cli: Cli) -> CliResult {
     match cli.command {
         Verb::Launch(args) => launch_verb(args),
-        Verb::Stop(args) => {
-            let run_dir = args.common.run_dir();
-            let stopped = launch::stop(&run_dir, &args.name, args.discard_state)?;
-            let how = if stopped.graceful { "quit" } else { "killed" };
-            println!("{} {how}; removed {} files", args.name, stopped.removed.len());
-            let state_disk = launch::state_disk_path(&run_dir, &VmName::new(&args.name)?);
-            if state_disk.exists() {
-                println!("saved states kept in {} (stop --discard-state deletes them)", state_disk.display());
-            }
-            Ok(())
-        }
+        Verb::Stop(args) => stop_verb(&args),
         Verb::List(args) => list_verb(args),
         Verb::Status(args) => {
             let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
@@ -444,6 +445,26 @@ impl LaunchArgs {
     }
 }
 
+fn stop_verb(args: &StopArgs) -> CliResult {
+    let stopped = launch::stop(&args.common.run_dir(), &args.name, args.discard_state)?;
+    let how = if stopped.graceful { "quit" } else { "killed" };
+    if !stopped.launched {
+        println!(
+            "{} {how}; it was not started by qemu-bridge launch, so its files are left alone",
+            args.name
+        );
+        return Ok(());
+    }
+    println!("{} {how}; removed {} files", args.name, stopped.removed.len());
+    for path in &stopped.replaced {
+        println!("left {} alone: it is no longer the file launch made", path.display());
+    }
+    if let Some(state_disk) = &stopped.kept_state_disk {
+        println!("saved states kept in {} (stop --discard-state deletes them)", state_disk.display());
+    }
+    Ok(())
+}
+
 fn launch_verb(args: LaunchArgs) -> CliResult {
     let options = args.options()?;
     let vm = launch::launch(&options)?;
@@ -461,6 +482,9 @@ fn launch_verb(args: LaunchArgs) -> CliResult {
     }
     if let Some(state_disk) = &vm.state_disk {
         println!("  states: {}", state_disk.display());
+    }
+    if let Some(user) = &vm.user {
+        println!("  user:   {user}");
     }
     for limit in vm.cgroup.iter().flat_map(|cgroup| cgroup.describe()) {
         println!("  limit:  {limit}");
@@ -486,10 +510,12 @@ struct ListRow {
     error: Option<String>,
 }
 
-/// A VM's state in `list`: QEMU's run state, or why it could not be asked.
+/// A VM's state in `list`: QEMU's run state, or why it is not shown.
 #[derive(Debug)]
 enum ListState {
     Run(RunState),
+    /// The trust check refused its peer or its RAM file.
+    Refused,
     Unreachable,
 }
 
@@ -503,6 +529,7 @@ impl std::fmt::Display for ListState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ListState::Run(state) => state.fmt(f),
+            ListState::Refused => f.write_str("refused"),
             ListState::Unreachable => f.write_str("unreachable"),
         }
     }
@@ -522,7 +549,7 @@ impl ListRow {
             },
             Err(err) => ListRow {
                 name,
-                state: ListState::Unreachable,
+                state: if err.is_refusal() { ListState::Refused } else { ListState::Unreachable },
                 ram_size: None,
                 ram_path: None,
                 machine: None,
@@ -560,6 +587,8 @@ fn mount_verb(args: &MountArgs) -> CliResult {
         qemu_bridge::mount::serve(&options)?;
         return Ok(());
     }
+    // the daemon logs it too, in its log file
+    warn_if_shared(&options.run_dir());
     let daemon = qemu_bridge::mount::spawn_daemon(&options, &std::env::current_exe()?)?;
     println!("mounted {} (pid {}, log {})", options.mountpoint.display(), daemon.pid, daemon.log.display());
     Ok(())

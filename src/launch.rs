@@ -13,6 +13,7 @@ use crate::poll;
 use crate::process;
 use crate::qmp::{QmpClient, QmpError};
 use crate::ram::{ram_file_path, Machine, SHM_DIR};
+use crate::record::{FileRole, LaunchRecord, RecordError};
 use crate::run_dir::{RunDir, RunDirError};
 use crate::vm::{Vm, VmError};
 
@@ -22,8 +23,9 @@ pub const QEMU_ENV: &str = "QEMU_BRIDGE_QEMU";
 /// Environment variable naming `qemu-img` (default `qemu-img`), used to create state disks.
 pub const QEMU_IMG_ENV: &str = "QEMU_BRIDGE_QEMU_IMG";
 
-/// Extension of the file, beside the socket, that lists a launched VM's cgroup directories.
-const CGROUP_FILE: &str = "cgroup";
+/// The user QEMU runs as when root launches it without `--user`: a system user of its own,
+/// created on first use.
+pub const SERVICE_USER: &str = "qemu-bridge";
 
 /// Extension of a launched VM's state disk (a qcow2 image holding its saved states).
 const STATE_DISK_EXTENSION: &str = "state.qcow2";
@@ -36,18 +38,14 @@ pub fn state_disk_path(run_dir: &RunDir, name: &VmName) -> PathBuf {
     run_dir.file_path(name, STATE_DISK_EXTENSION)
 }
 
-/// The cgroup directories a launch recorded for VM `name` (in `<run-dir>/<name>.cgroup`, one
-/// per line), so that `stop` can remove them. No record: none.
+/// The cgroup directories a launch recorded for VM `name` (in its launch record), so that
+/// `stop` can remove them. No record: none.
 ///
 /// # Errors
 ///
-/// When the record exists but cannot be read.
-pub fn recorded_cgroups(run_dir: &RunDir, name: &VmName) -> io::Result<Vec<PathBuf>> {
-    match fs::read_to_string(run_dir.file_path(name, CGROUP_FILE)) {
-        Ok(listing) => Ok(listing.lines().filter(|line| !line.is_empty()).map(PathBuf::from).collect()),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(err) => Err(err),
-    }
+/// When the record exists but cannot be read or is not trusted.
+pub fn recorded_cgroups(run_dir: &RunDir, name: &VmName) -> Result<Vec<PathBuf>, RecordError> {
+    Ok(LaunchRecord::read(run_dir, name)?.map(|record| record.cgroups).unwrap_or_default())
 }
 
 /// Joins the cgroups named before `--`, then becomes the command after it. A shell rather than
@@ -94,6 +92,21 @@ pub enum LaunchError {
     /// A VM of that name answers on its socket already.
     #[error("a VM named {0:?} is already running")]
     AlreadyRunning(String),
+    /// A file is where the VM's RAM file would go, and qemu-bridge did not make it.
+    #[error("{0} exists and was not made by qemu-bridge: remove it yourself or choose another name")]
+    ForeignRamFile(PathBuf),
+    /// No unprivileged user could be had for QEMU.
+    #[error("cannot create the system user {SERVICE_USER} for QEMU ({0}); pass --user USER, or --user root to run QEMU as root")]
+    NoServiceUser(String),
+    /// The launch record could not be written.
+    #[error("cannot write the launch record {path}")]
+    Record {
+        /// The record.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// Memory size QEMU cannot take.
     #[error("invalid memory size {0} bytes: must be a whole number of MiB")]
     InvalidMemory(u64),
@@ -221,7 +234,9 @@ pub struct LaunchOptions {
     pub append: Option<String>,
     /// Raw or qcow2 disk image.
     pub drive: Option<PathBuf>,
-    /// Run QEMU as this user (when started by root).
+    /// The user QEMU runs as when root launches it: `None` for the dedicated system user
+    /// [`SERVICE_USER`] (created on first use), `Some("root")` to keep root (logged), any
+    /// other name for that user. Ignored when not root (QEMU runs as the caller).
     pub user: Option<String>,
     /// Extra QEMU arguments.
     pub extra_args: Vec<String>,
@@ -312,6 +327,8 @@ pub struct LaunchedVm {
     pub state_disk: Option<PathBuf>,
     /// The VM's cgroup, if limits were asked for and could be applied.
     pub cgroup: Option<VmCgroup>,
+    /// The user QEMU runs as, when it is not the caller.
+    pub user: Option<String>,
     /// What was asked for but could not be had (no usable cgroup, no `qemu-img`), in words.
     pub warnings: Vec<String>,
 }
@@ -382,7 +399,7 @@ pub fn qemu_args(options: &LaunchOptions, version: (u32, u32)) -> Vec<String> {
     if options.state_disk {
         args.extend(state_disk_args(&options.state_disk_path()));
     }
-    if let Some(user) = &options.user {
+    if let Some(user) = options.user.as_ref().filter(|user| *user != "root") {
         // -runas was deprecated in 9.1 in favour of -run-with user=
         if version >= (9, 1) {
             args.extend(["-run-with".into(), format!("user={user}")]);
@@ -479,26 +496,27 @@ pub fn launch(options: &LaunchOptions) -> Result<LaunchedVm, LaunchError> {
     let binary = qemu_binary();
     let version = qemu_version(&binary)?;
     options.run_dir.create()?;
-    remove_stale_files(options)?;
-    let mut launching = Launching { options: options.clone(), created_state_disk: false, cgroup: None };
+    let mut options = options.clone();
+    options.user = qemu_user(options.user.as_deref())?;
+    let record = clear_leftovers(&options)?;
+    let mut launching = Launching { options, record, created_state_disk: false, cgroup: None };
     let mut warnings = Vec::new();
-    if options.state_disk {
+    if launching.options.state_disk {
         if let Err(warning) = launching.prepare_state_disk() {
             warnings.push(warning);
             launching.options.state_disk = false;
         }
     }
-    if !options.limits.is_empty() {
-        match launching.prepare_cgroup() {
-            Ok(()) => {}
-            Err(LimitsNotApplied(reason)) => warnings.push(format!("resource limits not applied: {reason}")),
+    if !launching.options.limits.is_empty() {
+        if let Err(LimitsNotApplied(reason)) = launching.prepare_cgroup() {
+            warnings.push(format!("resource limits not applied: {reason}"));
         }
     }
-    match launching.start(&binary, version) {
+    match launching.save_record().and_then(|()| launching.start(&binary, version)) {
         Ok(mut vm) => {
             // Returned, not logged at warn: the caller says them (the CLI prints `warning: ...`).
             for warning in &warnings {
-                log::info!("VM {}: {warning}", options.name);
+                log::info!("VM {}: {warning}", launching.options.name);
             }
             vm.warnings = warnings;
             Ok(vm)
@@ -510,26 +528,74 @@ pub fn launch(options: &LaunchOptions) -> Result<LaunchedVm, LaunchError> {
     }
 }
 
-/// A socket nobody answers on, and a RAM file of an earlier launch, are removed; a socket that
-/// answers means the name is taken.
-fn remove_stale_files(options: &LaunchOptions) -> Result<(), LaunchError> {
+/// The user QEMU runs as (see [`LaunchOptions::user`]).
+fn qemu_user(requested: Option<&str>) -> Result<Option<String>, LaunchError> {
+    if process::effective_uid() != 0 {
+        return Ok(requested.map(str::to_string));
+    }
+    match requested {
+        Some("root") => {
+            log::info!("QEMU runs as root, as asked (--user root)");
+            Ok(None)
+        }
+        Some(user) => Ok(Some(user.to_string())),
+        None => service_user().map(Some),
+    }
+}
+
+/// The dedicated system user, created when missing (two launches may race to create it).
+fn service_user() -> Result<String, LaunchError> {
+    let exists = || nix::unistd::User::from_name(SERVICE_USER).ok().flatten().is_some();
+    if exists() {
+        return Ok(SERVICE_USER.into());
+    }
+    let output = Command::new("useradd")
+        .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"])
+        .args(["--comment", "QEMU started by qemu-bridge", SERVICE_USER])
+        .output();
+    if exists() {
+        log::info!("created the system user {SERVICE_USER} for QEMU");
+        return Ok(SERVICE_USER.into());
+    }
+    Err(LaunchError::NoServiceUser(match output {
+        Ok(output) => String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        Err(err) => format!("cannot run useradd: {err}"),
+    }))
+}
+
+/// Makes way for a new launch under a name used before. A socket that answers means the name
+/// is taken. What an earlier launch recorded (its QEMU gone) is removed, but for the state
+/// disk, which keeps its saved states; a RAM file that no launch of ours made is refused, never
+/// deleted. Returns the record to start from.
+fn clear_leftovers(options: &LaunchOptions) -> Result<LaunchRecord, LaunchError> {
     let socket = options.run_dir.socket_path(&options.name);
-    if socket.exists() {
-        if answers(&socket) {
+    if socket.exists() && answers(&socket) {
+        return Err(LaunchError::AlreadyRunning(options.name.to_string()));
+    }
+    let mut record = match LaunchRecord::read(&options.run_dir, &options.name) {
+        Ok(record) => record.unwrap_or_default(),
+        Err(err) => {
+            log::warn!("{}", crate::error::chain(&err));
+            LaunchRecord::default()
+        }
+    };
+    if let Some(pid) = record.pid.filter(|&pid| is_our_qemu(pid, &socket)) {
+        if process::alive(pid) {
             return Err(LaunchError::AlreadyRunning(options.name.to_string()));
         }
-        log::info!("removing stale socket {}", socket.display());
-        fs::remove_file(&socket)
-            .map_err(io_error(format!("cannot remove stale socket {}", socket.display())))?;
     }
-    // A stale RAM file may still be mapped by a reader: unlink it rather than let QEMU truncate
-    // it in place (which would SIGBUS that reader).
+    cgroup::remove_dirs(&std::mem::take(&mut record.cgroups));
+    record
+        .remove_files(|role| role != FileRole::StateDisk)
+        .map_err(io_error("cannot remove what the last launch left"))?;
+    record.pid = None;
+    // QEMU would truncate a file at the RAM path in place (a SIGBUS for whoever maps it) or
+    // take over someone else's file: refuse what we did not make.
     let ram_path = options.ram_path();
-    if ram_path.exists() {
-        fs::remove_file(&ram_path)
-            .map_err(io_error(format!("cannot remove stale RAM file {}", ram_path.display())))?;
+    if fs::symlink_metadata(&ram_path).is_ok() {
+        return Err(LaunchError::ForeignRamFile(ram_path));
     }
-    Ok(())
+    Ok(record)
 }
 
 /// Why limits were not applied (the launch goes on without them).
@@ -538,6 +604,8 @@ struct LimitsNotApplied(String);
 /// A launch under way: what to undo when it fails.
 struct Launching {
     options: LaunchOptions,
+    /// What this launch made so far (and a state disk an earlier launch made).
+    record: LaunchRecord,
     created_state_disk: bool,
     cgroup: Option<VmCgroup>,
 }
@@ -547,6 +615,12 @@ impl Launching {
     fn prepare_state_disk(&mut self) -> Result<(), String> {
         let path = self.options.state_disk_path();
         if path.exists() {
+            if self.record.file(FileRole::StateDisk).is_none() {
+                log::info!(
+                    "using the existing state disk {} (not made by qemu-bridge: stop keeps it)",
+                    path.display()
+                );
+            }
             return Ok(());
         }
         let qemu_img = qemu_img_binary();
@@ -568,7 +642,9 @@ impl Launching {
             ));
         }
         self.created_state_disk = true;
-        Ok(())
+        self.record
+            .add(FileRole::StateDisk, &path)
+            .map_err(|err| format!("cannot examine {}: {err}", path.display()))
     }
 
     /// Makes the VM's cgroup and records its directories for `stop`.
@@ -578,14 +654,39 @@ impl Launching {
         let cgroup = host
             .create(options.name.as_str(), &options.limits)
             .map_err(|err| LimitsNotApplied(crate::error::chain(&err)))?;
-        let listing: String = cgroup.dirs().iter().map(|dir| format!("{}\n", dir.display())).collect();
-        let record = options.file_path(CGROUP_FILE);
-        if let Err(err) = fs::write(&record, listing) {
-            cgroup.remove();
-            return Err(LimitsNotApplied(format!("cannot write {}: {err}", record.display())));
-        }
+        self.record.cgroups = cgroup.dirs();
         self.cgroup = Some(cgroup);
         Ok(())
+    }
+
+    /// Writes the record as it stands: before QEMU starts (so that a launch cut short leaves
+    /// a record `stop` can clean up after) and once it runs.
+    fn save_record(&self) -> Result<(), LaunchError> {
+        let options = &self.options;
+        self.record.write(&options.run_dir, &options.name).map_err(|source| LaunchError::Record {
+            path: LaunchRecord::path(&options.run_dir, &options.name),
+            source,
+        })
+    }
+
+    /// Records QEMU's pid and the files it made.
+    fn record_qemu(&mut self, pid: u32) -> Result<(), LaunchError> {
+        let options = &self.options;
+        self.record.pid = Some(pid);
+        let files = [
+            (FileRole::Ram, options.ram_path()),
+            (FileRole::Socket, options.run_dir.socket_path(&options.name)),
+            (FileRole::Pidfile, options.file_path("pid")),
+            (FileRole::Serial, options.file_path("serial")),
+            (FileRole::Log, options.file_path("log")),
+        ];
+        for (role, path) in files {
+            if let Err(err) = self.record.add(role, &path) {
+                // QEMU made no such file (a serial console elsewhere, say): nothing to remove
+                log::debug!("not recording {}: {err}", path.display());
+            }
+        }
+        self.save_record()
     }
 
     fn command(&self, binary: &str, version: (u32, u32)) -> Command {
@@ -621,10 +722,13 @@ impl Launching {
         self.or_out_of_memory(why)
     }
 
-    fn start(&self, binary: &str, version: (u32, u32)) -> Result<LaunchedVm, LaunchError> {
-        let options = &self.options;
+    fn start(&mut self, binary: &str, version: (u32, u32)) -> Result<LaunchedVm, LaunchError> {
         let started = Instant::now();
         let pid = self.spawn_daemon(binary, version, started)?;
+        if let Err(err) = self.record_qemu(pid) {
+            return Err(self.abandon(pid, err));
+        }
+        let options = &self.options;
         let socket = options.run_dir.socket_path(&options.name);
         let up = poll::wait_for(options.timeout.saturating_sub(started.elapsed()), || {
             answers(&socket) || !process::alive(pid)
@@ -652,6 +756,7 @@ impl Launching {
             boot,
             state_disk: options.state_disk.then(|| options.state_disk_path()),
             cgroup: self.cgroup.clone(),
+            user: options.user.clone(),
             warnings: Vec::new(),
         })
     }
@@ -716,16 +821,13 @@ impl Launching {
         Err(self.abandon(pid, LaunchError::NoSerialText { timeout, text: text.to_string(), tail }))
     }
 
-    /// Removes what this launch made: socket, pidfile, RAM file, cgroups, and the state disk
-    /// if it was created now.
-    fn cleanup(&self) {
+    /// Removes what this launch made: socket, pidfile, RAM file, logs, cgroups, and the state
+    /// disk if it was created now. Nothing was at these paths before (see `clear_leftovers`),
+    /// so what is there now is this launch's. A state disk kept from before stays recorded.
+    fn cleanup(&mut self) {
         let options = &self.options;
-        let mut files = vec![
-            options.run_dir.socket_path(&options.name),
-            options.file_path("pid"),
-            options.file_path(CGROUP_FILE),
-            options.ram_path(),
-        ];
+        let mut files =
+            vec![options.run_dir.socket_path(&options.name), options.file_path("pid"), options.ram_path()];
         if self.created_state_disk {
             files.push(options.state_disk_path());
         }
@@ -734,6 +836,17 @@ impl Launching {
         }
         if let Some(cgroup) = &self.cgroup {
             cgroup.remove();
+        }
+        self.record.pid = None;
+        self.record.cgroups.clear();
+        self.record.files.retain(|file| file.role == FileRole::StateDisk && file.is_intact());
+        let result = if self.record.files.is_empty() {
+            LaunchRecord::delete(&options.run_dir, &options.name)
+        } else {
+            self.record.write(&options.run_dir, &options.name)
+        };
+        if let Err(err) = result {
+            log::warn!("cannot update the launch record of {}: {err}", options.name);
         }
     }
 }
@@ -750,28 +863,63 @@ fn is_our_qemu(pid: u32, socket: &Path) -> bool {
 pub struct Stopped {
     /// Whether QEMU exited through QMP `quit` (false: it was signalled or already gone).
     pub graceful: bool,
-    /// Files removed.
+    /// Whether `qemu-bridge launch` started the VM (it has a launch record). A VM started
+    /// otherwise is only asked to quit: none of its files are touched.
+    pub launched: bool,
+    /// Files removed (only files the launch made, each still the very file it made).
     pub removed: Vec<PathBuf>,
+    /// Recorded files left alone because their path now names another file.
+    pub replaced: Vec<PathBuf>,
+    /// The state disk, when kept for a later launch.
+    pub kept_state_disk: Option<PathBuf>,
 }
 
-/// Quits VM `name` through QMP, waits for QEMU to exit (signalling its pid if it does not),
-/// and removes its RAM file, socket, pidfile and cgroups. Its state disk is kept, so that a VM
-/// launched again under the same name can restore its saved states, unless `discard_state`.
+/// Quits VM `name` through QMP and waits for QEMU to exit. For a VM that `launch` started (it
+/// has a launch record), a QEMU that does not exit is signalled by its recorded pid, and the
+/// files and cgroups the launch made are removed, each only while its path still names the file
+/// that was made; the state disk is kept (so that a VM launched again under the same name can
+/// restore its saved states) unless `discard_state`. A VM started otherwise is asked to quit
+/// and nothing else: its files, whatever QMP says they are, are left alone.
 ///
 /// # Errors
 ///
-/// [`VmError::NotFound`] when neither socket nor pidfile exist; I/O errors removing files or
-/// reading the cgroup record.
+/// [`VmError::NotFound`] when there is neither socket nor record; a refused QMP peer of a VM
+/// that has no record; I/O errors removing files.
 pub fn stop(run_dir: &RunDir, name: &str, discard_state: bool) -> Result<Stopped, LaunchError> {
     let vm = Vm::new(run_dir, name)?;
-    let pidfile = vm.file_path("pid");
-    let socket = vm.socket().to_path_buf();
-    if !socket.exists() && !pidfile.exists() {
+    let record = match LaunchRecord::read(run_dir, vm.name()) {
+        Ok(record) => record,
+        Err(err) => {
+            log::warn!("{}; treating VM {name} as not launched by qemu-bridge", crate::error::chain(&err));
+            None
+        }
+    };
+    if !vm.socket().exists() && record.is_none() {
         return Err(vm.not_found().into());
     }
-    let pid = process::read_pid(&pidfile).filter(|&pid| is_our_qemu(pid, &socket));
-    let (graceful, ram_path) = quit(&vm);
-    if let Some(pid) = pid {
+    let quit = quit(&vm);
+    let Some(mut record) = record else {
+        let peer = quit?;
+        // Not ours to kill: wait a while for it to take the quit, delete nothing.
+        if !process::wait_for_exit(peer.pid, Duration::from_secs(10)) {
+            log::warn!("VM {name} (pid {}) is still running 10 s after quit", peer.pid);
+        }
+        return Ok(Stopped {
+            graceful: true,
+            launched: false,
+            removed: Vec::new(),
+            replaced: Vec::new(),
+            kept_state_disk: None,
+        });
+    };
+    let graceful = match quit {
+        Ok(_) => true,
+        Err(err) => {
+            log::warn!("{}; stopping by pid", crate::error::chain(&err));
+            false
+        }
+    };
+    if let Some(pid) = record.pid.filter(|&pid| is_our_qemu(pid, vm.socket())) {
         let grace = if graceful { Duration::from_secs(10) } else { Duration::from_millis(100) };
         if !process::end(pid, grace) {
             return Err(LaunchError::Io {
@@ -780,44 +928,33 @@ pub fn stop(run_dir: &RunDir, name: &str, discard_state: bool) -> Result<Stopped
             });
         }
     }
-    // Launched VMs have their RAM under the standard name; remove that too when QMP was gone.
-    let ram_path = ram_path.unwrap_or_else(|| ram_file_path(Path::new(SHM_DIR), vm.name()));
-    let cgroups = recorded_cgroups(run_dir, vm.name())
-        .map_err(io_error(format!("cannot read the cgroup record of VM {name}")))?;
-    cgroup::remove_dirs(&cgroups);
-    let mut files = vec![ram_path, socket, pidfile, vm.file_path(CGROUP_FILE)];
-    if discard_state {
-        files.push(state_disk_path(run_dir, vm.name()));
-    }
-    let mut removed = Vec::new();
-    for path in files {
-        match fs::remove_file(&path) {
-            Ok(()) => removed.push(path),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(LaunchError::Io { what: format!("cannot remove {}", path.display()), source })
-            }
-        }
-    }
-    Ok(Stopped { graceful, removed })
+    cgroup::remove_dirs(&std::mem::take(&mut record.cgroups));
+    let removal = record
+        .remove_files(|role| role != FileRole::StateDisk || discard_state)
+        .map_err(io_error(format!("cannot remove the files of VM {name}")))?;
+    record.pid = None;
+    let kept_state_disk = record.file(FileRole::StateDisk).map(|file| file.path.clone());
+    let saved = if record.files.is_empty() {
+        LaunchRecord::delete(run_dir, vm.name())
+    } else {
+        record.write(run_dir, vm.name())
+    };
+    saved.map_err(io_error(format!("cannot update the launch record of VM {name}")))?;
+    Ok(Stopped {
+        graceful,
+        launched: true,
+        removed: removal.removed,
+        replaced: removal.replaced,
+        kept_state_disk,
+    })
 }
 
-/// Sends `quit`: whether QEMU took it, and the RAM file QMP named before.
-fn quit(vm: &Vm) -> (bool, Option<PathBuf>) {
-    let mut qmp = match vm.connect() {
-        Ok(qmp) => qmp,
-        Err(err) => {
-            log::warn!("{}; stopping by pid", crate::error::chain(&err));
-            return (false, None);
-        }
-    };
-    let ram_path = qmp.get_shared_memory_path().ok();
+/// Sends `quit` to a trusted peer: the peer, once QEMU took it.
+fn quit(vm: &Vm) -> Result<crate::vm::Peer, LaunchError> {
+    let (mut qmp, peer) = vm.connect_to_peer()?;
     match qmp.quit() {
-        Ok(()) | Err(QmpError::Closed) => (true, ram_path),
-        Err(err) => {
-            log::warn!("VM {}: quit failed: {err}", vm.name());
-            (false, ram_path)
-        }
+        Ok(()) | Err(QmpError::Closed) => Ok(peer),
+        Err(err) => Err(vm.qmp_error(err).into()),
     }
 }
 
@@ -850,23 +987,13 @@ mod tests {
     }
 
     #[test]
-    fn an_unreadable_cgroup_record_is_an_error_not_an_empty_list() {
-        let dir = tempfile::tempdir().unwrap();
-        let run_dir = RunDir::new(dir.path());
-        let name = VmName::new("vm").unwrap();
-        assert_eq!(recorded_cgroups(&run_dir, &name).unwrap(), Vec::<PathBuf>::new());
-        std::fs::write(run_dir.file_path(&name, CGROUP_FILE), "/sys/fs/cgroup/memory/a\n\n").unwrap();
-        assert_eq!(recorded_cgroups(&run_dir, &name).unwrap(), [PathBuf::from("/sys/fs/cgroup/memory/a")]);
-        std::fs::remove_file(run_dir.file_path(&name, CGROUP_FILE)).unwrap();
-        std::fs::create_dir(run_dir.file_path(&name, CGROUP_FILE)).unwrap();
-        assert!(recorded_cgroups(&run_dir, &name).is_err());
-    }
-
-    #[test]
     fn user_option_follows_the_qemu_version() {
         let mut options = options("u", "/run/q");
         options.user = Some("nobody".into());
         assert!(qemu_args(&options, (7, 2)).windows(2).any(|w| w == ["-runas", "nobody"]));
         assert!(qemu_args(&options, (9, 1)).windows(2).any(|w| w == ["-run-with", "user=nobody"]));
+        // root is no user switch at all
+        options.user = Some("root".into());
+        assert!(!qemu_args(&options, (7, 2)).iter().any(|arg| arg == "-runas"));
     }
 }

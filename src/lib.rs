@@ -30,6 +30,7 @@ pub mod poll;
 pub mod process;
 pub mod qmp;
 pub mod ram;
+pub mod record;
 pub mod run_dir;
 pub mod saved_state;
 pub mod size;

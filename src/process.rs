@@ -30,6 +30,11 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// Waits up to `timeout` for `pid` to exit (without signalling it); whether it did.
+pub fn wait_for_exit(pid: u32, timeout: Duration) -> bool {
+    crate::poll::wait_for(timeout, || !alive(pid))
+}
+
 /// Waits up to `grace` for `pid` to exit, then sends SIGTERM and waits `grace` again, then
 /// SIGKILL and waits `grace` once more. Whether it is gone.
 pub fn end(pid: u32, grace: Duration) -> bool {
@@ -38,7 +43,7 @@ pub fn end(pid: u32, grace: Duration) -> bool {
         if let Some(signal) = signal {
             let _ = kill(target, signal);
         }
-        if crate::poll::wait_for(grace, || !alive(pid)) {
+        if wait_for_exit(pid, grace) {
             return true;
         }
     }

@@ -107,6 +107,27 @@ impl RunDir {
         }
     }
 
+    /// A warning when other users may write the directory (group- or world-writable, or owned
+    /// by another user): they could plant sockets in it. The trust check still refuses their
+    /// peers; the warning makes the exposure visible. `None` when it is private or absent.
+    pub fn sharing_warning(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = fs::metadata(&self.path).ok()?;
+        let mode = metadata.mode() & 0o7777;
+        let me = effective_uid();
+        let why = if mode & 0o022 != 0 {
+            format!("writable by other users (mode {mode:04o})")
+        } else if metadata.uid() != me && metadata.uid() != 0 {
+            format!("owned by uid {}", metadata.uid())
+        } else {
+            return None;
+        };
+        Some(format!(
+            "run directory {} is {why}: others can put QMP sockets in it (qemu-bridge refuses peers it does not trust; chmod 700 makes it private)",
+            self.path.display()
+        ))
+    }
+
     /// Names of the VMs whose sockets are in the directory, sorted. Sockets whose stems are not
     /// valid [`VmName`]s (not UTF-8, control characters, too long) are skipped with a log line;
     /// nothing is connected to here.
@@ -156,6 +177,19 @@ mod tests {
         std::fs::write(run_dir.socket_path(&name("not-a-socket")), b"").unwrap();
         std::fs::write(run_dir.file_path(&name("alpha"), "pid"), b"1").unwrap();
         assert_eq!(run_dir.vm_names().unwrap(), [name("alpha"), name("beta")]);
+    }
+
+    #[test]
+    fn shared_run_dirs_are_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = RunDir::new(dir.path());
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(run_dir.sharing_warning(), None);
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let warning = run_dir.sharing_warning().unwrap();
+        assert!(warning.contains("writable by other users (mode 0777)"), "{warning}");
+        assert_eq!(RunDir::new(dir.path().join("absent")).sharing_warning(), None);
     }
 
     #[test]

@@ -35,8 +35,20 @@ pub enum VmError {
         #[source]
         source: QmpError,
     },
-    /// The RAM file named by QMP is not one this tool trusts (see [`Vm::info`]).
-    #[error("VM {vm}: refusing RAM file {path}: {reason}")]
+    /// The process on the VM's socket is not one this tool trusts (see [`Vm::connect`]).
+    #[error("VM {vm}: refusing its QMP peer (pid {pid}, uid {uid}): {reason}")]
+    UntrustedPeer {
+        /// The VM.
+        vm: String,
+        /// The peer's pid.
+        pid: u32,
+        /// The peer's uid.
+        uid: u32,
+        /// Why it is not trusted.
+        reason: String,
+    },
+    /// The RAM file named by QMP is not one this tool trusts (see [`Vm::open_bridge`]).
+    #[error("VM {vm}: refusing {path}: {reason}")]
     Untrusted {
         /// The VM.
         vm: String,
@@ -75,6 +87,24 @@ pub struct VmInfo {
     pub machine: String,
     /// Guest-physical layout.
     pub layout: GuestLayout,
+    /// The QEMU process (the QMP peer), which holds the RAM file open.
+    pub qemu_pid: u32,
+}
+
+impl VmError {
+    /// Whether the VM was refused by the trust check (as opposed to unreachable or failing).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, VmError::Untrusted { .. } | VmError::UntrustedPeer { .. })
+    }
+}
+
+/// The process listening on a VM's QMP socket, as the kernel reports it (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Its pid.
+    pub pid: u32,
+    /// Its uid.
+    pub uid: u32,
 }
 
 /// A VM reachable through `<run-dir>/<name>.qmp`: the handle every verb, the launcher and the
@@ -156,13 +186,68 @@ impl Vm {
         VmError::Ram { vm: self.name.to_string(), source }
     }
 
-    /// Opens a QMP connection. Drop it soon: QEMU 7.2 serves one client at a time.
+    /// Opens a QMP connection to a trusted peer. Drop it soon: QEMU 7.2 serves one client at a
+    /// time.
+    ///
+    /// The peer is trusted when it runs as this user or as root (its credentials from
+    /// `SO_PEERCRED`), or when it is the QEMU that `qemu-bridge launch` started for this VM
+    /// (the pid in the VM's launch record: a QEMU launched with `--user` drops to that user).
+    /// A socket planted by anybody else is refused before anything is asked of it.
     ///
     /// # Errors
     ///
-    /// [`VmError::Qmp`].
+    /// [`VmError::Qmp`], [`VmError::UntrustedPeer`].
     pub fn connect(&self) -> Result<QmpClient<UnixStream>, VmError> {
-        QmpClient::connect(&self.socket, self.timeout).map_err(|err| self.qmp_error(err))
+        self.connect_to_peer().map(|(client, _)| client)
+    }
+
+    /// [`connect`](Self::connect), and who the trusted peer is.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub fn connect_to_peer(&self) -> Result<(QmpClient<UnixStream>, Peer), VmError> {
+        let client = QmpClient::connect(&self.socket, self.timeout).map_err(|err| self.qmp_error(err))?;
+        let peer = self.trusted_peer(&client)?;
+        Ok((client, peer))
+    }
+
+    /// The peer of `qmp`, if it is trusted (see [`connect`](Self::connect)).
+    fn trusted_peer(&self, qmp: &QmpClient<UnixStream>) -> Result<Peer, VmError> {
+        let credentials =
+            nix::sys::socket::getsockopt(qmp.stream(), nix::sys::socket::sockopt::PeerCredentials)
+                .map_err(|err| self.qmp_error(QmpError::Io(err.into())))?;
+        let peer = Peer { pid: credentials.pid() as u32, uid: credentials.uid() };
+        let me = crate::process::effective_uid();
+        if peer.uid == me || peer.uid == 0 || self.launched_pid() == Some(peer.pid) {
+            return Ok(peer);
+        }
+        Err(VmError::UntrustedPeer {
+            vm: self.name.to_string(),
+            pid: peer.pid,
+            uid: peer.uid,
+            reason: format!("it runs neither as uid {me} nor as root, and qemu-bridge did not launch it"),
+        })
+    }
+
+    /// The peer on the other end of a trusted connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub fn peer(&self) -> Result<Peer, VmError> {
+        self.connect_to_peer().map(|(_, peer)| peer)
+    }
+
+    /// QEMU's pid from this VM's launch record, if qemu-bridge launched it.
+    pub fn launched_pid(&self) -> Option<u32> {
+        match crate::record::LaunchRecord::read(&self.run_dir, &self.name) {
+            Ok(record) => record.and_then(|record| record.pid),
+            Err(err) => {
+                log::warn!("{}", crate::error::chain(&err));
+                None
+            }
+        }
     }
 
     /// Runs `ask` on a fresh connection and closes it.
@@ -187,24 +272,25 @@ impl Vm {
         self.with_qmp(QmpClient::query_status)
     }
 
-    /// Everything QMP says about the VM's RAM and state, over one connection.
-    ///
-    /// The QMP peer names the file to map, so it is checked before anyone maps it: the process
-    /// listening on the socket must run as this user or root (its credentials from
-    /// `SO_PEERCRED`), and it must hold the RAM file open (QEMU keeps its backend file open).
-    /// A socket planted by someone else cannot point qemu-bridge at an arbitrary file.
+    /// Everything QMP says about the VM's RAM and state, over one connection, once the RAM
+    /// file it names has passed the trust check (see [`open_bridge`](Self::open_bridge)).
     ///
     /// # Errors
     ///
-    /// [`VmError::Qmp`], [`VmError::Untrusted`].
+    /// [`VmError::Qmp`], [`VmError::UntrustedPeer`], [`VmError::Untrusted`], [`VmError::Ram`].
     pub fn info(&self) -> Result<VmInfo, VmError> {
-        let mut qmp = self.connect()?;
-        let info = self.gather(&mut qmp).map_err(|err| self.qmp_error(err))?;
-        self.verify_peer_holds(&qmp, &info.ram_path)?;
-        Ok(info)
+        self.info_and_ram().map(|(info, _)| info)
     }
 
-    fn gather(&self, qmp: &mut QmpClient<UnixStream>) -> Result<VmInfo, QmpError> {
+    /// [`info`](Self::info), and the RAM file opened and verified.
+    fn info_and_ram(&self) -> Result<(VmInfo, std::fs::File), VmError> {
+        let (mut qmp, peer) = self.connect_to_peer()?;
+        let info = self.gather(&mut qmp, peer).map_err(|err| self.qmp_error(err))?;
+        let file = self.open_held_file(peer, &info.ram_path)?;
+        Ok((info, file))
+    }
+
+    fn gather(&self, qmp: &mut QmpClient<UnixStream>, peer: Peer) -> Result<VmInfo, QmpError> {
         let status = qmp.query_status()?;
         let (backend, ram_path) = qmp.shared_memory_backend()?;
         let ram_size = qmp.backend_size(&backend)?;
@@ -219,43 +305,46 @@ impl Vm {
             ram_size,
             machine,
             layout,
+            qemu_pid: peer.pid,
         })
     }
 
-    fn verify_peer_holds(
-        &self,
-        qmp: &QmpClient<UnixStream>,
-        ram_path: &std::path::Path,
-    ) -> Result<(), VmError> {
-        use std::os::unix::fs::MetadataExt;
-        let untrusted = |reason: String| VmError::Untrusted {
+    /// Opens `path` (never through a symbolic link) and checks that this very file, by device
+    /// and inode of the open descriptor, is one the peer holds open: what is checked is what
+    /// gets mapped, with no window for a swapped path.
+    fn open_held_file(&self, peer: Peer, path: &std::path::Path) -> Result<std::fs::File, VmError> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let refuse = |reason: String| VmError::Untrusted {
             vm: self.name.to_string(),
-            path: ram_path.to_path_buf(),
+            path: path.to_path_buf(),
             reason,
         };
-        let credentials =
-            nix::sys::socket::getsockopt(qmp.stream(), nix::sys::socket::sockopt::PeerCredentials)
-                .map_err(|err| untrusted(format!("cannot identify the QMP peer: {err}")))?;
-        let me = crate::process::effective_uid();
-        if credentials.uid() != me && credentials.uid() != 0 {
-            return Err(untrusted(format!(
-                "the QMP peer runs as uid {}, not {me} or root",
-                credentials.uid()
-            )));
-        }
-        let target = std::fs::metadata(ram_path).map_err(|err| untrusted(err.to_string()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|err| match err.kind() {
+                _ if err.raw_os_error() == Some(libc::ELOOP) => refuse("it is a symbolic link".into()),
+                std::io::ErrorKind::NotFound => {
+                    self.ram_error(BridgeError::FileNotFound(path.display().to_string()))
+                }
+                std::io::ErrorKind::PermissionDenied => self.ram_error(BridgeError::PermissionDenied),
+                _ => self.ram_error(BridgeError::MmapFailed(err)),
+            })?;
+        let target = file.metadata().map_err(|err| self.ram_error(BridgeError::MmapFailed(err)))?;
         if !target.is_file() {
-            return Err(untrusted("not a regular file".into()));
+            return Err(refuse("it is not a regular file".into()));
         }
-        let fds = std::fs::read_dir(format!("/proc/{}/fd", credentials.pid()))
-            .map_err(|err| untrusted(format!("cannot inspect QMP peer pid {}: {err}", credentials.pid())))?;
+        let who = format!("the QMP peer (pid {}, uid {})", peer.pid, peer.uid);
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", peer.pid))
+            .map_err(|err| refuse(format!("cannot see the files of {who}: {err}")))?;
         let held = fds.flatten().any(|fd| {
             std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
         });
         if !held {
-            return Err(untrusted(format!("QMP peer pid {} does not have it open", credentials.pid())));
+            return Err(refuse(format!("{who} does not hold it open")));
         }
-        Ok(())
+        Ok(file)
     }
 
     /// `query-memdev` with each file backend's `mem-path` added, as QMP reports them.
@@ -267,14 +356,17 @@ impl Vm {
         self.with_qmp(memdev_with_paths)
     }
 
-    /// Maps the VM's RAM file (whatever QMP says it is) with the VM's guest-physical layout.
+    /// Maps the VM's RAM file (whatever QMP says it is) with the VM's guest-physical layout,
+    /// once it passed the trust check: the peer is trusted (see [`connect`](Self::connect)),
+    /// the file is opened once without following a symbolic link, the peer holds that very
+    /// file open, and that same descriptor is mapped.
     ///
     /// # Errors
     ///
-    /// [`VmError::Qmp`] and [`VmError::Ram`].
+    /// [`VmError::Qmp`], [`VmError::UntrustedPeer`], [`VmError::Untrusted`], [`VmError::Ram`].
     pub fn open_bridge(&self) -> Result<(SharedMemoryBridge, VmInfo), VmError> {
-        let info = self.info()?;
-        let bridge = SharedMemoryBridge::open(self.name.as_str(), &info.ram_path)
+        let (info, file) = self.info_and_ram()?;
+        let bridge = SharedMemoryBridge::from_file(self.name.as_str(), file, &info.ram_path)
             .map_err(|err| self.ram_error(err))?;
         let bridge = match bridge.with_layout(info.layout.clone()) {
             Ok(bridge) => bridge,

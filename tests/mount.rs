@@ -152,7 +152,7 @@ fn test_mount_ram_equals_pmemsave_and_is_live() {
 
     // dd of a stopped VM's ram equals QEMU's pmemsave outside the VGA/ROM window
     let handle = qmp(&run_dir, vm.name());
-    let oracle = run_dir.path().join("pmemsave.bin");
+    let oracle = run_dir.qemu_output("pmemsave.bin");
     handle
         .with_qmp(|q| {
             q.stop()?;

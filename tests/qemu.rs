@@ -55,7 +55,7 @@ fn test_bytes_equal_pmemsave_of_stopped_vm() {
     let handle = Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
     let (bridge, info) = handle.open_bridge().unwrap();
     assert_eq!(info.ram_path, vm.launched.ram_path);
-    let oracle = run_dir.path().join("pmemsave.bin");
+    let oracle = run_dir.qemu_output("pmemsave.bin");
     handle
         .with_qmp(|qmp| {
             qmp.stop()?;
@@ -158,7 +158,7 @@ fn check_layout_against_qemu(machine: Machine, memory: u64, gpa: u64, expected_o
     // the test (not the bridge) writes the RAM file: share=on makes it guest memory
     let file = std::fs::OpenOptions::new().write(true).open(&info.ram_path).unwrap();
     file.write_at(&stamp, expected_offset).unwrap();
-    let oracle = run_dir.path().join("page.bin");
+    let oracle = run_dir.qemu_output("page.bin");
     handle.with_qmp(|qmp| qmp.pmemsave(gpa, 4096, &oracle)).unwrap();
     assert!(wait_until(Duration::from_secs(30), || std::fs::metadata(&oracle).is_ok_and(|m| m.len() == 4096)));
     assert_eq!(std::fs::read(&oracle).unwrap(), stamp, "QEMU sees other bytes at GPA {gpa:#x}");

@@ -286,6 +286,9 @@ pub fn serve(options: &MountOptions) -> Result<(), MountError> {
     if let Err(err) = run_dir.check() {
         log::warn!("{err}: no VMs until it appears");
     }
+    if let Some(warning) = run_dir.sharing_warning() {
+        log::warn!("{warning}");
+    }
     let audit = match &options.audit_log {
         Some(path) => Some(AuditLog::open(path).map_err(|source| MountError::Open {
             what: "audit log",

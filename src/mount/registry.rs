@@ -299,7 +299,12 @@ impl Registry {
                 state.by_name.insert(name.clone(), instance);
             }
             Err(err) => {
-                log::warn!("skipping VM {name}: {}", crate::error::chain(&err));
+                // a refusal names the VM, the file and the reason already
+                if err.is_refusal() {
+                    log::warn!("{}", crate::error::chain(&err));
+                } else {
+                    log::warn!("skipping VM {name}: {}", crate::error::chain(&err));
+                }
                 let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
                 state.failed.retain(|_, at| at.elapsed() < RETRY_FAILED_AFTER);
                 state.failed.insert(id, Instant::now());

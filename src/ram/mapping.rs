@@ -61,7 +61,7 @@ impl Mapping {
     }
 
     /// Maps an open file; `path` is what it is called in messages.
-    fn from_file(file: File, path: &Path) -> Result<Self, BridgeError> {
+    pub(crate) fn from_file(file: File, path: &Path) -> Result<Self, BridgeError> {
         let metadata = file.metadata().map_err(BridgeError::MmapFailed)?;
         if !metadata.is_file() {
             return Err(BridgeError::NotAFile(path.display().to_string()));

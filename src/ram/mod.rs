@@ -129,6 +129,19 @@ impl SharedMemoryBridge {
         Ok(Self { vm_id: vm_id.to_string(), mapping, layout })
     }
 
+    /// Maps an already open RAM file read-only, with guest addresses equal to file offsets;
+    /// `path` is what it is called in messages. The caller chose and checked the file (see
+    /// `Vm::open_bridge`, which maps exactly the descriptor it verified).
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::NotAFile`], [`BridgeError::MmapFailed`].
+    pub fn from_file(vm_id: &str, file: std::fs::File, path: &Path) -> Result<Self, BridgeError> {
+        let mapping = Mapping::from_file(file, path)?;
+        let layout = GuestLayout::identity(mapping.len() as u64);
+        Ok(Self { vm_id: vm_id.to_string(), mapping, layout })
+    }
+
     /// Replaces the guest-physical layout (e.g. from QMP, see `Vm::layout`).
     ///
     /// # Errors

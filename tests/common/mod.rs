@@ -100,17 +100,27 @@ pub fn counter_in(ram: &std::fs::File) -> u32 {
     u32::from_le_bytes(bytes)
 }
 
-/// A temporary run directory.
+/// A temporary run directory, and a directory the VMs' QEMU may write to.
 pub struct TestRunDir {
     pub dir: tempfile::TempDir,
     pub run_dir: RunDir,
+    /// Where QEMU writes files it is asked to (pmemsave): QEMU launched by root runs as an
+    /// unprivileged user, who cannot enter the run directory (mode 0700).
+    out: tempfile::TempDir,
 }
 
 impl TestRunDir {
     pub fn new() -> Self {
         let dir = tempfile::Builder::new().prefix("qbt-run").tempdir().unwrap();
         let run_dir = RunDir::new(dir.path());
-        Self { dir, run_dir }
+        let out = tempfile::Builder::new().prefix("qbt-out").tempdir().unwrap();
+        std::fs::set_permissions(out.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        Self { dir, run_dir, out }
+    }
+
+    /// A path QEMU may write `file` to.
+    pub fn qemu_output(&self, file: &str) -> PathBuf {
+        self.out.path().join(file)
     }
 
     pub fn path(&self) -> &Path {
