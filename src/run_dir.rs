@@ -180,6 +180,16 @@ mod tests {
     }
 
     #[test]
+    fn a_run_directory_made_by_us_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = RunDir::new(dir.path().join("new/run"));
+        run_dir.create().unwrap();
+        assert_eq!(fs::metadata(run_dir.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(run_dir.sharing_warning(), None);
+    }
+
+    #[test]
     fn shared_run_dirs_are_named() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();

@@ -7,7 +7,6 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -412,50 +411,6 @@ fn test_unmount_under_load() {
     );
 }
 
-/// Starts the fake monitor (optionally as `nobody`) and waits until it listens.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn fake_monitor(
-    run_dir: &TestRunDir,
-    name: &str,
-    ram: &std::path::Path,
-    hold: bool,
-    as_nobody: bool,
-) -> KillOnDrop {
-    // A copy in the run directory: another user may not be able to reach the checkout (CI
-    // clones into directories of mode 0700).
-    let script = run_dir.path().join("fake_qmp.py");
-    if !script.exists() {
-        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_qmp.py"), &script)
-            .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    }
-    let mut command = if as_nobody {
-        let mut command = Command::new("setpriv");
-        // Debian's python3: another user cannot reach an interpreter under root's home
-        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/bin/python3"]);
-        command
-    } else {
-        Command::new("python3")
-    };
-    command.arg(&script).arg(run_dir.path().join(format!("{name}.qmp"))).arg(ram).arg("65536");
-    if hold {
-        command.arg("--hold");
-    }
-    let mut child = KillOnDrop(command.stdout(std::process::Stdio::piped()).spawn().unwrap());
-    let mut ready = [0u8; 5];
-    child.0.stdout.as_mut().unwrap().read_exact(&mut ready).expect("the fake monitor did not start");
-    assert_eq!(&ready, b"ready");
-    child
-}
-
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_planted_sockets_cannot_point_the_mount_at_other_files() {
@@ -471,14 +426,14 @@ fn test_planted_sockets_cannot_point_the_mount_at_other_files() {
     let secret = common::ShmFile::with_contents("secret", &[0x5a; 65536]);
     std::fs::set_permissions(&secret.path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     // 1: a peer of a trusted user names a file it does not hold open
-    let liar = fake_monitor(&run_dir, "liar", &secret.path, false, false);
+    let liar = common::fake_monitor(&run_dir, "liar", &secret.path, false, false);
     // 2: a peer of another user (nobody) names a file it does hold open
-    let intruder = fake_monitor(&run_dir, "intruder", &secret.path, true, true);
+    let intruder = common::fake_monitor(&run_dir, "intruder", &secret.path, true, true);
     let mount = TestMount::new(&run_dir, &[]);
     let names = ls_does_not_hang(&mount);
     assert_eq!(names, [healthy.name()], "{}", mount.log_text());
     let log = mount.log_text();
-    assert!(log.contains("does not have it open"), "{log}");
+    assert!(log.contains("VM liar: refusing") && log.contains("does not hold it open"), "{log}");
     assert!(log.contains("uid 65534"), "{log}");
     // the CLI refuses the same way
     let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
@@ -488,7 +443,7 @@ fn test_planted_sockets_cannot_point_the_mount_at_other_files() {
         .unwrap();
     assert!(!output.status.success());
     assert!(
-        String::from_utf8_lossy(&output.stderr).contains("refusing RAM file"),
+        String::from_utf8_lossy(&output.stderr).contains("does not hold it open"),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );

@@ -311,8 +311,15 @@ pub fn assert_clean_failure(output: &Output, needle: &str) {
     assert!(!text.contains("panicked"), "panic: {text}");
     assert!(text.contains(needle), "error should mention {needle:?}: {text}");
     // clap adds a "For more information, try '--help'." hint to usage errors
-    let lines: Vec<&str> =
-        text.lines().filter(|l| !l.is_empty() && !l.starts_with("For more information")).collect();
+    // (and a run directory open to others is warned about, once, before the error)
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("For more information")
+                && !l.starts_with("warning: run directory")
+        })
+        .collect();
     assert_eq!(lines.len(), 1, "one line expected: {text}");
 }
 
@@ -425,4 +432,46 @@ impl Drop for TestMount {
             );
         }
     }
+}
+
+/// A child process killed and reaped when dropped.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the fake monitor `tests/fixtures/fake_qmp.py` (optionally as `nobody`) on
+/// `<run-dir>/<name>.qmp`, naming `ram` as the VM's RAM file (and holding it open with `hold`),
+/// and waits until it listens. As `nobody` it needs a run directory others may write.
+pub fn fake_monitor(run_dir: &TestRunDir, name: &str, ram: &Path, hold: bool, as_nobody: bool) -> KillOnDrop {
+    use std::io::Read;
+    // A copy in the run directory: another user may not be able to reach the checkout (CI
+    // clones into directories of mode 0700).
+    let script = run_dir.path().join("fake_qmp.py");
+    if !script.exists() {
+        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_qmp.py"), &script)
+            .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    let mut command = if as_nobody {
+        let mut command = Command::new("setpriv");
+        // Debian's python3: another user cannot reach an interpreter under root's home
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/bin/python3"]);
+        command
+    } else {
+        Command::new("python3")
+    };
+    command.arg(&script).arg(run_dir.path().join(format!("{name}.qmp"))).arg(ram).arg("65536");
+    if hold {
+        command.arg("--hold");
+    }
+    let mut child = KillOnDrop(command.stdout(std::process::Stdio::piped()).spawn().unwrap());
+    let mut ready = [0u8; 5];
+    child.0.stdout.as_mut().unwrap().read_exact(&mut ready).expect("the fake monitor did not start");
+    assert_eq!(&ready, b"ready");
+    child
 }
