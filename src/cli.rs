@@ -650,7 +650,12 @@ fn snapshot_verb(args: SnapshotArgs) -> CliResult {
     }
     let snapshot =
         if args.pause { vm.paused_snapshot(&bridge)? } else { bridge.consistent_snapshot(args.attempts)? };
-    write_atomically(&args.output, |file| file.write_all(&snapshot.data))?;
+    write_atomically(&args.output, |file| {
+        // pages of zeros become holes: the file takes the space of what the guest touched
+        let mut output = qemu_bridge::ram::sparse::SparseWriter::at(file, 0);
+        output.write(&snapshot.data)?;
+        output.finish().map(drop)
+    })?;
     println!("{} {}", snapshot.summary_line(), args.output.display());
     Ok(())
 }

@@ -323,22 +323,26 @@ fn unsafe_free_read(view: &[u8]) -> u8 {
     std::hint::black_box(view)[100]
 }
 
-/// Huge pages for one test: raises `nr_hugepages`, mounts hugetlbfs, and puts both back.
+/// Huge pages for one test at a time: raises `nr_hugepages`, mounts hugetlbfs, and puts both
+/// back.
 struct HugePages {
     previous: String,
     dir: tempfile::TempDir,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
 impl HugePages {
     const COUNT_FILE: &'static str = "/proc/sys/vm/nr_hugepages";
 
     fn reserve(pages: u64) -> Self {
+        static POOL: std::sync::Mutex<()> = std::sync::Mutex::new(());
         common::require_root();
+        let one_at_a_time = POOL.lock().unwrap_or_else(|e| e.into_inner());
         let previous = std::fs::read_to_string(Self::COUNT_FILE).unwrap();
         let wanted = previous.trim().parse::<u64>().unwrap() + pages;
         std::fs::write(Self::COUNT_FILE, wanted.to_string()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let pool = Self { previous, dir };
+        let pool = Self { previous, dir, _one_at_a_time: one_at_a_time };
         let mounted = std::process::Command::new("mount")
             .args(["-t", "hugetlbfs", "-o", "pagesize=2M", "none"])
             .arg(pool.dir.path())
@@ -378,5 +382,59 @@ fn test_touching_a_truncated_huge_page_is_survived() {
         assert!(matches!(bridge.read_into(0, &mut buffer), Err(BridgeError::FileShrunk { .. })));
     }
     drop(file);
+    std::fs::remove_file(&path).unwrap();
+}
+
+fn huge_pages_free() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("HugePages_Free:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap()
+}
+
+/// A RAM file on hugetlbfs whose pool is used up (every free huge page reserved by the VM's own
+/// mapping) and whose guest touched one page of four: every way of reading it returns zeros for
+/// the untouched pages, raises no SIGBUS and allocates no huge page.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_reading_hugetlbfs_allocates_no_huge_page() {
+    const HUGE: usize = 2 << 20;
+    common::require_program("python3");
+    let pool = HugePages::reserve(4);
+    let path = pool.dir.path().join("ram");
+    std::fs::File::create(&path).unwrap().set_len(4 * HUGE as u64).unwrap();
+    // the "guest": maps the whole file (reserving all four pages) and touches the first one
+    let script = "import mmap,os,sys\nf=os.open(sys.argv[1],os.O_RDWR)\nm=mmap.mmap(f,4*2*1024*1024)\n\
+                  m[100]=0x5a\nprint('ready',flush=True)\nsys.stdin.read()\n";
+    let mut guest = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 5];
+    std::io::Read::read_exact(guest.stdout.as_mut().unwrap(), &mut ready).unwrap();
+    let free = huge_pages_free();
+    {
+        let bridge = SharedMemoryBridge::open("huge", &path).unwrap();
+        assert_eq!(bridge.mapping().read_method(), qemu_bridge::ram::ReadMethod::Pread);
+        let data = bridge.try_snapshot().unwrap();
+        assert_eq!(data[100], 0x5a);
+        assert_eq!(data.iter().filter(|&&b| b != 0).count(), 1);
+        let checked = bridge.consistent_snapshot(2).unwrap();
+        assert_eq!(checked.verdict, Verdict::Consistent);
+        assert!(checked.data == data);
+        let reply = bridge.mapping().read_for_reply(3 * HUGE, HUGE).unwrap();
+        assert!(reply.iter().all(|&b| b == 0));
+        let out = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        bridge.write_snapshot_to(out.as_file()).unwrap();
+        assert!(std::fs::read(out.path()).unwrap() == data);
+    }
+    assert_eq!(huge_pages_free(), free, "reading allocated huge pages");
+    drop(guest.stdin.take());
+    guest.wait().unwrap();
     std::fs::remove_file(&path).unwrap();
 }

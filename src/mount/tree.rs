@@ -383,9 +383,10 @@ impl Filesystem for Tree {
                 }
                 let len = (size as u64).min(total - offset) as usize;
                 self.audit(req, instance, VmFile::Ram, AuditOp::Read, offset, len as u64);
-                // The reply is written to /dev/fuse straight from the mapping: zero copy.
-                match instance.bridge.mapping().view_checked(offset as usize, len) {
-                    Ok(bytes) => reply.data(bytes),
+                // Data is written to /dev/fuse straight from the mapping (zero copy); holes are
+                // answered with zeros, never by touching (and so allocating) the guest's pages.
+                match instance.bridge.mapping().read_for_reply(offset as usize, len) {
+                    Ok(bytes) => reply.data(&bytes),
                     Err(err) => {
                         log::error!("{}/ram at {offset:#x}: {err}", instance.vm.name());
                         reply.error(Errno::EIO);

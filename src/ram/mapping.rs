@@ -10,7 +10,9 @@
 //! told the bytes change, and the FUSE read path, which passes the slice straight to the
 //! kernel (`writev` on the FUSE device): the kernel copies the bytes, no Rust code reads them.
 
+use std::borrow::Cow;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{compiler_fence, Ordering};
 
@@ -21,12 +23,40 @@ use super::BridgeError;
 /// Copies at least this large are split across threads when more than one core is available.
 const PARALLEL_COPY_THRESHOLD: usize = 16 << 20;
 
+/// Zeros to answer reads of holes with, without allocating.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// How a RAM file is read so that reading never allocates a page the guest has not touched:
+/// touching an untouched page of a tmpfs, memfd or hugetlbfs mapping allocates it, even for a
+/// read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMethod {
+    /// `lseek(SEEK_DATA/SEEK_HOLE)` names the holes (tmpfs, memfd, regular files): holes read
+    /// as zeros without touching the mapping, data is copied from the mapping (and handed to
+    /// the kernel as is by the mount: zero copy).
+    MappingWithHoles,
+    /// hugetlbfs reports every page as data, and a fault on an untouched huge page allocates
+    /// one (or raises SIGBUS when the pool is empty): every read is a `pread`, which returns
+    /// zeros for untouched pages and allocates nothing. A copy, not zero-copy.
+    Pread,
+}
+
+/// A run of the file that is all data or all hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    start: usize,
+    end: usize,
+    data: bool,
+}
+
 /// A read-only, shared mapping of a whole guest RAM file.
 #[derive(Debug)]
 pub struct Mapping {
     map: Mmap,
     file: File,
     path: PathBuf,
+    method: ReadMethod,
+    page_size: usize,
     /// Slot in the SIGBUS guard's table, if one was free.
     guard_slot: Option<usize>,
 }
@@ -66,14 +96,20 @@ impl Mapping {
         if !metadata.is_file() {
             return Err(BridgeError::NotAFile(path.display().to_string()));
         }
-        let page_size = page_size_of(&file).map_err(BridgeError::MmapFailed)?;
+        let (page_size, hugetlbfs) = page_size_of(&file).map_err(BridgeError::MmapFailed)?;
+        let method = if hugetlbfs { ReadMethod::Pread } else { ReadMethod::MappingWithHoles };
+        let mut options = MmapOptions::new();
+        if hugetlbfs {
+            // Never touched (reads are preads), so it needs no huge pages of the pool reserved.
+            options.no_reserve_swap();
+        }
         // SAFETY: the mapping is read-only and shared; memmap2 keeps it alive as long as `Mmap`.
         // The file's contents change under it (that is its purpose), so no code of this crate
-        // creates references into it except `view`, whose callers are told the bytes may
-        // change; everything else copies through raw pointers. A file that shrinks under the
-        // mapping is caught by `check_file_len` before each copy and by the SIGBUS guard
-        // (`sigbus`, below) during one.
-        let map = unsafe { MmapOptions::new().map(&file) }.map_err(BridgeError::MmapFailed)?;
+        // reads through references into it: `view` is for callers who are told the bytes may
+        // change, and `read_for_reply` hands its slice to the kernel; everything else copies
+        // through raw pointers. A file that shrinks under the mapping is caught by
+        // `check_file_len` before each copy and by the SIGBUS guard (`sigbus`, below) during one.
+        let map = unsafe { options.map(&file) }.map_err(BridgeError::MmapFailed)?;
         let guard_slot = sigbus::register(map.as_ptr() as usize, map.len(), page_size);
         if guard_slot.is_none() && !map.is_empty() {
             log::warn!(
@@ -81,7 +117,7 @@ impl Mapping {
                 path.display()
             );
         }
-        Ok(Self { map, file, path: path.to_path_buf(), guard_slot })
+        Ok(Self { map, file, path: path.to_path_buf(), method, page_size, guard_slot })
     }
 
     /// Mapped length in bytes (the file's size when it was opened).
@@ -97,6 +133,65 @@ impl Mapping {
     /// The mapped file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How this file's bytes are read (see [`ReadMethod`]).
+    pub fn read_method(&self) -> ReadMethod {
+        self.method
+    }
+
+    /// The size of the pages the kernel maps the file with (2 MiB or 1 GiB on hugetlbfs).
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    /// Bytes of the file that hold data (allocated pages), as `lseek(SEEK_DATA)` sees them; on
+    /// hugetlbfs, which reports everything as data, the whole file.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::MmapFailed`] when the file cannot be examined.
+    pub fn data_bytes(&self) -> Result<u64, BridgeError> {
+        let segments = self.segments(0, self.map.len())?;
+        Ok(segments
+            .iter()
+            .filter(|segment| segment.data)
+            .map(|segment| (segment.end - segment.start) as u64)
+            .sum())
+    }
+
+    /// The data and hole runs of `offset..offset + len`. Callers checked the range. Pages the
+    /// guest touches after the look are data the next time; a read that saw them as holes
+    /// returns zeros, as if it had happened just before the write.
+    fn segments(&self, offset: usize, len: usize) -> Result<Vec<Segment>, BridgeError> {
+        use nix::unistd::{lseek, Whence};
+        let end = offset + len;
+        if self.method == ReadMethod::Pread {
+            return Ok(vec![Segment { start: offset, end, data: true }]);
+        }
+        let mut segments = Vec::new();
+        let mut position = offset;
+        while position < end {
+            let data_at = match lseek(&self.file, position as libc::off_t, Whence::SeekData) {
+                Ok(at) => (at as usize).min(end),
+                // no data from here to the end of the file
+                Err(nix::errno::Errno::ENXIO) => end,
+                Err(errno) => return Err(BridgeError::MmapFailed(errno.into())),
+            };
+            if data_at > position {
+                segments.push(Segment { start: position, end: data_at, data: false });
+                position = data_at;
+                continue;
+            }
+            let hole_at = match lseek(&self.file, position as libc::off_t, Whence::SeekHole) {
+                Ok(at) => (at as usize).clamp(position + 1, end),
+                Err(nix::errno::Errno::ENXIO) => end,
+                Err(errno) => return Err(BridgeError::MmapFailed(errno.into())),
+            };
+            segments.push(Segment { start: position, end: hole_at, data: true });
+            position = hole_at;
+        }
+        Ok(segments)
     }
 
     /// The file's current length. A RAM file reused by a new QEMU can be truncated under the
@@ -151,13 +246,27 @@ impl Mapping {
         Ok(&self.map[offset..offset + len])
     }
 
-    /// Like [`view`](Self::view), after checking that the file still holds the range (a file
-    /// truncated under the mapping would SIGBUS whoever touches the view). The file can still
-    /// shrink between the check and the use: the window is one `fstat`.
-    pub fn view_checked(&self, offset: usize, len: usize) -> Result<&[u8], BridgeError> {
+    /// `len` bytes at `offset` for a reply that the kernel copies: the live mapping itself when
+    /// the range is all data (zero copy: Rust never loads these bytes, the kernel copies them),
+    /// zeros when it is all hole, and a copy otherwise (mixed ranges, hugetlbfs). Never touches
+    /// a page the guest has not touched. The file can still shrink between the size check and
+    /// the kernel's copy of a borrowed range: the window is one `fstat`.
+    pub fn read_for_reply(&self, offset: usize, len: usize) -> Result<Cow<'_, [u8]>, BridgeError> {
         self.check_range(offset, len)?;
         self.check_file_len(offset, len)?;
-        Ok(&self.map[offset..offset + len])
+        let segments = self.segments(offset, len)?;
+        match segments.as_slice() {
+            [only] if only.data && self.method == ReadMethod::MappingWithHoles => {
+                Ok(Cow::Borrowed(&self.map[offset..offset + len]))
+            }
+            [only] if !only.data && len <= ZEROS.len() => Ok(Cow::Borrowed(&ZEROS[..len])),
+            _ => {
+                let mut copy = vec![0u8; len];
+                self.copy_segments(offset, &mut copy, &segments)?;
+                self.check_intact()?;
+                Ok(Cow::Owned(copy))
+            }
+        }
     }
 
     /// Copies `dst.len()` bytes at `offset` into `dst`, split across threads when large.
@@ -175,24 +284,59 @@ impl Mapping {
         self.check_range(offset, dst.len())?;
         self.check_file_len(offset, dst.len())?;
         if threads <= 1 || dst.len() < 2 * 4096 {
-            self.copy_unchecked(offset, dst);
+            self.copy_range(offset, dst)?;
             // a truncation during the copy left zeros where pages were lost
             return self.check_intact();
         }
         // Page-aligned chunks so that each thread streams whole pages; the last chunk runs on
         // this thread.
         let chunk = dst.len().div_ceil(threads).next_multiple_of(4096);
-        std::thread::scope(|scope| {
+        let results: Vec<Result<(), BridgeError>> = std::thread::scope(|scope| {
             let mut parts = dst.chunks_mut(chunk).enumerate();
             let last = parts.next_back();
-            for (index, part) in parts {
-                scope.spawn(move || self.copy_unchecked(offset + index * chunk, part));
+            let workers: Vec<_> = parts
+                .map(|(index, part)| scope.spawn(move || self.copy_range(offset + index * chunk, part)))
+                .collect();
+            let mut results: Vec<_> =
+                last.into_iter().map(|(index, part)| self.copy_range(offset + index * chunk, part)).collect();
+            for worker in workers {
+                results.push(worker.join().unwrap_or_else(|_| {
+                    Err(BridgeError::MmapFailed(std::io::Error::other("a copy thread panicked")))
+                }));
             }
-            if let Some((index, part)) = last {
-                self.copy_unchecked(offset + index * chunk, part);
-            }
+            results
         });
+        results.into_iter().collect::<Result<(), _>>()?;
         self.check_intact()
+    }
+
+    /// Copies `dst.len()` bytes at `offset` (a range callers checked), holes as zeros.
+    fn copy_range(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
+        let segments = self.segments(offset, dst.len())?;
+        self.copy_segments(offset, dst, &segments)
+    }
+
+    fn copy_segments(&self, offset: usize, dst: &mut [u8], segments: &[Segment]) -> Result<(), BridgeError> {
+        for segment in segments {
+            let part = &mut dst[segment.start - offset..segment.end - offset];
+            match (segment.data, self.method) {
+                (false, _) => part.fill(0),
+                (true, ReadMethod::MappingWithHoles) => self.copy_unchecked(segment.start, part),
+                (true, ReadMethod::Pread) => self.pread(segment.start, part)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// `pread` of `dst.len()` bytes at `offset`; a file that ends early shrank.
+    fn pread(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
+        self.file.read_exact_at(dst, offset as u64).map_err(|err| match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => BridgeError::FileShrunk {
+                mapped: self.map.len(),
+                current: self.current_file_len().unwrap_or(0),
+            },
+            _ => BridgeError::MmapFailed(err),
+        })
     }
 
     /// Copy without checks; callers have checked the range against the mapping.
@@ -217,12 +361,19 @@ impl Mapping {
         self.check_file_len(0, copy.len())?;
         let page_size = page_size.max(1);
         let pages = copy.len().div_ceil(page_size);
+        // Pages whose look fails (pread error, lseek error) count as changed: they prove nothing.
         let scan = |first: usize, last: usize| -> Vec<usize> {
+            let start = first * page_size;
+            let end = (last * page_size).min(copy.len());
+            if start >= end {
+                return Vec::new();
+            }
+            let Ok(live) = self.live_view(start, end - start) else { return (first..last).collect() };
             (first..last)
                 .filter(|&page| {
-                    let start = page * page_size;
-                    let end = (start + page_size).min(copy.len());
-                    !self.live_equals_unchecked(start, &copy[start..end])
+                    let page_start = page * page_size;
+                    let page_end = (page_start + page_size).min(copy.len());
+                    !live.equals(self, page_start, &copy[page_start..page_end])
                 })
                 .collect()
         };
@@ -251,6 +402,19 @@ impl Mapping {
         changed.sort_unstable();
         self.check_intact()?;
         Ok(changed)
+    }
+
+    /// How to look at live memory again over `offset..offset + len`: its data and hole runs
+    /// (holes are compared with zeros, never touched), or for hugetlbfs a fresh `pread`.
+    fn live_view(&self, offset: usize, len: usize) -> Result<LiveView, BridgeError> {
+        match self.method {
+            ReadMethod::MappingWithHoles => Ok(LiveView::Mapped(self.segments(offset, len)?)),
+            ReadMethod::Pread => {
+                let mut bytes = vec![0u8; len];
+                self.pread(offset, &mut bytes)?;
+                Ok(LiveView::Read { offset, bytes })
+            }
+        }
     }
 
     /// Whether live memory at `offset` equals `expected` now. Callers guarantee
@@ -284,19 +448,65 @@ impl Mapping {
         (tail_start..expected.len()).all(byte_equals)
     }
 
-    /// Writes `len` bytes of the mapping at `offset` to `file` at its current position, straight
-    /// from the mapping (the kernel copies; no buffer of ours, no Rust reference to live memory).
+    /// Writes `len` bytes of the mapping at `offset` to `file` from its current position on,
+    /// sparse: holes of the RAM file (and on hugetlbfs, pages of zeros) become holes of the
+    /// output, which ends up exactly `len` bytes long past that position. Data goes straight
+    /// from the mapping (the kernel copies; no buffer of ours, no Rust reference to live
+    /// memory); on hugetlbfs through a `pread` buffer.
     pub fn write_to(&self, file: &std::fs::File, offset: usize, len: usize) -> Result<(), BridgeError> {
-        use std::os::fd::AsRawFd;
+        use std::io::Seek;
         self.check_range(offset, len)?;
         self.check_file_len(offset, len)?;
+        let start = (&mut &*file).stream_position().map_err(BridgeError::Write)?;
+        let mut output = super::sparse::SparseWriter::at(file, start);
+        for segment in self.segments(offset, len)? {
+            let part = segment.end - segment.start;
+            match (segment.data, self.method) {
+                (false, _) => output.skip(part as u64),
+                (true, ReadMethod::MappingWithHoles) => {
+                    self.write_mapped(file, segment.start, part, output.position())?;
+                    output.skip(part as u64);
+                }
+                (true, ReadMethod::Pread) => {
+                    let mut buffer = vec![0u8; part.min(1 << 20)];
+                    let mut done = 0;
+                    while done < part {
+                        let chunk = (part - done).min(buffer.len());
+                        self.pread(segment.start + done, &mut buffer[..chunk])?;
+                        output.write(&buffer[..chunk]).map_err(BridgeError::Write)?;
+                        done += chunk;
+                    }
+                }
+            }
+        }
+        let end = output.finish().map_err(BridgeError::Write)?;
+        (&mut &*file).seek(std::io::SeekFrom::Start(end)).map_err(BridgeError::Write)?;
+        self.check_intact()
+    }
+
+    /// `pwrite`s `len` bytes of the mapping at `offset` to `file` at `position`.
+    fn write_mapped(
+        &self,
+        file: &std::fs::File,
+        offset: usize,
+        len: usize,
+        position: u64,
+    ) -> Result<(), BridgeError> {
+        use std::os::fd::AsRawFd;
         let mut done = 0;
         while done < len {
             let chunk = (len - done).min(1 << 30);
-            // SAFETY: `offset + done + chunk <= offset + len <= self.map.len()` (checked above),
-            // so the kernel reads only inside the live mapping; it reads, never writes, it.
-            let written =
-                unsafe { libc::write(file.as_raw_fd(), self.map.as_ptr().add(offset + done).cast(), chunk) };
+            // SAFETY: `offset + done + chunk <= offset + len <= self.map.len()` (callers checked
+            // the range), so the kernel reads only inside the live mapping; it reads, never
+            // writes, it.
+            let written = unsafe {
+                libc::pwrite(
+                    file.as_raw_fd(),
+                    self.map.as_ptr().add(offset + done).cast(),
+                    chunk,
+                    (position + done as u64) as libc::off_t,
+                )
+            };
             if written < 0 {
                 let err = std::io::Error::last_os_error();
                 if err.kind() == std::io::ErrorKind::Interrupted {
@@ -309,20 +519,49 @@ impl Mapping {
             }
             done += written as usize;
         }
-        self.check_intact()
+        Ok(())
     }
 }
 
-/// The size of the pages the kernel maps `file` with: the huge page size on hugetlbfs (2 MiB or
-/// 1 GiB), the system page size elsewhere.
-fn page_size_of(file: &File) -> std::io::Result<usize> {
+/// Live memory looked at again, for the consistency check.
+enum LiveView {
+    /// The data and hole runs of the range: data is read from the mapping with volatile loads.
+    Mapped(Vec<Segment>),
+    /// A fresh `pread` of the range (hugetlbfs).
+    Read { offset: usize, bytes: Vec<u8> },
+}
+
+impl LiveView {
+    /// Whether the live bytes at `offset` (inside the view) equal `expected`.
+    fn equals(&self, mapping: &Mapping, offset: usize, expected: &[u8]) -> bool {
+        let end = offset + expected.len();
+        match self {
+            LiveView::Read { offset: start, bytes } => bytes[offset - start..end - start] == *expected,
+            LiveView::Mapped(segments) => {
+                segments.iter().filter(|s| s.start < end && s.end > offset).all(|segment| {
+                    let (from, to) = (segment.start.max(offset), segment.end.min(end));
+                    let part = &expected[from - offset..to - offset];
+                    if segment.data {
+                        mapping.live_equals_unchecked(from, part)
+                    } else {
+                        part.iter().all(|&byte| byte == 0)
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// The size of the pages the kernel maps `file` with, and whether it is on hugetlbfs: the huge
+/// page size there (2 MiB or 1 GiB), the system page size elsewhere.
+fn page_size_of(file: &File) -> std::io::Result<(usize, bool)> {
     const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
     let stats = nix::sys::statfs::fstatfs(file)?;
     if stats.filesystem_type().0 as i64 == HUGETLBFS_MAGIC {
-        return Ok(stats.block_size() as usize);
+        return Ok((stats.block_size() as usize, true));
     }
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten();
-    Ok(page.map_or(4096, |size| size as usize))
+    Ok((page.map_or(4096, |size| size as usize), false))
 }
 
 /// The SIGBUS guard. Touching a page of a shared file mapping past the file's end raises SIGBUS,
@@ -651,9 +890,58 @@ mod tests {
         assert!(stdout.contains("1 passed"), "{stdout}");
     }
 
+    /// An 8 MiB file in /dev/shm (tmpfs) with data in three pages only, and its allocated bytes.
+    fn sparse_shm_file() -> (tempfile::NamedTempFile, Mapping, Vec<u8>) {
+        let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        let mut expected = vec![0u8; 8 << 20];
+        file.as_file().set_len(expected.len() as u64).unwrap();
+        for (offset, byte) in [(0usize, 1u8), (3 << 20, 2), ((8 << 20) - 1, 3)] {
+            write_at(&file, offset as u64, &[byte]);
+            expected[offset] = byte;
+        }
+        let mapping = Mapping::open(file.path()).unwrap();
+        (file, mapping, expected)
+    }
+
+    fn allocated(file: &tempfile::NamedTempFile) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        file.as_file().metadata().unwrap().blocks() * 512
+    }
+
+    /// Reading never allocates the guest's untouched pages: every way of reading a mostly empty
+    /// tmpfs RAM file returns its bytes and leaves its allocated size as it was.
+    #[test]
+    fn reading_a_sparse_ram_file_allocates_nothing() {
+        let (file, mapping, expected) = sparse_shm_file();
+        let before = allocated(&file);
+        assert!(before <= 3 * 4096, "{before}");
+        assert_eq!(mapping.read_method(), ReadMethod::MappingWithHoles);
+        assert_eq!(mapping.data_bytes().unwrap(), 3 * 4096);
+        let mut copy = vec![0xaau8; expected.len()];
+        mapping.copy_with_threads(0, &mut copy, 1).unwrap();
+        assert!(copy == expected);
+        copy.fill(0xaa);
+        mapping.copy_with_threads(0, &mut copy, 3).unwrap();
+        assert!(copy == expected);
+        assert_eq!(mapping.changed_pages(&expected, 4096).unwrap(), Vec::<usize>::new());
+        let mut wrong = expected.clone();
+        wrong[5 << 20] = 9;
+        assert_eq!(mapping.changed_pages(&wrong, 4096).unwrap(), vec![(5 << 20) / 4096], "a hole is zeros");
+        for (offset, len) in
+            [(0, 1 << 20), (1 << 20, 1 << 20), ((3 << 20) - 10, 20), ((8 << 20) - 4096, 4096)]
+        {
+            assert_eq!(*mapping.read_for_reply(offset, len).unwrap(), expected[offset..offset + len]);
+        }
+        let out = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        mapping.write_to(out.as_file(), 0, expected.len()).unwrap();
+        assert_eq!(std::fs::read(out.path()).unwrap(), expected);
+        assert!(allocated(&out) <= 3 * 4096, "the snapshot is sparse: {}", allocated(&out));
+        assert_eq!(allocated(&file), before, "reading allocated guest pages");
+    }
+
     #[test]
     fn tmpfs_pages_are_the_system_page_size() {
         let file = tempfile::tempfile().unwrap();
-        assert_eq!(page_size_of(&file).unwrap(), 4096);
+        assert_eq!(page_size_of(&file).unwrap(), (4096, false));
     }
 }

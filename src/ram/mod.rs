@@ -3,13 +3,14 @@
 pub mod layout;
 mod mapping;
 pub mod snapshot;
+pub mod sparse;
 
 use std::path::{Path, PathBuf};
 
 use crate::name::{NameError, VmName};
 
 pub use layout::{GuestLayout, Machine, Region};
-pub use mapping::Mapping;
+pub use mapping::{Mapping, ReadMethod};
 pub use snapshot::{
     sha256_hex, CheckReport, Snapshot, Summary, Verdict, CHECKSUM_ALGORITHM, DEFAULT_ATTEMPTS, PAGE_SIZE,
 };
