@@ -505,6 +505,10 @@ struct ListRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     ram_path: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    ram_kind: Option<qemu_bridge::ram::RamKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zero_copy: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     machine: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -544,6 +548,8 @@ impl ListRow {
                 state: ListState::Run(info.status),
                 ram_size: Some(info.ram_size),
                 ram_path: Some(info.ram_path),
+                ram_kind: Some(info.ram_kind),
+                zero_copy: Some(info.ram_kind.zero_copy()),
                 machine: Some(info.machine),
                 error: None,
             },
@@ -552,6 +558,8 @@ impl ListRow {
                 state: if err.is_refusal() { ListState::Refused } else { ListState::Unreachable },
                 ram_size: None,
                 ram_path: None,
+                ram_kind: None,
+                zero_copy: None,
                 machine: None,
                 error: Some(qemu_bridge::error::chain(&err)),
             },
@@ -568,15 +576,21 @@ fn list_verb(args: ListArgs) -> CliResult {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(());
     }
-    writeln!(out, "{:<20} {:<14} {:>10}  RAM FILE", "NAME", "STATE", "RAM")?;
+    writeln!(out, "{:<20} {:<14} {:>10} {:<10} RAM FILE", "NAME", "STATE", "RAM", "KIND")?;
     for row in rows {
         let size = row.ram_size.map_or_else(|| "-".to_string(), |size| format!("{}M", size >> 20));
+        let kind = row.ram_kind.map_or_else(|| "-".to_string(), |kind| kind.to_string());
         let detail = match (&row.ram_path, &row.error) {
             (Some(path), _) => path.display().to_string(),
             (None, Some(error)) => error.clone(),
             (None, None) => "-".into(),
         };
-        writeln!(out, "{:<20} {:<14} {size:>10}  {detail}", row.name.as_str(), row.state.to_string())?;
+        writeln!(
+            out,
+            "{:<20} {:<14} {size:>10} {kind:<10} {detail}",
+            row.name.as_str(),
+            row.state.to_string()
+        )?;
     }
     Ok(())
 }
@@ -718,19 +732,24 @@ mod tests {
             state: ListState::Run(RunState::Paused),
             ram_size: Some(64 << 20),
             ram_path: Some("/dev/shm/qemu_ram_a".into()),
+            ram_kind: Some(qemu_bridge::ram::RamKind::File),
+            zero_copy: Some(true),
             machine: Some("pc-q35-7.2-machine".into()),
             error: None,
         };
         assert_eq!(
             serde_json::to_value(&row).unwrap(),
             serde_json::json!({"name": "a", "state": "paused", "ram_size": 67108864,
-                               "ram_path": "/dev/shm/qemu_ram_a", "machine": "pc-q35-7.2-machine"})
+                               "ram_path": "/dev/shm/qemu_ram_a", "ram_kind": "file", "zero_copy": true,
+                               "machine": "pc-q35-7.2-machine"})
         );
         let row = ListRow {
             name: VmName::new("b").unwrap(),
             state: ListState::Unreachable,
             ram_size: None,
             ram_path: None,
+            ram_kind: None,
+            zero_copy: None,
             machine: None,
             error: Some("boom".into()),
         };

@@ -8,8 +8,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::name::{NameError, VmName};
+use crate::qmp::BackendStorage;
 use crate::qmp::{QmpClient, QmpError, RunState, StatusInfo, DEFAULT_TIMEOUT};
-use crate::ram::{BridgeError, GuestLayout, SharedMemoryBridge, Snapshot, Verdict};
+use crate::ram::{BridgeError, GuestLayout, RamKind, SharedMemoryBridge, Snapshot, Verdict};
 use crate::run_dir::RunDir;
 
 /// Errors about one VM, naming it.
@@ -79,8 +80,11 @@ pub struct VmInfo {
     pub running: bool,
     /// QOM path of the RAM backend.
     pub backend: String,
-    /// The RAM file.
+    /// The RAM file: the backend's `mem-path`, QEMU's descriptor of a memfd
+    /// (`/proc/PID/fd/N`), or for private RAM the QEMU process's memory (`/proc/PID/mem`).
     pub ram_path: PathBuf,
+    /// Where the RAM lives (file, hugetlbfs, memfd, private).
+    pub ram_kind: RamKind,
     /// RAM size in bytes.
     pub ram_size: u64,
     /// Machine type.
@@ -282,31 +286,117 @@ impl Vm {
         self.info_and_ram().map(|(info, _)| info)
     }
 
-    /// [`info`](Self::info), and the RAM file opened and verified.
-    fn info_and_ram(&self) -> Result<(VmInfo, std::fs::File), VmError> {
+    /// [`info`](Self::info), and the RAM opened and verified.
+    fn info_and_ram(&self) -> Result<(VmInfo, OpenRam), VmError> {
         let (mut qmp, peer) = self.connect_to_peer()?;
-        let info = self.gather(&mut qmp, peer).map_err(|err| self.qmp_error(err))?;
-        let file = self.open_held_file(peer, &info.ram_path)?;
-        Ok((info, file))
+        let (mut info, storage) = self.gather(&mut qmp, peer).map_err(|err| self.qmp_error(err))?;
+        let ram = match storage {
+            BackendStorage::File(path) => {
+                let file = self.open_held_file(peer, &path)?;
+                let hugetlbfs = crate::ram::is_hugetlbfs(&file)
+                    .map_err(|err| self.ram_error(BridgeError::MmapFailed(err)))?;
+                info.ram_kind = if hugetlbfs { RamKind::Hugetlbfs } else { RamKind::File };
+                info.ram_path = path;
+                OpenRam::File(file)
+            }
+            BackendStorage::Memfd => {
+                let (path, file) = self.open_memfd(peer, info.ram_size)?;
+                info.ram_kind = RamKind::Memfd;
+                info.ram_path = path;
+                OpenRam::File(file)
+            }
+            BackendStorage::Anonymous => {
+                let address = self.find_private_ram(peer, info.ram_size)?;
+                info.ram_kind = RamKind::Private;
+                info.ram_path = PathBuf::from(format!("/proc/{}/mem", peer.pid));
+                OpenRam::Process { pid: peer.pid, address }
+            }
+        };
+        Ok((info, ram))
     }
 
-    fn gather(&self, qmp: &mut QmpClient<UnixStream>, peer: Peer) -> Result<VmInfo, QmpError> {
+    fn gather(
+        &self,
+        qmp: &mut QmpClient<UnixStream>,
+        peer: Peer,
+    ) -> Result<(VmInfo, BackendStorage), QmpError> {
         let status = qmp.query_status()?;
-        let (backend, ram_path) = qmp.shared_memory_backend()?;
-        let ram_size = qmp.backend_size(&backend)?;
+        let backend = qmp.ram_backend()?;
+        let ram_size = qmp.backend_size(&backend.qom_path)?;
         let machine = qmp.machine_type()?;
         let layout = qmp.layout(ram_size)?;
-        Ok(VmInfo {
+        let info = VmInfo {
             name: self.name.clone(),
             status: status.status,
             running: status.running,
-            backend,
-            ram_path,
+            backend: backend.qom_path,
+            ram_path: PathBuf::new(),
+            ram_kind: RamKind::Private,
             ram_size,
             machine,
             layout,
             qemu_pid: peer.pid,
-        })
+        };
+        Ok((info, backend.storage))
+    }
+
+    /// The memfd the peer holds for its RAM: among its open files, the one named `memfd:...`
+    /// of the backend's size, opened read-only through `/proc/PID/fd/N` (a file QEMU holds, by
+    /// construction). Several of that size: refused, as it cannot be told which.
+    fn open_memfd(&self, peer: Peer, size: u64) -> Result<(PathBuf, std::fs::File), VmError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let fd_dir = PathBuf::from(format!("/proc/{}/fd", peer.pid));
+        let refuse =
+            |reason: String| VmError::Untrusted { vm: self.name.to_string(), path: fd_dir.clone(), reason };
+        let who = format!("the QMP peer (pid {}, uid {})", peer.pid, peer.uid);
+        let entries = std::fs::read_dir(&fd_dir)
+            .map_err(|err| refuse(format!("cannot see the files of {who}: {err}")))?;
+        let candidates: Vec<PathBuf> = entries
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|fd| {
+                std::fs::read_link(fd).is_ok_and(|target| target.to_string_lossy().starts_with("/memfd:"))
+            })
+            .filter(|fd| std::fs::metadata(fd).is_ok_and(|m| m.is_file() && m.len() == size))
+            .collect();
+        let path = match candidates.as_slice() {
+            [only] => only.clone(),
+            [] => return Err(refuse(format!("{who} holds no memfd of {size} bytes"))),
+            _ => {
+                return Err(refuse(format!(
+                    "{who} holds {} memfds of {size} bytes: cannot tell which is RAM",
+                    candidates.len()
+                )))
+            }
+        };
+        let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(&path).map_err(
+            |err| match err.kind() {
+                std::io::ErrorKind::PermissionDenied => self.ram_error(BridgeError::PermissionDenied),
+                _ => self.ram_error(BridgeError::MmapFailed(err)),
+            },
+        )?;
+        Ok((path, file))
+    }
+
+    /// Where private RAM of `size` bytes sits in the peer's address space: its one anonymous
+    /// read-write mapping of exactly that size that QEMU marked as guest RAM (`dc`: not copied
+    /// on fork, as QEMU does with RAM blocks), from `/proc/PID/smaps`.
+    fn find_private_ram(&self, peer: Peer, size: u64) -> Result<usize, VmError> {
+        let smaps = PathBuf::from(format!("/proc/{}/smaps", peer.pid));
+        let refuse =
+            |reason: String| VmError::Untrusted { vm: self.name.to_string(), path: smaps.clone(), reason };
+        let who = format!("the QMP peer (pid {}, uid {})", peer.pid, peer.uid);
+        let text = std::fs::read_to_string(&smaps)
+            .map_err(|err| refuse(format!("cannot read the memory map of {who}: {err}")))?;
+        let candidates = private_ram_candidates(&text, size);
+        match candidates.as_slice() {
+            [only] => Ok(*only),
+            [] => Err(refuse(format!("{who} has no anonymous mapping of {size} bytes for guest RAM"))),
+            _ => Err(refuse(format!(
+                "{who} has {} anonymous mappings of {size} bytes: cannot tell which is RAM",
+                candidates.len()
+            ))),
+        }
     }
 
     /// Opens `path` (never through a symbolic link) and checks that this very file, by device
@@ -365,9 +455,18 @@ impl Vm {
     ///
     /// [`VmError::Qmp`], [`VmError::UntrustedPeer`], [`VmError::Untrusted`], [`VmError::Ram`].
     pub fn open_bridge(&self) -> Result<(SharedMemoryBridge, VmInfo), VmError> {
-        let (info, file) = self.info_and_ram()?;
-        let bridge = SharedMemoryBridge::from_file(self.name.as_str(), file, &info.ram_path)
-            .map_err(|err| self.ram_error(err))?;
+        let (info, ram) = self.info_and_ram()?;
+        let bridge = match ram {
+            OpenRam::File(file) => SharedMemoryBridge::from_file(self.name.as_str(), file, &info.ram_path),
+            OpenRam::Process { pid, address } => SharedMemoryBridge::of_process(
+                self.name.as_str(),
+                pid,
+                address,
+                info.ram_size as usize,
+                &info.ram_path,
+            ),
+        }
+        .map_err(|err| self.ram_error(err))?;
         let bridge = match bridge.with_layout(info.layout.clone()) {
             Ok(bridge) => bridge,
             Err(err) => return Err(self.ram_error(err)),
@@ -396,6 +495,44 @@ impl Vm {
     }
 }
 
+/// A VM's RAM, opened and verified, ready to map or read.
+enum OpenRam {
+    /// A file or memfd the peer holds.
+    File(std::fs::File),
+    /// Private RAM at `address` in process `pid`.
+    Process { pid: u32, address: usize },
+}
+
+/// Start addresses of the anonymous read-write mappings of exactly `size` bytes that QEMU marked
+/// as guest RAM (`dc` in VmFlags), in the text of `/proc/PID/smaps`.
+fn private_ram_candidates(smaps: &str, size: u64) -> Vec<usize> {
+    let mut candidates = Vec::new();
+    let mut current: Option<(usize, bool)> = None;
+    let mut finish = |current: &mut Option<(usize, bool)>, flags: &str| {
+        if let Some((start, true)) = current.take() {
+            if flags.split_whitespace().any(|flag| flag == "dc") {
+                candidates.push(start);
+            }
+        }
+    };
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            finish(&mut current, flags);
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
+        let Some((start, end)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
+            continue;
+        };
+        // an anonymous mapping: no path after offset, device and inode
+        let anonymous = fields.nth(2) == Some("0") && fields.next().is_none();
+        current = Some((start, anonymous && perms.starts_with("rw-p") && (end - start) as u64 == size));
+    }
+    candidates
+}
+
 /// `query-memdev` with each file backend's `mem-path` added.
 ///
 /// # Errors
@@ -407,9 +544,44 @@ pub fn memdev_with_paths<S: std::io::Read + std::io::Write>(
     let mut backends = qmp.query_memdev()?;
     for backend in &mut backends {
         let Some(id) = backend.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
-        if let Some(path) = qmp.mem_path(&format!("/objects/{id}"))? {
+        let qom_path = format!("/objects/{id}");
+        if let Some(path) = qmp.mem_path(&qom_path)? {
             backend["mem-path"] = Value::String(path.display().to_string());
+        }
+        if let Some(kind) = qmp.optional_property(&qom_path, "type")? {
+            backend["qom-type"] = kind;
         }
     }
     Ok(Value::Array(backends))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Captured from QEMU 7.2 with `-m 64M` and no memory backend option (trimmed).
+    const SMAPS: &str = "\
+55d1c0a00000-55d1c0c00000 rw-p 00000000 00:00 0                          [heap]
+Size:               2048 kB
+VmFlags: rd wr mr mw me ac
+7fbde8021000-7fbdec000000 ---p 00000000 00:00 0
+Size:              65404 kB
+VmFlags: mr mw me nr
+7fbdefe00000-7fbdf3e00000 rw-p 00000000 00:00 0
+Size:              65536 kB
+THPeligible:           1
+VmFlags: rd wr mr mw me dc ac hg mg
+7fbdf4000000-7fbdf8000000 rw-p 00000000 00:00 0
+Size:              65536 kB
+VmFlags: rd wr mr mw me ac
+7fbe00000000-7fbe04000000 rw-s 00000000 00:01 202                        /memfd:memory-backend-memfd (deleted)
+Size:              65536 kB
+VmFlags: rd wr sh mr mw me ms dc sd
+";
+
+    #[test]
+    fn private_ram_is_the_anonymous_mapping_qemu_marked() {
+        assert_eq!(private_ram_candidates(SMAPS, 64 << 20), vec![0x7fbd_efe0_0000]);
+        assert_eq!(private_ram_candidates(SMAPS, 32 << 20), Vec::<usize>::new());
+    }
 }

@@ -323,43 +323,6 @@ fn unsafe_free_read(view: &[u8]) -> u8 {
     std::hint::black_box(view)[100]
 }
 
-/// Huge pages for one test at a time: raises `nr_hugepages`, mounts hugetlbfs, and puts both
-/// back.
-struct HugePages {
-    previous: String,
-    dir: tempfile::TempDir,
-    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
-}
-
-impl HugePages {
-    const COUNT_FILE: &'static str = "/proc/sys/vm/nr_hugepages";
-
-    fn reserve(pages: u64) -> Self {
-        static POOL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        common::require_root();
-        let one_at_a_time = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        let previous = std::fs::read_to_string(Self::COUNT_FILE).unwrap();
-        let wanted = previous.trim().parse::<u64>().unwrap() + pages;
-        std::fs::write(Self::COUNT_FILE, wanted.to_string()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let pool = Self { previous, dir, _one_at_a_time: one_at_a_time };
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "hugetlbfs", "-o", "pagesize=2M", "none"])
-            .arg(pool.dir.path())
-            .status()
-            .unwrap();
-        assert!(mounted.success(), "cannot mount hugetlbfs");
-        pool
-    }
-}
-
-impl Drop for HugePages {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::write(Self::COUNT_FILE, self.previous.trim());
-    }
-}
-
 /// A RAM file on hugetlbfs (2 MiB pages) truncated under a view: the SIGBUS guard must replace a
 /// whole huge page (a 4 KiB page cannot be mapped into a huge page mapping, and the process
 /// died of the SIGBUS when the guard tried).
@@ -367,7 +330,7 @@ impl Drop for HugePages {
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_touching_a_truncated_huge_page_is_survived() {
     const HUGE: u64 = 2 << 20;
-    let pool = HugePages::reserve(4);
+    let pool = common::HugePages::reserve(4);
     let path = pool.dir.path().join("ram");
     let file = std::fs::File::create(&path).unwrap();
     file.set_len(2 * HUGE).unwrap();
@@ -402,7 +365,7 @@ fn huge_pages_free() -> u64 {
 fn test_reading_hugetlbfs_allocates_no_huge_page() {
     const HUGE: usize = 2 << 20;
     common::require_program("python3");
-    let pool = HugePages::reserve(4);
+    let pool = common::HugePages::reserve(4);
     let path = pool.dir.path().join("ram");
     std::fs::File::create(&path).unwrap().set_len(4 * HUGE as u64).unwrap();
     // the "guest": maps the whole file (reserving all four pages) and touches the first one

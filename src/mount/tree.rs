@@ -190,7 +190,18 @@ impl Tree {
                 instance.with_qmp(|qmp| qmp.query_status()).map_err(|e| error(&e))?.status.to_string()
             }
             VmFile::Memdev => {
-                let json = instance.with_qmp(crate::vm::memdev_with_paths).map_err(|e| error(&e))?;
+                let mut json = instance.with_qmp(crate::vm::memdev_with_paths).map_err(|e| error(&e))?;
+                // how the RAM of the VM's main backend is read
+                let info = &instance.info;
+                for backend in json.as_array_mut().into_iter().flatten() {
+                    if backend.get("id").and_then(|id| id.as_str()).map(|id| format!("/objects/{id}"))
+                        == Some(info.backend.clone())
+                    {
+                        backend["kind"] = serde_json::json!(info.ram_kind);
+                        backend["zero-copy"] = serde_json::json!(info.ram_kind.zero_copy());
+                        backend["ram-path"] = serde_json::json!(info.ram_path);
+                    }
+                }
                 serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?
             }
             VmFile::Checksum => {

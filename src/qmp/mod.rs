@@ -96,6 +96,9 @@ pub enum QmpError {
     /// The VM's RAM is not in a file (no `mem-path` on any memory backend).
     #[error("the VM has no file-backed RAM (no memory backend with a mem-path)")]
     NoFileBackend,
+    /// QEMU names no memory backend (neither the machine's nor any `query-memdev` one).
+    #[error("QEMU names no memory backend for the VM's RAM")]
+    NoRamBackend,
 }
 
 /// Run states QEMU reports in `query-status` (QAPI `RunState`).
@@ -184,6 +187,27 @@ impl Serialize for RunState {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
     }
+}
+
+/// Where a memory backend keeps guest RAM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendStorage {
+    /// A file (`memory-backend-file`, `mem-path`), on tmpfs, hugetlbfs or any file system.
+    File(PathBuf),
+    /// An anonymous shared memory file (`memory-backend-memfd`): no path, only QEMU's open
+    /// descriptor.
+    Memfd,
+    /// Anonymous memory of the QEMU process (`memory-backend-ram`, QEMU's default).
+    Anonymous,
+}
+
+/// A VM's main RAM backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RamBackend {
+    /// Its QOM path, e.g. `/objects/ram0`.
+    pub qom_path: String,
+    /// Where it keeps the RAM.
+    pub storage: BackendStorage,
 }
 
 /// The answer to `query-status`.
@@ -458,6 +482,45 @@ impl<S: Read + Write> QmpClient<S> {
             }
         }
         Err(QmpError::NoFileBackend)
+    }
+
+    /// Where the VM's main RAM lives: the first backend (the machine's `memory-backend`, then
+    /// every `query-memdev` backend) with a file, else the first memfd backend, else the
+    /// machine's own backend, whose RAM is then private to the QEMU process.
+    ///
+    /// # Errors
+    ///
+    /// [`QmpError::NoRamBackend`] when QEMU names no memory backend at all, else as
+    /// [`execute`](Self::execute).
+    pub fn ram_backend(&mut self) -> Result<RamBackend, QmpError> {
+        let mut candidates = Vec::new();
+        if let Some(backend) = self.memory_backend()? {
+            candidates.push(backend);
+        }
+        for backend in self.query_memdev()? {
+            if let Some(id) = backend.get("id").and_then(Value::as_str) {
+                let path = format!("/objects/{id}");
+                if !candidates.contains(&path) {
+                    candidates.push(path);
+                }
+            }
+        }
+        for backend in &candidates {
+            if let Some(path) = self.mem_path(backend)? {
+                return Ok(RamBackend { qom_path: backend.clone(), storage: BackendStorage::File(path) });
+            }
+        }
+        for backend in &candidates {
+            if self.optional_property(backend, "type")?.as_ref().and_then(Value::as_str)
+                == Some("memory-backend-memfd")
+            {
+                return Ok(RamBackend { qom_path: backend.clone(), storage: BackendStorage::Memfd });
+            }
+        }
+        match candidates.into_iter().next() {
+            Some(qom_path) => Ok(RamBackend { qom_path, storage: BackendStorage::Anonymous }),
+            None => Err(QmpError::NoRamBackend),
+        }
     }
 
     /// The `mem-path` of the memory backend at QOM path `backend`; `None` for backends without

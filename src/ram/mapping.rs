@@ -39,6 +39,19 @@ pub enum ReadMethod {
     /// one (or raises SIGBUS when the pool is empty): every read is a `pread`, which returns
     /// zeros for untouched pages and allocates nothing. A copy, not zero-copy.
     Pread,
+    /// Private guest RAM (no shared backend) is read out of the QEMU process with
+    /// `process_vm_readv`: a copy, which needs root or the ptrace permission on QEMU. An
+    /// untouched private page reads as the zero page and is not allocated.
+    ProcessMemory,
+}
+
+/// Where the bytes come from.
+#[derive(Debug)]
+enum Source {
+    /// A shared file, mapped read-only.
+    File { map: Mmap, file: File },
+    /// Another process's address space.
+    Process { pid: nix::unistd::Pid, address: usize },
 }
 
 /// A run of the file that is all data or all hole.
@@ -52,8 +65,8 @@ struct Segment {
 /// A read-only, shared mapping of a whole guest RAM file.
 #[derive(Debug)]
 pub struct Mapping {
-    map: Mmap,
-    file: File,
+    source: Source,
+    len: usize,
     path: PathBuf,
     method: ReadMethod,
     page_size: usize,
@@ -117,17 +130,63 @@ impl Mapping {
                 path.display()
             );
         }
-        Ok(Self { map, file, path: path.to_path_buf(), method, page_size, guard_slot })
+        let len = map.len();
+        Ok(Self {
+            source: Source::File { map, file },
+            len,
+            path: path.to_path_buf(),
+            method,
+            page_size,
+            guard_slot,
+        })
+    }
+
+    /// The `len` bytes at `address` in process `pid`'s memory (private guest RAM), read with
+    /// `process_vm_readv`; `path` is what they are called in messages. Checks that the first
+    /// byte can be read.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::ProcessMemory`] when the process's memory cannot be read (it is gone, or
+    /// this user may not trace it).
+    pub fn of_process(pid: u32, address: usize, len: usize, path: &Path) -> Result<Self, BridgeError> {
+        let mapping = Self {
+            source: Source::Process { pid: nix::unistd::Pid::from_raw(pid as i32), address },
+            len,
+            path: path.to_path_buf(),
+            method: ReadMethod::ProcessMemory,
+            page_size: 4096,
+            guard_slot: None,
+        };
+        if len > 0 {
+            mapping.process_read(0, &mut [0u8; 1])?;
+        }
+        Ok(mapping)
     }
 
     /// Mapped length in bytes (the file's size when it was opened).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     /// Whether the mapping is empty.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
+    }
+
+    /// The mapping of a file source; reads through it happen only for [`ReadMethod::MappingWithHoles`].
+    fn map(&self) -> &Mmap {
+        match &self.source {
+            Source::File { map, .. } => map,
+            Source::Process { .. } => unreachable!("process memory is never read through a mapping"),
+        }
+    }
+
+    fn file(&self) -> &File {
+        match &self.source {
+            Source::File { file, .. } => file,
+            Source::Process { .. } => unreachable!("process memory has no file"),
+        }
     }
 
     /// The mapped file's path.
@@ -152,7 +211,7 @@ impl Mapping {
     ///
     /// [`BridgeError::MmapFailed`] when the file cannot be examined.
     pub fn data_bytes(&self) -> Result<u64, BridgeError> {
-        let segments = self.segments(0, self.map.len())?;
+        let segments = self.segments(0, self.len)?;
         Ok(segments
             .iter()
             .filter(|segment| segment.data)
@@ -166,13 +225,13 @@ impl Mapping {
     fn segments(&self, offset: usize, len: usize) -> Result<Vec<Segment>, BridgeError> {
         use nix::unistd::{lseek, Whence};
         let end = offset + len;
-        if self.method == ReadMethod::Pread {
+        if self.method != ReadMethod::MappingWithHoles {
             return Ok(vec![Segment { start: offset, end, data: true }]);
         }
         let mut segments = Vec::new();
         let mut position = offset;
         while position < end {
-            let data_at = match lseek(&self.file, position as libc::off_t, Whence::SeekData) {
+            let data_at = match lseek(self.file(), position as libc::off_t, Whence::SeekData) {
                 Ok(at) => (at as usize).min(end),
                 // no data from here to the end of the file
                 Err(nix::errno::Errno::ENXIO) => end,
@@ -183,7 +242,7 @@ impl Mapping {
                 position = data_at;
                 continue;
             }
-            let hole_at = match lseek(&self.file, position as libc::off_t, Whence::SeekHole) {
+            let hole_at = match lseek(self.file(), position as libc::off_t, Whence::SeekHole) {
                 Ok(at) => (at as usize).clamp(position + 1, end),
                 Err(nix::errno::Errno::ENXIO) => end,
                 Err(errno) => return Err(BridgeError::MmapFailed(errno.into())),
@@ -197,13 +256,16 @@ impl Mapping {
     /// The file's current length. A RAM file reused by a new QEMU can be truncated under the
     /// mapping; touching a page past its new end raises SIGBUS.
     pub fn current_file_len(&self) -> std::io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        match &self.source {
+            Source::File { file, .. } => Ok(file.metadata()?.len()),
+            Source::Process { .. } => Ok(self.len as u64),
+        }
     }
 
     fn check_range(&self, offset: usize, len: usize) -> Result<(), BridgeError> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.map.len() => Ok(()),
-            _ => Err(BridgeError::InvalidAddress { addr: offset as u64, len, max: self.map.len() }),
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(BridgeError::InvalidAddress { addr: offset as u64, len, max: self.len }),
         }
     }
 
@@ -211,10 +273,13 @@ impl Mapping {
     /// mapping was ever lost to a truncation (the guard replaced it with zeros: the mapping no
     /// longer mirrors the file).
     fn check_file_len(&self, offset: usize, len: usize) -> Result<(), BridgeError> {
+        if let Source::Process { .. } = self.source {
+            return Ok(());
+        }
         let current = self.current_file_len().map_err(BridgeError::MmapFailed)?;
         let poisoned = self.guard_slot.is_some_and(sigbus::poisoned);
         if poisoned || (offset + len) as u64 > current {
-            return Err(BridgeError::FileShrunk { mapped: self.map.len(), current });
+            return Err(BridgeError::FileShrunk { mapped: self.len, current });
         }
         Ok(())
     }
@@ -225,7 +290,7 @@ impl Mapping {
     fn check_intact(&self) -> Result<(), BridgeError> {
         if self.guard_slot.is_some_and(sigbus::poisoned) {
             let current = self.current_file_len().unwrap_or(0);
-            return Err(BridgeError::FileShrunk { mapped: self.map.len(), current });
+            return Err(BridgeError::FileShrunk { mapped: self.len, current });
         }
         Ok(())
     }
@@ -241,9 +306,17 @@ impl Mapping {
 
     /// A borrowed view of `len` bytes at `offset`. The guest may change them while the view
     /// lives; see [`crate::SharedMemoryBridge::read_physical`].
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::InvalidAddress`], and [`BridgeError::NotMapped`] for private RAM, which is
+    /// read by copying only.
     pub fn view(&self, offset: usize, len: usize) -> Result<&[u8], BridgeError> {
         self.check_range(offset, len)?;
-        Ok(&self.map[offset..offset + len])
+        match &self.source {
+            Source::File { map, .. } => Ok(&map[offset..offset + len]),
+            Source::Process { .. } => Err(BridgeError::NotMapped),
+        }
     }
 
     /// `len` bytes at `offset` for a reply that the kernel copies: the live mapping itself when
@@ -257,7 +330,7 @@ impl Mapping {
         let segments = self.segments(offset, len)?;
         match segments.as_slice() {
             [only] if only.data && self.method == ReadMethod::MappingWithHoles => {
-                Ok(Cow::Borrowed(&self.map[offset..offset + len]))
+                Ok(Cow::Borrowed(&self.map()[offset..offset + len]))
             }
             [only] if !only.data && len <= ZEROS.len() => Ok(Cow::Borrowed(&ZEROS[..len])),
             _ => {
@@ -272,6 +345,18 @@ impl Mapping {
     /// Copies `dst.len()` bytes at `offset` into `dst`, split across threads when large.
     pub fn copy_to(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
         self.copy_with_threads(offset, dst, Self::threads_for(dst.len()))
+    }
+
+    /// [`copy_to`](Self::copy_to) into a buffer known to hold zeros (freshly allocated): holes
+    /// are skipped instead of written, so a fresh buffer's untouched pages stay unallocated
+    /// too (a copy of a mostly idle 4 GiB guest costs what the guest touched).
+    pub fn copy_to_zeroed(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
+        self.check_range(offset, dst.len())?;
+        self.check_file_len(offset, dst.len())?;
+        let segments: Vec<Segment> =
+            self.segments(offset, dst.len())?.into_iter().filter(|s| s.data).collect();
+        self.copy_segments(offset, dst, &segments)?;
+        self.check_intact()
     }
 
     /// Copies `dst.len()` bytes at `offset` into `dst` on `threads` threads (1 = this thread).
@@ -323,31 +408,63 @@ impl Mapping {
                 (false, _) => part.fill(0),
                 (true, ReadMethod::MappingWithHoles) => self.copy_unchecked(segment.start, part),
                 (true, ReadMethod::Pread) => self.pread(segment.start, part)?,
+                (true, ReadMethod::ProcessMemory) => self.process_read(segment.start, part)?,
             }
         }
         Ok(())
     }
 
+    /// `process_vm_readv` of `dst.len()` bytes at `offset` of the process's RAM block.
+    fn process_read(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
+        let Source::Process { pid, address } = &self.source else { unreachable!("not process memory") };
+        let mut done = 0;
+        while done < dst.len() {
+            let remote =
+                [nix::sys::uio::RemoteIoVec { base: address + offset + done, len: dst.len() - done }];
+            let read = nix::sys::uio::process_vm_readv(
+                *pid,
+                &mut [std::io::IoSliceMut::new(&mut dst[done..])],
+                &remote,
+            )
+            .map_err(|errno| BridgeError::ProcessMemory(errno.into()))?;
+            if read == 0 {
+                return Err(BridgeError::ProcessMemory(std::io::Error::from(
+                    std::io::ErrorKind::UnexpectedEof,
+                )));
+            }
+            done += read;
+        }
+        Ok(())
+    }
+
+    /// A read for the consistency check and for buffered writes: `pread` or
+    /// `process_vm_readv`.
+    fn read_copy(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
+        match self.method {
+            ReadMethod::ProcessMemory => self.process_read(offset, dst),
+            _ => self.pread(offset, dst),
+        }
+    }
+
     /// `pread` of `dst.len()` bytes at `offset`; a file that ends early shrank.
     fn pread(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
-        self.file.read_exact_at(dst, offset as u64).map_err(|err| match err.kind() {
-            std::io::ErrorKind::UnexpectedEof => BridgeError::FileShrunk {
-                mapped: self.map.len(),
-                current: self.current_file_len().unwrap_or(0),
-            },
+        self.file().read_exact_at(dst, offset as u64).map_err(|err| match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                BridgeError::FileShrunk { mapped: self.len, current: self.current_file_len().unwrap_or(0) }
+            }
             _ => BridgeError::MmapFailed(err),
         })
     }
 
     /// Copy without checks; callers have checked the range against the mapping.
     fn copy_unchecked(&self, offset: usize, dst: &mut [u8]) {
-        debug_assert!(offset + dst.len() <= self.map.len());
-        // SAFETY: `offset + dst.len() <= self.map.len()` (checked by every caller), so the
+        debug_assert!(offset + dst.len() <= self.len);
+        // SAFETY: `offset + dst.len() <= self.len` (checked by every caller), so the
         // source range lies inside the live mapping, which cannot overlap `dst` (heap or stack
         // memory of ours). The copy goes through raw pointers: no `&[u8]` to changing memory is
         // created. Concurrent guest writes may tear the copy; the consistency check detects it.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(offset), dst.as_mut_ptr(), dst.len());
+            std::ptr::copy_nonoverlapping(self.map().as_ptr().add(offset), dst.as_mut_ptr(), dst.len());
         }
         // Keep the compiler from moving or merging this copy with a later re-read.
         compiler_fence(Ordering::SeqCst);
@@ -409,20 +526,20 @@ impl Mapping {
     fn live_view(&self, offset: usize, len: usize) -> Result<LiveView, BridgeError> {
         match self.method {
             ReadMethod::MappingWithHoles => Ok(LiveView::Mapped(self.segments(offset, len)?)),
-            ReadMethod::Pread => {
+            ReadMethod::Pread | ReadMethod::ProcessMemory => {
                 let mut bytes = vec![0u8; len];
-                self.pread(offset, &mut bytes)?;
+                self.read_copy(offset, &mut bytes)?;
                 Ok(LiveView::Read { offset, bytes })
             }
         }
     }
 
     /// Whether live memory at `offset` equals `expected` now. Callers guarantee
-    /// `offset + expected.len() <= self.map.len()`. Bytes up to the first 8-byte boundary and
+    /// `offset + expected.len() <= self.len`. Bytes up to the first 8-byte boundary and
     /// after the last one are compared one by one, the rest as aligned words.
     fn live_equals_unchecked(&self, offset: usize, expected: &[u8]) -> bool {
-        debug_assert!(offset + expected.len() <= self.map.len());
-        let base = self.map.as_ptr().wrapping_add(offset);
+        debug_assert!(offset + expected.len() <= self.len);
+        let base = self.map().as_ptr().wrapping_add(offset);
         let head = base.align_offset(8).min(expected.len());
         let words = (expected.len() - head) / 8;
         let tail_start = head + words * 8;
@@ -467,12 +584,12 @@ impl Mapping {
                     self.write_mapped(file, segment.start, part, output.position())?;
                     output.skip(part as u64);
                 }
-                (true, ReadMethod::Pread) => {
+                (true, ReadMethod::Pread | ReadMethod::ProcessMemory) => {
                     let mut buffer = vec![0u8; part.min(1 << 20)];
                     let mut done = 0;
                     while done < part {
                         let chunk = (part - done).min(buffer.len());
-                        self.pread(segment.start + done, &mut buffer[..chunk])?;
+                        self.read_copy(segment.start + done, &mut buffer[..chunk])?;
                         output.write(&buffer[..chunk]).map_err(BridgeError::Write)?;
                         done += chunk;
                     }
@@ -496,13 +613,13 @@ impl Mapping {
         let mut done = 0;
         while done < len {
             let chunk = (len - done).min(1 << 30);
-            // SAFETY: `offset + done + chunk <= offset + len <= self.map.len()` (callers checked
+            // SAFETY: `offset + done + chunk <= offset + len <= self.len` (callers checked
             // the range), so the kernel reads only inside the live mapping; it reads, never
             // writes, it.
             let written = unsafe {
                 libc::pwrite(
                     file.as_raw_fd(),
-                    self.map.as_ptr().add(offset + done).cast(),
+                    self.map().as_ptr().add(offset + done).cast(),
                     chunk,
                     (position + done as u64) as libc::off_t,
                 )
@@ -550,6 +667,15 @@ impl LiveView {
             }
         }
     }
+}
+
+/// Whether `file` is on hugetlbfs.
+///
+/// # Errors
+///
+/// When its file system cannot be examined.
+pub fn is_hugetlbfs(file: &File) -> std::io::Result<bool> {
+    page_size_of(file).map(|(_, hugetlbfs)| hugetlbfs)
 }
 
 /// The size of the pages the kernel maps `file` with, and whether it is on hugetlbfs: the huge

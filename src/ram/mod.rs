@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::name::{NameError, VmName};
 
 pub use layout::{GuestLayout, Machine, Region};
-pub use mapping::{Mapping, ReadMethod};
+pub use mapping::{is_hugetlbfs, Mapping, ReadMethod};
 pub use snapshot::{
     sha256_hex, CheckReport, Snapshot, Summary, Verdict, CHECKSUM_ALGORITHM, DEFAULT_ATTEMPTS, PAGE_SIZE,
 };
@@ -25,6 +25,40 @@ pub const RAM_FILE_PREFIX: &str = "qemu_ram_";
 /// [`SharedMemoryBridge::new`] looks for it (with `dir` = [`SHM_DIR`]).
 pub fn ram_file_path(dir: &Path, name: &VmName) -> PathBuf {
     dir.join(format!("{RAM_FILE_PREFIX}{name}"))
+}
+
+/// Where a VM's RAM lives, and so how qemu-bridge reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RamKind {
+    /// A shared file on tmpfs (`/dev/shm`) or another file system: mapped, zero-copy.
+    File,
+    /// A shared file on hugetlbfs: read with `pread` (a copy) so that untouched huge pages are
+    /// never allocated.
+    Hugetlbfs,
+    /// A memfd (`memory-backend-memfd`, as libvirt gives guests with shared memory): mapped
+    /// through QEMU's descriptor, zero-copy.
+    Memfd,
+    /// Private to the QEMU process (no shared backend): copied with `process_vm_readv`.
+    Private,
+}
+
+impl RamKind {
+    /// Whether reads are served straight from a mapping of the guest's RAM.
+    pub fn zero_copy(self) -> bool {
+        matches!(self, RamKind::File | RamKind::Memfd)
+    }
+}
+
+impl std::fmt::Display for RamKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RamKind::File => "file",
+            RamKind::Hugetlbfs => "hugetlbfs",
+            RamKind::Memfd => "memfd",
+            RamKind::Private => "private",
+        })
+    }
 }
 
 /// Errors of the RAM layer.
@@ -72,6 +106,14 @@ pub enum BridgeError {
         /// The file's current size.
         current: u64,
     },
+    /// The RAM is private to the QEMU process: it can be copied, not viewed in place.
+    #[error(
+        "the VM's RAM is private to its QEMU process: it can be copied (read_into), not viewed in place"
+    )]
+    NotMapped,
+    /// Reading the QEMU process's memory failed (it exited, or this user may not trace it).
+    #[error("cannot read the QEMU process's memory")]
+    ProcessMemory(#[source] std::io::Error),
     /// Writing RAM to a file failed.
     #[error("cannot write RAM to the output file")]
     Write(#[source] std::io::Error),
@@ -140,6 +182,25 @@ impl SharedMemoryBridge {
     pub fn from_file(vm_id: &str, file: std::fs::File, path: &Path) -> Result<Self, BridgeError> {
         let mapping = Mapping::from_file(file, path)?;
         let layout = GuestLayout::identity(mapping.len() as u64);
+        Ok(Self { vm_id: vm_id.to_string(), mapping, layout })
+    }
+
+    /// Private guest RAM: `len` bytes at `address` in QEMU process `pid`, read with
+    /// `process_vm_readv` (copies only: [`read_physical`](Self::read_physical) fails with
+    /// [`BridgeError::NotMapped`]). `path` is what it is called in messages.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::ProcessMemory`] when this user may not read that process's memory.
+    pub fn of_process(
+        vm_id: &str,
+        pid: u32,
+        address: usize,
+        len: usize,
+        path: &Path,
+    ) -> Result<Self, BridgeError> {
+        let mapping = Mapping::of_process(pid, address, len, path)?;
+        let layout = GuestLayout::identity(len as u64);
         Ok(Self { vm_id: vm_id.to_string(), mapping, layout })
     }
 

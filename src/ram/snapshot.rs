@@ -150,7 +150,7 @@ fn hex(digest: &[u8]) -> String {
 /// Copies the whole mapping once, unchecked.
 pub fn take_plain(mapping: &Mapping) -> Result<Vec<u8>, BridgeError> {
     let mut data = vec![0u8; mapping.len()];
-    mapping.copy_to(0, &mut data)?;
+    mapping.copy_to_zeroed(0, &mut data)?;
     Ok(data)
 }
 
@@ -158,7 +158,8 @@ pub fn take_plain(mapping: &Mapping) -> Result<Vec<u8>, BridgeError> {
 /// copies in all (at least 1).
 pub fn take_checked(mapping: &Mapping, max_attempts: u32) -> Result<Snapshot, BridgeError> {
     let mut data = vec![0u8; mapping.len()];
-    let report = check_into(mapping, &mut data, max_attempts)?;
+    mapping.copy_to_zeroed(0, &mut data)?;
+    let report = verify(mapping, &mut data, max_attempts)?;
     Ok(Snapshot {
         data,
         verdict: report.verdict,
@@ -192,8 +193,13 @@ pub fn check_into(mapping: &Mapping, data: &mut [u8], max_attempts: u32) -> Resu
     if data.len() != mapping.len() {
         return Err(BridgeError::BufferLength { expected: mapping.len(), actual: data.len() });
     }
-    let max_attempts = max_attempts.max(1);
     mapping.copy_to(0, data)?;
+    verify(mapping, data, max_attempts)
+}
+
+/// The verification half of [`check_into`]: `data` holds a first copy of the whole mapping.
+fn verify(mapping: &Mapping, data: &mut [u8], max_attempts: u32) -> Result<CheckReport, BridgeError> {
+    let max_attempts = max_attempts.max(1);
     let mut recopied_pages = 0u64;
     let mut attempts = 1;
     loop {

@@ -475,3 +475,40 @@ pub fn fake_monitor(run_dir: &TestRunDir, name: &str, ram: &Path, hold: bool, as
     assert_eq!(&ready, b"ready");
     child
 }
+
+/// Huge pages for one test at a time: raises `nr_hugepages`, mounts hugetlbfs, and puts both
+/// back.
+pub struct HugePages {
+    previous: String,
+    pub dir: tempfile::TempDir,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+impl HugePages {
+    const COUNT_FILE: &'static str = "/proc/sys/vm/nr_hugepages";
+
+    pub fn reserve(pages: u64) -> Self {
+        static POOL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        require_root();
+        let one_at_a_time = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = std::fs::read_to_string(Self::COUNT_FILE).unwrap();
+        let wanted = previous.trim().parse::<u64>().unwrap() + pages;
+        std::fs::write(Self::COUNT_FILE, wanted.to_string()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Self { previous, dir, _one_at_a_time: one_at_a_time };
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "hugetlbfs", "-o", "pagesize=2M", "none"])
+            .arg(pool.dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "cannot mount hugetlbfs");
+        pool
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::write(Self::COUNT_FILE, self.previous.trim());
+    }
+}
