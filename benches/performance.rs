@@ -140,6 +140,7 @@ struct Lab {
     _dir: tempfile::TempDir,
     run_dir: RunDir,
     vms: Vec<launch::LaunchedVm>,
+    hand_started: Vec<u32>,
     mounts: Vec<(PathBuf, u32)>,
 }
 
@@ -147,10 +148,14 @@ impl Lab {
     fn new() -> Self {
         let dir = tempfile::Builder::new().prefix("qb-bench").tempdir().unwrap();
         let run_dir = RunDir::new(dir.path().join("run"));
-        Self { _dir: dir, run_dir, vms: Vec::new(), mounts: Vec::new() }
+        Self { _dir: dir, run_dir, vms: Vec::new(), hand_started: Vec::new(), mounts: Vec::new() }
     }
 
     fn launch(&mut self, name: &str) -> Vm {
+        self.launch_with(name, 64 << 20)
+    }
+
+    fn launch_with(&mut self, name: &str, memory: u64) -> Vm {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let image = self.run_dir.path().parent().unwrap().join(format!("{name}.img"));
         let status = Command::new(root.join("scripts/build-boot-guest.sh")).arg(&image).status().unwrap();
@@ -158,10 +163,40 @@ impl Lab {
         let name = qemu_bridge::VmName::new(&format!("{name}-{}", std::process::id())).unwrap();
         let mut options = LaunchOptions::new(name, self.run_dir.clone());
         options.drive = Some(image);
+        options.memory = memory;
         let vm = launch::launch(&options).expect("launch VM");
         let handle = vm.vm.clone();
         self.vms.push(vm);
         handle
+    }
+
+    /// A VM with private RAM (no memory backend option), started by hand; killed on drop.
+    fn start_private(&mut self, name: &str) -> Vm {
+        let pidfile = self.run_dir.path().join(format!("{name}.hand.pid"));
+        let status = Command::new(launch::qemu_binary())
+            .args([
+                "-machine",
+                "q35,accel=tcg",
+                "-m",
+                "64M",
+                "-display",
+                "none",
+                "-nodefaults",
+                "-daemonize",
+                "-S",
+            ])
+            .arg("-qmp")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                self.run_dir.path().join(format!("{name}.qmp")).display()
+            ))
+            .arg("-pidfile")
+            .arg(&pidfile)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.hand_started.push(qemu_bridge::process::read_pid(&pidfile).unwrap());
+        Vm::existing(&self.run_dir, name).unwrap()
     }
 
     fn mount(&mut self, extra: &[&str]) -> PathBuf {
@@ -190,6 +225,9 @@ impl Drop for Lab {
         }
         for vm in &self.vms {
             let _ = launch::stop(&self.run_dir, vm.name().as_str(), true);
+        }
+        for &pid in &self.hand_started {
+            qemu_bridge::process::end(pid, Duration::from_millis(100));
         }
     }
 }
@@ -244,6 +282,7 @@ fn main() {
     bench.sustained_rates();
     bench.mount_reads();
     bench.file_writes();
+    bench.idle_and_private();
     let Bench { results, lab, .. } = bench;
     drop(lab);
 
@@ -765,6 +804,59 @@ impl Bench {
             unit: "s",
             baseline: Some(("QMP pmemsave".into(), pmemsave.0)),
             ratio: Some(pmemsave.0 / library.0),
+            verdict: "-".into(),
+        });
+    }
+
+    /// What reading costs by RAM kind: a 4 GiB VM that touched little of its RAM, read whole
+    /// through the mount (time and bytes the RAM file gained) against `dd` of the RAM file; and
+    /// private RAM (`process_vm_readv`) against a shared mapping, 64 MiB each.
+    fn idle_and_private(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let Self { results, lab, bridge, snapshot, .. } = self;
+        let idle = lab.launch_with("idle", 4 << 30);
+        idle.with_qmp(|q| q.stop()).unwrap();
+        let info = idle.info().unwrap();
+        let allocated = || std::fs::metadata(&info.ram_path).unwrap().blocks() * 512;
+        let mountpoint = lab.mount(&[]);
+        let dd = |path: &Path| -> f64 {
+            let start = Instant::now();
+            let status = Command::new("dd")
+                .arg(format!("if={}", path.display()))
+                .args(["of=/dev/null", "bs=1M", "status=none"])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            start.elapsed().as_secs_f64()
+        };
+        let before = allocated();
+        let direct = dd(&info.ram_path);
+        let through_mount = dd(&mountpoint.join(info.name.as_str()).join("ram"));
+        let grown = allocated().saturating_sub(before);
+        results.add(Row {
+            name: "dd of a 4 GiB idle VM's ram through the mount".into(),
+            target: "allocates nothing".into(),
+            median: through_mount,
+            p99: through_mount,
+            unit: "s",
+            baseline: Some(("dd of the RAM file".into(), direct)),
+            ratio: Some(direct / through_mount),
+            verdict: format!("RAM file allocated {} MiB before, +{} MiB after", before >> 20, grown >> 20),
+        });
+        let private = lab.start_private("private");
+        let (private_bridge, _) = private.open_bridge().unwrap();
+        let mut private_buffer = vec![0u8; RAM];
+        private_bridge.snapshot_into(&mut private_buffer).unwrap();
+        let copied = stats(time(20, || private_bridge.snapshot_into(&mut private_buffer).unwrap()));
+        let mapped = stats(time(20, || bridge.snapshot_into(snapshot).unwrap()));
+        results.add(Row {
+            name: "private RAM 64 MiB copy (process_vm_readv)".into(),
+            target: "-".into(),
+            median: copied.0,
+            p99: copied.1,
+            unit: "s",
+            baseline: Some(("shared file mapping".into(), mapped.0)),
+            ratio: Some(mapped.0 / copied.0),
             verdict: "-".into(),
         });
     }

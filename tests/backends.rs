@@ -132,6 +132,18 @@ fn test_memfd_and_private_ram_vms() {
     // private RAM can be copied, not viewed in place
     let (bridge, _) = Vm::existing(&run_dir.run_dir, "private").unwrap().open_bridge().unwrap();
     assert!(matches!(bridge.read_physical(0, 16), Err(qemu_bridge::BridgeError::NotMapped)));
+    // with --passthrough, memfd RAM is served by the kernel from QEMU's memfd and private RAM
+    // still through the daemon: the same bytes either way
+    for name in ["memfd", "private"] {
+        Vm::existing(&run_dir.run_dir, name).unwrap().with_qmp(|qmp| qmp.stop()).unwrap();
+    }
+    let passthrough = TestMount::new(&run_dir, &["--passthrough"]);
+    for name in ["memfd", "private"] {
+        let direct = std::fs::read(mount.path(&format!("{name}/ram"))).unwrap();
+        let through = std::fs::read(passthrough.path(&format!("{name}/ram"))).unwrap();
+        assert!(direct == through, "{name}: passthrough serves other bytes");
+    }
+    assert!(!passthrough.log_text().contains("passthrough unavailable"), "{}", passthrough.log_text());
 }
 
 #[test]

@@ -228,14 +228,20 @@ impl Tree {
     }
 
     fn open_ram(&self, instance: Arc<MountedVm>, ino: INodeNo, reply: ReplyOpen) {
-        if self.passthrough.load(Ordering::Relaxed) {
+        // private RAM has no file for the kernel to read: always through the daemon
+        let has_file = instance.bridge.mapping().read_method() != crate::ram::ReadMethod::ProcessMemory;
+        if has_file && self.passthrough.load(Ordering::Relaxed) {
             let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
             let id = match backing.get_mut(&ino.0) {
                 Some((id, count)) => {
                     *count += 1;
                     Some(Arc::clone(id))
                 }
-                None => match std::fs::File::open(&instance.info.ram_path)
+                None => match instance
+                    .bridge
+                    .mapping()
+                    .try_clone_file()
+                    .unwrap_or_else(|| Err(std::io::Error::other("private RAM has no file to pass through")))
                     .and_then(|file| reply.open_backing(&file))
                 {
                     Ok(id) => {

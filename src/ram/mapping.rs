@@ -194,6 +194,16 @@ impl Mapping {
         &self.path
     }
 
+    /// A new descriptor of the very file that is mapped (for FUSE passthrough, which must
+    /// serve the file that was verified, not whatever its path names now); `None` for private
+    /// RAM, which has no file.
+    pub fn try_clone_file(&self) -> Option<std::io::Result<File>> {
+        match &self.source {
+            Source::File { file, .. } => Some(file.try_clone()),
+            Source::Process { .. } => None,
+        }
+    }
+
     /// How this file's bytes are read (see [`ReadMethod`]).
     pub fn read_method(&self) -> ReadMethod {
         self.method
