@@ -9,49 +9,25 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    require_qemu, stderr, stdout, wait_until, HugePages, TestMount, TestRunDir, MARKER, MARKER_ADDR,
+    require_qemu, stderr, stdout, wait_until, HandStartedVm, HugePages, TestMount, TestRunDir, MARKER,
+    MARKER_ADDR,
 };
-use qemu_bridge::process;
 use qemu_bridge::Vm;
 
 /// The VGA window and ROM shadowing, where `pmemsave` shows other bytes than guest RAM.
 const VGA_AND_ROM: std::ops::Range<usize> = 0xA0000..0x100000;
 const SIZE: u64 = 64 << 20;
 
-/// QEMU started by hand with the boot-sector guest and `memory` options, killed by pid when
-/// dropped.
-struct HandVm {
-    pid: u32,
-    _dir: tempfile::TempDir,
-}
-
-impl HandVm {
-    fn start(run_dir: &TestRunDir, name: &str, memory: &[String]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let disk = dir.path().join("boot.img");
+/// QEMU started by hand with the boot-sector guest, 64 MiB and `memory` options.
+fn hand_vm(run_dir: &TestRunDir, name: &str, memory: &[String]) -> HandStartedVm {
+    HandStartedVm::start(run_dir, name, |dir| {
+        let disk = dir.join("boot.img");
         std::fs::copy(common::boot_image(), &disk).unwrap();
-        let pidfile = dir.path().join("qemu.pid");
-        let output = Command::new(qemu_bridge::launch::qemu_binary())
-            .args(["-m", "64M", "-display", "none", "-nodefaults", "-daemonize"])
-            .args(memory)
-            .arg("-drive")
-            .arg(format!("file={},format=raw", disk.display()))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", run_dir.path().join(format!("{name}.qmp")).display()))
-            .arg("-pidfile")
-            .arg(&pidfile)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "QEMU: {}", stderr(&output));
-        let pid = process::read_pid(&pidfile).unwrap();
-        Self { pid, _dir: dir }
-    }
-}
-
-impl Drop for HandVm {
-    fn drop(&mut self) {
-        process::end(self.pid, Duration::from_millis(100));
-    }
+        let mut args: Vec<String> = vec!["-m".into(), "64M".into()];
+        args.extend(memory.iter().cloned());
+        args.extend(["-drive".into(), format!("file={},format=raw", disk.display())]);
+        args
+    })
 }
 
 /// Checks one VM of `kind` end to end: listed with its kind, the guest's marker in `ram`
@@ -114,7 +90,7 @@ fn test_memfd_and_private_ram_vms() {
     require_qemu();
     common::require_root();
     let run_dir = TestRunDir::new();
-    let _memfd = HandVm::start(
+    let _memfd = hand_vm(
         &run_dir,
         "memfd",
         &[
@@ -124,7 +100,7 @@ fn test_memfd_and_private_ram_vms() {
             "memory-backend-memfd,id=mf,size=64M,share=on".into(),
         ],
     );
-    let _private = HandVm::start(&run_dir, "private", &["-machine".into(), "q35,accel=tcg".into()]);
+    let _private = hand_vm(&run_dir, "private", &["-machine".into(), "q35,accel=tcg".into()]);
     let mount = TestMount::new(&run_dir, &[]);
     assert_eq!(mount.ls(), ["memfd", "private"], "{}", mount.log_text());
     check_vm(&run_dir, &mount, "memfd", "memfd", true);
@@ -153,7 +129,7 @@ fn test_hugetlbfs_ram_vm() {
     let pool = HugePages::reserve(40);
     let run_dir = TestRunDir::new();
     let ram_file = pool.dir.path().join("vm-ram");
-    let vm = HandVm::start(
+    let vm = hand_vm(
         &run_dir,
         "huge",
         &[
@@ -176,29 +152,20 @@ fn test_hugetlbfs_ram_vm() {
         == MARKER));
     let vm_handle = Vm::existing(&run_dir.run_dir, "huge").unwrap();
     vm_handle.with_qmp(|qmp| qmp.stop()).unwrap();
-    let free = huge_pages_free();
+    let free = common::huge_pages_free();
     assert!(free >= 16, "the guest touched most of its RAM already: {free} huge pages free");
     assert_eq!(std::fs::read(mount.path("huge/ram")).unwrap().len() as u64, SIZE);
     assert!(std::fs::read_to_string(mount.path("huge/checksum")).unwrap().contains(" consistent "));
     let out = run_dir.qemu_output("huge.snapshot");
     let output = common::qemu_bridge(&run_dir, &["snapshot", "huge", "-o", out.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert_eq!(huge_pages_free(), free, "reading allocated huge pages");
+    assert_eq!(common::huge_pages_free(), free, "reading allocated huge pages");
     vm_handle.with_qmp(|qmp| qmp.cont()).unwrap();
     check_vm(&run_dir, &mount, "huge", "hugetlbfs", false);
     drop(mount);
     drop(vm);
     assert!(wait_until(Duration::from_secs(10), || Path::new(&ram_file).exists()));
     let _ = std::fs::remove_file(&ram_file);
-}
-
-fn huge_pages_free() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("HugePages_Free:"))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap()
 }
 
 fn allocated(path: &Path) -> u64 {

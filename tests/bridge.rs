@@ -348,15 +348,6 @@ fn test_touching_a_truncated_huge_page_is_survived() {
     std::fs::remove_file(&path).unwrap();
 }
 
-fn huge_pages_free() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("HugePages_Free:"))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap()
-}
-
 /// A RAM file on hugetlbfs whose pool is used up (every free huge page reserved by the VM's own
 /// mapping) and whose guest touched one page of four: every way of reading it returns zeros for
 /// the untouched pages, raises no SIGBUS and allocates no huge page.
@@ -380,7 +371,7 @@ fn test_reading_hugetlbfs_allocates_no_huge_page() {
         .unwrap();
     let mut ready = [0u8; 5];
     std::io::Read::read_exact(guest.stdout.as_mut().unwrap(), &mut ready).unwrap();
-    let free = huge_pages_free();
+    let free = common::huge_pages_free();
     {
         let bridge = SharedMemoryBridge::open("huge", &path).unwrap();
         assert_eq!(bridge.mapping().read_method(), qemu_bridge::ram::ReadMethod::Pread);
@@ -396,7 +387,7 @@ fn test_reading_hugetlbfs_allocates_no_huge_page() {
         bridge.write_snapshot_to(out.as_file()).unwrap();
         assert!(std::fs::read(out.path()).unwrap() == data);
     }
-    assert_eq!(huge_pages_free(), free, "reading allocated huge pages");
+    assert_eq!(common::huge_pages_free(), free, "reading allocated huge pages");
     drop(guest.stdin.take());
     guest.wait().unwrap();
     std::fs::remove_file(&path).unwrap();

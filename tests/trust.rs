@@ -5,12 +5,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    assert_clean_failure, qemu_bridge, require_qemu, require_root, stderr, stdout, wait_until, ShmFile,
-    TestMount, TestRunDir,
+    assert_clean_failure, qemu_bridge, require_qemu, require_root, stderr, stdout, wait_until, HandStartedVm,
+    ShmFile, TestMount, TestRunDir,
 };
 use qemu_bridge::process;
 use qemu_bridge::ram::sha256_hex;
@@ -18,42 +17,6 @@ use qemu_bridge::ram::sha256_hex;
 fn ok(output: std::process::Output) -> String {
     assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
     stdout(&output)
-}
-
-/// A VM started by hand, as a user would, with its RAM in a file of the user's, a QMP socket in
-/// the run directory and a pidfile outside it; killed by pid when dropped.
-struct HandStartedVm {
-    pid: u32,
-    ram: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl HandStartedVm {
-    fn start(run_dir: &TestRunDir, name: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ram = dir.path().join("keepme.ram");
-        let pidfile = dir.path().join("qemu.pid");
-        let output = Command::new(qemu_bridge::launch::qemu_binary())
-            .args(["-machine", "q35,accel=tcg,memory-backend=m", "-m", "32M", "-display", "none"])
-            .args(["-nodefaults", "-daemonize", "-S"])
-            .arg("-object")
-            .arg(format!("memory-backend-file,id=m,size=32M,share=on,mem-path={}", ram.display()))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", run_dir.path().join(format!("{name}.qmp")).display()))
-            .arg("-pidfile")
-            .arg(&pidfile)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "QEMU: {}", stderr(&output));
-        let pid = process::read_pid(&pidfile).expect("QEMU wrote its pidfile");
-        Self { pid, ram, _dir: dir }
-    }
-}
-
-impl Drop for HandStartedVm {
-    fn drop(&mut self) {
-        process::end(self.pid, Duration::from_millis(100));
-    }
 }
 
 fn digest(path: &Path) -> String {
@@ -67,15 +30,24 @@ fn digest(path: &Path) -> String {
 fn test_stop_deletes_only_what_launch_made() {
     require_qemu();
     let run_dir = TestRunDir::new();
-    let hand = HandStartedVm::start(&run_dir, "handvm");
+    // its RAM in a file of the user's, paused at reset
+    let hand = HandStartedVm::start(&run_dir, "handvm", |dir| {
+        let ram = dir.join("keepme.ram");
+        ["-machine", "q35,accel=tcg,memory-backend=m", "-m", "32M", "-S", "-object"]
+            .map(String::from)
+            .into_iter()
+            .chain([format!("memory-backend-file,id=m,size=32M,share=on,mem-path={}", ram.display())])
+            .collect()
+    });
+    let keepme = hand.dir.path().join("keepme.ram");
     // it is a VM like any other: listed, readable
     assert!(ok(qemu_bridge(&run_dir, &["list"])).contains("keepme.ram"));
     ok(qemu_bridge(&run_dir, &["read", "handvm", "0", "16"]));
-    let before = digest(&hand.ram);
+    let before = digest(&keepme);
     let output = ok(qemu_bridge(&run_dir, &["stop", "handvm"]));
     assert!(output.contains("not started by qemu-bridge launch, so its files are left alone"), "{output}");
     assert!(wait_until(Duration::from_secs(10), || !process::alive(hand.pid)), "QEMU did not quit");
-    assert_eq!(digest(&hand.ram), before, "the user's RAM file survives, byte for byte");
+    assert_eq!(digest(&keepme), before, "the user's RAM file survives, byte for byte");
 
     // a launched VM: every file it made goes, and nothing else in the run directory
     std::fs::write(run_dir.path().join("unrelated.txt"), b"mine").unwrap();

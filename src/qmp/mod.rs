@@ -456,18 +456,14 @@ impl<S: Read + Write> QmpClient<S> {
         }
     }
 
-    /// The main RAM backend's QOM path and its file.
-    ///
-    /// # Errors
-    ///
-    /// [`QmpError::NoFileBackend`] when no backend has a `mem-path`, else as
-    /// [`execute`](Self::execute).
-    pub fn shared_memory_backend(&mut self) -> Result<(String, PathBuf), QmpError> {
+    /// QOM paths of the memory backends that may hold main RAM: the machine's
+    /// `memory-backend`, then every `query-memdev` backend (VMs started with `-numa memdev=` or
+    /// without `memory-backend=`).
+    fn backend_candidates(&mut self) -> Result<Vec<String>, QmpError> {
         let mut candidates = Vec::new();
         if let Some(backend) = self.memory_backend()? {
             candidates.push(backend);
         }
-        // VMs started with -numa memdev=... or without memory-backend=: try every backend.
         for backend in self.query_memdev()? {
             if let Some(id) = backend.get("id").and_then(Value::as_str) {
                 let path = format!("/objects/{id}");
@@ -476,7 +472,17 @@ impl<S: Read + Write> QmpClient<S> {
                 }
             }
         }
-        for backend in candidates {
+        Ok(candidates)
+    }
+
+    /// The main RAM backend's QOM path and its file.
+    ///
+    /// # Errors
+    ///
+    /// [`QmpError::NoFileBackend`] when no backend has a `mem-path`, else as
+    /// [`execute`](Self::execute).
+    pub fn shared_memory_backend(&mut self) -> Result<(String, PathBuf), QmpError> {
+        for backend in self.backend_candidates()? {
             if let Some(path) = self.mem_path(&backend)? {
                 return Ok((backend, path));
             }
@@ -493,18 +499,7 @@ impl<S: Read + Write> QmpClient<S> {
     /// [`QmpError::NoRamBackend`] when QEMU names no memory backend at all, else as
     /// [`execute`](Self::execute).
     pub fn ram_backend(&mut self) -> Result<RamBackend, QmpError> {
-        let mut candidates = Vec::new();
-        if let Some(backend) = self.memory_backend()? {
-            candidates.push(backend);
-        }
-        for backend in self.query_memdev()? {
-            if let Some(id) = backend.get("id").and_then(Value::as_str) {
-                let path = format!("/objects/{id}");
-                if !candidates.contains(&path) {
-                    candidates.push(path);
-                }
-            }
-        }
+        let candidates = self.backend_candidates()?;
         for backend in &candidates {
             if let Some(path) = self.mem_path(backend)? {
                 return Ok(RamBackend { qom_path: backend.clone(), storage: BackendStorage::File(path) });

@@ -512,3 +512,48 @@ impl Drop for HugePages {
         let _ = std::fs::write(Self::COUNT_FILE, self.previous.trim());
     }
 }
+
+/// Free huge pages of the default size (`HugePages_Free` of /proc/meminfo).
+pub fn huge_pages_free() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("HugePages_Free:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap()
+}
+
+/// QEMU started by hand, as users do (not by `launch`): `args`, a QMP socket
+/// `<run-dir>/<name>.qmp`, daemonized with a pidfile outside the run directory; killed by pid
+/// when dropped.
+pub struct HandStartedVm {
+    pub pid: u32,
+    /// A directory of the test's for the VM's files (its disk, a RAM file...).
+    pub dir: tempfile::TempDir,
+}
+
+impl HandStartedVm {
+    /// Starts QEMU with `args(dir)`, given the VM's own directory.
+    pub fn start(run_dir: &TestRunDir, name: &str, args: impl FnOnce(&Path) -> Vec<String>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("qemu.pid");
+        let output = Command::new(launch::qemu_binary())
+            .args(["-display", "none", "-nodefaults", "-daemonize"])
+            .args(args(dir.path()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", run_dir.path().join(format!("{name}.qmp")).display()))
+            .arg("-pidfile")
+            .arg(&pidfile)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "QEMU: {}", stderr(&output));
+        let pid = process::read_pid(&pidfile).expect("QEMU wrote its pidfile");
+        Self { pid, dir }
+    }
+}
+
+impl Drop for HandStartedVm {
+    fn drop(&mut self) {
+        process::end(self.pid, Duration::from_millis(100));
+    }
+}
