@@ -2,6 +2,7 @@
 # Runs the cargo-fuzz targets for a bounded time each (FUZZ_SECONDS, default 60):
 #   qmp_reply  the QMP client fed arbitrary server bytes
 #   layout     guest-physical layout and bounds arithmetic
+#   mtree      the parser of QEMU's flat memory map (info mtree -f)
 # cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1 lets the stable toolchain provide them
 # (no other toolchain can be installed here). A crash fails the run and leaves its input in
 # fuzz/artifacts/<target>/: turn it into a unit test next to the code, then fix the bug.
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 export RUSTC_BOOTSTRAP=1
-for target in qmp_reply layout; do
+for target in qmp_reply layout mtree; do
     mkdir -p "fuzz/corpus/$target"
     echo "== fuzz $target for ${seconds}s"
     cargo fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \

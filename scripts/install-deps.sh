@@ -10,6 +10,8 @@ missing() {
     need=()
     command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
     command -v qemu-img >/dev/null || need+=(qemu-utils)   # creates the qcow2 state disks
+    command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)   # Arm guests in the tests
+    command -v qemu-system-riscv64 >/dev/null || need+=(qemu-system-misc)  # RISC-V guests in the tests
     command -v fusermount3 >/dev/null || need+=(fuse3)
     command -v as >/dev/null && command -v ld >/dev/null || need+=(binutils)
     [[ -x /usr/bin/python3 ]] || need+=(python3)   # the tests run it as another user

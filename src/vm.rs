@@ -324,7 +324,7 @@ impl Vm {
         let backend = qmp.ram_backend()?;
         let ram_size = qmp.backend_size(&backend.qom_path)?;
         let machine = qmp.machine_type()?;
-        let layout = qmp.layout(ram_size)?;
+        let layout = qmp.layout(&backend.qom_path, ram_size)?;
         let info = VmInfo {
             name: self.name.clone(),
             status: status.status,

@@ -212,6 +212,7 @@ impl Tree {
                     "machine": instance.info.machine,
                     "ram_size": instance.info.ram_size,
                     "ram_path": instance.info.ram_path,
+                    "source": instance.bridge.layout().source(),
                     "regions": instance.bridge.layout().regions(),
                 });
                 serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?

@@ -573,13 +573,34 @@ impl<S: Read + Write> QmpClient<S> {
         }
     }
 
-    /// The guest-physical layout of `ram_size` bytes of RAM: q35's reported split where
-    /// present, otherwise the machine type's rule with its `max-ram-below-4g`.
+    /// The guest-physical layout of the RAM of the backend at QOM path `backend` (`ram_size`
+    /// bytes): QEMU's own flat memory map (`info mtree -f`, the `memory` address space, the
+    /// ranges of the backend's region) for every machine and architecture; only when the
+    /// monitor cannot give it (no HMP, no range of that region), the x86 machine type's rule,
+    /// and `layout.source()` says which.
     ///
     /// # Errors
     ///
-    /// As [`execute`](Self::execute).
-    pub fn layout(&mut self, ram_size: u64) -> Result<GuestLayout, QmpError> {
+    /// As [`execute`](Self::execute): a monitor that times out is an error, not a fallback.
+    pub fn layout(&mut self, backend: &str, ram_size: u64) -> Result<GuestLayout, QmpError> {
+        let region = backend.rsplit('/').next().unwrap_or(backend);
+        match self.human_monitor_command("info mtree -f") {
+            Ok(text) => match crate::ram::mtree::ram_regions(&text, region) {
+                Ok(regions) if !regions.is_empty() => return Ok(GuestLayout::from_mtree(regions)),
+                Ok(_) => log::info!("QEMU's memory map has no RAM of region {region}; using the x86 rule"),
+                Err(err) => log::info!("{err}; using the x86 rule"),
+            },
+            Err(err @ (QmpError::Command { .. } | QmpError::UnexpectedReply { .. })) => {
+                log::info!("info mtree -f gave no map ({err}); using the x86 rule")
+            }
+            Err(err) => return Err(err),
+        }
+        self.x86_layout(ram_size)
+    }
+
+    /// The x86 rule: q35's reported split where present, otherwise the machine type's rule
+    /// with its `max-ram-below-4g`.
+    fn x86_layout(&mut self, ram_size: u64) -> Result<GuestLayout, QmpError> {
         let kind = Machine::from_type_name(&self.machine_type()?);
         if kind == Machine::Q35 {
             let below = self.optional_property("/machine/q35", "below-4g-mem-size")?.and_then(|v| v.as_u64());

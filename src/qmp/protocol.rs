@@ -66,11 +66,14 @@ pub struct LineReader {
     buffer: Vec<u8>,
     /// Bytes of `buffer` already returned as lines.
     consumed: usize,
+    /// Bytes of `buffer` known to hold no newline: each byte is looked at once, so a long line
+    /// costs linear time, not quadratic.
+    scanned: usize,
 }
 
 impl Default for LineReader {
     fn default() -> Self {
-        Self { buffer: Vec::with_capacity(4096), consumed: 0 }
+        Self { buffer: Vec::with_capacity(4096), consumed: 0, scanned: 0 }
     }
 }
 
@@ -80,22 +83,27 @@ impl LineReader {
     /// single `read` call.
     pub fn read_line<R: Read>(&mut self, stream: &mut R, deadline: Instant) -> Result<Vec<u8>, QmpError> {
         loop {
-            if let Some(newline) = self.buffer[self.consumed..].iter().position(|&b| b == b'\n') {
+            let from = self.scanned.max(self.consumed);
+            if let Some(newline) = self.buffer[from..].iter().position(|&b| b == b'\n') {
                 let start = self.consumed;
-                let end = start + newline;
+                let end = from + newline;
                 self.consumed = end + 1;
+                self.scanned = self.consumed;
                 let line = self.buffer[start..end].to_vec();
                 if self.consumed == self.buffer.len() {
                     self.buffer.clear();
                     self.consumed = 0;
+                    self.scanned = 0;
                 }
                 return Ok(line);
             }
+            self.scanned = self.buffer.len();
             if Instant::now() >= deadline {
                 return Err(QmpError::Timeout);
             }
             if self.consumed > 0 {
                 self.buffer.drain(..self.consumed);
+                self.scanned -= self.consumed;
                 self.consumed = 0;
             }
             let mut chunk = [0u8; 8192];

@@ -71,16 +71,47 @@ impl std::str::FromStr for Machine {
     }
 }
 
+/// Where a layout comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayoutSource {
+    /// QEMU's own flat memory map (`info mtree -f`): exact for every machine.
+    Mtree,
+    /// The x86 rule of the machine type (q35, pc), for when the monitor cannot answer.
+    X86Rule,
+    /// Guest address == file offset: no map known.
+    Identity,
+}
+
 /// The map from guest-physical addresses to file offsets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GuestLayout {
     regions: Vec<Region>,
+    source: LayoutSource,
 }
 
 impl GuestLayout {
     /// Guest address == file offset over `size` bytes (no layout known, or no hole).
     pub fn identity(size: u64) -> Self {
-        Self::from_split(size, 0)
+        Self { source: LayoutSource::Identity, ..Self::from_split(size, 0) }
+    }
+
+    /// The ranges QEMU's flat memory map gives (see [`super::mtree::ram_regions`]), sorted by
+    /// guest-physical address.
+    pub fn from_mtree(mut regions: Vec<Region>) -> Self {
+        regions.sort_by_key(|region| region.gpa);
+        Self { regions, source: LayoutSource::Mtree }
+    }
+
+    /// Where the layout comes from.
+    pub fn source(&self) -> LayoutSource {
+        self.source
+    }
+
+    /// The end of the last byte of the file the layout uses (the file must be at least this
+    /// long).
+    pub fn file_end(&self) -> u64 {
+        self.regions.iter().map(|region| region.offset.saturating_add(region.len)).max().unwrap_or(0)
     }
 
     /// `below` bytes at GPA 0, `above` bytes at GPA 4 GiB, in that order in the file.
@@ -92,7 +123,7 @@ impl GuestLayout {
         if above > 0 {
             regions.push(Region { gpa: FOUR_GIB, offset: below, len: above });
         }
-        Self { regions }
+        Self { regions, source: LayoutSource::X86Rule }
     }
 
     /// The split QEMU applies to `ram` bytes on an x86 machine of `kind`, optionally capped by
@@ -124,7 +155,8 @@ impl GuestLayout {
         &self.regions
     }
 
-    /// Total bytes of RAM the layout covers.
+    /// Total bytes of RAM the layout maps (with QEMU's map, less than the file where ROM or
+    /// devices cover RAM, as the BIOS window at 0xC0000 does on x86).
     pub fn ram_size(&self) -> u64 {
         self.regions.iter().map(|region| region.len).sum()
     }

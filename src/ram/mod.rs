@@ -2,6 +2,7 @@
 
 pub mod layout;
 mod mapping;
+pub mod mtree;
 pub mod snapshot;
 pub mod sparse;
 
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::name::{NameError, VmName};
 
-pub use layout::{GuestLayout, Machine, Region};
+pub use layout::{GuestLayout, LayoutSource, Machine, Region};
 pub use mapping::{is_hugetlbfs, Mapping, ReadMethod};
 pub use snapshot::{
     sha256_hex, CheckReport, Snapshot, Summary, Verdict, CHECKSUM_ALGORITHM, DEFAULT_ATTEMPTS, PAGE_SIZE,
@@ -118,7 +119,7 @@ pub enum BridgeError {
     #[error("cannot write RAM to the output file")]
     Write(#[source] std::io::Error),
     /// A layout that does not fit the file was given.
-    #[error("layout covers {layout} bytes but the RAM file has {file}")]
+    #[error("layout reaches byte {layout} but the RAM file has {file}")]
     LayoutMismatch {
         /// Bytes the layout covers.
         layout: u64,
@@ -208,10 +209,17 @@ impl SharedMemoryBridge {
     ///
     /// # Errors
     ///
-    /// [`BridgeError::LayoutMismatch`] when the layout does not cover exactly the file.
+    /// [`BridgeError::LayoutMismatch`] when the layout maps bytes past the end of the file, or
+    /// (when it is not QEMU's own map, which may leave ROM-covered bytes out) does not cover
+    /// exactly the file.
     pub fn with_layout(mut self, layout: GuestLayout) -> Result<Self, BridgeError> {
-        if layout.ram_size() != self.mapping.len() as u64 {
-            return Err(BridgeError::LayoutMismatch { layout: layout.ram_size(), file: self.mapping.len() });
+        let file = self.mapping.len() as u64;
+        let fits = match layout.source() {
+            LayoutSource::Mtree => layout.file_end() <= file,
+            _ => layout.ram_size() == file,
+        };
+        if !fits {
+            return Err(BridgeError::LayoutMismatch { layout: layout.file_end(), file: self.mapping.len() });
         }
         self.layout = layout;
         Ok(self)

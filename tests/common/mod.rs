@@ -535,9 +535,19 @@ pub struct HandStartedVm {
 impl HandStartedVm {
     /// Starts QEMU with `args(dir)`, given the VM's own directory.
     pub fn start(run_dir: &TestRunDir, name: &str, args: impl FnOnce(&Path) -> Vec<String>) -> Self {
+        Self::start_binary(&launch::qemu_binary(), run_dir, name, args)
+    }
+
+    /// [`start`](Self::start) with another QEMU binary (another architecture).
+    pub fn start_binary(
+        binary: &str,
+        run_dir: &TestRunDir,
+        name: &str,
+        args: impl FnOnce(&Path) -> Vec<String>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("qemu.pid");
-        let output = Command::new(launch::qemu_binary())
+        let output = Command::new(binary)
             .args(["-display", "none", "-nodefaults", "-daemonize"])
             .args(args(dir.path()))
             .arg("-qmp")
