@@ -89,6 +89,8 @@ pub struct VmInfo {
     pub ram_size: u64,
     /// Machine type.
     pub machine: String,
+    /// Guest architecture (`query-target`), e.g. `x86_64`, `aarch64`.
+    pub arch: String,
     /// Guest-physical layout.
     pub layout: GuestLayout,
     /// The QEMU process (the QMP peer), which holds the RAM file open.
@@ -324,6 +326,7 @@ impl Vm {
         let backend = qmp.ram_backend()?;
         let ram_size = qmp.backend_size(&backend.qom_path)?;
         let machine = qmp.machine_type()?;
+        let arch = qmp.target_arch()?;
         let layout = qmp.layout(&backend.qom_path, ram_size)?;
         let info = VmInfo {
             name: self.name.clone(),
@@ -334,6 +337,7 @@ impl Vm {
             ram_kind: RamKind::Private,
             ram_size,
             machine,
+            arch,
             layout,
             qemu_pid: peer.pid,
         };

@@ -17,6 +17,7 @@ use std::os::unix::net::UnixStream;
 
 use crate::name::VmName;
 use crate::qmp::{QmpClient, QmpError};
+use crate::ram::views::{elf_machine, Core, Physical};
 use crate::ram::SharedMemoryBridge;
 use crate::run_dir::RunDir;
 use crate::vm::{Vm, VmError, VmInfo};
@@ -47,6 +48,10 @@ pub struct MountedVm {
     pub info: VmInfo,
     /// Its RAM, mapped read-only.
     pub bridge: SharedMemoryBridge,
+    /// The guest-physical address space as a file.
+    pub physical: Physical,
+    /// The live ELF core of the guest.
+    pub core: Core,
     /// Identity of its socket file: a new socket means a new QEMU.
     socket_id: SocketId,
     /// When it was admitted.
@@ -322,11 +327,15 @@ impl Registry {
             number
         };
         log::info!("VM {name}: RAM {} ({} bytes), {}", info.ram_path.display(), info.ram_size, info.status);
+        let physical = Physical::new(bridge.layout().clone());
+        let core = Core::new(bridge.layout(), elf_machine(&info.arch));
         Ok(Arc::new(MountedVm {
             number,
             vm,
             info,
             bridge,
+            physical,
+            core,
             socket_id: id,
             since: std::time::SystemTime::now(),
             last_seen_alive: Mutex::new(Instant::now()),

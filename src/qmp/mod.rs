@@ -561,6 +561,20 @@ impl<S: Read + Write> QmpClient<S> {
         Ok(self.execute("query-name", None)?.get("name").and_then(Value::as_str).map(str::to_string))
     }
 
+    /// The guest architecture from `query-target`, e.g. `x86_64`, `aarch64`, `riscv64`; empty
+    /// when QEMU does not say.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute), but for QEMU refusing the command.
+    pub fn target_arch(&mut self) -> Result<String, QmpError> {
+        match self.execute("query-target", None) {
+            Ok(reply) => Ok(reply.get("arch").and_then(Value::as_str).unwrap_or_default().to_string()),
+            Err(QmpError::Command { .. }) => Ok(String::new()),
+            Err(err) => Err(err),
+        }
+    }
+
     /// The machine type, e.g. `pc-q35-7.2-machine`.
     ///
     /// # Errors

@@ -5,6 +5,7 @@ mod mapping;
 pub mod mtree;
 pub mod snapshot;
 pub mod sparse;
+pub mod views;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,248 @@
+//! The guest-physical views against QEMU itself: `physical` (offset = guest-physical address)
+//! and `core` (an ELF core like QEMU's `dump-guest-memory`), on q35 and pc guests whose RAM
+//! crosses the PCI hole (sparse RAM files: no real memory is used).
+
+mod common;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{require_qemu, stderr, wait_until, TestMount, TestRunDir, VmBuilder};
+use qemu_bridge::{Machine, Vm};
+
+/// The program headers of an ELF64 file: (p_type, p_offset, p_paddr, p_filesz).
+fn program_headers(elf: &File) -> (u16, Vec<(u32, u64, u64, u64)>) {
+    let mut header = [0u8; 64];
+    elf.read_exact_at(&mut header, 0).unwrap();
+    assert_eq!(&header[..4], b"\x7fELF");
+    let word = |bytes: &[u8], at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    let half = |bytes: &[u8], at: usize| u16::from_le_bytes(bytes[at..at + 2].try_into().unwrap());
+    let (phoff, phnum) = (word(&header, 32), half(&header, 56));
+    let machine = half(&header, 18);
+    let headers = (0..u64::from(phnum))
+        .map(|index| {
+            let mut phdr = [0u8; 56];
+            elf.read_exact_at(&mut phdr, phoff + index * 56).unwrap();
+            (
+                u32::from_le_bytes(phdr[..4].try_into().unwrap()),
+                word(&phdr, 8),
+                word(&phdr, 24),
+                word(&phdr, 32),
+            )
+        })
+        .collect();
+    (machine, headers)
+}
+
+/// The bytes an ELF core holds at guest-physical `gpa`, through its program headers.
+fn core_bytes(core: &Path, gpa: u64, len: usize) -> Option<Vec<u8>> {
+    let file = File::open(core).unwrap();
+    let (_, headers) = program_headers(&file);
+    let (_, offset, paddr, _) = *headers
+        .iter()
+        .find(|(kind, _, paddr, size)| *kind == 1 && gpa >= *paddr && gpa + len as u64 <= paddr + size)?;
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, offset + gpa - paddr).unwrap();
+    Some(bytes)
+}
+
+fn lseek(path: &Path, offset: u64, whence: &str) -> String {
+    let script = format!(
+        "import os,sys\nf=os.open(sys.argv[1],os.O_RDONLY)\ntry: print(os.lseek(f,{offset},os.{whence}))\nexcept OSError as e: print('errno',e.errno)"
+    );
+    let output = Command::new("python3").args(["-c", &script]).arg(path).output().unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Stamps written into the RAM file at file offsets are what QEMU (pmemsave) sees at the
+/// matching guest-physical addresses, and what `physical`, `core` and `read` return there; the
+/// PCI hole reads zeros; SEEK_DATA/SEEK_HOLE walk the RAM ranges.
+fn check_machine(machine: Machine, memory: u64, stamps: &[(u64, u64)], hole: u64) {
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("views", &run_dir)
+        .machine(machine.clone())
+        .memory(memory)
+        .no_drive()
+        .extra(&["-S"])
+        .launch();
+    let handle = Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
+    let ram = std::fs::OpenOptions::new().write(true).open(&vm.launched.ram_path).unwrap();
+    let mount = TestMount::new(&run_dir, &[]);
+    let physical = mount.path(&format!("{}/physical", vm.name()));
+    let core = mount.path(&format!("{}/core", vm.name()));
+    let highest = stamps.iter().map(|(gpa, _)| *gpa).max().unwrap();
+    assert!(std::fs::metadata(&physical).unwrap().len() > highest);
+    for (index, &(gpa, file_offset)) in stamps.iter().enumerate() {
+        let stamp = format!("{machine:?}-{memory:#x}-stamp-{index}-at-{gpa:#x}");
+        ram.write_all_at(stamp.as_bytes(), file_offset).unwrap();
+        let oracle = run_dir.qemu_output(&format!("stamp-{index}"));
+        handle.with_qmp(|qmp| qmp.pmemsave(gpa, stamp.len() as u64, &oracle)).unwrap();
+        assert!(wait_until(Duration::from_secs(30), || std::fs::read(&oracle)
+            .is_ok_and(|b| b.len() == stamp.len())));
+        assert_eq!(std::fs::read(&oracle).unwrap(), stamp.as_bytes(), "QEMU at {gpa:#x}");
+        let mut bytes = vec![0u8; stamp.len()];
+        File::open(&physical).unwrap().read_exact_at(&mut bytes, gpa).unwrap();
+        assert_eq!(bytes, stamp.as_bytes(), "physical at {gpa:#x}");
+        assert_eq!(core_bytes(&core, gpa, stamp.len()).unwrap(), stamp.as_bytes(), "core at {gpa:#x}");
+        let output = common::qemu_bridge(
+            &run_dir,
+            &["read", vm.name(), &format!("{gpa:#x}"), &stamp.len().to_string(), "--raw"],
+        );
+        assert_eq!(output.stdout, stamp.as_bytes(), "read at {gpa:#x}: {}", stderr(&output));
+    }
+    let mut zeros = vec![0xffu8; 4096];
+    File::open(&physical).unwrap().read_exact_at(&mut zeros, hole).unwrap();
+    assert!(zeros.iter().all(|&b| b == 0), "the PCI hole reads zeros");
+    assert!(core_bytes(&core, hole, 16).is_none(), "the PCI hole is in no PT_LOAD");
+    assert_eq!(lseek(&physical, hole, "SEEK_HOLE"), hole.to_string());
+    let data = lseek(&physical, hole, "SEEK_DATA").parse::<u64>().unwrap();
+    assert!(data > hole, "{data:#x}");
+    assert_eq!(lseek(&physical, 0x1000, "SEEK_DATA"), "4096");
+    let readelf = Command::new("readelf").arg("-l").arg(&core).output().unwrap();
+    assert!(
+        readelf.status.success() && String::from_utf8_lossy(&readelf.stdout).contains("LOAD"),
+        "{}",
+        stderr(&readelf)
+    );
+}
+
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_q35_views_below_and_above_4g() {
+    require_qemu();
+    common::require_program("python3");
+    common::require_program("readelf");
+    const G: u64 = 1 << 30;
+    // 64 MiB: all below the PCI hole; the BIOS window at 0xC0000 is the hole to check
+    check_machine(Machine::Q35, 64 << 20, &[(0x7c00, 0x7c00), (0x3ff_f000, 0x3ff_f000)], 0xc0000);
+    // 2816 MiB: q35 then puts 2 GiB below and the rest above 4 GiB
+    check_machine(Machine::Q35, 2816 << 20, &[(0x1000, 0x1000), (4 * G + 0x100, 2 * G + 0x100)], 0xb000_0000);
+    // 6 GiB: 2 GiB below, 4 GiB above
+    check_machine(Machine::Q35, 6 * G, &[(2 * G - 64, 2 * G - 64), (8 * G - 4096, 6 * G - 4096)], 3 * G);
+}
+
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_pc_views_below_and_above_4g() {
+    require_qemu();
+    common::require_program("python3");
+    common::require_program("readelf");
+    const G: u64 = 1 << 30;
+    // 4 GiB on pc: 3 GiB below, 1 GiB above
+    check_machine(Machine::Pc, 4 * G, &[(3 * G - 64, 3 * G - 64), (4 * G + 8, 3 * G + 8)], 3 * G + 0x1000);
+}
+
+/// `core` against QEMU's own `dump-guest-memory` (no paging) of the same paused guest: every
+/// RAM range of ours is inside one of QEMU's PT_LOADs at the same guest-physical address, with
+/// the same bytes.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_core_equals_qemus_dump() {
+    require_qemu();
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("dump", &run_dir).launch();
+    vm.wait_for_marker();
+    let handle = Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
+    handle.with_qmp(|qmp| qmp.stop()).unwrap();
+    let dump = run_dir.qemu_output("qemu.core");
+    handle
+        .with_qmp(|qmp| {
+            qmp.execute(
+                "dump-guest-memory",
+                Some(serde_json::json!({"paging": false, "protocol": format!("file:{}", dump.display())})),
+            )
+        })
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || std::fs::metadata(&dump).is_ok_and(|m| m.len() > 64 << 20))
+    );
+    let mount = TestMount::new(&run_dir, &[]);
+    let ours = mount.path(&format!("{}/core", vm.name()));
+    let (machine, our_loads) = program_headers(&File::open(&ours).unwrap());
+    let (_, qemu_loads) = program_headers(&File::open(&dump).unwrap());
+    assert!(machine == 62 || machine == 3, "x86 ELF machine: {machine}");
+    let our_loads: Vec<_> = our_loads.into_iter().filter(|(kind, ..)| *kind == 1).collect();
+    assert!(our_loads.len() >= 2, "{our_loads:?}");
+    for (_, _, paddr, size) in our_loads {
+        assert!(
+            qemu_loads.iter().any(|(kind, _, p, s)| *kind == 1 && paddr >= *p && paddr + size <= p + s),
+            "our range {paddr:#x}+{size:#x} is in none of QEMU's: {qemu_loads:?}"
+        );
+        let mut offset = 0;
+        while offset < size {
+            let len = (size - offset).min(1 << 20) as usize;
+            assert_eq!(
+                core_bytes(&ours, paddr + offset, len),
+                core_bytes(&dump, paddr + offset, len),
+                "at {:#x}",
+                paddr + offset
+            );
+            offset += len as u64;
+        }
+    }
+}
+
+/// aarch64 and riscv64 `virt` machines, RAM at 1 GiB and 2 GiB: guest-physical addresses come
+/// from QEMU's own memory map, so `read` and the library find the guest's byte where QEMU
+/// (`pmemsave`) sees it.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_arm_and_riscv_guest_physical_addresses() {
+    require_qemu();
+    let run_dir = TestRunDir::new();
+    for (arch, ram_base, elf_machine) in [("aarch64", 0x4000_0000u64, 183u16), ("riscv64", 0x8000_0000, 243)]
+    {
+        common::require_program(&format!("qemu-system-{arch}"));
+        let ram_file = run_dir.qemu_output(&format!("{arch}.ram"));
+        let binary = format!("qemu-system-{arch}");
+        let _vm = common::HandStartedVm::start_binary(&binary, &run_dir, arch, |_| {
+            ["-M", "virt", "-m", "256M", "-S", "-machine", "memory-backend=m", "-object"]
+                .map(String::from)
+                .into_iter()
+                .chain([format!(
+                    "memory-backend-file,id=m,size=256M,share=on,mem-path={}",
+                    ram_file.display()
+                )])
+                .collect()
+        });
+        let stamp = format!("{arch}-STAMP-at-file-offset-0x1000");
+        std::os::unix::fs::FileExt::write_all_at(
+            &std::fs::OpenOptions::new().write(true).open(&ram_file).unwrap(),
+            stamp.as_bytes(),
+            0x1000,
+        )
+        .unwrap();
+        let addr = format!("{:#x}", ram_base + 0x1000);
+        let output = common::qemu_bridge(&run_dir, &["read", arch, &addr, &stamp.len().to_string(), "--raw"]);
+        assert_eq!(output.stdout, stamp.as_bytes(), "{arch}: {}", stderr(&output));
+        // below RAM is not RAM
+        let output = common::qemu_bridge(&run_dir, &["read", arch, "0x1000", "16"]);
+        assert!(stderr(&output).contains("invalid address"), "{arch}: {}", stderr(&output));
+        let vm = Vm::existing(&run_dir.run_dir, arch).unwrap();
+        let info = vm.info().unwrap();
+        assert_eq!(info.layout.source(), qemu_bridge::ram::LayoutSource::Mtree);
+        assert_eq!(info.layout.regions()[0].gpa, ram_base);
+        let oracle = run_dir.qemu_output(&format!("{arch}.pmemsave"));
+        vm.with_qmp(|qmp| qmp.pmemsave(ram_base + 0x1000, stamp.len() as u64, &oracle)).unwrap();
+        assert!(wait_until(Duration::from_secs(30), || std::fs::read(&oracle)
+            .is_ok_and(|b| b == stamp.as_bytes())));
+        // physical and core through the mount, with the architecture's ELF machine
+        let mount = TestMount::new(&run_dir, &[]);
+        let physical = mount.path(&format!("{arch}/physical"));
+        let mut bytes = vec![0u8; stamp.len()];
+        File::open(&physical).unwrap().read_exact_at(&mut bytes, ram_base + 0x1000).unwrap();
+        assert_eq!(bytes, stamp.as_bytes(), "{arch} physical");
+        let core = mount.path(&format!("{arch}/core"));
+        assert_eq!(
+            core_bytes(&core, ram_base + 0x1000, stamp.len()).unwrap(),
+            stamp.as_bytes(),
+            "{arch} core"
+        );
+        let (machine, _) = program_headers(&File::open(&core).unwrap());
+        assert_eq!(machine, elf_machine, "{arch}");
+        assert_eq!(lseek(&physical, 0, "SEEK_DATA"), ram_base.to_string());
+    }
+}
