@@ -38,6 +38,12 @@ for attempt in 1 2 3; do
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 done
 
+# Volatility 3 reads the mount's core and physical files in the tests (from PyPI).
+if ! command -v vol >/dev/null; then
+    echo "installing: volatility3 (pip)" >&2
+    python3 -m pip install --quiet --root-user-action=ignore volatility3 || pip install --quiet volatility3
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "cargo not found: install Rust (https://rustup.rs) first" >&2
     exit 1

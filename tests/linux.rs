@@ -38,12 +38,16 @@ impl Drop for LinuxVm {
 }
 
 fn boot_linux(run_dir: &TestRunDir) -> LinuxVm {
+    boot_linux_with(run_dir, 128 << 20)
+}
+
+fn boot_linux_with(run_dir: &TestRunDir, memory: u64) -> LinuxVm {
     let dir = guest_dir();
     let mut options = LaunchOptions::new(
         qemu_bridge::VmName::new(&common::unique_name("linux")).unwrap(),
         run_dir.run_dir.clone(),
     );
-    options.memory = 128 << 20;
+    options.memory = memory;
     options.kernel = Some(dir.join("vmlinuz"));
     options.initrd = Some(dir.join("initrd.gz"));
     options.append = Some("console=ttyS0 quiet".into());
@@ -215,4 +219,48 @@ fn test_multi_vm_linux_and_two_small_guests() {
             assert!(reader.join().unwrap(), "a small VM's directory served someone else's bytes");
         }
     });
+}
+
+/// Volatility 3 reads `core` and `physical` of a Linux guest whose RAM crosses the PCI hole (3
+/// GiB on q35: 2 GiB below, 1 GiB above 4 GiB, where physical KASLR may put the kernel): its
+/// `banners.Banners` plugin finds the kernel's version banner in both, at an address that is
+/// guest-physical, with no symbol files.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_volatility_reads_core_and_physical() {
+    require_qemu();
+    common::require_program("vol");
+    let run_dir = TestRunDir::new();
+    let linux = boot_linux_with(&run_dir, 3 << 30);
+    let name = linux.launched.name().to_string();
+    Vm::existing(&run_dir.run_dir, &name).unwrap().with_qmp(|qmp| qmp.stop()).unwrap();
+    let mount = TestMount::new(&run_dir, &[]);
+    for file in ["core", "physical"] {
+        let path = mount.path(&format!("{name}/{file}"));
+        let output = Command::new("vol")
+            .args(["-q", "-r", "csv", "-f"])
+            .arg(&path)
+            .arg("banners.Banners")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "vol on {file}: {text}{}", String::from_utf8_lossy(&output.stderr));
+        let line = text
+            .lines()
+            .find(|line| line.contains("Linux version"))
+            .unwrap_or_else(|| panic!("no banner in {file}: {text}"));
+        eprintln!("{file}: {line}");
+        // the offset Volatility reports is guest-physical: the banner is there in `physical`
+        let offset = line
+            .split(',')
+            .find_map(|field| field.trim().strip_prefix("0x"))
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .unwrap();
+        let mut bytes = [0u8; 13];
+        File::open(mount.path(&format!("{name}/physical")))
+            .unwrap()
+            .read_exact_at(&mut bytes, offset)
+            .unwrap();
+        assert_eq!(&bytes, b"Linux version", "{file}: at {offset:#x}");
+    }
 }
