@@ -696,31 +696,29 @@ impl<S: Read + Write> QmpClient<S> {
         let mut arguments = arguments;
         arguments["job-id"] = json!(job);
         self.execute(command, Some(arguments))?;
-        let started = Instant::now();
-        loop {
-            let jobs = self.execute("query-jobs", None)?;
-            let jobs = jobs.as_array().ok_or_else(|| Self::unexpected("query-jobs", "not an array"))?;
-            let Some(info) = jobs.iter().find(|info| info["id"] == job) else {
-                return Err(Self::unexpected("query-jobs", format!("job {job} vanished")));
-            };
-            if info["status"] == "concluded" || info["status"] == "null" {
-                let error = info["error"].as_str().map(str::to_string);
-                self.execute("job-dismiss", Some(json!({ "id": job })))?;
-                return match error {
-                    Some(desc) => {
-                        Err(QmpError::Job { job: job.to_string(), command: command.to_string(), desc })
-                    }
-                    None => Ok(()),
-                };
-            }
-            if started.elapsed() > wait {
-                return Err(QmpError::JobTimeout {
-                    job: job.to_string(),
-                    command: command.to_string(),
-                    waited: wait,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        // Some(outcome) once the job concluded or the monitor failed; None while it runs.
+        let outcome =
+            crate::poll::until(wait, crate::poll::INTERVAL, || self.job_outcome(command, job).transpose());
+        outcome.unwrap_or_else(|| {
+            Err(QmpError::JobTimeout { job: job.to_string(), command: command.to_string(), waited: wait })
+        })
+    }
+
+    /// `Ok(None)` while `job` runs; once it concluded, dismisses it and says how it ended.
+    fn job_outcome(&mut self, command: &str, job: &str) -> Result<Option<()>, QmpError> {
+        let jobs = self.execute("query-jobs", None)?;
+        let jobs = jobs.as_array().ok_or_else(|| Self::unexpected("query-jobs", "not an array"))?;
+        let Some(info) = jobs.iter().find(|info| info["id"] == job) else {
+            return Err(Self::unexpected("query-jobs", format!("job {job} vanished")));
+        };
+        if info["status"] != "concluded" && info["status"] != "null" {
+            return Ok(None);
+        }
+        let error = info["error"].as_str().map(str::to_string);
+        self.execute("job-dismiss", Some(json!({ "id": job })))?;
+        match error {
+            Some(desc) => Err(QmpError::Job { job: job.to_string(), command: command.to_string(), desc }),
+            None => Ok(Some(())),
         }
     }
 
