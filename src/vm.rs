@@ -85,7 +85,7 @@ pub struct VmInfo {
     pub ram_path: PathBuf,
     /// Where the RAM lives (file, hugetlbfs, memfd, private).
     pub ram_kind: RamKind,
-    /// RAM size in bytes.
+    /// RAM size in bytes, over every backend.
     pub ram_size: u64,
     /// Machine type.
     pub machine: String,
@@ -95,6 +95,23 @@ pub struct VmInfo {
     pub layout: GuestLayout,
     /// The QEMU process (the QMP peer), which holds the RAM file open.
     pub qemu_pid: u32,
+    /// Every backend the guest's RAM is in, in their order in `ram` (the first is `backend`).
+    pub backends: Vec<BackendInfo>,
+}
+
+/// One memory backend of a VM.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendInfo {
+    /// Its QOM path.
+    pub qom_path: String,
+    /// Where its RAM lives.
+    pub kind: RamKind,
+    /// Its file (or QEMU's descriptor of it, or `/proc/PID/mem`).
+    pub ram_path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Where its bytes start in `ram`.
+    pub offset: u64,
 }
 
 impl VmError {
@@ -288,60 +305,123 @@ impl Vm {
         self.info_and_ram().map(|(info, _)| info)
     }
 
-    /// [`info`](Self::info), and the RAM opened and verified.
-    fn info_and_ram(&self) -> Result<(VmInfo, OpenRam), VmError> {
+    /// [`info`](Self::info), and the RAM of every backend opened and verified.
+    fn info_and_ram(&self) -> Result<(VmInfo, Vec<OpenRam>), VmError> {
         let (mut qmp, peer) = self.connect_to_peer()?;
-        let (mut info, storage) = self.gather(&mut qmp, peer).map_err(|err| self.qmp_error(err))?;
-        let ram = match storage {
+        let (mut info, storages) = self.gather(&mut qmp, peer).map_err(|err| self.qmp_error(err))?;
+        let mut opened = Vec::with_capacity(storages.len());
+        for (backend, storage) in info.backends.iter_mut().zip(storages) {
+            let (path, kind, ram) = self.open_backend(peer, storage, backend.size)?;
+            backend.ram_path = path;
+            backend.kind = kind;
+            opened.push(ram);
+        }
+        if let Some(main) = info.backends.first() {
+            info.ram_path = main.ram_path.clone();
+            info.ram_kind = main.kind;
+        }
+        Ok((info, opened))
+    }
+
+    /// Opens one backend's RAM after the trust check (see [`open_bridge`](Self::open_bridge)).
+    fn open_backend(
+        &self,
+        peer: Peer,
+        storage: BackendStorage,
+        size: u64,
+    ) -> Result<(PathBuf, RamKind, OpenRam), VmError> {
+        Ok(match storage {
             BackendStorage::File(path) => {
                 let file = self.open_held_file(peer, &path)?;
                 let hugetlbfs = crate::ram::is_hugetlbfs(&file)
                     .map_err(|err| self.ram_error(BridgeError::MmapFailed(err)))?;
-                info.ram_kind = if hugetlbfs { RamKind::Hugetlbfs } else { RamKind::File };
-                info.ram_path = path;
-                OpenRam::File(file)
+                (path, if hugetlbfs { RamKind::Hugetlbfs } else { RamKind::File }, OpenRam::File(file))
             }
             BackendStorage::Memfd => {
-                let (path, file) = self.open_memfd(peer, info.ram_size)?;
-                info.ram_kind = RamKind::Memfd;
-                info.ram_path = path;
-                OpenRam::File(file)
+                let (path, file) = self.open_memfd(peer, size)?;
+                (path, RamKind::Memfd, OpenRam::File(file))
             }
             BackendStorage::Anonymous => {
-                let address = self.find_private_ram(peer, info.ram_size)?;
-                info.ram_kind = RamKind::Private;
-                info.ram_path = PathBuf::from(format!("/proc/{}/mem", peer.pid));
-                OpenRam::Process { pid: peer.pid, address }
+                let address = self.find_private_ram(peer, size)?;
+                let path = PathBuf::from(format!("/proc/{}/mem", peer.pid));
+                (path, RamKind::Private, OpenRam::Process { pid: peer.pid, address })
             }
-        };
-        Ok((info, ram))
+        })
     }
 
+    /// What QMP says, and where each backend the guest uses keeps its RAM. The backends are
+    /// those QEMU's memory map places in the guest's address space (the machine's, NUMA nodes',
+    /// DIMMs'), in the order of their lowest guest-physical address, which is their order in
+    /// `ram`; without a map, the main backend alone with the x86 rule.
     fn gather(
         &self,
         qmp: &mut QmpClient<UnixStream>,
         peer: Peer,
-    ) -> Result<(VmInfo, BackendStorage), QmpError> {
+    ) -> Result<(VmInfo, Vec<BackendStorage>), QmpError> {
         let status = qmp.query_status()?;
-        let backend = qmp.ram_backend()?;
-        let ram_size = qmp.backend_size(&backend.qom_path)?;
         let machine = qmp.machine_type()?;
         let arch = qmp.target_arch()?;
-        let layout = qmp.layout(&backend.qom_path, ram_size)?;
+        let backends = qmp.ram_backends()?;
+        let mut placed: Vec<(crate::qmp::RamBackend, Vec<crate::ram::Region>)> = Vec::new();
+        if let Some(text) = qmp.memory_map()? {
+            for backend in &backends {
+                match crate::ram::mtree::ram_regions(&text, backend.id()) {
+                    Ok(regions) if !regions.is_empty() => placed.push((backend.clone(), regions)),
+                    Ok(_) => {}
+                    Err(err) => log::info!("VM {}: {err}", self.name),
+                }
+            }
+        }
+        placed.sort_by_key(|(_, regions)| regions.iter().map(|region| region.gpa).min());
+        let layout = if placed.is_empty() {
+            let main = qmp.ram_backend()?;
+            let layout = qmp.rule_layout(main.size)?;
+            placed.push((main, Vec::new()));
+            layout
+        } else {
+            let mut all = Vec::new();
+            let mut base = 0;
+            for (backend, regions) in &placed {
+                all.extend(
+                    regions
+                        .iter()
+                        .map(|region| crate::ram::Region { offset: region.offset + base, ..*region }),
+                );
+                base += backend.size;
+            }
+            GuestLayout::from_mtree(all)
+        };
+        let mut offset = 0;
+        let infos = placed
+            .iter()
+            .map(|(backend, _)| {
+                let info = BackendInfo {
+                    qom_path: backend.qom_path.clone(),
+                    kind: RamKind::Private,
+                    ram_path: PathBuf::new(),
+                    size: backend.size,
+                    offset,
+                };
+                offset += backend.size;
+                info
+            })
+            .collect();
+        let storages = placed.iter().map(|(backend, _)| backend.storage.clone()).collect();
         let info = VmInfo {
             name: self.name.clone(),
             status: status.status,
             running: status.running,
-            backend: backend.qom_path,
+            backend: placed[0].0.qom_path.clone(),
             ram_path: PathBuf::new(),
             ram_kind: RamKind::Private,
-            ram_size,
+            ram_size: offset,
             machine,
             arch,
             layout,
             qemu_pid: peer.pid,
+            backends: infos,
         };
-        Ok((info, backend.storage))
+        Ok((info, storages))
     }
 
     /// The memfd the peer holds for its RAM: among its open files, the one named `memfd:...`
@@ -459,18 +539,18 @@ impl Vm {
     ///
     /// [`VmError::Qmp`], [`VmError::UntrustedPeer`], [`VmError::Untrusted`], [`VmError::Ram`].
     pub fn open_bridge(&self) -> Result<(SharedMemoryBridge, VmInfo), VmError> {
-        let (info, ram) = self.info_and_ram()?;
-        let bridge = match ram {
-            OpenRam::File(file) => SharedMemoryBridge::from_file(self.name.as_str(), file, &info.ram_path),
-            OpenRam::Process { pid, address } => SharedMemoryBridge::of_process(
-                self.name.as_str(),
-                pid,
-                address,
-                info.ram_size as usize,
-                &info.ram_path,
-            ),
+        let (info, opened) = self.info_and_ram()?;
+        let mut parts = Vec::with_capacity(opened.len());
+        for (ram, backend) in opened.into_iter().zip(&info.backends) {
+            let mapping = match ram {
+                OpenRam::File(file) => crate::ram::Mapping::from_file(file, &backend.ram_path),
+                OpenRam::Process { pid, address } => {
+                    crate::ram::Mapping::of_process(pid, address, backend.size as usize, &backend.ram_path)
+                }
+            };
+            parts.push(mapping.map_err(|err| self.ram_error(err))?);
         }
-        .map_err(|err| self.ram_error(err))?;
+        let bridge = SharedMemoryBridge::of_parts(self.name.as_str(), parts, &info.ram_path);
         let bridge = match bridge.with_layout(info.layout.clone()) {
             Ok(bridge) => bridge,
             Err(err) => return Err(self.ram_error(err)),

@@ -246,3 +246,112 @@ fn test_arm_and_riscv_guest_physical_addresses() {
         assert_eq!(lseek(&physical, 0, "SEEK_DATA"), ram_base.to_string());
     }
 }
+
+/// Writes `stamp` at `file_offset` of `file`, and checks that QEMU (pmemsave), `physical`,
+/// `core` and `read` all show it at guest-physical `gpa`.
+fn check_stamp(run_dir: &TestRunDir, mount: &TestMount, vm: &str, file: &Path, file_offset: u64, gpa: u64) {
+    let stamp = format!("{vm}-stamp-at-{gpa:#x}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .write_all_at(stamp.as_bytes(), file_offset)
+        .unwrap();
+    let handle = Vm::existing(&run_dir.run_dir, vm).unwrap();
+    let oracle = run_dir.qemu_output(&format!("{vm}-{gpa:x}"));
+    handle.with_qmp(|qmp| qmp.pmemsave(gpa, stamp.len() as u64, &oracle)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || std::fs::read(&oracle).is_ok_and(|b| b.len() == stamp.len()))
+    );
+    assert_eq!(std::fs::read(&oracle).unwrap(), stamp.as_bytes(), "QEMU at {gpa:#x}");
+    let mut bytes = vec![0u8; stamp.len()];
+    File::open(mount.path(&format!("{vm}/physical"))).unwrap().read_exact_at(&mut bytes, gpa).unwrap();
+    assert_eq!(bytes, stamp.as_bytes(), "physical at {gpa:#x}");
+    let core = mount.path(&format!("{vm}/core"));
+    assert_eq!(core_bytes(&core, gpa, stamp.len()).unwrap(), stamp.as_bytes(), "core at {gpa:#x}");
+    let output =
+        common::qemu_bridge(run_dir, &["read", vm, &format!("{gpa:#x}"), &stamp.len().to_string(), "--raw"]);
+    assert_eq!(output.stdout, stamp.as_bytes(), "read at {gpa:#x}: {}", stderr(&output));
+}
+
+fn listed_size(run_dir: &TestRunDir, vm: &str) -> u64 {
+    let output = common::qemu_bridge(run_dir, &["list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    listed.as_array().unwrap().iter().find(|row| row["name"] == vm).unwrap()["ram_size"].as_u64().unwrap_or(0)
+}
+
+/// A two-node NUMA VM (a RAM file per node, as libvirt gives guests with a NUMA topology) and a
+/// VM with a `pc-dimm` plugged while the mount serves it: every node's and the DIMM's bytes are
+/// where QEMU sees them, `list` shows the whole RAM, and the DIMM appears without remounting.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_numa_nodes_and_a_hot_plugged_dimm() {
+    require_qemu();
+    const MIB: u64 = 1 << 20;
+    let run_dir = TestRunDir::new();
+    let node = |index: u32| run_dir.qemu_output(&format!("node{index}.ram"));
+    let _numa = common::HandStartedVm::start(&run_dir, "numa", |_| {
+        let mut args: Vec<String> =
+            ["-machine", "q35,accel=tcg", "-m", "128M", "-S"].map(String::from).to_vec();
+        for index in 0..2 {
+            args.push("-object".into());
+            args.push(format!(
+                "memory-backend-file,id=m{index},size=64M,share=on,mem-path={}",
+                node(index).display()
+            ));
+            args.push("-numa".into());
+            args.push(format!("node,memdev=m{index}"));
+        }
+        args
+    });
+    let main = run_dir.qemu_output("main.ram");
+    let _dimm_vm = common::HandStartedVm::start(&run_dir, "dimm", |_| {
+        ["-machine", "q35,accel=tcg,memory-backend=m", "-m", "64M,slots=2,maxmem=1G", "-S", "-object"]
+            .map(String::from)
+            .into_iter()
+            .chain([format!("memory-backend-file,id=m,size=64M,share=on,mem-path={}", main.display())])
+            .collect()
+    });
+    let mount = TestMount::new(&run_dir, &[]);
+    assert_eq!(listed_size(&run_dir, "numa"), 128 * MIB);
+    assert_eq!(std::fs::metadata(mount.path("numa/ram")).unwrap().len(), 128 * MIB);
+    check_stamp(&run_dir, &mount, "numa", &node(0), 0x7c00, 0x7c00);
+    check_stamp(&run_dir, &mount, "numa", &node(1), 0x1000, 64 * MIB + 0x1000);
+    let memdev = std::fs::read_to_string(mount.path("numa/memdev.json")).unwrap();
+    assert_eq!(memdev.matches("\"kind\": \"file\"").count(), 2, "{memdev}");
+
+    // plug a 128 MiB DIMM into the running mount's VM
+    assert_eq!(std::fs::metadata(mount.path("dimm/ram")).unwrap().len(), 64 * MIB);
+    let dimm = run_dir.qemu_output("dimm.ram");
+    let vm = Vm::existing(&run_dir.run_dir, "dimm").unwrap();
+    vm.with_qmp(|qmp| {
+        qmp.execute(
+            "object-add",
+            Some(serde_json::json!({"qom-type": "memory-backend-file", "id": "d0", "size": 128 * MIB,
+                                    "mem-path": dimm.display().to_string(), "share": true})),
+        )?;
+        qmp.execute(
+            "device_add",
+            Some(serde_json::json!({"driver": "pc-dimm", "id": "dimm0", "memdev": "d0"})),
+        )
+    })
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::metadata(mount.path("dimm/ram"))
+            .is_ok_and(|m| m.len() == 192 * MIB)),
+        "the DIMM did not appear: {}",
+        mount.log_text()
+    );
+    assert_eq!(listed_size(&run_dir, "dimm"), 192 * MIB);
+    let layout: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(mount.path("dimm/layout.json")).unwrap()).unwrap();
+    let dimm_gpa = layout["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|region| region["offset"] == 64 * MIB)
+        .map(|region| region["gpa"].as_u64().unwrap())
+        .unwrap_or_else(|| panic!("no region for the DIMM: {layout}"));
+    check_stamp(&run_dir, &mount, "dimm", &dimm, 0x2000, dimm_gpa + 0x2000);
+    check_stamp(&run_dir, &mount, "dimm", &main, 0x3000, 0x3000);
+}

@@ -52,6 +52,8 @@ pub struct MountedVm {
     pub physical: Physical,
     /// The live ELF core of the guest.
     pub core: Core,
+    /// The ids of QEMU's memory backends when it was admitted.
+    memdev_ids: Vec<String>,
     /// Identity of its socket file: a new socket means a new QEMU.
     socket_id: SocketId,
     /// When it was admitted.
@@ -112,6 +114,18 @@ impl MountedVm {
         Ok(value)
     }
 
+    /// Whether QEMU now names other memory backends than when the VM was admitted (a DIMM or
+    /// virtio-mem device plugged or unplugged). A failed question is no change.
+    fn memory_changed(&self) -> bool {
+        match self.with_qmp(memdev_ids) {
+            Ok(ids) => ids != self.memdev_ids,
+            Err(err) => {
+                log::debug!("{}", crate::error::chain(&err));
+                false
+            }
+        }
+    }
+
     /// Closes the cached QMP connection if it has been kept long enough.
     fn release_idle_qmp(&self) {
         if let Ok(mut cached) = self.qmp.try_lock() {
@@ -156,6 +170,17 @@ type SocketId = (u64, u64, i64, i64);
 fn socket_id(run_dir: &RunDir, name: &VmName) -> Option<SocketId> {
     let metadata = std::fs::symlink_metadata(run_dir.socket_path(name)).ok()?;
     Some((metadata.dev(), metadata.ino(), metadata.ctime(), metadata.ctime_nsec()))
+}
+
+/// The ids `query-memdev` lists, sorted.
+fn memdev_ids(qmp: &mut QmpClient<UnixStream>) -> Result<Vec<String>, QmpError> {
+    let mut ids: Vec<String> = qmp
+        .query_memdev()?
+        .iter()
+        .filter_map(|backend| backend.get("id").and_then(|id| id.as_str()).map(str::to_string))
+        .collect();
+    ids.sort();
+    Ok(ids)
 }
 
 /// Whether something listens on the socket (a dead QEMU leaves a socket that refuses).
@@ -275,12 +300,16 @@ impl Registry {
         if let Some(instance) = existing {
             if instance.socket_id == id {
                 let mut last = instance.last_seen_alive.lock().unwrap_or_else(|e| e.into_inner());
-                if last.elapsed() < LIVENESS_INTERVAL || instance.recently_answered() {
+                if last.elapsed() < LIVENESS_INTERVAL {
                     return;
                 }
-                if listening(&instance.vm) {
+                if instance.recently_answered() || listening(&instance.vm) {
                     *last = Instant::now();
-                    return;
+                    // memory hot-plugged (or unplugged) since: serve the VM anew, whole
+                    if !instance.memory_changed() {
+                        return;
+                    }
+                    log::info!("VM {name}: its memory backends changed; serving it anew");
                 }
             }
             // dead, or a new QEMU behind a new socket
@@ -327,6 +356,7 @@ impl Registry {
             number
         };
         log::info!("VM {name}: RAM {} ({} bytes), {}", info.ram_path.display(), info.ram_size, info.status);
+        let memdev_ids = vm.with_qmp(memdev_ids)?;
         let physical = Physical::new(bridge.layout().clone());
         let core = Core::new(bridge.layout(), elf_machine(&info.arch));
         Ok(Arc::new(MountedVm {
@@ -336,6 +366,7 @@ impl Registry {
             bridge,
             physical,
             core,
+            memdev_ids,
             socket_id: id,
             since: std::time::SystemTime::now(),
             last_seen_alive: Mutex::new(Instant::now()),

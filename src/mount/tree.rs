@@ -215,16 +215,19 @@ impl Tree {
             }
             VmFile::Memdev => {
                 let mut json = instance.with_qmp(crate::vm::memdev_with_paths).map_err(|e| error(&e))?;
-                // how the RAM of the VM's main backend is read
-                let info = &instance.info;
+                // where each backend's RAM is and how it is read, and where it lies in `ram`
                 for backend in json.as_array_mut().into_iter().flatten() {
-                    if backend.get("id").and_then(|id| id.as_str()).map(|id| format!("/objects/{id}"))
-                        == Some(info.backend.clone())
-                    {
-                        backend["kind"] = serde_json::json!(info.ram_kind);
-                        backend["zero-copy"] = serde_json::json!(info.ram_kind.zero_copy());
-                        backend["ram-path"] = serde_json::json!(info.ram_path);
-                    }
+                    let qom_path =
+                        backend.get("id").and_then(|id| id.as_str()).map(|id| format!("/objects/{id}"));
+                    let Some(used) =
+                        instance.info.backends.iter().find(|used| Some(&used.qom_path) == qom_path.as_ref())
+                    else {
+                        continue;
+                    };
+                    backend["kind"] = serde_json::json!(used.kind);
+                    backend["zero-copy"] = serde_json::json!(used.kind.zero_copy());
+                    backend["ram-path"] = serde_json::json!(used.ram_path);
+                    backend["ram-offset"] = serde_json::json!(used.offset);
                 }
                 serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?
             }

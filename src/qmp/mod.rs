@@ -201,13 +201,22 @@ pub enum BackendStorage {
     Anonymous,
 }
 
-/// A VM's main RAM backend.
+/// A memory backend of a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RamBackend {
     /// Its QOM path, e.g. `/objects/ram0`.
     pub qom_path: String,
     /// Where it keeps the RAM.
     pub storage: BackendStorage,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl RamBackend {
+    /// Its id, the name of its memory region in QEMU's memory map (`ram0`).
+    pub fn id(&self) -> &str {
+        self.qom_path.rsplit('/').next().unwrap_or(&self.qom_path)
+    }
 }
 
 /// The answer to `query-status`.
@@ -490,31 +499,62 @@ impl<S: Read + Write> QmpClient<S> {
         Err(QmpError::NoFileBackend)
     }
 
-    /// Where the VM's main RAM lives: the first backend (the machine's `memory-backend`, then
-    /// every `query-memdev` backend) with a file, else the first memfd backend, else the
-    /// machine's own backend, whose RAM is then private to the QEMU process.
+    /// Every memory backend QEMU names (the machine's `memory-backend`, then every
+    /// `query-memdev` backend) with where it keeps its RAM and its size.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
+    pub fn ram_backends(&mut self) -> Result<Vec<RamBackend>, QmpError> {
+        let mut backends = Vec::new();
+        for qom_path in self.backend_candidates()? {
+            let storage = match self.mem_path(&qom_path)? {
+                Some(path) => BackendStorage::File(path),
+                None if self.optional_property(&qom_path, "type")?.as_ref().and_then(Value::as_str)
+                    == Some("memory-backend-memfd") =>
+                {
+                    BackendStorage::Memfd
+                }
+                None => BackendStorage::Anonymous,
+            };
+            let size = self.backend_size(&qom_path)?;
+            backends.push(RamBackend { qom_path, storage, size });
+        }
+        Ok(backends)
+    }
+
+    /// Where the VM's main RAM lives: the first backend (see [`ram_backends`](Self::ram_backends))
+    /// with a file, else the first memfd backend, else the first one, whose RAM is then private
+    /// to the QEMU process.
     ///
     /// # Errors
     ///
     /// [`QmpError::NoRamBackend`] when QEMU names no memory backend at all, else as
     /// [`execute`](Self::execute).
     pub fn ram_backend(&mut self) -> Result<RamBackend, QmpError> {
-        let candidates = self.backend_candidates()?;
-        for backend in &candidates {
-            if let Some(path) = self.mem_path(backend)? {
-                return Ok(RamBackend { qom_path: backend.clone(), storage: BackendStorage::File(path) });
+        let backends = self.ram_backends()?;
+        let rank = |backend: &RamBackend| match backend.storage {
+            BackendStorage::File(_) => 0,
+            BackendStorage::Memfd => 1,
+            BackendStorage::Anonymous => 2,
+        };
+        backends.iter().min_by_key(|backend| rank(backend)).cloned().ok_or(QmpError::NoRamBackend)
+    }
+
+    /// QEMU's flat memory map (`info mtree -f`), or `None` when the monitor does not give it
+    /// (no HMP, or an answer of another shape).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute) for timeouts and broken connections.
+    pub fn memory_map(&mut self) -> Result<Option<String>, QmpError> {
+        match self.human_monitor_command("info mtree -f") {
+            Ok(text) => Ok(Some(text)),
+            Err(err @ (QmpError::Command { .. } | QmpError::UnexpectedReply { .. })) => {
+                log::info!("info mtree -f gave no map ({err})");
+                Ok(None)
             }
-        }
-        for backend in &candidates {
-            if self.optional_property(backend, "type")?.as_ref().and_then(Value::as_str)
-                == Some("memory-backend-memfd")
-            {
-                return Ok(RamBackend { qom_path: backend.clone(), storage: BackendStorage::Memfd });
-            }
-        }
-        match candidates.into_iter().next() {
-            Some(qom_path) => Ok(RamBackend { qom_path, storage: BackendStorage::Anonymous }),
-            None => Err(QmpError::NoRamBackend),
+            Err(err) => Err(err),
         }
     }
 
@@ -598,17 +638,22 @@ impl<S: Read + Write> QmpClient<S> {
     /// As [`execute`](Self::execute): a monitor that times out is an error, not a fallback.
     pub fn layout(&mut self, backend: &str, ram_size: u64) -> Result<GuestLayout, QmpError> {
         let region = backend.rsplit('/').next().unwrap_or(backend);
-        match self.human_monitor_command("info mtree -f") {
-            Ok(text) => match crate::ram::mtree::ram_regions(&text, region) {
+        if let Some(text) = self.memory_map()? {
+            match crate::ram::mtree::ram_regions(&text, region) {
                 Ok(regions) if !regions.is_empty() => return Ok(GuestLayout::from_mtree(regions)),
                 Ok(_) => log::info!("QEMU's memory map has no RAM of region {region}; using the x86 rule"),
                 Err(err) => log::info!("{err}; using the x86 rule"),
-            },
-            Err(err @ (QmpError::Command { .. } | QmpError::UnexpectedReply { .. })) => {
-                log::info!("info mtree -f gave no map ({err}); using the x86 rule")
             }
-            Err(err) => return Err(err),
         }
+        self.x86_layout(ram_size)
+    }
+
+    /// [`x86_layout`](Self::x86_layout) for callers that found no usable memory map.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
+    pub fn rule_layout(&mut self, ram_size: u64) -> Result<GuestLayout, QmpError> {
         self.x86_layout(ram_size)
     }
 

@@ -1,5 +1,6 @@
 //! Guest RAM: the read-only mapping, the guest-physical layout and snapshots.
 
+mod guest_ram;
 pub mod layout;
 mod mapping;
 pub mod mtree;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::name::{NameError, VmName};
 
+pub use guest_ram::GuestRam;
 pub use layout::{GuestLayout, LayoutSource, Machine, Region};
 pub use mapping::{is_hugetlbfs, Mapping, ReadMethod};
 pub use snapshot::{
@@ -146,7 +148,8 @@ pub enum BridgeError {
 #[derive(Debug)]
 pub struct SharedMemoryBridge {
     vm_id: String,
-    mapping: Mapping,
+    mapping: GuestRam,
+    path: PathBuf,
     layout: GuestLayout,
 }
 
@@ -169,9 +172,7 @@ impl SharedMemoryBridge {
     ///
     /// As [`SharedMemoryBridge::new`].
     pub fn open(vm_id: &str, path: &Path) -> Result<Self, BridgeError> {
-        let mapping = Mapping::open(path)?;
-        let layout = GuestLayout::identity(mapping.len() as u64);
-        Ok(Self { vm_id: vm_id.to_string(), mapping, layout })
+        Ok(Self::of_parts(vm_id, vec![Mapping::open(path)?], path))
     }
 
     /// Maps an already open RAM file read-only, with guest addresses equal to file offsets;
@@ -182,9 +183,7 @@ impl SharedMemoryBridge {
     ///
     /// [`BridgeError::NotAFile`], [`BridgeError::MmapFailed`].
     pub fn from_file(vm_id: &str, file: std::fs::File, path: &Path) -> Result<Self, BridgeError> {
-        let mapping = Mapping::from_file(file, path)?;
-        let layout = GuestLayout::identity(mapping.len() as u64);
-        Ok(Self { vm_id: vm_id.to_string(), mapping, layout })
+        Ok(Self::of_parts(vm_id, vec![Mapping::from_file(file, path)?], path))
     }
 
     /// Private guest RAM: `len` bytes at `address` in QEMU process `pid`, read with
@@ -201,9 +200,15 @@ impl SharedMemoryBridge {
         len: usize,
         path: &Path,
     ) -> Result<Self, BridgeError> {
-        let mapping = Mapping::of_process(pid, address, len, path)?;
-        let layout = GuestLayout::identity(len as u64);
-        Ok(Self { vm_id: vm_id.to_string(), mapping, layout })
+        Ok(Self::of_parts(vm_id, vec![Mapping::of_process(pid, address, len, path)?], path))
+    }
+
+    /// RAM over several backends (NUMA nodes, DIMMs), one after the other as [`GuestRam`]
+    /// orders them; `path` names the first. Guest addresses equal offsets until a layout is set.
+    pub fn of_parts(vm_id: &str, parts: Vec<Mapping>, path: &Path) -> Self {
+        let mapping = GuestRam::new(parts);
+        let layout = GuestLayout::identity(mapping.len() as u64);
+        Self { vm_id: vm_id.to_string(), mapping, path: path.to_path_buf(), layout }
     }
 
     /// Replaces the guest-physical layout (e.g. from QMP, see `Vm::layout`).
@@ -233,12 +238,12 @@ impl SharedMemoryBridge {
 
     /// The RAM file's path.
     pub fn path(&self) -> &Path {
-        self.mapping.path()
+        &self.path
     }
 
     /// The RAM file's path, owned.
     pub fn path_buf(&self) -> PathBuf {
-        self.mapping.path().to_path_buf()
+        self.path.clone()
     }
 
     /// Size of guest RAM in bytes (the RAM file's size when opened).
@@ -251,8 +256,8 @@ impl SharedMemoryBridge {
         &self.layout
     }
 
-    /// The underlying mapping (file-offset access).
-    pub fn mapping(&self) -> &Mapping {
+    /// The RAM in file order (offsets of `ram`), over all its backends.
+    pub fn mapping(&self) -> &GuestRam {
         &self.mapping
     }
 

@@ -12,7 +12,7 @@ use std::fmt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::mapping::Mapping;
+use super::guest_ram::GuestRam;
 use super::BridgeError;
 
 /// Granularity of the consistency check.
@@ -148,7 +148,7 @@ fn hex(digest: &[u8]) -> String {
 }
 
 /// Copies the whole mapping once, unchecked.
-pub fn take_plain(mapping: &Mapping) -> Result<Vec<u8>, BridgeError> {
+pub fn take_plain(mapping: &GuestRam) -> Result<Vec<u8>, BridgeError> {
     let mut data = vec![0u8; mapping.len()];
     mapping.copy_to_zeroed(0, &mut data)?;
     Ok(data)
@@ -156,7 +156,7 @@ pub fn take_plain(mapping: &Mapping) -> Result<Vec<u8>, BridgeError> {
 
 /// Copies the whole mapping, then verifies and re-copies changed pages up to `max_attempts`
 /// copies in all (at least 1).
-pub fn take_checked(mapping: &Mapping, max_attempts: u32) -> Result<Snapshot, BridgeError> {
+pub fn take_checked(mapping: &GuestRam, max_attempts: u32) -> Result<Snapshot, BridgeError> {
     let mut data = vec![0u8; mapping.len()];
     mapping.copy_to_zeroed(0, &mut data)?;
     let report = verify(mapping, &mut data, max_attempts)?;
@@ -189,7 +189,11 @@ pub struct CheckReport {
 ///
 /// [`BridgeError::BufferLength`] when `data` is not the mapping's length,
 /// [`BridgeError::FileShrunk`] when the file was truncated under the mapping.
-pub fn check_into(mapping: &Mapping, data: &mut [u8], max_attempts: u32) -> Result<CheckReport, BridgeError> {
+pub fn check_into(
+    mapping: &GuestRam,
+    data: &mut [u8],
+    max_attempts: u32,
+) -> Result<CheckReport, BridgeError> {
     if data.len() != mapping.len() {
         return Err(BridgeError::BufferLength { expected: mapping.len(), actual: data.len() });
     }
@@ -198,7 +202,7 @@ pub fn check_into(mapping: &Mapping, data: &mut [u8], max_attempts: u32) -> Resu
 }
 
 /// The verification half of [`check_into`]: `data` holds a first copy of the whole mapping.
-fn verify(mapping: &Mapping, data: &mut [u8], max_attempts: u32) -> Result<CheckReport, BridgeError> {
+fn verify(mapping: &GuestRam, data: &mut [u8], max_attempts: u32) -> Result<CheckReport, BridgeError> {
     let max_attempts = max_attempts.max(1);
     let mut recopied_pages = 0u64;
     let mut attempts = 1;
@@ -230,11 +234,11 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn mapped(bytes: &[u8]) -> (tempfile::NamedTempFile, Mapping) {
+    fn mapped(bytes: &[u8]) -> (tempfile::NamedTempFile, GuestRam) {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(bytes).unwrap();
         file.flush().unwrap();
-        let mapping = Mapping::open(file.path()).unwrap();
+        let mapping = GuestRam::from(super::super::mapping::Mapping::open(file.path()).unwrap());
         (file, mapping)
     }
 

@@ -1,0 +1,208 @@
+//! All of a VM's RAM as one byte range: the RAM of each memory backend (the machine's, each
+//! NUMA node's, each DIMM's), one after the other in the order of their lowest guest-physical
+//! address. This is what `ram` serves and what snapshots and checksums cover; the layout says
+//! where each guest-physical range lies in it.
+//!
+//! Each part is a [`Mapping`] (a file, a memfd, hugetlbfs or private RAM); a range that spans
+//! two parts is split between them. Parts are whole pages, so page indexes carry over.
+
+use std::borrow::Cow;
+use std::fs::File;
+
+use super::mapping::{Mapping, ReadMethod};
+use super::BridgeError;
+
+/// The RAM of one VM, over one or more backends.
+#[derive(Debug)]
+pub struct GuestRam {
+    /// (offset of the part in the whole, the part).
+    parts: Vec<(usize, Mapping)>,
+    len: usize,
+}
+
+impl From<Mapping> for GuestRam {
+    fn from(mapping: Mapping) -> Self {
+        Self::new(vec![mapping])
+    }
+}
+
+impl GuestRam {
+    /// The parts, in this order.
+    pub fn new(mappings: Vec<Mapping>) -> Self {
+        let mut parts = Vec::with_capacity(mappings.len());
+        let mut len = 0;
+        for mapping in mappings {
+            let part_len = mapping.len();
+            parts.push((len, mapping));
+            len += part_len;
+        }
+        Self { parts, len }
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there is no RAM.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The parts with their offsets in the whole.
+    pub fn parts(&self) -> impl Iterator<Item = (usize, &Mapping)> {
+        self.parts.iter().map(|(start, mapping)| (*start, mapping))
+    }
+
+    /// How the (first) part is read; see [`ReadMethod`].
+    pub fn read_method(&self) -> ReadMethod {
+        self.parts.first().map_or(ReadMethod::MappingWithHoles, |(_, m)| m.read_method())
+    }
+
+    /// A descriptor of the RAM file for FUSE passthrough: only for RAM in one file.
+    pub fn try_clone_file(&self) -> Option<std::io::Result<File>> {
+        match self.parts.as_slice() {
+            [(_, only)] => only.try_clone_file(),
+            _ => None,
+        }
+    }
+
+    /// Bytes that hold data (see [`Mapping::data_bytes`]), over all parts.
+    ///
+    /// # Errors
+    ///
+    /// As [`Mapping::data_bytes`].
+    pub fn data_bytes(&self) -> Result<u64, BridgeError> {
+        self.parts.iter().map(|(_, mapping)| mapping.data_bytes()).sum()
+    }
+
+    fn check_range(&self, offset: usize, len: usize) -> Result<(), BridgeError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(BridgeError::InvalidAddress { addr: offset as u64, len, max: self.len }),
+        }
+    }
+
+    /// The pieces of `offset..offset + len` by part: (part, offset in it, offset in the range,
+    /// length). Callers checked the range.
+    fn split(&self, offset: usize, len: usize) -> Vec<(&Mapping, usize, usize, usize)> {
+        let end = offset + len;
+        self.parts
+            .iter()
+            .filter_map(|(start, mapping)| {
+                let (from, to) = (offset.max(*start), end.min(start + mapping.len()));
+                (from < to).then(|| (mapping, from - start, from - offset, to - from))
+            })
+            .collect()
+    }
+
+    /// A zero-copy view (see [`Mapping::view`]); only within one part.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::InvalidAddress`] out of bounds or across parts; as [`Mapping::view`].
+    pub fn view(&self, offset: usize, len: usize) -> Result<&[u8], BridgeError> {
+        self.check_range(offset, len)?;
+        match self.split(offset, len).as_slice() {
+            [(mapping, at, _, part_len)] => mapping.view(*at, *part_len),
+            [] => Ok(&[]),
+            _ => Err(BridgeError::InvalidAddress { addr: offset as u64, len, max: self.len }),
+        }
+    }
+
+    /// See [`Mapping::read_for_reply`]; a range over two parts is copied.
+    ///
+    /// # Errors
+    ///
+    /// As [`Mapping::read_for_reply`].
+    pub fn read_for_reply(&self, offset: usize, len: usize) -> Result<Cow<'_, [u8]>, BridgeError> {
+        self.check_range(offset, len)?;
+        let pieces = self.split(offset, len);
+        if let [(mapping, at, _, part_len)] = pieces.as_slice() {
+            return mapping.read_for_reply(*at, *part_len);
+        }
+        let mut bytes = Vec::with_capacity(len);
+        for (mapping, at, _, part_len) in pieces {
+            bytes.extend_from_slice(&mapping.read_for_reply(at, part_len)?);
+        }
+        Ok(Cow::Owned(bytes))
+    }
+
+    /// See [`Mapping::copy_to`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Mapping::copy_to`].
+    pub fn copy_to(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
+        self.each_part(offset, dst, |mapping, at, part| mapping.copy_to(at, part))
+    }
+
+    /// See [`Mapping::copy_to_zeroed`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Mapping::copy_to_zeroed`].
+    pub fn copy_to_zeroed(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
+        self.each_part(offset, dst, |mapping, at, part| mapping.copy_to_zeroed(at, part))
+    }
+
+    /// See [`Mapping::copy_with_threads`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Mapping::copy_with_threads`].
+    pub fn copy_with_threads(
+        &self,
+        offset: usize,
+        dst: &mut [u8],
+        threads: usize,
+    ) -> Result<(), BridgeError> {
+        self.each_part(offset, dst, |mapping, at, part| mapping.copy_with_threads(at, part, threads))
+    }
+
+    fn each_part(
+        &self,
+        offset: usize,
+        dst: &mut [u8],
+        copy: impl Fn(&Mapping, usize, &mut [u8]) -> Result<(), BridgeError>,
+    ) -> Result<(), BridgeError> {
+        self.check_range(offset, dst.len())?;
+        for (mapping, at, into, part_len) in self.split(offset, dst.len()) {
+            copy(mapping, at, &mut dst[into..into + part_len])?;
+        }
+        Ok(())
+    }
+
+    /// See [`Mapping::changed_pages`]; `copy` covers all parts, page indexes are of the whole.
+    ///
+    /// # Errors
+    ///
+    /// As [`Mapping::changed_pages`].
+    pub fn changed_pages(&self, copy: &[u8], page_size: usize) -> Result<Vec<usize>, BridgeError> {
+        if copy.len() != self.len {
+            return Err(BridgeError::BufferLength { expected: self.len, actual: copy.len() });
+        }
+        let page_size = page_size.max(1);
+        let mut changed = Vec::new();
+        for (start, mapping) in &self.parts {
+            let part = &copy[*start..start + mapping.len()];
+            changed.extend(
+                mapping.changed_pages(part, page_size)?.into_iter().map(|page| page + start / page_size),
+            );
+        }
+        Ok(changed)
+    }
+
+    /// See [`Mapping::write_to`]: the parts one after the other, sparse.
+    ///
+    /// # Errors
+    ///
+    /// As [`Mapping::write_to`].
+    pub fn write_to(&self, file: &File, offset: usize, len: usize) -> Result<(), BridgeError> {
+        self.check_range(offset, len)?;
+        for (mapping, at, _, part_len) in self.split(offset, len) {
+            mapping.write_to(file, at, part_len)?;
+        }
+        Ok(())
+    }
+}
