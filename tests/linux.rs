@@ -264,3 +264,60 @@ fn test_volatility_reads_core_and_physical() {
         assert_eq!(&bytes, b"Linux version", "{file}: at {offset:#x}");
     }
 }
+
+/// `core` carries the vCPUs' registers as `NT_PRSTATUS` notes, equal to those of QEMU's own
+/// `dump-guest-memory` of the same paused guest (in long mode: the Linux guest).
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_core_registers_equal_qemus_dump() {
+    require_qemu();
+    common::require_program("readelf");
+    let run_dir = TestRunDir::new();
+    let linux = boot_linux(&run_dir);
+    let name = linux.launched.name().to_string();
+    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
+    vm.with_qmp(|qmp| qmp.stop()).unwrap();
+    let dump = run_dir.qemu_output("linux.core");
+    vm.with_qmp(|qmp| {
+        qmp.execute(
+            "dump-guest-memory",
+            Some(serde_json::json!({"paging": false, "protocol": format!("file:{}", dump.display())})),
+        )
+    })
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || std::fs::metadata(&dump).is_ok_and(|m| m.len() > 128 << 20))
+    );
+    let mount = TestMount::new(&run_dir, &[]);
+    let core = mount.path(&format!("{name}/core"));
+    let ours = common::prstatus_notes(&core);
+    let qemus = common::prstatus_notes(&dump);
+    assert_eq!(ours.len(), 1, "one note per vCPU");
+    assert_eq!(qemus.len(), 1);
+    let reg = |desc: &[u8], index: usize| {
+        u64::from_le_bytes(desc[112 + index * 8..120 + index * 8].try_into().unwrap())
+    };
+    // rbx rax rcx rdx rsi rdi rip cs rflags rsp ss (user_regs_struct indexes)
+    for (index, register) in [
+        (5, "rbx"),
+        (10, "rax"),
+        (11, "rcx"),
+        (12, "rdx"),
+        (13, "rsi"),
+        (14, "rdi"),
+        (16, "rip"),
+        (17, "cs"),
+        (18, "rflags"),
+        (19, "rsp"),
+        (20, "ss"),
+    ] {
+        assert_eq!(reg(&ours[0], index), reg(&qemus[0], index), "{register}");
+    }
+    assert!(reg(&ours[0], 16) >= 0xffff_ffff_8000_0000, "a kernel rip: {:#x}", reg(&ours[0], 16));
+    let readelf = Command::new("readelf").arg("-n").arg(&core).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&readelf.stdout).contains("NT_PRSTATUS"),
+        "{}",
+        String::from_utf8_lossy(&readelf.stdout)
+    );
+}

@@ -13,42 +13,6 @@ use std::time::Duration;
 use common::{require_qemu, stderr, wait_until, TestMount, TestRunDir, VmBuilder};
 use qemu_bridge::{Machine, Vm};
 
-/// The program headers of an ELF64 file: (p_type, p_offset, p_paddr, p_filesz).
-fn program_headers(elf: &File) -> (u16, Vec<(u32, u64, u64, u64)>) {
-    let mut header = [0u8; 64];
-    elf.read_exact_at(&mut header, 0).unwrap();
-    assert_eq!(&header[..4], b"\x7fELF");
-    let word = |bytes: &[u8], at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
-    let half = |bytes: &[u8], at: usize| u16::from_le_bytes(bytes[at..at + 2].try_into().unwrap());
-    let (phoff, phnum) = (word(&header, 32), half(&header, 56));
-    let machine = half(&header, 18);
-    let headers = (0..u64::from(phnum))
-        .map(|index| {
-            let mut phdr = [0u8; 56];
-            elf.read_exact_at(&mut phdr, phoff + index * 56).unwrap();
-            (
-                u32::from_le_bytes(phdr[..4].try_into().unwrap()),
-                word(&phdr, 8),
-                word(&phdr, 24),
-                word(&phdr, 32),
-            )
-        })
-        .collect();
-    (machine, headers)
-}
-
-/// The bytes an ELF core holds at guest-physical `gpa`, through its program headers.
-fn core_bytes(core: &Path, gpa: u64, len: usize) -> Option<Vec<u8>> {
-    let file = File::open(core).unwrap();
-    let (_, headers) = program_headers(&file);
-    let (_, offset, paddr, _) = *headers
-        .iter()
-        .find(|(kind, _, paddr, size)| *kind == 1 && gpa >= *paddr && gpa + len as u64 <= paddr + size)?;
-    let mut bytes = vec![0u8; len];
-    file.read_exact_at(&mut bytes, offset + gpa - paddr).unwrap();
-    Some(bytes)
-}
-
 fn lseek(path: &Path, offset: u64, whence: &str) -> String {
     let script = format!(
         "import os,sys\nf=os.open(sys.argv[1],os.O_RDONLY)\ntry: print(os.lseek(f,{offset},os.{whence}))\nexcept OSError as e: print('errno',e.errno)"
@@ -86,7 +50,11 @@ fn check_machine(machine: Machine, memory: u64, stamps: &[(u64, u64)], hole: u64
         let mut bytes = vec![0u8; stamp.len()];
         File::open(&physical).unwrap().read_exact_at(&mut bytes, gpa).unwrap();
         assert_eq!(bytes, stamp.as_bytes(), "physical at {gpa:#x}");
-        assert_eq!(core_bytes(&core, gpa, stamp.len()).unwrap(), stamp.as_bytes(), "core at {gpa:#x}");
+        assert_eq!(
+            common::core_bytes(&core, gpa, stamp.len()).unwrap(),
+            stamp.as_bytes(),
+            "core at {gpa:#x}"
+        );
         let output = common::qemu_bridge(
             &run_dir,
             &["read", vm.name(), &format!("{gpa:#x}"), &stamp.len().to_string(), "--raw"],
@@ -96,7 +64,7 @@ fn check_machine(machine: Machine, memory: u64, stamps: &[(u64, u64)], hole: u64
     let mut zeros = vec![0xffu8; 4096];
     File::open(&physical).unwrap().read_exact_at(&mut zeros, hole).unwrap();
     assert!(zeros.iter().all(|&b| b == 0), "the PCI hole reads zeros");
-    assert!(core_bytes(&core, hole, 16).is_none(), "the PCI hole is in no PT_LOAD");
+    assert!(common::core_bytes(&core, hole, 16).is_none(), "the PCI hole is in no PT_LOAD");
     assert_eq!(lseek(&physical, hole, "SEEK_HOLE"), hole.to_string());
     let data = lseek(&physical, hole, "SEEK_DATA").parse::<u64>().unwrap();
     assert!(data > hole, "{data:#x}");
@@ -161,8 +129,8 @@ fn test_core_equals_qemus_dump() {
     );
     let mount = TestMount::new(&run_dir, &[]);
     let ours = mount.path(&format!("{}/core", vm.name()));
-    let (machine, our_loads) = program_headers(&File::open(&ours).unwrap());
-    let (_, qemu_loads) = program_headers(&File::open(&dump).unwrap());
+    let (machine, our_loads) = common::program_headers(&File::open(&ours).unwrap());
+    let (_, qemu_loads) = common::program_headers(&File::open(&dump).unwrap());
     assert!(machine == 62 || machine == 3, "x86 ELF machine: {machine}");
     let our_loads: Vec<_> = our_loads.into_iter().filter(|(kind, ..)| *kind == 1).collect();
     assert!(our_loads.len() >= 2, "{our_loads:?}");
@@ -175,8 +143,8 @@ fn test_core_equals_qemus_dump() {
         while offset < size {
             let len = (size - offset).min(1 << 20) as usize;
             assert_eq!(
-                core_bytes(&ours, paddr + offset, len),
-                core_bytes(&dump, paddr + offset, len),
+                common::core_bytes(&ours, paddr + offset, len),
+                common::core_bytes(&dump, paddr + offset, len),
                 "at {:#x}",
                 paddr + offset
             );
@@ -237,11 +205,11 @@ fn test_arm_and_riscv_guest_physical_addresses() {
         assert_eq!(bytes, stamp.as_bytes(), "{arch} physical");
         let core = mount.path(&format!("{arch}/core"));
         assert_eq!(
-            core_bytes(&core, ram_base + 0x1000, stamp.len()).unwrap(),
+            common::core_bytes(&core, ram_base + 0x1000, stamp.len()).unwrap(),
             stamp.as_bytes(),
             "{arch} core"
         );
-        let (machine, _) = program_headers(&File::open(&core).unwrap());
+        let (machine, _) = common::program_headers(&File::open(&core).unwrap());
         assert_eq!(machine, elf_machine, "{arch}");
         assert_eq!(lseek(&physical, 0, "SEEK_DATA"), ram_base.to_string());
     }
@@ -268,7 +236,7 @@ fn check_stamp(run_dir: &TestRunDir, mount: &TestMount, vm: &str, file: &Path, f
     File::open(mount.path(&format!("{vm}/physical"))).unwrap().read_exact_at(&mut bytes, gpa).unwrap();
     assert_eq!(bytes, stamp.as_bytes(), "physical at {gpa:#x}");
     let core = mount.path(&format!("{vm}/core"));
-    assert_eq!(core_bytes(&core, gpa, stamp.len()).unwrap(), stamp.as_bytes(), "core at {gpa:#x}");
+    assert_eq!(common::core_bytes(&core, gpa, stamp.len()).unwrap(), stamp.as_bytes(), "core at {gpa:#x}");
     let output =
         common::qemu_bridge(run_dir, &["read", vm, &format!("{gpa:#x}"), &stamp.len().to_string(), "--raw"]);
     assert_eq!(output.stdout, stamp.as_bytes(), "read at {gpa:#x}: {}", stderr(&output));

@@ -126,6 +126,12 @@ impl MountedVm {
         }
     }
 
+    /// The core with the vCPUs' registers as they are now (the RAM in it is live anyway).
+    pub fn core_now(&self) -> Core {
+        let registers = vcpu_registers(&self.info, |ask| self.with_qmp(ask));
+        Core::new(self.bridge.layout(), elf_machine(&self.info.arch), &registers)
+    }
+
     /// Closes the cached QMP connection if it has been kept long enough.
     fn release_idle_qmp(&self) {
         if let Ok(mut cached) = self.qmp.try_lock() {
@@ -170,6 +176,25 @@ type SocketId = (u64, u64, i64, i64);
 fn socket_id(run_dir: &RunDir, name: &VmName) -> Option<SocketId> {
     let metadata = std::fs::symlink_metadata(run_dir.socket_path(name)).ok()?;
     Some((metadata.dev(), metadata.ino(), metadata.ctime(), metadata.ctime_nsec()))
+}
+
+/// `NT_PRSTATUS` notes of the vCPUs as QEMU reports them now, for x86_64 guests (the register
+/// text of other architectures is not parsed: their cores carry no notes). A monitor that
+/// fails gives none, with a log line.
+fn vcpu_registers(
+    info: &VmInfo,
+    ask: impl FnOnce(&dyn Fn(&mut QmpClient<UnixStream>) -> Result<String, QmpError>) -> Result<String, VmError>,
+) -> Vec<u8> {
+    if info.arch != "x86_64" {
+        return Vec::new();
+    }
+    match ask(&|qmp| qmp.human_monitor_command("info registers -a")) {
+        Ok(text) => crate::ram::views::x86_64_prstatus_notes(&text),
+        Err(err) => {
+            log::warn!("no vCPU registers in the core of VM {}: {}", info.name, crate::error::chain(&err));
+            Vec::new()
+        }
+    }
 }
 
 /// The ids `query-memdev` lists, sorted.
@@ -358,7 +383,8 @@ impl Registry {
         log::info!("VM {name}: RAM {} ({} bytes), {}", info.ram_path.display(), info.ram_size, info.status);
         let memdev_ids = vm.with_qmp(memdev_ids)?;
         let physical = Physical::new(bridge.layout().clone());
-        let core = Core::new(bridge.layout(), elf_machine(&info.arch));
+        let registers = vcpu_registers(&info, |ask| vm.with_qmp(ask));
+        let core = Core::new(bridge.layout(), elf_machine(&info.arch), &registers);
         Ok(Arc::new(MountedVm {
             number,
             vm,

@@ -7,6 +7,8 @@
 //! missing fails (the `require_*` helpers panic): it never passes without doing its work.
 #![allow(dead_code)]
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -566,4 +568,62 @@ impl Drop for HandStartedVm {
     fn drop(&mut self) {
         process::end(self.pid, Duration::from_millis(100));
     }
+}
+
+/// The program headers of an ELF64 file: (p_type, p_offset, p_paddr, p_filesz).
+pub fn program_headers(elf: &File) -> (u16, Vec<(u32, u64, u64, u64)>) {
+    let mut header = [0u8; 64];
+    elf.read_exact_at(&mut header, 0).unwrap();
+    assert_eq!(&header[..4], b"\x7fELF");
+    let word = |bytes: &[u8], at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    let half = |bytes: &[u8], at: usize| u16::from_le_bytes(bytes[at..at + 2].try_into().unwrap());
+    let (phoff, phnum) = (word(&header, 32), half(&header, 56));
+    let machine = half(&header, 18);
+    let headers = (0..u64::from(phnum))
+        .map(|index| {
+            let mut phdr = [0u8; 56];
+            elf.read_exact_at(&mut phdr, phoff + index * 56).unwrap();
+            (
+                u32::from_le_bytes(phdr[..4].try_into().unwrap()),
+                word(&phdr, 8),
+                word(&phdr, 24),
+                word(&phdr, 32),
+            )
+        })
+        .collect();
+    (machine, headers)
+}
+
+/// The bytes an ELF core holds at guest-physical `gpa`, through its program headers.
+pub fn core_bytes(core: &Path, gpa: u64, len: usize) -> Option<Vec<u8>> {
+    let file = File::open(core).unwrap();
+    let (_, headers) = program_headers(&file);
+    let (_, offset, paddr, _) = *headers
+        .iter()
+        .find(|(kind, _, paddr, size)| *kind == 1 && gpa >= *paddr && gpa + len as u64 <= paddr + size)?;
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, offset + gpa - paddr).unwrap();
+    Some(bytes)
+}
+
+/// The `NT_PRSTATUS` descriptors in an ELF core's `PT_NOTE`s, in order.
+pub fn prstatus_notes(elf: &Path) -> Vec<Vec<u8>> {
+    let file = File::open(elf).unwrap();
+    let (_, headers) = program_headers(&file);
+    let mut found = Vec::new();
+    for (_, offset, _, size) in headers.into_iter().filter(|(kind, ..)| *kind == 4) {
+        let mut notes = vec![0u8; size as usize];
+        file.read_exact_at(&mut notes, offset).unwrap();
+        let mut at = 0;
+        while at + 12 <= notes.len() {
+            let word = |at: usize| u32::from_le_bytes(notes[at..at + 4].try_into().unwrap()) as usize;
+            let (namesz, descsz, kind) = (word(at), word(at + 4), word(at + 8));
+            let desc = at + 12 + namesz.next_multiple_of(4);
+            if kind == 1 && &notes[at + 12..at + 16] == b"CORE" {
+                found.push(notes[desc..desc + descsz].to_vec());
+            }
+            at = desc + descsz.next_multiple_of(4);
+        }
+    }
+    found
 }
