@@ -232,33 +232,70 @@ impl Mapping {
     /// The data and hole runs of `offset..offset + len`. Callers checked the range. Pages the
     /// guest touches after the look are data the next time; a read that saw them as holes
     /// returns zeros, as if it had happened just before the write.
+    ///
+    /// Pages in the file's page cache (`mincore` of the mapping: no fault, no allocation) are
+    /// data. The others are asked of `lseek(SEEK_DATA)`, which also counts pages swapped out as
+    /// data: only what it skips is a hole. (`SEEK_HOLE` would walk every page up to the next
+    /// hole, the whole file for a guest that touched all of it, on every read.)
     fn segments(&self, offset: usize, len: usize) -> Result<Vec<Segment>, BridgeError> {
-        use nix::unistd::{lseek, Whence};
+        const PAGE: usize = 4096;
         let end = offset + len;
-        if self.method != ReadMethod::MappingWithHoles {
+        if self.method != ReadMethod::MappingWithHoles || len == 0 {
             return Ok(vec![Segment { start: offset, end, data: true }]);
         }
-        let mut segments = Vec::new();
-        let mut position = offset;
-        while position < end {
-            let data_at = match lseek(self.file(), position as libc::off_t, Whence::SeekData) {
-                Ok(at) => (at as usize).min(end),
-                // no data from here to the end of the file
-                Err(nix::errno::Errno::ENXIO) => end,
-                Err(errno) => return Err(BridgeError::MmapFailed(errno.into())),
-            };
-            if data_at > position {
-                segments.push(Segment { start: position, end: data_at, data: false });
-                position = data_at;
+        let first_page = offset / PAGE;
+        let last_page = end.div_ceil(PAGE).min(self.len.div_ceil(PAGE));
+        let mut resident = vec![0u8; last_page - first_page];
+        // SAFETY: `first_page * PAGE .. last_page * PAGE` lies inside the mapping (whose last
+        // page is whole in the address space even when the file ends inside it), the address is
+        // page-aligned as mincore requires, and `resident` has one byte per page. mincore only
+        // reads the page tables and page cache; it touches no page.
+        let status = unsafe {
+            libc::mincore(
+                self.map().as_ptr().add(first_page * PAGE) as *mut libc::c_void,
+                (last_page - first_page) * PAGE,
+                resident.as_mut_ptr(),
+            )
+        };
+        if status != 0 {
+            return Err(BridgeError::MmapFailed(std::io::Error::last_os_error()));
+        }
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut push = |start: usize, stop: usize, data: bool| {
+            let (start, stop) = (start.max(offset), stop.min(end));
+            if start >= stop {
+                return;
+            }
+            match segments.last_mut() {
+                Some(last) if last.data == data && last.end == start => last.end = stop,
+                _ => segments.push(Segment { start, end: stop, data }),
+            }
+        };
+        let mut page = first_page;
+        while page < last_page {
+            if resident[page - first_page] & 1 != 0 {
+                push(page * PAGE, (page + 1) * PAGE, true);
+                page += 1;
                 continue;
             }
-            let hole_at = match lseek(self.file(), position as libc::off_t, Whence::SeekHole) {
-                Ok(at) => (at as usize).clamp(position + 1, end),
-                Err(nix::errno::Errno::ENXIO) => end,
+            let data_at = match nix::unistd::lseek(
+                self.file(),
+                (page * PAGE) as libc::off_t,
+                nix::unistd::Whence::SeekData,
+            ) {
+                Ok(at) => (at as usize).max(page * PAGE),
+                Err(nix::errno::Errno::ENXIO) => usize::MAX,
                 Err(errno) => return Err(BridgeError::MmapFailed(errno.into())),
             };
-            segments.push(Segment { start: position, end: hole_at, data: true });
-            position = hole_at;
+            if data_at == page * PAGE {
+                // allocated but not in memory now (swapped out): data, read through the mapping
+                push(page * PAGE, (page + 1) * PAGE, true);
+                page += 1;
+            } else {
+                let next = data_at.div_ceil(PAGE).min(last_page);
+                push(page * PAGE, next * PAGE, false);
+                page = next.max(page + 1);
+            }
         }
         Ok(segments)
     }
