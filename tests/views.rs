@@ -88,6 +88,8 @@ fn test_q35_views_below_and_above_4g() {
     check_machine(Machine::Q35, 64 << 20, &[(0x7c00, 0x7c00), (0x3ff_f000, 0x3ff_f000)], 0xc0000);
     // 2816 MiB: q35 then puts 2 GiB below and the rest above 4 GiB
     check_machine(Machine::Q35, 2816 << 20, &[(0x1000, 0x1000), (4 * G + 0x100, 2 * G + 0x100)], 0xb000_0000);
+    // 4 GiB: 2 GiB below, 2 GiB above
+    check_machine(Machine::Q35, 4 * G, &[(0x7c00, 0x7c00), (5 * G, 3 * G)], 3 * G);
     // 6 GiB: 2 GiB below, 4 GiB above
     check_machine(Machine::Q35, 6 * G, &[(2 * G - 64, 2 * G - 64), (8 * G - 4096, 6 * G - 4096)], 3 * G);
 }
@@ -99,8 +101,18 @@ fn test_pc_views_below_and_above_4g() {
     common::require_program("python3");
     common::require_program("readelf");
     const G: u64 = 1 << 30;
+    // 64 MiB and 2816 MiB: all below the hole (pc keeps up to 3.5 GiB below)
+    check_machine(Machine::Pc, 64 << 20, &[(0x7c00, 0x7c00), (0x3ff_f000, 0x3ff_f000)], 0xc0000);
+    check_machine(
+        Machine::Pc,
+        2816 << 20,
+        &[(0x1000, 0x1000), ((2816 << 20) - 64, (2816 << 20) - 64)],
+        0xc0000,
+    );
     // 4 GiB on pc: 3 GiB below, 1 GiB above
     check_machine(Machine::Pc, 4 * G, &[(3 * G - 64, 3 * G - 64), (4 * G + 8, 3 * G + 8)], 3 * G + 0x1000);
+    // 6 GiB on pc: 3 GiB below, 3 GiB above
+    check_machine(Machine::Pc, 6 * G, &[(0x2000, 0x2000), (7 * G - 4096, 6 * G - 4096)], 3 * G + 0x1000);
 }
 
 /// `core` against QEMU's own `dump-guest-memory` (no paging) of the same paused guest: every
