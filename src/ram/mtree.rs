@@ -139,6 +139,18 @@ mod tests {
         );
     }
 
+    /// QEMU 10.0 prints the same map for the same machine (captured with Debian's backport).
+    #[test]
+    fn qemu_10_outputs() {
+        assert_eq!(
+            ram_regions(&captured("q35-4g-qemu10.0.txt"), "m").unwrap(),
+            ram_regions(&captured("q35-4g-qemu7.2.txt"), "m").unwrap()
+        );
+        let pc = ram_regions(&captured("pc-6g-qemu10.0.txt"), "m").unwrap();
+        assert_eq!(pc.last(), Some(&region(1 << 32, 0xc000_0000, 0xc000_0000)));
+        assert_eq!(pc.iter().map(|r| r.len).sum::<u64>(), (6 << 30) - 0x40000);
+    }
+
     #[test]
     fn pc_4g_keeps_3g_below() {
         let regions = ram_regions(&captured("pc-4g-qemu7.2.txt"), "m").unwrap();
