@@ -299,6 +299,19 @@ fn test_numa_nodes_and_a_hot_plugged_dimm() {
     check_stamp(&run_dir, &mount, "numa", &node(1), 0x1000, 64 * MIB + 0x1000);
     let memdev = std::fs::read_to_string(mount.path("numa/memdev.json")).unwrap();
     assert_eq!(memdev.matches("\"kind\": \"file\"").count(), 2, "{memdev}");
+    // RAM over two files is served by the daemon under --passthrough too, the same bytes, and
+    // passthrough stays on for the VMs whose RAM is one file
+    let passthrough = TestMount::new(&run_dir, &["--passthrough"]);
+    assert!(
+        std::fs::read(passthrough.path("numa/ram")).unwrap()
+            == std::fs::read(mount.path("numa/ram")).unwrap()
+    );
+    assert!(
+        std::fs::read(passthrough.path("dimm/ram")).unwrap()
+            == std::fs::read(mount.path("dimm/ram")).unwrap()
+    );
+    assert!(!passthrough.log_text().contains("passthrough unavailable"), "{}", passthrough.log_text());
+    drop(passthrough);
 
     // plug a 128 MiB DIMM into the running mount's VM
     assert_eq!(std::fs::metadata(mount.path("dimm/ram")).unwrap().len(), 64 * MIB);

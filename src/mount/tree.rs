@@ -278,9 +278,9 @@ impl Tree {
     }
 
     fn open_ram(&self, instance: Arc<MountedVm>, ino: INodeNo, reply: ReplyOpen) {
-        // private RAM has no file for the kernel to read: always through the daemon
-        let has_file = instance.bridge.mapping().read_method() != crate::ram::ReadMethod::ProcessMemory;
-        if has_file && self.passthrough.load(Ordering::Relaxed) {
+        // private RAM and RAM over several backends have no one file for the kernel to read:
+        // always through the daemon, and passthrough stays on for the others
+        if instance.bridge.mapping().is_one_file() && self.passthrough.load(Ordering::Relaxed) {
             let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
             let id = match backing.get_mut(&ino.0) {
                 Some((id, count)) => {
@@ -291,7 +291,7 @@ impl Tree {
                     .bridge
                     .mapping()
                     .try_clone_file()
-                    .unwrap_or_else(|| Err(std::io::Error::other("private RAM has no file to pass through")))
+                    .unwrap_or_else(|| Err(std::io::Error::other("the RAM is not in one file")))
                     .and_then(|file| reply.open_backing(&file))
                 {
                     Ok(id) => {

@@ -59,10 +59,16 @@ impl GuestRam {
         self.parts.first().map_or(ReadMethod::MappingWithHoles, |(_, m)| m.read_method())
     }
 
-    /// A descriptor of the RAM file for FUSE passthrough: only for RAM in one file.
+    /// Whether the RAM is all in one file (not private RAM, not several backends): what FUSE
+    /// passthrough can hand to the kernel.
+    pub fn is_one_file(&self) -> bool {
+        matches!(self.parts.as_slice(), [(_, only)] if only.read_method() != ReadMethod::ProcessMemory)
+    }
+
+    /// A descriptor of the RAM file for FUSE passthrough: only when [`is_one_file`](Self::is_one_file).
     pub fn try_clone_file(&self) -> Option<std::io::Result<File>> {
         match self.parts.as_slice() {
-            [(_, only)] => only.try_clone_file(),
+            [(_, only)] if self.is_one_file() => only.try_clone_file(),
             _ => None,
         }
     }
