@@ -130,6 +130,13 @@ pub struct Peer {
     pub uid: u32,
 }
 
+impl std::fmt::Display for Peer {
+    /// `the QMP peer (pid N, uid N)`, as refusals name it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the QMP peer (pid {}, uid {})", self.pid, self.uid)
+    }
+}
+
 /// A VM reachable through `<run-dir>/<name>.qmp`: the handle every verb, the launcher and the
 /// mount use to talk to one VM.
 #[derive(Debug, Clone)]
@@ -374,7 +381,7 @@ impl Vm {
         }
         placed.sort_by_key(|(_, regions)| regions.iter().map(|region| region.gpa).min());
         let layout = if placed.is_empty() {
-            let main = qmp.ram_backend()?;
+            let main = crate::qmp::RamBackend::main(&backends).cloned().ok_or(QmpError::NoRamBackend)?;
             let layout = qmp.rule_layout(main.size)?;
             placed.push((main, Vec::new()));
             layout
@@ -432,7 +439,7 @@ impl Vm {
         let fd_dir = PathBuf::from(format!("/proc/{}/fd", peer.pid));
         let refuse =
             |reason: String| VmError::Untrusted { vm: self.name.to_string(), path: fd_dir.clone(), reason };
-        let who = format!("the QMP peer (pid {}, uid {})", peer.pid, peer.uid);
+        let who = peer;
         let entries = std::fs::read_dir(&fd_dir)
             .map_err(|err| refuse(format!("cannot see the files of {who}: {err}")))?;
         let candidates: Vec<PathBuf> = entries
@@ -469,7 +476,7 @@ impl Vm {
         let smaps = PathBuf::from(format!("/proc/{}/smaps", peer.pid));
         let refuse =
             |reason: String| VmError::Untrusted { vm: self.name.to_string(), path: smaps.clone(), reason };
-        let who = format!("the QMP peer (pid {}, uid {})", peer.pid, peer.uid);
+        let who = peer;
         let text = std::fs::read_to_string(&smaps)
             .map_err(|err| refuse(format!("cannot read the memory map of {who}: {err}")))?;
         let candidates = private_ram_candidates(&text, size);
@@ -509,7 +516,7 @@ impl Vm {
         if !target.is_file() {
             return Err(refuse("it is not a regular file".into()));
         }
-        let who = format!("the QMP peer (pid {}, uid {})", peer.pid, peer.uid);
+        let who = peer;
         let fds = std::fs::read_dir(format!("/proc/{}/fd", peer.pid))
             .map_err(|err| refuse(format!("cannot see the files of {who}: {err}")))?;
         let held = fds.flatten().any(|fd| {

@@ -213,6 +213,17 @@ pub struct RamBackend {
 }
 
 impl RamBackend {
+    /// The main one of `backends` (see [`QmpClient::ram_backend`]): the first with a file, else
+    /// the first memfd, else the first.
+    pub fn main(backends: &[RamBackend]) -> Option<&RamBackend> {
+        let rank = |backend: &&RamBackend| match backend.storage {
+            BackendStorage::File(_) => 0,
+            BackendStorage::Memfd => 1,
+            BackendStorage::Anonymous => 2,
+        };
+        backends.iter().min_by_key(rank)
+    }
+
     /// Its id, the name of its memory region in QEMU's memory map (`ram0`).
     pub fn id(&self) -> &str {
         self.qom_path.rsplit('/').next().unwrap_or(&self.qom_path)
@@ -532,13 +543,7 @@ impl<S: Read + Write> QmpClient<S> {
     /// [`QmpError::NoRamBackend`] when QEMU names no memory backend at all, else as
     /// [`execute`](Self::execute).
     pub fn ram_backend(&mut self) -> Result<RamBackend, QmpError> {
-        let backends = self.ram_backends()?;
-        let rank = |backend: &RamBackend| match backend.storage {
-            BackendStorage::File(_) => 0,
-            BackendStorage::Memfd => 1,
-            BackendStorage::Anonymous => 2,
-        };
-        backends.iter().min_by_key(|backend| rank(backend)).cloned().ok_or(QmpError::NoRamBackend)
+        RamBackend::main(&self.ram_backends()?).cloned().ok_or(QmpError::NoRamBackend)
     }
 
     /// QEMU's flat memory map (`info mtree -f`), or `None` when the monitor does not give it
@@ -645,21 +650,16 @@ impl<S: Read + Write> QmpClient<S> {
                 Err(err) => log::info!("{err}; using the x86 rule"),
             }
         }
-        self.x86_layout(ram_size)
+        self.rule_layout(ram_size)
     }
 
-    /// [`x86_layout`](Self::x86_layout) for callers that found no usable memory map.
+    /// The layout for callers that found no usable memory map: the x86 rule, q35's reported
+    /// split where present, otherwise the machine type's rule with its `max-ram-below-4g`.
     ///
     /// # Errors
     ///
     /// As [`execute`](Self::execute).
     pub fn rule_layout(&mut self, ram_size: u64) -> Result<GuestLayout, QmpError> {
-        self.x86_layout(ram_size)
-    }
-
-    /// The x86 rule: q35's reported split where present, otherwise the machine type's rule
-    /// with its `max-ram-below-4g`.
-    fn x86_layout(&mut self, ram_size: u64) -> Result<GuestLayout, QmpError> {
         let kind = Machine::from_type_name(&self.machine_type()?);
         if kind == Machine::Q35 {
             let below = self.optional_property("/machine/q35", "below-4g-mem-size")?.and_then(|v| v.as_u64());
