@@ -503,22 +503,34 @@ impl Bench {
             ratio: None,
             verdict: if p99 < 1e-3 { "met".into() } else { "not met".into() },
         });
-        for (label, len) in [("4 KiB", 4096usize), ("1 MiB", 1 << 20)] {
-            let ours =
-                stats(time_batched(100, 20, || bridge.read_into(0x100000, &mut buffer[..len]).unwrap())).0;
-            let base = stats(time_batched(100, 20, || {
-                buffer[..len].copy_from_slice(black_box(&source[..len]));
+        // small copies cost a bounds check and a memcpy, no system call (issue: <= 3x memcpy of
+        // 8 B, <= 2x of 4 KiB); the baseline copies out of a slice, bounds check included
+        for (label, len, batch, limit) in
+            [("8 B", 8usize, 20_000, 3.0), ("4 KiB", 4096, 2000, 2.0), ("1 MiB", 1 << 20, 20, 1.25)]
+        {
+            let mut at = 0usize;
+            let mut next = || {
+                at = (at + 4096 + 8) % (1 << 20);
+                at
+            };
+            let ours = stats(time_batched(100, batch, || {
+                bridge.read_into(black_box(0x100000 + next() as u64), &mut buffer[..len]).unwrap()
+            }))
+            .0;
+            let base = stats(time_batched(100, batch, || {
+                let from = black_box(0x100000 + next());
+                buffer[..len].copy_from_slice(black_box(&source[from..from + len]));
             }))
             .0;
             results.add(Row {
                 name: format!("read_into copy {label}"),
-                target: "< 1 ms".into(),
+                target: format!("<= {limit}x memcpy"),
                 median: ours,
                 p99: ours,
                 unit: "s",
                 baseline: Some(("memcpy".into(), base)),
                 ratio: Some(base / ours),
-                verdict: if ours < 1e-3 { "met".into() } else { "not met".into() },
+                verdict: if ours <= limit * base { "met".into() } else { "not met".into() },
             });
         }
     }

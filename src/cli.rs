@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use qemu_bridge::launch::{self, Accel, LaunchOptions};
-use qemu_bridge::mount::MountOptions;
+use qemu_bridge::mount::{MountOptions, Passthrough};
 use qemu_bridge::ram::{Summary, Verdict, DEFAULT_ATTEMPTS};
 use qemu_bridge::size::{parse_number, parse_size};
 use qemu_bridge::{default_run_dir, Machine, RunDir, RunState, Vm, VmName};
@@ -276,9 +276,13 @@ pub struct MountArgs {
     /// Append one line per operation on guest RAM (time, uid, pid, VM, file, offset, length)
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
-    /// Serve `ram` by FUSE passthrough (kernel >= 6.9 and root); falls back with a log line
-    #[arg(long)]
-    pub passthrough: bool,
+    /// When the kernel serves `ram` straight from the RAM file (fastest; `mmap` works): auto =
+    /// wherever kernel (>= 6.9) and privileges (root) allow, else through the daemon with a log
+    /// line; always = fail where it cannot; never = always through the daemon. `--passthrough`
+    /// alone means always. An audit log turns auto into never (every read recorded)
+    #[arg(long, value_name = "WHEN", default_value = "auto", num_args = 0..=1, require_equals = true,
+          default_missing_value = "always")]
+    pub passthrough: Passthrough,
     /// Threads serving requests [default: number of cores, 2 to 8]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: Option<u16>,
@@ -712,7 +716,7 @@ mod tests {
         all.run_dir = Some("/run/r".into());
         all.allow_other = true;
         all.audit_log = Some("/var/log/audit".into());
-        all.passthrough = true;
+        all.passthrough = qemu_bridge::mount::Passthrough::Always;
         all.threads = Some(3);
         all.log_file = Some("/tmp/log".into());
         for options in [MountOptions::new("/mnt/q"), all] {

@@ -16,6 +16,17 @@ pub fn effective_gid() -> u32 {
     nix::unistd::getegid().as_raw()
 }
 
+/// Whether this process has `CAP_SYS_ADMIN` in its effective set (root, usually).
+pub fn has_cap_sys_admin() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
 /// The pid in a pidfile.
 pub fn read_pid(pidfile: &Path) -> Option<u32> {
     std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()

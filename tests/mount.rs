@@ -419,7 +419,7 @@ fn test_passthrough_serves_the_same_bytes() {
     vm.wait_for_marker();
     qmp(&run_dir, vm.name()).with_qmp(|q| q.stop()).unwrap();
     let audit = run_dir.path().join("audit.log");
-    let mount = TestMount::new(&run_dir, &["--passthrough", "--audit-log", audit.to_str().unwrap()]);
+    let mount = TestMount::new(&run_dir, &["--passthrough=always", "--audit-log", audit.to_str().unwrap()]);
     let ram_path = mount.path(&format!("{}/ram", vm.name()));
     let mut whole = Vec::new();
     File::open(&ram_path).unwrap().read_to_end(&mut whole).unwrap();

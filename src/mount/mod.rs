@@ -75,6 +75,9 @@ pub enum MountError {
         /// The last line it logged.
         last_line: String,
     },
+    /// `--passthrough=always` where it cannot be had.
+    #[error("--passthrough=always: {0}")]
+    Passthrough(String),
     /// The background daemon did not mount in time.
     #[error("mount daemon did not mount {0} within 20 s")]
     DaemonTimeout(PathBuf),
@@ -113,8 +116,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Append one line per operation on guest RAM to this file.
     pub audit_log: Option<PathBuf>,
-    /// Serve `ram` by FUSE passthrough where the kernel allows it.
-    pub passthrough: bool,
+    /// When the kernel serves `ram` straight from the RAM file (see [`Passthrough`]).
+    pub passthrough: Passthrough,
     /// Threads serving requests (`None`: the number of cores, 2 to 8).
     pub threads: Option<u16>,
     /// Where the background daemon logs (`None`: `<run-dir>/mount.log`).
@@ -129,7 +132,7 @@ impl MountOptions {
             run_dir: None,
             allow_other: false,
             audit_log: None,
-            passthrough: false,
+            passthrough: Passthrough::Auto,
             threads: None,
             log_file: None,
         }
@@ -160,8 +163,8 @@ impl MountOptions {
         if *allow_other {
             args.push("--allow-other".into());
         }
-        if *passthrough {
-            args.push("--passthrough".into());
+        if *passthrough != Passthrough::default() {
+            args.push(format!("--passthrough={passthrough}").into());
         }
         if let Some(threads) = threads {
             args.push("--threads".into());
@@ -169,6 +172,63 @@ impl MountOptions {
         }
         args
     }
+}
+
+/// When `ram` is served by FUSE passthrough: the kernel reads the RAM file itself (as fast as
+/// reading it directly, and `mmap` works and stays live) instead of asking the daemon.
+/// Passthrough needs kernel >= 6.9 and `CAP_SYS_ADMIN`, and RAM in one file (not private RAM,
+/// not RAM over several backends).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Passthrough {
+    /// Wherever the kernel and the privileges allow it; elsewhere the daemon serves, with one
+    /// log line per file. An audited mount (`audit_log`) is served by the daemon, so that every
+    /// read is recorded.
+    #[default]
+    Auto,
+    /// Everywhere, or not at all: the mount fails where the kernel or the privileges refuse it,
+    /// and a `ram` that cannot be passed through fails to open. Under an audit log, reads are
+    /// then not recorded (opens are).
+    Always,
+    /// Never: every read goes through the daemon (`mmap` of `ram` fails with ENODEV).
+    Never,
+}
+
+impl std::fmt::Display for Passthrough {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Passthrough::Auto => "auto",
+            Passthrough::Always => "always",
+            Passthrough::Never => "never",
+        })
+    }
+}
+
+impl std::str::FromStr for Passthrough {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(Passthrough::Auto),
+            "always" => Ok(Passthrough::Always),
+            "never" => Ok(Passthrough::Never),
+            other => Err(format!("unknown passthrough mode {other:?} (auto, always or never)")),
+        }
+    }
+}
+
+/// Whether this process may use FUSE passthrough, and why not: it needs `CAP_SYS_ADMIN` and a
+/// kernel >= 6.9.
+pub fn passthrough_refusal() -> Option<String> {
+    if !crate::process::has_cap_sys_admin() {
+        return Some("FUSE passthrough needs CAP_SYS_ADMIN (mount as root)".into());
+    }
+    let release = nix::sys::utsname::uname().ok()?.release().to_string_lossy().into_owned();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let version = (numbers.next()?, numbers.next()?);
+    if version < (6, 9) {
+        return Some(format!("FUSE passthrough needs Linux >= 6.9 (this is {release})"));
+    }
+    None
 }
 
 /// A mount daemon that came up.
@@ -206,6 +266,7 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<(), MountError> {
 /// within 20 s (it is then killed and the mount point detached).
 pub fn spawn_daemon(options: &MountOptions, program: &Path) -> Result<Daemon, MountError> {
     check_mountpoint(&options.mountpoint)?;
+    check_passthrough(options)?;
     let log_path = match &options.log_file {
         Some(path) => path.clone(),
         None => {
@@ -272,6 +333,7 @@ pub fn spawn_daemon(options: &MountOptions, program: &Path) -> Result<Daemon, Mo
 /// A bad mount point, an audit log that cannot be opened, a mount the kernel refuses.
 pub fn serve(options: &MountOptions) -> Result<(), MountError> {
     check_mountpoint(&options.mountpoint)?;
+    check_passthrough(options)?;
     // Block the signals in this thread before any other starts, so that every thread inherits
     // the mask and only the waiter below receives them.
     let mut signals = SigSet::empty();
@@ -299,7 +361,7 @@ pub fn serve(options: &MountOptions) -> Result<(), MountError> {
     };
     let registry = Arc::new(Registry::new(run_dir.clone()));
     registry.spawn_janitor();
-    let tree = Tree::new(registry, audit, &TreeOptions { passthrough: options.passthrough });
+    let tree = Tree::new(registry, audit, &TreeOptions { passthrough: effective_passthrough(options) });
     let config = fuse_config(options);
     let mountpoint = std::fs::canonicalize(&options.mountpoint)
         .map_err(|source| MountError::Mount { path: options.mountpoint.clone(), source })?;
@@ -319,6 +381,34 @@ pub fn serve(options: &MountOptions) -> Result<(), MountError> {
         }
     }
     Ok(())
+}
+
+/// `--passthrough=always` fails before mounting where it cannot be had.
+fn check_passthrough(options: &MountOptions) -> Result<(), MountError> {
+    match (options.passthrough, passthrough_refusal()) {
+        (Passthrough::Always, Some(reason)) => Err(MountError::Passthrough(reason)),
+        _ => Ok(()),
+    }
+}
+
+/// What the tree will do: `auto` turns into `never` where passthrough cannot be had or would
+/// hide reads from the audit log, with one log line saying why.
+fn effective_passthrough(options: &MountOptions) -> Passthrough {
+    if options.passthrough != Passthrough::Auto {
+        if options.passthrough == Passthrough::Always && options.audit_log.is_some() {
+            log::warn!("--passthrough=always: the kernel serves ram reads, the audit log records opens only");
+        }
+        return options.passthrough;
+    }
+    if options.audit_log.is_some() {
+        log::info!("audited mount: ram is served by the daemon, so that every read is recorded");
+        return Passthrough::Never;
+    }
+    if let Some(reason) = passthrough_refusal() {
+        log::info!("{reason}: ram is served by the daemon (mmap of ram fails with ENODEV)");
+        return Passthrough::Never;
+    }
+    Passthrough::Auto
 }
 
 fn fuse_config(options: &MountOptions) -> Config {

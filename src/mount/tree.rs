@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -125,8 +125,17 @@ enum Handle {
 /// Options of the file system.
 #[derive(Debug, Clone, Default)]
 pub struct TreeOptions {
-    /// Serve `ram` by FUSE passthrough when the kernel allows it.
-    pub passthrough: bool,
+    /// When `ram` is served by FUSE passthrough.
+    pub passthrough: super::Passthrough,
+}
+
+/// Backing files registered with the kernel for passthrough, by inode, with their open count;
+/// and the inodes whose passthrough failed in `auto` (said once in the log, then served by the
+/// daemon).
+#[derive(Default)]
+struct Backing {
+    ids: HashMap<u64, (Arc<BackingId>, usize)>,
+    refused: std::collections::HashSet<u64>,
 }
 
 /// The FUSE file system.
@@ -138,8 +147,9 @@ pub struct Tree {
     mounted_at: SystemTime,
     handles: RwLock<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
-    passthrough: AtomicBool,
-    backing: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
+    /// `Never` once the kernel refused passthrough at init.
+    passthrough: Mutex<super::Passthrough>,
+    backing: Mutex<Backing>,
 }
 
 impl Tree {
@@ -153,8 +163,8 @@ impl Tree {
             mounted_at: SystemTime::now(),
             handles: RwLock::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
-            passthrough: AtomicBool::new(options.passthrough),
-            backing: Mutex::new(HashMap::new()),
+            passthrough: Mutex::new(options.passthrough),
+            backing: Mutex::new(Backing::default()),
         }
     }
 
@@ -278,53 +288,78 @@ impl Tree {
     }
 
     fn open_ram(&self, instance: Arc<MountedVm>, ino: INodeNo, reply: ReplyOpen) {
-        // private RAM and RAM over several backends have no one file for the kernel to read:
-        // always through the daemon, and passthrough stays on for the others
-        if instance.bridge.mapping().is_one_file() && self.passthrough.load(Ordering::Relaxed) {
-            let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
-            let id = match backing.get_mut(&ino.0) {
-                Some((id, count)) => {
-                    *count += 1;
-                    Some(Arc::clone(id))
+        use super::Passthrough;
+        let mode = *self.passthrough.lock().unwrap_or_else(|e| e.into_inner());
+        if mode != Passthrough::Never {
+            match self.backing_id(&instance, ino, &reply) {
+                Ok(Some(id)) => {
+                    let fh = self.new_handle(Handle::Ram(instance));
+                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
                 }
-                None => match instance
-                    .bridge
-                    .mapping()
-                    .try_clone_file()
-                    .unwrap_or_else(|| Err(std::io::Error::other("the RAM is not in one file")))
-                    .and_then(|file| reply.open_backing(&file))
-                {
-                    Ok(id) => {
-                        let id = Arc::new(id);
-                        backing.insert(ino.0, (Arc::clone(&id), 1));
-                        Some(id)
-                    }
-                    Err(err) => {
-                        log::warn!("passthrough unavailable ({err}); serving ram through the daemon");
-                        self.passthrough.store(false, Ordering::Relaxed);
-                        None
-                    }
-                },
-            };
-            if let Some(id) = id {
-                let fh = self.new_handle(Handle::Ram(instance));
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                return;
+                Ok(None) if mode == Passthrough::Always => return reply.error(Errno::EOPNOTSUPP),
+                Ok(None) => {}
+                Err(err) if mode == Passthrough::Always => {
+                    log::error!("{}/ram: --passthrough=always: {err}", instance.vm.name());
+                    return reply.error(Errno::EOPNOTSUPP);
+                }
+                Err(err) => {
+                    log::info!("{}/ram: no passthrough ({err}); served by the daemon", instance.vm.name());
+                }
             }
         }
         let fh = self.new_handle(Handle::Ram(instance));
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
     }
+
+    /// The kernel's backing id of `ram` (one per inode, counted by open), `Ok(None)` for a file
+    /// whose passthrough failed before (already logged), or why it cannot be had.
+    fn backing_id(
+        &self,
+        instance: &MountedVm,
+        ino: INodeNo,
+        reply: &ReplyOpen,
+    ) -> Result<Option<Arc<BackingId>>, String> {
+        let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((id, count)) = backing.ids.get_mut(&ino.0) {
+            *count += 1;
+            return Ok(Some(Arc::clone(id)));
+        }
+        if backing.refused.contains(&ino.0) {
+            return Ok(None);
+        }
+        // private RAM and RAM over several backends have no one file for the kernel to read
+        let file = match instance.bridge.mapping().try_clone_file() {
+            Some(file) if instance.bridge.mapping().is_one_file() => file.map_err(|err| err.to_string()),
+            _ => Err("the RAM is not one file".to_string()),
+        };
+        match file.and_then(|file| reply.open_backing(&file).map_err(|err| err.to_string())) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                backing.ids.insert(ino.0, (Arc::clone(&id), 1));
+                Ok(Some(id))
+            }
+            Err(err) => {
+                backing.refused.insert(ino.0);
+                Err(err)
+            }
+        }
+    }
 }
 
 impl Filesystem for Tree {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if self.passthrough.load(Ordering::Relaxed) {
+        use super::Passthrough;
+        let mode = self.passthrough.get_mut().unwrap_or_else(|e| e.into_inner());
+        if *mode != Passthrough::Never {
             let enabled = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok();
+            if !enabled && *mode == Passthrough::Always {
+                log::error!("--passthrough=always: the kernel does not offer FUSE passthrough");
+                return Err(std::io::Error::from(std::io::ErrorKind::Unsupported));
+            }
             if !enabled {
-                log::warn!("the kernel does not offer FUSE passthrough; serving ram through the daemon");
-                self.passthrough.store(false, Ordering::Relaxed);
+                log::info!("the kernel does not offer FUSE passthrough; ram is served by the daemon");
+                *mode = Passthrough::Never;
             }
         }
         Ok(())
@@ -561,10 +596,10 @@ impl Filesystem for Tree {
     ) {
         self.handles.write().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
         let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, count)) = backing.get_mut(&ino.0) {
+        if let Some((_, count)) = backing.ids.get_mut(&ino.0) {
             *count -= 1;
             if *count == 0 {
-                backing.remove(&ino.0);
+                backing.ids.remove(&ino.0);
             }
         }
         reply.ok();

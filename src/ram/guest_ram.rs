@@ -91,15 +91,12 @@ impl GuestRam {
 
     /// The pieces of `offset..offset + len` by part: (part, offset in it, offset in the range,
     /// length). Callers checked the range.
-    fn split(&self, offset: usize, len: usize) -> Vec<(&Mapping, usize, usize, usize)> {
+    fn split(&self, offset: usize, len: usize) -> impl Iterator<Item = (&Mapping, usize, usize, usize)> {
         let end = offset + len;
-        self.parts
-            .iter()
-            .filter_map(|(start, mapping)| {
-                let (from, to) = (offset.max(*start), end.min(start + mapping.len()));
-                (from < to).then(|| (mapping, from - start, from - offset, to - from))
-            })
-            .collect()
+        self.parts.iter().filter_map(move |(start, mapping)| {
+            let (from, to) = (offset.max(*start), end.min(start + mapping.len()));
+            (from < to).then(|| (mapping, from - start, from - offset, to - from))
+        })
     }
 
     /// A zero-copy view (see [`Mapping::view`]); only within one part.
@@ -109,7 +106,7 @@ impl GuestRam {
     /// [`BridgeError::InvalidAddress`] out of bounds or across parts; as [`Mapping::view`].
     pub fn view(&self, offset: usize, len: usize) -> Result<&[u8], BridgeError> {
         self.check_range(offset, len)?;
-        match self.split(offset, len).as_slice() {
+        match self.split(offset, len).collect::<Vec<_>>().as_slice() {
             [(mapping, at, _, part_len)] => mapping.view(*at, *part_len),
             [] => Ok(&[]),
             _ => Err(BridgeError::InvalidAddress { addr: offset as u64, len, max: self.len }),
@@ -123,7 +120,7 @@ impl GuestRam {
     /// As [`Mapping::read_for_reply`].
     pub fn read_for_reply(&self, offset: usize, len: usize) -> Result<Cow<'_, [u8]>, BridgeError> {
         self.check_range(offset, len)?;
-        let pieces = self.split(offset, len);
+        let pieces: Vec<_> = self.split(offset, len).collect();
         if let [(mapping, at, _, part_len)] = pieces.as_slice() {
             return mapping.read_for_reply(*at, *part_len);
         }

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{compiler_fence, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicU64, Ordering};
 
 use memmap2::{Mmap, MmapOptions};
 
@@ -72,6 +72,46 @@ pub struct Mapping {
     page_size: usize,
     /// Slot in the SIGBUS guard's table, if one was free.
     guard_slot: Option<usize>,
+    /// One bit per 4 KiB page seen as data (for [`ReadMethod::MappingWithHoles`]): a page the
+    /// guest touched stays allocated, so a small read of known pages needs no system call.
+    known_data: KnownData,
+}
+
+/// Pages known to hold data, one bit each; bits are only ever set (a page the guest gives back
+/// with a hole punch, say by a balloon, still counts as data: reading it maps one zero page).
+#[derive(Debug, Default)]
+struct KnownData(Vec<AtomicU64>);
+
+impl KnownData {
+    const PAGE: usize = 4096;
+
+    fn new(len: usize) -> Self {
+        Self((0..len.div_ceil(Self::PAGE).div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// Whether every page of `offset..offset + len` (a checked, non-empty range) is known data.
+    fn covers(&self, offset: usize, len: usize) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        let (first, last) = (offset / Self::PAGE, (offset + len - 1) / Self::PAGE);
+        (first / 64..=last / 64).all(|word| {
+            let low = if word == first / 64 { first % 64 } else { 0 };
+            let high = if word == last / 64 { last % 64 } else { 63 };
+            let mask = (u64::MAX >> (63 - high)) & (u64::MAX << low);
+            self.0[word].load(Ordering::Relaxed) & mask == mask
+        })
+    }
+
+    /// Records the pages overlapping `start..end` as data.
+    fn mark(&self, start: usize, end: usize) {
+        if self.0.is_empty() || start >= end {
+            return;
+        }
+        for page in start / Self::PAGE..=(end - 1) / Self::PAGE {
+            self.0[page / 64].fetch_or(1 << (page % 64), Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for Mapping {
@@ -131,6 +171,8 @@ impl Mapping {
             );
         }
         let len = map.len();
+        let known_data =
+            if method == ReadMethod::MappingWithHoles { KnownData::new(len) } else { KnownData::default() };
         Ok(Self {
             source: Source::File { map, file },
             len,
@@ -138,6 +180,7 @@ impl Mapping {
             method,
             page_size,
             guard_slot,
+            known_data,
         })
     }
 
@@ -157,6 +200,7 @@ impl Mapping {
             method: ReadMethod::ProcessMemory,
             page_size: 4096,
             guard_slot: None,
+            known_data: KnownData::default(),
         };
         if len > 0 {
             mapping.process_read(0, &mut [0u8; 1])?;
@@ -240,7 +284,7 @@ impl Mapping {
     fn segments(&self, offset: usize, len: usize) -> Result<Vec<Segment>, BridgeError> {
         const PAGE: usize = 4096;
         let end = offset + len;
-        if self.method != ReadMethod::MappingWithHoles || len == 0 {
+        if self.method != ReadMethod::MappingWithHoles || len == 0 || self.known_data.covers(offset, len) {
             return Ok(vec![Segment { start: offset, end, data: true }]);
         }
         let first_page = offset / PAGE;
@@ -284,7 +328,12 @@ impl Mapping {
                 nix::unistd::Whence::SeekData,
             ) {
                 Ok(at) => (at as usize).max(page * PAGE),
-                Err(nix::errno::Errno::ENXIO) => usize::MAX,
+                // no data from here to the end of the file, or the file ends before `page`
+                // (truncated): only the size tells which
+                Err(nix::errno::Errno::ENXIO) => {
+                    self.check_file_len(offset, len)?;
+                    usize::MAX
+                }
                 Err(errno) => return Err(BridgeError::MmapFailed(errno.into())),
             };
             if data_at == page * PAGE {
@@ -296,6 +345,9 @@ impl Mapping {
                 push(page * PAGE, next * PAGE, false);
                 page = next.max(page + 1);
             }
+        }
+        for segment in segments.iter().filter(|segment| segment.data) {
+            self.known_data.mark(segment.start, segment.end);
         }
         Ok(segments)
     }
@@ -329,6 +381,16 @@ impl Mapping {
             return Err(BridgeError::FileShrunk { mapped: self.len, current });
         }
         Ok(())
+    }
+
+    /// Before a copy into our own memory: with the SIGBUS guard, a page lost to a truncation
+    /// during the copy reads as zeros and is reported after it ([`check_intact`]), so only the
+    /// guard's flag is consulted here, no system call; without a guard slot, `fstat`.
+    fn check_before_copy(&self, offset: usize, len: usize) -> Result<(), BridgeError> {
+        if self.guard_slot.is_some() {
+            return self.check_intact();
+        }
+        self.check_file_len(offset, len)
     }
 
     /// After a copy: fails when a page was lost to a truncation during it (the SIGBUS guard
@@ -399,7 +461,7 @@ impl Mapping {
     /// too (a copy of a mostly idle 4 GiB guest costs what the guest touched).
     pub fn copy_to_zeroed(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
         self.check_range(offset, dst.len())?;
-        self.check_file_len(offset, dst.len())?;
+        self.check_before_copy(offset, dst.len())?;
         let segments: Vec<Segment> =
             self.segments(offset, dst.len())?.into_iter().filter(|s| s.data).collect();
         self.copy_segments(offset, dst, &segments)?;
@@ -414,7 +476,7 @@ impl Mapping {
         threads: usize,
     ) -> Result<(), BridgeError> {
         self.check_range(offset, dst.len())?;
-        self.check_file_len(offset, dst.len())?;
+        self.check_before_copy(offset, dst.len())?;
         if threads <= 1 || dst.len() < 2 * 4096 {
             self.copy_range(offset, dst)?;
             // a truncation during the copy left zeros where pages were lost
@@ -444,6 +506,13 @@ impl Mapping {
 
     /// Copies `dst.len()` bytes at `offset` (a range callers checked), holes as zeros.
     fn copy_range(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
+        if self.method == ReadMethod::MappingWithHoles
+            && !dst.is_empty()
+            && self.known_data.covers(offset, dst.len())
+        {
+            self.copy_unchecked(offset, dst);
+            return Ok(());
+        }
         let segments = self.segments(offset, dst.len())?;
         self.copy_segments(offset, dst, &segments)
     }
@@ -1110,6 +1179,51 @@ mod tests {
         assert_eq!(std::fs::read(out.path()).unwrap(), expected);
         assert!(allocated(&out) <= 3 * 4096, "the snapshot is sparse: {}", allocated(&out));
         assert_eq!(allocated(&file), before, "reading allocated guest pages");
+    }
+
+    #[test]
+    fn known_data_covers_exactly_the_marked_pages() {
+        let known = KnownData::new(300 * 4096);
+        known.mark(4096 * 3 + 5, 4096 * 130);
+        assert!(known.covers(4096 * 3, 1));
+        assert!(known.covers(4096 * 3, 127 * 4096));
+        assert!(!known.covers(4096 * 3, 127 * 4096 + 1), "page 130 was not marked");
+        assert!(!known.covers(4096 * 2 + 4095, 2), "page 2 was not marked");
+        assert!(known.covers(4096 * 63, 4096 * 2), "across a word boundary");
+        assert!(!KnownData::default().covers(0, 1));
+    }
+
+    /// Small reads of pages seen as data skip the system calls; a hole read before is looked
+    /// at again (the guest may have written it since), and neither read allocates a hole.
+    #[test]
+    fn small_reads_see_pages_the_guest_touches_later_and_allocate_nothing() {
+        let (file, mapping, _) = sparse_shm_file();
+        let before = allocated(&file);
+        let mut word = [0xaau8; 8];
+        mapping.copy_to(5 << 20, &mut word).unwrap();
+        assert_eq!(word, [0; 8], "a hole reads zeros");
+        assert_eq!(allocated(&file), before, "reading a hole allocated it");
+        write_at(&file, (5 << 20) + 3, &[7]);
+        mapping.copy_to(5 << 20, &mut word).unwrap();
+        assert_eq!(word, [0, 0, 0, 7, 0, 0, 0, 0], "a page written after it read as a hole");
+        write_at(&file, (5 << 20) + 4, &[8]);
+        mapping.copy_to(5 << 20, &mut word).unwrap();
+        assert_eq!(word, [0, 0, 0, 7, 8, 0, 0, 0], "a known page is read live");
+    }
+
+    /// Without a size check before each copy, a known page lost to a truncation is still
+    /// reported (the SIGBUS guard), and so is a range past the new end that was never read.
+    #[test]
+    fn a_truncated_known_page_is_reported_not_read() {
+        let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        write_at(&file, 0, &[1u8; 3 * 4096]);
+        let mapping = Mapping::open(file.path()).unwrap();
+        let mut word = [0u8; 8];
+        mapping.copy_to(2 * 4096, &mut word).unwrap();
+        assert_eq!(word, [1; 8]);
+        file.as_file().set_len(4096).unwrap();
+        assert!(matches!(mapping.copy_to(2 * 4096, &mut word), Err(BridgeError::FileShrunk { .. })));
+        assert!(matches!(mapping.copy_to(4096, &mut word), Err(BridgeError::FileShrunk { .. })));
     }
 
     #[test]
