@@ -167,11 +167,15 @@ fn test_ram_file_truncated_deleted_or_replaced_under_the_mount() {
     let run_dir = TestRunDir::new();
     let vm = VmBuilder::new("ramfault", &run_dir).launch();
     vm.wait_for_marker();
-    let mount = TestMount::new(&run_dir, &[]);
+    // the daemon's path (its SIGBUS guard is what this is about) and, beside it, passthrough
+    let mount = TestMount::new(&run_dir, &["--passthrough=never"]);
+    let passthrough = TestMount::new(&run_dir, &["--passthrough=always"]);
     let ram_path = mount.path(&format!("{}/ram", vm.name()));
     let ram = File::open(&ram_path).unwrap();
+    let passthrough_ram = File::open(passthrough.path(&format!("{}/ram", vm.name()))).unwrap();
     let mut buffer = vec![0u8; 4096];
     ram.read_exact_at(&mut buffer, 1 << 20).unwrap();
+    passthrough_ram.read_exact_at(&mut buffer, 32 << 20).unwrap();
 
     // deleted while mapped: the mapping keeps the old inode alive and stays readable
     std::fs::remove_file(&vm.launched.ram_path).unwrap();
@@ -194,6 +198,10 @@ fn test_ram_file_truncated_deleted_or_replaced_under_the_mount() {
     assert_eq!(truncated.metadata().unwrap().len(), 1 << 20);
     let err = ram.read_at(&mut buffer, 32 << 20).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // under passthrough the kernel reads the file itself: past its new end is end of file
+    assert_eq!(passthrough_ram.read_at(&mut buffer, 32 << 20).unwrap(), 0);
+    drop(passthrough_ram);
+    drop(passthrough);
     // what the file still holds is still served, from the same inode
     let mut head = vec![0u8; 4096];
     File::open(&ram_path).unwrap().read_exact_at(&mut head, 0).unwrap();

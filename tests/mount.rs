@@ -445,6 +445,76 @@ fn test_passthrough_serves_the_same_bytes() {
     }
 }
 
+/// With no flag, root's mount is served by passthrough: `ram` can be mapped, the mapping holds
+/// the RAM file's bytes and is live. Under `--passthrough=never`, mmap fails with ENODEV.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_default_mount_can_mmap_live_ram() {
+    require_qemu();
+    common::require_root();
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("mmap", &run_dir).launch();
+    vm.wait_for_marker();
+    let mount = TestMount::new(&run_dir, &[]);
+    let ram = File::open(mount.path(&format!("{}/ram", vm.name()))).unwrap();
+    // SAFETY (test): a read-only shared mapping whose bytes change; only copied out of.
+    let map = unsafe { memmap2::Mmap::map(&ram) }.expect("mmap of ram under the default mount");
+    assert_eq!(map.len() as u64, SIZE);
+    let counter = || {
+        let at = common::COUNTER_ADDR as usize;
+        // SAFETY (test): in bounds; a volatile read of live memory
+        let bytes: [u8; 4] = unsafe { std::ptr::read_volatile(map.as_ptr().add(at) as *const [u8; 4]) };
+        u32::from_le_bytes(bytes)
+    };
+    let first = counter();
+    assert!(wait_until(Duration::from_secs(60), || counter() != first), "the mapping is not live");
+    qmp(&run_dir, vm.name()).with_qmp(|q| q.stop()).unwrap();
+    assert!(
+        map[..] == std::fs::read(&vm.launched.ram_path).unwrap()[..],
+        "the mapping differs from the RAM file"
+    );
+    drop(map);
+    drop(ram);
+    drop(mount);
+
+    let never = TestMount::new(&run_dir, &["--passthrough=never"]);
+    let ram = File::open(never.path(&format!("{}/ram", vm.name()))).unwrap();
+    // SAFETY (test): as above; expected to fail
+    let refused = unsafe { memmap2::Mmap::map(&ram) }.map(drop);
+    assert_eq!(refused.map_err(|err| err.raw_os_error()), Err(Some(libc::ENODEV)));
+}
+
+/// `--passthrough=always` where it cannot be had (a user without CAP_SYS_ADMIN) fails before
+/// mounting, with the reason, and leaves no mount behind; an unknown mode is named.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_passthrough_always_refused_without_privileges() {
+    common::require_root();
+    common::require_fuse();
+    let dir = tempfile::Builder::new().prefix("qb-nobody").tempdir().unwrap();
+    let (mountpoint, run) = (dir.path().join("mnt"), dir.path().join("run"));
+    std::fs::create_dir(&mountpoint).unwrap();
+    std::fs::create_dir(&run).unwrap();
+    for path in [dir.path(), &mountpoint, &run] {
+        nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    }
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--", env!("CARGO_BIN_EXE_qemu-bridge"), "mount"])
+            .arg(&mountpoint)
+            .arg("--run-dir")
+            .arg(&run)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let refused = as_nobody(&["--passthrough=always"]);
+    common::assert_clean_failure(&refused, "--passthrough=always: FUSE passthrough needs CAP_SYS_ADMIN");
+    assert!(!qemu_bridge::mount::is_mounted(&mountpoint));
+    let unknown = as_nobody(&["--passthrough=sometimes"]);
+    common::assert_clean_failure(&unknown, "sometimes");
+}
+
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_unresponsive_qmp_gives_eio_not_a_hang() {
