@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use qemu_bridge::launch::{self, Accel, LaunchOptions};
 use qemu_bridge::mount::{MountOptions, Passthrough};
-use qemu_bridge::ram::{Summary, Verdict, DEFAULT_ATTEMPTS};
+use qemu_bridge::ram::{HashAlgorithm, Summary, Verdict, DEFAULT_ATTEMPTS};
 use qemu_bridge::size::{parse_number, parse_size};
 use qemu_bridge::{default_run_dir, Machine, RunDir, RunState, Vm, VmName};
 
@@ -254,6 +254,10 @@ pub struct SnapshotArgs {
     /// Copy attempts for --consistent
     #[arg(long, default_value_t = DEFAULT_ATTEMPTS)]
     pub attempts: u32,
+    /// Digest printed for the file: blake3 (what `b3sum` prints; fast) or sha256 (what
+    /// `sha256sum` prints)
+    #[arg(long, value_name = "HASH", default_value = "blake3")]
+    pub hash: HashAlgorithm,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -653,10 +657,14 @@ fn snapshot_verb(args: SnapshotArgs) -> CliResult {
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
     let (bridge, _) = vm.open_bridge()?;
     if !args.pause && !args.consistent {
-        // Unchecked: straight from the mapping to the file, then hash what was written.
-        write_atomically(&args.output, |file| bridge.write_snapshot_to(file).map_err(std::io::Error::other))?;
-        let digest = qemu_bridge::ram::snapshot::sha256_hex_of_reader(std::fs::File::open(&args.output)?)?;
+        // Unchecked: copied once, written while another thread hashes what is written.
+        let mut digest = String::new();
+        write_atomically(&args.output, |file| {
+            digest = bridge.write_snapshot_hashed(file, args.hash).map_err(std::io::Error::other)?;
+            Ok(())
+        })?;
         let summary = Summary {
+            algorithm: args.hash,
             digest,
             verdict: Verdict::Unchecked,
             attempts: 1,
@@ -674,7 +682,7 @@ fn snapshot_verb(args: SnapshotArgs) -> CliResult {
         output.write(&snapshot.data)?;
         output.finish().map(drop)
     })?;
-    println!("{} {}", snapshot.summary_line(), args.output.display());
+    println!("{} {}", snapshot.summary_line_with(args.hash), args.output.display());
     Ok(())
 }
 

@@ -103,9 +103,12 @@ fn test_cli_lifecycle_on_real_vm() {
     assert!(dump.starts_with("00010000: 5145 4d55"), "{dump}");
     assert_clean_failure(&qemu_bridge(&run_dir, &["read", &name, "0x2000000", "1"]), "invalid address");
 
-    // snapshots: --pause gives an exact image whose sha256 is printed
+    // snapshots: --pause gives an exact image whose digest is printed (sha256 on request)
     let snap = run_dir.path().join("snap.bin");
-    let output = qemu_bridge(&run_dir, &["snapshot", &name, "-o", snap.to_str().unwrap(), "--pause"]);
+    let output = qemu_bridge(
+        &run_dir,
+        &["snapshot", &name, "-o", snap.to_str().unwrap(), "--pause", "--hash", "sha256"],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     let line = stdout(&output);
     let data = std::fs::read(&snap).unwrap();
@@ -120,7 +123,20 @@ fn test_cli_lifecycle_on_real_vm() {
     let data = std::fs::read(&snap).unwrap();
     assert_eq!(data.len(), 32 << 20);
     assert_eq!(&data[0x10000..0x10000 + MARKER.len()], MARKER);
+    // the default digest is BLAKE3, and it is what b3sum prints for the file written
+    common::require_program("b3sum");
+    let b3sum = std::process::Command::new("b3sum").arg(&snap).output().unwrap();
+    let b3sum = String::from_utf8_lossy(&b3sum.stdout).split_whitespace().next().unwrap_or("").to_string();
+    assert_eq!(b3sum.len(), 64);
+    assert!(stdout(&output).starts_with(&format!("blake3 {b3sum} unchecked")), "{}", stdout(&output));
+    let output =
+        qemu_bridge(&run_dir, &["snapshot", &name, "-o", snap.to_str().unwrap(), "--hash", "sha256"]);
+    let data = std::fs::read(&snap).unwrap();
     assert!(stdout(&output).starts_with(&format!("sha256 {} unchecked", qemu_bridge::ram::sha256_hex(&data))));
+    assert_clean_failure(
+        &qemu_bridge(&run_dir, &["snapshot", &name, "-o", snap.to_str().unwrap(), "--hash", "md5"]),
+        "unknown hash",
+    );
     // an unwritable output leaves nothing behind
     assert!(!qemu_bridge(&run_dir, &["snapshot", &name, "-o", "/nonexistent/dir/x.bin"]).status.success());
 

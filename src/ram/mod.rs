@@ -16,7 +16,8 @@ pub use guest_ram::GuestRam;
 pub use layout::{GuestLayout, LayoutSource, Machine, Region};
 pub use mapping::{is_hugetlbfs, Mapping, ReadMethod};
 pub use snapshot::{
-    sha256_hex, CheckReport, Snapshot, Summary, Verdict, CHECKSUM_ALGORITHM, DEFAULT_ATTEMPTS, PAGE_SIZE,
+    sha256_hex, CheckReport, HashAlgorithm, Snapshot, Summary, Verdict, CHECKSUM_ALGORITHM, DEFAULT_ATTEMPTS,
+    PAGE_SIZE,
 };
 
 /// Where [`SharedMemoryBridge::new`] looks for a VM's RAM file.
@@ -365,6 +366,20 @@ impl SharedMemoryBridge {
     /// [`BridgeError::Write`], [`BridgeError::FileShrunk`].
     pub fn write_snapshot_to(&self, file: &std::fs::File) -> Result<(), BridgeError> {
         self.mapping.write_to(file, 0, self.size())
+    }
+
+    /// [`write_snapshot_to`](Self::write_snapshot_to), hashing on another thread what is
+    /// written; returns the lower-case hex digest of exactly the bytes in the file.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::Write`], [`BridgeError::FileShrunk`].
+    pub fn write_snapshot_hashed(
+        &self,
+        file: &std::fs::File,
+        algorithm: snapshot::HashAlgorithm,
+    ) -> Result<String, BridgeError> {
+        snapshot::write_hashed(&self.mapping, file, algorithm)
     }
 
     /// A copy of all guest RAM verified page by page against live memory, re-copying changed
