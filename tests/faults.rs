@@ -139,6 +139,19 @@ fn test_hostile_qmp_peers_never_take_the_mount_down() {
     {
         assert!(std::fs::metadata(mount.path(bad)).is_err(), "{bad} must not appear");
     }
+    // a VM started now is probed in the background: ls answers without it first (never
+    // waiting for a probe), and lists it on a later call once it answered
+    let late = VmBuilder::new("late", &run_dir).launch();
+    let mut names = ls_does_not_hang(&mount);
+    assert!(wait_until(Duration::from_secs(30), || {
+        names = ls_does_not_hang(&mount);
+        names.iter().any(|name| name == late.name())
+    }));
+    names.sort();
+    let mut expected = vec![healthy.name().to_string(), late.name().to_string()];
+    expected.sort();
+    assert_eq!(names, expected);
+    drop(late);
     // memory stays bounded: the 100 MiB line was cut at the 4 MiB cap
     let grown = anon_rss_kib(mount.pid).saturating_sub(baseline_rss);
     assert!(grown < 32 * 1024, "daemon RSS grew by {grown} KiB");

@@ -386,6 +386,9 @@ fn test_foreground_mount_ends_on_signals() {
             .arg("--foreground")
             .arg("--run-dir")
             .arg(run_dir.path())
+            // the daemon's reads: under passthrough, a file opened before the unmount keeps
+            // reading the RAM file through the kernel (as any open file outlives a lazy unmount)
+            .arg("--passthrough=never")
             .spawn()
             .unwrap();
         assert!(wait_until(Duration::from_secs(20), || qemu_bridge::mount::is_mounted(&mountpoint)));

@@ -361,6 +361,8 @@ pub fn serve(options: &MountOptions) -> Result<(), MountError> {
     };
     let registry = Arc::new(Registry::new(run_dir.clone()));
     registry.spawn_janitor();
+    // what is there before the first `ls` (each socket answers or fails within the probe timeout)
+    registry.probe_all();
     let tree = Tree::new(registry, audit, &TreeOptions { passthrough: effective_passthrough(options) });
     let config = fuse_config(options);
     let mountpoint = std::fs::canonicalize(&options.mountpoint)

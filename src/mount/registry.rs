@@ -5,8 +5,10 @@
 //! the old mapping, new opens see the new RAM. A VM that dies is dropped, which unmaps its RAM
 //! (so tmpfs can free a deleted RAM file) once no open handle holds it.
 //!
-//! A socket that is dead, hangs or speaks garbage never blocks the caller for longer than the
-//! probe timeout, and is not asked again for a while after it failed.
+//! `ls` (readdir) never waits for QMP: it answers from what is known, and new sockets are probed
+//! in the background, in parallel. A lookup by name probes that one VM at once. A socket that is
+//! dead, hangs or speaks garbage never blocks a caller for longer than the probe timeout, and
+//! is not asked again for a while after it failed.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -157,7 +159,16 @@ struct State {
     by_name: HashMap<VmName, Arc<MountedVm>>,
     by_number: HashMap<u64, Arc<MountedVm>>,
     failed: HashMap<SocketId, Instant>,
+    /// VMs with a probe or a QMP check running in the background.
+    probing: std::collections::HashSet<VmName>,
     next_number: u64,
+}
+
+/// Whether a VM not known yet is probed before returning or in the background.
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    Now,
+    InBackground,
 }
 
 /// The set of live VMs of one run directory.
@@ -165,8 +176,6 @@ struct State {
 pub struct Registry {
     run_dir: RunDir,
     state: RwLock<State>,
-    /// Serialises refreshes so that concurrent `ls` calls do not probe the same sockets twice.
-    refreshing: Mutex<()>,
 }
 
 /// Identity of a socket file: device, inode and change time. tmpfs reuses inode numbers, so a
@@ -229,11 +238,7 @@ fn listening(vm: &Vm) -> bool {
 impl Registry {
     /// A registry over `run_dir`; nothing is probed yet.
     pub fn new(run_dir: RunDir) -> Self {
-        Self {
-            run_dir,
-            state: RwLock::new(State { next_number: 1, ..State::default() }),
-            refreshing: Mutex::new(()),
-        }
+        Self { run_dir, state: RwLock::new(State { next_number: 1, ..State::default() }) }
     }
 
     /// The run directory.
@@ -269,25 +274,10 @@ impl Registry {
         self.state.read().unwrap_or_else(|e| e.into_inner()).by_number.get(&number).cloned()
     }
 
-    /// Live instances, sorted by name, after a refresh of the whole run directory.
-    pub fn list(&self) -> Vec<Arc<MountedVm>> {
-        self.refresh_all();
-        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let mut instances: Vec<_> = state.by_name.values().cloned().collect();
-        instances.sort_by(|a, b| a.vm.name().cmp(b.vm.name()));
-        instances
-    }
-
-    /// The live instance called `name`, checking that it is still alive. Does not wait for a
-    /// refresh of the whole directory in progress.
-    pub fn lookup(&self, name: &str) -> Option<Arc<MountedVm>> {
-        let name = VmName::new(name).ok()?;
-        self.refresh_one(&name);
-        self.state.read().unwrap_or_else(|e| e.into_inner()).by_name.get(&name).cloned()
-    }
-
-    fn refresh_all(&self) {
-        let _guard = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+    /// Live instances, sorted by name, at once: what is known now, minus VMs whose socket is
+    /// gone or refuses connections. New sockets are probed in the background, in parallel, and
+    /// appear in a later list once they answer; a hostile or dead socket delays nothing.
+    pub fn list(self: &Arc<Self>) -> Vec<Arc<MountedVm>> {
         let names = match self.run_dir.vm_names() {
             Ok(names) => names,
             Err(err) => {
@@ -295,17 +285,37 @@ impl Registry {
                 Vec::new()
             }
         };
-        // Probe in parallel: one slow socket costs at most the probe timeout in all.
-        std::thread::scope(|scope| {
-            for name in &names {
-                scope.spawn(move || self.refresh_one(name));
-            }
-        });
+        for name in &names {
+            self.check(name, Probe::InBackground);
+        }
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let gone: Vec<VmName> = state.by_name.keys().filter(|name| !names.contains(name)).cloned().collect();
         for name in gone {
             Self::remove(&mut state, &name);
         }
+        let mut instances: Vec<_> = state.by_name.values().cloned().collect();
+        instances.sort_by(|a, b| a.vm.name().cmp(b.vm.name()));
+        instances
+    }
+
+    /// Probes every socket of the run directory in parallel and returns when each has
+    /// answered or failed (at most about the probe timeout): what a new mount knows before
+    /// its first `ls`.
+    pub fn probe_all(self: &Arc<Self>) {
+        let names = self.run_dir.vm_names().unwrap_or_default();
+        std::thread::scope(|scope| {
+            for name in &names {
+                scope.spawn(move || self.check(name, Probe::Now));
+            }
+        });
+    }
+
+    /// The live instance called `name`, checking that it is still alive; a VM not known yet is
+    /// probed now (it was asked for by name).
+    pub fn lookup(self: &Arc<Self>, name: &str) -> Option<Arc<MountedVm>> {
+        let name = VmName::new(name).ok()?;
+        self.check(&name, Probe::Now);
+        self.state.read().unwrap_or_else(|e| e.into_inner()).by_name.get(&name).cloned()
     }
 
     fn remove(state: &mut State, name: &VmName) {
@@ -315,8 +325,9 @@ impl Registry {
         }
     }
 
-    /// Re-checks one VM: keeps, admits, replaces or drops it.
-    fn refresh_one(&self, name: &VmName) {
+    /// Keeps, admits, replaces or drops one VM. Liveness is a non-blocking connect; what needs
+    /// QMP (whether its memory backends changed) is asked in the background.
+    fn check(self: &Arc<Self>, name: &VmName, probe: Probe) {
         let Some(id) = socket_id(&self.run_dir, name) else {
             Self::remove(&mut self.state.write().unwrap_or_else(|e| e.into_inner()), name);
             return;
@@ -330,11 +341,9 @@ impl Registry {
                 }
                 if instance.recently_answered() || listening(&instance.vm) {
                     *last = Instant::now();
-                    // memory hot-plugged (or unplugged) since: serve the VM anew, whole
-                    if !instance.memory_changed() {
-                        return;
-                    }
-                    log::info!("VM {name}: its memory backends changed; serving it anew");
+                    drop(last);
+                    self.in_background(name, move |registry| registry.recheck_memory(&instance));
+                    return;
                 }
             }
             // dead, or a new QEMU behind a new socket
@@ -345,6 +354,49 @@ impl Registry {
                 return;
             }
         }
+        match probe {
+            Probe::Now => self.admit_and_record(name, id),
+            Probe::InBackground => {
+                let owned = name.clone();
+                self.in_background(name, move |registry| registry.admit_and_record(&owned, id))
+            }
+        }
+    }
+
+    /// Runs `job` on a thread of its own unless one runs for `name` already.
+    fn in_background(self: &Arc<Self>, name: &VmName, job: impl FnOnce(&Registry) + Send + 'static) {
+        if !self.state.write().unwrap_or_else(|e| e.into_inner()).probing.insert(name.clone()) {
+            return;
+        }
+        let registry = Arc::clone(self);
+        let owned = name.clone();
+        let spawned = std::thread::Builder::new().name("probe".into()).spawn(move || {
+            job(&registry);
+            registry.state.write().unwrap_or_else(|e| e.into_inner()).probing.remove(&owned);
+        });
+        if let Err(err) = spawned {
+            log::error!("cannot start a probe thread: {err}");
+            self.state.write().unwrap_or_else(|e| e.into_inner()).probing.remove(name);
+        }
+    }
+
+    /// Memory hot-plugged (or unplugged) since the VM was admitted: drop it, so that the next
+    /// look serves it anew, whole.
+    fn recheck_memory(&self, instance: &Arc<MountedVm>) {
+        if !instance.memory_changed() {
+            return;
+        }
+        let name = instance.vm.name();
+        log::info!("VM {name}: its memory backends changed; serving it anew");
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if state.by_name.get(name).is_some_and(|current| Arc::ptr_eq(current, instance)) {
+            Self::remove(&mut state, name);
+        }
+    }
+
+    /// Admits the VM behind socket `id`, or records that it failed (not asked again for a
+    /// while).
+    fn admit_and_record(&self, name: &VmName, id: SocketId) {
         match self.admit(name, id) {
             Ok(instance) => {
                 let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
