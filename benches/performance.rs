@@ -12,7 +12,6 @@ mod common;
 
 use std::fs::File;
 use std::hint::black_box;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -156,6 +155,10 @@ impl Lab {
     }
 
     fn launch_with(&mut self, name: &str, memory: u64) -> Vm {
+        self.launch_extra(name, memory, &[])
+    }
+
+    fn launch_extra(&mut self, name: &str, memory: u64, extra_args: &[String]) -> Vm {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let image = self.run_dir.path().parent().unwrap().join(format!("{name}.img"));
         let status = Command::new(root.join("scripts/build-boot-guest.sh")).arg(&image).status().unwrap();
@@ -164,6 +167,7 @@ impl Lab {
         let mut options = LaunchOptions::new(name, self.run_dir.clone());
         options.drive = Some(image);
         options.memory = memory;
+        options.extra_args = extra_args.to_vec();
         let vm = launch::launch(&options).expect("launch VM");
         let handle = vm.vm.clone();
         self.vms.push(vm);
@@ -281,8 +285,9 @@ fn main() {
     bench.snapshots();
     bench.sustained_rates();
     bench.mount_reads();
-    bench.file_writes();
+    bench.peers();
     bench.idle_and_private();
+    bench.listing();
     let Bench { results, lab, .. } = bench;
     drop(lab);
 
@@ -325,14 +330,20 @@ fn sustained(
     (bytes as f64 / wall / 1e6, cpu, stats(late).1)
 }
 
-/// GB/s of one sequential pass over `path` in 1 MiB reads.
+/// GB/s of one sequential pass over the first 64 MiB of `path` in 1 MiB reads.
 fn sequential(path: &Path) -> f64 {
+    sequential_over(path, RAM as u64)
+}
+
+/// GB/s of one sequential pass over the first `len` bytes of `path` (or all of a shorter file)
+/// in 1 MiB reads.
+fn sequential_over(path: &Path, len: u64) -> f64 {
     let file = File::open(path).unwrap();
     let mut chunk = vec![0u8; 1 << 20];
     let start = Instant::now();
     let mut offset = 0u64;
-    // the first 64 MiB, or all of a shorter file (`core` of 64 MiB of RAM minus the BIOS window)
-    while offset < RAM as u64 {
+    // the first `len` bytes, or all of a shorter file (`core` of RAM minus the BIOS window)
+    while offset < len {
         let n = file.read_at(&mut chunk, offset).unwrap();
         if n == 0 {
             break;
@@ -340,6 +351,30 @@ fn sequential(path: &Path) -> f64 {
         offset += n as u64;
     }
     offset as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// Fills a paused guest's RAM file with pseudo-random bytes past its first MiB (the guest's
+/// code and data): every page is data, as in a busy guest.
+fn fill_with_noise(ram_path: &Path, len: usize) {
+    let noise: Vec<u8> =
+        (1 << 20..len as u64).map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8).collect();
+    std::fs::OpenOptions::new().write(true).open(ram_path).unwrap().write_all_at(&noise, 1 << 20).unwrap();
+}
+
+/// GB/s of LeechCore reading `len` bytes in 1 MiB reads (median of its rounds), through its
+/// Python binding (`pip install leechcorepyc`) and its QEMU device.
+fn leechcore(ram_path: &Path, qmp: &Path, len: u64) -> Result<f64, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/leechcore-read.py");
+    let shm = ram_path.strip_prefix("/dev/shm").map_err(|_| "the RAM file is not under /dev/shm")?;
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(shm)
+        .arg(qmp)
+        .arg(len.to_string())
+        .output()
+        .map_err(|err| err.to_string())?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.trim().parse().map_err(|_| format!("{text}{}", String::from_utf8_lossy(&output.stderr)))
 }
 
 /// Alternates the two readers sample by sample, so that a noisy neighbour on a shared machine
@@ -400,18 +435,9 @@ impl Bench {
         // The VMs are paused except where a guest writing is the point of the figure, so that
         // the figures measure copies, not TCG's share of a 2-core machine.
         vm.with_qmp(|q| q.stop()).unwrap();
-        // Fill the paused guest's RAM with pseudo-random bytes: every page is data, as in a busy
-        // guest (an idle one is mostly holes, which read as zeros without a copy: measured
-        // apart, in `idle_and_private`). The
-        // guest apart: the guest's code and data stay in the first MiB.
-        let noise: Vec<u8> =
-            (1 << 20..RAM as u64).map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8).collect();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&info.ram_path)
-            .unwrap()
-            .write_all_at(&noise, 1 << 20)
-            .unwrap();
+        // pseudo-random bytes: every page is data, as in a busy guest (an idle one is mostly
+        // holes, which read as zeros without a copy: measured apart, in `idle_and_private`)
+        fill_with_noise(&info.ram_path, RAM);
         Self {
             results: Results { rows: Vec::new() },
             lab,
@@ -703,35 +729,50 @@ impl Bench {
         drop(buffers);
     }
 
-    /// Reads through the mount, daemon path and passthrough, against the RAM file; `status`
-    /// against a raw QMP round trip.
+    /// Reads through the default mount (passthrough as root) and through the daemon, against
+    /// the RAM file; `status` against a raw QMP round trip.
     fn mount_reads(&mut self) {
         let Self { results, lab, vm, info, .. } = self;
-        let mountpoint = lab.mount(&[]);
-        let ram_path = mountpoint.join(&info.name).join("ram");
+        // the default mount (passthrough=auto: the kernel reads the RAM file itself, as root)
+        let default_mount = lab.mount(&[]);
+        let default_ram = default_mount.join(&info.name).join("ram");
         let direct_path = info.ram_path.clone();
+        let (ours, direct) = interleaved(&default_ram, &direct_path);
+        results.add(Row {
+            name: "mount (default, passthrough=auto): sequential ram reads, 1 MiB".into(),
+            target: ">= 0.95 x direct".into(),
+            median: ours.0,
+            p99: ours.1,
+            unit: "GB/s",
+            baseline: Some(("pread of the RAM file".into(), direct.0)),
+            ratio: Some(ours.0 / direct.0),
+            verdict: if ours.0 / direct.0 >= 0.95 { "met".into() } else { "not met".into() },
+        });
+        // every read through the daemon
+        let mountpoint = lab.mount(&["--passthrough=never"]);
+        let ram_path = mountpoint.join(&info.name).join("ram");
         let (fuse, direct) = interleaved(&ram_path, &direct_path);
         results.add(Row {
-            name: "mount: sequential ram reads, 1 MiB requests".into(),
-            target: ">= 0.75 x direct".into(),
+            name: "mount --passthrough=never: sequential ram reads, 1 MiB".into(),
+            target: ">= 0.85 x direct".into(),
             median: fuse.0,
             p99: fuse.1,
             unit: "GB/s",
             baseline: Some(("pread of the RAM file".into(), direct.0)),
             ratio: Some(fuse.0 / direct.0),
-            verdict: if fuse.0 / direct.0 >= 0.75 { "met".into() } else { "not met (see README)".into() },
+            verdict: if fuse.0 / direct.0 >= 0.85 { "met".into() } else { "not met (see README)".into() },
         });
         // the guest-physical views add an offset translation to `ram`: same run, ratio
         for view in ["physical", "core"] {
             let path = mountpoint.join(info.name.as_str()).join(view);
             let (ours, base) = interleaved(&path, &ram_path);
             results.add(Row {
-                name: format!("mount: sequential {view} reads, 1 MiB requests"),
+                name: format!("mount: sequential {view} reads (daemon), 1 MiB"),
                 target: ">= 0.95 x ram".into(),
                 median: ours.0,
                 p99: ours.1,
                 unit: "GB/s",
-                baseline: Some(("ram through the mount".into(), base.0)),
+                baseline: Some(("ram through the daemon".into(), base.0)),
                 ratio: Some(ours.0 / base.0),
                 verdict: if ours.0 / base.0 >= 0.95 { "met".into() } else { "not met".into() },
             });
@@ -739,7 +780,7 @@ impl Bench {
         let random_direct = random_reads(&direct_path);
         let random_fuse = random_reads(&ram_path);
         results.add(Row {
-            name: "mount: random 4 KiB reads".into(),
+            name: "mount --passthrough=never: random 4 KiB reads".into(),
             target: "< 1 ms".into(),
             median: random_fuse.0,
             p99: random_fuse.1,
@@ -752,7 +793,7 @@ impl Bench {
         let two_direct = parallel_readers(&direct_path);
         let two_fuse = parallel_readers(&ram_path);
         results.add(Row {
-            name: "mount: 2 parallel sequential readers (aggregate)".into(),
+            name: "mount --passthrough=never: 2 parallel sequential readers".into(),
             target: "-".into(),
             median: two_fuse,
             p99: two_fuse,
@@ -783,71 +824,165 @@ impl Bench {
             ratio: Some(raw.0 / status.0),
             verdict: if status.0 <= 3.0 * raw.0 { "met".into() } else { "not met".into() },
         });
-        std::thread::sleep(Duration::from_millis(600));
-        // passthrough
-        let passthrough_mount = lab.mount(&["--passthrough"]);
-        let passthrough_ram = passthrough_mount.join(&info.name).join("ram");
-        let (passthrough, direct) = interleaved(&passthrough_ram, &direct_path);
-        results.add(Row {
-            name: "mount --passthrough: sequential ram reads, 1 MiB".into(),
-            target: ">= 0.95 x direct".into(),
-            median: passthrough.0,
-            p99: passthrough.1,
-            unit: "GB/s",
-            baseline: Some(("pread of the RAM file".into(), direct.0)),
-            ratio: Some(passthrough.0 / direct.0),
-            verdict: if passthrough.0 / direct.0 >= 0.95 { "met".into() } else { "not met".into() },
-        });
     }
 
-    /// 64 MiB to a file: QEMU's pmemsave against `qemu-bridge snapshot` and the library.
-    fn file_writes(&mut self) {
-        let Self { results, lab, vm, bridge, info, snapshot, .. } = self;
-        let shm_out = PathBuf::from(format!("/dev/shm/qb-bench-{}.bin", std::process::id()));
+    /// Peers side by side on one 256 MiB paused VM full of pseudo-random bytes, each as a ratio
+    /// to the limit measured in the same run (pread of the RAM file, 1 MiB reads): the mount
+    /// (default and daemon), its views, the library, LeechCore (its Python binding, own QMP
+    /// socket) and QEMU's `pmemsave` against `qemu-bridge snapshot` (whole process, digest
+    /// included).
+    fn peers(&mut self) {
+        const SIZE: u64 = 256 << 20;
+        let Self { results, lab, .. } = self;
+        // LeechCore's own QMP socket, outside the run dir (QEMU 7.2 serves one client per socket)
+        let leech_qmp = lab.run_dir.path().parent().unwrap().join("leechcore.qmp");
+        let vm = lab.launch_extra(
+            "peers",
+            SIZE,
+            &["-qmp".into(), format!("unix:{},server=on,wait=off", leech_qmp.display())],
+        );
+        vm.with_qmp(|q| q.stop()).unwrap();
+        let info = vm.info().unwrap();
+        fill_with_noise(&info.ram_path, SIZE as usize);
+        let (bridge, _) = vm.open_bridge().unwrap();
+        let default_mount = lab.mount(&[]);
+        let daemon_mount = lab.mount(&["--passthrough=never"]);
+        let in_mount = |mount: &Path, file: &str| mount.join(info.name.as_str()).join(file);
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut library = || {
+            let start = Instant::now();
+            for offset in (0..SIZE).step_by(1 << 20) {
+                bridge.read_into(offset, &mut buffer).unwrap();
+            }
+            SIZE as f64 / start.elapsed().as_secs_f64() / 1e9
+        };
+        // rounds interleave the readers, so that a noisy neighbour hits all alike
+        let readers: [(&str, PathBuf); 5] = [
+            ("mount, default (passthrough=auto): ram", in_mount(&default_mount, "ram")),
+            ("mount --passthrough=never: ram", in_mount(&daemon_mount, "ram")),
+            ("mount: physical (daemon)", in_mount(&default_mount, "physical")),
+            ("mount: core (daemon)", in_mount(&default_mount, "core")),
+            ("pread of the RAM file (the limit)", info.ram_path.clone()),
+        ];
+        let mut samples = vec![Vec::new(); readers.len() + 1];
+        for _ in 0..10 {
+            for (index, (_, path)) in readers.iter().enumerate() {
+                samples[index].push(sequential_over(path, SIZE));
+            }
+            samples[readers.len()].push(library());
+        }
+        let medians: Vec<f64> = samples.into_iter().map(|s| stats(s).0).collect();
+        let limit = medians[readers.len() - 1];
+        let mut row = |name: String, target: &str, gbps: f64, floor: Option<f64>| {
+            let ratio = gbps / limit;
+            results.add(Row {
+                name,
+                target: target.into(),
+                median: gbps,
+                p99: gbps,
+                unit: "GB/s",
+                baseline: Some(("pread of the RAM file".into(), limit)),
+                ratio: Some(ratio),
+                verdict: match floor {
+                    Some(floor) if ratio >= floor => "met".into(),
+                    Some(_) => "not met".into(),
+                    None => "-".into(),
+                },
+            });
+        };
+        for (index, (name, _)) in readers.iter().enumerate().take(readers.len() - 1) {
+            let (target, floor) = match index {
+                0 => (">= 0.95 x direct", Some(0.95)),
+                1 => (">= 0.85 x direct", Some(0.85)),
+                _ => ("-", None),
+            };
+            row(format!("peers 256 MiB: {name}"), target, medians[index], floor);
+        }
+        row("peers 256 MiB: library read_into, 1 MiB".into(), "-", medians[readers.len()], None);
+        match leechcore(&info.ram_path, &leech_qmp, SIZE) {
+            Ok(gbps) => row("peers 256 MiB: LeechCore (Python, 1 MiB reads)".into(), "-", gbps, None),
+            Err(why) => println!("LeechCore not measured: {why}"),
+        }
+
+        // whole RAM to a file: QEMU's pmemsave against the `qemu-bridge snapshot` process
+        let out = PathBuf::from(format!("/dev/shm/qb-bench-{}.bin", std::process::id()));
         let pmemsave = stats(time(5, || {
-            vm.with_qmp(|q| q.pmemsave(0, RAM as u64, &shm_out)).unwrap();
-            assert_eq!(std::fs::metadata(&shm_out).unwrap().len(), RAM as u64);
-            std::fs::remove_file(&shm_out).unwrap();
+            vm.with_qmp(|q| q.pmemsave(0, SIZE, &out)).unwrap();
+            assert_eq!(std::fs::metadata(&out).unwrap().len(), SIZE);
+            std::fs::remove_file(&out).unwrap();
         }));
-        let cli = stats(time(5, || {
-            let status = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
-                .args(["snapshot", info.name.as_str(), "-o"])
-                .arg(&shm_out)
-                .arg("--run-dir")
-                .arg(lab.run_dir.path())
-                .stdout(std::process::Stdio::null())
-                .status()
-                .unwrap();
-            assert!(status.success());
-            std::fs::remove_file(&shm_out).unwrap();
-        }));
-        let library = stats(time(5, || {
-            bridge.snapshot_into(snapshot).unwrap();
-            let mut file = File::create(&shm_out).unwrap();
-            file.write_all(snapshot).unwrap();
-            drop(file);
-            std::fs::remove_file(&shm_out).unwrap();
-        }));
+        for hash in ["blake3", "sha256"] {
+            let cli = stats(time(5, || {
+                let status = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+                    .args(["snapshot", info.name.as_str(), "--hash", hash, "-o"])
+                    .arg(&out)
+                    .arg("--run-dir")
+                    .arg(lab.run_dir.path())
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+                std::fs::remove_file(&out).unwrap();
+            }));
+            let target = if hash == "blake3" { ">= 1.5 x pmemsave" } else { "-" };
+            results.add(Row {
+                name: format!("256 MiB to a file: `qemu-bridge snapshot --hash {hash}` (whole process)"),
+                target: target.into(),
+                median: cli.0,
+                p99: cli.1,
+                unit: "s",
+                baseline: Some(("QMP pmemsave".into(), pmemsave.0)),
+                ratio: Some(pmemsave.0 / cli.0),
+                verdict: match (hash, pmemsave.0 / cli.0 >= 1.5) {
+                    ("blake3", true) => "met".into(),
+                    ("blake3", false) => "not met".into(),
+                    _ => "-".into(),
+                },
+            });
+        }
+    }
+
+    /// `ls` of a fresh mount whose run directory holds four sockets that accept and never
+    /// answer, beside a healthy VM: the first `ls` after mounting and the slowest of ten.
+    fn listing(&mut self) {
+        let Self { results, lab, .. } = self;
+        let mut hostile = Vec::new();
+        for index in 0..4 {
+            let path = lab.run_dir.path().join(format!("hostile{index}.qmp"));
+            let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            // accepts, holds every connection and never says a word
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                for stream in listener.incoming() {
+                    held.push(stream);
+                }
+            });
+            hostile.push(path);
+        }
+        let mountpoint = lab.mount(&[]);
+        let ls = || {
+            let start = Instant::now();
+            let names = std::fs::read_dir(&mountpoint).unwrap().count();
+            (start.elapsed().as_secs_f64(), names)
+        };
+        let (first, listed) = ls();
+        let slowest = (0..10).map(|_| ls().0).fold(first, f64::max);
         results.add(Row {
-            name: "64 MiB to a file: `qemu-bridge snapshot` (whole process, with SHA-256)".into(),
-            target: "-".into(),
-            median: cli.0,
-            p99: cli.1,
+            name: "ls of a new mount with 4 hostile sockets (max of 10)".into(),
+            target: "< 100 ms".into(),
+            median: first,
+            p99: slowest,
             unit: "s",
-            baseline: Some(("QMP pmemsave".into(), pmemsave.0)),
-            ratio: Some(pmemsave.0 / cli.0),
-            verdict: "-".into(),
+            baseline: None,
+            ratio: None,
+            verdict: format!(
+                "{}: {listed} VMs listed on the first call",
+                if slowest < 0.1 { "met" } else { "not met" }
+            ),
         });
-        results.add(Row {
-            name: "64 MiB to a file: library snapshot_into + write".into(),
-            target: "-".into(),
-            median: library.0,
-            p99: library.1,
-            unit: "s",
-            baseline: Some(("QMP pmemsave".into(), pmemsave.0)),
-            ratio: Some(pmemsave.0 / library.0),
-            verdict: "-".into(),
-        });
+        for path in hostile {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// What reading costs by RAM kind: a 4 GiB VM that touched little of its RAM, read whole

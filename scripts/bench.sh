@@ -6,5 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# the peer measured beside qemu-bridge (its QEMU device ships in the wheel)
+python3 -c "import leechcorepyc" 2>/dev/null ||
+    python3 -m pip install --quiet --root-user-action=ignore leechcorepyc ||
+    echo "warning: leechcorepyc not installed: LeechCore is left out of the table" >&2
 cargo bench --locked --bench performance
 echo "results: target/bench/results.md"

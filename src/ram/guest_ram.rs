@@ -136,7 +136,11 @@ impl GuestRam {
     /// # Errors
     ///
     /// As [`Mapping::copy_to`].
+    #[inline]
     pub fn copy_to(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
+        if let [(0, only)] = self.parts.as_slice() {
+            return only.copy_to(offset, dst);
+        }
         self.each_part(offset, dst, |mapping, at, part| mapping.copy_to(at, part))
     }
 

@@ -164,6 +164,7 @@ impl GuestLayout {
     /// The file offset of `len` bytes at guest-physical `gpa`, or `None` when any byte of the
     /// range is not RAM (past the end, in the PCI hole, or the sum overflows). A zero-length
     /// range is valid anywhere inside a region and at a region's end.
+    #[inline]
     pub fn translate(&self, gpa: u64, len: u64) -> Option<u64> {
         let end = gpa.checked_add(len)?;
         self.regions

@@ -90,6 +90,7 @@ impl KnownData {
     }
 
     /// Whether every page of `offset..offset + len` (a checked, non-empty range) is known data.
+    #[inline]
     fn covers(&self, offset: usize, len: usize) -> bool {
         if self.0.is_empty() {
             return false;
@@ -452,8 +453,33 @@ impl Mapping {
     }
 
     /// Copies `dst.len()` bytes at `offset` into `dst`, split across threads when large.
+    #[inline]
     pub fn copy_to(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
+        if self.copy_known(offset, dst) {
+            return Ok(());
+        }
         self.copy_with_threads(offset, dst, Self::threads_for(dst.len()))
+    }
+
+    /// The path of small reads (a page-table walk's 8-byte loads): copies when the range is in
+    /// bounds, every page of it is known data and the SIGBUS guard watches the mapping, with no
+    /// system call; whether it did. A truncation seen before or during the copy leaves it to
+    /// the full path, which reports it.
+    #[inline]
+    fn copy_known(&self, offset: usize, dst: &mut [u8]) -> bool {
+        const SMALL: usize = 64 << 10;
+        let Some(slot) = self.guard_slot else { return false };
+        let in_bounds = offset.checked_add(dst.len()).is_some_and(|end| end <= self.len);
+        if !in_bounds
+            || dst.is_empty()
+            || dst.len() > SMALL
+            || sigbus::poisoned(slot)
+            || !self.known_data.covers(offset, dst.len())
+        {
+            return false;
+        }
+        self.copy_unchecked(offset, dst);
+        !sigbus::poisoned(slot)
     }
 
     /// [`copy_to`](Self::copy_to) into a buffer known to hold zeros (freshly allocated): holes
@@ -573,6 +599,7 @@ impl Mapping {
     }
 
     /// Copy without checks; callers have checked the range against the mapping.
+    #[inline]
     fn copy_unchecked(&self, offset: usize, dst: &mut [u8]) {
         debug_assert!(offset + dst.len() <= self.len);
         // SAFETY: `offset + dst.len() <= self.len` (checked by every caller), so the
@@ -873,6 +900,7 @@ mod sigbus {
         ENDS[slot].store(0, Ordering::Release);
     }
 
+    #[inline]
     pub(super) fn poisoned(slot: usize) -> bool {
         POISONED[slot].load(Ordering::Acquire)
     }

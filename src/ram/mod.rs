@@ -267,6 +267,7 @@ impl SharedMemoryBridge {
     /// # Errors
     ///
     /// [`BridgeError::InvalidAddress`] when any byte of the range is not guest RAM.
+    #[inline]
     pub fn translate(&self, addr: u64, len: usize) -> Result<usize, BridgeError> {
         self.layout
             .translate(addr, len as u64)
@@ -302,6 +303,7 @@ impl SharedMemoryBridge {
     ///
     /// [`BridgeError::InvalidAddress`] when any byte is not guest RAM,
     /// [`BridgeError::FileShrunk`] when the file was truncated under the mapping.
+    #[inline]
     pub fn read_into(&self, addr: u64, buf: &mut [u8]) -> Result<(), BridgeError> {
         let offset = self.translate(addr, buf.len())?;
         self.mapping.copy_to(offset, buf)
