@@ -189,7 +189,7 @@ fn test_reading_a_big_idle_vm_allocates_nothing() {
     let before = allocated(&ram_file);
     assert!(before < 256 << 20, "the guest touched {before} bytes already");
     let mount = TestMount::new(&run_dir, &[]);
-    for file in ["ram", "physical", "core", "checksum", "memdev.json", "layout.json", "status"] {
+    for file in ["ram", "physical", "core", "checksum", "memdev.json", "layout.json", "status", "map.png"] {
         let path = mount.path(&format!("{}/{file}", vm.name()));
         let status = Command::new("dd")
             .arg(format!("if={}", path.display()))

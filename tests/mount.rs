@@ -56,7 +56,10 @@ fn test_mount_lists_launched_vms_and_drops_killed_ones() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     entries.sort();
-    assert_eq!(entries, ["checksum", "core", "layout.json", "memdev.json", "physical", "ram", "status"]);
+    assert_eq!(
+        entries,
+        ["checksum", "core", "layout.json", "map.png", "memdev.json", "physical", "ram", "status"]
+    );
     // a killed VM disappears: no stale directory
     first.kill();
     assert!(wait_until(Duration::from_secs(10), || mount.ls() == [second.name()]), "{:?}", mount.ls());

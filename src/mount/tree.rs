@@ -6,6 +6,9 @@
 //! /<vm>/memdev.json   live query-memdev plus each backend's mem-path
 //! /<vm>/checksum      sha256 of a consistency-checked snapshot, with its verdict
 //! /<vm>/layout.json   how guest-physical addresses map onto `ram` offsets
+//! /<vm>/physical      guest-physical address space (offset = address, holes read zeros)
+//! /<vm>/core          live ELF core of the guest
+//! /<vm>/map.png       picture of guest RAM: one pixel per page, by class, along a Hilbert curve
 //! ```
 
 use std::collections::HashMap;
@@ -48,11 +51,13 @@ pub enum VmFile {
     Physical = 6,
     /// `core`
     Core = 7,
+    /// `map.png`
+    MapPng = 8,
 }
 
 impl VmFile {
     /// All files, in listing order.
-    pub const ALL: [VmFile; 7] = [
+    pub const ALL: [VmFile; 8] = [
         VmFile::Ram,
         VmFile::Physical,
         VmFile::Core,
@@ -60,6 +65,7 @@ impl VmFile {
         VmFile::Memdev,
         VmFile::Checksum,
         VmFile::Layout,
+        VmFile::MapPng,
     ];
 
     /// The file's name.
@@ -72,6 +78,7 @@ impl VmFile {
             VmFile::Layout => "layout.json",
             VmFile::Physical => "physical",
             VmFile::Core => "core",
+            VmFile::MapPng => "map.png",
         }
     }
 
@@ -217,10 +224,16 @@ impl Tree {
         }
     }
 
-    /// Text of a generated file, asked of QMP or computed now.
+    /// Bytes of a generated file, asked of QMP or computed now.
     fn generate(instance: &MountedVm, file: VmFile) -> Result<Vec<u8>, String> {
         let error = |err: &dyn std::error::Error| crate::error::chain(err);
         let mut text = match file {
+            VmFile::MapPng => {
+                // a picture, not text: no newline
+                let classes =
+                    crate::ram::picture::page_classes(instance.bridge.mapping()).map_err(|e| error(&e))?;
+                return crate::ram::picture::png(&classes).map_err(|e| error(&e));
+            }
             VmFile::Ram | VmFile::Physical | VmFile::Core => return Err("not a generated file".into()),
             VmFile::Status => {
                 instance.with_qmp(|qmp| qmp.query_status()).map_err(|e| error(&e))?.status.to_string()

@@ -180,6 +180,19 @@ impl GuestRam {
         Ok(())
     }
 
+    /// See [`Mapping::for_each_page`]; page indexes are of the whole (every part is a whole
+    /// number of pages, as QEMU sizes backends).
+    ///
+    /// # Errors
+    ///
+    /// As [`Mapping::for_each_page`].
+    pub fn for_each_page(&self, mut each: impl FnMut(usize, Option<&[u8]>)) -> Result<(), BridgeError> {
+        for (start, mapping) in &self.parts {
+            mapping.for_each_page(|page, bytes| each(start / 4096 + page, bytes))?;
+        }
+        Ok(())
+    }
+
     /// See [`Mapping::changed_pages`]; `copy` covers all parts, page indexes are of the whole.
     ///
     /// # Errors

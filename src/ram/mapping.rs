@@ -530,6 +530,37 @@ impl Mapping {
         self.check_intact()
     }
 
+    /// Calls `each(page, bytes)` for every 4 KiB page of the mapping in order: the page's
+    /// bytes copied out of live memory, or `None` for a page of a hole (never allocated: not
+    /// read, so not allocated by reading either). The last page may be shorter.
+    ///
+    /// # Errors
+    ///
+    /// As the copy ([`BridgeError::FileShrunk`] when the file was truncated during it).
+    pub fn for_each_page(&self, mut each: impl FnMut(usize, Option<&[u8]>)) -> Result<(), BridgeError> {
+        const PAGE: usize = 4096;
+        const CHUNK: usize = 1 << 20;
+        self.check_before_copy(0, self.len)?;
+        let mut buffer = vec![0u8; CHUNK.min(self.len)];
+        let mut offset = 0;
+        while offset < self.len {
+            let len = CHUNK.min(self.len - offset);
+            for segment in self.segments(offset, len)? {
+                let part = &mut buffer[segment.start - offset..segment.end - offset];
+                if segment.data {
+                    self.copy_segments(segment.start, part, &[segment])?;
+                }
+                // segments are page-aligned inside a chunk (chunks are whole pages)
+                for (index, page) in part.chunks(PAGE).enumerate() {
+                    each(segment.start / PAGE + index, segment.data.then_some(page));
+                }
+            }
+            self.check_intact()?;
+            offset += len;
+        }
+        Ok(())
+    }
+
     /// Copies `dst.len()` bytes at `offset` (a range callers checked), holes as zeros.
     fn copy_range(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
         if self.method == ReadMethod::MappingWithHoles

@@ -4,6 +4,7 @@ mod guest_ram;
 pub mod layout;
 mod mapping;
 pub mod mtree;
+pub mod picture;
 pub mod snapshot;
 pub mod sparse;
 pub mod views;
