@@ -92,6 +92,8 @@ pub enum Verb {
     Mount(MountArgs),
     /// Unmount a qemu-bridge mount
     Umount(UmountArgs),
+    /// Serve a live picture of every VM's memory to a web browser (a local web page)
+    View(ViewArgs),
 }
 
 /// A VM name.
@@ -319,6 +321,18 @@ pub struct UmountArgs {
     pub mountpoint: PathBuf,
 }
 
+/// `view`.
+#[derive(Debug, Args)]
+pub struct ViewArgs {
+    /// Where to serve the page (loopback by default: anyone who reaches it sees the VMs'
+    /// memory maps)
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8077")]
+    pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
 /// Runs the parsed command line.
 ///
 /// # Errors
@@ -358,6 +372,17 @@ pub fn run(cli: Cli) -> CliResult {
         Verb::Snapshot(args) => snapshot_verb(args),
         Verb::Mount(args) => mount_verb(&args),
         Verb::Umount(args) => qemu_bridge::mount::umount(&args.mountpoint).map_err(Into::into),
+        Verb::View(args) => {
+            let server = qemu_bridge::view::ViewServer::bind(args.listen, args.common.run_dir())?;
+            if let Some(address) = server.address() {
+                println!(
+                    "serving the VMs of {} on http://{address}/",
+                    args.common.run_dir().path().display()
+                );
+            }
+            server.serve();
+            Ok(())
+        }
     }
 }
 

@@ -12,9 +12,10 @@
 //! ([`ram::snapshot`]); a *saved state* is QEMU's snapshot of the whole VM (RAM, devices,
 //! disks), which QEMU writes and loads ([`saved_state`]).
 //!
-//! Features: `cli` (default) builds the `qemu-bridge` command and implies `mount`, the FUSE
-//! file system. With `default-features = false` the library has the RAM, layout, QMP, VM and
-//! launch layers and pulls in neither clap, fuser nor env_logger.
+//! Features: `cli` (default) builds the `qemu-bridge` command and implies `mount` (the FUSE file
+//! system, and `png` for its map.png) and `view` (the web page; tiny_http and tungstenite). With
+//! `default-features = false` the library has the RAM, layout, picture, QMP, VM and launch
+//! layers and pulls in neither clap, fuser, env_logger, png nor a web server.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
@@ -34,6 +35,8 @@ pub mod record;
 pub mod run_dir;
 pub mod saved_state;
 pub mod size;
+#[cfg(feature = "view")]
+pub mod view;
 pub mod vm;
 
 pub use name::{NameError, VmName};

@@ -1,0 +1,469 @@
+//! `qemu-bridge view`: a local web page showing every VM of a run directory as a brick with its
+//! live Hilbert map of guest RAM (see [`crate::ram::picture`]).
+//!
+//! One thread per VM keeps a [`LiveMap`] and takes frames (60 a second in all, shared among the
+//! VMs); browsers connect over WebSocket and get each VM's classes once, then only the pages
+//! that changed. A scanner thread finds VMs as they appear in the run directory (probing each in
+//! the background, like the mount) and each VM's thread drops it when its QEMU is gone.
+//!
+//! Wire format, server to browser: text messages are JSON `{"type": "vms", "vms": [...]}` (the
+//! set of VMs, their status, size and layout), sent whenever it changes; binary messages are
+//! frames: `[1, id: u32, seq: u32, class per page: u8...]` (whole) or `[2, id: u32, seq: u32,
+//! count: u32, (page: u32, class: u8) * count]` (changes), little-endian.
+//!
+//! The page is served only to the address it was asked for (`--listen`, loopback by default),
+//! and WebSocket connections from pages of other origins are refused (a web site open in the
+//! same browser cannot read the VMs through it).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::name::VmName;
+use crate::ram::picture::{hilbert_side, LiveMap, PageClass};
+use crate::ram::{Region, SharedMemoryBridge};
+use crate::run_dir::RunDir;
+use crate::vm::Vm;
+
+/// The page, with its script: no build step, no framework.
+const PAGE_HTML: &str = include_str!("page.html");
+/// Frames per second in all, shared among the VMs (the specification: 60 for one VM, 20 each
+/// for three).
+pub const FRAMES_PER_SECOND: f64 = 60.0;
+/// Frames of changes kept for browsers that fall behind; further behind, they get a whole frame.
+const HISTORY: usize = 120;
+/// How often the run directory is looked at for new VMs, and a VM's status asked.
+const SCAN_INTERVAL: Duration = Duration::from_millis(500);
+/// Time allowed for the QMP exchanges of a probe or a status question.
+const QMP_TIMEOUT: Duration = Duration::from_millis(1000);
+/// A socket that failed a probe is not asked again before this.
+const RETRY_FAILED_AFTER: Duration = Duration::from_secs(3);
+
+/// Errors of the view server.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// The address cannot be listened on.
+    #[error("cannot listen on {address}: {reason}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a browser is told of one VM.
+#[derive(Debug, Clone, Serialize)]
+struct VmSummary {
+    id: u32,
+    name: String,
+    status: String,
+    ram_size: u64,
+    pages: usize,
+    side: u32,
+    regions: Vec<Region>,
+}
+
+/// A frame's number and its changes: (page, class number).
+type Frame = (u32, Vec<(u32, u8)>);
+
+/// One VM's picture and its recent changes.
+#[derive(Debug)]
+struct VmPicture {
+    summary: VmSummary,
+    classes: Vec<u8>,
+    seq: u32,
+    history: VecDeque<Frame>,
+}
+
+/// Every VM shown, and a version that changes whenever the set or a status changes.
+#[derive(Debug, Default)]
+struct Scene {
+    vms: BTreeMap<VmName, Arc<Mutex<VmPicture>>>,
+    version: u64,
+    probing: std::collections::HashSet<VmName>,
+    failed: HashMap<VmName, Instant>,
+    next_id: u32,
+}
+
+/// The view server: bound, serving until the process ends.
+pub struct ViewServer {
+    server: Arc<tiny_http::Server>,
+    scene: Arc<RwLock<Scene>>,
+    run_dir: RunDir,
+}
+
+impl ViewServer {
+    /// Listens on `address` for the page of `run_dir`'s VMs.
+    ///
+    /// # Errors
+    ///
+    /// [`ViewError::Listen`] when the address cannot be bound.
+    pub fn bind(address: SocketAddr, run_dir: RunDir) -> Result<Self, ViewError> {
+        let server = tiny_http::Server::http(address)
+            .map_err(|err| ViewError::Listen { address, reason: err.to_string() })?;
+        Ok(Self { server: Arc::new(server), scene: Arc::default(), run_dir })
+    }
+
+    /// The address it listens on (with the port the system chose for port 0).
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.server.server_addr().to_ip()
+    }
+
+    /// Serves until the process ends: finds VMs, takes frames, answers browsers.
+    pub fn serve(self) {
+        let scene = Arc::clone(&self.scene);
+        let run_dir = self.run_dir.clone();
+        let scanner = std::thread::Builder::new().name("scan".into()).spawn(move || loop {
+            scan(&scene, &run_dir);
+            std::thread::sleep(SCAN_INTERVAL);
+        });
+        if let Err(err) = scanner {
+            log::error!("cannot start the scanner thread: {err}");
+            return;
+        }
+        for request in self.server.incoming_requests() {
+            let scene = Arc::clone(&self.scene);
+            let spawned =
+                std::thread::Builder::new().name("http".into()).spawn(move || answer(request, &scene));
+            if let Err(err) = spawned {
+                log::error!("cannot start a request thread: {err}");
+            }
+        }
+    }
+}
+
+/// Admits the VMs of the run directory not shown yet, each probed on a thread of its own.
+fn scan(scene: &Arc<RwLock<Scene>>, run_dir: &RunDir) {
+    let names = run_dir.vm_names().unwrap_or_default();
+    for name in names {
+        {
+            let mut state = scene.write().unwrap_or_else(|e| e.into_inner());
+            let failed_recently = state.failed.get(&name).is_some_and(|at| at.elapsed() < RETRY_FAILED_AFTER);
+            if state.vms.contains_key(&name) || failed_recently || !state.probing.insert(name.clone()) {
+                continue;
+            }
+        }
+        let (scene, run_dir) = (Arc::clone(scene), run_dir.clone());
+        let spawned = std::thread::Builder::new().name("vm".into()).spawn(move || {
+            let vm = Vm::named(&run_dir, name.clone()).with_timeout(QMP_TIMEOUT);
+            let admitted = admit(&scene, &vm);
+            let mut state = scene.write().unwrap_or_else(|e| e.into_inner());
+            state.probing.remove(&name);
+            match admitted {
+                Ok((picture, bridge, live)) => {
+                    drop(state);
+                    watch(&scene, &vm, &picture, &bridge, live);
+                }
+                Err(err) => {
+                    log::warn!("view: skipping VM {name}: {err}");
+                    state.failed.insert(name, Instant::now());
+                }
+            }
+        });
+        if let Err(err) = spawned {
+            log::error!("cannot start a VM thread: {err}");
+        }
+    }
+}
+
+type Admitted = (Arc<Mutex<VmPicture>>, SharedMemoryBridge, LiveMap);
+
+/// Opens the VM's RAM (with the trust checks of [`Vm::open_bridge`]), takes its first picture
+/// and shows it.
+fn admit(scene: &RwLock<Scene>, vm: &Vm) -> Result<Admitted, String> {
+    let (bridge, info) = vm.open_bridge().map_err(|err| crate::error::chain(&err))?;
+    let live = LiveMap::new(bridge.mapping()).map_err(|err| crate::error::chain(&err))?;
+    let mut state = scene.write().unwrap_or_else(|e| e.into_inner());
+    let id = state.next_id;
+    state.next_id += 1;
+    let summary = VmSummary {
+        id,
+        name: info.name.to_string(),
+        status: info.status.to_string(),
+        ram_size: bridge.size() as u64,
+        pages: live.classes().len(),
+        side: hilbert_side(live.classes().len()),
+        regions: bridge.layout().regions().to_vec(),
+    };
+    let classes = live.classes().iter().map(|class| *class as u8).collect();
+    let picture = Arc::new(Mutex::new(VmPicture { summary, classes, seq: 0, history: VecDeque::new() }));
+    state.vms.insert(info.name.clone(), Arc::clone(&picture));
+    state.version += 1;
+    log::info!("view: showing VM {}", info.name);
+    Ok((picture, bridge, live))
+}
+
+/// Takes frames of one VM until its QEMU is gone, then removes it from the scene.
+fn watch(
+    scene: &RwLock<Scene>,
+    vm: &Vm,
+    picture: &Mutex<VmPicture>,
+    bridge: &SharedMemoryBridge,
+    mut live: LiveMap,
+) {
+    let mut next_status = Instant::now() + SCAN_INTERVAL;
+    let mut next_frame = Instant::now();
+    loop {
+        let shown = scene.read().unwrap_or_else(|e| e.into_inner()).vms.len().max(1);
+        next_frame += Duration::from_secs_f64(shown as f64 / FRAMES_PER_SECOND);
+        let now = Instant::now();
+        if next_frame > now {
+            std::thread::sleep(next_frame - now);
+        } else {
+            next_frame = now; // late: no catching up in a burst
+        }
+        let delta = match live.update(bridge.mapping()) {
+            Ok(delta) => delta,
+            Err(err) => {
+                log::info!("view: VM {}: {}", vm.name(), crate::error::chain(&err));
+                break;
+            }
+        };
+        {
+            let mut picture = picture.lock().unwrap_or_else(|e| e.into_inner());
+            for &(page, class) in &delta {
+                picture.classes[page as usize] = class as u8;
+            }
+            picture.seq = picture.seq.wrapping_add(1);
+            let seq = picture.seq;
+            picture
+                .history
+                .push_back((seq, delta.iter().map(|&(page, class)| (page, class as u8)).collect()));
+            if picture.history.len() > HISTORY {
+                picture.history.pop_front();
+            }
+        }
+        if Instant::now() >= next_status {
+            next_status = Instant::now() + SCAN_INTERVAL;
+            if !vm.socket().exists() {
+                break;
+            }
+            match vm.with_qmp(|qmp| qmp.query_status()) {
+                Ok(status) => {
+                    let status = status.status.to_string();
+                    let mut picture = picture.lock().unwrap_or_else(|e| e.into_inner());
+                    if picture.summary.status != status {
+                        picture.summary.status = status;
+                        drop(picture);
+                        scene.write().unwrap_or_else(|e| e.into_inner()).version += 1;
+                    }
+                }
+                // a QEMU that quit refuses connections: gone; one that is busy is kept
+                Err(err) if !listening(vm) => {
+                    log::info!("view: VM {} is gone ({})", vm.name(), crate::error::chain(&err));
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    let mut state = scene.write().unwrap_or_else(|e| e.into_inner());
+    state.vms.remove(vm.name());
+    state.version += 1;
+}
+
+/// Whether something accepts connections on the VM's socket.
+fn listening(vm: &Vm) -> bool {
+    std::os::unix::net::UnixStream::connect(vm.socket()).is_ok()
+}
+
+/// Answers one HTTP request: the page, the WebSocket of frames, or 404.
+fn answer(request: tiny_http::Request, scene: &RwLock<Scene>) {
+    let header = |name: &str| {
+        request
+            .headers()
+            .iter()
+            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str().to_string())
+    };
+    let path = request.url().split('?').next().unwrap_or("").to_string();
+    let respond = |request: tiny_http::Request, response: tiny_http::Response<std::io::Cursor<Vec<u8>>>| {
+        if let Err(err) = request.respond(response) {
+            log::debug!("view: reply failed: {err}");
+        }
+    };
+    match path.as_str() {
+        "/" | "/index.html" => {
+            let content_type = tiny_http::Header::from_bytes("Content-Type", "text/html; charset=utf-8");
+            let mut response = tiny_http::Response::from_string(PAGE_HTML);
+            if let Ok(content_type) = content_type {
+                response.add_header(content_type);
+            }
+            respond(request, response);
+        }
+        "/ws" => {
+            let (Some(key), Some(host)) = (header("Sec-WebSocket-Key"), header("Host")) else {
+                return respond(
+                    request,
+                    tiny_http::Response::from_string("a WebSocket, please").with_status_code(400),
+                );
+            };
+            // a page of another origin may open WebSockets here too: only our own page may
+            if header("Origin").is_some_and(|origin| origin != format!("http://{host}")) {
+                return respond(
+                    request,
+                    tiny_http::Response::from_string("other origin").with_status_code(403),
+                );
+            }
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let mut response = tiny_http::Response::empty(101);
+            if let Ok(accept) = tiny_http::Header::from_bytes("Sec-WebSocket-Accept", accept) {
+                response.add_header(accept);
+            }
+            let stream = request.upgrade("websocket", response);
+            let socket =
+                tungstenite::WebSocket::from_raw_socket(stream, tungstenite::protocol::Role::Server, None);
+            stream_frames(socket, scene);
+        }
+        _ => respond(request, tiny_http::Response::from_string("not found").with_status_code(404)),
+    }
+}
+
+/// Sends a browser the set of VMs whenever it changes, and every VM's frames: whole the first
+/// time (or after falling too far behind), then only the changed pages.
+fn stream_frames<S: std::io::Read + std::io::Write>(
+    mut socket: tungstenite::WebSocket<S>,
+    scene: &RwLock<Scene>,
+) {
+    let mut version = u64::MAX;
+    let mut sent: HashMap<u32, u32> = HashMap::new();
+    loop {
+        let pictures: Vec<Arc<Mutex<VmPicture>>> = {
+            let state = scene.read().unwrap_or_else(|e| e.into_inner());
+            if state.version != version {
+                version = state.version;
+                let vms: Vec<VmSummary> = state
+                    .vms
+                    .values()
+                    .map(|picture| picture.lock().unwrap_or_else(|e| e.into_inner()).summary.clone())
+                    .collect();
+                sent.retain(|id, _| vms.iter().any(|vm| vm.id == *id));
+                let json = serde_json::json!({ "type": "vms", "legend": legend(), "vms": vms }).to_string();
+                if socket.send(tungstenite::Message::text(json)).is_err() {
+                    return;
+                }
+            }
+            state.vms.values().cloned().collect()
+        };
+        for picture in pictures {
+            let message = {
+                let picture = picture.lock().unwrap_or_else(|e| e.into_inner());
+                frame_message(&picture, sent.get(&picture.summary.id).copied())
+            };
+            if let Some((id, seq, bytes)) = message {
+                sent.insert(id, seq);
+                if socket.write(tungstenite::Message::binary(bytes)).is_err() {
+                    return;
+                }
+            }
+        }
+        if socket.flush().is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(4));
+    }
+}
+
+/// The message that brings a browser that has frame `sent` of a VM (none: nothing yet) up to
+/// date, if it is behind: `(id, seq, bytes)`.
+fn frame_message(picture: &VmPicture, sent: Option<u32>) -> Option<(u32, u32, Vec<u8>)> {
+    let (id, seq) = (picture.summary.id, picture.seq);
+    if sent == Some(seq) {
+        return None;
+    }
+    let header = |kind: u8| {
+        let mut bytes = vec![kind];
+        bytes.extend_from_slice(&id.to_le_bytes());
+        bytes.extend_from_slice(&seq.to_le_bytes());
+        bytes
+    };
+    let missed: Option<Vec<&Frame>> = sent.and_then(|sent| {
+        let missed: Vec<_> =
+            picture.history.iter().filter(|(frame, _)| frame.wrapping_sub(sent) as i32 > 0).collect();
+        // all of them still in the history, or a whole frame is needed
+        (missed.first().is_some_and(|(first, _)| *first == sent.wrapping_add(1))).then_some(missed)
+    });
+    let Some(missed) = missed else {
+        let mut bytes = header(1);
+        bytes.extend_from_slice(&picture.classes);
+        return Some((id, seq, bytes));
+    };
+    // the latest class of every page that changed in the frames missed
+    let mut changes: BTreeMap<u32, u8> = BTreeMap::new();
+    for (_, delta) in missed {
+        changes.extend(delta.iter().copied());
+    }
+    let mut bytes = header(2);
+    bytes.extend_from_slice(&(changes.len() as u32).to_le_bytes());
+    for (page, class) in changes {
+        bytes.extend_from_slice(&page.to_le_bytes());
+        bytes.push(class);
+    }
+    Some((id, seq, bytes))
+}
+
+/// The legend of the page classes, as the page shows it (JSON: number, colour, words).
+pub fn legend() -> serde_json::Value {
+    PageClass::ALL
+        .iter()
+        .map(|class| {
+            let [r, g, b] = class.color();
+            serde_json::json!({
+                "class": class,
+                "number": *class as u8,
+                "color": format!("#{r:02x}{g:02x}{b:02x}"),
+                "description": class.description(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn picture(seq: u32, history: &[(u32, &[(u32, u8)])]) -> VmPicture {
+        VmPicture {
+            summary: VmSummary {
+                id: 7,
+                name: "vm".into(),
+                status: "running".into(),
+                ram_size: 4 * 4096,
+                pages: 4,
+                side: 2,
+                regions: Vec::new(),
+            },
+            classes: vec![0, 1, 2, 4],
+            seq,
+            history: history.iter().map(|(seq, delta)| (*seq, delta.to_vec())).collect(),
+        }
+    }
+
+    #[test]
+    fn browsers_get_a_whole_frame_first_then_changes_merged() {
+        let current = picture(12, &[(10, &[(1, 3)]), (11, &[(2, 3), (1, 4)]), (12, &[])]);
+        let (_, seq, whole) = frame_message(&current, None).unwrap();
+        assert_eq!(seq, 12);
+        assert_eq!(whole, [1, 7, 0, 0, 0, 12, 0, 0, 0, 0, 1, 2, 4]);
+        assert!(frame_message(&current, Some(12)).is_none(), "up to date");
+        let (_, _, delta) = frame_message(&current, Some(9)).unwrap();
+        // pages 1 and 2, page 1 with its latest class
+        assert_eq!(delta, [2, 7, 0, 0, 0, 12, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 4, 2, 0, 0, 0, 3]);
+        let (_, _, empty) = frame_message(&current, Some(11)).unwrap();
+        assert_eq!(empty, [2, 7, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0], "a frame with no change is sent");
+        let (_, _, behind) = frame_message(&current, Some(5)).unwrap();
+        assert_eq!(behind[0], 1, "too far behind: a whole frame");
+    }
+
+    #[test]
+    fn the_legend_names_every_class_once() {
+        let legend = legend();
+        assert_eq!(legend.as_array().unwrap().len(), PageClass::ALL.len());
+        assert_eq!(legend[4]["class"], "random");
+        assert_eq!(legend[0]["color"], "#101216");
+    }
+}

@@ -1,0 +1,285 @@
+//! `qemu-bridge view` in a real browser: headless Chromium, driven over its DevTools protocol,
+//! loads the page once and is watched as two VMs show up as bricks, their maps are drawn and
+//! updated where the guest writes, and a stopped VM disappears without a reload. Also: the
+//! server binds only where told, refuses WebSockets from other origins, and a bad `--listen` is
+//! a one-line error.
+
+mod common;
+
+use std::io::{BufRead, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{
+    assert_clean_failure, require_program, require_qemu, wait_until, KillOnDrop, TestRunDir, VmBuilder,
+};
+
+/// Page of the guest's counter (0x10040), which the running boot guest writes all the time.
+const COUNTER_PAGE: u64 = common::COUNTER_ADDR / 4096;
+
+/// `qemu-bridge view --listen 127.0.0.1:0`, and the address it serves.
+fn start_view(run_dir: &TestRunDir) -> (KillOnDrop, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+        .args(["view", "--listen", "127.0.0.1:0", "--run-dir"])
+        .arg(run_dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let address = line.trim().rsplit("http://").next().unwrap().trim_end_matches('/').parse().unwrap();
+    (KillOnDrop(child), address)
+}
+
+/// Headless Chromium showing `url`, and its DevTools WebSocket of that page.
+struct Browser {
+    _child: KillOnDrop,
+    _profile: tempfile::TempDir,
+    page: tungstenite::WebSocket<TcpStream>,
+    next_id: u64,
+}
+
+impl Browser {
+    fn open(url: &str) -> Self {
+        let profile = tempfile::tempdir().unwrap();
+        let mut child: Child = Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0"])
+            .arg("--window-size=1100,700")
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/ID"; the rest of its
+        // stderr is drained (a closed pipe would end the browser at its next message)
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("ws://127.0.0.1:").nth(1) {
+                    let _ = sender.send(rest.split('/').next().and_then(|p| p.parse::<u16>().ok()));
+                }
+            }
+        });
+        let port = receiver.recv_timeout(Duration::from_secs(60)).ok().flatten();
+        let port = port.expect("chromium did not open its DevTools port");
+        let child = KillOnDrop(child);
+        // the page's own DevTools socket, from the list of targets
+        let mut target = None;
+        assert!(wait_until(Duration::from_secs(30), || {
+            target = http_get(&format!("127.0.0.1:{port}"), "/json/list").and_then(|body| {
+                let list: serde_json::Value = serde_json::from_str(&body).ok()?;
+                list.as_array()?
+                    .iter()
+                    .find(|t| t["type"] == "page")
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_string))
+            });
+            target.is_some()
+        }));
+        let target = target.unwrap();
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (page, _) = tungstenite::client::client(target.as_str(), stream).unwrap();
+        Self { _child: child, _profile: profile, page, next_id: 1 }
+    }
+
+    /// Calls a DevTools method and returns its `result`.
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = serde_json::json!({ "id": id, "method": method, "params": params });
+        self.page.send(tungstenite::Message::text(request.to_string())).unwrap();
+        loop {
+            let message = self.page.read().unwrap();
+            let Ok(text) = message.to_text() else { continue };
+            let reply: serde_json::Value = serde_json::from_str(text).unwrap();
+            if reply["id"] == id {
+                assert!(reply.get("error").is_none(), "{method}: {reply}");
+                return reply["result"].clone();
+            }
+        }
+    }
+
+    /// The value of a JavaScript expression in the page.
+    fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let result = self
+            .call("Runtime.evaluate", serde_json::json!({ "expression": expression, "returnByValue": true }));
+        result["result"]["value"].clone()
+    }
+
+    /// The bricks shown now: (VM name, frames drawn, pages seen changing).
+    fn bricks(&mut self) -> Vec<(String, u64, Vec<u64>)> {
+        let value = self.eval(
+            "[...document.querySelectorAll('.brick')].map(b => [b.dataset.vm, Number(b.dataset.frames), \
+             b.dataset.changedPages])",
+        );
+        value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|brick| {
+                let changed =
+                    brick[2].as_str().unwrap_or("").split_whitespace().filter_map(|p| p.parse().ok());
+                (brick[0].as_str().unwrap().to_string(), brick[1].as_u64().unwrap(), changed.collect())
+            })
+            .collect()
+    }
+}
+
+/// The body of `GET path` from `host`, if it answered (read up to its Content-Length: the
+/// DevTools server keeps the connection open).
+fn http_get(host: &str, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(host).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<usize>().ok();
+            }
+        }
+    }
+    let mut body = vec![0u8; length?];
+    reader.read_exact(&mut body).ok()?;
+    String::from_utf8(body).ok()
+}
+
+/// Standard base64 (the DevTools screenshot), for the test only.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let digits: Vec<u8> =
+        text.bytes().filter(|c| *c != b'=' && !c.is_ascii_whitespace()).map(value).collect();
+    digits
+        .chunks(4)
+        .flat_map(|chunk| {
+            let bits = chunk.iter().fold(0u32, |acc, d| acc << 6 | u32::from(*d)) << (6 * (4 - chunk.len()));
+            let bytes = [(bits >> 16) as u8, (bits >> 8) as u8, bits as u8];
+            bytes.into_iter().take(chunk.len().saturating_sub(1))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_view_in_a_real_browser() {
+    require_qemu();
+    require_program("chromium");
+    let run_dir = TestRunDir::new();
+    let first = VmBuilder::new("brick", &run_dir).launch();
+    let second = VmBuilder::new("brick", &run_dir).memory(128 << 20).launch();
+    first.wait_for_marker();
+    second.wait_for_marker();
+    // some text and some random bytes in the first guest's RAM, for the picture to show
+    let text = b"qemu-bridge shows guest memory as pictures. ".repeat(6000);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let noise: Vec<u8> = (0..256 << 10)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect();
+    let ram = std::fs::OpenOptions::new().write(true).open(&first.launched.ram_path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&ram, &text, 8 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&ram, &noise, 24 << 20).unwrap();
+    let (_server, address) = start_view(&run_dir);
+    let mut browser = Browser::open(&format!("http://{address}/"));
+
+    // both bricks, drawn and updated: the running guests write their counter page all the time
+    let mut bricks = Vec::new();
+    let seen = wait_until(Duration::from_secs(60), || {
+        bricks = browser.bricks();
+        bricks.len() == 2
+            && bricks.iter().all(|(_, frames, changed)| *frames > 3 && changed.contains(&COUNTER_PAGE))
+    });
+    assert!(seen, "bricks: {bricks:?}");
+    let mut names: Vec<&str> = bricks.iter().map(|(name, _, _)| name.as_str()).collect();
+    names.sort();
+    let mut expected = [first.name(), second.name()];
+    expected.sort();
+    assert_eq!(names, expected);
+    // the map has the side of the VM's RAM: 64 MiB -> 128, 128 MiB -> 256 (next square)
+    let sides = browser.eval(&format!(
+        "[...document.querySelectorAll('.brick')].filter(b => b.dataset.vm == '{}').map(b => b.querySelector('canvas').width)",
+        second.name()
+    ));
+    assert_eq!(sides, serde_json::json!([256]));
+    // the marker page of the first VM is drawn in its class's colour (not a hole)
+    let hole = qemu_bridge::ram::picture::PageClass::Hole.color();
+    let marker_pixel = browser.eval(&format!(
+        "(() => {{ const b = [...document.querySelectorAll('.brick')].find(b => b.dataset.vm == '{}'); \
+         const c = b.querySelector('canvas'); const [x, y] = hilbertPoint(c.width, {}); \
+         return [...c.getContext('2d').getImageData(x, y, 1, 1).data].slice(0, 3); }})()",
+        first.name(),
+        common::MARKER_ADDR / 4096
+    ));
+    assert_ne!(marker_pixel, serde_json::json!(hole), "the marker page is drawn as a hole");
+
+    // a screenshot is a picture, not a blank page
+    let shot = browser.call("Page.captureScreenshot", serde_json::json!({ "format": "png" }));
+    let png_bytes = base64_decode(shot["data"].as_str().unwrap());
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(&png_bytes));
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0u8; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    let channels = info.color_type.samples();
+    let colours: std::collections::HashSet<&[u8]> = pixels[..info.buffer_size()].chunks(channels).collect();
+    assert!(colours.len() > 20, "a blank screenshot: {} colours", colours.len());
+    if let Ok(path) = std::env::var("QEMU_BRIDGE_SCREENSHOT") {
+        std::fs::write(path, &png_bytes).unwrap();
+    }
+
+    // a VM that stops disappears from the page, which is not reloaded
+    drop(second);
+    assert!(wait_until(Duration::from_secs(30), || browser.bricks().len() == 1), "{:?}", browser.bricks());
+    assert_eq!(browser.bricks()[0].0, first.name());
+    // clicking a brick shows its map large, with the address under the cursor
+    browser.eval("document.querySelector('.brick').click()");
+    browser.call("Input.dispatchMouseEvent", serde_json::json!({ "type": "mouseMoved", "x": 550, "y": 350 }));
+    let cursor = browser.eval("document.getElementById('cursor').textContent");
+    assert!(cursor.as_str().unwrap().contains("guest-physical 0x"), "{cursor}");
+}
+
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_view_binds_only_where_told() {
+    let run_dir = TestRunDir::new();
+    let (_server, address) = start_view(&run_dir);
+    assert!(http_get(&address.to_string(), "/").is_some_and(|page| page.contains("<canvas")));
+    // loopback 127.0.0.1 only: 127.0.0.2 is loopback too, but not where it was told to listen
+    assert!(TcpStream::connect(("127.0.0.2", address.port())).is_err());
+    // a page of another origin cannot open the WebSocket; the page's own origin can
+    let accepted = |origin: &str| {
+        let request =
+            tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{address}/ws"))
+                .map(|mut request| {
+                    request.headers_mut().insert("Origin", origin.parse().unwrap());
+                    request
+                })
+                .unwrap();
+        tungstenite::client::client(request, TcpStream::connect(address).unwrap()).is_ok()
+    };
+    assert!(!accepted("http://evil.example"), "another origin was let in");
+    assert!(accepted(&format!("http://{address}")));
+    // bad addresses: one line each
+    let view = |listen: &str| common::qemu_bridge(&run_dir, &["view", "--listen", listen]);
+    assert_clean_failure(&view("localhost:http"), "invalid socket address");
+    assert_clean_failure(&view(&address.to_string()), &format!("cannot listen on {address}"));
+}
