@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what qemu-bridge needs to run and to be tested, with apt-get, if missing:
 # QEMU (Debian 12's 7.2) and qemu-img, fusermount3, binutils (to assemble the test guest), python3,
-# xxd, util-linux (setpriv), gcc and b3sum. Idempotent; needs root (or sudo) only when something is missing.
+# xxd, util-linux (setpriv), gcc, b3sum and chromium. Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
 # What is missing, computed afresh each time: installing one package can remove another (Debian's
@@ -19,6 +19,7 @@ missing() {
     command -v setpriv >/dev/null || need+=(util-linux)
     command -v cc >/dev/null || need+=(gcc)   # the blake3 crate builds its SIMD code with it
     command -v b3sum >/dev/null || need+=(b3sum)   # the oracle of snapshot digests in the tests
+    command -v chromium >/dev/null || need+=(chromium)   # the browser of the view's test
 }
 
 sudo=""

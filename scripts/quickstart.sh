@@ -66,4 +66,5 @@ else
     echo
     echo "Done. Try: xxd -s 0x10040 -l 4 $mountpoint/$vm/ram   (the guest's counter, live)"
 fi
+echo "Pictures: xdg-open $mountpoint/$vm/map.png, or run '$bin view' and open http://127.0.0.1:8077/"
 echo "Clean up: $bin umount $mountpoint && $bin stop $vm"
