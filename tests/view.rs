@@ -8,6 +8,7 @@ mod common;
 
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -33,9 +34,10 @@ fn start_view(run_dir: &TestRunDir) -> (KillOnDrop, SocketAddr) {
     (KillOnDrop(child), address)
 }
 
-/// Headless Chromium showing `url`, and its DevTools WebSocket of that page.
+/// Headless Chromium showing `url`, and its DevTools WebSocket of that page; the whole process
+/// group is killed on drop.
 struct Browser {
-    _child: KillOnDrop,
+    child: KillOnDrop,
     _profile: tempfile::TempDir,
     page: tungstenite::WebSocket<TcpStream>,
     next_id: u64,
@@ -44,7 +46,9 @@ struct Browser {
 impl Browser {
     fn open(url: &str) -> Self {
         let profile = tempfile::tempdir().unwrap();
+        // a process group of its own: the browser's helper processes end with it
         let mut child: Child = Command::new("chromium")
+            .process_group(0)
             .args(["--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0"])
             .arg("--window-size=1100,700")
             .arg(format!("--user-data-dir={}", profile.path().display()))
@@ -82,7 +86,7 @@ impl Browser {
         let target = target.unwrap();
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (page, _) = tungstenite::client::client(target.as_str(), stream).unwrap();
-        Self { _child: child, _profile: profile, page, next_id: 1 }
+        Self { child, _profile: profile, page, next_id: 1 }
     }
 
     /// Calls a DevTools method and returns its `result`.
@@ -125,6 +129,13 @@ impl Browser {
                 (brick[0].as_str().unwrap().to_string(), brick[1].as_u64().unwrap(), changed.collect())
             })
             .collect()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.child.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::SIGKILL);
     }
 }
 

@@ -96,6 +96,9 @@ impl KnownData {
             return false;
         }
         let (first, last) = (offset / Self::PAGE, (offset + len - 1) / Self::PAGE);
+        if first == last {
+            return self.0[first / 64].load(Ordering::Relaxed) & (1 << (first % 64)) != 0;
+        }
         (first / 64..=last / 64).all(|word| {
             let low = if word == first / 64 { first % 64 } else { 0 };
             let high = if word == last / 64 { last % 64 } else { 63 };
@@ -541,18 +544,22 @@ impl Mapping {
         const PAGE: usize = 4096;
         const CHUNK: usize = 1 << 20;
         self.check_before_copy(0, self.len)?;
-        let mut buffer = vec![0u8; CHUNK.min(self.len)];
+        // one page at a time into a buffer that stays in the L1 cache for `each` to look at
+        let mut buffer = [0u8; PAGE];
         let mut offset = 0;
         while offset < self.len {
             let len = CHUNK.min(self.len - offset);
             for segment in self.segments(offset, len)? {
-                let part = &mut buffer[segment.start - offset..segment.end - offset];
-                if segment.data {
-                    self.copy_segments(segment.start, part, &[segment])?;
-                }
                 // segments are page-aligned inside a chunk (chunks are whole pages)
-                for (index, page) in part.chunks(PAGE).enumerate() {
-                    each(segment.start / PAGE + index, segment.data.then_some(page));
+                for start in (segment.start..segment.end).step_by(PAGE) {
+                    let page = &mut buffer[..PAGE.min(segment.end - start)];
+                    if segment.data {
+                        let part = Segment { start, end: start + page.len(), data: true };
+                        self.copy_segments(start, page, &[part])?;
+                        each(start / PAGE, Some(page));
+                    } else {
+                        each(start / PAGE, None);
+                    }
                 }
             }
             self.check_intact()?;
@@ -713,30 +720,15 @@ impl Mapping {
     /// after the last one are compared one by one, the rest as aligned words.
     fn live_equals_unchecked(&self, offset: usize, expected: &[u8]) -> bool {
         debug_assert!(offset + expected.len() <= self.len);
-        let base = self.map().as_ptr().wrapping_add(offset);
-        let head = base.align_offset(8).min(expected.len());
-        let words = (expected.len() - head) / 8;
-        let tail_start = head + words * 8;
-        let byte_equals = |index: usize| {
-            // SAFETY: `index < expected.len()` (callers below), and the caller guarantees
-            // `offset + expected.len()` lies inside the mapping, so the load is in bounds.
-            let live = unsafe { std::ptr::read_volatile(base.add(index)) };
-            live == expected[index]
-        };
-        if !(0..head).all(byte_equals) {
-            return false;
-        }
-        for word in 0..words {
-            let start = head + word * 8;
-            let expected_word = u64::from_ne_bytes(expected[start..start + 8].try_into().unwrap_or_default());
-            // SAFETY: `start + 8 <= tail_start <= expected.len()`, inside the caller's range;
-            // `base + head` is 8-byte aligned (`align_offset`), so `base + start` is too.
-            let live = unsafe { std::ptr::read_volatile(base.add(start).cast::<u64>()) };
-            if live != expected_word {
-                return false;
-            }
-        }
-        (tail_start..expected.len()).all(byte_equals)
+        // a page at a time into a buffer that stays in the L1 cache, then compared there: the
+        // copy really reads live memory again (see `copy_unchecked`), and both the copy and
+        // the comparison run at vector speed
+        let mut buffer = [0u8; 4096];
+        expected.chunks(buffer.len()).enumerate().all(|(index, part)| {
+            let live = &mut buffer[..part.len()];
+            self.copy_unchecked(offset + index * 4096, live);
+            live == part
+        })
     }
 
     /// Writes `len` bytes of the mapping at `offset` to `file` from its current position on,
