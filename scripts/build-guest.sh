@@ -5,16 +5,17 @@
 #   - keeps that marker resident in guest memory (a file in the RAM-backed rootfs)
 #   - runs a small workload that keeps changing memory (a counter file rewritten 10 times a s)
 # Output: OUTDIR/vmlinuz, OUTDIR/initrd.gz (default target/guest/linux). Cached: a second run
-# returns at once. Boot it with: qemu-bridge launch NAME --linux OUTDIR
+# returns at once. Boot it with: qemu-bridge launch NAME --linux OUTDIR. The qemu-bridge binary
+# carries this script and runs it for `launch NAME --linux` with no directory (its cache).
 # Debian's kernel needs at least 80 MiB of RAM (with 64 MiB QEMU exits at once with no output);
 # --linux defaults to 128 MiB.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-out=${1:-target/guest/linux}
+out=$(realpath -m "${1:-$(dirname "$0")/../target/guest/linux}")
 if [[ -f $out/vmlinuz && -f $out/initrd.gz && -f $out/.complete ]]; then
     echo "$out (cached)"
     exit 0
 fi
+mkdir -p "$out"   # first: a place that cannot be written fails before any download
 command -v cpio >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cpio >/dev/null; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -49,7 +50,6 @@ while true; do
 done
 INIT
 chmod +x "$root/init"
-mkdir -p "$out"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) > "$out/initrd.gz"
 cp "$work"/kernel/boot/vmlinuz-* "$out/vmlinuz"
 echo "$kernel" > "$out/.complete"

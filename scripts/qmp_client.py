@@ -3,7 +3,7 @@
 
     from qmp_client import QMPClient
     with QMPClient("/run/qemu-bridge/demo.qmp") as qmp:
-        print(qmp.query_status()["status"], qmp.get_shared_memory_path())
+        print(qmp.query_status(), qmp.get_shared_memory_path())   # running /dev/shm/...
 
 Run as a script it prints status, memory backends and the RAM file of a VM as JSON:
 
@@ -90,15 +90,25 @@ class QMPClient:
             raise QMPError(f"{self.socket_path}: {command}: {err}") from err
 
     def query_status(self):
-        """{'status': 'running'|'paused'|'prelaunch'|..., 'running': bool, ...}"""
+        """The VM's run state as a string: 'running', 'paused', 'prelaunch', 'shutdown', ...
+
+        The whole reply (with 'running' and 'singlestep') is query_status_full().
+        """
+        return self.query_status_full()["status"]
+
+    def query_status_full(self):
+        """QMP query-status's whole reply: {'status': str, 'running': bool, ...}."""
         return self.execute("query-status")
 
     def query_memdev(self):
-        """The memory backends (QEMU does not include mem-path here)."""
+        """The memory backends: a list of dicts (id, size, share, ...). QEMU does not include
+        the backend's mem-path here: see get_shared_memory_path()."""
         return self.execute("query-memdev")
 
     def get_shared_memory_path(self):
-        """The RAM file: mem-path of the machine's memory backend, found through QOM."""
+        """The RAM file's path: the mem-path of the machine's memory backend, found through QOM
+        (qom-get /machine memory-backend, then the backend's mem-path). Raises QMPError when
+        the VM has no file-backed RAM (private RAM, or a memfd, which has no path)."""
         candidates = []
         try:
             backend = self.execute("qom-get", {"path": "/machine", "property": "memory-backend"})
@@ -128,6 +138,7 @@ def main(argv):
         with QMPClient(argv[1]) as qmp:
             print(json.dumps({
                 "status": qmp.query_status(),
+                "status_full": qmp.query_status_full(),
                 "memdev": qmp.query_memdev(),
                 "mem_path": qmp.get_shared_memory_path(),
             }))

@@ -157,10 +157,12 @@ pub struct LaunchArgs {
     /// --linux]
     #[arg(long, value_parser = parse_size)]
     pub memory: Option<u64>,
-    /// Boot the Linux guest built by scripts/build-guest.sh from DIR (vmlinuz, initrd.gz):
-    /// sets --kernel, --initrd, --append "console=ttyS0 quiet", 128M and waits for its marker
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "drive"])]
-    pub linux: Option<PathBuf>,
+    /// Boot the small Linux guest of scripts/build-guest.sh (vmlinuz, initrd.gz) from DIR, or
+    /// with no DIR from the cache ($XDG_CACHE_HOME/qemu-bridge/linux, /var/cache/qemu-bridge/linux
+    /// for root), building it there once: sets --kernel, --initrd, --append "console=ttyS0
+    /// quiet", 128M and waits for its marker
+    #[arg(long, value_name = "DIR", num_args = 0..=1, conflicts_with_all = ["kernel", "initrd", "drive"])]
+    pub linux: Option<Option<PathBuf>>,
     /// Return only once TEXT appears on the serial console, and report the boot time
     #[arg(long, value_name = "TEXT")]
     pub wait_for: Option<String>,
@@ -451,7 +453,7 @@ fn lifecycle(
 
 impl LaunchArgs {
     /// The library's options.
-    fn options(self) -> Result<LaunchOptions, qemu_bridge::NameError> {
+    fn options(self) -> Result<LaunchOptions, Box<dyn std::error::Error + Send + Sync>> {
         // Checked here rather than by clap, whose message would show a newline in the name raw.
         let mut options = LaunchOptions::new(VmName::new(&self.name)?, self.common.run_dir());
         options.memory = self.memory.unwrap_or(if self.linux.is_some() { LINUX_MEMORY } else { 64 << 20 });
@@ -462,6 +464,20 @@ impl LaunchArgs {
         options.append = self.append;
         options.wait_for = self.wait_for;
         if let Some(dir) = &self.linux {
+            let dir = match dir {
+                Some(dir) => dir.clone(),
+                None => {
+                    let dir = qemu_bridge::guest::default_dir();
+                    if !qemu_bridge::guest::is_built(&dir) {
+                        eprintln!(
+                            "building the Linux guest in {} (once; downloads two packages)",
+                            dir.display()
+                        );
+                    }
+                    qemu_bridge::guest::ensure(&dir)?;
+                    dir
+                }
+            };
             options.kernel = Some(dir.join("vmlinuz"));
             options.initrd = Some(dir.join("initrd.gz"));
             options.append.get_or_insert_with(|| "console=ttyS0 quiet".into());

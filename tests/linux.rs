@@ -18,10 +18,9 @@ use qemu_bridge::{RunState, Verdict, Vm};
 fn guest_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let dir = root.join("target/guest/linux");
-        let output = Command::new(root.join("scripts/build-guest.sh")).arg(&dir).output().unwrap();
-        assert!(output.status.success(), "build-guest.sh: {}", String::from_utf8_lossy(&output.stderr));
+        // the build script the binary carries (`launch --linux` with no directory runs it)
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/linux");
+        qemu_bridge::guest::ensure(&dir).unwrap_or_else(|err| panic!("{}", qemu_bridge::error::chain(&err)));
         dir
     })
 }
@@ -174,6 +173,46 @@ fn test_linux_guest_seen_through_mount_and_library() {
     let highest = || max_counter(&std::fs::read(mount.path(&format!("{name}/ram"))).unwrap());
     let restored = highest();
     assert!(wait_until(Duration::from_secs(60), || highest() > restored), "the restored guest does not run");
+}
+
+/// `launch NAME --linux` with no directory boots the guest of the cache directory
+/// (`$XDG_CACHE_HOME/qemu-bridge/linux`); a cache that cannot be built is an error naming it
+/// (after the line saying it is being built).
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_launch_linux_without_a_directory_uses_the_cache() {
+    require_qemu();
+    let cache = tempfile::tempdir().unwrap();
+    let cached = cache.path().join("qemu-bridge/linux");
+    std::fs::create_dir_all(&cached).unwrap();
+    for file in ["vmlinuz", "initrd.gz", ".complete"] {
+        std::fs::copy(guest_dir().join(file), cached.join(file)).unwrap();
+    }
+    let run_dir = TestRunDir::new();
+    let name = common::unique_name("cached");
+    let launch = |cache: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+            .args(["launch", &name, "--linux", "--run-dir"])
+            .arg(run_dir.path())
+            .env("XDG_CACHE_HOME", cache)
+            .output()
+            .unwrap()
+    };
+    let output = launch(cache.path());
+    let _guard = common::VmGuard::launched_by_cli(&run_dir, &name);
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    assert!(common::stdout(&output).contains("QEMU-BRIDGE-LINUX-MARKER"), "{}", common::stdout(&output));
+    let stopped = common::qemu_bridge(&run_dir, &["stop", &name]);
+    assert!(stopped.status.success(), "{}", common::stderr(&stopped));
+    // a cache that cannot be made (a file where the directory should be): one line, no VM
+    let blocked = tempfile::tempdir().unwrap();
+    std::fs::write(blocked.path().join("qemu-bridge"), b"not a directory").unwrap();
+    let refused = launch(blocked.path());
+    let text = common::stderr(&refused);
+    assert!(!refused.status.success() && !text.contains("panicked"), "{text}");
+    let last = text.lines().last().unwrap_or("");
+    assert!(last.starts_with("qemu-bridge: error: building the Linux guest in"), "{text}");
+    assert!(!run_dir.path().join(format!("{name}.qmp")).exists());
 }
 
 #[test]

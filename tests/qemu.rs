@@ -196,13 +196,14 @@ fn test_python_qmp_client_against_real_vm() {
         std::process::Command::new("python3").arg(&script).arg(vm.launched.vm.socket()).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let reply: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(reply["status"]["status"], "running");
+    assert_eq!(reply["status"], "running", "query_status() is the state string");
+    assert_eq!(reply["status_full"]["running"], true, "the whole reply under query_status_full()");
     assert_eq!(reply["memdev"][0]["size"], 64 << 20);
     assert_eq!(reply["mem_path"], vm.launched.ram_path.to_str().unwrap());
     // the class API, imported as a module, and a clear error for a dead socket
     let program = format!(
         "import sys; sys.path.insert(0, {dir:?}); from qmp_client import QMPClient, QMPError\n\
-         c = QMPClient({sock:?}); print(c.query_status()['running'], c.get_shared_memory_path()); c.close()\n\
+         c = QMPClient({sock:?}); print(c.query_status(), c.get_shared_memory_path()); c.close()\n\
          try:\n    QMPClient('/nonexistent.qmp')\nexcept QMPError as e:\n    print('error', e)\n",
         dir = script.parent().unwrap(),
         sock = vm.launched.vm.socket().display(),
@@ -210,6 +211,6 @@ fn test_python_qmp_client_against_real_vm() {
     let output = std::process::Command::new("python3").arg("-c").arg(&program).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.starts_with(&format!("True {}", vm.launched.ram_path.display())), "{stdout}");
+    assert!(stdout.starts_with(&format!("running {}", vm.launched.ram_path.display())), "{stdout}");
     assert!(stdout.contains("error /nonexistent.qmp"), "{stdout}");
 }
