@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
 # Installs what qemu-bridge needs to run and to be tested, with apt-get, if missing:
 # QEMU (Debian 12's 7.2) and qemu-img, fusermount3, binutils (to assemble the test guest), python3,
-# xxd, util-linux (setpriv), gcc, b3sum and chromium. Idempotent; needs root (or sudo) only when something is missing.
+# xxd, util-linux (setpriv), gcc, b3sum and chromium. With --runtime only what qemu-bridge needs to
+# run (QEMU, qemu-img, fuse3). Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
 # What is missing, computed afresh each time: installing one package can remove another (Debian's
 # qemu-system-x86 7.2 replaces a backported qemu-utils, taking qemu-img with it).
+runtime=false
+[[ ${1:-} == --runtime ]] && runtime=true   # what qemu-bridge needs to run, not to be tested
+
 missing() {
     need=()
     command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
     command -v qemu-img >/dev/null || need+=(qemu-utils)   # creates the qcow2 state disks
+    command -v fusermount3 >/dev/null || need+=(fuse3)
+    command -v cc >/dev/null || need+=(gcc)   # the blake3 crate builds its SIMD code with it
+    $runtime && return
     command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)   # Arm guests in the tests
     command -v qemu-system-riscv64 >/dev/null || need+=(qemu-system-misc)  # RISC-V guests in the tests
-    command -v fusermount3 >/dev/null || need+=(fuse3)
     command -v as >/dev/null && command -v ld >/dev/null || need+=(binutils)
     [[ -x /usr/bin/python3 ]] || need+=(python3)   # the tests run it as another user
     command -v xxd >/dev/null || need+=(xxd)
     command -v setpriv >/dev/null || need+=(util-linux)
-    command -v cc >/dev/null || need+=(gcc)   # the blake3 crate builds its SIMD code with it
     command -v b3sum >/dev/null || need+=(b3sum)   # the oracle of snapshot digests in the tests
     command -v chromium >/dev/null || need+=(chromium)   # the browser of the view's test
 }
@@ -41,7 +46,7 @@ for attempt in 1 2 3; do
 done
 
 # Volatility 3 reads the mount's core and physical files in the tests (from PyPI).
-if ! command -v vol >/dev/null; then
+if ! $runtime && ! command -v vol >/dev/null; then
     echo "installing: volatility3 (pip)" >&2
     python3 -m pip install --quiet --root-user-action=ignore volatility3 || pip install --quiet volatility3
 fi

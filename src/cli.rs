@@ -94,6 +94,14 @@ pub enum Verb {
     Umount(UmountArgs),
     /// Serve a live picture of every VM's memory to a web browser (a local web page)
     View(ViewArgs),
+    /// Remove what `launch` made for VMs that no longer run (sockets, pidfiles, logs, RAM
+    /// files; state disks without saved states), and nothing else
+    Clean(Nameless),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to stdout
+    #[command(hide = true)]
+    Man,
 }
 
 /// A VM name.
@@ -335,6 +343,109 @@ pub struct ViewArgs {
     pub common: Common,
 }
 
+/// A verb about the whole run directory.
+#[derive(Debug, Args)]
+pub struct Nameless {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    pub shell: clap_complete::Shell,
+}
+
+/// Options of `mount -o` (fstab, `mount -t fuse.qemu-bridge`) that qemu-bridge takes as its own
+/// mount flags: `run_dir=DIR`, `allow_other`, `audit_log=FILE`, `passthrough=MODE`,
+/// `threads=N`, `log_file=FILE`.
+const MOUNT_OPTIONS: [&str; 6] =
+    ["run_dir", "allow_other", "audit_log", "passthrough", "threads", "log_file"];
+
+/// Options mount(8) and fstab carry that concern mount(8) or are what a qemu-bridge mount is
+/// anyway: accepted and ignored.
+/// (`rw` too: mount(8) passes it when `ro` is not given; the mount is read-only whatever it says.)
+const IGNORED_MOUNT_OPTIONS: [&str; 21] = [
+    "ro", "rw", "defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group", "dev", "nodev",
+    "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime", "nofail", "_netdev",
+];
+
+/// The command line as mount(8) calls a FUSE program through `mount.fuse3` (for
+/// `mount -t fuse.qemu-bridge SOURCE MOUNTPOINT -o OPTIONS` and fstab lines of that type):
+/// `qemu-bridge SOURCE MOUNTPOINT [-o OPTIONS]...`, turned into `qemu-bridge mount MOUNTPOINT
+/// FLAGS`. `None` when `argv` is not of that form (a verb); an error names an option it does
+/// not know.
+pub fn from_mount_helper(argv: &[std::ffi::OsString]) -> Option<Result<Vec<std::ffi::OsString>, String>> {
+    use clap::CommandFactory;
+    let word = |index: usize| argv.get(index).and_then(|arg| arg.to_str());
+    // run as /usr/sbin/mount.fuse.qemu-bridge (scripts/install.sh), every call is mount(8)'s
+    let as_helper =
+        std::path::Path::new(argv.first()?).file_name().is_some_and(|name| name == "mount.fuse.qemu-bridge");
+    let first = word(1)?;
+    let verb = Cli::command().get_subcommands().any(|verb| verb.get_name() == first) || first == "help";
+    if !as_helper
+        && (verb
+            || first.starts_with('-')
+            || argv.len() < 3
+            || word(2).is_none_or(|arg| arg.starts_with('-')))
+    {
+        return None;
+    }
+    if argv.len() < 3 {
+        return Some(Err("usage: mount.fuse.qemu-bridge SOURCE MOUNTPOINT -o OPTIONS".into()));
+    }
+    let mut args: Vec<std::ffi::OsString> = vec![argv[0].clone(), "mount".into(), argv[2].clone()];
+    let mut rest = argv[3..].iter();
+    while let Some(arg) = rest.next() {
+        match arg.to_str() {
+            Some("-o") => {
+                let Some(options) = rest.next().and_then(|o| o.to_str()) else {
+                    return Some(Err("-o needs a list of options".into()));
+                };
+                for option in options.split(',').filter(|o| !o.is_empty()) {
+                    let (name, value) = option.split_once('=').map_or((option, None), |(n, v)| (n, Some(v)));
+                    match (name, value) {
+                        ("allow_other", None) => args.push("--allow-other".into()),
+                        (known, Some(value)) if MOUNT_OPTIONS.contains(&known) && known != "allow_other" => {
+                            args.push(format!("--{}={value}", known.replace('_', "-")).into());
+                        }
+                        (ignored, None) if IGNORED_MOUNT_OPTIONS.contains(&ignored) => {}
+                        (other, _) if other.starts_with("x-") || other == "comment" => {}
+                        _ => {
+                            return Some(Err(format!(
+                                "unknown mount option {option:?} (qemu-bridge takes {}={{...}}, allow_other)",
+                                MOUNT_OPTIONS
+                                    .iter()
+                                    .filter(|o| **o != "allow_other")
+                                    .copied()
+                                    .collect::<Vec<_>>()
+                                    .join("=, ")
+                            )))
+                        }
+                    }
+                }
+            }
+            // mount(8)'s own flags: no mtab, verbose, sloppy (fake mounts are done by mount(8))
+            Some("-n" | "-v" | "-s") => {}
+            // the type mount(8) names the helper by
+            Some("-t") => {
+                if rest.next().and_then(|t| t.to_str()).is_none_or(|t| t != "fuse.qemu-bridge" && t != "fuse")
+                {
+                    return Some(Err("-t must be fuse.qemu-bridge".into()));
+                }
+            }
+            _ => {
+                return Some(Err(format!(
+                    "unexpected argument {arg:?} (usage: qemu-bridge SOURCE MOUNTPOINT -o OPTIONS)"
+                )))
+            }
+        }
+    }
+    Some(Ok(args))
+}
+
 /// Runs the parsed command line.
 ///
 /// # Errors
@@ -374,6 +485,17 @@ pub fn run(cli: Cli) -> CliResult {
         Verb::Snapshot(args) => snapshot_verb(args),
         Verb::Mount(args) => mount_verb(&args),
         Verb::Umount(args) => qemu_bridge::mount::umount(&args.mountpoint).map_err(Into::into),
+        Verb::Clean(args) => clean_verb(&args),
+        Verb::Completions(args) => {
+            use clap::CommandFactory;
+            clap_complete::generate(args.shell, &mut Cli::command(), "qemu-bridge", &mut std::io::stdout());
+            Ok(())
+        }
+        Verb::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Verb::View(args) => {
             let server = qemu_bridge::view::ViewServer::bind(args.listen, args.common.run_dir())?;
             if let Some(address) = server.address() {
@@ -508,8 +630,34 @@ fn stop_verb(args: &StopArgs) -> CliResult {
     for path in &stopped.replaced {
         println!("left {} alone: it is no longer the file launch made", path.display());
     }
-    if let Some(state_disk) = &stopped.kept_state_disk {
-        println!("saved states kept in {} (stop --discard-state deletes them)", state_disk.display());
+    report_state_disk(&args.name, &stopped);
+    Ok(())
+}
+
+/// What happened to a stopped VM's state disk.
+fn report_state_disk(name: &str, stopped: &launch::Stopped) {
+    match (&stopped.kept_state_disk, stopped.saved_states.as_slice()) {
+        (Some(disk), []) => println!("kept {} (its saved states could not be read)", disk.display()),
+        (Some(disk), states) => println!(
+            "kept {}: saved states {} (`qemu-bridge stop {name} --discard-state` or `delete-saved` remove them)",
+            disk.display(),
+            states.join(", ")
+        ),
+        (None, _) => {}
+    }
+}
+
+fn clean_verb(args: &Nameless) -> CliResult {
+    let cleaned = launch::clean(&args.common.run_dir())?;
+    if cleaned.is_empty() {
+        println!("nothing to clean");
+    }
+    for (name, stopped) in &cleaned {
+        println!("{name}: removed {} files", stopped.removed.len());
+        for path in &stopped.replaced {
+            println!("left {} alone: it is no longer the file launch made", path.display());
+        }
+        report_state_disk(name.as_str(), stopped);
     }
     Ok(())
 }
@@ -561,6 +709,11 @@ struct ListRow {
     machine: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// For a stopped VM: the states saved in its state disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    saved_states: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_disk: Option<PathBuf>,
 }
 
 /// A VM's state in `list`: QEMU's run state, or why it is not shown.
@@ -570,6 +723,8 @@ enum ListState {
     /// The trust check refused its peer or its RAM file.
     Refused,
     Unreachable,
+    /// Launched by qemu-bridge, not running, with saved states kept.
+    Stopped,
 }
 
 impl Serialize for ListState {
@@ -584,6 +739,7 @@ impl std::fmt::Display for ListState {
             ListState::Run(state) => state.fmt(f),
             ListState::Refused => f.write_str("refused"),
             ListState::Unreachable => f.write_str("unreachable"),
+            ListState::Stopped => f.write_str("stopped"),
         }
     }
 }
@@ -601,6 +757,8 @@ impl ListRow {
                 zero_copy: Some(info.ram_kind.zero_copy()),
                 machine: Some(info.machine),
                 error: None,
+                saved_states: None,
+                state_disk: None,
             },
             Err(err) => ListRow {
                 name,
@@ -611,6 +769,8 @@ impl ListRow {
                 zero_copy: None,
                 machine: None,
                 error: Some(qemu_bridge::error::chain(&err)),
+                saved_states: None,
+                state_disk: None,
             },
         }
     }
@@ -618,8 +778,26 @@ impl ListRow {
 
 fn list_verb(args: ListArgs) -> CliResult {
     let run_dir = args.common.run_dir();
-    let rows: Vec<ListRow> =
+    let mut rows: Vec<ListRow> =
         run_dir.vm_names()?.into_iter().map(|name| ListRow::of(&run_dir, name)).collect();
+    // VMs that no longer run but keep saved states: to be found (and deleted) later
+    for stopped in launch::stopped_vms(&run_dir) {
+        if stopped.saved_states.is_empty() || rows.iter().any(|row| row.name == stopped.name) {
+            continue;
+        }
+        rows.push(ListRow {
+            name: stopped.name,
+            state: ListState::Stopped,
+            ram_size: None,
+            ram_path: None,
+            ram_kind: None,
+            zero_copy: None,
+            machine: None,
+            error: None,
+            saved_states: Some(stopped.saved_states),
+            state_disk: stopped.state_disk,
+        });
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
@@ -629,10 +807,15 @@ fn list_verb(args: ListArgs) -> CliResult {
     for row in rows {
         let size = row.ram_size.map_or_else(|| "-".to_string(), |size| format!("{}M", size >> 20));
         let kind = row.ram_kind.map_or_else(|| "-".to_string(), |kind| kind.to_string());
-        let detail = match (&row.ram_path, &row.error) {
-            (Some(path), _) => path.display().to_string(),
-            (None, Some(error)) => error.clone(),
-            (None, None) => "-".into(),
+        let detail = match (&row.ram_path, &row.error, &row.saved_states) {
+            (Some(path), _, _) => path.display().to_string(),
+            (None, Some(error), _) => error.clone(),
+            (None, None, Some(states)) => format!(
+                "saved states: {} (in {})",
+                states.join(", "),
+                row.state_disk.as_deref().unwrap_or(Path::new("?")).display()
+            ),
+            (None, None, None) => "-".into(),
         };
         writeln!(
             out,
@@ -778,6 +961,81 @@ mod tests {
         }
     }
 
+    fn os(args: &[&str]) -> Vec<std::ffi::OsString> {
+        args.iter().map(Into::into).collect()
+    }
+
+    /// mount(8) through mount.fuse3: `qemu-bridge SOURCE MOUNTPOINT -o OPTIONS` becomes the
+    /// mount verb with flags, and what it becomes parses to the options asked for.
+    #[test]
+    fn mount_helper_arguments_become_the_mount_verb() {
+        let translated = from_mount_helper(&os(&[
+            "qemu-bridge",
+            "qemu-bridge",
+            "/mnt/qemu",
+            "-o",
+            "ro",
+            "-o",
+            "run_dir=/run/x,allow_other,noauto,passthrough=never,threads=3,audit_log=/a,log_file=/l,x-systemd.automount",
+        ]))
+        .unwrap()
+        .unwrap();
+        let Verb::Mount(args) = Cli::try_parse_from(&translated).unwrap().command else {
+            panic!("not mount")
+        };
+        let mut expected = MountOptions::new("/mnt/qemu");
+        expected.run_dir = Some("/run/x".into());
+        expected.allow_other = true;
+        expected.passthrough = Passthrough::Never;
+        expected.threads = Some(3);
+        expected.audit_log = Some("/a".into());
+        expected.log_file = Some("/l".into());
+        assert_eq!(args.options(), expected);
+        assert!(!args.foreground, "mount(8) waits for the helper: it must return once mounted");
+        // verbs and flags are not intercepted
+        for argv in [
+            os(&["qemu-bridge", "list"]),
+            os(&["qemu-bridge", "mount", "/mnt"]),
+            os(&["qemu-bridge", "--help"]),
+        ] {
+            assert!(from_mount_helper(&argv).is_none(), "{argv:?}");
+        }
+        let error =
+            |options: &str| from_mount_helper(&os(&["qemu-bridge", "src", "/mnt", "-o", options])).unwrap();
+        assert!(error("run_dir=/r,colour=blue")
+            .unwrap_err()
+            .contains("unknown mount option \"colour=blue\""));
+        assert!(error("allow_other=yes").is_err());
+        assert!(from_mount_helper(&os(&["qemu-bridge", "src", "/mnt", "-o"])).unwrap().is_err());
+        // as mount(8) calls the installed helper, even with a source named like a verb
+        let helper = from_mount_helper(&os(&[
+            "/usr/sbin/mount.fuse.qemu-bridge",
+            "launch",
+            "/mnt/q",
+            "-o",
+            "run_dir=/r",
+            "-t",
+            "fuse.qemu-bridge",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(helper[1..], os(&["mount", "/mnt/q", "--run-dir=/r"]));
+    }
+
+    #[test]
+    fn completions_and_man_page_come_from_the_command_line_definitions() {
+        use clap::CommandFactory;
+        let mut bash = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "qemu-bridge", &mut bash);
+        let bash = String::from_utf8(bash).unwrap();
+        assert!(bash.contains("snapshot") && bash.contains("--passthrough"), "{bash}");
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command()).render(&mut man).unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(man.starts_with(".ie") || man.contains(".TH qemu-bridge"), "{man}");
+        assert!(man.contains("launch"));
+    }
+
     #[test]
     fn list_rows_serialize_as_before() {
         let row = ListRow {
@@ -789,6 +1047,8 @@ mod tests {
             zero_copy: Some(true),
             machine: Some("pc-q35-7.2-machine".into()),
             error: None,
+            saved_states: None,
+            state_disk: None,
         };
         assert_eq!(
             serde_json::to_value(&row).unwrap(),
@@ -805,10 +1065,29 @@ mod tests {
             zero_copy: None,
             machine: None,
             error: Some("boom".into()),
+            saved_states: None,
+            state_disk: None,
         };
         assert_eq!(
             serde_json::to_value(&row).unwrap(),
             serde_json::json!({"name": "b", "state": "unreachable", "error": "boom"})
+        );
+        let row = ListRow {
+            name: VmName::new("c").unwrap(),
+            state: ListState::Stopped,
+            ram_size: None,
+            ram_path: None,
+            ram_kind: None,
+            zero_copy: None,
+            machine: None,
+            error: None,
+            saved_states: Some(vec!["before".into()]),
+            state_disk: Some("/run/q/c.state.qcow2".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(&row).unwrap(),
+            serde_json::json!({"name": "c", "state": "stopped", "saved_states": ["before"],
+                               "state_disk": "/run/q/c.state.qcow2"})
         );
     }
 

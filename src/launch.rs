@@ -870,8 +870,10 @@ pub struct Stopped {
     pub removed: Vec<PathBuf>,
     /// Recorded files left alone because their path now names another file.
     pub replaced: Vec<PathBuf>,
-    /// The state disk, when kept for a later launch.
+    /// The state disk, when kept because it holds saved states (or could not be read).
     pub kept_state_disk: Option<PathBuf>,
+    /// The states saved in the kept state disk (empty when it could not be read).
+    pub saved_states: Vec<String>,
 }
 
 /// Quits VM `name` through QMP and waits for QEMU to exit. For a VM that `launch` started (it
@@ -898,7 +900,7 @@ pub fn stop(run_dir: &RunDir, name: &str, discard_state: bool) -> Result<Stopped
         return Err(vm.not_found().into());
     }
     let quit = quit(&vm);
-    let Some(mut record) = record else {
+    let Some(record) = record else {
         let peer = quit?;
         // Not ours to kill: wait a while for it to take the quit, delete nothing.
         if !process::wait_for_exit(peer.pid, Duration::from_secs(10)) {
@@ -910,6 +912,7 @@ pub fn stop(run_dir: &RunDir, name: &str, discard_state: bool) -> Result<Stopped
             removed: Vec::new(),
             replaced: Vec::new(),
             kept_state_disk: None,
+            saved_states: Vec::new(),
         });
     };
     let graceful = match quit {
@@ -928,16 +931,42 @@ pub fn stop(run_dir: &RunDir, name: &str, discard_state: bool) -> Result<Stopped
             });
         }
     }
+    tidy(run_dir, vm.name(), record, discard_state, graceful)
+}
+
+/// Removes what the launch of a VM whose QEMU has ended made (its record says what): cgroups,
+/// files (each only while its path still names the file launch made), and the state disk
+/// unless it holds saved states and `discard_state` is false; the record goes with the last file.
+fn tidy(
+    run_dir: &RunDir,
+    name: &VmName,
+    mut record: LaunchRecord,
+    discard_state: bool,
+    graceful: bool,
+) -> Result<Stopped, LaunchError> {
     cgroup::remove_dirs(&std::mem::take(&mut record.cgroups));
+    // a state disk is kept only for the states saved in it
+    let saved_states = match record.file(FileRole::StateDisk).filter(|_| !discard_state) {
+        Some(disk) => match crate::saved_state::on_disk(&disk.path) {
+            Ok(states) => Some(states),
+            Err(err) => {
+                log::warn!("{}; keeping it", crate::error::chain(&err));
+                None
+            }
+        },
+        None => None,
+    };
+    let drop_state_disk = discard_state || saved_states.as_ref().is_some_and(Vec::is_empty);
     let removal = record
-        .remove_files(|role| role != FileRole::StateDisk || discard_state)
+        .remove_files(|role| role != FileRole::StateDisk || drop_state_disk)
         .map_err(io_error(format!("cannot remove the files of VM {name}")))?;
     record.pid = None;
     let kept_state_disk = record.file(FileRole::StateDisk).map(|file| file.path.clone());
+    let saved_states = saved_states.unwrap_or_default();
     let saved = if record.files.is_empty() {
-        LaunchRecord::delete(run_dir, vm.name())
+        LaunchRecord::delete(run_dir, name)
     } else {
-        record.write(run_dir, vm.name())
+        record.write(run_dir, name)
     };
     saved.map_err(io_error(format!("cannot update the launch record of VM {name}")))?;
     Ok(Stopped {
@@ -946,7 +975,65 @@ pub fn stop(run_dir: &RunDir, name: &str, discard_state: bool) -> Result<Stopped
         removed: removal.removed,
         replaced: removal.replaced,
         kept_state_disk,
+        saved_states,
     })
+}
+
+/// Tidies the run directory: for every VM `launch` started whose QEMU is gone, removes what
+/// that launch made and recorded (socket, pidfile, logs, RAM file, cgroups; the state disk unless
+/// it holds saved states), as `stop` would have. Touches nothing it did not record, and no VM
+/// that runs.
+///
+/// # Errors
+///
+/// The first VM whose files cannot be removed.
+pub fn clean(run_dir: &RunDir) -> Result<Vec<(VmName, Stopped)>, LaunchError> {
+    let mut cleaned = Vec::new();
+    for stopped in stopped_vms(run_dir) {
+        let Ok(Some(record)) = LaunchRecord::read(run_dir, &stopped.name) else { continue };
+        let tidied = tidy(run_dir, &stopped.name, record, false, false)?;
+        cleaned.push((stopped.name, tidied));
+    }
+    Ok(cleaned)
+}
+
+/// A VM `launch` started that no longer runs but left files behind (a state disk with saved
+/// states, or the leftovers of a QEMU that died).
+#[derive(Debug, Clone)]
+pub struct StoppedVm {
+    /// Its name.
+    pub name: VmName,
+    /// Its state disk, if one is left.
+    pub state_disk: Option<PathBuf>,
+    /// The states saved in it.
+    pub saved_states: Vec<String>,
+}
+
+/// The VMs of `run_dir` that `launch` started and that no longer run (their QEMU is gone), with
+/// what they left: the records of launches whose recorded QEMU is dead.
+pub fn stopped_vms(run_dir: &RunDir) -> Vec<StoppedVm> {
+    let Ok(entries) = std::fs::read_dir(run_dir.path()) else { return Vec::new() };
+    let mut stopped = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str().and_then(|name| name.strip_suffix(".launch.json")) else {
+            continue;
+        };
+        let Ok(name) = VmName::new(name) else { continue };
+        let Ok(Some(record)) = LaunchRecord::read(run_dir, &name) else { continue };
+        if record.pid.is_some_and(process::alive) {
+            continue;
+        }
+        let state_disk = record.file(FileRole::StateDisk).map(|file| file.path.clone());
+        let saved_states = state_disk
+            .as_deref()
+            .filter(|disk| disk.exists())
+            .and_then(|disk| crate::saved_state::on_disk(disk).ok())
+            .unwrap_or_default();
+        stopped.push(StoppedVm { name, state_disk, saved_states });
+    }
+    stopped.sort_by(|a, b| a.name.cmp(&b.name));
+    stopped
 }
 
 /// Sends `quit` to a trusted peer: the peer, once QEMU took it.

@@ -9,7 +9,17 @@ use clap::Parser;
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser::mnt=error"))
         .init();
-    match cli::run(cli::Cli::parse()) {
+    // mount(8) runs `qemu-bridge SOURCE MOUNTPOINT -o OPTIONS` (through mount.fuse3)
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv = match cli::from_mount_helper(&argv) {
+        None => argv,
+        Some(Ok(translated)) => translated,
+        Some(Err(err)) => {
+            eprintln!("qemu-bridge: error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli::run(cli::Cli::parse_from(argv)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("qemu-bridge: error: {}", qemu_bridge::error::chain(err.as_ref()));

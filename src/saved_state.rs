@@ -75,6 +75,14 @@ pub enum SavedStateError {
         /// The tag.
         tag: String,
     },
+    /// A state disk no QEMU holds could not be read.
+    #[error("cannot read the saved states of {path}: {reason}")]
+    Inspect {
+        /// The state disk.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// QEMU refused or failed.
     #[error("VM {vm}: QEMU could not {action} state {tag:?}: {desc}{}", after_failure(.state_after))]
     Refused {
@@ -281,6 +289,40 @@ fn require_state(vm: &Vm, states: &[SavedState], tag: &str) -> Result<(), SavedS
     Err(SavedStateError::UnknownTag { vm: vm.name().to_string(), tag: tag.to_string(), known })
 }
 
+/// The names of the states saved in a state disk, read from the image itself with `qemu-img
+/// info` (for a VM that is not running; `-U`, so a running QEMU's lock does not stop it).
+///
+/// # Errors
+///
+/// [`SavedStateError::Inspect`] when `qemu-img` cannot read it.
+pub fn on_disk(disk: &std::path::Path) -> Result<Vec<String>, SavedStateError> {
+    let inspect = |reason: String| SavedStateError::Inspect { path: disk.to_path_buf(), reason };
+    let output = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json", "-U", "-f", "qcow2"])
+        .arg(disk)
+        .output()
+        .map_err(|err| inspect(format!("cannot run qemu-img: {err}")))?;
+    if !output.status.success() {
+        let text = String::from_utf8_lossy(&output.stderr);
+        return Err(inspect(text.lines().next().unwrap_or("qemu-img failed").to_string()));
+    }
+    states_in_image_info(&output.stdout).map_err(inspect)
+}
+
+/// The snapshot names of `qemu-img info --output=json`.
+fn states_in_image_info(json: &[u8]) -> Result<Vec<String>, String> {
+    let info: Value = serde_json::from_slice(json).map_err(|err| err.to_string())?;
+    match info.get("snapshots") {
+        None => Ok(Vec::new()),
+        Some(Value::Array(states)) => states
+            .iter()
+            .map(|state| state.get("name").and_then(Value::as_str).map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| "a snapshot without a name".to_string()),
+        Some(other) => Err(format!("snapshots is not a list: {other}")),
+    }
+}
+
 /// The states saved for `vm`, oldest first.
 ///
 /// # Errors
@@ -368,6 +410,18 @@ pub fn delete(vm: &Vm, tag: &str, wait: Duration) -> Result<(), SavedStateError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_names_in_qemu_img_info() {
+        let info = br#"{"virtual-size": 1048576, "filename": "d.qcow2", "format": "qcow2",
+            "snapshots": [{"id": "1", "name": "before", "vm-state-size": 70000},
+                          {"id": "2", "name": "after", "vm-state-size": 70000}]}"#;
+        assert_eq!(states_in_image_info(info).unwrap(), ["before", "after"]);
+        assert_eq!(states_in_image_info(br#"{"format": "qcow2"}"#).unwrap(), Vec::<String>::new());
+        assert!(states_in_image_info(br#"{"snapshots": 3}"#).is_err());
+        assert!(states_in_image_info(br#"{"snapshots": [{"id": "1"}]}"#).is_err());
+        assert!(states_in_image_info(b"not json").is_err());
+    }
 
     #[test]
     fn tags() {

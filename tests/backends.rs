@@ -101,25 +101,34 @@ fn test_memfd_and_private_ram_vms() {
         ],
     );
     let _private = hand_vm(&run_dir, "private", &["-machine".into(), "q35,accel=tcg".into()]);
-    let mount = TestMount::new(&run_dir, &[]);
+    let mount = TestMount::new(&run_dir, &["--passthrough=never"]);
     assert_eq!(mount.ls(), ["memfd", "private"], "{}", mount.log_text());
     check_vm(&run_dir, &mount, "memfd", "memfd", true);
     check_vm(&run_dir, &mount, "private", "private", false);
     // private RAM can be copied, not viewed in place
     let (bridge, _) = Vm::existing(&run_dir.run_dir, "private").unwrap().open_bridge().unwrap();
     assert!(matches!(bridge.read_physical(0, 16), Err(qemu_bridge::BridgeError::NotMapped)));
-    // with --passthrough, memfd RAM is served by the kernel from QEMU's memfd and private RAM
-    // still through the daemon: the same bytes either way
+    // under the default passthrough=auto, memfd RAM is served by the kernel from QEMU's memfd
+    // and private RAM (no file) by the daemon, with a line saying so: the same bytes either way
     for name in ["memfd", "private"] {
         Vm::existing(&run_dir.run_dir, name).unwrap().with_qmp(|qmp| qmp.stop()).unwrap();
     }
-    let passthrough = TestMount::new(&run_dir, &["--passthrough"]);
+    let passthrough = TestMount::new(&run_dir, &[]);
     for name in ["memfd", "private"] {
         let direct = std::fs::read(mount.path(&format!("{name}/ram"))).unwrap();
         let through = std::fs::read(passthrough.path(&format!("{name}/ram"))).unwrap();
         assert!(direct == through, "{name}: passthrough serves other bytes");
     }
-    assert!(!passthrough.log_text().contains("passthrough unavailable"), "{}", passthrough.log_text());
+    let log = passthrough.log_text();
+    assert!(log.contains("private/ram: no passthrough (the RAM is not one file)"), "{log}");
+    assert!(!log.contains("memfd/ram: no passthrough"), "{log}");
+    drop(passthrough);
+    // --passthrough=always: memfd RAM opens, private RAM is refused with a clear errno
+    let always = TestMount::new(&run_dir, &["--passthrough=always"]);
+    assert!(std::fs::read(always.path("memfd/ram")).is_ok());
+    let refused = std::fs::File::open(always.path("private/ram")).map(drop);
+    assert_eq!(refused.map_err(|err| err.raw_os_error()), Err(Some(libc::EOPNOTSUPP)));
+    assert!(always.log_text().contains("private/ram: --passthrough=always: the RAM is not one file"));
 }
 
 #[test]

@@ -86,7 +86,21 @@ fn test_save_and_restore_bring_back_ram_exactly() {
     // saved states outlive the VM: stop keeps the state disk, a new QEMU of the same name and
     // disks restores them into its own fresh RAM file
     let output = ok(qemu_bridge(&run_dir, &["stop", &name]));
-    assert!(output.contains("saved states kept"), "{output}");
+    assert!(output.contains(&format!("kept {}: saved states before", state_disk.display())), "{output}");
+    assert!(state_disk.exists());
+    // a stopped VM with saved states is listed, so that they can be found (and deleted)
+    let listed = ok(qemu_bridge(&run_dir, &["list"]));
+    let row = listed.lines().find(|line| line.starts_with(&name)).unwrap_or_else(|| panic!("{listed}"));
+    assert!(row.contains("stopped") && row.contains("saved states: before"), "{row}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(qemu_bridge(&run_dir, &["list", "--json"]))).unwrap();
+    let entry = json.as_array().unwrap().iter().find(|row| row["name"] == name.as_str()).unwrap();
+    assert_eq!(
+        (entry["state"].as_str(), &entry["saved_states"]),
+        (Some("stopped"), &serde_json::json!(["before"]))
+    );
+    // `clean` keeps a state disk with saved states
+    ok(qemu_bridge(&run_dir, &["clean"]));
     assert!(state_disk.exists());
     drop(bridge);
     drop(vm);

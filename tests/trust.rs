@@ -67,6 +67,40 @@ fn test_stop_deletes_only_what_launch_made() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(run_dir.path().join("unrelated.txt").exists());
+
+    // with a state disk that holds no saved state, the disk goes too
+    let name = common::unique_name("disk");
+    ok(qemu_bridge(&run_dir, &["launch", &name, "--memory", "32M"]));
+    let _guard = common::VmGuard::launched_by_cli(&run_dir, &name).unwrap();
+    assert!(run_dir.path().join(format!("{name}.state.qcow2")).exists());
+    let output = ok(qemu_bridge(&run_dir, &["stop", &name]));
+    assert!(!output.contains("kept"), "{output}");
+    assert_eq!(left_of(&run_dir, &name), Vec::<String>::new());
+
+    // a QEMU that died leaves its files; `clean` removes what its launch recorded, nothing else
+    let name = common::unique_name("dead");
+    ok(qemu_bridge(&run_dir, &["launch", &name, "--memory", "32M"]));
+    let guard = common::VmGuard::launched_by_cli(&run_dir, &name).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard.pid as i32), nix::sys::signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !process::alive(guard.pid)));
+    assert!(left_of(&run_dir, &name).contains(&format!("{name}.qmp")), "{:?}", left_of(&run_dir, &name));
+    let ram = format!("/dev/shm/qemu_ram_{name}");
+    assert!(Path::new(&ram).exists());
+    let output = ok(qemu_bridge(&run_dir, &["clean"]));
+    assert!(output.contains(&format!("{name}: removed")), "{output}");
+    assert_eq!(left_of(&run_dir, &name), Vec::<String>::new());
+    assert!(!Path::new(&ram).exists());
+    assert!(run_dir.path().join("unrelated.txt").exists());
+    assert!(ok(qemu_bridge(&run_dir, &["clean"])).contains("nothing to clean"));
+}
+
+/// The files of the run directory named after VM `name`.
+fn left_of(run_dir: &TestRunDir, name: &str) -> Vec<String> {
+    std::fs::read_dir(run_dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|file| file.starts_with(name))
+        .collect()
 }
 
 /// A RAM file replaced after launch (someone else's file now at the path) is not deleted by

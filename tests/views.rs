@@ -292,16 +292,16 @@ fn test_numa_nodes_and_a_hot_plugged_dimm() {
             .chain([format!("memory-backend-file,id=m,size=64M,share=on,mem-path={}", main.display())])
             .collect()
     });
-    let mount = TestMount::new(&run_dir, &[]);
+    let mount = TestMount::new(&run_dir, &["--passthrough=never"]);
     assert_eq!(listed_size(&run_dir, "numa"), 128 * MIB);
     assert_eq!(std::fs::metadata(mount.path("numa/ram")).unwrap().len(), 128 * MIB);
     check_stamp(&run_dir, &mount, "numa", &node(0), 0x7c00, 0x7c00);
     check_stamp(&run_dir, &mount, "numa", &node(1), 0x1000, 64 * MIB + 0x1000);
     let memdev = std::fs::read_to_string(mount.path("numa/memdev.json")).unwrap();
     assert_eq!(memdev.matches("\"kind\": \"file\"").count(), 2, "{memdev}");
-    // RAM over two files is served by the daemon under --passthrough too, the same bytes, and
+    // RAM over two files is served by the daemon under passthrough=auto, the same bytes, and
     // passthrough stays on for the VMs whose RAM is one file
-    let passthrough = TestMount::new(&run_dir, &["--passthrough"]);
+    let passthrough = TestMount::new(&run_dir, &[]);
     assert!(
         std::fs::read(passthrough.path("numa/ram")).unwrap()
             == std::fs::read(mount.path("numa/ram")).unwrap()
@@ -310,7 +310,8 @@ fn test_numa_nodes_and_a_hot_plugged_dimm() {
         std::fs::read(passthrough.path("dimm/ram")).unwrap()
             == std::fs::read(mount.path("dimm/ram")).unwrap()
     );
-    assert!(!passthrough.log_text().contains("passthrough unavailable"), "{}", passthrough.log_text());
+    let log = passthrough.log_text();
+    assert!(log.contains("numa/ram: no passthrough") && !log.contains("dimm/ram: no passthrough"), "{log}");
     drop(passthrough);
 
     // plug a 128 MiB DIMM into the running mount's VM
