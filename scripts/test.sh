@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test: installs what is missing, then rustfmt, clippy, unit, integration
-# (real QEMU under TCG, real FUSE mounts, real files in /dev/shm) and doc tests, then the fuzz
-# targets for 60 s each (FUZZ_SECONDS).
+# (real QEMU under TCG, real FUSE mounts, real files in /dev/shm) and doc tests, the QEMU-facing
+# integration tests a second time against QEMU 10.0 (unpacked from bookworm-backports by
+# scripts/qemu10.sh; QEMU_BRIDGE_SKIP_QEMU10=1 skips that pass outside CI), then the fuzz targets
+# for 60 s each (FUZZ_SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,10 +15,10 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
-echo "== library alone: no clap, fuser or env_logger"
+echo "== library alone: no clap, fuser, env_logger, png or web server"
 cargo build --locked --lib --no-default-features
 tree=$(cargo tree --locked --no-default-features --edges normal --prefix none)
-for crate in clap fuser env_logger; do
+for crate in clap clap_complete clap_mangen fuser env_logger png tiny_http tungstenite; do
     if grep -q "^$crate v" <<<"$tree"; then
         echo "error: the library without default features depends on $crate" >&2
         exit 1
@@ -26,5 +28,14 @@ echo "== cargo test (with the tests that need QEMU, FUSE and root)"
 cargo test --locked --all-targets -- --include-ignored
 echo "== doc tests"
 cargo test --locked --doc
+if [[ ${QEMU_BRIDGE_SKIP_QEMU10:-} == 1 && ${CI:-} != true ]]; then
+    echo "== QEMU 10.0: SKIPPED (QEMU_BRIDGE_SKIP_QEMU10=1)"
+else
+    qemu10=$(scripts/qemu10.sh target/qemu10)
+    echo "== the QEMU-facing tests again, against $("$qemu10" --version | head -1)"
+    QEMU_BRIDGE_QEMU=$qemu10 cargo test --locked --test qemu --test mount --test views --test backends \
+        --test lifecycle --test trust --test cli --test bridge --test faults --test picture --test view \
+        -- --include-ignored
+fi
 echo "== fuzzing (bounded)"
 scripts/fuzz.sh

@@ -97,6 +97,8 @@ pub enum Verb {
     /// Remove what `launch` made for VMs that no longer run (sockets, pidfiles, logs, RAM
     /// files; state disks without saved states), and nothing else
     Clean(Nameless),
+    /// Print what to add to a libvirt domain's XML for qemu-bridge to see it as NAME
+    LibvirtXml(NameArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout
     Completions(CompletionsArgs),
     /// Print the man page (roff) to stdout
@@ -137,6 +139,9 @@ pub struct StateArgs {
     /// Seconds QEMU may take
     #[arg(long, default_value_t = qemu_bridge::saved_state::DEFAULT_WAIT.as_secs())]
     pub timeout: u64,
+    /// No progress display (there is none anyway when stderr is not a terminal)
+    #[arg(long, short)]
+    pub quiet: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -270,6 +275,9 @@ pub struct SnapshotArgs {
     /// `sha256sum` prints)
     #[arg(long, value_name = "HASH", default_value = "blake3")]
     pub hash: HashAlgorithm,
+    /// No progress bar (there is none anyway when stderr is not a terminal)
+    #[arg(long, short)]
+    pub quiet: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -465,13 +473,20 @@ pub fn run(cli: Cli) -> CliResult {
         Verb::Resume(args) => lifecycle(&args, |qmp| qmp.cont()),
         Verb::Reset(args) => lifecycle(&args, |qmp| qmp.system_reset()),
         Verb::Save(args) => {
-            let saved = qemu_bridge::saved_state::save(&args.vm()?, &args.tag, args.wait())?;
+            // QEMU does not answer its monitor while it writes the state: time, not a fraction
+            let progress = Progress::spinner(&format!("saving {}", args.name), args.quiet);
+            let saved = qemu_bridge::saved_state::save(&args.vm()?, &args.tag, args.wait());
+            progress.finish();
+            let saved = saved?;
             println!("saved {} as {:?} ({} bytes of VM state)", args.name, saved.tag, saved.vm_state_size);
             Ok(())
         }
         Verb::Restore(args) => {
             let vm = args.vm()?;
-            qemu_bridge::saved_state::restore(&vm, &args.tag, args.wait())?;
+            let progress = Progress::spinner(&format!("restoring {}", args.name), args.quiet);
+            let restored = qemu_bridge::saved_state::restore(&vm, &args.tag, args.wait());
+            progress.finish();
+            restored?;
             println!("restored {} to {:?}; now {}", args.name, args.tag, vm.status()?.status);
             Ok(())
         }
@@ -486,6 +501,11 @@ pub fn run(cli: Cli) -> CliResult {
         Verb::Mount(args) => mount_verb(&args),
         Verb::Umount(args) => qemu_bridge::mount::umount(&args.mountpoint).map_err(Into::into),
         Verb::Clean(args) => clean_verb(&args),
+        Verb::LibvirtXml(args) => {
+            let name = VmName::new(&args.name)?;
+            print!("{}", libvirt_xml(&args.common.run_dir(), &name));
+            Ok(())
+        }
         Verb::Completions(args) => {
             use clap::CommandFactory;
             clap_complete::generate(args.shell, &mut Cli::command(), "qemu-bridge", &mut std::io::stdout());
@@ -883,10 +903,15 @@ fn snapshot_verb(args: SnapshotArgs) -> CliResult {
     if !args.pause && !args.consistent {
         // Unchecked: copied once, written while another thread hashes what is written.
         let mut digest = String::new();
-        write_atomically(&args.output, |file| {
-            digest = bridge.write_snapshot_hashed(file, args.hash).map_err(std::io::Error::other)?;
+        let progress =
+            Progress::bytes(bridge.size() as u64, &format!("snapshot of {}", args.name), args.quiet);
+        let written = write_atomically(&args.output, |file| {
+            let report = |done: u64| progress.set(done);
+            digest = bridge.write_snapshot_hashed(file, args.hash, &report).map_err(std::io::Error::other)?;
             Ok(())
-        })?;
+        });
+        progress.finish();
+        written?;
         let summary = Summary {
             algorithm: args.hash,
             digest,
@@ -900,14 +925,94 @@ fn snapshot_verb(args: SnapshotArgs) -> CliResult {
     }
     let snapshot =
         if args.pause { vm.paused_snapshot(&bridge)? } else { bridge.consistent_snapshot(args.attempts)? };
-    write_atomically(&args.output, |file| {
+    let progress = Progress::bytes(
+        snapshot.data.len() as u64,
+        &format!("writing {}", args.output.display()),
+        args.quiet,
+    );
+    let written = write_atomically(&args.output, |file| {
         // pages of zeros become holes: the file takes the space of what the guest touched
         let mut output = qemu_bridge::ram::sparse::SparseWriter::at(file, 0);
-        output.write(&snapshot.data)?;
+        for chunk in snapshot.data.chunks(4 << 20) {
+            output.write(chunk)?;
+            progress.set(output.position());
+        }
         output.finish().map(drop)
-    })?;
+    });
+    progress.finish();
+    written?;
     println!("{} {}", snapshot.summary_line_with(args.hash), args.output.display());
     Ok(())
+}
+
+/// What a libvirt domain needs for qemu-bridge to see it as `name`: shared file memory, QEMU
+/// running as root (qemu-bridge trusts QMP peers of its own user or root, not libvirt-qemu), and
+/// a QMP socket of its own in the run directory.
+fn libvirt_xml(run_dir: &RunDir, name: &VmName) -> String {
+    format!(
+        "<!-- for qemu-bridge, in the <domain> of {name}; the <domain> element needs\n     \
+         xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0' -->\n\
+         <memoryBacking>\n  <source type='file'/>\n  <access mode='shared'/>\n</memoryBacking>\n\
+         <!-- QEMU as root: qemu-bridge refuses QMP peers of other users (libvirt-qemu) -->\n\
+         <seclabel type='static' model='dac' relabel='no'>\n  <label>+0:+0</label>\n</seclabel>\n\
+         <qemu:commandline>\n  <qemu:arg value='-qmp'/>\n  \
+         <qemu:arg value='unix:{},server=on,wait=off'/>\n</qemu:commandline>\n",
+        run_dir.socket_path(name).display()
+    )
+}
+
+/// A progress display on stderr for work that may take a while: drawn only on a terminal, only
+/// once the work has gone on for a second, never with `--quiet`; cleared when done.
+struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    /// Bytes out of `total`, with the rate and the time left.
+    fn bytes(total: u64, what: &str, quiet: bool) -> Self {
+        let bar =
+            indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::hidden());
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}, ETA {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Self::start(bar, what, quiet)
+    }
+
+    /// Time only, for work whose progress QEMU does not report.
+    fn spinner(what: &str, quiet: bool) -> Self {
+        let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden());
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+            bar.set_style(style);
+        }
+        Self::start(bar, what, quiet)
+    }
+
+    fn start(bar: indicatif::ProgressBar, what: &str, quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        bar.set_message(what.to_string());
+        if !quiet && std::io::stderr().is_terminal() {
+            let shown = bar.clone();
+            // after a second, if not done by then
+            let _ = std::thread::Builder::new().name("progress".into()).spawn(move || {
+                std::thread::sleep(Duration::from_secs(1));
+                if !shown.is_finished() {
+                    shown.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                    shown.enable_steady_tick(Duration::from_millis(100));
+                }
+            });
+        }
+        Self { bar }
+    }
+
+    fn set(&self, done: u64) {
+        self.bar.set_position(done);
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 /// Writes a temporary file beside `path` with `fill`, then renames it over `path`: a failure

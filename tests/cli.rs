@@ -5,7 +5,8 @@ mod common;
 use std::process::Command;
 
 use common::{
-    assert_clean_failure, qemu_bridge, qemu_bridge_in, require_qemu, stderr, stdout, TestRunDir, MARKER,
+    assert_clean_failure, qemu_bridge, qemu_bridge_in, require_program, require_qemu, stderr, stdout,
+    TestRunDir, VmBuilder, MARKER,
 };
 
 #[test]
@@ -168,4 +169,44 @@ fn test_cli_runs_qemu_as_unprivileged_user() {
     let output = qemu_bridge(&run_dir, &["read", &name, "0", "16"]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(qemu_bridge(&run_dir, &["stop", &name]).status.success());
+}
+
+/// Long work shows a progress bar with rate and ETA on a terminal (a pty from `script`), once it
+/// has taken a second; never with `--quiet`, never when stderr is not a terminal.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_progress_bar_on_a_terminal_only() {
+    require_qemu();
+    require_program("script");
+    let run_dir = TestRunDir::new();
+    // 4 GiB of RAM, nearly all holes: cheap to hold, seconds to hash with SHA-256
+    let vm = VmBuilder::new("progress", &run_dir).memory(4 << 30).launch();
+    let out = run_dir.path().join("snap.bin");
+    let command = |quiet: bool| {
+        format!(
+            "{} snapshot {} -o {} --hash sha256 --run-dir {}{}",
+            env!("CARGO_BIN_EXE_qemu-bridge"),
+            vm.name(),
+            out.display(),
+            run_dir.path().display(),
+            if quiet { " --quiet" } else { "" }
+        )
+    };
+    let on_terminal = |quiet: bool| {
+        let output = std::process::Command::new("script")
+            .args(["-qefc", &command(quiet), "/dev/null"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let shown = on_terminal(false);
+    assert!(shown.contains("ETA") && shown.contains("/s"), "no progress bar on a terminal: {shown:?}");
+    assert!(shown.contains("sha256 "), "{shown}");
+    let quiet = on_terminal(true);
+    assert!(!quiet.contains("ETA"), "--quiet drew a bar: {quiet:?}");
+    let piped =
+        qemu_bridge(&run_dir, &["snapshot", vm.name(), "-o", out.to_str().unwrap(), "--hash", "sha256"]);
+    assert!(piped.status.success());
+    assert!(!stderr(&piped).contains("ETA"), "a bar without a terminal: {}", stderr(&piped));
 }

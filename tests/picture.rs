@@ -55,16 +55,7 @@ fn test_map_png_pictures_each_page_by_class() {
     ram.write_all_at(&[0u8; PAGE], zero_page * PAGE as u64).unwrap();
     let hole_page = hole_at_or_after(&ram, (zero_page + 8) * PAGE as u64) / PAGE as u64;
     let random_page = hole_page + 100;
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..PAGE)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 24) as u8
-        })
-        .collect();
-    ram.write_all_at(&noise, random_page * PAGE as u64).unwrap();
+    ram.write_all_at(&common::noise(PAGE), random_page * PAGE as u64).unwrap();
     assert_eq!(hole_at_or_after(&ram, hole_page * PAGE as u64), hole_page * PAGE as u64, "still a hole");
 
     let mount = TestMount::new(&run_dir, &[]);

@@ -197,15 +197,7 @@ fn test_view_in_a_real_browser() {
     second.wait_for_marker();
     // some text and some random bytes in the first guest's RAM, for the picture to show
     let text = b"qemu-bridge shows guest memory as pictures. ".repeat(6000);
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let noise: Vec<u8> = (0..256 << 10)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 24) as u8
-        })
-        .collect();
+    let noise = common::noise(256 << 10);
     let ram = std::fs::OpenOptions::new().write(true).open(&first.launched.ram_path).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&ram, &text, 8 << 20).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&ram, &noise, 24 << 20).unwrap();

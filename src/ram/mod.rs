@@ -372,7 +372,8 @@ impl SharedMemoryBridge {
     }
 
     /// [`write_snapshot_to`](Self::write_snapshot_to), hashing on another thread what is
-    /// written; returns the lower-case hex digest of exactly the bytes in the file.
+    /// written; returns the lower-case hex digest of exactly the bytes in the file. `progress`
+    /// is told the bytes written so far as the write goes on.
     ///
     /// # Errors
     ///
@@ -381,8 +382,9 @@ impl SharedMemoryBridge {
         &self,
         file: &std::fs::File,
         algorithm: snapshot::HashAlgorithm,
+        progress: &(dyn Fn(u64) + Sync),
     ) -> Result<String, BridgeError> {
-        snapshot::write_hashed(&self.mapping, file, algorithm)
+        snapshot::write_hashed(&self.mapping, file, algorithm, progress)
     }
 
     /// A copy of all guest RAM verified page by page against live memory, re-copying changed

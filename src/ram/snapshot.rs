@@ -237,6 +237,7 @@ const PIPELINE_CHUNK: usize = 512 << 10;
 /// the digest of exactly the bytes written. Three stages run at once on a chunk each: a thread
 /// copies chunks out of live memory (once), another hashes them and this one writes them, so
 /// the whole takes about the time of the slowest stage when there are cores for them.
+/// `progress` is told the bytes written so far after each chunk.
 ///
 /// # Errors
 ///
@@ -245,6 +246,7 @@ pub fn write_hashed(
     mapping: &GuestRam,
     file: &std::fs::File,
     algorithm: HashAlgorithm,
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<String, BridgeError> {
     use std::sync::{mpsc, Arc};
     // a few chunks in flight; the stage that finishes with a chunk last gives its buffer back
@@ -285,6 +287,7 @@ pub fn write_hashed(
         let written = (|| {
             for chunk in to_write.iter() {
                 output.write(&chunk)?;
+                progress(output.position());
                 recycle(chunk, &give_back);
             }
             output.finish().map(drop)
@@ -420,7 +423,10 @@ mod tests {
         let (_file, mapping) = mapped(&bytes);
         for algorithm in [HashAlgorithm::Sha256, HashAlgorithm::Blake3] {
             let out = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
-            let digest = write_hashed(&mapping, out.as_file(), algorithm).unwrap();
+            let written_so_far = std::sync::atomic::AtomicU64::new(0);
+            let progress = |done: u64| written_so_far.store(done, std::sync::atomic::Ordering::Relaxed);
+            let digest = write_hashed(&mapping, out.as_file(), algorithm, &progress).unwrap();
+            assert_eq!(written_so_far.into_inner(), bytes.len() as u64, "progress reaches the end");
             let written = std::fs::read(out.path()).unwrap();
             assert!(written == bytes, "{algorithm}: other bytes written");
             assert_eq!(digest, algorithm.hex_digest(&written));

@@ -351,6 +351,19 @@ pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8).collect()
 }
 
+/// `len` pseudo-random bytes (xorshift): high-entropy, as compressed or encrypted data.
+pub fn noise(len: usize) -> Vec<u8> {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect()
+}
+
 /// The daemon's pid from what `qemu-bridge mount` prints: `mounted DIR (pid N, log FILE)`.
 pub fn daemon_pid(stdout: &str) -> u32 {
     stdout
