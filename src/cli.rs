@@ -765,6 +765,22 @@ impl std::fmt::Display for ListState {
 }
 
 impl ListRow {
+    /// A row with a name and a state and nothing else known.
+    fn bare(name: VmName, state: ListState) -> Self {
+        ListRow {
+            name,
+            state,
+            ram_size: None,
+            ram_path: None,
+            ram_kind: None,
+            zero_copy: None,
+            machine: None,
+            error: None,
+            saved_states: None,
+            state_disk: None,
+        }
+    }
+
     fn of(run_dir: &RunDir, name: VmName) -> Self {
         let vm = Vm::named(run_dir, name.clone());
         match vm.info() {
@@ -781,16 +797,11 @@ impl ListRow {
                 state_disk: None,
             },
             Err(err) => ListRow {
-                name,
-                state: if err.is_refusal() { ListState::Refused } else { ListState::Unreachable },
-                ram_size: None,
-                ram_path: None,
-                ram_kind: None,
-                zero_copy: None,
-                machine: None,
                 error: Some(qemu_bridge::error::chain(&err)),
-                saved_states: None,
-                state_disk: None,
+                ..ListRow::bare(
+                    name,
+                    if err.is_refusal() { ListState::Refused } else { ListState::Unreachable },
+                )
             },
         }
     }
@@ -806,16 +817,9 @@ fn list_verb(args: ListArgs) -> CliResult {
             continue;
         }
         rows.push(ListRow {
-            name: stopped.name,
-            state: ListState::Stopped,
-            ram_size: None,
-            ram_path: None,
-            ram_kind: None,
-            zero_copy: None,
-            machine: None,
-            error: None,
             saved_states: Some(stopped.saved_states),
             state_disk: stopped.state_disk,
+            ..ListRow::bare(stopped.name, ListState::Stopped)
         });
     }
     let mut out = std::io::stdout().lock();
@@ -1162,32 +1166,17 @@ mod tests {
                                "machine": "pc-q35-7.2-machine"})
         );
         let row = ListRow {
-            name: VmName::new("b").unwrap(),
-            state: ListState::Unreachable,
-            ram_size: None,
-            ram_path: None,
-            ram_kind: None,
-            zero_copy: None,
-            machine: None,
             error: Some("boom".into()),
-            saved_states: None,
-            state_disk: None,
+            ..ListRow::bare(VmName::new("b").unwrap(), ListState::Unreachable)
         };
         assert_eq!(
             serde_json::to_value(&row).unwrap(),
             serde_json::json!({"name": "b", "state": "unreachable", "error": "boom"})
         );
         let row = ListRow {
-            name: VmName::new("c").unwrap(),
-            state: ListState::Stopped,
-            ram_size: None,
-            ram_path: None,
-            ram_kind: None,
-            zero_copy: None,
-            machine: None,
-            error: None,
             saved_states: Some(vec!["before".into()]),
             state_disk: Some("/run/q/c.state.qcow2".into()),
+            ..ListRow::bare(VmName::new("c").unwrap(), ListState::Stopped)
         };
         assert_eq!(
             serde_json::to_value(&row).unwrap(),

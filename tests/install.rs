@@ -73,34 +73,25 @@ fn test_install_gives_man_completions_and_mount_8() {
     std::fs::create_dir(&mountpoint).unwrap();
     let run = run_dir.path().to_str().unwrap();
 
-    // mount -t fuse.qemu-bridge SOURCE MOUNTPOINT -o OPTIONS
+    // mount -t fuse.qemu-bridge SOURCE MOUNTPOINT -o OPTIONS, then an fstab line (a private fstab
+    // file: mount --fstab) mounted by its mount point: each serves the VM, and umount ends it
     let mount = |args: &[&str]| Command::new("mount").args(args).output().unwrap();
     let target = mountpoint.to_str().unwrap();
-    let output = mount(&[
-        "-t",
-        "fuse.qemu-bridge",
-        "qemu-bridge",
-        target,
-        "-o",
-        &format!("run_dir={run},passthrough=never"),
-    ]);
-    assert!(output.status.success(), "{}{}", common::stdout(&output), common::stderr(&output));
-    assert!(mounted(&mountpoint));
-    let status = mountpoint.join(vm.name()).join("status");
-    assert_eq!(std::fs::read_to_string(&status).unwrap(), "running\n");
-    let umount = Command::new("umount").arg(&mountpoint).status().unwrap();
-    assert!(umount.success());
-    assert!(wait_until(Duration::from_secs(10), || !mounted(&mountpoint)));
-
-    // an fstab line (a private fstab file: mount --fstab), mounted by its mount point
     let fstab = dir.path().join("fstab");
     std::fs::write(&fstab, format!("qemu-bridge {target} fuse.qemu-bridge ro,run_dir={run},noauto 0 0\n"))
         .unwrap();
-    let output = mount(&["--fstab", fstab.to_str().unwrap(), target]);
-    assert!(output.status.success(), "{}{}", common::stdout(&output), common::stderr(&output));
-    assert_eq!(std::fs::read_to_string(&status).unwrap(), "running\n");
-    assert!(Command::new("umount").arg(&mountpoint).status().unwrap().success());
-    assert!(wait_until(Duration::from_secs(10), || !mounted(&mountpoint)));
+    let options = format!("run_dir={run},passthrough=never");
+    let by_type: &[&str] = &["-t", "fuse.qemu-bridge", "qemu-bridge", target, "-o", &options];
+    let by_fstab: &[&str] = &["--fstab", fstab.to_str().unwrap(), target];
+    for args in [by_type, by_fstab] {
+        let output = mount(args);
+        assert!(output.status.success(), "{args:?}: {}{}", common::stdout(&output), common::stderr(&output));
+        assert!(mounted(&mountpoint));
+        let status = mountpoint.join(vm.name()).join("status");
+        assert_eq!(std::fs::read_to_string(&status).unwrap(), "running\n");
+        assert!(Command::new("umount").arg(&mountpoint).status().unwrap().success());
+        assert!(wait_until(Duration::from_secs(10), || !mounted(&mountpoint)), "{args:?}: still mounted");
+    }
 
     // an option qemu-bridge does not know is named, and nothing is mounted
     let output = mount(&[
