@@ -989,10 +989,9 @@ fn tidy(
 /// The first VM whose files cannot be removed.
 pub fn clean(run_dir: &RunDir) -> Result<Vec<(VmName, Stopped)>, LaunchError> {
     let mut cleaned = Vec::new();
-    for stopped in stopped_vms(run_dir) {
-        let Ok(Some(record)) = LaunchRecord::read(run_dir, &stopped.name) else { continue };
-        let tidied = tidy(run_dir, &stopped.name, record, false, false)?;
-        cleaned.push((stopped.name, tidied));
+    for (name, record) in LaunchRecord::of_dead_vms(run_dir) {
+        let tidied = tidy(run_dir, &name, record, false, false)?;
+        cleaned.push((name, tidied));
     }
     Ok(cleaned)
 }
@@ -1012,28 +1011,18 @@ pub struct StoppedVm {
 /// The VMs of `run_dir` that `launch` started and that no longer run (their QEMU is gone), with
 /// what they left: the records of launches whose recorded QEMU is dead.
 pub fn stopped_vms(run_dir: &RunDir) -> Vec<StoppedVm> {
-    let Ok(entries) = std::fs::read_dir(run_dir.path()) else { return Vec::new() };
-    let mut stopped = Vec::new();
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(name) = file_name.to_str().and_then(|name| name.strip_suffix(".launch.json")) else {
-            continue;
-        };
-        let Ok(name) = VmName::new(name) else { continue };
-        let Ok(Some(record)) = LaunchRecord::read(run_dir, &name) else { continue };
-        if record.pid.is_some_and(process::alive) {
-            continue;
-        }
-        let state_disk = record.file(FileRole::StateDisk).map(|file| file.path.clone());
-        let saved_states = state_disk
-            .as_deref()
-            .filter(|disk| disk.exists())
-            .and_then(|disk| crate::saved_state::on_disk(disk).ok())
-            .unwrap_or_default();
-        stopped.push(StoppedVm { name, state_disk, saved_states });
-    }
-    stopped.sort_by(|a, b| a.name.cmp(&b.name));
-    stopped
+    LaunchRecord::of_dead_vms(run_dir)
+        .into_iter()
+        .map(|(name, record)| {
+            let state_disk = record.file(FileRole::StateDisk).map(|file| file.path.clone());
+            let saved_states = state_disk
+                .as_deref()
+                .filter(|disk| disk.exists())
+                .and_then(|disk| crate::saved_state::on_disk(disk).ok())
+                .unwrap_or_default();
+            StoppedVm { name, state_disk, saved_states }
+        })
+        .collect()
 }
 
 /// Sends `quit` to a trusted peer: the peer, once QEMU took it.

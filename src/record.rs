@@ -122,6 +122,24 @@ impl LaunchRecord {
         run_dir.file_path(name, RECORD_EXTENSION)
     }
 
+    /// The records of the run directory whose recorded QEMU no longer runs (or never got a
+    /// pid), by VM name; records that cannot be read are skipped.
+    pub fn of_dead_vms(run_dir: &RunDir) -> Vec<(VmName, LaunchRecord)> {
+        let Ok(entries) = fs::read_dir(run_dir.path()) else { return Vec::new() };
+        let suffix = format!(".{RECORD_EXTENSION}");
+        let mut records: Vec<(VmName, LaunchRecord)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let file_name = entry.file_name();
+                let name = VmName::new(file_name.to_str()?.strip_suffix(&suffix)?).ok()?;
+                let record = Self::read(run_dir, &name).ok()??;
+                (!record.pid.is_some_and(crate::process::alive)).then_some((name, record))
+            })
+            .collect();
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        records
+    }
+
     /// The record of VM `name`; `None` when there is none (the VM was not launched by us).
     ///
     /// # Errors

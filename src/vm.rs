@@ -260,6 +260,25 @@ impl Vm {
         })
     }
 
+    /// Whether something listens on the VM's socket (a dead QEMU leaves a socket that refuses
+    /// connections). A non-blocking connect: asks nothing, waits for nothing. A listener that is
+    /// busy with another QMP client still accepts the connection into its backlog, so this does
+    /// not depend on QEMU's one-client-at-a-time rule.
+    pub fn is_listening(&self) -> bool {
+        let Ok(socket) = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None) else {
+            return false;
+        };
+        let Ok(address) = socket2::SockAddr::unix(&self.socket) else { return false };
+        if socket.set_nonblocking(true).is_err() {
+            return false;
+        }
+        match socket.connect(&address) {
+            Ok(()) => true,
+            // EAGAIN: the backlog is full, so a listener exists: alive, just busy
+            Err(err) => err.kind() == std::io::ErrorKind::WouldBlock,
+        }
+    }
+
     /// The peer on the other end of a trusted connection.
     ///
     /// # Errors

@@ -333,7 +333,7 @@ pub fn spawn_daemon(options: &MountOptions, program: &Path) -> Result<Daemon, Mo
 /// A bad mount point, an audit log that cannot be opened, a mount the kernel refuses.
 pub fn serve(options: &MountOptions) -> Result<(), MountError> {
     check_mountpoint(&options.mountpoint)?;
-    check_passthrough(options)?;
+    let passthrough = effective_passthrough(options)?;
     // Block the signals in this thread before any other starts, so that every thread inherits
     // the mask and only the waiter below receives them.
     let mut signals = SigSet::empty();
@@ -363,7 +363,7 @@ pub fn serve(options: &MountOptions) -> Result<(), MountError> {
     registry.spawn_janitor();
     // what is there before the first `ls` (each socket answers or fails within the probe timeout)
     registry.probe_all();
-    let tree = Tree::new(registry, audit, &TreeOptions { passthrough: effective_passthrough(options) });
+    let tree = Tree::new(registry, audit, &TreeOptions { passthrough });
     let config = fuse_config(options);
     let mountpoint = std::fs::canonicalize(&options.mountpoint)
         .map_err(|source| MountError::Mount { path: options.mountpoint.clone(), source })?;
@@ -394,23 +394,31 @@ fn check_passthrough(options: &MountOptions) -> Result<(), MountError> {
 }
 
 /// What the tree will do: `auto` turns into `never` where passthrough cannot be had or would
-/// hide reads from the audit log, with one log line saying why.
-fn effective_passthrough(options: &MountOptions) -> Passthrough {
-    if options.passthrough != Passthrough::Auto {
-        if options.passthrough == Passthrough::Always && options.audit_log.is_some() {
-            log::warn!("--passthrough=always: the kernel serves ram reads, the audit log records opens only");
+/// hide reads from the audit log, with one log line saying why; `always` where it cannot be had
+/// is an error.
+fn effective_passthrough(options: &MountOptions) -> Result<Passthrough, MountError> {
+    let refusal = if options.passthrough == Passthrough::Never { None } else { passthrough_refusal() };
+    match (options.passthrough, refusal) {
+        (Passthrough::Never, _) => Ok(Passthrough::Never),
+        (Passthrough::Always, Some(reason)) => Err(MountError::Passthrough(reason)),
+        (Passthrough::Always, None) => {
+            if options.audit_log.is_some() {
+                log::warn!(
+                    "--passthrough=always: the kernel serves ram reads, the audit log records opens only"
+                );
+            }
+            Ok(Passthrough::Always)
         }
-        return options.passthrough;
+        (Passthrough::Auto, _) if options.audit_log.is_some() => {
+            log::info!("audited mount: ram is served by the daemon, so that every read is recorded");
+            Ok(Passthrough::Never)
+        }
+        (Passthrough::Auto, Some(reason)) => {
+            log::info!("{reason}: ram is served by the daemon (mmap of ram fails with ENODEV)");
+            Ok(Passthrough::Never)
+        }
+        (Passthrough::Auto, None) => Ok(Passthrough::Auto),
     }
-    if options.audit_log.is_some() {
-        log::info!("audited mount: ram is served by the daemon, so that every read is recorded");
-        return Passthrough::Never;
-    }
-    if let Some(reason) = passthrough_refusal() {
-        log::info!("{reason}: ram is served by the daemon (mmap of ram fails with ENODEV)");
-        return Passthrough::Never;
-    }
-    Passthrough::Auto
 }
 
 fn fuse_config(options: &MountOptions) -> Config {

@@ -217,24 +217,6 @@ fn memdev_ids(qmp: &mut QmpClient<UnixStream>) -> Result<Vec<String>, QmpError> 
     Ok(ids)
 }
 
-/// Whether something listens on the socket (a dead QEMU leaves a socket that refuses).
-/// A listener that is busy with another QMP client still accepts the connection into its
-/// backlog, so this does not depend on QEMU's one-client-at-a-time rule.
-fn listening(vm: &Vm) -> bool {
-    let Ok(socket) = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None) else {
-        return false;
-    };
-    let Ok(address) = socket2::SockAddr::unix(vm.socket()) else { return false };
-    if socket.set_nonblocking(true).is_err() {
-        return false;
-    }
-    match socket.connect(&address) {
-        Ok(()) => true,
-        // EAGAIN: the backlog is full, so a listener exists: alive, just busy
-        Err(err) => err.kind() == std::io::ErrorKind::WouldBlock,
-    }
-}
-
 impl Registry {
     /// A registry over `run_dir`; nothing is probed yet.
     pub fn new(run_dir: RunDir) -> Self {
@@ -339,7 +321,7 @@ impl Registry {
                 if last.elapsed() < LIVENESS_INTERVAL {
                     return;
                 }
-                if instance.recently_answered() || listening(&instance.vm) {
+                if instance.recently_answered() || instance.vm.is_listening() {
                     *last = Instant::now();
                     drop(last);
                     self.in_background(name, move |registry| registry.recheck_memory(&instance));

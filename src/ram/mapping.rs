@@ -570,13 +570,6 @@ impl Mapping {
 
     /// Copies `dst.len()` bytes at `offset` (a range callers checked), holes as zeros.
     fn copy_range(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
-        if self.method == ReadMethod::MappingWithHoles
-            && !dst.is_empty()
-            && self.known_data.covers(offset, dst.len())
-        {
-            self.copy_unchecked(offset, dst);
-            return Ok(());
-        }
         let segments = self.segments(offset, dst.len())?;
         self.copy_segments(offset, dst, &segments)
     }
@@ -716,8 +709,7 @@ impl Mapping {
     }
 
     /// Whether live memory at `offset` equals `expected` now. Callers guarantee
-    /// `offset + expected.len() <= self.len`. Bytes up to the first 8-byte boundary and
-    /// after the last one are compared one by one, the rest as aligned words.
+    /// `offset + expected.len() <= self.len`.
     fn live_equals_unchecked(&self, offset: usize, expected: &[u8]) -> bool {
         debug_assert!(offset + expected.len() <= self.len);
         // a page at a time into a buffer that stays in the L1 cache, then compared there: the

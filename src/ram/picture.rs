@@ -4,7 +4,7 @@
 //! [`classify`] looks at one page; [`page_classes`] classifies all of a guest's RAM without
 //! reading (or allocating) its holes; [`LiveMap`] keeps a picture up to date frame by frame and
 //! says which pages changed; [`hilbert_point`] and [`hilbert_index`] place page `i` at a pixel
-//! and back; with the `png` feature, [`png`] encodes a picture.
+//! and back; with the `png` feature, [`png()`] encodes a picture.
 
 use serde::Serialize;
 
@@ -187,20 +187,8 @@ fn rotate(size: u64, x: &mut u64, y: &mut u64, rx: u64, ry: u64) {
     }
 }
 
-/// RGB pixels (row by row) of the picture of `classes`: page `i` at [`hilbert_point`]`(side,
-/// i)`; pixels past the last page are black.
-pub fn rgb_pixels(classes: &[PageClass]) -> (u32, Vec<u8>) {
-    let side = hilbert_side(classes.len());
-    let mut pixels = vec![0u8; side as usize * side as usize * 3];
-    for (index, class) in classes.iter().enumerate() {
-        let (x, y) = hilbert_point(side, index as u64);
-        let at = (y as usize * side as usize + x as usize) * 3;
-        pixels[at..at + 3].copy_from_slice(&class.color());
-    }
-    (side, pixels)
-}
-
-/// A PNG of the picture of `classes` (see [`rgb_pixels`]): indexed colours, one pixel per page.
+/// A PNG of the picture of `classes`: page `i` at [`hilbert_point`]`(side, i)` in its class's
+/// colour (indexed colours), pixels past the last page black.
 ///
 /// # Errors
 ///

@@ -253,7 +253,7 @@ fn watch(
                     }
                 }
                 // a QEMU that quit refuses connections: gone; one that is busy is kept
-                Err(err) if !listening(vm) => {
+                Err(err) if !vm.is_listening() => {
                     log::info!("view: VM {} is gone ({})", vm.name(), crate::error::chain(&err));
                     break;
                 }
@@ -264,11 +264,6 @@ fn watch(
     let mut state = scene.write().unwrap_or_else(|e| e.into_inner());
     state.vms.remove(vm.name());
     state.version += 1;
-}
-
-/// Whether something accepts connections on the VM's socket.
-fn listening(vm: &Vm) -> bool {
-    std::os::unix::net::UnixStream::connect(vm.socket()).is_ok()
 }
 
 /// Answers one HTTP request: the page, the WebSocket of frames, or 404.
