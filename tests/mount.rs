@@ -504,9 +504,15 @@ fn test_passthrough_always_refused_without_privileges() {
     for path in [dir.path(), &mountpoint, &run] {
         nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
     }
+    // a copy of the binary nobody can reach (CI clones into directories of mode 0700)
+    let binary = dir.path().join("qemu-bridge");
+    std::fs::copy(env!("CARGO_BIN_EXE_qemu-bridge"), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let as_nobody = |args: &[&str]| {
         std::process::Command::new("runuser")
-            .args(["-u", "nobody", "--", env!("CARGO_BIN_EXE_qemu-bridge"), "mount"])
+            .args(["-u", "nobody", "--"])
+            .arg(&binary)
+            .arg("mount")
             .arg(&mountpoint)
             .arg("--run-dir")
             .arg(&run)
