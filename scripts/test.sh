@@ -31,7 +31,8 @@ cargo test --locked --doc
 if [[ ${QEMU_BRIDGE_SKIP_QEMU10:-} == 1 && ${CI:-} != true ]]; then
     echo "== QEMU 10.0: SKIPPED (QEMU_BRIDGE_SKIP_QEMU10=1)"
 else
-    qemu10=$(scripts/qemu10.sh target/qemu10)
+    # outside the checkout: tests run QEMU as another user, who may not reach a clone of mode 0700
+    qemu10=$(scripts/qemu10.sh /var/cache/qemu-bridge/qemu10)
     echo "== the QEMU-facing tests again, against $("$qemu10" --version | head -1)"
     QEMU_BRIDGE_QEMU=$qemu10 cargo test --locked --test qemu --test mount --test views --test backends \
         --test lifecycle --test trust --test cli --test bridge --test faults --test picture --test view \
