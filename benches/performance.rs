@@ -5,10 +5,13 @@
 //! two more for the multi-VM figures), mounts them, measures, tears everything down and writes
 //! `target/bench/results.md`. Timing lives here only: the tests never assert on time.
 //!
-//! `BENCH_SECONDS` shortens the sustained runs (default 10 s each).
+//! `BENCH_SECONDS` shortens the sustained runs (default 10 s each); `BENCH_ONLY=peers,listing`
+//! runs only the sections named (the functions of `Bench`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/fuse_ceiling.rs"]
+mod fuse_ceiling;
 
 use std::fs::File;
 use std::hint::black_box;
@@ -280,15 +283,25 @@ fn main() {
         return;
     }
     let mut bench = Bench::start();
-    bench.baselines();
-    bench.views_and_copies();
-    bench.snapshots();
-    bench.sustained_rates();
-    bench.mount_reads();
-    bench.peers();
-    bench.idle_and_private();
-    bench.listing();
-    bench.pictures();
+    // `BENCH_ONLY=peers,listing` runs those sections alone
+    let only = std::env::var("BENCH_ONLY").ok();
+    type Section = (&'static str, fn(&mut Bench));
+    let sections: [Section; 9] = [
+        ("baselines", Bench::baselines),
+        ("views_and_copies", Bench::views_and_copies),
+        ("snapshots", Bench::snapshots),
+        ("sustained_rates", Bench::sustained_rates),
+        ("mount_reads", Bench::mount_reads),
+        ("peers", Bench::peers),
+        ("idle_and_private", Bench::idle_and_private),
+        ("listing", Bench::listing),
+        ("pictures", Bench::pictures),
+    ];
+    for (name, section) in sections {
+        if only.as_deref().is_none_or(|only| only.split(',').any(|wanted| wanted == name)) {
+            section(&mut bench);
+        }
+    }
     let Bench { results, lab, .. } = bench;
     drop(lab);
 
@@ -338,6 +351,46 @@ fn sequential(path: &Path) -> f64 {
 
 /// GB/s of one sequential pass over the first `len` bytes of `path` (or all of a shorter file)
 /// in 1 MiB reads.
+/// User and system CPU seconds of the process or thread whose `/proc/.../stat` this is.
+fn cpu_seconds_of(stat: &Path) -> f64 {
+    let text = std::fs::read_to_string(stat).unwrap();
+    // after the command name in parentheses: state is field 3, utime 14, stime 15
+    let fields: Vec<&str> = text[text.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0 // USER_HZ, 100 on every Linux architecture
+}
+
+/// The whole file, for checking a reader's bytes.
+fn read_whole(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+/// Runs `f` with every thread of the processes `pids` (this one's included where named) on the
+/// first CPU this process may use, then gives them back the CPUs they had. A reader and its FUSE
+/// daemon on one CPU: each wakes the other without an inter-processor interrupt.
+fn on_one_cpu<T>(pids: &[u32], f: impl FnOnce() -> T) -> T {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let tasks: Vec<Pid> = pids
+        .iter()
+        .flat_map(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).unwrap())
+        .filter_map(|task| task.ok()?.file_name().to_str()?.parse().ok().map(Pid::from_raw))
+        .collect();
+    let before: Vec<CpuSet> = tasks.iter().map(|&task| sched_getaffinity(task).unwrap()).collect();
+    let first = (0..CpuSet::count()).find(|&cpu| before[0].is_set(cpu).unwrap()).unwrap();
+    let mut one = CpuSet::new();
+    one.set(first).unwrap();
+    for &task in &tasks {
+        // a thread that has just ended cannot be moved: no matter
+        let _ = sched_setaffinity(task, &one);
+    }
+    let result = f();
+    for (&task, cpus) in tasks.iter().zip(&before) {
+        let _ = sched_setaffinity(task, cpus);
+    }
+    result
+}
+
 fn sequential_over(path: &Path, len: u64) -> f64 {
     let file = File::open(path).unwrap();
     let mut chunk = vec![0u8; 1 << 20];
@@ -892,6 +945,16 @@ impl Bench {
         let (bridge, _) = vm.open_bridge().unwrap();
         let default_mount = lab.mount(&[]);
         let daemon_mount = lab.mount(&["--passthrough=never"]);
+        let daemon_pid = lab.mounts.last().unwrap().1;
+        let ceiling_mountpoint = lab.run_dir.path().parent().unwrap().join("ceiling");
+        std::fs::create_dir_all(&ceiling_mountpoint).unwrap();
+        let ceiling =
+            fuse_ceiling::CeilingServer::mount(vm.open_bridge().unwrap().0, &ceiling_mountpoint).unwrap();
+        // a broken server would measure nothing: its bytes are the RAM file's
+        assert!(
+            read_whole(&ceiling.file()) == read_whole(&info.ram_path),
+            "the FUSE ceiling server reads wrong bytes"
+        );
         let in_mount = |mount: &Path, file: &str| mount.join(info.name.as_str()).join(file);
         let mut buffer = vec![0u8; 1 << 20];
         let mut library = || {
@@ -902,21 +965,45 @@ impl Bench {
             }
             SIZE as f64 / start.elapsed().as_secs_f64() / 1e9
         };
-        // rounds interleave the readers, so that a noisy neighbour hits all alike
-        let readers: [(&str, PathBuf); 5] = [
-            ("mount, default (passthrough=auto): ram", in_mount(&default_mount, "ram")),
-            ("mount --passthrough=never: ram", in_mount(&daemon_mount, "ram")),
-            ("mount: physical (daemon)", in_mount(&default_mount, "physical")),
-            ("mount: core (daemon)", in_mount(&default_mount, "core")),
-            ("pread of the RAM file (the limit)", info.ram_path.clone()),
+        let here = std::process::id();
+        // (name, file, processes put on one CPU with the reader, or none)
+        let readers: [(&str, PathBuf, Option<Vec<u32>>); 9] = [
+            ("mount, default (passthrough=auto): ram", in_mount(&default_mount, "ram"), None),
+            ("mount --passthrough=never: ram", in_mount(&daemon_mount, "ram"), None),
+            ("FUSE ceiling: a minimal daemon (raw /dev/fuse, one writev per read)", ceiling.file(), None),
+            ("mount: physical (daemon)", in_mount(&default_mount, "physical"), None),
+            ("mount: core (daemon)", in_mount(&default_mount, "core"), None),
+            (
+                "on one CPU with its reader: mount --passthrough=never",
+                in_mount(&daemon_mount, "ram"),
+                Some(vec![here, daemon_pid]),
+            ),
+            ("on one CPU with its reader: FUSE ceiling", ceiling.file(), Some(vec![here])),
+            ("on one CPU: pread of the RAM file", info.ram_path.clone(), Some(vec![here])),
+            ("pread of the RAM file (the limit)", info.ram_path.clone(), None),
         ];
+        // the CPU time each daemon spends serving its reader (steadier than wall time on a
+        // shared machine): qemu-bridge's whole process, the ceiling's one thread
+        let servers = [(1, PathBuf::from(format!("/proc/{daemon_pid}/stat"))), (2, ceiling.thread_stat())];
+        let mut server_cpu = [0.0f64; 2];
         let mut samples = vec![Vec::new(); readers.len() + 1];
+        // rounds interleave the readers, so that a noisy neighbour hits all alike
         for _ in 0..10 {
-            for (index, (_, path)) in readers.iter().enumerate() {
-                samples[index].push(sequential_over(path, SIZE));
+            for (index, (_, path, pinned)) in readers.iter().enumerate() {
+                let read = || sequential_over(path, SIZE);
+                let server = servers.iter().position(|(reader, _)| *reader == index);
+                let before = server.map(|server| cpu_seconds_of(&servers[server].1));
+                samples[index].push(match pinned {
+                    Some(pids) => on_one_cpu(pids, read),
+                    None => read(),
+                });
+                if let (Some(server), Some(before)) = (server, before) {
+                    server_cpu[server] += cpu_seconds_of(&servers[server].1) - before;
+                }
             }
             samples[readers.len()].push(library());
         }
+        drop(ceiling);
         let medians: Vec<f64> = samples.into_iter().map(|s| stats(s).0).collect();
         let limit = medians[readers.len() - 1];
         let mut row = |name: String, target: &str, gbps: f64, floor: Option<f64>| {
@@ -936,7 +1023,7 @@ impl Bench {
                 },
             });
         };
-        for (index, (name, _)) in readers.iter().enumerate().take(readers.len() - 1) {
+        for (index, (name, _, _)) in readers.iter().enumerate().take(readers.len() - 1) {
             let (target, floor) = match index {
                 0 => (">= 0.95 x direct", Some(0.95)),
                 1 => (">= 0.85 x direct", Some(0.85)),
@@ -949,6 +1036,30 @@ impl Bench {
             Ok(gbps) => row("peers 256 MiB: LeechCore (Python, 1 MiB reads)".into(), "-", gbps, None),
             Err(why) => println!("LeechCore not measured: {why}"),
         }
+        let (daemon, ceiling) = (medians[1], medians[2]);
+        results.add(Row {
+            name: "peers 256 MiB: mount --passthrough=never against the FUSE ceiling".into(),
+            target: "-".into(),
+            median: daemon,
+            p99: daemon,
+            unit: "GB/s",
+            baseline: Some(("FUSE ceiling".into(), ceiling)),
+            ratio: Some(daemon / ceiling),
+            verdict: "-".into(),
+        });
+        // CPU seconds per GiB served, over all rounds (1/100 s resolution: about 40 ticks each)
+        let per_gib = server_cpu.map(|seconds| seconds / (10.0 * SIZE as f64 / (1u64 << 30) as f64));
+        results.add(Row {
+            name: "peers 256 MiB: daemon CPU per GiB served, --passthrough=never against the FUSE ceiling"
+                .into(),
+            target: "<= 1.1 x the ceiling's".into(),
+            median: per_gib[0],
+            p99: per_gib[0],
+            unit: "s",
+            baseline: Some(("FUSE ceiling".into(), per_gib[1])),
+            ratio: Some(per_gib[1] / per_gib[0]),
+            verdict: if per_gib[0] <= 1.1 * per_gib[1] { "met".into() } else { "not met".into() },
+        });
 
         // whole RAM to a file: QEMU's pmemsave against the `qemu-bridge snapshot` process
         let out = PathBuf::from(format!("/dev/shm/qb-bench-{}.bin", std::process::id()));
