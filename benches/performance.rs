@@ -392,8 +392,15 @@ fn on_one_cpu<T>(pids: &[u32], f: impl FnOnce() -> T) -> T {
 }
 
 fn sequential_over(path: &Path, len: u64) -> f64 {
+    sequential_over_serving(path, len, None).0
+}
+
+/// GB/s of 1 MiB reads of the first `len` bytes of `path` (the open not counted), and the CPU
+/// seconds that the process or thread of `server` (its `/proc/.../stat`) spent meanwhile.
+fn sequential_over_serving(path: &Path, len: u64, server: Option<&Path>) -> (f64, f64) {
     let file = File::open(path).unwrap();
     let mut chunk = vec![0u8; 1 << 20];
+    let cpu_before = server.map_or(0.0, cpu_seconds_of);
     let start = Instant::now();
     let mut offset = 0u64;
     // the first `len` bytes, or all of a shorter file (`core` of RAM minus the BIOS window)
@@ -404,7 +411,8 @@ fn sequential_over(path: &Path, len: u64) -> f64 {
         }
         offset += n as u64;
     }
-    offset as f64 / start.elapsed().as_secs_f64() / 1e9
+    let gbps = offset as f64 / start.elapsed().as_secs_f64() / 1e9;
+    (gbps, server.map_or(0.0, cpu_seconds_of) - cpu_before)
 }
 
 /// Fills a paused guest's RAM file with pseudo-random bytes past its first MiB (the guest's
@@ -982,23 +990,24 @@ impl Bench {
             ("on one CPU: pread of the RAM file", info.ram_path.clone(), Some(vec![here])),
             ("pread of the RAM file (the limit)", info.ram_path.clone(), None),
         ];
-        // the CPU time each daemon spends serving its reader (steadier than wall time on a
-        // shared machine): qemu-bridge's whole process, the ceiling's one thread
+        // the CPU time each daemon spends serving its reader's reads (steadier than wall time on
+        // a shared machine; opens not counted): qemu-bridge's whole process, the ceiling's thread
         let servers = [(1, PathBuf::from(format!("/proc/{daemon_pid}/stat"))), (2, ceiling.thread_stat())];
         let mut server_cpu = [0.0f64; 2];
         let mut samples = vec![Vec::new(); readers.len() + 1];
         // rounds interleave the readers, so that a noisy neighbour hits all alike
         for _ in 0..10 {
             for (index, (_, path, pinned)) in readers.iter().enumerate() {
-                let read = || sequential_over(path, SIZE);
                 let server = servers.iter().position(|(reader, _)| *reader == index);
-                let before = server.map(|server| cpu_seconds_of(&servers[server].1));
-                samples[index].push(match pinned {
+                let read =
+                    || sequential_over_serving(path, SIZE, server.map(|server| servers[server].1.as_path()));
+                let (gbps, cpu) = match pinned {
                     Some(pids) => on_one_cpu(pids, read),
                     None => read(),
-                });
-                if let (Some(server), Some(before)) = (server, before) {
-                    server_cpu[server] += cpu_seconds_of(&servers[server].1) - before;
+                };
+                samples[index].push(gbps);
+                if let Some(server) = server {
+                    server_cpu[server] += cpu;
                 }
             }
             samples[readers.len()].push(library());
