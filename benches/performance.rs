@@ -277,6 +277,14 @@ struct Bench {
 }
 
 fn main() {
+    let arguments: Vec<String> = std::env::args().collect();
+    if arguments.get(1).map(String::as_str) == Some(fuse_ceiling::SERVE_ARGUMENT) {
+        if let Err(err) = fuse_ceiling::serve_process(&arguments[2..]) {
+            eprintln!("fuse ceiling: {err}");
+            std::process::exit(1);
+        }
+        return;
+    }
     // `cargo test --all-targets` runs bench binaries without `--bench`: nothing to do then.
     if !std::env::args().any(|arg| arg == "--bench") {
         println!("performance: run with `cargo bench --bench performance` (or scripts/bench.sh)");
@@ -396,11 +404,12 @@ fn sequential_over(path: &Path, len: u64) -> f64 {
 }
 
 /// GB/s of 1 MiB reads of the first `len` bytes of `path` (the open not counted), and the CPU
-/// seconds that the process or thread of `server` (its `/proc/.../stat`) spent meanwhile.
-fn sequential_over_serving(path: &Path, len: u64, server: Option<&Path>) -> (f64, f64) {
+/// seconds that the threads of `server` (their `/proc/.../stat`) spent meanwhile.
+fn sequential_over_serving(path: &Path, len: u64, server: Option<&[PathBuf]>) -> (f64, f64) {
     let file = File::open(path).unwrap();
     let mut chunk = vec![0u8; 1 << 20];
-    let cpu_before = server.map_or(0.0, cpu_seconds_of);
+    let cpu = |stats: &[PathBuf]| stats.iter().map(|stat| cpu_seconds_of(stat)).sum::<f64>();
+    let cpu_before = server.map_or(0.0, cpu);
     let start = Instant::now();
     let mut offset = 0u64;
     // the first `len` bytes, or all of a shorter file (`core` of RAM minus the BIOS window)
@@ -412,7 +421,7 @@ fn sequential_over_serving(path: &Path, len: u64, server: Option<&Path>) -> (f64
         offset += n as u64;
     }
     let gbps = offset as f64 / start.elapsed().as_secs_f64() / 1e9;
-    (gbps, server.map_or(0.0, cpu_seconds_of) - cpu_before)
+    (gbps, server.map_or(0.0, cpu) - cpu_before)
 }
 
 /// Fills a paused guest's RAM file with pseudo-random bytes past its first MiB (the guest's
@@ -956,8 +965,7 @@ impl Bench {
         let daemon_pid = lab.mounts.last().unwrap().1;
         let ceiling_mountpoint = lab.run_dir.path().parent().unwrap().join("ceiling");
         std::fs::create_dir_all(&ceiling_mountpoint).unwrap();
-        let ceiling =
-            fuse_ceiling::CeilingServer::mount(vm.open_bridge().unwrap().0, &ceiling_mountpoint).unwrap();
+        let ceiling = fuse_ceiling::CeilingServer::start(&info.ram_path, &ceiling_mountpoint).unwrap();
         // a broken server would measure nothing: its bytes are the RAM file's
         assert!(
             read_whole(&ceiling.file()) == read_whole(&info.ram_path),
@@ -986,13 +994,23 @@ impl Bench {
                 in_mount(&daemon_mount, "ram"),
                 Some(vec![here, daemon_pid]),
             ),
-            ("on one CPU with its reader: FUSE ceiling", ceiling.file(), Some(vec![here])),
+            ("on one CPU with its reader: FUSE ceiling", ceiling.file(), Some(vec![here, ceiling.pid()])),
             ("on one CPU: pread of the RAM file", info.ram_path.clone(), Some(vec![here])),
             ("pread of the RAM file (the limit)", info.ram_path.clone(), None),
         ];
         // the CPU time each daemon spends serving its reader's reads (steadier than wall time on
-        // a shared machine; opens not counted): qemu-bridge's whole process, the ceiling's thread
-        let servers = [(1, PathBuf::from(format!("/proc/{daemon_pid}/stat"))), (2, ceiling.thread_stat())];
+        // a shared machine; opens not counted): qemu-bridge's request threads (not the ones
+        // that check the VMs in the background), the ceiling's one
+        let fuse_workers: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{daemon_pid}/task"))
+            .unwrap()
+            .map(|task| task.unwrap().path())
+            .filter(|task| {
+                std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.starts_with("fuser-"))
+            })
+            .map(|task| task.join("stat"))
+            .collect();
+        assert!(!fuse_workers.is_empty(), "no fuser worker threads in the daemon");
+        let servers = [(1, fuse_workers), (2, vec![ceiling.stat()])];
         let mut server_cpu = [0.0f64; 2];
         let mut samples = vec![Vec::new(); readers.len() + 1];
         // rounds interleave the readers, so that a noisy neighbour hits all alike
@@ -1000,7 +1018,7 @@ impl Bench {
             for (index, (_, path, pinned)) in readers.iter().enumerate() {
                 let server = servers.iter().position(|(reader, _)| *reader == index);
                 let read =
-                    || sequential_over_serving(path, SIZE, server.map(|server| servers[server].1.as_path()));
+                    || sequential_over_serving(path, SIZE, server.map(|server| servers[server].1.as_slice()));
                 let (gbps, cpu) = match pinned {
                     Some(pids) => on_one_cpu(pids, read),
                     None => read(),

@@ -14,7 +14,8 @@ use std::fs::{File, OpenOptions};
 use std::io::IoSlice;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
@@ -39,39 +40,41 @@ const ROOT: u64 = 1;
 const FILE: u64 = 2;
 const MAX_READ: u32 = 1 << 20;
 
-/// A mount of one file, `MOUNTPOINT/ram`, served by the minimal daemon on a thread of this
-/// process; unmounted on drop.
+/// The argument that makes the bench binary the ceiling's daemon:
+/// `performance --fuse-ceiling RAM_FILE MOUNTPOINT`.
+pub const SERVE_ARGUMENT: &str = "--fuse-ceiling";
+
+/// A mount of one file, `MOUNTPOINT/ram`, served by the minimal daemon in a process of its own
+/// (as qemu-bridge's daemon is: a reader and a daemon in one process would switch between
+/// threads of one address space, which is cheaper); unmounted and ended on drop.
 pub struct CeilingServer {
     mountpoint: PathBuf,
-    thread_id: i32,
-    thread: Option<JoinHandle<()>>,
+    daemon: Child,
 }
 
 impl CeilingServer {
-    /// Mounts `bridge`'s RAM (its whole mapping) as `mountpoint/ram`.
-    pub fn mount(bridge: SharedMemoryBridge, mountpoint: &Path) -> std::io::Result<Self> {
-        let device = OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
-        let options =
-            format!("fd={},rootmode=40000,user_id=0,group_id=0,max_read={MAX_READ}", device.as_raw_fd());
-        nix::mount::mount(
-            Some("qb-ceiling"),
-            mountpoint,
-            Some("fuse.qb-ceiling"),
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(options.as_str()),
-        )?;
-        let (sender, receiver) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new().name("fuse-ceiling".into()).spawn(move || {
-            let _ = sender.send(nix::unistd::gettid().as_raw());
-            serve(&device, &bridge)
-        })?;
-        let thread_id = receiver.recv().expect("the server thread starts");
-        Ok(Self { mountpoint: mountpoint.to_path_buf(), thread_id, thread: Some(thread) })
+    /// Starts the daemon on `ram_file` (a RAM file) and waits for its mount.
+    pub fn start(ram_file: &Path, mountpoint: &Path) -> std::io::Result<Self> {
+        let daemon = Command::new(std::env::current_exe()?)
+            .arg(SERVE_ARGUMENT)
+            .arg(ram_file)
+            .arg(mountpoint)
+            .spawn()?;
+        let server = Self { mountpoint: mountpoint.to_path_buf(), daemon };
+        if !qemu_bridge::poll::wait_for(Duration::from_secs(10), || server.file().exists()) {
+            return Err(std::io::Error::other("the FUSE ceiling daemon did not mount"));
+        }
+        Ok(server)
     }
 
-    /// `/proc/self/task/TID/stat` of the serving thread, for its CPU time.
-    pub fn thread_stat(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/task/{}/stat", self.thread_id))
+    /// `/proc/PID/stat` of the daemon (one thread), for its CPU time.
+    pub fn stat(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/stat", self.daemon.id()))
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.daemon.id()
     }
 
     /// The served file.
@@ -82,12 +85,36 @@ impl CeilingServer {
 
 impl Drop for CeilingServer {
     fn drop(&mut self) {
-        // the kernel then ends the connection: the server's next read fails with ENODEV
+        // the kernel then ends the connection: the daemon's next read fails with ENODEV
         let _ = nix::mount::umount2(&self.mountpoint, MntFlags::MNT_DETACH);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if !qemu_bridge::poll::wait_for(Duration::from_secs(5), || {
+            matches!(self.daemon.try_wait(), Ok(Some(_)))
+        }) {
+            let _ = self.daemon.kill();
+            let _ = self.daemon.wait();
         }
     }
+}
+
+/// The daemon's process: mounts `arguments` = `[RAM_FILE, MOUNTPOINT]` and serves until
+/// unmounted. Mounting needs root (mount(2) with `fd=`).
+pub fn serve_process(arguments: &[String]) -> std::io::Result<()> {
+    let [ram_file, mountpoint] = arguments else {
+        return Err(std::io::Error::other(format!("usage: {SERVE_ARGUMENT} RAM_FILE MOUNTPOINT")));
+    };
+    let bridge = SharedMemoryBridge::open("ceiling", Path::new(ram_file)).map_err(std::io::Error::other)?;
+    let device = OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+    let options =
+        format!("fd={},rootmode=40000,user_id=0,group_id=0,max_read={MAX_READ}", device.as_raw_fd());
+    nix::mount::mount(
+        Some("qb-ceiling"),
+        Path::new(mountpoint),
+        Some("fuse.qb-ceiling"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )?;
+    serve(&device, &bridge);
+    Ok(())
 }
 
 /// Answers requests until the connection ends.
