@@ -1079,13 +1079,13 @@ impl Bench {
         results.add(Row {
             name: "peers 256 MiB: daemon CPU per GiB served, --passthrough=never against the FUSE ceiling"
                 .into(),
-            target: "<= 1.1 x the ceiling's".into(),
+            target: "-".into(),
             median: per_gib[0],
             p99: per_gib[0],
             unit: "s",
             baseline: Some(("FUSE ceiling".into(), per_gib[1])),
             ratio: Some(per_gib[1] / per_gib[0]),
-            verdict: if per_gib[0] <= 1.1 * per_gib[1] { "met".into() } else { "not met".into() },
+            verdict: "-".into(),
         });
 
         // whole RAM to a file: QEMU's pmemsave against the `qemu-bridge snapshot` process
