@@ -138,6 +138,16 @@ fn cpu_seconds() -> f64 {
         + system.tv_usec() as f64 * 1e-6
 }
 
+/// One reader of the peers' rounds.
+struct PeerReader {
+    name: &'static str,
+    file: PathBuf,
+    /// Processes put on one CPU with the reader, or none.
+    pinned: Option<Vec<u32>>,
+    /// `/proc/.../stat` of the threads serving it, whose CPU time is counted (none: not counted).
+    server: Vec<PathBuf>,
+}
+
 struct Lab {
     _dir: tempfile::TempDir,
     run_dir: RunDir,
@@ -286,7 +296,7 @@ fn main() {
         return;
     }
     // `cargo test --all-targets` runs bench binaries without `--bench`: nothing to do then.
-    if !std::env::args().any(|arg| arg == "--bench") {
+    if !arguments.iter().any(|arg| arg == "--bench") {
         println!("performance: run with `cargo bench --bench performance` (or scripts/bench.sh)");
         return;
     }
@@ -357,8 +367,6 @@ fn sequential(path: &Path) -> f64 {
     sequential_over(path, RAM as u64)
 }
 
-/// GB/s of one sequential pass over the first `len` bytes of `path` (or all of a shorter file)
-/// in 1 MiB reads.
 /// User and system CPU seconds of the process or thread whose `/proc/.../stat` this is.
 fn cpu_seconds_of(stat: &Path) -> f64 {
     let text = std::fs::read_to_string(stat).unwrap();
@@ -366,11 +374,6 @@ fn cpu_seconds_of(stat: &Path) -> f64 {
     let fields: Vec<&str> = text[text.rfind(')').unwrap() + 2..].split(' ').collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     ticks as f64 / 100.0 // USER_HZ, 100 on every Linux architecture
-}
-
-/// The whole file, for checking a reader's bytes.
-fn read_whole(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap()
 }
 
 /// Runs `f` with every thread of the processes `pids` (this one's included where named) on the
@@ -399,17 +402,19 @@ fn on_one_cpu<T>(pids: &[u32], f: impl FnOnce() -> T) -> T {
     result
 }
 
+/// GB/s of one sequential pass over the first `len` bytes of `path` (or all of a shorter file)
+/// in 1 MiB reads.
 fn sequential_over(path: &Path, len: u64) -> f64 {
-    sequential_over_serving(path, len, None).0
+    sequential_over_serving(path, len, &[]).0
 }
 
-/// GB/s of 1 MiB reads of the first `len` bytes of `path` (the open not counted), and the CPU
-/// seconds that the threads of `server` (their `/proc/.../stat`) spent meanwhile.
-fn sequential_over_serving(path: &Path, len: u64, server: Option<&[PathBuf]>) -> (f64, f64) {
+/// [`sequential_over`] (the open not counted), and the CPU seconds that the threads of `server`
+/// (their `/proc/.../stat`) spent meanwhile.
+fn sequential_over_serving(path: &Path, len: u64, server: &[PathBuf]) -> (f64, f64) {
     let file = File::open(path).unwrap();
     let mut chunk = vec![0u8; 1 << 20];
-    let cpu = |stats: &[PathBuf]| stats.iter().map(|stat| cpu_seconds_of(stat)).sum::<f64>();
-    let cpu_before = server.map_or(0.0, cpu);
+    let cpu = || server.iter().map(|stat| cpu_seconds_of(stat)).sum::<f64>();
+    let cpu_before = cpu();
     let start = Instant::now();
     let mut offset = 0u64;
     // the first `len` bytes, or all of a shorter file (`core` of RAM minus the BIOS window)
@@ -421,7 +426,7 @@ fn sequential_over_serving(path: &Path, len: u64, server: Option<&[PathBuf]>) ->
         offset += n as u64;
     }
     let gbps = offset as f64 / start.elapsed().as_secs_f64() / 1e9;
-    (gbps, server.map_or(0.0, cpu) - cpu_before)
+    (gbps, cpu() - cpu_before)
 }
 
 /// Fills a paused guest's RAM file with pseudo-random bytes past its first MiB (the guest's
@@ -465,11 +470,7 @@ fn view_frames(run_dir: &RunDir, vms: usize, duration: Duration) -> (f64, f64) {
     let address = line.trim().rsplit("http://").next().unwrap().trim_end_matches('/').to_string();
     let stream = std::net::TcpStream::connect(&address).unwrap();
     let (mut socket, _) = tungstenite::client::client(format!("ws://{address}/ws"), stream).unwrap();
-    let cpu_ticks = |pid: u32| -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-        (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
-    };
+    let cpu_ticks = |pid: u32| cpu_seconds_of(Path::new(&format!("/proc/{pid}/stat")));
     // wait until every VM is shown and has sent a frame
     let mut frames: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -968,7 +969,7 @@ impl Bench {
         let ceiling = fuse_ceiling::CeilingServer::start(&info.ram_path, &ceiling_mountpoint).unwrap();
         // a broken server would measure nothing: its bytes are the RAM file's
         assert!(
-            read_whole(&ceiling.file()) == read_whole(&info.ram_path),
+            std::fs::read(ceiling.file()).unwrap() == std::fs::read(&info.ram_path).unwrap(),
             "the FUSE ceiling server reads wrong bytes"
         );
         let in_mount = |mount: &Path, file: &str| mount.join(info.name.as_str()).join(file);
@@ -981,23 +982,6 @@ impl Bench {
             }
             SIZE as f64 / start.elapsed().as_secs_f64() / 1e9
         };
-        let here = std::process::id();
-        // (name, file, processes put on one CPU with the reader, or none)
-        let readers: [(&str, PathBuf, Option<Vec<u32>>); 9] = [
-            ("mount, default (passthrough=auto): ram", in_mount(&default_mount, "ram"), None),
-            ("mount --passthrough=never: ram", in_mount(&daemon_mount, "ram"), None),
-            ("FUSE ceiling: a minimal daemon (raw /dev/fuse, one writev per read)", ceiling.file(), None),
-            ("mount: physical (daemon)", in_mount(&default_mount, "physical"), None),
-            ("mount: core (daemon)", in_mount(&default_mount, "core"), None),
-            (
-                "on one CPU with its reader: mount --passthrough=never",
-                in_mount(&daemon_mount, "ram"),
-                Some(vec![here, daemon_pid]),
-            ),
-            ("on one CPU with its reader: FUSE ceiling", ceiling.file(), Some(vec![here, ceiling.pid()])),
-            ("on one CPU: pread of the RAM file", info.ram_path.clone(), Some(vec![here])),
-            ("pread of the RAM file (the limit)", info.ram_path.clone(), None),
-        ];
         // the CPU time each daemon spends serving its reader's reads (steadier than wall time on
         // a shared machine; opens not counted): qemu-bridge's request threads (not the ones
         // that check the VMs in the background), the ceiling's one
@@ -1010,23 +994,46 @@ impl Bench {
             .map(|task| task.join("stat"))
             .collect();
         assert!(!fuse_workers.is_empty(), "no fuser worker threads in the daemon");
-        let servers = [(1, fuse_workers), (2, vec![ceiling.stat()])];
-        let mut server_cpu = [0.0f64; 2];
+        let here = std::process::id();
+        let reader = |name, file, pinned, server| PeerReader { name, file, pinned, server };
+        let readers = [
+            reader("mount, default (passthrough=auto): ram", in_mount(&default_mount, "ram"), None, vec![]),
+            reader("mount --passthrough=never: ram", in_mount(&daemon_mount, "ram"), None, fuse_workers),
+            reader(
+                "FUSE ceiling: a minimal daemon (raw /dev/fuse, one writev per read)",
+                ceiling.file(),
+                None,
+                vec![ceiling.stat()],
+            ),
+            reader("mount: physical (daemon)", in_mount(&default_mount, "physical"), None, vec![]),
+            reader("mount: core (daemon)", in_mount(&default_mount, "core"), None, vec![]),
+            reader(
+                "on one CPU with its reader: mount --passthrough=never",
+                in_mount(&daemon_mount, "ram"),
+                Some(vec![here, daemon_pid]),
+                vec![],
+            ),
+            reader(
+                "on one CPU with its reader: FUSE ceiling",
+                ceiling.file(),
+                Some(vec![here, ceiling.pid()]),
+                vec![],
+            ),
+            reader("on one CPU: pread of the RAM file", info.ram_path.clone(), Some(vec![here]), vec![]),
+            reader("pread of the RAM file (the limit)", info.ram_path.clone(), None, vec![]),
+        ];
         let mut samples = vec![Vec::new(); readers.len() + 1];
+        let mut server_cpu = vec![0.0f64; readers.len()];
         // rounds interleave the readers, so that a noisy neighbour hits all alike
         for _ in 0..10 {
-            for (index, (_, path, pinned)) in readers.iter().enumerate() {
-                let server = servers.iter().position(|(reader, _)| *reader == index);
-                let read =
-                    || sequential_over_serving(path, SIZE, server.map(|server| servers[server].1.as_slice()));
-                let (gbps, cpu) = match pinned {
+            for (index, reader) in readers.iter().enumerate() {
+                let read = || sequential_over_serving(&reader.file, SIZE, &reader.server);
+                let (gbps, cpu) = match &reader.pinned {
                     Some(pids) => on_one_cpu(pids, read),
                     None => read(),
                 };
                 samples[index].push(gbps);
-                if let Some(server) = server {
-                    server_cpu[server] += cpu;
-                }
+                server_cpu[index] += cpu;
             }
             samples[readers.len()].push(library());
         }
@@ -1050,7 +1057,7 @@ impl Bench {
                 },
             });
         };
-        for (index, (name, _, _)) in readers.iter().enumerate().take(readers.len() - 1) {
+        for (index, PeerReader { name, .. }) in readers.iter().enumerate().take(readers.len() - 1) {
             let (target, floor) = match index {
                 0 => (">= 0.95 x direct", Some(0.95)),
                 1 => (">= 0.85 x direct", Some(0.85)),
@@ -1075,7 +1082,8 @@ impl Bench {
             verdict: "-".into(),
         });
         // CPU seconds per GiB served, over all rounds (1/100 s resolution: about 40 ticks each)
-        let per_gib = server_cpu.map(|seconds| seconds / (10.0 * SIZE as f64 / (1u64 << 30) as f64));
+        let per_gib = [server_cpu[1], server_cpu[2]]
+            .map(|seconds| seconds / (10.0 * SIZE as f64 / (1u64 << 30) as f64));
         results.add(Row {
             name: "peers 256 MiB: daemon CPU per GiB served, --passthrough=never against the FUSE ceiling"
                 .into(),

@@ -69,7 +69,7 @@ impl CeilingServer {
 
     /// `/proc/PID/stat` of the daemon (one thread), for its CPU time.
     pub fn stat(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/stat", self.daemon.id()))
+        PathBuf::from(format!("/proc/{}/stat", self.pid()))
     }
 
     /// The daemon's process id.
