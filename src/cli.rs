@@ -88,6 +88,8 @@ pub enum Verb {
     Read(ReadArgs),
     /// Write a VM's whole RAM to a file and print its checksum and consistency verdict
     Snapshot(SnapshotArgs),
+    /// Print, every interval, the guest-physical ranges whose bytes changed and how many pages
+    Changes(ChangesArgs),
     /// Mount the FUSE file system: one directory per VM
     Mount(MountArgs),
     /// Unmount a qemu-bridge mount
@@ -254,6 +256,32 @@ pub struct ReadArgs {
     pub common: Common,
 }
 
+/// `changes`.
+#[derive(Debug, Args)]
+pub struct ChangesArgs {
+    /// The VM's name
+    pub name: String,
+    /// Seconds between two looks (fractions allowed)
+    #[arg(long, value_name = "S", default_value_t = 1.0, value_parser = parse_interval)]
+    pub interval: f64,
+    /// Stop after this many intervals (default: until interrupted)
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// One JSON object per interval (pages, ranges as [start, end) pairs, tracking method)
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+fn parse_interval(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && (0.001..=86_400.0).contains(&seconds) => Ok(seconds),
+        _ => Err(format!("{text:?} is not a number of seconds between 0.001 and 86400")),
+    }
+}
+
 /// `snapshot`.
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
@@ -346,6 +374,10 @@ pub struct ViewArgs {
     /// memory maps)
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8077")]
     pub listen: std::net::SocketAddr,
+    /// Share of one core spent finding changed pages, over all VMs (a bigger budget re-checks
+    /// every page sooner; the page says how fresh each picture is)
+    #[arg(long, value_name = "CORES", default_value_t = qemu_bridge::view::DEFAULT_SCAN_BUDGET)]
+    pub scan_budget: f64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -498,6 +530,7 @@ pub fn run(cli: Cli) -> CliResult {
         Verb::Saved(args) => saved_verb(args),
         Verb::Read(args) => read_verb(args),
         Verb::Snapshot(args) => snapshot_verb(args),
+        Verb::Changes(args) => changes_verb(&args),
         Verb::Mount(args) => mount_verb(&args),
         Verb::Umount(args) => qemu_bridge::mount::umount(&args.mountpoint).map_err(Into::into),
         Verb::Clean(args) => clean_verb(&args),
@@ -517,7 +550,8 @@ pub fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Verb::View(args) => {
-            let server = qemu_bridge::view::ViewServer::bind(args.listen, args.common.run_dir())?;
+            let server = qemu_bridge::view::ViewServer::bind(args.listen, args.common.run_dir())?
+                .with_scan_budget(args.scan_budget);
             if let Some(address) = server.address() {
                 println!(
                     "serving the VMs of {} on http://{address}/",
@@ -877,6 +911,45 @@ fn read_verb(args: ReadArgs) -> CliResult {
         out.write_all(&buffer)?;
     } else {
         out.write_all(hex_dump(args.addr, &buffer).as_bytes())?;
+    }
+    Ok(())
+}
+
+fn changes_verb(args: &ChangesArgs) -> CliResult {
+    let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
+    let (bridge, _) = vm.open_bridge()?;
+    let changes = qemu_bridge::ram::Changes::new(
+        bridge.mapping(),
+        bridge.layout(),
+        std::time::Duration::from_secs_f64(args.interval),
+    )?;
+    let method = changes.method();
+    let mut out = std::io::stdout().lock();
+    for (index, set) in changes.enumerate() {
+        if args.count.is_some_and(|count| index as u64 >= count) {
+            break;
+        }
+        let set = set?;
+        if args.json {
+            let ranges: Vec<[u64; 2]> = set.ranges.iter().map(|range| [range.start, range.end]).collect();
+            let line = serde_json::json!({
+                "interval": index + 1,
+                "pages": set.pages,
+                "ranges": ranges,
+                "unmapped_pages": set.unmapped_pages,
+                "tracking": method,
+            });
+            writeln!(out, "{line}")?;
+        } else {
+            let ranges: Vec<String> =
+                set.ranges.iter().map(|range| format!("{:#x}-{:#x}", range.start, range.end)).collect();
+            let unmapped = match set.unmapped_pages {
+                0 => String::new(),
+                n => format!(" (+{n} at no guest-physical address)"),
+            };
+            writeln!(out, "{} pages changed{unmapped}: {}", set.pages, ranges.join(" "))?;
+        }
+        out.flush()?;
     }
     Ok(())
 }

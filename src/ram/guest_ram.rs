@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::fs::File;
 
 use super::mapping::{Mapping, ReadMethod};
-use super::BridgeError;
+use super::{BridgeError, PAGE_SIZE};
 
 /// The RAM of one VM, over one or more backends.
 #[derive(Debug)]
@@ -186,9 +186,33 @@ impl GuestRam {
     /// # Errors
     ///
     /// As [`Mapping::for_each_page`].
-    pub fn for_each_page(&self, mut each: impl FnMut(usize, Option<&[u8]>)) -> Result<(), BridgeError> {
+    pub fn for_each_page(&self, each: impl FnMut(usize, Option<&[u8]>)) -> Result<(), BridgeError> {
+        self.for_each_page_in(0..self.pages(), each)
+    }
+
+    /// Pages of 4 KiB ([`PAGE_SIZE`]), the last one possibly short.
+    pub fn pages(&self) -> usize {
+        self.len.div_ceil(PAGE_SIZE)
+    }
+
+    /// See [`Mapping::for_each_page_in`]: the pages `pages` of the whole (clamped to it).
+    ///
+    /// # Errors
+    ///
+    /// As [`Mapping::for_each_page`].
+    pub fn for_each_page_in(
+        &self,
+        pages: std::ops::Range<usize>,
+        mut each: impl FnMut(usize, Option<&[u8]>),
+    ) -> Result<(), BridgeError> {
         for (start, mapping) in &self.parts {
-            mapping.for_each_page(|page, bytes| each(start / 4096 + page, bytes))?;
+            let first = start / PAGE_SIZE;
+            let last = first + mapping.len().div_ceil(PAGE_SIZE);
+            let (from, to) = (pages.start.max(first), pages.end.min(last));
+            if from < to {
+                mapping
+                    .for_each_page_in(from - first..to - first, |page, bytes| each(first + page, bytes))?;
+            }
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ use std::sync::atomic::{compiler_fence, AtomicU64, Ordering};
 
 use memmap2::{Mmap, MmapOptions};
 
-use super::BridgeError;
+use super::{BridgeError, PAGE_SIZE};
 
 /// Copies at least this large are split across threads when more than one core is available.
 const PARALLEL_COPY_THRESHOLD: usize = 16 << 20;
@@ -83,7 +83,7 @@ pub struct Mapping {
 struct KnownData(Vec<AtomicU64>);
 
 impl KnownData {
-    const PAGE: usize = 4096;
+    const PAGE: usize = PAGE_SIZE;
 
     fn new(len: usize) -> Self {
         Self((0..len.div_ceil(Self::PAGE).div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
@@ -202,7 +202,7 @@ impl Mapping {
             len,
             path: path.to_path_buf(),
             method: ReadMethod::ProcessMemory,
-            page_size: 4096,
+            page_size: PAGE_SIZE,
             guard_slot: None,
             known_data: KnownData::default(),
         };
@@ -286,7 +286,7 @@ impl Mapping {
     /// data: only what it skips is a hole. (`SEEK_HOLE` would walk every page up to the next
     /// hole, the whole file for a guest that touched all of it, on every read.)
     fn segments(&self, offset: usize, len: usize) -> Result<Vec<Segment>, BridgeError> {
-        const PAGE: usize = 4096;
+        const PAGE: usize = PAGE_SIZE;
         let end = offset + len;
         if self.method != ReadMethod::MappingWithHoles || len == 0 || self.known_data.covers(offset, len) {
             return Ok(vec![Segment { start: offset, end, data: true }]);
@@ -506,14 +506,14 @@ impl Mapping {
     ) -> Result<(), BridgeError> {
         self.check_range(offset, dst.len())?;
         self.check_before_copy(offset, dst.len())?;
-        if threads <= 1 || dst.len() < 2 * 4096 {
+        if threads <= 1 || dst.len() < 2 * PAGE_SIZE {
             self.copy_range(offset, dst)?;
             // a truncation during the copy left zeros where pages were lost
             return self.check_intact();
         }
         // Page-aligned chunks so that each thread streams whole pages; the last chunk runs on
         // this thread.
-        let chunk = dst.len().div_ceil(threads).next_multiple_of(4096);
+        let chunk = dst.len().div_ceil(threads).next_multiple_of(PAGE_SIZE);
         let results: Vec<Result<(), BridgeError>> = std::thread::scope(|scope| {
             let mut parts = dst.chunks_mut(chunk).enumerate();
             let last = parts.next_back();
@@ -540,25 +540,39 @@ impl Mapping {
     /// # Errors
     ///
     /// As the copy ([`BridgeError::FileShrunk`] when the file was truncated during it).
-    pub fn for_each_page(&self, mut each: impl FnMut(usize, Option<&[u8]>)) -> Result<(), BridgeError> {
-        const PAGE: usize = 4096;
+    pub fn for_each_page(&self, each: impl FnMut(usize, Option<&[u8]>)) -> Result<(), BridgeError> {
+        self.for_each_page_in(0..self.len.div_ceil(PAGE_SIZE), each)
+    }
+
+    /// [`for_each_page`](Self::for_each_page) over the pages `pages` only (clamped to the
+    /// mapping): what a scan that looks at a share of the RAM at a time needs.
+    ///
+    /// # Errors
+    ///
+    /// As [`for_each_page`](Self::for_each_page).
+    pub fn for_each_page_in(
+        &self,
+        pages: std::ops::Range<usize>,
+        mut each: impl FnMut(usize, Option<&[u8]>),
+    ) -> Result<(), BridgeError> {
         const CHUNK: usize = 1 << 20;
-        self.check_before_copy(0, self.len)?;
+        let end = (pages.end.saturating_mul(PAGE_SIZE)).min(self.len);
+        let mut offset = pages.start.saturating_mul(PAGE_SIZE).min(end);
+        self.check_before_copy(offset, end - offset)?;
         // one page at a time into a buffer that stays in the L1 cache for `each` to look at
-        let mut buffer = [0u8; PAGE];
-        let mut offset = 0;
-        while offset < self.len {
-            let len = CHUNK.min(self.len - offset);
+        let mut buffer = [0u8; PAGE_SIZE];
+        while offset < end {
+            let len = CHUNK.min(end - offset);
             for segment in self.segments(offset, len)? {
                 // segments are page-aligned inside a chunk (chunks are whole pages)
-                for start in (segment.start..segment.end).step_by(PAGE) {
-                    let page = &mut buffer[..PAGE.min(segment.end - start)];
+                for start in (segment.start..segment.end).step_by(PAGE_SIZE) {
+                    let page = &mut buffer[..PAGE_SIZE.min(segment.end - start)];
                     if segment.data {
                         let part = Segment { start, end: start + page.len(), data: true };
                         self.copy_segments(start, page, &[part])?;
-                        each(start / PAGE, Some(page));
+                        each(start / PAGE_SIZE, Some(page));
                     } else {
-                        each(start / PAGE, None);
+                        each(start / PAGE_SIZE, None);
                     }
                 }
             }
@@ -715,10 +729,10 @@ impl Mapping {
         // a page at a time into a buffer that stays in the L1 cache, then compared there: the
         // copy really reads live memory again (see `copy_unchecked`), and both the copy and
         // the comparison run at vector speed
-        let mut buffer = [0u8; 4096];
+        let mut buffer = [0u8; PAGE_SIZE];
         expected.chunks(buffer.len()).enumerate().all(|(index, part)| {
             let live = &mut buffer[..part.len()];
-            self.copy_unchecked(offset + index * 4096, live);
+            self.copy_unchecked(offset + index * PAGE_SIZE, live);
             live == part
         })
     }
@@ -845,7 +859,7 @@ fn page_size_of(file: &File) -> std::io::Result<(usize, bool)> {
         return Ok((stats.block_size() as usize, true));
     }
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten();
-    Ok((page.map_or(4096, |size| size as usize), false))
+    Ok((page.map_or(PAGE_SIZE, |size| size as usize), false))
 }
 
 /// The SIGBUS guard. Touching a page of a shared file mapping past the file's end raises SIGBUS,
@@ -902,7 +916,7 @@ mod sigbus {
             // its end
             if ENDS[slot].compare_exchange(0, start + len, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 POISONED[slot].store(false, Ordering::Release);
-                PAGE_SIZES[slot].store(page_size.max(4096), Ordering::Release);
+                PAGE_SIZES[slot].store(page_size.max(super::PAGE_SIZE), Ordering::Release);
                 STARTS[slot].store(start, Ordering::Release);
                 return Some(slot);
             }

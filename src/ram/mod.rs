@@ -7,6 +7,7 @@ pub mod mtree;
 pub mod picture;
 pub mod snapshot;
 pub mod sparse;
+pub mod tracker;
 pub mod views;
 
 use std::path::{Path, PathBuf};
@@ -18,8 +19,13 @@ pub use layout::{GuestLayout, LayoutSource, Machine, Region};
 pub use mapping::{is_hugetlbfs, Mapping, ReadMethod};
 pub use snapshot::{
     sha256_hex, CheckReport, HashAlgorithm, Snapshot, Summary, Verdict, CHECKSUM_ALGORITHM, DEFAULT_ATTEMPTS,
-    PAGE_SIZE,
 };
+pub use tracker::{ChangeSet, Changes, Fingerprints, TrackingMethod};
+
+/// Bytes per page wherever this crate counts pages (tmpfs and memfd pages, picture pixels,
+/// snapshot comparisons, fingerprints, guest page tables): 4 KiB. hugetlbfs maps bigger pages
+/// ([`Mapping::page_size`]); its files are still counted in 4 KiB pages.
+pub const PAGE_SIZE: usize = 4096;
 
 /// Where [`SharedMemoryBridge::new`] looks for a VM's RAM file.
 pub const SHM_DIR: &str = "/dev/shm";

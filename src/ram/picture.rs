@@ -3,16 +3,19 @@
 //!
 //! [`classify`] looks at one page; [`page_classes`] classifies all of a guest's RAM without
 //! reading (or allocating) its holes; [`LiveMap`] keeps a picture up to date frame by frame and
-//! says which pages changed; [`hilbert_point`] and [`hilbert_index`] place page `i` at a pixel
+//! says which pages changed, at the cost of what it looks at (see [`super::tracker`]); [`hilbert_point`] and [`hilbert_index`] place page `i` at a pixel
 //! and back; with the `png` feature, [`png()`] encodes a picture.
 
 use serde::Serialize;
 
+use std::time::Instant;
+
 use super::guest_ram::GuestRam;
+use super::tracker::Fingerprints;
 use super::BridgeError;
 
-/// Bytes per page of the picture (one pixel each).
-pub const PAGE: usize = 4096;
+/// Bytes per page of the picture (one pixel each): [`super::PAGE_SIZE`].
+pub const PAGE: usize = super::PAGE_SIZE;
 
 /// What a page of guest RAM holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -217,12 +220,12 @@ pub fn png(classes: &[PageClass]) -> Result<Vec<u8>, std::io::Error> {
     Ok(out)
 }
 
-/// A picture of a guest's RAM kept up to date: a copy of the RAM (holes stay unallocated in it)
-/// and each page's class. Each [`update`](Self::update) compares live memory with the copy and
-/// re-reads and re-classifies only the pages that changed.
+/// A picture of a guest's RAM kept up to date: each page's class and a [`Fingerprints`]
+/// tracker (8 bytes a page, never a copy of RAM). Each [`update`](Self::update) re-checks the
+/// next share of the pages within a time budget and re-classifies only those that changed.
 #[derive(Debug)]
 pub struct LiveMap {
-    copy: Vec<u8>,
+    prints: Fingerprints,
     classes: Vec<PageClass>,
 }
 
@@ -233,16 +236,11 @@ impl LiveMap {
     ///
     /// As the copy ([`BridgeError::FileShrunk`]).
     pub fn new(ram: &GuestRam) -> Result<Self, BridgeError> {
-        // zeroed by the allocator without touching it: only pages with data get memory
-        let mut copy = vec![0u8; ram.len()];
-        let mut classes = vec![PageClass::Hole; ram.len().div_ceil(PAGE)];
-        ram.for_each_page(|page, bytes| {
-            if let Some(bytes) = bytes {
-                classes[page] = classify(bytes);
-                copy[page * PAGE..page * PAGE + bytes.len()].copy_from_slice(bytes);
-            }
+        let mut classes = vec![PageClass::Hole; ram.pages()];
+        let prints = Fingerprints::new(ram, |page, bytes| {
+            classes[page] = bytes.map_or(PageClass::Hole, classify);
         })?;
-        Ok(Self { copy, classes })
+        Ok(Self { prints, classes })
     }
 
     /// The class of every page.
@@ -250,24 +248,31 @@ impl LiveMap {
         &self.classes
     }
 
-    /// Looks again: the pages whose bytes changed since the last look, with their class now
-    /// (a page that changed keeps its class when its content is still of the same kind). A
-    /// hole that the guest filled is read then.
+    /// The change tracker behind the picture (its method, how fresh it is, its memory).
+    pub fn tracker(&self) -> &Fingerprints {
+        &self.prints
+    }
+
+    /// Looks again until `deadline` (see [`Fingerprints::rescan_until`]): the pages whose bytes
+    /// changed since they were last looked at, with their class now (a page that changed keeps
+    /// its class when its content is still of the same kind). A hole that the guest filled is
+    /// read then.
     ///
     /// # Errors
     ///
     /// As the copy ([`BridgeError::FileShrunk`]).
-    pub fn update(&mut self, ram: &GuestRam) -> Result<Vec<(u32, PageClass)>, BridgeError> {
-        let changed = ram.changed_pages(&self.copy, PAGE)?;
-        let mut delta = Vec::with_capacity(changed.len());
-        for page in changed {
-            let end = (page * PAGE + PAGE).min(self.copy.len());
-            let bytes = &mut self.copy[page * PAGE..end];
-            ram.copy_to(page * PAGE, bytes)?;
-            let class = classify(bytes);
-            self.classes[page] = class;
+    pub fn update(
+        &mut self,
+        ram: &GuestRam,
+        deadline: Instant,
+    ) -> Result<Vec<(u32, PageClass)>, BridgeError> {
+        let mut delta = Vec::new();
+        let classes = &mut self.classes;
+        self.prints.rescan_until(ram, deadline, |page, bytes| {
+            let class = bytes.map_or(PageClass::Hole, classify);
+            classes[page] = class;
             delta.push((page as u32, class));
-        }
+        })?;
         Ok(delta)
     }
 }

@@ -13,10 +13,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::guest_ram::GuestRam;
-use super::BridgeError;
-
-/// Granularity of the consistency check.
-pub const PAGE_SIZE: usize = 4096;
+use super::{BridgeError, PAGE_SIZE};
 
 /// Default number of copy attempts for a checked snapshot.
 pub const DEFAULT_ATTEMPTS: u32 = 4;

@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 /// Granularity of zero detection: a page.
-const PAGE: usize = 4096;
+use super::PAGE_SIZE as PAGE;
 
 /// Writes at explicit positions, skipping over zeros; [`finish`](Self::finish) gives the file
 /// its full length (a trailing hole included).

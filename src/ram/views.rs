@@ -213,7 +213,7 @@ fn register_values(block: &str) -> Vec<(String, u64)> {
     values
 }
 
-const PAGE: u64 = 4096;
+const PAGE: u64 = super::PAGE_SIZE as u64;
 const ELF_HEADER: u64 = 64;
 const PROGRAM_HEADER: u64 = 56;
 

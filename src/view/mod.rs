@@ -2,7 +2,10 @@
 //! live Hilbert map of guest RAM (see [`crate::ram::picture`]).
 //!
 //! One thread per VM keeps a [`LiveMap`] and takes frames (60 a second in all, shared among the
-//! VMs); browsers connect over WebSocket and get each VM's classes once, then only the pages
+//! VMs). Each frame re-checks the next share of the VM's pages against their fingerprints, for as
+//! long as the scan budget allows (a share of one core, split among the VMs: half a core by
+//! default), so that a frame costs the same whatever the size of the VM, and every page is
+//! re-checked within one sweep, whose duration each VM's summary reports (`sweep_ms`); browsers connect over WebSocket and get each VM's classes once, then only the pages
 //! that changed. A scanner thread finds VMs as they appear in the run directory (probing each in
 //! the background, like the mount) and each VM's thread drops it when its QEMU is gone.
 //!
@@ -24,7 +27,7 @@ use serde::Serialize;
 
 use crate::name::VmName;
 use crate::ram::picture::{hilbert_side, LiveMap, PageClass};
-use crate::ram::{Region, SharedMemoryBridge};
+use crate::ram::{Region, SharedMemoryBridge, TrackingMethod};
 use crate::run_dir::RunDir;
 use crate::vm::Vm;
 
@@ -41,6 +44,8 @@ const SCAN_INTERVAL: Duration = Duration::from_millis(500);
 const QMP_TIMEOUT: Duration = Duration::from_millis(1000);
 /// A socket that failed a probe is not asked again before this.
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(3);
+/// Share of one core spent looking for changed pages, by default, over all VMs.
+pub const DEFAULT_SCAN_BUDGET: f64 = 0.5;
 
 /// Errors of the view server.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +70,10 @@ struct VmSummary {
     pages: usize,
     side: u32,
     regions: Vec<Region>,
+    /// How changed pages are found.
+    tracking: TrackingMethod,
+    /// How long the last sweep over all pages took: no page of the picture is older.
+    sweep_ms: Option<u64>,
 }
 
 /// A frame's number and its changes: (page, class number).
@@ -94,6 +103,7 @@ pub struct ViewServer {
     server: Arc<tiny_http::Server>,
     scene: Arc<RwLock<Scene>>,
     run_dir: RunDir,
+    scan_budget: f64,
 }
 
 impl ViewServer {
@@ -105,7 +115,20 @@ impl ViewServer {
     pub fn bind(address: SocketAddr, run_dir: RunDir) -> Result<Self, ViewError> {
         let server = tiny_http::Server::http(address)
             .map_err(|err| ViewError::Listen { address, reason: err.to_string() })?;
-        Ok(Self { server: Arc::new(server), scene: Arc::default(), run_dir })
+        Ok(Self {
+            server: Arc::new(server),
+            scene: Arc::default(),
+            run_dir,
+            scan_budget: DEFAULT_SCAN_BUDGET,
+        })
+    }
+
+    /// Spends at most `cores` of one core (0.5: half a core) looking for changed pages, over
+    /// all VMs; the default is [`DEFAULT_SCAN_BUDGET`]. A bigger budget re-checks every page
+    /// sooner. Values are clamped to 0.01..=64.
+    pub fn with_scan_budget(mut self, cores: f64) -> Self {
+        self.scan_budget = if cores.is_finite() { cores.clamp(0.01, 64.0) } else { DEFAULT_SCAN_BUDGET };
+        self
     }
 
     /// The address it listens on (with the port the system chose for port 0).
@@ -117,8 +140,10 @@ impl ViewServer {
     pub fn serve(self) {
         let scene = Arc::clone(&self.scene);
         let run_dir = self.run_dir.clone();
+        // each VM's thread takes its share of the frames, and each frame its share of the time
+        let scan_per_frame = Duration::from_secs_f64(self.scan_budget / FRAMES_PER_SECOND);
         let scanner = std::thread::Builder::new().name("scan".into()).spawn(move || loop {
-            scan(&scene, &run_dir);
+            scan(&scene, &run_dir, scan_per_frame);
             std::thread::sleep(SCAN_INTERVAL);
         });
         if let Err(err) = scanner {
@@ -137,7 +162,7 @@ impl ViewServer {
 }
 
 /// Admits the VMs of the run directory not shown yet, each probed on a thread of its own.
-fn scan(scene: &Arc<RwLock<Scene>>, run_dir: &RunDir) {
+fn scan(scene: &Arc<RwLock<Scene>>, run_dir: &RunDir, scan_per_frame: Duration) {
     let names = run_dir.vm_names().unwrap_or_default();
     for name in names {
         {
@@ -156,7 +181,7 @@ fn scan(scene: &Arc<RwLock<Scene>>, run_dir: &RunDir) {
             match admitted {
                 Ok((picture, bridge, live)) => {
                     drop(state);
-                    watch(&scene, &vm, &picture, &bridge, live);
+                    watch(&scene, &vm, &picture, &bridge, live, scan_per_frame);
                 }
                 Err(err) => {
                     log::warn!("view: skipping VM {name}: {err}");
@@ -188,6 +213,8 @@ fn admit(scene: &RwLock<Scene>, vm: &Vm) -> Result<Admitted, String> {
         pages: live.classes().len(),
         side: hilbert_side(live.classes().len()),
         regions: bridge.layout().regions().to_vec(),
+        tracking: live.tracker().method(),
+        sweep_ms: live.tracker().last_sweep().map(|sweep| sweep.as_millis() as u64),
     };
     let classes = live.classes().iter().map(|class| *class as u8).collect();
     let picture = Arc::new(Mutex::new(VmPicture { summary, classes, seq: 0, history: VecDeque::new() }));
@@ -204,6 +231,7 @@ fn watch(
     picture: &Mutex<VmPicture>,
     bridge: &SharedMemoryBridge,
     mut live: LiveMap,
+    scan_per_frame: Duration,
 ) {
     let mut next_status = Instant::now() + SCAN_INTERVAL;
     let mut next_frame = Instant::now();
@@ -216,7 +244,7 @@ fn watch(
         } else {
             next_frame = now; // late: no catching up in a burst
         }
-        let delta = match live.update(bridge.mapping()) {
+        let delta = match live.update(bridge.mapping(), Instant::now() + scan_per_frame) {
             Ok(delta) => delta,
             Err(err) => {
                 log::info!("view: VM {}: {}", vm.name(), crate::error::chain(&err));
@@ -242,12 +270,19 @@ fn watch(
             if !vm.socket().exists() {
                 break;
             }
+            let sweep_ms = live.tracker().last_sweep().map(|sweep| sweep.as_millis() as u64);
             match vm.with_qmp(|qmp| qmp.query_status()) {
                 Ok(status) => {
                     let status = status.status.to_string();
                     let mut picture = picture.lock().unwrap_or_else(|e| e.into_inner());
-                    if picture.summary.status != status {
+                    // freshness is told again when it moved by a fifth or more
+                    let fresher = |old: Option<u64>, new: Option<u64>| match (old, new) {
+                        (Some(old), Some(new)) => old.abs_diff(new) * 5 > old.max(new),
+                        (old, new) => old != new,
+                    };
+                    if picture.summary.status != status || fresher(picture.summary.sweep_ms, sweep_ms) {
                         picture.summary.status = status;
+                        picture.summary.sweep_ms = sweep_ms;
                         drop(picture);
                         scene.write().unwrap_or_else(|e| e.into_inner()).version += 1;
                     }
@@ -431,6 +466,8 @@ mod tests {
                 pages: 4,
                 side: 2,
                 regions: Vec::new(),
+                tracking: TrackingMethod::Fingerprints,
+                sweep_ms: Some(16),
             },
             classes: vec![0, 1, 2, 4],
             seq,
