@@ -1,0 +1,131 @@
+//! Change tracking against a real guest: `qemu-bridge changes` reports every page written into a
+//! running VM's RAM (the guest's own counter page, and pages written through the RAM file as a
+//! vCPU would, holes among them), nothing else but the few pages the guest's BIOS and interrupt
+//! handling write (named below), allocates no hole, and two trackers of one VM at once both see
+//! everything (neither resets the other).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::process::{Child, Command, Stdio};
+
+use common::{require_qemu, TestRunDir, VmBuilder, COUNTER_ADDR};
+
+const PAGE: u64 = 4096;
+
+/// Pages the running boot-sector guest writes besides its counter (seen: exactly these): the
+/// real-mode interrupt vector table and BIOS data area (page 0: SeaBIOS counts timer ticks at
+/// 0x46c) and its stack (page 0x7000, below 0x7c00), onto which each timer interrupt pushes.
+const GUEST_WRITES: [u64; 2] = [0x0, 0x7000];
+
+/// `qemu-bridge changes NAME --json` running as a child, read line by line.
+struct ChangesRun {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl ChangesRun {
+    fn start(run_dir: &TestRunDir, name: &str, count: u32) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+            .args([
+                "changes",
+                name,
+                "--interval",
+                "0.5",
+                "--json",
+                "--count",
+                &count.to_string(),
+                "--run-dir",
+            ])
+            .arg(run_dir.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self { child, lines }
+    }
+
+    /// The next interval's report: the set of changed guest-physical pages.
+    fn next_pages(&mut self) -> (BTreeSet<u64>, serde_json::Value) {
+        let line = self.lines.next().expect("changes ended early").unwrap();
+        let report: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(report["tracking"], "fingerprints");
+        let mut pages = BTreeSet::new();
+        for range in report["ranges"].as_array().unwrap() {
+            let (start, end) = (range[0].as_u64().unwrap(), range[1].as_u64().unwrap());
+            assert!(start < end && start % PAGE == 0, "{range}");
+            pages.extend((start / PAGE..end.div_ceil(PAGE)).map(|page| page * PAGE));
+        }
+        let mapped = pages.len() as u64 + report["unmapped_pages"].as_u64().unwrap();
+        assert_eq!(report["pages"].as_u64().unwrap(), mapped, "{report}");
+        (pages, report)
+    }
+}
+
+impl Drop for ChangesRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_changes_reports_exactly_the_written_pages_of_a_running_guest() {
+    require_qemu();
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new("changes", &run_dir).launch();
+    vm.wait_for_marker();
+    let ram = std::fs::OpenOptions::new().read(true).write(true).open(&vm.launched.ram_path).unwrap();
+    let allocated = || ram.metadata().unwrap().blocks() * 512;
+
+    // two trackers of the one VM at once, each with its own baseline
+    let mut first = ChangesRun::start(&run_dir, vm.name(), 4);
+    let mut second = ChangesRun::start(&run_dir, vm.name(), 4);
+    let (idle, _) = first.next_pages();
+    second.next_pages();
+    let before = allocated();
+
+    // pages written as a vCPU would: into holes (at 40 MiB and up) and into a page of data
+    let written: Vec<u64> = vec![40 << 20, (40 << 20) + 3 * PAGE, (48 << 20) + 5 * PAGE, 63 << 20, 0x20000];
+    for (index, &gpa) in written.iter().enumerate() {
+        ram.write_all_at(&[0x5a ^ index as u8; 16], gpa + 100).unwrap();
+    }
+    assert_eq!(allocated() - before, 4 * PAGE, "the four hole pages written are allocated now");
+
+    let mut seen_first = BTreeSet::new();
+    let mut seen_second = BTreeSet::new();
+    for _ in 0..3 {
+        seen_first.extend(first.next_pages().0);
+        seen_second.extend(second.next_pages().0);
+    }
+    let counter_page = COUNTER_ADDR / PAGE * PAGE;
+    for (name, seen) in [("first", &seen_first), ("second", &seen_second)] {
+        for &gpa in written.iter().chain([&counter_page]) {
+            assert!(seen.contains(&gpa), "{name} tracker missed page {gpa:#x}: {seen:x?}");
+        }
+        let unexpected: Vec<_> = seen
+            .iter()
+            .filter(|page| !written.contains(page) && **page != counter_page && !GUEST_WRITES.contains(page))
+            .collect();
+        assert!(unexpected.is_empty(), "{name} tracker reported pages nobody wrote: {unexpected:x?}");
+    }
+    for page in &idle {
+        assert!(*page == counter_page || GUEST_WRITES.contains(page), "idle interval reported {page:#x}");
+    }
+    // three full looks at all of RAM allocated no hole
+    assert_eq!(allocated() - before, 4 * PAGE, "tracking allocated memory of the guest");
+}
+
+#[test]
+fn test_changes_refuses_bad_intervals_and_unknown_vms() {
+    let run_dir = TestRunDir::new();
+    for interval in ["0", "-1", "nan", "soon"] {
+        let output = common::qemu_bridge(&run_dir, &["changes", "vm", &format!("--interval={interval}")]);
+        common::assert_clean_failure(&output, "seconds");
+    }
+    let output = common::qemu_bridge(&run_dir, &["changes", "absent", "--count", "1"]);
+    common::assert_clean_failure(&output, "absent");
+}
