@@ -39,6 +39,7 @@ pub mod size;
 #[cfg(feature = "view")]
 pub mod view;
 pub mod vm;
+pub mod watcher;
 
 pub use name::{NameError, VmName};
 pub use qmp::{QmpClient, QmpError, RunState};

@@ -286,3 +286,94 @@ fn test_view_binds_only_where_told() {
     assert_clean_failure(&view("localhost:http"), "invalid socket address");
     assert_clean_failure(&view(&address.to_string()), &format!("cannot listen on {address}"));
 }
+
+/// A WebSocket client of the view, as the page is: the latest set of VMs it was told of.
+struct Watching {
+    socket: tungstenite::WebSocket<TcpStream>,
+    vms: Vec<serde_json::Value>,
+}
+
+impl Watching {
+    fn connect(address: SocketAddr) -> Self {
+        let stream = TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let (socket, _) = tungstenite::client::client(format!("ws://{address}/ws"), stream).unwrap();
+        Self { socket, vms: Vec::new() }
+    }
+
+    /// Reads messages until the VM `name` is shown and `wanted` holds of its summary (within a
+    /// minute); that summary.
+    fn until(&mut self, name: &str, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(vm) = self.vms.iter().find(|vm| vm["name"] == name && wanted(vm)) {
+                return vm.clone();
+            }
+            assert!(std::time::Instant::now() < deadline, "VM {name} never shown as wanted: {:?}", self.vms);
+            if let Ok(tungstenite::Message::Text(text)) = self.socket.read() {
+                let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if message["type"] == "vms" {
+                    self.vms = message["vms"].as_array().unwrap().clone();
+                }
+            }
+        }
+    }
+}
+
+/// The view follows the run directory without a restart of its own: a VM restarted under the
+/// same name with another RAM size is shown anew (new id, new size), a DIMM plugged into a
+/// running VM grows its picture, and each picture says how it tracks changes and how fresh it is.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_view_follows_restarts_and_hot_plugged_memory() {
+    require_qemu();
+    const MIB: u64 = 1 << 20;
+    let run_dir = TestRunDir::new();
+    let first = VmBuilder::new("again", &run_dir).launch();
+    let name = first.name().to_string();
+    let (_server, address) = start_view(&run_dir);
+    let mut view = Watching::connect(address);
+    let shown = view.until(&name, |vm| vm["ram_size"] == 64 * MIB);
+    assert_eq!(shown["tracking"], "fingerprints");
+    assert!(shown["sweep_ms"].is_u64(), "{shown}");
+
+    // the same name, a new QEMU with twice the RAM
+    drop(first);
+    let _second = VmBuilder::new("again", &run_dir).named(&name).memory(128 * MIB).launch();
+    let again = view.until(&name, |vm| vm["ram_size"] == 128 * MIB);
+    assert_ne!(again["id"], shown["id"], "a new QEMU is a new picture");
+    assert_eq!(again["pages"], 128 * MIB / 4096);
+    assert_eq!(view.vms.iter().filter(|vm| vm["name"] == name.as_str()).count(), 1, "{:?}", view.vms);
+
+    // a DIMM plugged into a running VM
+    let main = run_dir.qemu_output("main.ram");
+    let _dimm_vm = common::HandStartedVm::start(&run_dir, "dimm", |_| {
+        ["-machine", "q35,accel=tcg,memory-backend=m", "-m", "64M,slots=2,maxmem=1G", "-object"]
+            .map(String::from)
+            .into_iter()
+            .chain([format!("memory-backend-file,id=m,size=64M,share=on,mem-path={}", main.display())])
+            .collect()
+    });
+    view.until("dimm", |vm| vm["ram_size"] == 64 * MIB);
+    let dimm = run_dir.qemu_output("dimm.ram");
+    qemu_bridge::Vm::existing(&run_dir.run_dir, "dimm")
+        .unwrap()
+        .with_qmp(|qmp| {
+            qmp.execute(
+                "object-add",
+                Some(serde_json::json!({"qom-type": "memory-backend-file", "id": "d0", "size": 128 * MIB,
+                                        "mem-path": dimm.display().to_string(), "share": true})),
+            )?;
+            qmp.execute(
+                "device_add",
+                Some(serde_json::json!({"driver": "pc-dimm", "id": "dimm0", "memdev": "d0"})),
+            )
+        })
+        .unwrap();
+    let grown = view.until("dimm", |vm| vm["ram_size"] == 192 * MIB);
+    let regions = grown["regions"].as_array().unwrap();
+    assert!(
+        regions.iter().any(|region| region["len"] == 128 * MIB && region["offset"] == 64 * MIB),
+        "no region for the DIMM: {regions:?}"
+    );
+}

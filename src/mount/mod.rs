@@ -6,7 +6,7 @@
 //! `fusermount3 -u`, `qemu-bridge umount`) ends the session thread, and the daemon exits.
 
 pub mod audit;
-pub mod registry;
+pub mod parts;
 pub mod tree;
 
 use std::ffi::OsString;
@@ -21,7 +21,7 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::poll;
 use crate::run_dir::{default_run_dir, RunDir, RunDirError};
 use audit::AuditLog;
-use registry::Registry;
+use parts::{mount_parts, Registry};
 use tree::{Tree, TreeOptions};
 
 /// Source name of the mount (`/proc/mounts` shows `qemu-bridge ... fuse` or `fuse.qemu-bridge`).
@@ -359,7 +359,7 @@ pub fn serve(options: &MountOptions) -> Result<(), MountError> {
         })?),
         None => None,
     };
-    let registry = Arc::new(Registry::new(run_dir.clone()));
+    let registry = Arc::new(Registry::new(run_dir.clone(), mount_parts));
     registry.spawn_janitor();
     // what is there before the first `ls` (each socket answers or fails within the probe timeout)
     registry.probe_all();

@@ -26,7 +26,15 @@ use fuser::{
 use std::borrow::Cow;
 
 use super::audit::{AuditEvent, AuditLog, AuditOp};
-use super::registry::{MountedVm, Registry, INODES_PER_INSTANCE};
+use super::parts::{core_now, MountedVm, Registry};
+
+/// Inodes per VM: directory + files.
+const INODES_PER_INSTANCE: u64 = 16;
+
+/// The inode of a VM's directory; its files follow it.
+fn dir_inode(instance: &MountedVm) -> u64 {
+    instance.number * INODES_PER_INSTANCE
+}
 use crate::ram::views::Piece;
 use crate::ram::BridgeError;
 use crate::ram::DEFAULT_ATTEMPTS;
@@ -117,7 +125,7 @@ impl Node {
 }
 
 fn file_inode(instance: &MountedVm, file: VmFile) -> INodeNo {
-    INodeNo(instance.dir_inode() + file as u64)
+    INodeNo(dir_inode(instance) + file as u64)
 }
 
 enum Handle {
@@ -196,15 +204,15 @@ impl Tree {
     }
 
     fn dir_attr(&self, instance: &MountedVm) -> FileAttr {
-        self.attr(INodeNo(instance.dir_inode()), FileType::Directory, 0o555, 0, instance.since)
+        self.attr(INodeNo(dir_inode(instance)), FileType::Directory, 0o555, 0, instance.since)
     }
 
     fn file_attr(&self, instance: &MountedVm, file: VmFile) -> FileAttr {
         // Generated files report size 0: with direct I/O, readers read until EOF.
         let size = match file {
             VmFile::Ram => instance.bridge.size() as u64,
-            VmFile::Physical => instance.physical.size(),
-            VmFile::Core => instance.core.size(),
+            VmFile::Physical => instance.parts.physical.size(),
+            VmFile::Core => instance.parts.core.size(),
             _ => 0,
         };
         self.attr(file_inode(instance, file), FileType::RegularFile, 0o444, size, instance.since)
@@ -423,7 +431,7 @@ impl Filesystem for Tree {
                 entries.push((INodeNo::ROOT, FileType::Directory, "..".into()));
                 for instance in self.registry.list() {
                     entries.push((
-                        INodeNo(instance.dir_inode()),
+                        INodeNo(dir_inode(&instance)),
                         FileType::Directory,
                         instance.vm.name().as_str().into(),
                     ));
@@ -433,7 +441,7 @@ impl Filesystem for Tree {
                 let Some(instance) = self.registry.by_number(number) else {
                     return reply.error(Errno::ENOENT);
                 };
-                entries.push((INodeNo(instance.dir_inode()), FileType::Directory, ".".into()));
+                entries.push((INodeNo(dir_inode(&instance)), FileType::Directory, ".".into()));
                 entries.push((INodeNo::ROOT, FileType::Directory, "..".into()));
                 for file in VmFile::ALL {
                     entries.push((file_inode(&instance, file), FileType::RegularFile, file.name().into()));
@@ -463,7 +471,7 @@ impl Filesystem for Tree {
         }
         if file == VmFile::Core {
             // the vCPUs' registers as of this open; same size as the core `stat` reports
-            let core = instance.core_now();
+            let core = core_now(&instance);
             let fh = self.new_handle(Handle::Core(instance, core));
             return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
         }
@@ -520,7 +528,7 @@ impl Filesystem for Tree {
             }
             Some(Handle::View(instance, file)) => {
                 self.audit(req, instance, *file, AuditOp::Read, offset, u64::from(size));
-                match Self::read_view(instance, instance.physical.pieces(offset, u64::from(size))) {
+                match Self::read_view(instance, instance.parts.physical.pieces(offset, u64::from(size))) {
                     Ok(bytes) => reply.data(&bytes),
                     Err(err) => {
                         log::error!("{}/{} at {offset:#x}: {err}", instance.vm.name(), file.name());
@@ -560,10 +568,10 @@ impl Filesystem for Tree {
         // default (all data) is right for generated files and `ram`.
         let found = match (handles.get(&fh.0), whence) {
             (Some(Handle::View(instance, VmFile::Physical)), libc::SEEK_DATA) => {
-                instance.physical.seek_data(start)
+                instance.parts.physical.seek_data(start)
             }
             (Some(Handle::View(instance, VmFile::Physical)), libc::SEEK_HOLE) => {
-                instance.physical.seek_hole(start)
+                instance.parts.physical.seek_hole(start)
             }
             (Some(_), libc::SEEK_SET) => Some(start),
             (Some(Handle::Ram(instance)), libc::SEEK_DATA) => {

@@ -6,8 +6,9 @@
 //! long as the scan budget allows (a share of one core, split among the VMs: half a core by
 //! default), so that a frame costs the same whatever the size of the VM, and every page is
 //! re-checked within one sweep, whose duration each VM's summary reports (`sweep_ms`); browsers connect over WebSocket and get each VM's classes once, then only the pages
-//! that changed. A scanner thread finds VMs as they appear in the run directory (probing each in
-//! the background, like the mount) and each VM's thread drops it when its QEMU is gone.
+//! that changed. The run directory's [`Watcher`] (the mount's too) finds VMs as they appear,
+//! replaces a VM restarted under the same name or whose memory was hot-plugged, and drops a VM
+//! whose QEMU is gone; a scanner thread follows it, starting and ending the VMs' threads.
 //!
 //! Wire format, server to browser: text messages are JSON `{"type": "vms", "vms": [...]}` (the
 //! set of VMs, their status, size and layout), sent whenever it changes; binary messages are
@@ -18,7 +19,7 @@
 //! and WebSocket connections from pages of other origins are refused (a web site open in the
 //! same browser cannot read the VMs through it).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -27,9 +28,9 @@ use serde::Serialize;
 
 use crate::name::VmName;
 use crate::ram::picture::{hilbert_side, LiveMap, PageClass};
-use crate::ram::{Region, SharedMemoryBridge, TrackingMethod};
+use crate::ram::{Region, TrackingMethod};
 use crate::run_dir::RunDir;
-use crate::vm::Vm;
+use crate::watcher::{WatchedVm, Watcher};
 
 /// The page, with its script: no build step, no framework.
 const PAGE_HTML: &str = include_str!("page.html");
@@ -40,10 +41,6 @@ pub const FRAMES_PER_SECOND: f64 = 60.0;
 const HISTORY: usize = 120;
 /// How often the run directory is looked at for new VMs, and a VM's status asked.
 const SCAN_INTERVAL: Duration = Duration::from_millis(500);
-/// Time allowed for the QMP exchanges of a probe or a status question.
-const QMP_TIMEOUT: Duration = Duration::from_millis(1000);
-/// A socket that failed a probe is not asked again before this.
-const RETRY_FAILED_AFTER: Duration = Duration::from_secs(3);
 /// Share of one core spent looking for changed pages, by default, over all VMs.
 pub const DEFAULT_SCAN_BUDGET: f64 = 0.5;
 
@@ -88,15 +85,26 @@ struct VmPicture {
     history: VecDeque<Frame>,
 }
 
+/// A VM the view shows: the watcher's number of the instance, and its picture.
+#[derive(Debug)]
+struct Shown {
+    number: u64,
+    picture: Arc<Mutex<VmPicture>>,
+}
+
 /// Every VM shown, and a version that changes whenever the set or a status changes.
 #[derive(Debug, Default)]
 struct Scene {
-    vms: BTreeMap<VmName, Arc<Mutex<VmPicture>>>,
+    vms: BTreeMap<VmName, Shown>,
     version: u64,
-    probing: std::collections::HashSet<VmName>,
-    failed: HashMap<VmName, Instant>,
-    next_id: u32,
+    /// Instances whose thread is taking their first picture.
+    starting: HashSet<u64>,
+    /// Instances whose thread ended on an error (their RAM shrank): not started again.
+    ended: HashSet<u64>,
 }
+
+/// The view keeps nothing beside a VM's RAM in the watcher: its picture lives in its thread.
+type ViewedVm = WatchedVm<()>;
 
 /// The view server: bound, serving until the process ends.
 pub struct ViewServer {
@@ -139,11 +147,12 @@ impl ViewServer {
     /// Serves until the process ends: finds VMs, takes frames, answers browsers.
     pub fn serve(self) {
         let scene = Arc::clone(&self.scene);
-        let run_dir = self.run_dir.clone();
+        let watcher = Arc::new(Watcher::new(self.run_dir.clone(), |_, _, _| Ok(())));
+        watcher.spawn_janitor();
         // each VM's thread takes its share of the frames, and each frame its share of the time
         let scan_per_frame = Duration::from_secs_f64(self.scan_budget / FRAMES_PER_SECOND);
         let scanner = std::thread::Builder::new().name("scan".into()).spawn(move || loop {
-            scan(&scene, &run_dir, scan_per_frame);
+            follow(&scene, &watcher, scan_per_frame);
             std::thread::sleep(SCAN_INTERVAL);
         });
         if let Err(err) = scanner {
@@ -161,81 +170,92 @@ impl ViewServer {
     }
 }
 
-/// Admits the VMs of the run directory not shown yet, each probed on a thread of its own.
-fn scan(scene: &Arc<RwLock<Scene>>, run_dir: &RunDir, scan_per_frame: Duration) {
-    let names = run_dir.vm_names().unwrap_or_default();
-    for name in names {
-        {
-            let mut state = scene.write().unwrap_or_else(|e| e.into_inner());
-            let failed_recently = state.failed.get(&name).is_some_and(|at| at.elapsed() < RETRY_FAILED_AFTER);
-            if state.vms.contains_key(&name) || failed_recently || !state.probing.insert(name.clone()) {
-                continue;
-            }
+/// Follows the watcher: pictures of instances it dropped leave the scene (their threads end),
+/// new instances get a thread of their own.
+fn follow(scene: &Arc<RwLock<Scene>>, watcher: &Arc<Watcher<()>>, scan_per_frame: Duration) {
+    let live = watcher.list();
+    let numbers: HashSet<u64> = live.iter().map(|vm| vm.number).collect();
+    let mut state = scene.write().unwrap_or_else(|e| e.into_inner());
+    let shown = state.vms.len();
+    state.vms.retain(|_, shown| numbers.contains(&shown.number));
+    if state.vms.len() != shown {
+        state.version += 1;
+    }
+    state.ended.retain(|number| numbers.contains(number));
+    for vm in live {
+        let known = state.vms.values().any(|shown| shown.number == vm.number)
+            || state.ended.contains(&vm.number)
+            || !state.starting.insert(vm.number);
+        if known {
+            continue;
         }
-        let (scene, run_dir) = (Arc::clone(scene), run_dir.clone());
+        let (scene, number) = (Arc::clone(scene), vm.number);
         let spawned = std::thread::Builder::new().name("vm".into()).spawn(move || {
-            let vm = Vm::named(&run_dir, name.clone()).with_timeout(QMP_TIMEOUT);
-            let admitted = admit(&scene, &vm);
-            let mut state = scene.write().unwrap_or_else(|e| e.into_inner());
-            state.probing.remove(&name);
-            match admitted {
-                Ok((picture, bridge, live)) => {
-                    drop(state);
-                    watch(&scene, &vm, &picture, &bridge, live, scan_per_frame);
-                }
+            let shown = show(&scene, &vm);
+            scene.write().unwrap_or_else(|e| e.into_inner()).starting.remove(&vm.number);
+            match shown {
+                Ok((picture, live)) => watch(&scene, &vm, &picture, live, scan_per_frame),
                 Err(err) => {
-                    log::warn!("view: skipping VM {name}: {err}");
-                    state.failed.insert(name, Instant::now());
+                    log::warn!("view: cannot picture VM {}: {}", vm.vm.name(), crate::error::chain(&err));
+                    scene.write().unwrap_or_else(|e| e.into_inner()).ended.insert(vm.number);
                 }
             }
         });
         if let Err(err) = spawned {
             log::error!("cannot start a VM thread: {err}");
+            state.starting.remove(&number);
         }
     }
 }
 
-type Admitted = (Arc<Mutex<VmPicture>>, SharedMemoryBridge, LiveMap);
-
-/// Opens the VM's RAM (with the trust checks of [`Vm::open_bridge`]), takes its first picture
-/// and shows it.
-fn admit(scene: &RwLock<Scene>, vm: &Vm) -> Result<Admitted, String> {
-    let (bridge, info) = vm.open_bridge().map_err(|err| crate::error::chain(&err))?;
-    let live = LiveMap::new(bridge.mapping()).map_err(|err| crate::error::chain(&err))?;
-    let mut state = scene.write().unwrap_or_else(|e| e.into_inner());
-    let id = state.next_id;
-    state.next_id += 1;
+/// Takes the first picture of a VM and shows it (in place of an older instance of its name).
+fn show(
+    scene: &RwLock<Scene>,
+    vm: &ViewedVm,
+) -> Result<(Arc<Mutex<VmPicture>>, LiveMap), crate::ram::BridgeError> {
+    let live = LiveMap::new(vm.bridge.mapping())?;
     let summary = VmSummary {
-        id,
-        name: info.name.to_string(),
-        status: info.status.to_string(),
-        ram_size: bridge.size() as u64,
+        id: vm.number as u32,
+        name: vm.info.name.to_string(),
+        status: vm.info.status.to_string(),
+        ram_size: vm.bridge.size() as u64,
         pages: live.classes().len(),
         side: hilbert_side(live.classes().len()),
-        regions: bridge.layout().regions().to_vec(),
+        regions: vm.bridge.layout().regions().to_vec(),
         tracking: live.tracker().method(),
         sweep_ms: live.tracker().last_sweep().map(|sweep| sweep.as_millis() as u64),
     };
     let classes = live.classes().iter().map(|class| *class as u8).collect();
     let picture = Arc::new(Mutex::new(VmPicture { summary, classes, seq: 0, history: VecDeque::new() }));
-    state.vms.insert(info.name.clone(), Arc::clone(&picture));
+    let mut state = scene.write().unwrap_or_else(|e| e.into_inner());
+    state.vms.insert(vm.info.name.clone(), Shown { number: vm.number, picture: Arc::clone(&picture) });
     state.version += 1;
-    log::info!("view: showing VM {}", info.name);
-    Ok((picture, bridge, live))
+    log::info!("view: showing VM {}", vm.info.name);
+    Ok((picture, live))
 }
 
-/// Takes frames of one VM until its QEMU is gone, then removes it from the scene.
+/// Whether `vm` is still the instance the scene shows under its name.
+fn still_shown(scene: &RwLock<Scene>, vm: &ViewedVm) -> bool {
+    scene
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .vms
+        .get(vm.vm.name())
+        .is_some_and(|shown| shown.number == vm.number)
+}
+
+/// Takes frames of one VM until the watcher drops it (or a newer instance replaces it), or its
+/// RAM cannot be read any more.
 fn watch(
     scene: &RwLock<Scene>,
-    vm: &Vm,
+    vm: &ViewedVm,
     picture: &Mutex<VmPicture>,
-    bridge: &SharedMemoryBridge,
     mut live: LiveMap,
     scan_per_frame: Duration,
 ) {
     let mut next_status = Instant::now() + SCAN_INTERVAL;
     let mut next_frame = Instant::now();
-    loop {
+    while still_shown(scene, vm) {
         let shown = scene.read().unwrap_or_else(|e| e.into_inner()).vms.len().max(1);
         next_frame += Duration::from_secs_f64(shown as f64 / FRAMES_PER_SECOND);
         let now = Instant::now();
@@ -244,11 +264,17 @@ fn watch(
         } else {
             next_frame = now; // late: no catching up in a burst
         }
-        let delta = match live.update(bridge.mapping(), Instant::now() + scan_per_frame) {
+        let delta = match live.update(vm.bridge.mapping(), Instant::now() + scan_per_frame) {
             Ok(delta) => delta,
             Err(err) => {
-                log::info!("view: VM {}: {}", vm.name(), crate::error::chain(&err));
-                break;
+                log::info!("view: VM {}: {}", vm.vm.name(), crate::error::chain(&err));
+                let mut state = scene.write().unwrap_or_else(|e| e.into_inner());
+                state.ended.insert(vm.number);
+                if state.vms.get(vm.vm.name()).is_some_and(|shown| shown.number == vm.number) {
+                    state.vms.remove(vm.vm.name());
+                    state.version += 1;
+                }
+                return;
             }
         };
         {
@@ -267,38 +293,24 @@ fn watch(
         }
         if Instant::now() >= next_status {
             next_status = Instant::now() + SCAN_INTERVAL;
-            if !vm.socket().exists() {
-                break;
-            }
             let sweep_ms = live.tracker().last_sweep().map(|sweep| sweep.as_millis() as u64);
-            match vm.with_qmp(|qmp| qmp.query_status()) {
-                Ok(status) => {
-                    let status = status.status.to_string();
-                    let mut picture = picture.lock().unwrap_or_else(|e| e.into_inner());
-                    // freshness is told again when it moved by a fifth or more
-                    let fresher = |old: Option<u64>, new: Option<u64>| match (old, new) {
-                        (Some(old), Some(new)) => old.abs_diff(new) * 5 > old.max(new),
-                        (old, new) => old != new,
-                    };
-                    if picture.summary.status != status || fresher(picture.summary.sweep_ms, sweep_ms) {
-                        picture.summary.status = status;
-                        picture.summary.sweep_ms = sweep_ms;
-                        drop(picture);
-                        scene.write().unwrap_or_else(|e| e.into_inner()).version += 1;
-                    }
-                }
-                // a QEMU that quit refuses connections: gone; one that is busy is kept
-                Err(err) if !vm.is_listening() => {
-                    log::info!("view: VM {} is gone ({})", vm.name(), crate::error::chain(&err));
-                    break;
-                }
-                Err(_) => {}
+            // a QEMU that is busy keeps its last status; one that quit is dropped by the watcher
+            let status = vm.with_qmp(|qmp| qmp.query_status()).ok().map(|status| status.status.to_string());
+            let mut picture = picture.lock().unwrap_or_else(|e| e.into_inner());
+            // freshness is told again when it moved by a fifth or more
+            let fresher = |old: Option<u64>, new: Option<u64>| match (old, new) {
+                (Some(old), Some(new)) => old.abs_diff(new) * 5 > old.max(new),
+                (old, new) => old != new,
+            };
+            let status = status.unwrap_or_else(|| picture.summary.status.clone());
+            if picture.summary.status != status || fresher(picture.summary.sweep_ms, sweep_ms) {
+                picture.summary.status = status;
+                picture.summary.sweep_ms = sweep_ms;
+                drop(picture);
+                scene.write().unwrap_or_else(|e| e.into_inner()).version += 1;
             }
         }
     }
-    let mut state = scene.write().unwrap_or_else(|e| e.into_inner());
-    state.vms.remove(vm.name());
-    state.version += 1;
 }
 
 /// Answers one HTTP request: the page, the WebSocket of frames, or 404.
@@ -369,7 +381,7 @@ fn stream_frames<S: std::io::Read + std::io::Write>(
                 let vms: Vec<VmSummary> = state
                     .vms
                     .values()
-                    .map(|picture| picture.lock().unwrap_or_else(|e| e.into_inner()).summary.clone())
+                    .map(|shown| shown.picture.lock().unwrap_or_else(|e| e.into_inner()).summary.clone())
                     .collect();
                 sent.retain(|id, _| vms.iter().any(|vm| vm.id == *id));
                 let json = serde_json::json!({ "type": "vms", "legend": legend(), "vms": vms }).to_string();
@@ -377,7 +389,7 @@ fn stream_frames<S: std::io::Read + std::io::Write>(
                     return;
                 }
             }
-            state.vms.values().cloned().collect()
+            state.vms.values().map(|shown| Arc::clone(&shown.picture)).collect()
         };
         for picture in pictures {
             let message = {

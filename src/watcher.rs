@@ -1,9 +1,18 @@
-//! The mount's view of the run directory: which VMs are alive, each with its RAM mapped once.
+//! One watcher of a run directory, for every front end (the mount, the view): which VMs are
+//! alive, each with its RAM mapped once and whatever the front end keeps beside it.
 //!
-//! Every VM found alive becomes a [`MountedVm`] with inode numbers of its own. A VM restarted
-//! under the same name (a new socket file) is a new instance: handles opened on the old one keep
-//! the old mapping, new opens see the new RAM. A VM that dies is dropped, which unmaps its RAM
-//! (so tmpfs can free a deleted RAM file) once no open handle holds it.
+//! Every VM found alive becomes a [`WatchedVm`] with a number of its own (the mount derives its
+//! inode numbers from it, the view its picture's id). A VM restarted under the same name (a new
+//! socket file) is a new instance with a new number: holders of the old one keep the old
+//! mapping, new lookups see the new RAM. A VM whose memory backends change (a DIMM or
+//! virtio-mem device plugged or unplugged) is dropped and admitted anew, whole. A VM that dies is
+//! dropped, which unmaps its RAM (so tmpfs can free a deleted RAM file) once nothing holds it.
+//! Failures are remembered by socket identity, so a new QEMU behind the same name is probed at
+//! once, and a socket that failed is not asked again for a while.
+//!
+//! What a front end keeps per VM (`T`: the mount's guest-physical and core views) is made once,
+//! when the VM is admitted, by the function given to [`Watcher::new`]. The watcher needs neither
+//! fuser nor a web server.
 //!
 //! `ls` (readdir) never waits for QMP: it answers from what is known, and new sockets are probed
 //! in the background, in parallel. A lookup by name probes that one VM at once. A socket that is
@@ -19,7 +28,6 @@ use std::os::unix::net::UnixStream;
 
 use crate::name::VmName;
 use crate::qmp::{QmpClient, QmpError};
-use crate::ram::views::{elf_machine, Core, Physical};
 use crate::ram::SharedMemoryBridge;
 use crate::run_dir::RunDir;
 use crate::vm::{Vm, VmError, VmInfo};
@@ -35,14 +43,12 @@ const QMP_IDLE: Duration = Duration::from_millis(100);
 /// ... and after this long in all, so that other QMP clients (QEMU 7.2 serves one at a time)
 /// never wait longer than this for their turn.
 const QMP_MAX_HOLD: Duration = Duration::from_millis(500);
-/// Inodes per instance: directory + files.
-pub const INODES_PER_INSTANCE: u64 = 16;
 
-/// One discovered, running VM as the mount serves it: the [`Vm`] handle, what QMP said when it
-/// was admitted, its RAM mapped once, its inode numbers and a short-lived QMP connection.
+/// One discovered, running VM: the [`Vm`] handle, what QMP said when it was admitted, its RAM
+/// mapped once, its number, a short-lived QMP connection and what the front end keeps for it.
 #[derive(Debug)]
-pub struct MountedVm {
-    /// MountedVm number; its inodes are `number * 16 ..`.
+pub struct WatchedVm<T> {
+    /// Its number, unique in the watcher's life (never 0); a restarted VM gets a new one.
     pub number: u64,
     /// The VM handle (QMP endpoint).
     pub vm: Vm,
@@ -50,10 +56,8 @@ pub struct MountedVm {
     pub info: VmInfo,
     /// Its RAM, mapped read-only.
     pub bridge: SharedMemoryBridge,
-    /// The guest-physical address space as a file.
-    pub physical: Physical,
-    /// The live ELF core of the guest.
-    pub core: Core,
+    /// What the front end made for it when it was admitted.
+    pub parts: T,
     /// The ids of QEMU's memory backends when it was admitted.
     memdev_ids: Vec<String>,
     /// Identity of its socket file: a new socket means a new QEMU.
@@ -78,7 +82,7 @@ impl CachedQmp {
     }
 }
 
-impl MountedVm {
+impl<T> WatchedVm<T> {
     /// Runs `ask` over a QMP connection kept for a short while, so that a burst of reads
     /// (`watch cat status`) costs one round trip each rather than a connection each. A stale
     /// cached connection is replaced once; a timeout is not retried.
@@ -86,10 +90,10 @@ impl MountedVm {
     /// # Errors
     ///
     /// [`VmError::Qmp`].
-    pub fn with_qmp<T>(
+    pub fn with_qmp<R>(
         &self,
-        ask: impl Fn(&mut QmpClient<UnixStream>) -> Result<T, QmpError>,
-    ) -> Result<T, VmError> {
+        ask: impl Fn(&mut QmpClient<UnixStream>) -> Result<R, QmpError>,
+    ) -> Result<R, VmError> {
         let mut cached = self.qmp.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(mut entry) = cached.take().filter(|entry| !entry.expired()) {
             match ask(&mut entry.client) {
@@ -128,12 +132,6 @@ impl MountedVm {
         }
     }
 
-    /// The core with the vCPUs' registers as they are now (the RAM in it is live anyway).
-    pub fn core_now(&self) -> Core {
-        let registers = vcpu_registers(&self.info, |ask| self.with_qmp(ask));
-        Core::new(self.bridge.layout(), elf_machine(&self.info.arch), &registers)
-    }
-
     /// Closes the cached QMP connection if it has been kept long enough.
     fn release_idle_qmp(&self) {
         if let Ok(mut cached) = self.qmp.try_lock() {
@@ -147,17 +145,12 @@ impl MountedVm {
     fn recently_answered(&self) -> bool {
         self.qmp.try_lock().is_ok_and(|cached| cached.as_ref().is_some_and(|entry| !entry.expired()))
     }
-
-    /// The directory's inode.
-    pub fn dir_inode(&self) -> u64 {
-        self.number * INODES_PER_INSTANCE
-    }
 }
 
-#[derive(Debug, Default)]
-struct State {
-    by_name: HashMap<VmName, Arc<MountedVm>>,
-    by_number: HashMap<u64, Arc<MountedVm>>,
+#[derive(Debug)]
+struct State<T> {
+    by_name: HashMap<VmName, Arc<WatchedVm<T>>>,
+    by_number: HashMap<u64, Arc<WatchedVm<T>>>,
     failed: HashMap<SocketId, Instant>,
     /// VMs with a probe or a QMP check running in the background.
     probing: std::collections::HashSet<VmName>,
@@ -171,11 +164,32 @@ enum Probe {
     InBackground,
 }
 
+impl<T> Default for State<T> {
+    fn default() -> Self {
+        Self {
+            by_name: HashMap::new(),
+            by_number: HashMap::new(),
+            failed: HashMap::new(),
+            probing: std::collections::HashSet::new(),
+            next_number: 1,
+        }
+    }
+}
+
+/// Makes what a front end keeps for a VM it admits, or refuses the VM.
+pub type MakeParts<T> = dyn Fn(&Vm, &SharedMemoryBridge, &VmInfo) -> Result<T, VmError> + Send + Sync;
+
 /// The set of live VMs of one run directory.
-#[derive(Debug)]
-pub struct Registry {
+pub struct Watcher<T> {
     run_dir: RunDir,
-    state: RwLock<State>,
+    state: RwLock<State<T>>,
+    make_parts: Box<MakeParts<T>>,
+}
+
+impl<T> std::fmt::Debug for Watcher<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher").field("run_dir", &self.run_dir).finish_non_exhaustive()
+    }
 }
 
 /// Identity of a socket file: device, inode and change time. tmpfs reuses inode numbers, so a
@@ -185,25 +199,6 @@ type SocketId = (u64, u64, i64, i64);
 fn socket_id(run_dir: &RunDir, name: &VmName) -> Option<SocketId> {
     let metadata = std::fs::symlink_metadata(run_dir.socket_path(name)).ok()?;
     Some((metadata.dev(), metadata.ino(), metadata.ctime(), metadata.ctime_nsec()))
-}
-
-/// `NT_PRSTATUS` notes of the vCPUs as QEMU reports them now, for x86_64 guests (the register
-/// text of other architectures is not parsed: their cores carry no notes). A monitor that
-/// fails gives none, with a log line.
-fn vcpu_registers(
-    info: &VmInfo,
-    ask: impl FnOnce(&dyn Fn(&mut QmpClient<UnixStream>) -> Result<String, QmpError>) -> Result<String, VmError>,
-) -> Vec<u8> {
-    if info.arch != "x86_64" {
-        return Vec::new();
-    }
-    match ask(&|qmp| qmp.human_monitor_command("info registers -a")) {
-        Ok(text) => crate::ram::views::x86_64_prstatus_notes(&text),
-        Err(err) => {
-            log::warn!("no vCPU registers in the core of VM {}: {}", info.name, crate::error::chain(&err));
-            Vec::new()
-        }
-    }
 }
 
 /// The ids `query-memdev` lists, sorted.
@@ -217,10 +212,14 @@ fn memdev_ids(qmp: &mut QmpClient<UnixStream>) -> Result<Vec<String>, QmpError> 
     Ok(ids)
 }
 
-impl Registry {
-    /// A registry over `run_dir`; nothing is probed yet.
-    pub fn new(run_dir: RunDir) -> Self {
-        Self { run_dir, state: RwLock::new(State { next_number: 1, ..State::default() }) }
+impl<T: Send + Sync + 'static> Watcher<T> {
+    /// A watcher of `run_dir` whose front end keeps `make_parts(vm, ram, info)` for each VM it
+    /// admits; nothing is probed yet.
+    pub fn new(
+        run_dir: RunDir,
+        make_parts: impl Fn(&Vm, &SharedMemoryBridge, &VmInfo) -> Result<T, VmError> + Send + Sync + 'static,
+    ) -> Self {
+        Self { run_dir, state: RwLock::new(State::default()), make_parts: Box::new(make_parts) }
     }
 
     /// The run directory.
@@ -228,20 +227,14 @@ impl Registry {
         &self.run_dir
     }
 
-    /// Starts a thread that closes idle cached QMP connections; it ends with the registry.
+    /// Starts a thread that closes idle cached QMP connections; it ends with the watcher.
     pub fn spawn_janitor(self: &Arc<Self>) {
-        let registry = Arc::downgrade(self);
+        let watcher = Arc::downgrade(self);
         let spawned = std::thread::Builder::new().name("qmp-janitor".into()).spawn(move || loop {
             std::thread::sleep(QMP_IDLE / 2);
-            let Some(registry) = registry.upgrade() else { return };
-            let instances: Vec<_> = registry
-                .state
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .by_number
-                .values()
-                .cloned()
-                .collect();
+            let Some(watcher) = watcher.upgrade() else { return };
+            let instances: Vec<_> =
+                watcher.state.read().unwrap_or_else(|e| e.into_inner()).by_number.values().cloned().collect();
             for instance in instances {
                 instance.release_idle_qmp();
             }
@@ -252,14 +245,14 @@ impl Registry {
     }
 
     /// The instance with inode-range number `number`, if still live.
-    pub fn by_number(&self, number: u64) -> Option<Arc<MountedVm>> {
+    pub fn by_number(&self, number: u64) -> Option<Arc<WatchedVm<T>>> {
         self.state.read().unwrap_or_else(|e| e.into_inner()).by_number.get(&number).cloned()
     }
 
     /// Live instances, sorted by name, at once: what is known now, minus VMs whose socket is
     /// gone or refuses connections. New sockets are probed in the background, in parallel, and
     /// appear in a later list once they answer; a hostile or dead socket delays nothing.
-    pub fn list(self: &Arc<Self>) -> Vec<Arc<MountedVm>> {
+    pub fn list(self: &Arc<Self>) -> Vec<Arc<WatchedVm<T>>> {
         let names = match self.run_dir.vm_names() {
             Ok(names) => names,
             Err(err) => {
@@ -294,13 +287,13 @@ impl Registry {
 
     /// The live instance called `name`, checking that it is still alive; a VM not known yet is
     /// probed now (it was asked for by name).
-    pub fn lookup(self: &Arc<Self>, name: &str) -> Option<Arc<MountedVm>> {
+    pub fn lookup(self: &Arc<Self>, name: &str) -> Option<Arc<WatchedVm<T>>> {
         let name = VmName::new(name).ok()?;
         self.check(&name, Probe::Now);
         self.state.read().unwrap_or_else(|e| e.into_inner()).by_name.get(&name).cloned()
     }
 
-    fn remove(state: &mut State, name: &VmName) {
+    fn remove(state: &mut State<T>, name: &VmName) {
         if let Some(instance) = state.by_name.remove(name) {
             log::info!("VM {name} is gone");
             state.by_number.remove(&instance.number);
@@ -324,7 +317,7 @@ impl Registry {
                 if instance.recently_answered() || instance.vm.is_listening() {
                     *last = Instant::now();
                     drop(last);
-                    self.in_background(name, move |registry| registry.recheck_memory(&instance));
+                    self.in_background(name, move |watcher| watcher.recheck_memory(&instance));
                     return;
                 }
             }
@@ -340,21 +333,21 @@ impl Registry {
             Probe::Now => self.admit_and_record(name, id),
             Probe::InBackground => {
                 let owned = name.clone();
-                self.in_background(name, move |registry| registry.admit_and_record(&owned, id))
+                self.in_background(name, move |watcher| watcher.admit_and_record(&owned, id))
             }
         }
     }
 
     /// Runs `job` on a thread of its own unless one runs for `name` already.
-    fn in_background(self: &Arc<Self>, name: &VmName, job: impl FnOnce(&Registry) + Send + 'static) {
+    fn in_background(self: &Arc<Self>, name: &VmName, job: impl FnOnce(&Self) + Send + 'static) {
         if !self.state.write().unwrap_or_else(|e| e.into_inner()).probing.insert(name.clone()) {
             return;
         }
-        let registry = Arc::clone(self);
+        let watcher = Arc::clone(self);
         let owned = name.clone();
         let spawned = std::thread::Builder::new().name("probe".into()).spawn(move || {
-            job(&registry);
-            registry.state.write().unwrap_or_else(|e| e.into_inner()).probing.remove(&owned);
+            job(&watcher);
+            watcher.state.write().unwrap_or_else(|e| e.into_inner()).probing.remove(&owned);
         });
         if let Err(err) = spawned {
             log::error!("cannot start a probe thread: {err}");
@@ -364,7 +357,7 @@ impl Registry {
 
     /// Memory hot-plugged (or unplugged) since the VM was admitted: drop it, so that the next
     /// look serves it anew, whole.
-    fn recheck_memory(&self, instance: &Arc<MountedVm>) {
+    fn recheck_memory(&self, instance: &Arc<WatchedVm<T>>) {
         if !instance.memory_changed() {
             return;
         }
@@ -405,7 +398,7 @@ impl Registry {
         }
     }
 
-    fn admit(&self, name: &VmName, id: SocketId) -> Result<Arc<MountedVm>, VmError> {
+    fn admit(&self, name: &VmName, id: SocketId) -> Result<Arc<WatchedVm<T>>, VmError> {
         let vm = Vm::named(&self.run_dir, name.clone()).with_timeout(PROBE_TIMEOUT);
         let (bridge, info) = vm.open_bridge()?;
         let number = {
@@ -416,16 +409,13 @@ impl Registry {
         };
         log::info!("VM {name}: RAM {} ({} bytes), {}", info.ram_path.display(), info.ram_size, info.status);
         let memdev_ids = vm.with_qmp(memdev_ids)?;
-        let physical = Physical::new(bridge.layout().clone());
-        let registers = vcpu_registers(&info, |ask| vm.with_qmp(ask));
-        let core = Core::new(bridge.layout(), elf_machine(&info.arch), &registers);
-        Ok(Arc::new(MountedVm {
+        let parts = (self.make_parts)(&vm, &bridge, &info)?;
+        Ok(Arc::new(WatchedVm {
             number,
             vm,
             info,
             bridge,
-            physical,
-            core,
+            parts,
             memdev_ids,
             socket_id: id,
             since: std::time::SystemTime::now(),
