@@ -26,13 +26,17 @@ pub mod guest;
 pub mod launch;
 #[cfg(feature = "mount")]
 pub mod mount;
-pub mod mountinfo;
+mod mountinfo;
 pub mod name;
+// The test suite and the benchmarks poll and end processes with these too; they are not the
+// library's API and may change.
+#[doc(hidden)]
 pub mod poll;
+#[doc(hidden)]
 pub mod process;
 pub mod qmp;
 pub mod ram;
-pub mod record;
+mod record;
 pub mod run_dir;
 pub mod saved_state;
 pub mod size;

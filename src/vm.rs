@@ -388,39 +388,25 @@ impl Vm {
         let machine = qmp.machine_type()?;
         let arch = qmp.target_arch()?;
         let backends = qmp.ram_backends()?;
-        let mut placed: Vec<(crate::qmp::RamBackend, Vec<crate::ram::Region>)> = Vec::new();
-        if let Some(text) = qmp.memory_map()? {
-            for backend in &backends {
-                match crate::ram::mtree::ram_regions(&text, backend.id()) {
-                    Ok(regions) if !regions.is_empty() => placed.push((backend.clone(), regions)),
-                    Ok(_) => {}
-                    Err(err) => log::info!("VM {}: {err}", self.name),
-                }
+        let names: Vec<(&str, u64)> = backends.iter().map(|backend| (backend.id(), backend.size)).collect();
+        let placement = match qmp.memory_map()? {
+            Some(text) => crate::ram::mtree::place(&text, &names),
+            None => None,
+        };
+        let (placed, layout): (Vec<&crate::qmp::RamBackend>, GuestLayout) = match placement {
+            Some(placement) => {
+                (placement.order.iter().map(|&index| &backends[index]).collect(), placement.layout)
             }
-        }
-        placed.sort_by_key(|(_, regions)| regions.iter().map(|region| region.gpa).min());
-        let layout = if placed.is_empty() {
-            let main = crate::qmp::RamBackend::main(&backends).cloned().ok_or(QmpError::NoRamBackend)?;
-            let layout = qmp.rule_layout(main.size)?;
-            placed.push((main, Vec::new()));
-            layout
-        } else {
-            let mut all = Vec::new();
-            let mut base = 0;
-            for (backend, regions) in &placed {
-                all.extend(
-                    regions
-                        .iter()
-                        .map(|region| crate::ram::Region { offset: region.offset + base, ..*region }),
-                );
-                base += backend.size;
+            None => {
+                log::info!("VM {}: no usable memory map; the main backend alone, by the x86 rule", self.name);
+                let main = crate::qmp::RamBackend::main(&backends).ok_or(QmpError::NoRamBackend)?;
+                (vec![main], qmp.rule_layout(main.size)?)
             }
-            GuestLayout::from_mtree(all)
         };
         let mut offset = 0;
         let infos = placed
             .iter()
-            .map(|(backend, _)| {
+            .map(|backend| {
                 let info = BackendInfo {
                     qom_path: backend.qom_path.clone(),
                     kind: RamKind::Private,
@@ -432,12 +418,12 @@ impl Vm {
                 info
             })
             .collect();
-        let storages = placed.iter().map(|(backend, _)| backend.storage.clone()).collect();
+        let storages = placed.iter().map(|backend| backend.storage.clone()).collect();
         let info = VmInfo {
             name: self.name.clone(),
             status: status.status,
             running: status.running,
-            backend: placed[0].0.qom_path.clone(),
+            backend: placed[0].qom_path.clone(),
             ram_path: PathBuf::new(),
             ram_kind: RamKind::Private,
             ram_size: offset,
@@ -553,7 +539,8 @@ impl Vm {
     ///
     /// [`VmError::Qmp`].
     pub fn memdev_json(&self) -> Result<Value, VmError> {
-        self.with_qmp(memdev_with_paths)
+        let backends = self.with_qmp(memdev_with_paths)?;
+        Ok(Value::Array(backends.into_iter().map(|backend| Value::Object(backend.fields)).collect()))
     }
 
     /// Maps the VM's RAM file (whatever QMP says it is) with the VM's guest-physical layout,
@@ -643,26 +630,26 @@ fn private_ram_candidates(smaps: &str, size: u64) -> Vec<usize> {
     candidates
 }
 
-/// `query-memdev` with each file backend's `mem-path` added.
+/// `query-memdev` with each file backend's `mem-path` and each backend's `qom-type` added to
+/// its fields.
 ///
 /// # Errors
 ///
-/// As [`QmpClient::execute`].
+/// As [`QmpClient::query_memdev`].
 pub fn memdev_with_paths<S: std::io::Read + std::io::Write>(
     qmp: &mut QmpClient<S>,
-) -> Result<Value, QmpError> {
+) -> Result<Vec<crate::qmp::Memdev>, QmpError> {
     let mut backends = qmp.query_memdev()?;
     for backend in &mut backends {
-        let Some(id) = backend.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
-        let qom_path = format!("/objects/{id}");
+        let qom_path = backend.qom_path();
         if let Some(path) = qmp.mem_path(&qom_path)? {
-            backend["mem-path"] = Value::String(path.display().to_string());
+            backend.fields.insert("mem-path".into(), Value::String(path.display().to_string()));
         }
         if let Some(kind) = qmp.optional_property(&qom_path, "type")? {
-            backend["qom-type"] = kind;
+            backend.fields.insert("qom-type".into(), kind);
         }
     }
-    Ok(Value::Array(backends))
+    Ok(backends)
 }
 
 #[cfg(test)]

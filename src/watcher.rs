@@ -203,11 +203,7 @@ fn socket_id(run_dir: &RunDir, name: &VmName) -> Option<SocketId> {
 
 /// The ids `query-memdev` lists, sorted.
 fn memdev_ids(qmp: &mut QmpClient<UnixStream>) -> Result<Vec<String>, QmpError> {
-    let mut ids: Vec<String> = qmp
-        .query_memdev()?
-        .iter()
-        .filter_map(|backend| backend.get("id").and_then(|id| id.as_str()).map(str::to_string))
-        .collect();
+    let mut ids: Vec<String> = qmp.query_memdev()?.into_iter().map(|backend| backend.id).collect();
     ids.sort();
     Ok(ids)
 }

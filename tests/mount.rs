@@ -605,24 +605,29 @@ fn test_status_readers_never_starve_other_qmp_clients() {
     let mount = TestMount::new(&run_dir, &[]);
     let status = mount.path(&format!("{}/status", vm.name()));
     let stop = std::sync::atomic::AtomicBool::new(false);
+    let reads = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
         // a tight loop of status reads keeps the mount's cached QMP connection busy
         let reader = scope.spawn(|| {
-            let mut reads = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let text = std::fs::read_to_string(&status);
                 assert!(text.as_deref().is_ok_and(|t| t == "running\n"), "{text:?}: {}", mount.log_text());
-                reads += 1;
+                reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            reads
         });
+        // the other clients come once the loop holds the connection, whenever it got a CPU
+        assert!(wait_until(Duration::from_secs(30), || reads.load(std::sync::atomic::Ordering::Relaxed) > 0));
         // QEMU 7.2 serves one QMP client at a time: other clients must still get their turn
         for _ in 0..5 {
+            let before = reads.load(std::sync::atomic::Ordering::Relaxed);
             let answer = qmp(&run_dir, vm.name()).status();
             assert!(answer.is_ok(), "another QMP client starved: {answer:?}");
+            // and the loop went on between them
+            assert!(wait_until(Duration::from_secs(30), || reads.load(std::sync::atomic::Ordering::Relaxed)
+                > before));
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert!(reader.join().unwrap() > 0);
+        reader.join().unwrap();
     });
 }
 

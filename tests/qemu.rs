@@ -116,9 +116,9 @@ fn test_qmp_states_and_memdev_on_real_qemu() {
     assert_eq!(qmp.query_status().unwrap().status, RunState::Prelaunch);
     let memdev = qmp.query_memdev().unwrap();
     assert_eq!(memdev.len(), 1);
-    assert_eq!(memdev[0]["size"], 64 << 20);
-    assert_eq!(memdev[0]["share"], true);
-    assert!(memdev[0].get("mem-path").is_none(), "QEMU does not report mem-path in query-memdev");
+    assert_eq!(memdev[0].size, 64 << 20);
+    assert_eq!(memdev[0].fields["share"], true);
+    assert!(!memdev[0].fields.contains_key("mem-path"), "QEMU does not report mem-path in query-memdev");
     assert_eq!(qmp.get_shared_memory_path().unwrap(), vm.launched.ram_path);
     assert!(qmp.machine_type().unwrap().contains("q35"));
     assert_eq!(qmp.query_name().unwrap().as_deref(), Some(vm.name()));

@@ -3,12 +3,20 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qemu_bridge::ram::mtree::ram_regions;
+use qemu_bridge::ram::mtree::{place, ram_regions};
 use qemu_bridge::ram::GuestLayout;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let name = text.lines().next().unwrap_or("m").split_whitespace().next().unwrap_or("m");
+    // placing two backends: every placed range lies inside the concatenation of their sizes
+    let sizes = [(name, 64u64 << 20), ("d0", u64::MAX / 2)];
+    if let Some(placed) = place(&text, &sizes) {
+        let total: u64 = placed.order.iter().map(|&index| sizes[index].1).sum();
+        for region in placed.layout.regions() {
+            assert!(region.offset.checked_add(region.len).is_some_and(|end| end <= total));
+        }
+    }
     let Ok(regions) = ram_regions(&text, name) else { return };
     for pair in regions.windows(2) {
         assert!(pair[0].gpa <= pair[1].gpa);

@@ -128,6 +128,40 @@ fn file_inode(instance: &MountedVm, file: VmFile) -> INodeNo {
     INodeNo(dir_inode(instance) + file as u64)
 }
 
+/// Why a generated file could not be made.
+#[derive(Debug, thiserror::Error)]
+enum GenerateError {
+    /// QEMU did not answer as asked.
+    #[error("cannot ask QEMU")]
+    Qmp(#[from] crate::vm::VmError),
+    /// The RAM could not be read.
+    #[error("cannot read the RAM")]
+    Ram(#[from] BridgeError),
+    /// The picture could not be encoded.
+    #[error("cannot encode the picture")]
+    Png(#[source] std::io::Error),
+    /// The JSON could not be written.
+    #[error("cannot write the JSON")]
+    Json(#[from] serde_json::Error),
+    /// `ram`, `physical` and `core` are read, not generated.
+    #[error("not a generated file")]
+    NotGenerated,
+}
+
+/// Why `ram` cannot be served by the kernel (passthrough).
+#[derive(Debug, thiserror::Error)]
+enum PassthroughError {
+    /// Private RAM, or RAM over several backends: no one file for the kernel to read.
+    #[error("the RAM is not one file")]
+    NotOneFile,
+    /// The RAM file could not be opened again for the kernel.
+    #[error("cannot reopen the RAM file")]
+    Reopen(#[source] std::io::Error),
+    /// The kernel refused the backing file.
+    #[error("the kernel refused the RAM file as a backing file")]
+    Backing(#[source] std::io::Error),
+}
+
 enum Handle {
     Ram(Arc<MountedVm>),
     /// `physical`: guest RAM at other offsets.
@@ -233,40 +267,37 @@ impl Tree {
     }
 
     /// Bytes of a generated file, asked of QMP or computed now.
-    fn generate(instance: &MountedVm, file: VmFile) -> Result<Vec<u8>, String> {
-        let error = |err: &dyn std::error::Error| crate::error::chain(err);
+    fn generate(instance: &MountedVm, file: VmFile) -> Result<Vec<u8>, GenerateError> {
         let mut text = match file {
             VmFile::MapPng => {
                 // a picture, not text: no newline
-                let classes =
-                    crate::ram::picture::page_classes(instance.bridge.mapping()).map_err(|e| error(&e))?;
-                return crate::ram::picture::png(&classes).map_err(|e| error(&e));
+                let classes = crate::ram::picture::page_classes(instance.bridge.mapping())?;
+                return crate::ram::picture::png(&classes).map_err(GenerateError::Png);
             }
-            VmFile::Ram | VmFile::Physical | VmFile::Core => return Err("not a generated file".into()),
-            VmFile::Status => {
-                instance.with_qmp(|qmp| qmp.query_status()).map_err(|e| error(&e))?.status.to_string()
-            }
+            VmFile::Ram | VmFile::Physical | VmFile::Core => return Err(GenerateError::NotGenerated),
+            VmFile::Status => instance.with_qmp(|qmp| qmp.query_status())?.status.to_string(),
             VmFile::Memdev => {
-                let mut json = instance.with_qmp(crate::vm::memdev_with_paths).map_err(|e| error(&e))?;
+                let backends = instance.with_qmp(crate::vm::memdev_with_paths)?;
                 // where each backend's RAM is and how it is read, and where it lies in `ram`
-                for backend in json.as_array_mut().into_iter().flatten() {
-                    let qom_path =
-                        backend.get("id").and_then(|id| id.as_str()).map(|id| format!("/objects/{id}"));
-                    let Some(used) =
-                        instance.info.backends.iter().find(|used| Some(&used.qom_path) == qom_path.as_ref())
-                    else {
-                        continue;
-                    };
-                    backend["kind"] = serde_json::json!(used.kind);
-                    backend["zero-copy"] = serde_json::json!(used.kind.zero_copy());
-                    backend["ram-path"] = serde_json::json!(used.ram_path);
-                    backend["ram-offset"] = serde_json::json!(used.offset);
-                }
-                serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?
+                let json: Vec<serde_json::Value> = backends
+                    .into_iter()
+                    .map(|backend| {
+                        let qom_path = backend.qom_path();
+                        let mut fields = backend.fields;
+                        if let Some(used) =
+                            instance.info.backends.iter().find(|used| used.qom_path == qom_path)
+                        {
+                            fields.insert("kind".into(), serde_json::json!(used.kind));
+                            fields.insert("zero-copy".into(), serde_json::json!(used.kind.zero_copy()));
+                            fields.insert("ram-path".into(), serde_json::json!(used.ram_path));
+                            fields.insert("ram-offset".into(), serde_json::json!(used.offset));
+                        }
+                        serde_json::Value::Object(fields)
+                    })
+                    .collect();
+                serde_json::to_string_pretty(&json)?
             }
-            VmFile::Checksum => {
-                instance.bridge.consistent_snapshot(DEFAULT_ATTEMPTS).map_err(|e| error(&e))?.summary_line()
-            }
+            VmFile::Checksum => instance.bridge.consistent_snapshot(DEFAULT_ATTEMPTS)?.summary_line(),
             VmFile::Layout => {
                 let json = serde_json::json!({
                     "machine": instance.info.machine,
@@ -275,7 +306,7 @@ impl Tree {
                     "source": instance.bridge.layout().source(),
                     "regions": instance.bridge.layout().regions(),
                 });
-                serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?
+                serde_json::to_string_pretty(&json)?
             }
         };
         text.push('\n');
@@ -339,7 +370,7 @@ impl Tree {
         instance: &MountedVm,
         ino: INodeNo,
         reply: &ReplyOpen,
-    ) -> Result<Option<Arc<BackingId>>, String> {
+    ) -> Result<Option<Arc<BackingId>>, PassthroughError> {
         let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((id, count)) = backing.ids.get_mut(&ino.0) {
             *count += 1;
@@ -350,10 +381,10 @@ impl Tree {
         }
         // private RAM and RAM over several backends have no one file for the kernel to read
         let file = match instance.bridge.mapping().try_clone_file() {
-            Some(file) if instance.bridge.mapping().is_one_file() => file.map_err(|err| err.to_string()),
-            _ => Err("the RAM is not one file".to_string()),
+            Some(file) if instance.bridge.mapping().is_one_file() => file.map_err(PassthroughError::Reopen),
+            _ => Err(PassthroughError::NotOneFile),
         };
-        match file.and_then(|file| reply.open_backing(&file).map_err(|err| err.to_string())) {
+        match file.and_then(|file| reply.open_backing(&file).map_err(PassthroughError::Backing)) {
             Ok(id) => {
                 let id = Arc::new(id);
                 backing.ids.insert(ino.0, (Arc::clone(&id), 1));
@@ -485,7 +516,7 @@ impl Filesystem for Tree {
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
             }
             Err(err) => {
-                log::error!("{}/{}: {err}", instance.vm.name(), file.name());
+                log::error!("{}/{}: {}", instance.vm.name(), file.name(), crate::error::chain(&err));
                 reply.error(Errno::EIO);
             }
         }

@@ -213,7 +213,7 @@ pub struct RamBackend {
 }
 
 impl RamBackend {
-    /// The main one of `backends` (see [`QmpClient::ram_backend`]): the first with a file, else
+    /// The main one of `backends` (see [`crate::ram::mtree::place`] for where the others go): the first with a file, else
     /// the first memfd, else the first.
     pub fn main(backends: &[RamBackend]) -> Option<&RamBackend> {
         let rank = |backend: &&RamBackend| match backend.storage {
@@ -227,6 +227,34 @@ impl RamBackend {
     /// Its id, the name of its memory region in QEMU's memory map (`ram0`).
     pub fn id(&self) -> &str {
         self.qom_path.rsplit('/').next().unwrap_or(&self.qom_path)
+    }
+}
+
+/// One memory backend as `query-memdev` describes it: its id (hence its QOM path) and size,
+/// and the whole object QEMU sent (`merge`, `dump`, `prealloc`, `share`, `policy`... vary by
+/// version), for callers that show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Memdev {
+    /// Its id, e.g. `ram0`: the name of its memory region in QEMU's memory map.
+    pub id: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The object as QEMU sent it.
+    pub fields: serde_json::Map<String, Value>,
+}
+
+impl Memdev {
+    /// Reads one element of `query-memdev`'s answer.
+    fn from_value(value: Value) -> Option<Self> {
+        let Value::Object(fields) = value else { return None };
+        let id = fields.get("id")?.as_str()?.to_string();
+        let size = fields.get("size")?.as_u64()?;
+        Some(Self { id, size, fields })
+    }
+
+    /// Its QOM path, where `qom-get` finds its properties: `/objects/<id>`.
+    pub fn qom_path(&self) -> String {
+        format!("/objects/{}", self.id)
     }
 }
 
@@ -453,20 +481,24 @@ impl<S: Read + Write> QmpClient<S> {
     ///
     /// # Errors
     ///
-    /// As [`execute`](Self::execute), and [`QmpError::UnexpectedReply`] if it is not a list.
-    pub fn query_memdev(&mut self) -> Result<Vec<Value>, QmpError> {
+    /// As [`execute`](Self::execute), and [`QmpError::UnexpectedReply`] if it is not a list of
+    /// backends with an id and a size.
+    pub fn query_memdev(&mut self) -> Result<Vec<Memdev>, QmpError> {
         match self.execute("query-memdev", None)? {
-            Value::Array(backends) => Ok(backends),
+            Value::Array(backends) => backends
+                .into_iter()
+                .map(|backend| {
+                    let shown = backend.to_string();
+                    Memdev::from_value(backend)
+                        .ok_or_else(|| Self::unexpected("query-memdev", format!("no id or size in {shown}")))
+                })
+                .collect(),
             other => Err(Self::unexpected("query-memdev", format!("expected a list, got {other}"))),
         }
     }
 
     /// The QOM path of the machine's main RAM backend (`/objects/ram0`), if it has one.
-    ///
-    /// # Errors
-    ///
-    /// As [`execute`](Self::execute).
-    pub fn memory_backend(&mut self) -> Result<Option<String>, QmpError> {
+    fn memory_backend(&mut self) -> Result<Option<String>, QmpError> {
         // Older machines lack the property.
         match self.optional_property("/machine", "memory-backend")? {
             Some(Value::String(path)) if !path.is_empty() => {
@@ -485,29 +517,12 @@ impl<S: Read + Write> QmpClient<S> {
             candidates.push(backend);
         }
         for backend in self.query_memdev()? {
-            if let Some(id) = backend.get("id").and_then(Value::as_str) {
-                let path = format!("/objects/{id}");
-                if !candidates.contains(&path) {
-                    candidates.push(path);
-                }
+            let path = backend.qom_path();
+            if !candidates.contains(&path) {
+                candidates.push(path);
             }
         }
         Ok(candidates)
-    }
-
-    /// The main RAM backend's QOM path and its file.
-    ///
-    /// # Errors
-    ///
-    /// [`QmpError::NoFileBackend`] when no backend has a `mem-path`, else as
-    /// [`execute`](Self::execute).
-    pub fn shared_memory_backend(&mut self) -> Result<(String, PathBuf), QmpError> {
-        for backend in self.backend_candidates()? {
-            if let Some(path) = self.mem_path(&backend)? {
-                return Ok((backend, path));
-            }
-        }
-        Err(QmpError::NoFileBackend)
     }
 
     /// Every memory backend QEMU names (the machine's `memory-backend`, then every
@@ -532,18 +547,6 @@ impl<S: Read + Write> QmpClient<S> {
             backends.push(RamBackend { qom_path, storage, size });
         }
         Ok(backends)
-    }
-
-    /// Where the VM's main RAM lives: the first backend (see [`ram_backends`](Self::ram_backends))
-    /// with a file, else the first memfd backend, else the first one, whose RAM is then private
-    /// to the QEMU process.
-    ///
-    /// # Errors
-    ///
-    /// [`QmpError::NoRamBackend`] when QEMU names no memory backend at all, else as
-    /// [`execute`](Self::execute).
-    pub fn ram_backend(&mut self) -> Result<RamBackend, QmpError> {
-        RamBackend::main(&self.ram_backends()?).cloned().ok_or(QmpError::NoRamBackend)
     }
 
     /// QEMU's flat memory map (`info mtree -f`), or `None` when the monitor does not give it
@@ -576,14 +579,20 @@ impl<S: Read + Write> QmpClient<S> {
         })
     }
 
-    /// The file that holds the VM's RAM (`mem-path` of its memory backend). `query-memdev`
-    /// does not report it, so this asks QOM.
+    /// The file that holds the VM's RAM: the `mem-path` of the first backend that has one (the
+    /// machine's `memory-backend` first). `query-memdev` does not report it, so this asks QOM.
     ///
     /// # Errors
     ///
-    /// As [`shared_memory_backend`](Self::shared_memory_backend).
+    /// [`QmpError::NoFileBackend`] when no backend has a `mem-path`, else as
+    /// [`execute`](Self::execute).
     pub fn get_shared_memory_path(&mut self) -> Result<PathBuf, QmpError> {
-        self.shared_memory_backend().map(|(_, path)| path)
+        for backend in self.backend_candidates()? {
+            if let Some(path) = self.mem_path(&backend)? {
+                return Ok(path);
+            }
+        }
+        Err(QmpError::NoFileBackend)
     }
 
     /// Size in bytes of the backend at QOM path `backend`.
@@ -630,27 +639,6 @@ impl<S: Read + Write> QmpClient<S> {
             Value::String(name) => Ok(name),
             other => Err(Self::unexpected("qom-get /machine type", format!("got {other}"))),
         }
-    }
-
-    /// The guest-physical layout of the RAM of the backend at QOM path `backend` (`ram_size`
-    /// bytes): QEMU's own flat memory map (`info mtree -f`, the `memory` address space, the
-    /// ranges of the backend's region) for every machine and architecture; only when the
-    /// monitor cannot give it (no HMP, no range of that region), the x86 machine type's rule,
-    /// and `layout.source()` says which.
-    ///
-    /// # Errors
-    ///
-    /// As [`execute`](Self::execute): a monitor that times out is an error, not a fallback.
-    pub fn layout(&mut self, backend: &str, ram_size: u64) -> Result<GuestLayout, QmpError> {
-        let region = backend.rsplit('/').next().unwrap_or(backend);
-        if let Some(text) = self.memory_map()? {
-            match crate::ram::mtree::ram_regions(&text, region) {
-                Ok(regions) if !regions.is_empty() => return Ok(GuestLayout::from_mtree(regions)),
-                Ok(_) => log::info!("QEMU's memory map has no RAM of region {region}; using the x86 rule"),
-                Err(err) => log::info!("{err}; using the x86 rule"),
-            }
-        }
-        self.rule_layout(ram_size)
     }
 
     /// The layout for callers that found no usable memory map: the x86 rule, q35's reported

@@ -152,35 +152,52 @@ fn a_vm_without_a_file_backend_is_reported() {
 }
 
 #[test]
-fn layout_uses_q35_split_when_there_is_no_memory_map() {
+fn the_rule_layout_uses_q35s_reported_split() {
     let mut client = client(&[
         GREETING,
         r#"{"return": {}, "id": 1}"#,
-        r#"{"error": {"class": "CommandNotFound", "desc": "The command human-monitor-command has not been found"}, "id": 2}"#,
-        r#"{"return": "pc-q35-7.2-machine", "id": 3}"#,
-        r#"{"return": 2147483648, "id": 4}"#,
-        r#"{"return": 1073741824, "id": 5}"#,
+        r#"{"return": "pc-q35-7.2-machine", "id": 2}"#,
+        r#"{"return": 2147483648, "id": 3}"#,
+        r#"{"return": 1073741824, "id": 4}"#,
     ])
     .unwrap();
-    let layout = client.layout("/objects/ram0", 3 << 30).unwrap();
+    let layout = client.rule_layout(3 << 30).unwrap();
     assert_eq!(layout.source(), crate::ram::LayoutSource::X86Rule);
     assert_eq!(layout.translate(1 << 32, 1), Some(1 << 31));
 }
 
 #[test]
-fn layout_comes_from_qemus_memory_map() {
-    let map = "FlatView #0\n AS \"memory\", root: system\n  0000000000000000-000000000009ffff (prio 0, ram): ram0\n  \
-               0000000000100000-000000007fffffff (prio 0, ram): ram0 @0000000000100000\n  \
-               0000000100000000-000000017fffffff (prio 0, ram): ram0 @0000000080000000\n";
+fn the_memory_map_is_text_or_none_and_a_silent_monitor_is_an_error() {
+    let map = "FlatView #0\n AS \"memory\", root: system\n  0000000000000000-000000000009ffff (prio 0, ram): ram0\n";
     let reply = serde_json::json!({"return": map, "id": 2}).to_string();
-    let mut client = client(&[GREETING, r#"{"return": {}, "id": 1}"#, &reply]).unwrap();
-    let layout = client.layout("/objects/ram0", 4 << 30).unwrap();
-    assert_eq!(layout.source(), crate::ram::LayoutSource::Mtree);
-    assert_eq!(layout.translate(1 << 32, 16), Some(0x8000_0000));
-    assert_eq!(layout.translate(0xa0000, 1), None, "the VGA window is not RAM");
+    let mut answering = client(&[GREETING, r#"{"return": {}, "id": 1}"#, &reply]).unwrap();
+    assert_eq!(answering.memory_map().unwrap().as_deref(), Some(map));
+    let mut refused = client(&[
+        GREETING,
+        r#"{"return": {}, "id": 1}"#,
+        r#"{"error": {"class": "CommandNotFound", "desc": "The command human-monitor-command has not been found"}, "id": 2}"#,
+    ])
+    .unwrap();
+    assert_eq!(refused.memory_map().unwrap(), None);
     // a monitor that stops answering is an error, not a silent fallback
     let mut silent = client_with_eof(&[GREETING, r#"{"return": {}, "id": 1}"#]);
-    assert!(matches!(silent.layout("/objects/ram0", 4 << 30), Err(QmpError::Closed)));
+    assert!(matches!(silent.memory_map(), Err(QmpError::Closed)));
+}
+
+#[test]
+fn memdev_records_are_typed_and_malformed_ones_refused() {
+    let mut client = client(&[
+        GREETING,
+        r#"{"return": {}, "id": 1}"#,
+        r#"{"return": [{"share": true, "size": 67108864, "id": "ram0", "policy": "default"}], "id": 2}"#,
+        r#"{"return": [{"share": true, "id": "ram0"}], "id": 3}"#,
+    ])
+    .unwrap();
+    let memdev = client.query_memdev().unwrap();
+    assert_eq!((memdev[0].id.as_str(), memdev[0].size), ("ram0", 64 << 20));
+    assert_eq!(memdev[0].qom_path(), "/objects/ram0");
+    assert_eq!(memdev[0].fields["policy"], "default");
+    assert!(matches!(client.query_memdev(), Err(QmpError::UnexpectedReply { .. })));
 }
 
 fn client_with_eof(lines: &[&str]) -> QmpClient<Scripted> {

@@ -8,7 +8,7 @@
 //! runs, and later versions add words after the region name: lines that do not parse are
 //! skipped, never guessed at.
 
-use super::layout::Region;
+use super::layout::{GuestLayout, Region};
 
 /// Why the flat map could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,6 +90,60 @@ pub fn ram_regions(text: &str, region: &str) -> Result<Vec<Region>, MtreeError> 
         }
     }
     Ok(merged)
+}
+
+/// Where the RAM of several memory backends lies in the guest: which of them QEMU's memory map
+/// places in the `memory` address space, in the order of their lowest guest-physical address
+/// (the order `ram` concatenates them in), and the layout of that concatenation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Indexes into the backends given to [`place`], in `ram` order.
+    pub order: Vec<usize>,
+    /// The guest-physical layout of their concatenation.
+    pub layout: GuestLayout,
+}
+
+/// Places memory backends, each given as its region name (the backend's id) and size in bytes,
+/// by QEMU's flat memory map `text`. A backend the map does not show in the `memory` address
+/// space (an unplugged DIMM, a backend the machine does not use) is left out; a backend whose
+/// ranges the map puts past its own size is left out too (the map does not fit what QEMU said
+/// of the backend: better no layout than a wrong one). `None` when no backend is placed, or the
+/// map has no `memory` view: then only a rule can give a layout.
+///
+/// # Examples
+///
+/// ```
+/// let text = "FlatView #2\n AS \"memory\", root: system\n  \
+///             0000000000000000-0000000003ffffff (prio 0, ram): m\n  \
+///             0000000100000000-0000000107ffffff (prio 0, ram): d0\n";
+/// let placed = qemu_bridge::ram::mtree::place(text, &[("d0", 128 << 20), ("m", 64 << 20)]).unwrap();
+/// assert_eq!(placed.order, [1, 0]);
+/// assert_eq!(placed.layout.translate(1 << 32, 1), Some(64 << 20));
+/// ```
+pub fn place(text: &str, backends: &[(&str, u64)]) -> Option<Placement> {
+    let mut placed: Vec<(usize, Vec<Region>)> = Vec::new();
+    for (index, &(name, size)) in backends.iter().enumerate() {
+        let Ok(regions) = ram_regions(text, name) else { return None };
+        let fits =
+            regions.iter().all(|region| region.offset.checked_add(region.len).is_some_and(|end| end <= size));
+        if !regions.is_empty() && fits {
+            placed.push((index, regions));
+        }
+    }
+    placed.sort_by_key(|(_, regions)| regions.iter().map(|region| region.gpa).min());
+    let mut all = Vec::new();
+    let mut base = 0u64;
+    for (index, regions) in &placed {
+        all.extend(regions.iter().map(|region| Region { offset: region.offset + base, ..*region }));
+        base = base.checked_add(backends[*index].1)?;
+    }
+    if all.is_empty() {
+        return None;
+    }
+    Some(Placement {
+        order: placed.into_iter().map(|(index, _)| index).collect(),
+        layout: GuestLayout::from_mtree(all),
+    })
 }
 
 /// `START-END (prio P, KIND): REGION [@OFFSET] ...`, or `None`.
@@ -194,5 +248,31 @@ mod tests {
                     0000000000100000-00000000001fffff (prio 0, ram): r @0000000000100000\n";
         let regions = ram_regions(text, "r").unwrap();
         assert_eq!(regions, vec![region(0, 0, 0x30_0000)]);
+    }
+
+    #[test]
+    fn backends_are_placed_in_guest_physical_order_and_misfits_left_out() {
+        let text = "FlatView #0\n AS \"memory\", root: system\n  \
+                    0000000000000000-0000000003ffffff (prio 0, ram): m\n  \
+                    0000000100000000-0000000107ffffff (prio 0, ram): d0\n  \
+                    0000000200000000-0000000200ffffff (prio 0, ram): big @0000000010000000\n";
+        let backends = [("d0", 128 << 20), ("absent", 1 << 20), ("m", 64 << 20), ("big", 16 << 20)];
+        let placed = place(text, &backends).unwrap();
+        // "absent" is not in the map; "big" claims bytes past its 16 MiB
+        assert_eq!(placed.order, [2, 0]);
+        assert_eq!(placed.layout.ram_size(), 192 << 20);
+        assert_eq!(placed.layout.translate(0x3ff_ffff, 1), Some(0x3ff_ffff));
+        assert_eq!(placed.layout.translate(1 << 32, 1), Some(64 << 20));
+        assert_eq!(placed.layout.translate(0x2_0000_0000, 1), None);
+        assert_eq!(place("no view here", &backends), None);
+        assert_eq!(place(text, &[("absent", 1 << 20)]), None);
+    }
+
+    #[test]
+    fn a_captured_q35_map_places_its_one_backend() {
+        let text = captured("q35-4g-qemu7.2.txt");
+        let placed = place(&text, &[("m", 4 << 30)]).unwrap();
+        assert_eq!(placed.order, [0]);
+        assert_eq!(placed.layout.translate(1 << 32, 16), Some(0x8000_0000));
     }
 }
