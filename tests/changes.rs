@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::process::{Child, Command, Stdio};
 
-use common::{require_qemu, TestRunDir, VmBuilder, COUNTER_ADDR};
+use common::{TestRunDir, COUNTER_ADDR};
 
 const PAGE: u64 = 4096;
 
@@ -74,10 +74,7 @@ impl Drop for ChangesRun {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_changes_reports_exactly_the_written_pages_of_a_running_guest() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("changes", &run_dir).launch();
-    vm.wait_for_marker();
+    let (run_dir, vm) = common::booted_vm("changes");
     let ram = std::fs::OpenOptions::new().read(true).write(true).open(&vm.launched.ram_path).unwrap();
     let allocated = || ram.metadata().unwrap().blocks() * 512;
 

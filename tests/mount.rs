@@ -43,9 +43,7 @@ fn test_mount_point_with_a_non_ascii_path() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_mount_lists_launched_vms_and_drops_killed_ones() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let first = VmBuilder::new("ls-a", &run_dir).launch();
+    let (run_dir, first) = common::running_vm("ls-a");
     let mount = TestMount::new(&run_dir, &[]);
     assert_eq!(mount.ls(), [first.name()]);
     // a VM launched after mounting shows up at the next ls
@@ -75,9 +73,7 @@ fn test_mount_lists_launched_vms_and_drops_killed_ones() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_mount_status_follows_qmp() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("status", &run_dir).launch();
+    let (run_dir, vm) = common::running_vm("status");
     let mount = TestMount::new(&run_dir, &[]);
     let status = mount.path(&format!("{}/status", vm.name()));
     assert_eq!(std::fs::read_to_string(&status).unwrap(), "running\n");
@@ -93,10 +89,7 @@ fn test_mount_status_follows_qmp() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_mount_memdev_json_and_checksum() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("memdev", &run_dir).launch();
-    vm.wait_for_marker();
+    let (run_dir, vm) = common::booted_vm("memdev");
     let mount = TestMount::new(&run_dir, &[]);
     let text = std::fs::read_to_string(mount.path(&format!("{}/memdev.json", vm.name()))).unwrap();
     assert!(text.ends_with("}\n]\n"), "pretty JSON ending in a newline: {text}");
@@ -133,10 +126,7 @@ fn test_mount_memdev_json_and_checksum() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_mount_ram_equals_pmemsave_and_is_live() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("ram", &run_dir).launch();
-    vm.wait_for_marker();
+    let (run_dir, vm) = common::booted_vm("ram");
     let mount = TestMount::new(&run_dir, &[]);
     let ram_path = mount.path(&format!("{}/ram", vm.name()));
     assert_eq!(std::fs::metadata(&ram_path).unwrap().len(), SIZE);
@@ -209,9 +199,7 @@ fn test_mount_ram_equals_pmemsave_and_is_live() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_mount_is_read_only() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("ro", &run_dir).launch();
+    let (run_dir, vm) = common::running_vm("ro");
     let mount = TestMount::new(&run_dir, &[]);
     let dir = mount.path(vm.name());
     let ram = dir.join("ram");
@@ -284,9 +272,7 @@ fn test_multi_vm() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_mount_survives_dead_and_hung_sockets() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("healthy", &run_dir).launch();
+    let (run_dir, vm) = common::running_vm("healthy");
     // a socket nobody listens on, one that accepts and never speaks, one that speaks garbage
     let dead = std::os::unix::net::UnixListener::bind(run_dir.path().join("dead.qmp")).unwrap();
     drop(dead);
@@ -318,9 +304,7 @@ fn test_mount_survives_dead_and_hung_sockets() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_audit_log_records_ram_access() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("audit", &run_dir).launch();
+    let (run_dir, vm) = common::running_vm("audit");
     let audit = run_dir.path().join("audit.log");
     let mount = TestMount::new(&run_dir, &["--audit-log", audit.to_str().unwrap()]);
     let ram = File::open(mount.path(&format!("{}/ram", vm.name()))).unwrap();
@@ -344,9 +328,7 @@ fn test_audit_log_records_ram_access() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_unmount_paths_leave_nothing_behind() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("umount", &run_dir).launch();
+    let (run_dir, vm) = common::running_vm("umount");
     // qemu-bridge umount, umount(8) and fusermount3 -u all end the daemon and the mount
     let binary = env!("CARGO_BIN_EXE_qemu-bridge");
     for how in ["qemu-bridge", "umount", "fusermount3"] {
@@ -376,9 +358,7 @@ fn test_unmount_paths_leave_nothing_behind() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_foreground_mount_ends_on_signals() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("fg", &run_dir).launch();
+    let (run_dir, vm) = common::running_vm("fg");
     for signal in [nix::sys::signal::SIGINT, nix::sys::signal::SIGTERM] {
         let dir = tempfile::tempdir().unwrap();
         let mountpoint = dir.path().join("mnt");
@@ -419,10 +399,7 @@ fn test_foreground_mount_ends_on_signals() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_passthrough_serves_the_same_bytes() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("passthrough", &run_dir).launch();
-    vm.wait_for_marker();
+    let (run_dir, vm) = common::booted_vm("passthrough");
     qmp(&run_dir, vm.name()).with_qmp(|q| q.stop()).unwrap();
     let audit = run_dir.path().join("audit.log");
     let mount = TestMount::new(&run_dir, &["--passthrough=always", "--audit-log", audit.to_str().unwrap()]);
@@ -530,9 +507,7 @@ fn test_passthrough_always_refused_without_privileges() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_unresponsive_qmp_gives_eio_not_a_hang() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let frozen = VmBuilder::new("frozen", &run_dir).launch();
+    let (run_dir, frozen) = common::running_vm("frozen");
     let healthy = VmBuilder::new("fine", &run_dir).launch();
     let mount = TestMount::new(&run_dir, &[]);
     assert_eq!(mount.ls().len(), 2);
@@ -599,9 +574,7 @@ fn test_other_users_need_allow_other() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_status_readers_never_starve_other_qmp_clients() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("starve", &run_dir).launch();
+    let (run_dir, vm) = common::running_vm("starve");
     let mount = TestMount::new(&run_dir, &[]);
     let status = mount.path(&format!("{}/status", vm.name()));
     let stop = std::sync::atomic::AtomicBool::new(false);

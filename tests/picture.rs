@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::{require_qemu, TestMount, TestRunDir, VmBuilder, MARKER_ADDR};
+use common::{TestMount, MARKER_ADDR};
 use qemu_bridge::ram::picture::{classify, hilbert_point, PageClass, PAGE};
 use qemu_bridge::Vm;
 
@@ -42,10 +42,7 @@ fn class_at(side: u32, pixels: &[u8], page: u64) -> PageClass {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_map_png_pictures_each_page_by_class() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("picture", &run_dir).launch();
-    vm.wait_for_marker();
+    let (run_dir, vm) = common::booted_vm("picture");
     Vm::existing(&run_dir.run_dir, vm.name()).unwrap().with_qmp(|q| q.stop()).unwrap();
     let ram_path: &Path = &vm.launched.ram_path;
     let ram = std::fs::OpenOptions::new().read(true).write(true).open(ram_path).unwrap();

@@ -14,9 +14,7 @@ const VGA_AND_ROM: std::ops::Range<usize> = 0xA0000..0x100000;
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_qemu_vm_launch() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("launch", &run_dir).launch();
+    let (_run_dir, vm) = common::running_vm("launch");
     assert!(vm.launched.ram_path.starts_with("/dev/shm"));
     assert_eq!(
         vm.launched.ram_path.file_name().unwrap().to_str().unwrap(),
@@ -48,10 +46,7 @@ fn test_qemu_vm_launch() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_bytes_equal_pmemsave_of_stopped_vm() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("pmemsave", &run_dir).launch();
-    vm.wait_for_marker();
+    let (run_dir, vm) = common::booted_vm("pmemsave");
     let handle = Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
     let (bridge, info) = handle.open_bridge().unwrap();
     assert_eq!(info.ram_path, vm.launched.ram_path);

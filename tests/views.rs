@@ -121,10 +121,7 @@ fn test_pc_views_below_and_above_4g() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_core_equals_qemus_dump() {
-    require_qemu();
-    let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("dump", &run_dir).launch();
-    vm.wait_for_marker();
+    let (run_dir, vm) = common::booted_vm("dump");
     let handle = Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
     handle.with_qmp(|qmp| qmp.stop()).unwrap();
     let dump = run_dir.qemu_output("qemu.core");

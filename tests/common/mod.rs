@@ -130,6 +130,24 @@ impl TestRunDir {
     }
 }
 
+/// The opening of most VM tests: QEMU is required, a run directory of the test's own, and the
+/// boot-sector guest launched in it (QMP answers; the guest may not have run yet). Declare the
+/// pair in this order (`let (run_dir, vm) = ...`): the VM is killed before its run directory
+/// goes.
+pub fn running_vm(prefix: &str) -> (TestRunDir, TestVm) {
+    require_qemu();
+    let run_dir = TestRunDir::new();
+    let vm = VmBuilder::new(prefix, &run_dir).launch();
+    (run_dir, vm)
+}
+
+/// [`running_vm`], once the guest has run: its marker is in RAM.
+pub fn booted_vm(prefix: &str) -> (TestRunDir, TestVm) {
+    let (run_dir, vm) = running_vm(prefix);
+    vm.wait_for_marker();
+    (run_dir, vm)
+}
+
 /// Builder for a real VM under TCG.
 pub struct VmBuilder {
     options: LaunchOptions,
