@@ -299,6 +299,11 @@ pub struct SnapshotArgs {
     /// Copy attempts for --consistent
     #[arg(long, default_value_t = DEFAULT_ATTEMPTS)]
     pub attempts: u32,
+    /// Rewrite, in an existing snapshot of this VM's QEMU, only the pages that changed since it
+    /// was written (its side record FILE.qbsnap says what it was taken from); anything else is
+    /// written whole, and said so
+    #[arg(long)]
+    pub update: bool,
     /// Digest printed for the file: blake3 (what `b3sum` prints; fast) or sha256 (what
     /// `sha256sum` prints)
     #[arg(long, value_name = "HASH", default_value = "blake3")]
@@ -976,7 +981,10 @@ pub fn hex_dump(start: u64, bytes: &[u8]) -> String {
 
 fn snapshot_verb(args: SnapshotArgs) -> CliResult {
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
-    let (bridge, _) = vm.open_bridge()?;
+    let (bridge, info) = vm.open_bridge()?;
+    if args.update {
+        return update_snapshot(&args, &vm, &bridge, &info);
+    }
     if !args.pause && !args.consistent {
         // Unchecked: copied once, written while another thread hashes what is written.
         let mut digest = String::new();
@@ -1019,6 +1027,77 @@ fn snapshot_verb(args: SnapshotArgs) -> CliResult {
     progress.finish();
     written?;
     println!("{} {}", snapshot.summary_line_with(args.hash), args.output.display());
+    Ok(())
+}
+
+/// `snapshot --update`: the pages that changed, written in place; paused, or verified by passes
+/// that find nothing more to write, as a full snapshot is.
+fn update_snapshot(
+    args: &SnapshotArgs,
+    vm: &Vm,
+    bridge: &qemu_bridge::SharedMemoryBridge,
+    info: &qemu_bridge::VmInfo,
+) -> CliResult {
+    use qemu_bridge::ram::incremental::{update_file, Origin};
+    let origin = Origin::of(info.name.as_str(), info.qemu_pid, bridge.size() as u64)
+        .ok_or_else(|| format!("cannot read the start time of QEMU (pid {})", info.qemu_pid))?;
+    let paused = args.pause && vm.with_qmp(|qmp| qmp.query_status())?.running;
+    if paused {
+        vm.with_qmp(|qmp| qmp.stop())?;
+    }
+    let mut passes = vec![update_file(bridge.mapping(), &origin, &args.output)];
+    // --consistent: again until a pass finds nothing more to write
+    while args.consistent
+        && (passes.len() as u32) < args.attempts.max(1) + 1
+        && passes.last().is_some_and(|pass| pass.as_ref().is_ok_and(|pass| pass.pages_written > 0))
+    {
+        passes.push(update_file(bridge.mapping(), &origin, &args.output));
+    }
+    if paused {
+        vm.with_qmp(|qmp| qmp.cont())?;
+    }
+    let passes: Vec<_> = passes.into_iter().collect::<Result<_, _>>()?;
+    let (first, last) = (&passes[0], &passes[passes.len() - 1]);
+    match &first.full {
+        Some(reason) => eprintln!("qemu-bridge: a full snapshot: {reason}"),
+        None => {
+            eprintln!("qemu-bridge: updated {} of {} pages", first.pages_written, bridge.mapping().pages())
+        }
+    }
+    let verdict = if args.pause {
+        Verdict::Paused
+    } else if !args.consistent {
+        Verdict::Unchecked
+    } else if passes.len() > 1 && last.pages_written == 0 {
+        Verdict::Consistent
+    } else {
+        Verdict::Torn
+    };
+    let digest = match args.hash {
+        HashAlgorithm::Blake3 => last.digest.clone(),
+        algorithm => {
+            let mut hasher = algorithm.hasher();
+            let mut file = std::fs::File::open(&args.output)?;
+            let mut chunk = vec![0u8; 4 << 20];
+            loop {
+                let read = std::io::Read::read(&mut file, &mut chunk)?;
+                if read == 0 {
+                    break;
+                }
+                hasher.update(&chunk[..read]);
+            }
+            hasher.finalize_hex()
+        }
+    };
+    let summary = Summary {
+        algorithm: args.hash,
+        digest,
+        verdict,
+        attempts: passes.len() as u32,
+        torn_pages: if verdict == Verdict::Torn { last.pages_written } else { 0 },
+        size: bridge.size() as u64,
+    };
+    println!("{summary} {}", args.output.display());
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Guest RAM: the read-only mapping, the guest-physical layout and snapshots.
 
 mod guest_ram;
+pub mod incremental;
 pub mod layout;
 mod mapping;
 pub mod mtree;

@@ -1,0 +1,552 @@
+//! Snapshots that cost what changed: a snapshot file kept up to date in place
+//! ([`update_file`], `qemu-bridge snapshot --update`) and a snapshot buffer kept up to date in
+//! memory ([`SnapshotBuffer`]).
+//!
+//! Both keep a content fingerprint (XXH3-64) of every 4 KiB page of the copy. An update looks at
+//! every page of live RAM once (one read pass, holes not read: they count as pages of zeros) and
+//! writes only the pages whose fingerprint moved. A snapshot file's side record
+//! (`FILE.qbsnap`) says what the file was taken from (VM, QEMU process and its start time, RAM
+//! size), what the file was when the record was written (size, inode, modification time), the
+//! pages' fingerprints and the BLAKE3 chaining values of each MiB of the file: the digest of the
+//! updated file is computed from the MiBs that changed and the tree of the others, and equals
+//! what `b3sum` prints for the whole file. Anything that does not match falls back to a full
+//! snapshot, and says why.
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use blake3::hazmat::{
+    left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
+};
+
+use super::guest_ram::GuestRam;
+use super::{BridgeError, PAGE_SIZE};
+
+/// Bytes per leaf of the digest tree kept in the side record (32 bytes of record per MiB).
+const LEAF: u64 = 1 << 20;
+/// First bytes of a side record, with its version.
+const MAGIC: &[u8; 8] = b"QBSNAP1\n";
+/// A side record header larger than this is not ours.
+const MAX_HEADER: usize = 64 << 10;
+
+/// The fingerprint of a page's content: a hole and a page of zeros are the same content.
+fn content_print(bytes: Option<&[u8]>) -> u64 {
+    static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+    xxhash_rust::xxh3::xxh3_64(bytes.unwrap_or(&ZERO_PAGE))
+}
+
+/// Errors of incremental snapshots.
+#[derive(Debug, thiserror::Error)]
+pub enum IncrementalError {
+    /// Live RAM could not be read.
+    #[error("cannot read the RAM")]
+    Ram(#[from] BridgeError),
+    /// The snapshot file or its record could not be read or written.
+    #[error("cannot {what} {path}")]
+    File {
+        /// What was being done.
+        what: &'static str,
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn file_error<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> IncrementalError + 'a {
+    move |source| IncrementalError::File { what, path: path.to_path_buf(), source }
+}
+
+/// What a snapshot file was taken from: a VM's RAM in one QEMU process.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Origin {
+    /// The VM's name.
+    pub vm: String,
+    /// The QEMU process.
+    pub qemu_pid: u32,
+    /// Its start time (`/proc/PID/stat` field 22, clock ticks since boot): a pid reused by a
+    /// new QEMU is another origin.
+    pub qemu_start: u64,
+    /// Bytes of RAM.
+    pub ram_size: u64,
+}
+
+impl Origin {
+    /// The origin of a VM's RAM now, or `None` when its QEMU's start time cannot be read.
+    pub fn of(vm: &str, qemu_pid: u32, ram_size: u64) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{qemu_pid}/stat")).ok()?;
+        // the command name may hold spaces and parentheses: fields count from the last ')'
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        let qemu_start = after_name.split_whitespace().nth(19)?.parse().ok()?;
+        Some(Self { vm: vm.to_string(), qemu_pid, qemu_start, ram_size })
+    }
+}
+
+/// The JSON header of a side record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Header {
+    origin: Origin,
+    /// The snapshot file as the record saw it last: size, device, inode, modification time.
+    file_len: u64,
+    file_dev: u64,
+    file_ino: u64,
+    file_mtime_ns: i128,
+    pages: u64,
+    leaves: u64,
+}
+
+/// A snapshot file's side record: where it came from, its pages' fingerprints, its digest tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    header: Header,
+    prints: Vec<u64>,
+    tree: Vec<ChainingValue>,
+}
+
+/// Where the side record of snapshot `path` lives.
+pub fn record_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".qbsnap");
+    PathBuf::from(name)
+}
+
+fn file_identity(file: &File) -> std::io::Result<(u64, u64, u64, i128)> {
+    let meta = file.metadata()?;
+    Ok((
+        meta.len(),
+        meta.dev(),
+        meta.ino(),
+        i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+    ))
+}
+
+impl Record {
+    /// Parses a record; `None` for anything malformed (a record is a cache: a bad one means a
+    /// full snapshot, never an error).
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let rest = bytes.strip_prefix(MAGIC)?;
+        let header_len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        if header_len > MAX_HEADER {
+            return None;
+        }
+        let header: Header = serde_json::from_slice(rest.get(4..4 + header_len)?).ok()?;
+        let body = &rest[4 + header_len..];
+        let pages = usize::try_from(header.pages).ok()?;
+        let leaves = usize::try_from(header.leaves).ok()?;
+        if header.pages != header.origin.ram_size.div_ceil(PAGE_SIZE as u64)
+            || header.leaves != header.origin.ram_size.div_ceil(LEAF)
+            || body.len() != pages.checked_mul(8)?.checked_add(leaves.checked_mul(32)?)?
+        {
+            return None;
+        }
+        let (prints, tree) = body.split_at(pages * 8);
+        let prints = prints
+            .chunks_exact(8)
+            .map(|word| u64::from_le_bytes(word.try_into().unwrap_or_default()))
+            .collect();
+        let tree = tree.chunks_exact(32).map(|cv| cv.try_into().unwrap_or_default()).collect();
+        Some(Self { header, prints, tree })
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let header = serde_json::to_vec(&self.header).unwrap_or_default();
+        let mut out = Vec::with_capacity(12 + header.len() + self.prints.len() * 8 + self.tree.len() * 32);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+        for print in &self.prints {
+            out.extend_from_slice(&print.to_le_bytes());
+        }
+        for cv in &self.tree {
+            out.extend_from_slice(cv);
+        }
+        out
+    }
+}
+
+/// The chaining value of the leaf at `offset` of a `total`-byte input, whose bytes are `bytes`.
+fn leaf_cv(offset: u64, bytes: &[u8]) -> ChainingValue {
+    let mut hasher = blake3::Hasher::new();
+    hasher.set_input_offset(offset);
+    hasher.update(bytes);
+    hasher.finalize_non_root()
+}
+
+/// The BLAKE3 digest of a `total`-byte input whose 1 MiB leaves have chaining values `tree`
+/// (`total` > 1 MiB: smaller inputs are hashed whole).
+fn root_of(tree: &[ChainingValue], total: u64) -> blake3::Hash {
+    fn subtree(tree: &[ChainingValue], start: u64, len: u64) -> ChainingValue {
+        if len <= LEAF {
+            return tree[(start / LEAF) as usize];
+        }
+        let left = left_subtree_len(len);
+        merge_subtrees_non_root(
+            &subtree(tree, start, left),
+            &subtree(tree, start + left, len - left),
+            Mode::Hash,
+        )
+    }
+    let left = left_subtree_len(total);
+    merge_subtrees_root(&subtree(tree, 0, left), &subtree(tree, left, total - left), Mode::Hash)
+}
+
+/// Reads `len` bytes of `file` at `offset` (holes and past-the-end as zeros).
+fn read_file(file: &File, offset: u64, buffer: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buffer.len() {
+        match file.read_at(&mut buffer[done..], offset + done as u64)? {
+            0 => {
+                buffer[done..].fill(0);
+                break;
+            }
+            read => done += read,
+        }
+    }
+    Ok(())
+}
+
+/// The digest tree and the BLAKE3 digest of the leaves `dirty` of `file` (all of them when
+/// `tree` is empty), reading only those leaves.
+fn digest(file: &File, total: u64, tree: &mut Vec<ChainingValue>, dirty: &[u64]) -> std::io::Result<String> {
+    let leaves = total.div_ceil(LEAF);
+    let mut buffer = vec![0u8; LEAF as usize];
+    if total <= LEAF {
+        let bytes = &mut buffer[..total as usize];
+        read_file(file, 0, bytes)?;
+        *tree = vec![blake3::hash(bytes).into()];
+        return Ok(blake3::hash(bytes).to_hex().to_string());
+    }
+    let all: Vec<u64>;
+    let dirty = if tree.len() as u64 != leaves {
+        *tree = vec![[0; 32]; leaves as usize];
+        all = (0..leaves).collect();
+        &all
+    } else {
+        dirty
+    };
+    for &leaf in dirty {
+        let offset = leaf * LEAF;
+        let bytes = &mut buffer[..(total - offset).min(LEAF) as usize];
+        read_file(file, offset, bytes)?;
+        tree[leaf as usize] = leaf_cv(offset, bytes);
+    }
+    Ok(root_of(tree, total).to_hex().to_string())
+}
+
+/// What an update did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Updated {
+    /// `None` when the file was updated in place; else why it was written whole.
+    pub full: Option<String>,
+    /// Pages written (all of them for a full snapshot).
+    pub pages_written: u64,
+    /// BLAKE3 hex digest of the file now (what `b3sum` prints).
+    pub digest: String,
+}
+
+/// Why the record of `path` cannot serve an update from `origin`, or the record.
+fn usable_record(path: &Path, file: Option<&File>, origin: &Origin) -> Result<Record, String> {
+    let record_file = record_path(path);
+    let Some(file) = file else { return Err(format!("{} does not exist", path.display())) };
+    let bytes = std::fs::read(&record_file)
+        .map_err(|_| format!("{} has no record ({})", path.display(), record_file.display()))?;
+    let record =
+        Record::parse(&bytes).ok_or_else(|| format!("{} is not a snapshot record", record_file.display()))?;
+    if record.header.origin != *origin {
+        return Err(format!(
+            "{} was taken from {} (QEMU pid {}, {} bytes), not from this VM's QEMU",
+            path.display(),
+            record.header.origin.vm,
+            record.header.origin.qemu_pid,
+            record.header.origin.ram_size
+        ));
+    }
+    let (len, dev, ino, mtime) =
+        file_identity(file).map_err(|err| format!("cannot stat {}: {err}", path.display()))?;
+    let header = &record.header;
+    if (len, dev, ino, mtime) != (header.file_len, header.file_dev, header.file_ino, header.file_mtime_ns) {
+        return Err(format!("{} changed since its record was written", path.display()));
+    }
+    Ok(record)
+}
+
+/// Writes the record of `file` (at `path`) atomically.
+fn write_record(
+    path: &Path,
+    file: &File,
+    origin: &Origin,
+    prints: Vec<u64>,
+    tree: Vec<ChainingValue>,
+) -> Result<(), IncrementalError> {
+    let (file_len, file_dev, file_ino, file_mtime_ns) =
+        file_identity(file).map_err(file_error("stat", path))?;
+    let header = Header {
+        origin: origin.clone(),
+        file_len,
+        file_dev,
+        file_ino,
+        file_mtime_ns,
+        pages: prints.len() as u64,
+        leaves: tree.len() as u64,
+    };
+    let record = Record { header, prints, tree };
+    let target = record_path(path);
+    let temporary = target.with_extension(format!("qbsnap.partial-{}", std::process::id()));
+    let written =
+        std::fs::write(&temporary, record.to_bytes()).and_then(|()| std::fs::rename(&temporary, &target));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written.map_err(file_error("write the record", &target))
+}
+
+/// Updates snapshot file `path` of `ram` (taken from `origin`) in place: only the pages whose
+/// content changed since the file was written are written, when its side record matches;
+/// otherwise the file is written whole (`Updated::full` says why). The record is removed
+/// before the file is touched and written anew after, so an update cut short leaves a file
+/// the next update rewrites whole. The caller pauses the VM around the call for an exact
+/// image; otherwise each page is as it was when it was looked at.
+///
+/// # Errors
+///
+/// [`IncrementalError`] when RAM, the file or the record cannot be read or written.
+pub fn update_file(ram: &GuestRam, origin: &Origin, path: &Path) -> Result<Updated, IncrementalError> {
+    let existing = std::fs::OpenOptions::new().read(true).write(true).open(path).ok();
+    let record = usable_record(path, existing.as_ref(), origin);
+    // from here on, the file no longer matches a record until the new one is written
+    match std::fs::remove_file(record_path(path)) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(file_error("remove the record", &record_path(path))(err));
+        }
+        _ => {}
+    }
+    let total = ram.len() as u64;
+    let (file, full, mut prints, mut tree) = match (existing, record) {
+        (Some(file), Ok(record)) => (file, None, record.prints, record.tree),
+        (_, Err(reason)) => {
+            // a new file of holes: pages of zeros need no write
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+                .map_err(file_error("create", path))?;
+            file.set_len(total).map_err(file_error("size", path))?;
+            (file, Some(reason), vec![content_print(None); ram.pages()], Vec::new())
+        }
+        (None, Ok(_)) => unreachable!("a record is usable only with its file"),
+    };
+    let mut dirty_leaves = Vec::new();
+    let mut pages_written = 0u64;
+    let mut failure = None;
+    ram.for_each_page(|page, bytes| {
+        if failure.is_some() {
+            return;
+        }
+        let print = content_print(bytes);
+        if prints[page] == print {
+            return;
+        }
+        let offset = (page * PAGE_SIZE) as u64;
+        let written = match bytes {
+            Some(bytes) if bytes.iter().any(|&byte| byte != 0) => file.write_all_at(bytes, offset),
+            // zeros stay (or become) a hole of the file
+            _ => nix::fcntl::fallocate(
+                &file,
+                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                offset as i64,
+                PAGE_SIZE.min(ram.len() - page * PAGE_SIZE) as i64,
+            )
+            .map(drop)
+            .map_err(std::io::Error::from),
+        };
+        if let Err(err) = written {
+            failure = Some(err);
+            return;
+        }
+        prints[page] = print;
+        pages_written += 1;
+        let leaf = offset / LEAF;
+        if dirty_leaves.last() != Some(&leaf) {
+            dirty_leaves.push(leaf);
+        }
+    })?;
+    if let Some(err) = failure {
+        return Err(file_error("write", path)(err));
+    }
+    file.sync_all().map_err(file_error("sync", path))?;
+    let digest = digest(&file, total, &mut tree, &dirty_leaves).map_err(file_error("read back", path))?;
+    write_record(path, &file, origin, prints, tree)?;
+    Ok(Updated { full, pages_written, digest })
+}
+
+/// A copy of a VM's RAM in memory kept up to date at the cost of what changed: each
+/// [`refresh`](Self::refresh) looks at every page once and copies only the pages whose content
+/// moved (the library's `snapshot --update`, for callers that take many snapshots a second).
+#[derive(Debug)]
+pub struct SnapshotBuffer {
+    data: Vec<u8>,
+    prints: Vec<u64>,
+}
+
+impl SnapshotBuffer {
+    /// A buffer for `ram`, filled now (holes are zeros, and stay unallocated in the buffer).
+    ///
+    /// # Errors
+    ///
+    /// As the copy ([`BridgeError::FileShrunk`]).
+    pub fn new(ram: &GuestRam) -> Result<Self, BridgeError> {
+        let mut buffer = Self { data: vec![0; ram.len()], prints: vec![content_print(None); ram.pages()] };
+        buffer.refresh(ram)?;
+        Ok(buffer)
+    }
+
+    /// The copy, in RAM-file order.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Brings the copy up to date; returns the pages copied.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::BufferLength`] for RAM of another size; as the copy.
+    pub fn refresh(&mut self, ram: &GuestRam) -> Result<usize, BridgeError> {
+        if ram.len() != self.data.len() {
+            return Err(BridgeError::BufferLength { expected: self.data.len(), actual: ram.len() });
+        }
+        let (data, prints) = (&mut self.data, &mut self.prints);
+        let mut copied = 0;
+        ram.for_each_page(|page, bytes| {
+            let print = content_print(bytes);
+            if prints[page] != print {
+                prints[page] = print;
+                let start = page * PAGE_SIZE;
+                let end = (start + PAGE_SIZE).min(data.len());
+                match bytes {
+                    Some(bytes) => data[start..end].copy_from_slice(bytes),
+                    None => data[start..end].fill(0),
+                }
+                copied += 1;
+            }
+        })?;
+        Ok(copied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ram::Mapping;
+
+    fn ram_file(len: usize) -> (tempfile::NamedTempFile, GuestRam) {
+        let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        file.as_file().set_len(len as u64).unwrap();
+        let ram = GuestRam::from(Mapping::open(file.path()).unwrap());
+        (file, ram)
+    }
+
+    fn b3sum(path: &Path) -> String {
+        blake3::hash(&std::fs::read(path).unwrap()).to_hex().to_string()
+    }
+
+    #[test]
+    fn the_digest_tree_gives_blake3_of_the_whole_for_every_shape() {
+        for total in [LEAF + 1, 2 * LEAF, 3 * LEAF + 4096, 7 * LEAF, 8 * LEAF, 9 * LEAF - 4096] {
+            let bytes: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            std::fs::write(&path, &bytes).unwrap();
+            let file = File::open(&path).unwrap();
+            let mut tree = Vec::new();
+            assert_eq!(
+                digest(&file, total, &mut tree, &[]).unwrap(),
+                blake3::hash(&bytes).to_hex().to_string(),
+                "{total}"
+            );
+        }
+    }
+
+    #[test]
+    fn updates_write_what_changed_and_keep_b3sum_digests() {
+        let len = 3 * LEAF as usize + 8 * PAGE_SIZE;
+        let (ram_file, ram) = ram_file(len);
+        ram_file.as_file().write_all_at(&[7u8; 3 * PAGE_SIZE], 5 * PAGE_SIZE as u64).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        let origin = Origin { vm: "vm".into(), qemu_pid: 1, qemu_start: 2, ram_size: len as u64 };
+
+        let first = update_file(&ram, &origin, &path).unwrap();
+        assert!(first.full.as_deref().is_some_and(|why| why.contains("does not exist")), "{first:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(ram_file.path()).unwrap());
+        assert_eq!(first.digest, b3sum(&path));
+        assert!(std::fs::metadata(&path).unwrap().blocks() * 512 <= 3 * PAGE_SIZE as u64, "holes stay holes");
+
+        // nothing changed: nothing written, same digest
+        let same = update_file(&ram, &origin, &path).unwrap();
+        assert_eq!((same.full.as_ref(), same.pages_written), (None, 0));
+        assert_eq!(same.digest, first.digest);
+
+        // two pages in two leaves change, one page becomes zeros
+        ram_file.as_file().write_all_at(&[1], 2 * LEAF + 10).unwrap();
+        ram_file.as_file().write_all_at(&[2], 100).unwrap();
+        ram_file.as_file().write_all_at(&[0u8; PAGE_SIZE], 6 * PAGE_SIZE as u64).unwrap();
+        let updated = update_file(&ram, &origin, &path).unwrap();
+        assert_eq!((updated.full.as_ref(), updated.pages_written), (None, 3));
+        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(ram_file.path()).unwrap());
+        assert_eq!(updated.digest, b3sum(&path));
+
+        // another origin, or a file someone else changed: written whole, and said why
+        let other = Origin { qemu_pid: 99, ..origin.clone() };
+        let whole = update_file(&ram, &other, &path).unwrap();
+        assert!(whole.full.as_deref().is_some_and(|why| why.contains("not from this VM")), "{whole:?}");
+        // file times are coarse (a clock tick): let one pass before the foreign write
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&[9], 0).unwrap();
+        let touched = update_file(&ram, &other, &path).unwrap();
+        assert!(touched.full.as_deref().is_some_and(|why| why.contains("changed since")), "{touched:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(ram_file.path()).unwrap());
+        // a record that is not one
+        std::fs::write(record_path(&path), b"QBSNAP1\n\xff\xff\xff\xff").unwrap();
+        let garbage = update_file(&ram, &other, &path).unwrap();
+        assert!(
+            garbage.full.as_deref().is_some_and(|why| why.contains("not a snapshot record")),
+            "{garbage:?}"
+        );
+    }
+
+    #[test]
+    fn records_round_trip_and_malformed_ones_are_refused() {
+        let origin = Origin { vm: "vm".into(), qemu_pid: 1, qemu_start: 2, ram_size: LEAF + 4096 };
+        let header =
+            Header { origin, file_len: 1, file_dev: 2, file_ino: 3, file_mtime_ns: 4, pages: 257, leaves: 2 };
+        let record = Record { header, prints: (0..257).collect(), tree: vec![[1; 32], [2; 32]] };
+        let bytes = record.to_bytes();
+        assert_eq!(Record::parse(&bytes), Some(record));
+        for cut in [0, 7, 12, bytes.len() - 1] {
+            assert_eq!(Record::parse(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let mut huge = MAGIC.to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Record::parse(&huge), None);
+    }
+
+    #[test]
+    fn a_snapshot_buffer_copies_only_what_changed() {
+        let (file, ram) = ram_file(64 * PAGE_SIZE);
+        file.as_file().write_all_at(&[3u8; PAGE_SIZE], 2 * PAGE_SIZE as u64).unwrap();
+        let mut buffer = SnapshotBuffer::new(&ram).unwrap();
+        assert_eq!(buffer.data(), std::fs::read(file.path()).unwrap());
+        assert_eq!(buffer.refresh(&ram).unwrap(), 0);
+        file.as_file().write_all_at(&[4], 40 * PAGE_SIZE as u64 + 1).unwrap();
+        assert_eq!(buffer.refresh(&ram).unwrap(), 1);
+        assert_eq!(buffer.data(), std::fs::read(file.path()).unwrap());
+    }
+}
