@@ -766,6 +766,9 @@ struct ListRow {
     zero_copy: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     machine: Option<String>,
+    /// How `view` and `changes` find the pages the guest wrote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracking: Option<qemu_bridge::ram::TrackingMethod>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     /// For a stopped VM: the states saved in its state disk.
@@ -814,6 +817,7 @@ impl ListRow {
             ram_kind: None,
             zero_copy: None,
             machine: None,
+            tracking: None,
             error: None,
             saved_states: None,
             state_disk: None,
@@ -824,6 +828,7 @@ impl ListRow {
         let vm = Vm::named(run_dir, name.clone());
         match vm.info() {
             Ok(info) => ListRow {
+                tracking: Some(qemu_bridge::ram::tracker::method_for(&info)),
                 name,
                 state: ListState::Run(info.status),
                 ram_size: Some(info.ram_size),
@@ -866,10 +871,11 @@ fn list_verb(args: ListArgs) -> CliResult {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(());
     }
-    writeln!(out, "{:<20} {:<14} {:>10} {:<10} RAM FILE", "NAME", "STATE", "RAM", "KIND")?;
+    writeln!(out, "{:<20} {:<14} {:>10} {:<10} {:<13} RAM FILE", "NAME", "STATE", "RAM", "KIND", "TRACKING")?;
     for row in rows {
         let size = row.ram_size.map_or_else(|| "-".to_string(), |size| format!("{}M", size >> 20));
         let kind = row.ram_kind.map_or_else(|| "-".to_string(), |kind| kind.to_string());
+        let tracking = row.tracking.map_or_else(|| "-".to_string(), |method| method.to_string());
         let detail = match (&row.ram_path, &row.error, &row.saved_states) {
             (Some(path), _, _) => path.display().to_string(),
             (None, Some(error), _) => error.clone(),
@@ -882,7 +888,7 @@ fn list_verb(args: ListArgs) -> CliResult {
         };
         writeln!(
             out,
-            "{:<20} {:<14} {size:>10} {kind:<10} {detail}",
+            "{:<20} {:<14} {size:>10} {kind:<10} {tracking:<13} {detail}",
             row.name.as_str(),
             row.state.to_string()
         )?;

@@ -77,6 +77,9 @@ fn test_changes_reports_exactly_the_written_pages_of_a_running_guest() {
     let (run_dir, vm) = common::booted_vm("changes");
     let ram = std::fs::OpenOptions::new().read(true).write(true).open(&vm.launched.ram_path).unwrap();
     let allocated = || ram.metadata().unwrap().blocks() * 512;
+    let listed: serde_json::Value =
+        serde_json::from_str(&common::stdout(&common::qemu_bridge(&run_dir, &["list", "--json"]))).unwrap();
+    assert_eq!(listed[0]["tracking"], "fingerprints", "{listed}");
 
     // two trackers of the one VM at once, each with its own baseline
     let mut first = ChangesRun::start(&run_dir, vm.name(), 4);
