@@ -1313,6 +1313,7 @@ mod tests {
             ram_kind: Some(qemu_bridge::ram::RamKind::File),
             zero_copy: Some(true),
             machine: Some("pc-q35-7.2-machine".into()),
+            tracking: None,
             error: None,
             saved_states: None,
             state_disk: None,
