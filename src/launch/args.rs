@@ -6,6 +6,7 @@ use std::io;
 use std::path::Path;
 
 use super::LaunchOptions;
+use crate::run_dir::VmPaths;
 
 /// A value inside a QEMU option list (`-object`, `-drive`, `-name`...): commas are doubled.
 fn option_value(value: &str) -> String {
@@ -31,11 +32,16 @@ fn disk_format(path: &Path) -> &'static str {
 
 /// The QEMU command line for `options` (without the binary).
 pub fn qemu_args(options: &LaunchOptions, version: (u32, u32)) -> Vec<String> {
-    let mut args = machine_args(options);
-    args.extend(control_args(options));
+    command_line(options, &options.paths(), version)
+}
+
+/// The QEMU command line for `options` with the VM's files at `paths`.
+pub(super) fn command_line(options: &LaunchOptions, paths: &VmPaths, version: (u32, u32)) -> Vec<String> {
+    let mut args = machine_args(options, &paths.ram);
+    args.extend(control_args(paths));
     args.extend(boot_args(options));
     if options.state_disk {
-        args.extend(state_disk_args(&options.state_disk_path()));
+        args.extend(state_disk_args(&paths.state_disk));
     }
     if let Some(user) = options.user.as_ref().filter(|user| *user != "root") {
         // -runas was deprecated in 9.1 in favour of -run-with user=
@@ -49,8 +55,8 @@ pub fn qemu_args(options: &LaunchOptions, version: (u32, u32)) -> Vec<String> {
     args
 }
 
-/// The machine and its RAM, in a shared file.
-fn machine_args(options: &LaunchOptions) -> Vec<String> {
+/// The machine and its RAM, in the shared file `ram`.
+fn machine_args(options: &LaunchOptions, ram: &Path) -> Vec<String> {
     vec![
         "-name".into(),
         option_value(options.name.as_str()),
@@ -59,27 +65,23 @@ fn machine_args(options: &LaunchOptions) -> Vec<String> {
         "-m".into(),
         format!("{}M", options.memory >> 20),
         "-object".into(),
-        format!(
-            "memory-backend-file,id=ram0,mem-path={},size={},share=on",
-            option_path(&options.ram_path()),
-            options.memory
-        ),
+        format!("memory-backend-file,id=ram0,mem-path={},size={},share=on", option_path(ram), options.memory),
     ]
 }
 
 /// QMP socket, daemon, pidfile, no display, serial to a file.
-fn control_args(options: &LaunchOptions) -> Vec<String> {
+fn control_args(paths: &VmPaths) -> Vec<String> {
     vec![
         "-qmp".into(),
-        format!("unix:{},server=on,wait=off", option_path(&options.run_dir.socket_path(&options.name))),
+        format!("unix:{},server=on,wait=off", option_path(&paths.socket)),
         "-daemonize".into(),
         "-pidfile".into(),
-        options.file_path("pid").display().to_string(),
+        paths.pidfile.display().to_string(),
         "-display".into(),
         "none".into(),
         "-nodefaults".into(),
         "-serial".into(),
-        format!("file:{}", option_path(&options.file_path("serial"))),
+        format!("file:{}", option_path(&paths.serial)),
     ]
 }
 

@@ -1,6 +1,5 @@
 //! Starting and stopping VMs whose RAM qemu-bridge can read: `memory-backend-file` with
 //! `share=on` under `/dev/shm`, a QMP socket in the run directory, pidfile and serial log beside.
-
 //!
 //! One concern per file: `args` builds QEMU's command line, `user` picks the user QEMU
 //! runs as, `start` starts QEMU and waits for it, `stop` stops, tidies and cleans up after it,
@@ -15,8 +14,8 @@ use std::time::Duration;
 use crate::cgroup::{Limits, VmCgroup};
 use crate::name::{NameError, VmName};
 use crate::qmp::QmpClient;
-use crate::ram::{ram_file_path, Machine, SHM_DIR};
-use crate::run_dir::{RunDir, RunDirError};
+use crate::ram::{Machine, SHM_DIR};
+use crate::run_dir::{RunDir, RunDirError, VmPaths};
 use crate::vm::{Vm, VmError};
 
 mod args;
@@ -33,15 +32,12 @@ pub use user::SERVICE_USER;
 use start::{clear_leftovers, Launching, LimitsNotApplied};
 use user::qemu_user;
 
-/// Extension of a launched VM's state disk (a qcow2 image holding its saved states).
-const STATE_DISK_EXTENSION: &str = "state.qcow2";
-
 /// Longest path a unix socket address holds (`sun_path` is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// The state disk of VM `name`: `<run-dir>/<name>.state.qcow2`.
+/// The state disk of VM `name`: `<run-dir>/<name>.state.qcow2` (see [`VmPaths::state_disk`]).
 pub fn state_disk_path(run_dir: &RunDir, name: &VmName) -> PathBuf {
-    run_dir.file_path(name, STATE_DISK_EXTENSION)
+    run_dir.state_disk_path(name)
 }
 
 /// What a launch was waiting for when time ran out.
@@ -266,18 +262,19 @@ impl LaunchOptions {
         }
     }
 
+    /// Where the VM's files go: in the run directory, and the RAM file in `shm_dir`.
+    pub fn paths(&self) -> VmPaths {
+        self.run_dir.vm_paths(&self.name, &self.shm_dir)
+    }
+
     /// Where the state disk goes.
     pub fn state_disk_path(&self) -> PathBuf {
-        state_disk_path(&self.run_dir, &self.name)
+        self.paths().state_disk
     }
 
     /// Where the RAM file goes.
     pub fn ram_path(&self) -> PathBuf {
-        ram_file_path(&self.shm_dir, &self.name)
-    }
-
-    fn file_path(&self, extension: &str) -> PathBuf {
-        self.run_dir.file_path(&self.name, extension)
+        self.paths().ram
     }
 
     /// Checks what can be checked before anything is created.
@@ -353,8 +350,9 @@ pub fn launch(options: &LaunchOptions) -> Result<LaunchedVm, LaunchError> {
     options.run_dir.create()?;
     let mut options = options.clone();
     options.user = qemu_user(options.user.as_deref())?;
-    let record = clear_leftovers(&options)?;
-    let mut launching = Launching { options, record, created_state_disk: false, cgroup: None };
+    let paths = options.paths();
+    let record = clear_leftovers(&options, &paths)?;
+    let mut launching = Launching { options, paths, record, created_state_disk: false, cgroup: None };
     let mut warnings = Vec::new();
     if launching.options.state_disk {
         if let Err(warning) = launching.prepare_state_disk() {

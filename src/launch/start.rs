@@ -7,12 +7,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::args::qemu_args;
+use super::args::command_line;
 use super::{answers, io_error, is_our_qemu, LaunchError, LaunchOptions, LaunchedVm, Waited};
 use crate::cgroup::{self, VmCgroup};
 use crate::poll;
 use crate::process;
 use crate::record::{FileRole, LaunchRecord};
+use crate::run_dir::VmPaths;
 use crate::vm::Vm;
 
 /// Environment variable naming the QEMU binary (default `qemu-system-x86_64`).
@@ -60,9 +61,9 @@ pub fn qemu_img_binary() -> String {
 /// is taken. What an earlier launch recorded (its QEMU gone) is removed, but for the state
 /// disk, which keeps its saved states; a RAM file that no launch of ours made is refused, never
 /// deleted. Returns the record to start from.
-pub(super) fn clear_leftovers(options: &LaunchOptions) -> Result<LaunchRecord, LaunchError> {
-    let socket = options.run_dir.socket_path(&options.name);
-    if socket.exists() && answers(&socket) {
+pub(super) fn clear_leftovers(options: &LaunchOptions, paths: &VmPaths) -> Result<LaunchRecord, LaunchError> {
+    let socket = &paths.socket;
+    if socket.exists() && answers(socket) {
         return Err(LaunchError::AlreadyRunning(options.name.to_string()));
     }
     let mut record = match LaunchRecord::read(&options.run_dir, &options.name) {
@@ -72,7 +73,7 @@ pub(super) fn clear_leftovers(options: &LaunchOptions) -> Result<LaunchRecord, L
             LaunchRecord::default()
         }
     };
-    if let Some(pid) = record.pid.filter(|&pid| is_our_qemu(pid, &socket)) {
+    if let Some(pid) = record.pid.filter(|&pid| is_our_qemu(pid, socket)) {
         if process::alive(pid) {
             return Err(LaunchError::AlreadyRunning(options.name.to_string()));
         }
@@ -84,9 +85,8 @@ pub(super) fn clear_leftovers(options: &LaunchOptions) -> Result<LaunchRecord, L
     record.pid = None;
     // QEMU would truncate a file at the RAM path in place (a SIGBUS for whoever maps it) or
     // take over someone else's file: refuse what we did not make.
-    let ram_path = options.ram_path();
-    if fs::symlink_metadata(&ram_path).is_ok() {
-        return Err(LaunchError::ForeignRamFile(ram_path));
+    if fs::symlink_metadata(&paths.ram).is_ok() {
+        return Err(LaunchError::ForeignRamFile(paths.ram.clone()));
     }
     Ok(record)
 }
@@ -97,6 +97,8 @@ pub(super) struct LimitsNotApplied(pub(super) String);
 /// A launch under way: what to undo when it fails.
 pub(super) struct Launching {
     pub(super) options: LaunchOptions,
+    /// Where the VM's files go.
+    pub(super) paths: VmPaths,
     /// What this launch made so far (and a state disk an earlier launch made).
     pub(super) record: LaunchRecord,
     pub(super) created_state_disk: bool,
@@ -106,7 +108,7 @@ pub(super) struct Launching {
 impl Launching {
     /// Creates the state disk unless it exists (it keeps saved states across restarts).
     pub(super) fn prepare_state_disk(&mut self) -> Result<(), String> {
-        let path = self.options.state_disk_path();
+        let path = &self.paths.state_disk;
         if path.exists() {
             if self.record.file(FileRole::StateDisk).is_none() {
                 log::info!(
@@ -119,7 +121,7 @@ impl Launching {
         let qemu_img = qemu_img_binary();
         let output = Command::new(&qemu_img)
             .args(["create", "-q", "-f", "qcow2"])
-            .arg(&path)
+            .arg(path)
             .arg("1M")
             .stdin(Stdio::null())
             .output()
@@ -127,7 +129,7 @@ impl Launching {
                 format!("no state disk, so the VM's state cannot be saved: cannot run {qemu_img} ({err}; apt-get install qemu-utils)")
             })?;
         if !output.status.success() {
-            let _ = fs::remove_file(&path);
+            let _ = fs::remove_file(path);
             return Err(format!(
                 "no state disk, so the VM's state cannot be saved: {qemu_img} create {} failed: {}",
                 path.display(),
@@ -136,7 +138,7 @@ impl Launching {
         }
         self.created_state_disk = true;
         self.record
-            .add(FileRole::StateDisk, &path)
+            .add(FileRole::StateDisk, path)
             .map_err(|err| format!("cannot examine {}: {err}", path.display()))
     }
 
@@ -156,25 +158,24 @@ impl Launching {
     /// a record `stop` can clean up after) and once it runs.
     pub(super) fn save_record(&self) -> Result<(), LaunchError> {
         let options = &self.options;
-        self.record.write(&options.run_dir, &options.name).map_err(|source| LaunchError::Record {
-            path: LaunchRecord::path(&options.run_dir, &options.name),
-            source,
-        })
+        self.record
+            .write(&options.run_dir, &options.name)
+            .map_err(|source| LaunchError::Record { path: self.paths.record.clone(), source })
     }
 
     /// Records QEMU's pid and the files it made.
     fn record_qemu(&mut self, pid: u32) -> Result<(), LaunchError> {
-        let options = &self.options;
+        let paths = &self.paths;
         self.record.pid = Some(pid);
         let files = [
-            (FileRole::Ram, options.ram_path()),
-            (FileRole::Socket, options.run_dir.socket_path(&options.name)),
-            (FileRole::Pidfile, options.file_path("pid")),
-            (FileRole::Serial, options.file_path("serial")),
-            (FileRole::Log, options.file_path("log")),
+            (FileRole::Ram, &paths.ram),
+            (FileRole::Socket, &paths.socket),
+            (FileRole::Pidfile, &paths.pidfile),
+            (FileRole::Serial, &paths.serial),
+            (FileRole::Log, &paths.log),
         ];
         for (role, path) in files {
-            if let Err(err) = self.record.add(role, &path) {
+            if let Err(err) = self.record.add(role, path) {
                 // QEMU made no such file (a serial console elsewhere, say): nothing to remove
                 log::debug!("not recording {}: {err}", path.display());
             }
@@ -183,7 +184,7 @@ impl Launching {
     }
 
     fn command(&self, binary: &str, version: (u32, u32)) -> Command {
-        let args = qemu_args(&self.options, version);
+        let args = command_line(&self.options, &self.paths, version);
         match &self.cgroup {
             None => {
                 let mut command = Command::new(binary);
@@ -222,9 +223,9 @@ impl Launching {
             return Err(self.abandon(pid, err));
         }
         let options = &self.options;
-        let socket = options.run_dir.socket_path(&options.name);
+        let paths = &self.paths;
         let up = poll::wait_for(options.timeout.saturating_sub(started.elapsed()), || {
-            answers(&socket) || !process::alive(pid)
+            answers(&paths.socket) || !process::alive(pid)
         });
         if !up || !process::alive(pid) {
             return Err(self.abandon(pid, LaunchError::Timeout(options.timeout, Waited::Qmp)));
@@ -235,19 +236,18 @@ impl Launching {
             }
         }
         let startup = started.elapsed();
-        let serial = options.file_path("serial");
         let boot = match &options.wait_for {
-            Some(text) => Some(self.wait_for_serial(pid, &serial, text, started)?),
+            Some(text) => Some(self.wait_for_serial(pid, &paths.serial, text, started)?),
             None => None,
         };
         Ok(LaunchedVm {
             vm: Vm::named(&options.run_dir, options.name.clone()),
             pid,
-            ram_path: options.ram_path(),
-            serial,
+            ram_path: paths.ram.clone(),
+            serial: paths.serial.clone(),
             startup,
             boot,
-            state_disk: options.state_disk.then(|| options.state_disk_path()),
+            state_disk: options.state_disk.then(|| paths.state_disk.clone()),
             cgroup: self.cgroup.clone(),
             user: options.user.clone(),
             warnings: Vec::new(),
@@ -258,9 +258,9 @@ impl Launching {
     /// the VM is set up; returns the daemon's pid from the pidfile.
     fn spawn_daemon(&self, binary: &str, version: (u32, u32), started: Instant) -> Result<u32, LaunchError> {
         let options = &self.options;
-        let log_path = options.file_path("log");
+        let log_path = &self.paths.log;
         let log =
-            fs::File::create(&log_path).map_err(io_error(format!("cannot create {}", log_path.display())))?;
+            fs::File::create(log_path).map_err(io_error(format!("cannot create {}", log_path.display())))?;
         let mut child = self
             .command(binary, version)
             .stdin(Stdio::null())
@@ -281,11 +281,11 @@ impl Launching {
             }
         };
         if !status.success() {
-            let stderr = fs::read_to_string(&log_path).unwrap_or_default().trim().to_string();
+            let stderr = fs::read_to_string(log_path).unwrap_or_default().trim().to_string();
             return Err(self.or_out_of_memory(LaunchError::QemuFailed { status, stderr }));
         }
-        let pidfile = options.file_path("pid");
-        process::read_pid(&pidfile).ok_or(LaunchError::NoPidfile(pidfile))
+        let pidfile = &self.paths.pidfile;
+        process::read_pid(pidfile).ok_or_else(|| LaunchError::NoPidfile(pidfile.clone()))
     }
 
     /// Waits for `text` on the serial console; the time since `started` when it appeared.
@@ -319,10 +319,10 @@ impl Launching {
     /// so what is there now is this launch's. A state disk kept from before stays recorded.
     pub(super) fn cleanup(&mut self) {
         let options = &self.options;
-        let mut files =
-            vec![options.run_dir.socket_path(&options.name), options.file_path("pid"), options.ram_path()];
+        let paths = &self.paths;
+        let mut files = vec![&paths.socket, &paths.pidfile, &paths.ram];
         if self.created_state_disk {
-            files.push(options.state_disk_path());
+            files.push(&paths.state_disk);
         }
         for path in files {
             let _ = fs::remove_file(path);
