@@ -5,7 +5,7 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use super::LaunchOptions;
+use super::{LaunchOptions, Plan};
 use crate::run_dir::VmPaths;
 
 /// A value inside a QEMU option list (`-object`, `-drive`, `-name`...): commas are doubled.
@@ -30,20 +30,22 @@ fn disk_format(path: &Path) -> &'static str {
     }
 }
 
-/// The QEMU command line for `options` (without the binary).
+/// The QEMU command line for `options` as they are (without the binary): the user as given,
+/// the state disk if asked for. [`launch`](super::launch) first resolves the user and checks
+/// that the state disk can be had.
 pub fn qemu_args(options: &LaunchOptions, version: (u32, u32)) -> Vec<String> {
-    command_line(options, &options.paths(), version)
+    command_line(options, &Plan::as_asked(options), version)
 }
 
-/// The QEMU command line for `options` with the VM's files at `paths`.
-pub(super) fn command_line(options: &LaunchOptions, paths: &VmPaths, version: (u32, u32)) -> Vec<String> {
-    let mut args = machine_args(options, &paths.ram);
-    args.extend(control_args(paths));
+/// The QEMU command line for `options` as `plan` decided them.
+pub(super) fn command_line(options: &LaunchOptions, plan: &Plan, version: (u32, u32)) -> Vec<String> {
+    let mut args = machine_args(options, &plan.paths.ram);
+    args.extend(control_args(&plan.paths));
     args.extend(boot_args(options));
-    if options.state_disk {
-        args.extend(state_disk_args(&paths.state_disk));
+    if let Some(state_disk) = &plan.state_disk {
+        args.extend(state_disk_args(state_disk));
     }
-    if let Some(user) = options.user.as_ref().filter(|user| *user != "root") {
+    if let Some(user) = plan.user.as_ref().filter(|user| *user != "root") {
         // -runas was deprecated in 9.1 in favour of -run-with user=
         if version >= (9, 1) {
             args.extend(["-run-with".into(), format!("user={user}")]);
@@ -136,6 +138,16 @@ mod tests {
         assert!(args.contains(&"unix:/run/x,,y/a,,b.qmp,server=on,wait=off".to_string()), "{args:?}");
         assert!(args.iter().any(|arg| arg.starts_with("file=/img,,1.raw,format=")), "{args:?}");
         assert!(args.iter().any(|arg| arg.contains("mem-path=/dev/shm/qemu_ram_a,,b,")), "{args:?}");
+    }
+
+    #[test]
+    fn the_state_disk_is_given_to_qemu_only_when_the_launch_could_have_it() {
+        let options = options("s", "/run/q");
+        let blockdevs = |args: Vec<String>| args.iter().filter(|arg| *arg == "-blockdev").count();
+        assert_eq!(blockdevs(qemu_args(&options, (7, 2))), 2);
+        // no qemu-img, say: the launch goes on without the disk the options ask for
+        let plan = Plan { state_disk: None, ..Plan::as_asked(&options) };
+        assert_eq!(blockdevs(command_line(&options, &plan, (7, 2))), 0);
     }
 
     #[test]

@@ -295,6 +295,28 @@ impl LaunchOptions {
     }
 }
 
+/// What a launch makes of its options. The options stay what the caller asked; what the launch
+/// decides (the user QEMU really runs as, whether the state disk could be had) is kept here, and
+/// QEMU's command line is built from both.
+#[derive(Debug, Clone)]
+struct Plan {
+    /// Where the VM's files go.
+    paths: VmPaths,
+    /// The user QEMU runs as, as [`qemu_user`] resolved [`LaunchOptions::user`].
+    user: Option<String>,
+    /// The state disk QEMU is given: asked for, and made or found (`qemu-img` may be missing).
+    state_disk: Option<PathBuf>,
+}
+
+impl Plan {
+    /// The options taken as they are, before anything is decided: what [`qemu_args`] shows.
+    fn as_asked(options: &LaunchOptions) -> Self {
+        let paths = options.paths();
+        let state_disk = options.state_disk.then(|| paths.state_disk.clone());
+        Self { paths, user: options.user.clone(), state_disk }
+    }
+}
+
 /// A VM that was launched.
 #[derive(Debug, Clone)]
 pub struct LaunchedVm {
@@ -348,19 +370,17 @@ pub fn launch(options: &LaunchOptions) -> Result<LaunchedVm, LaunchError> {
     let binary = qemu_binary();
     let version = qemu_version(&binary)?;
     options.run_dir.create()?;
-    let mut options = options.clone();
-    options.user = qemu_user(options.user.as_deref())?;
-    let paths = options.paths();
-    let record = clear_leftovers(&options, &paths)?;
-    let mut launching = Launching { options, paths, record, created_state_disk: false, cgroup: None };
+    let plan = Plan { user: qemu_user(options.user.as_deref())?, ..Plan::as_asked(options) };
+    let record = clear_leftovers(options, &plan.paths)?;
+    let mut launching = Launching { options, plan, record, created_state_disk: false, cgroup: None };
     let mut warnings = Vec::new();
-    if launching.options.state_disk {
+    if launching.plan.state_disk.is_some() {
         if let Err(warning) = launching.prepare_state_disk() {
             warnings.push(warning);
-            launching.options.state_disk = false;
+            launching.plan.state_disk = None;
         }
     }
-    if !launching.options.limits.is_empty() {
+    if !options.limits.is_empty() {
         if let Err(LimitsNotApplied(reason)) = launching.prepare_cgroup() {
             warnings.push(format!("resource limits not applied: {reason}"));
         }
@@ -369,7 +389,7 @@ pub fn launch(options: &LaunchOptions) -> Result<LaunchedVm, LaunchError> {
         Ok(mut vm) => {
             // Returned, not logged at warn: the caller says them (the CLI prints `warning: ...`).
             for warning in &warnings {
-                log::info!("VM {}: {warning}", launching.options.name);
+                log::info!("VM {}: {warning}", options.name);
             }
             vm.warnings = warnings;
             Ok(vm)

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::args::command_line;
-use super::{answers, io_error, is_our_qemu, LaunchError, LaunchOptions, LaunchedVm, Waited};
+use super::{answers, io_error, is_our_qemu, LaunchError, LaunchOptions, LaunchedVm, Plan, Waited};
 use crate::cgroup::{self, VmCgroup};
 use crate::poll;
 use crate::process;
@@ -95,20 +95,21 @@ pub(super) fn clear_leftovers(options: &LaunchOptions, paths: &VmPaths) -> Resul
 pub(super) struct LimitsNotApplied(pub(super) String);
 
 /// A launch under way: what to undo when it fails.
-pub(super) struct Launching {
-    pub(super) options: LaunchOptions,
-    /// Where the VM's files go.
-    pub(super) paths: VmPaths,
+pub(super) struct Launching<'a> {
+    /// What was asked.
+    pub(super) options: &'a LaunchOptions,
+    /// What this launch decided.
+    pub(super) plan: Plan,
     /// What this launch made so far (and a state disk an earlier launch made).
     pub(super) record: LaunchRecord,
     pub(super) created_state_disk: bool,
     pub(super) cgroup: Option<VmCgroup>,
 }
 
-impl Launching {
+impl Launching<'_> {
     /// Creates the state disk unless it exists (it keeps saved states across restarts).
     pub(super) fn prepare_state_disk(&mut self) -> Result<(), String> {
-        let path = &self.paths.state_disk;
+        let path = &self.plan.paths.state_disk;
         if path.exists() {
             if self.record.file(FileRole::StateDisk).is_none() {
                 log::info!(
@@ -144,7 +145,7 @@ impl Launching {
 
     /// Makes the VM's cgroup and records its directories for `stop`.
     pub(super) fn prepare_cgroup(&mut self) -> Result<(), LimitsNotApplied> {
-        let options = &self.options;
+        let options = self.options;
         let host = cgroup::Host::detect().map_err(|err| LimitsNotApplied(err.to_string()))?;
         let cgroup = host
             .create(options.name.as_str(), &options.limits)
@@ -157,15 +158,15 @@ impl Launching {
     /// Writes the record as it stands: before QEMU starts (so that a launch cut short leaves
     /// a record `stop` can clean up after) and once it runs.
     pub(super) fn save_record(&self) -> Result<(), LaunchError> {
-        let options = &self.options;
+        let options = self.options;
         self.record
             .write(&options.run_dir, &options.name)
-            .map_err(|source| LaunchError::Record { path: self.paths.record.clone(), source })
+            .map_err(|source| LaunchError::Record { path: self.plan.paths.record.clone(), source })
     }
 
     /// Records QEMU's pid and the files it made.
     fn record_qemu(&mut self, pid: u32) -> Result<(), LaunchError> {
-        let paths = &self.paths;
+        let paths = &self.plan.paths;
         self.record.pid = Some(pid);
         let files = [
             (FileRole::Ram, &paths.ram),
@@ -184,7 +185,7 @@ impl Launching {
     }
 
     fn command(&self, binary: &str, version: (u32, u32)) -> Command {
-        let args = command_line(&self.options, &self.paths, version);
+        let args = command_line(self.options, &self.plan, version);
         match &self.cgroup {
             None => {
                 let mut command = Command::new(binary);
@@ -222,8 +223,8 @@ impl Launching {
         if let Err(err) = self.record_qemu(pid) {
             return Err(self.abandon(pid, err));
         }
-        let options = &self.options;
-        let paths = &self.paths;
+        let options = self.options;
+        let paths = &self.plan.paths;
         let up = poll::wait_for(options.timeout.saturating_sub(started.elapsed()), || {
             answers(&paths.socket) || !process::alive(pid)
         });
@@ -247,9 +248,9 @@ impl Launching {
             serial: paths.serial.clone(),
             startup,
             boot,
-            state_disk: options.state_disk.then(|| paths.state_disk.clone()),
+            state_disk: self.plan.state_disk.clone(),
             cgroup: self.cgroup.clone(),
-            user: options.user.clone(),
+            user: self.plan.user.clone(),
             warnings: Vec::new(),
         })
     }
@@ -257,8 +258,8 @@ impl Launching {
     /// Runs QEMU with `-daemonize` and waits for the first process to exit, which it does once
     /// the VM is set up; returns the daemon's pid from the pidfile.
     fn spawn_daemon(&self, binary: &str, version: (u32, u32), started: Instant) -> Result<u32, LaunchError> {
-        let options = &self.options;
-        let log_path = &self.paths.log;
+        let options = self.options;
+        let log_path = &self.plan.paths.log;
         let log =
             fs::File::create(log_path).map_err(io_error(format!("cannot create {}", log_path.display())))?;
         let mut child = self
@@ -284,7 +285,7 @@ impl Launching {
             let stderr = fs::read_to_string(log_path).unwrap_or_default().trim().to_string();
             return Err(self.or_out_of_memory(LaunchError::QemuFailed { status, stderr }));
         }
-        let pidfile = &self.paths.pidfile;
+        let pidfile = &self.plan.paths.pidfile;
         process::read_pid(pidfile).ok_or_else(|| LaunchError::NoPidfile(pidfile.clone()))
     }
 
@@ -318,8 +319,8 @@ impl Launching {
     /// disk if it was created now. Nothing was at these paths before (see `clear_leftovers`),
     /// so what is there now is this launch's. A state disk kept from before stays recorded.
     pub(super) fn cleanup(&mut self) {
-        let options = &self.options;
-        let paths = &self.paths;
+        let options = self.options;
+        let paths = &self.plan.paths;
         let mut files = vec![&paths.socket, &paths.pidfile, &paths.ram];
         if self.created_state_disk {
             files.push(&paths.state_disk);
