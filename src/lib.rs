@@ -43,7 +43,7 @@ pub mod watcher;
 pub use name::{NameError, VmName};
 pub use qmp::{QmpClient, QmpError, RunState};
 pub use ram::{BridgeError, GuestLayout, Machine, SharedMemoryBridge, Snapshot, Verdict};
-pub use run_dir::{default_run_dir, RunDir};
+pub use run_dir::{default_run_dir, RunDir, VmPaths};
 pub use vm::{Vm, VmError, VmInfo};
 
 #[cfg(doctest)]

@@ -29,7 +29,7 @@ pub use start::{qemu_binary, qemu_img_binary, qemu_version, QEMU_ENV, QEMU_IMG_E
 pub use stop::{clean, recorded_cgroups, stop, stopped_vms, Stopped, StoppedVm};
 pub use user::SERVICE_USER;
 
-use start::{clear_leftovers, Launching, LimitsNotApplied};
+use start::{clear_leftovers, Launching};
 use user::qemu_user;
 
 /// Longest path a unix socket address holds (`sun_path` is 108 bytes with its NUL).
@@ -372,19 +372,8 @@ pub fn launch(options: &LaunchOptions) -> Result<LaunchedVm, LaunchError> {
     options.run_dir.create()?;
     let plan = Plan { user: qemu_user(options.user.as_deref())?, ..Plan::as_asked(options) };
     let record = clear_leftovers(options, &plan.paths)?;
-    let mut launching = Launching { options, plan, record, created_state_disk: false, cgroup: None };
-    let mut warnings = Vec::new();
-    if launching.plan.state_disk.is_some() {
-        if let Err(warning) = launching.prepare_state_disk() {
-            warnings.push(warning);
-            launching.plan.state_disk = None;
-        }
-    }
-    if !options.limits.is_empty() {
-        if let Err(LimitsNotApplied(reason)) = launching.prepare_cgroup() {
-            warnings.push(format!("resource limits not applied: {reason}"));
-        }
-    }
+    let mut launching = Launching::new(options, plan, record);
+    let warnings = launching.prepare();
     match launching.save_record().and_then(|()| launching.start(&binary, version)) {
         Ok(mut vm) => {
             // Returned, not logged at warn: the caller says them (the CLI prints `warning: ...`).

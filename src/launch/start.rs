@@ -92,23 +92,46 @@ pub(super) fn clear_leftovers(options: &LaunchOptions, paths: &VmPaths) -> Resul
 }
 
 /// Why limits were not applied (the launch goes on without them).
-pub(super) struct LimitsNotApplied(pub(super) String);
+struct LimitsNotApplied(String);
 
 /// A launch under way: what to undo when it fails.
 pub(super) struct Launching<'a> {
     /// What was asked.
-    pub(super) options: &'a LaunchOptions,
+    options: &'a LaunchOptions,
     /// What this launch decided.
-    pub(super) plan: Plan,
+    plan: Plan,
     /// What this launch made so far (and a state disk an earlier launch made).
-    pub(super) record: LaunchRecord,
-    pub(super) created_state_disk: bool,
-    pub(super) cgroup: Option<VmCgroup>,
+    record: LaunchRecord,
+    created_state_disk: bool,
+    cgroup: Option<VmCgroup>,
 }
 
-impl Launching<'_> {
+impl<'a> Launching<'a> {
+    /// A launch of `options` as `plan` decided, from the `record` that [`clear_leftovers`] left.
+    pub(super) fn new(options: &'a LaunchOptions, plan: Plan, record: LaunchRecord) -> Self {
+        Self { options, plan, record, created_state_disk: false, cgroup: None }
+    }
+
+    /// Makes the state disk and the cgroup asked for. Neither is worth failing the launch
+    /// for: what cannot be had is left out of the plan and said in the warnings returned.
+    pub(super) fn prepare(&mut self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.plan.state_disk.is_some() {
+            if let Err(warning) = self.prepare_state_disk() {
+                warnings.push(warning);
+                self.plan.state_disk = None;
+            }
+        }
+        if !self.options.limits.is_empty() {
+            if let Err(LimitsNotApplied(reason)) = self.prepare_cgroup() {
+                warnings.push(format!("resource limits not applied: {reason}"));
+            }
+        }
+        warnings
+    }
+
     /// Creates the state disk unless it exists (it keeps saved states across restarts).
-    pub(super) fn prepare_state_disk(&mut self) -> Result<(), String> {
+    fn prepare_state_disk(&mut self) -> Result<(), String> {
         let path = &self.plan.paths.state_disk;
         if path.exists() {
             if self.record.file(FileRole::StateDisk).is_none() {
@@ -144,7 +167,7 @@ impl Launching<'_> {
     }
 
     /// Makes the VM's cgroup and records its directories for `stop`.
-    pub(super) fn prepare_cgroup(&mut self) -> Result<(), LimitsNotApplied> {
+    fn prepare_cgroup(&mut self) -> Result<(), LimitsNotApplied> {
         let options = self.options;
         let host = cgroup::Host::detect().map_err(|err| LimitsNotApplied(err.to_string()))?;
         let cgroup = host
