@@ -51,8 +51,8 @@ pub struct Stopped {
 ///
 /// # Errors
 ///
-/// [`VmError::NotFound`] when there is neither socket nor record; a refused QMP peer of a VM
-/// that has no record; I/O errors removing files.
+/// [`VmError::NotFound`](crate::vm::VmError::NotFound) when there is neither socket nor record;
+/// a refused QMP peer of a VM that has no record; I/O errors removing files.
 pub fn stop(run_dir: &RunDir, name: &str, discard_state: bool) -> Result<Stopped, LaunchError> {
     let vm = Vm::new(run_dir, name)?;
     let record = match LaunchRecord::read(run_dir, vm.name()) {
