@@ -122,12 +122,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::name::VmName;
-    use crate::run_dir::RunDir;
-
-    fn options(name: &str, run_dir: &str) -> LaunchOptions {
-        LaunchOptions::new(VmName::new(name).unwrap(), RunDir::new(run_dir))
-    }
+    use crate::launch::tests::options;
 
     #[test]
     fn commas_in_names_and_paths_are_doubled_for_qemu() {

@@ -401,7 +401,8 @@ fn is_our_qemu(pid: u32, socket: &Path) -> bool {
 mod tests {
     use super::*;
 
-    fn options(name: &str, run_dir: &str) -> LaunchOptions {
+    /// The default options of VM `name` in `run_dir`, for the tests of every part of launch.
+    pub(super) fn options(name: &str, run_dir: &str) -> LaunchOptions {
         LaunchOptions::new(VmName::new(name).unwrap(), RunDir::new(run_dir))
     }
 
