@@ -648,14 +648,14 @@ impl LaunchArgs {
             let dir = match dir {
                 Some(dir) => dir.clone(),
                 None => {
-                    let dir = qemu_bridge::guest::default_dir();
-                    if !qemu_bridge::guest::is_built(&dir) {
+                    let dir = qemu_bridge::launch::linux_image::default_dir();
+                    if !qemu_bridge::launch::linux_image::is_built(&dir) {
                         eprintln!(
                             "building the Linux guest in {} (once; downloads two packages)",
                             dir.display()
                         );
                     }
-                    qemu_bridge::guest::ensure(&dir)?;
+                    qemu_bridge::launch::linux_image::ensure(&dir)?;
                     dir
                 }
             };

@@ -22,7 +22,6 @@
 
 pub mod cgroup;
 pub mod error;
-pub mod guest;
 pub mod launch;
 #[cfg(feature = "mount")]
 pub mod mount;
@@ -48,7 +47,7 @@ pub mod watcher;
 pub use name::{NameError, VmName};
 pub use qmp::{QmpClient, QmpError, RunState};
 pub use ram::{BridgeError, GuestLayout, Machine, SharedMemoryBridge, Snapshot, Verdict};
-pub use run_dir::{default_run_dir, RunDir};
+pub use run_dir::{default_run_dir, RunDir, VmPaths};
 pub use vm::{Vm, VmError, VmInfo};
 
 #[cfg(doctest)]

@@ -22,9 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::name::VmName;
 use crate::run_dir::RunDir;
-
-/// Extension of the record beside the VM's socket.
-pub const RECORD_EXTENSION: &str = "launch.json";
+pub use crate::run_dir::RECORD_EXTENSION;
 
 /// What a recorded file is to the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,7 +117,7 @@ pub struct Removal {
 impl LaunchRecord {
     /// Where the record of VM `name` lives.
     pub fn path(run_dir: &RunDir, name: &VmName) -> PathBuf {
-        run_dir.file_path(name, RECORD_EXTENSION)
+        run_dir.record_path(name)
     }
 
     /// The records of the run directory whose recorded QEMU no longer runs (or never got a

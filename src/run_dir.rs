@@ -1,4 +1,6 @@
-//! The runtime directory: one QMP socket per VM, `<run-dir>/<vm>.qmp`.
+//! The runtime directory: one QMP socket per VM, `<run-dir>/<vm>.qmp`, and beside it the other
+//! files of a launched VM. Every rule that names a VM's file is here ([`VmPaths`]), so that the
+//! launcher, QEMU's command line, the launch record and `stop` cannot disagree on a path.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -7,9 +9,38 @@ use std::path::{Path, PathBuf};
 
 use crate::name::VmName;
 use crate::process::effective_uid;
+use crate::ram::ram_file_path;
 
 /// Extension of QMP sockets in the run directory.
 pub const SOCKET_EXTENSION: &str = "qmp";
+
+/// Extension of a VM's launch record (see [`crate::record`]).
+pub const RECORD_EXTENSION: &str = "launch.json";
+
+/// Extension of a launched VM's state disk (a qcow2 image holding its saved states).
+const STATE_DISK_EXTENSION: &str = "state.qcow2";
+
+/// Where every file of one VM goes: beside its QMP socket, `<run-dir>/<name>.<extension>`, and
+/// its RAM file in the shared-memory directory ([`ram_file_path`]). `launch` tells QEMU these
+/// paths, records them, and removes them when it fails; one struct so that no caller has a path
+/// rule of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPaths {
+    /// The QMP socket, `<run-dir>/<name>.qmp`.
+    pub socket: PathBuf,
+    /// QEMU's pidfile, `<run-dir>/<name>.pid`.
+    pub pidfile: PathBuf,
+    /// The serial console's output, `<run-dir>/<name>.serial`.
+    pub serial: PathBuf,
+    /// QEMU's own log (its stderr), `<run-dir>/<name>.log`.
+    pub log: PathBuf,
+    /// The launch record, `<run-dir>/<name>.launch.json`.
+    pub record: PathBuf,
+    /// The state disk, `<run-dir>/<name>.state.qcow2`.
+    pub state_disk: PathBuf,
+    /// Guest RAM, `<shm-dir>/qemu_ram_<name>`.
+    pub ram: PathBuf,
+}
 
 /// Environment variable that overrides the default run directory.
 pub const RUN_DIR_ENV: &str = "QEMU_BRIDGE_RUN_DIR";
@@ -67,12 +98,36 @@ impl RunDir {
         &self.path
     }
 
-    /// The socket path for VM `name`.
+    /// The files of VM `name`, its RAM file in `shm_dir` (normally [`crate::ram::SHM_DIR`]).
+    pub fn vm_paths(&self, name: &VmName, shm_dir: &Path) -> VmPaths {
+        VmPaths {
+            socket: self.socket_path(name),
+            pidfile: self.file_path(name, "pid"),
+            serial: self.file_path(name, "serial"),
+            log: self.file_path(name, "log"),
+            record: self.record_path(name),
+            state_disk: self.state_disk_path(name),
+            ram: ram_file_path(shm_dir, name),
+        }
+    }
+
+    /// The socket path for VM `name` (as in [`VmPaths::socket`]).
     pub fn socket_path(&self, name: &VmName) -> PathBuf {
         self.file_path(name, SOCKET_EXTENSION)
     }
 
-    /// Path of a per-VM file with `extension` (`pid`, `serial`, `log`).
+    /// The launch record of VM `name` (as in [`VmPaths::record`]).
+    pub fn record_path(&self, name: &VmName) -> PathBuf {
+        self.file_path(name, RECORD_EXTENSION)
+    }
+
+    /// The state disk of VM `name` (as in [`VmPaths::state_disk`]).
+    pub fn state_disk_path(&self, name: &VmName) -> PathBuf {
+        self.file_path(name, STATE_DISK_EXTENSION)
+    }
+
+    /// Path of a per-VM file with `extension`, `<run-dir>/<name>.<extension>`: the form of every
+    /// run-directory path in [`VmPaths`], which names the VM's files.
     pub fn file_path(&self, name: &VmName, extension: &str) -> PathBuf {
         self.path.join(format!("{name}.{extension}"))
     }
@@ -177,6 +232,25 @@ mod tests {
         std::fs::write(run_dir.socket_path(&name("not-a-socket")), b"").unwrap();
         std::fs::write(run_dir.file_path(&name("alpha"), "pid"), b"1").unwrap();
         assert_eq!(run_dir.vm_names().unwrap(), [name("alpha"), name("beta")]);
+    }
+
+    #[test]
+    fn the_files_of_a_vm_sit_beside_its_socket_but_for_its_ram() {
+        let name = VmName::new("a").unwrap();
+        let paths = RunDir::new("/run/q").vm_paths(&name, Path::new("/dev/shm"));
+        let expected = |path: &str| PathBuf::from(path);
+        assert_eq!(
+            paths,
+            VmPaths {
+                socket: expected("/run/q/a.qmp"),
+                pidfile: expected("/run/q/a.pid"),
+                serial: expected("/run/q/a.serial"),
+                log: expected("/run/q/a.log"),
+                record: expected("/run/q/a.launch.json"),
+                state_disk: expected("/run/q/a.state.qcow2"),
+                ram: expected("/dev/shm/qemu_ram_a"),
+            }
+        );
     }
 
     #[test]

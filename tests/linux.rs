@@ -20,7 +20,8 @@ fn guest_dir() -> &'static Path {
     DIR.get_or_init(|| {
         // the build script the binary carries (`launch --linux` with no directory runs it)
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/linux");
-        qemu_bridge::guest::ensure(&dir).unwrap_or_else(|err| panic!("{}", qemu_bridge::error::chain(&err)));
+        qemu_bridge::launch::linux_image::ensure(&dir)
+            .unwrap_or_else(|err| panic!("{}", qemu_bridge::error::chain(&err)));
         dir
     })
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The build script, as in the source tree.
-pub const BUILD_SCRIPT: &str = include_str!("../scripts/build-guest.sh");
+pub const BUILD_SCRIPT: &str = include_str!("../../scripts/build-guest.sh");
 
 /// Errors of building the guest.
 #[derive(Debug, thiserror::Error)]
