@@ -3,10 +3,10 @@
 use super::{BridgeError, Mapping, ReadMethod, Segment, PAGE_SIZE};
 
 impl Mapping {
-    /// Indexes of the `page_size` pages of `copy` (a copy of the mapping from offset 0) whose
-    /// live bytes differ from it now. Live memory is read with volatile loads, so each call
+    /// One part's [`GuestRam::changed_pages`](crate::ram::GuestRam::changed_pages): `copy` is a
+    /// copy of this mapping from offset 0. Live memory is read with volatile loads, so each call
     /// really looks again.
-    pub fn changed_pages(&self, copy: &[u8], page_size: usize) -> Result<Vec<usize>, BridgeError> {
+    pub(crate) fn changed_pages(&self, copy: &[u8], page_size: usize) -> Result<Vec<usize>, BridgeError> {
         self.check_range(0, copy.len())?;
         self.check_file_len(0, copy.len())?;
         let page_size = page_size.max(1);

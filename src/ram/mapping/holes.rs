@@ -57,13 +57,9 @@ impl KnownData {
 }
 
 impl Mapping {
-    /// Bytes of the file that hold data (allocated pages), as `lseek(SEEK_DATA)` sees them; on
-    /// hugetlbfs, which reports everything as data, the whole file.
-    ///
-    /// # Errors
-    ///
-    /// [`BridgeError::MmapFailed`] when the file cannot be examined.
-    pub fn data_bytes(&self) -> Result<u64, BridgeError> {
+    /// One part's [`GuestRam::data_bytes`](crate::ram::GuestRam::data_bytes): the sum of the data
+    /// runs of the whole file.
+    pub(crate) fn data_bytes(&self) -> Result<u64, BridgeError> {
         let segments = self.segments(0, self.len)?;
         Ok(segments
             .iter()

@@ -351,10 +351,9 @@ impl Mapping {
         !sigbus::poisoned(slot)
     }
 
-    /// [`copy_to`](Self::copy_to) into a buffer known to hold zeros (freshly allocated): holes
-    /// are skipped instead of written, so a fresh buffer's untouched pages stay unallocated
-    /// too (a copy of a mostly idle 4 GiB guest costs what the guest touched).
-    pub fn copy_to_zeroed(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
+    /// One part's [`GuestRam::copy_to_zeroed`](crate::ram::GuestRam::copy_to_zeroed): only the
+    /// data runs are copied, holes are left as the buffer has them.
+    pub(crate) fn copy_to_zeroed(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
         self.check_range(offset, dst.len())?;
         self.check_before_copy(offset, dst.len())?;
         let segments: Vec<Segment> =
@@ -399,24 +398,10 @@ impl Mapping {
         self.check_intact()
     }
 
-    /// Calls `each(page, bytes)` for every 4 KiB page of the mapping in order: the page's
-    /// bytes copied out of live memory, or `None` for a page of a hole (never allocated: not
-    /// read, so not allocated by reading either). The last page may be shorter.
-    ///
-    /// # Errors
-    ///
-    /// As the copy ([`BridgeError::FileShrunk`] when the file was truncated during it).
-    pub fn for_each_page(&self, each: impl FnMut(usize, Option<&[u8]>)) -> Result<(), BridgeError> {
-        self.for_each_page_in(0..self.len.div_ceil(PAGE_SIZE), each)
-    }
-
-    /// [`for_each_page`](Self::for_each_page) over the pages `pages` only (clamped to the
-    /// mapping): what a scan that looks at a share of the RAM at a time needs.
-    ///
-    /// # Errors
-    ///
-    /// As [`for_each_page`](Self::for_each_page).
-    pub fn for_each_page_in(
+    /// One part's [`GuestRam::for_each_page_in`](crate::ram::GuestRam::for_each_page_in): page
+    /// indexes of this mapping, `pages` clamped to it; the data and hole runs are looked up a
+    /// chunk at a time.
+    pub(crate) fn for_each_page_in(
         &self,
         pages: std::ops::Range<usize>,
         mut each: impl FnMut(usize, Option<&[u8]>),

@@ -3,12 +3,15 @@
 use super::{BridgeError, Mapping, ReadMethod};
 
 impl Mapping {
-    /// Writes `len` bytes of the mapping at `offset` to `file` from its current position on,
-    /// sparse: holes of the RAM file (and on hugetlbfs, pages of zeros) become holes of the
-    /// output, which ends up exactly `len` bytes long past that position. Data goes straight
-    /// from the mapping (the kernel copies; no buffer of ours, no Rust reference to live
-    /// memory); on hugetlbfs through a `pread` buffer.
-    pub fn write_to(&self, file: &std::fs::File, offset: usize, len: usize) -> Result<(), BridgeError> {
+    /// One part's [`GuestRam::write_to`](crate::ram::GuestRam::write_to). Data goes straight from
+    /// the mapping (the kernel copies; no buffer of ours, no Rust reference to live memory); on
+    /// hugetlbfs through a `pread` buffer, for private RAM through a `process_vm_readv` one.
+    pub(crate) fn write_to(
+        &self,
+        file: &std::fs::File,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), BridgeError> {
         use std::io::Seek;
         self.check_range(offset, len)?;
         self.check_file_len(offset, len)?;
