@@ -4,8 +4,8 @@ use super::{BridgeError, Mapping, ReadMethod, Segment, PAGE_SIZE};
 
 impl Mapping {
     /// One part's [`GuestRam::changed_pages`](crate::ram::GuestRam::changed_pages): `copy` is a
-    /// copy of this mapping from offset 0. Live memory is read with volatile loads, so each call
-    /// really looks again.
+    /// copy of this mapping from offset 0. Each call copies live memory again, past a compiler
+    /// fence, so it really looks again (the memory contract in the module doc).
     pub(crate) fn changed_pages(&self, copy: &[u8], page_size: usize) -> Result<Vec<usize>, BridgeError> {
         self.check_range(0, copy.len())?;
         self.check_file_len(0, copy.len())?;
@@ -72,8 +72,8 @@ impl Mapping {
     fn live_equals_unchecked(&self, offset: usize, expected: &[u8]) -> bool {
         debug_assert!(offset + expected.len() <= self.len);
         // a page at a time into a buffer that stays in the L1 cache, then compared there: the
-        // copy really reads live memory again (see `copy_unchecked`), and both the copy and
-        // the comparison run at vector speed
+        // copy really loads live memory again (the fence in `copy_unchecked`), and both the
+        // copy and the comparison run at vector speed, which volatile loads would not
         let mut buffer = [0u8; PAGE_SIZE];
         expected.chunks(buffer.len()).enumerate().all(|(index, part)| {
             let live = &mut buffer[..part.len()];
@@ -85,7 +85,8 @@ impl Mapping {
 
 /// Live memory looked at again, for the consistency check.
 enum LiveView {
-    /// The data and hole runs of the range: data is read from the mapping with volatile loads.
+    /// The data and hole runs of the range: data is copied from the mapping again, a page at a
+    /// time (`live_equals_unchecked`).
     Mapped(Vec<Segment>),
     /// A fresh `pread` of the range (hugetlbfs).
     Read { offset: usize, bytes: Vec<u8> },

@@ -3,10 +3,45 @@
 //! (`holes`), the comparison of a copy with live memory (`compare`), the sparse write to a file
 //! (`write`) and the process-wide SIGBUS guard (`sigbus`).
 //!
-//! Guest RAM changes under every reader: QEMU's vCPUs write it while we read it. Rust assumes
-//! the bytes behind a `&[u8]` never change while the reference lives, so the project's own logic
-//! never reads through such views. It copies out through raw pointers instead, and uses volatile
-//! loads where a second look must really look again (the consistency check).
+//! # The memory contract
+//!
+//! Guest RAM changes under every reader: QEMU's vCPUs write it, from another process, while we
+//! read it, and nothing Rust can see synchronizes with those writes. Rust assumes the bytes
+//! behind a `&[u8]` do not change while the reference lives and may merge, repeat or drop loads
+//! through it, so the project's own logic (copies, checksums, comparisons, the consistency
+//! check, the page scans) never forms a `&[u8]` over live memory. Every load of live memory is
+//! `copy_unchecked`: a `std::ptr::copy_nonoverlapping` from a raw pointer into the mapping to a
+//! buffer of ours, then `compiler_fence(SeqCst)`; code looks at the buffer, never at the mapping.
+//! The other way out of the mapping is the kernel: `write` passes a raw pointer to `pwrite`.
+//!
+//! What the compiler may do with such a copy: split it, widen it, vectorize it, call `memcpy`
+//! for it, and load the bytes of the range in any order and size. What it may not do: reuse,
+//! after the fence, bytes it loaded before it. The compiler counts the fence as a possible
+//! write to all memory, so a copy after it is neither merged with an earlier copy of the same
+//! range nor moved above the fence: a second look at a page really loads again, which is what
+//! the consistency check and the page scans rely on. Nor can it fold the bytes to a value it
+//! knows: the mapping's contents come from `mmap`, opaque to it. (Rust's memory model defines
+//! fences against atomic accesses only; that plain loads stay behind this one is a property of
+//! rustc and LLVM, relied on as C code relies on a compiler barrier.) The copies are not
+//! volatile: volatile loads may not be merged, widened or vectorized, and stable Rust has no
+//! volatile copy of a range, only loads of one value at a time; the page scans, each copying a
+//! page into a buffer that stays in the L1 cache and comparing it there at vector speed, cannot
+//! afford a loop of word loads.
+//!
+//! What nobody promises: a copy that races a guest write may be torn, some bytes old and some
+//! new, in any mix within a page or even within a word. By the letter of Rust's memory model a
+//! non-atomic load racing a write is undefined behaviour. It is sound enough in practice
+//! because the writer is another process, outside the program the compiler reasons about, the
+//! loaded values are bytes, for which every bit pattern is valid, and no branch inside the copy
+//! depends on them: the worst outcome is a torn copy, never a broken invariant of ours. The
+//! consistency check (`ram::snapshot`) compares each copied page with live memory again and
+//! copies the pages that differ again; only a paused VM gives a guaranteed image.
+//!
+//! rust-vmm's vm-memory, which VMMs use to access guest memory, makes the same trade. It hands
+//! out no references into guest memory (it removed `as_slice` for this reason); a copy of at
+//! most a machine word goes through aligned volatile loads, so a small aligned field is read in
+//! one access; a longer copy is a plain `copy_nonoverlapping` through raw pointers, which may
+//! tear. Our copies are plain at every length, the 8-byte reads of a page-table walk included.
 //!
 //! Two callers do hold a `&[u8]` over live memory, and neither lets Rust load from it: the
 //! public API's [`view`](Mapping::view) (`SharedMemoryBridge::read_physical`), whose callers are
@@ -494,7 +529,8 @@ impl Mapping {
         })
     }
 
-    /// Copy without checks; callers have checked the range against the mapping.
+    /// Copy without checks; callers have checked the range against the mapping. The one load
+    /// of live memory into our own (see the memory contract in the module doc).
     #[inline]
     fn copy_unchecked(&self, offset: usize, dst: &mut [u8]) {
         debug_assert!(offset + dst.len() <= self.len);
@@ -505,7 +541,8 @@ impl Mapping {
         unsafe {
             std::ptr::copy_nonoverlapping(self.map().as_ptr().add(offset), dst.as_mut_ptr(), dst.len());
         }
-        // Keep the compiler from moving or merging this copy with a later re-read.
+        // No memory access moves across this fence, so a later copy of the same range loads
+        // again instead of reusing these bytes (see the memory contract above).
         compiler_fence(Ordering::SeqCst);
     }
 }
