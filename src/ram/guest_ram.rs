@@ -78,7 +78,7 @@ impl GuestRam {
     ///
     /// # Errors
     ///
-    /// [`BridgeError::MmapFailed`] when a file cannot be examined.
+    /// [`BridgeError::Io`] when a file cannot be examined.
     pub fn data_bytes(&self) -> Result<u64, BridgeError> {
         self.parts.iter().map(|(_, mapping)| mapping.data_bytes()).sum()
     }
@@ -190,7 +190,8 @@ impl GuestRam {
     ///
     /// # Errors
     ///
-    /// As the copy ([`BridgeError::FileShrunk`] when a file was truncated during it).
+    /// As the copy ([`BridgeError::FileShrunk`] when a file was truncated during it,
+    /// [`BridgeError::Io`] when its holes cannot be found).
     pub fn for_each_page(&self, each: impl FnMut(usize, Option<&[u8]>)) -> Result<(), BridgeError> {
         self.for_each_page_in(0..self.pages(), each)
     }
@@ -230,7 +231,8 @@ impl GuestRam {
     /// # Errors
     ///
     /// [`BridgeError::BufferLength`] when `copy` is not as long as the RAM,
-    /// [`BridgeError::FileShrunk`] when a file was truncated under its mapping.
+    /// [`BridgeError::FileShrunk`] when a file was truncated under its mapping,
+    /// [`BridgeError::Io`] when a file's size cannot be checked.
     pub fn changed_pages(&self, copy: &[u8], page_size: usize) -> Result<Vec<usize>, BridgeError> {
         if copy.len() != self.len {
             return Err(BridgeError::BufferLength { expected: self.len, actual: copy.len() });
@@ -254,7 +256,8 @@ impl GuestRam {
     /// # Errors
     ///
     /// [`BridgeError::InvalidAddress`] for a range past the end, [`BridgeError::Write`],
-    /// [`BridgeError::FileShrunk`] when a file was truncated under its mapping.
+    /// [`BridgeError::FileShrunk`] when a file was truncated under its mapping,
+    /// [`BridgeError::Io`] when a file cannot be examined or read.
     pub fn write_to(&self, file: &File, offset: usize, len: usize) -> Result<(), BridgeError> {
         self.check_range(offset, len)?;
         for (mapping, at, _, part_len) in self.split(offset, len) {

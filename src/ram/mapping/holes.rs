@@ -97,7 +97,7 @@ impl Mapping {
             )
         };
         if status != 0 {
-            return Err(BridgeError::MmapFailed(std::io::Error::last_os_error()));
+            return Err(BridgeError::io("look up the resident pages of")(std::io::Error::last_os_error()));
         }
         let mut segments: Vec<Segment> = Vec::new();
         let mut push = |start: usize, stop: usize, data: bool| {
@@ -129,7 +129,7 @@ impl Mapping {
                     self.check_file_len(offset, len)?;
                     usize::MAX
                 }
-                Err(errno) => return Err(BridgeError::MmapFailed(errno.into())),
+                Err(errno) => return Err(BridgeError::io("find the holes of")(errno.into())),
             };
             if data_at == page * PAGE {
                 // allocated but not in memory now (swapped out): data, read through the mapping

@@ -134,21 +134,23 @@ impl Mapping {
         let file = File::open(path).map_err(|err| match err.kind() {
             std::io::ErrorKind::NotFound => BridgeError::FileNotFound(path.display().to_string()),
             std::io::ErrorKind::PermissionDenied => BridgeError::PermissionDenied,
-            _ => BridgeError::MmapFailed(with_path(err)),
+            _ => BridgeError::io("open")(with_path(err)),
         })?;
         Self::from_file(file, path).map_err(|err| match err {
             BridgeError::MmapFailed(err) => BridgeError::MmapFailed(with_path(err)),
+            BridgeError::Io { what, source } => BridgeError::Io { what, source: with_path(source) },
             other => other,
         })
     }
 
     /// Maps an open file; `path` is what it is called in messages.
     pub(crate) fn from_file(file: File, path: &Path) -> Result<Self, BridgeError> {
-        let metadata = file.metadata().map_err(BridgeError::MmapFailed)?;
+        let metadata = file.metadata().map_err(BridgeError::io("stat"))?;
         if !metadata.is_file() {
             return Err(BridgeError::NotAFile(path.display().to_string()));
         }
-        let (page_size, hugetlbfs) = page_size_of(&file).map_err(BridgeError::MmapFailed)?;
+        let (page_size, hugetlbfs) =
+            page_size_of(&file).map_err(BridgeError::io("stat the file system of"))?;
         let method = if hugetlbfs { ReadMethod::Pread } else { ReadMethod::MappingWithHoles };
         let mut options = MmapOptions::new();
         if hugetlbfs {
@@ -280,7 +282,7 @@ impl Mapping {
         if let Source::Process { .. } = self.source {
             return Ok(());
         }
-        let current = self.current_file_len().map_err(BridgeError::MmapFailed)?;
+        let current = self.current_file_len().map_err(BridgeError::io("stat"))?;
         let poisoned = self.guard_slot.is_some_and(sigbus::poisoned);
         if poisoned || (offset + len) as u64 > current {
             return Err(BridgeError::FileShrunk { mapped: self.len, current });
@@ -424,7 +426,7 @@ impl Mapping {
                 last.into_iter().map(|(index, part)| self.copy_range(offset + index * chunk, part)).collect();
             for worker in workers {
                 results.push(worker.join().unwrap_or_else(|_| {
-                    Err(BridgeError::MmapFailed(std::io::Error::other("a copy thread panicked")))
+                    Err(BridgeError::io("copy from")(std::io::Error::other("a copy thread panicked")))
                 }));
             }
             results
@@ -525,7 +527,7 @@ impl Mapping {
             std::io::ErrorKind::UnexpectedEof => {
                 BridgeError::FileShrunk { mapped: self.len, current: self.current_file_len().unwrap_or(0) }
             }
-            _ => BridgeError::MmapFailed(err),
+            _ => BridgeError::io("read")(err),
         })
     }
 
@@ -646,6 +648,15 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(Mapping::open(dir.path()), Err(BridgeError::NotAFile(_))));
+        // an open that fails otherwise is an I/O error, not a failed mmap, and its cause names
+        // the file
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let below_a_file = file.path().join("ram");
+        let err = Mapping::open(&below_a_file).unwrap_err();
+        assert!(matches!(err, BridgeError::Io { what: "open", .. }), "{err:?}");
+        let message = crate::error::chain(&err);
+        assert!(message.starts_with("cannot open the RAM file: "), "{message}");
+        assert!(message.contains(&below_a_file.display().to_string()), "{message}");
     }
 
     /// Without a size check before each copy, a known page lost to a truncation is still
