@@ -1,5 +1,8 @@
 //! The `qemu-bridge` command: parses the command line, runs the verb, prints the error chain.
 
+// The command is a thin front end over the library; raw memory is the library's business.
+#![deny(unsafe_code)]
+
 mod cli;
 
 use std::process::ExitCode;

@@ -360,7 +360,7 @@ impl Vm {
             BackendStorage::File(path) => {
                 let file = self.open_held_file(peer, &path)?;
                 let hugetlbfs = crate::ram::is_hugetlbfs(&file)
-                    .map_err(|err| self.ram_error(BridgeError::MmapFailed(err)))?;
+                    .map_err(|err| self.ram_error(BridgeError::io("stat the file system of")(err)))?;
                 (path, if hugetlbfs { RamKind::Hugetlbfs } else { RamKind::File }, OpenRam::File(file))
             }
             BackendStorage::Memfd => {
@@ -468,7 +468,7 @@ impl Vm {
         let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(&path).map_err(
             |err| match err.kind() {
                 std::io::ErrorKind::PermissionDenied => self.ram_error(BridgeError::PermissionDenied),
-                _ => self.ram_error(BridgeError::MmapFailed(err)),
+                _ => self.ram_error(BridgeError::io("open")(err)),
             },
         )?;
         Ok((path, file))
@@ -515,9 +515,9 @@ impl Vm {
                     self.ram_error(BridgeError::FileNotFound(path.display().to_string()))
                 }
                 std::io::ErrorKind::PermissionDenied => self.ram_error(BridgeError::PermissionDenied),
-                _ => self.ram_error(BridgeError::MmapFailed(err)),
+                _ => self.ram_error(BridgeError::io("open")(err)),
             })?;
-        let target = file.metadata().map_err(|err| self.ram_error(BridgeError::MmapFailed(err)))?;
+        let target = file.metadata().map_err(|err| self.ram_error(BridgeError::io("stat")(err)))?;
         if !target.is_file() {
             return Err(refuse("it is not a regular file".into()));
         }

@@ -73,11 +73,12 @@ impl GuestRam {
         }
     }
 
-    /// Bytes that hold data (see [`Mapping::data_bytes`]), over all parts.
+    /// Bytes that hold data (allocated pages), over all parts, as `lseek(SEEK_DATA)` sees them;
+    /// a hugetlbfs file, which reports everything as data, counts whole.
     ///
     /// # Errors
     ///
-    /// As [`Mapping::data_bytes`].
+    /// [`BridgeError::Io`] when a file cannot be examined.
     pub fn data_bytes(&self) -> Result<u64, BridgeError> {
         self.parts.iter().map(|(_, mapping)| mapping.data_bytes()).sum()
     }
@@ -144,11 +145,13 @@ impl GuestRam {
         self.each_part(offset, dst, |mapping, at, part| mapping.copy_to(at, part))
     }
 
-    /// See [`Mapping::copy_to_zeroed`].
+    /// [`copy_to`](Self::copy_to) into a buffer known to hold zeros (freshly allocated): holes
+    /// are skipped instead of written, so a fresh buffer's untouched pages stay unallocated
+    /// too (a copy of a mostly idle 4 GiB guest costs what the guest touched).
     ///
     /// # Errors
     ///
-    /// As [`Mapping::copy_to_zeroed`].
+    /// As [`copy_to`](Self::copy_to).
     pub fn copy_to_zeroed(&self, offset: usize, dst: &mut [u8]) -> Result<(), BridgeError> {
         self.each_part(offset, dst, |mapping, at, part| mapping.copy_to_zeroed(at, part))
     }
@@ -180,12 +183,15 @@ impl GuestRam {
         Ok(())
     }
 
-    /// See [`Mapping::for_each_page`]; page indexes are of the whole (every part is a whole
-    /// number of pages, as QEMU sizes backends).
+    /// Calls `each(page, bytes)` for every 4 KiB page in order: the page's bytes copied out of
+    /// live memory, or `None` for a page of a hole (never allocated: not read, so not allocated
+    /// by reading either). The last page may be shorter. Page indexes are of the whole (every
+    /// part is a whole number of pages, as QEMU sizes backends).
     ///
     /// # Errors
     ///
-    /// As [`Mapping::for_each_page`].
+    /// As the copy ([`BridgeError::FileShrunk`] when a file was truncated during it,
+    /// [`BridgeError::Io`] when its holes cannot be found).
     pub fn for_each_page(&self, each: impl FnMut(usize, Option<&[u8]>)) -> Result<(), BridgeError> {
         self.for_each_page_in(0..self.pages(), each)
     }
@@ -195,11 +201,12 @@ impl GuestRam {
         self.len.div_ceil(PAGE_SIZE)
     }
 
-    /// See [`Mapping::for_each_page_in`]: the pages `pages` of the whole (clamped to it).
+    /// [`for_each_page`](Self::for_each_page) over the pages `pages` of the whole only (clamped
+    /// to it): what a scan that looks at a share of the RAM at a time needs.
     ///
     /// # Errors
     ///
-    /// As [`Mapping::for_each_page`].
+    /// As [`for_each_page`](Self::for_each_page).
     pub fn for_each_page_in(
         &self,
         pages: std::ops::Range<usize>,
@@ -217,11 +224,15 @@ impl GuestRam {
         Ok(())
     }
 
-    /// See [`Mapping::changed_pages`]; `copy` covers all parts, page indexes are of the whole.
+    /// Indexes of the `page_size` pages of `copy` (a copy of all the RAM, every part) whose live
+    /// bytes differ from it now; each call looks at live memory again. A page whose look fails
+    /// (a `pread` or `lseek` error) counts as changed: it proves nothing.
     ///
     /// # Errors
     ///
-    /// As [`Mapping::changed_pages`].
+    /// [`BridgeError::BufferLength`] when `copy` is not as long as the RAM,
+    /// [`BridgeError::FileShrunk`] when a file was truncated under its mapping,
+    /// [`BridgeError::Io`] when a file's size cannot be checked.
     pub fn changed_pages(&self, copy: &[u8], page_size: usize) -> Result<Vec<usize>, BridgeError> {
         if copy.len() != self.len {
             return Err(BridgeError::BufferLength { expected: self.len, actual: copy.len() });
@@ -237,11 +248,16 @@ impl GuestRam {
         Ok(changed)
     }
 
-    /// See [`Mapping::write_to`]: the parts one after the other, sparse.
+    /// Writes `len` bytes at `offset` to `file` from its current position on, the parts one
+    /// after the other, sparse: holes of the RAM (and on hugetlbfs, pages of zeros) become
+    /// holes of the output, which ends up exactly `len` bytes long past that position. Data of
+    /// a mapped file goes straight from the mapping to the kernel, with no buffer of ours.
     ///
     /// # Errors
     ///
-    /// As [`Mapping::write_to`].
+    /// [`BridgeError::InvalidAddress`] for a range past the end, [`BridgeError::Write`],
+    /// [`BridgeError::FileShrunk`] when a file was truncated under its mapping,
+    /// [`BridgeError::Io`] when a file cannot be examined or read.
     pub fn write_to(&self, file: &File, offset: usize, len: usize) -> Result<(), BridgeError> {
         self.check_range(offset, len)?;
         for (mapping, at, _, part_len) in self.split(offset, len) {

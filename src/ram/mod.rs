@@ -3,6 +3,9 @@
 mod guest_ram;
 pub mod incremental;
 pub mod layout;
+// The one module exempt from the crate's deny: the mapping, the copies out of it and the SIGBUS
+// guard.
+#[allow(unsafe_code)]
 mod mapping;
 pub mod mtree;
 pub mod picture;
@@ -83,9 +86,19 @@ pub enum BridgeError {
     /// The RAM file exists but may not be opened for reading.
     #[error("permission denied opening the RAM file")]
     PermissionDenied,
-    /// Opening, inspecting or mapping the RAM file failed.
+    /// Mapping the RAM file (`mmap`) failed.
     #[error("cannot map the RAM file")]
     MmapFailed(#[source] std::io::Error),
+    /// Another system call on the RAM file failed: opening it, `fstat`, `fstatfs`, finding its
+    /// holes (`mincore`, `lseek`), `pread`; or a copy thread died.
+    #[error("cannot {what} the RAM file")]
+    Io {
+        /// What could not be done, as it reads before "the RAM file": "open", "stat", "read"...
+        what: &'static str,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The range is not guest RAM: past the end, in a hole, or its end overflows.
     #[error("invalid address {addr:#x} (+{len:#x} bytes): not inside guest RAM of {max:#x} bytes")]
     InvalidAddress {
@@ -140,6 +153,14 @@ pub enum BridgeError {
     },
 }
 
+impl BridgeError {
+    /// `map_err` for a failed system call on the RAM file other than `mmap`: what the
+    /// [`BridgeError::Io`] message says could not be done to it.
+    pub(crate) fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        move |source| Self::Io { what, source }
+    }
+}
+
 /// Read-only, zero-copy access to one VM's RAM file.
 ///
 /// # Examples
@@ -168,8 +189,9 @@ impl SharedMemoryBridge {
     /// # Errors
     ///
     /// [`BridgeError::InvalidName`] for an id that is not a [`VmName`],
-    /// [`BridgeError::FileNotFound`] (with the path), [`BridgeError::PermissionDenied`] and
-    /// [`BridgeError::MmapFailed`] (whose message names the path) as the open and map go.
+    /// [`BridgeError::FileNotFound`] (with the path), [`BridgeError::PermissionDenied`],
+    /// [`BridgeError::Io`] and [`BridgeError::MmapFailed`] (whose causes name the path) as the
+    /// open, the look at the file and the map go.
     pub fn new(vm_id: &str) -> Result<Self, BridgeError> {
         let name = VmName::new(vm_id)?;
         Self::open(vm_id, &ram_file_path(Path::new(SHM_DIR), &name))
@@ -190,7 +212,8 @@ impl SharedMemoryBridge {
     ///
     /// # Errors
     ///
-    /// [`BridgeError::NotAFile`], [`BridgeError::MmapFailed`].
+    /// [`BridgeError::NotAFile`], [`BridgeError::Io`] when the file cannot be examined,
+    /// [`BridgeError::MmapFailed`].
     pub fn from_file(vm_id: &str, file: std::fs::File, path: &Path) -> Result<Self, BridgeError> {
         Ok(Self::of_parts(vm_id, vec![Mapping::from_file(file, path)?], path))
     }

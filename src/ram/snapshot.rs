@@ -2,7 +2,8 @@
 //!
 //! A copy of live RAM races the guest's vCPUs: pages written during the copy may hold a mix of
 //! old and new bytes. [`take_checked`] copies everything, then compares each page of the copy
-//! with live memory again (volatile loads); pages that differ are copied again, up to a number
+//! with live memory again (copied out again a page at a time, past a compiler fence that keeps
+//! the second look a fresh load); pages that differ are copied again, up to a number
 //! of attempts. The result says whether the last verification pass found every page unchanged.
 //! That is a strong hint, not a proof (a guest can write a page and write it back between two
 //! looks); only a paused VM gives a guaranteed image (see `Vm::paused_snapshot`).
