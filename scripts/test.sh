@@ -15,6 +15,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo doc (every link resolves)"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
 echo "== library alone: no clap, fuser, env_logger, png or web server"
 cargo build --locked --lib --no-default-features
 tree=$(cargo tree --locked --no-default-features --edges normal --prefix none)

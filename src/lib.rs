@@ -24,6 +24,7 @@
 
 pub mod cgroup;
 pub mod error;
+pub mod guest;
 pub mod launch;
 #[cfg(feature = "mount")]
 pub mod mount;

@@ -14,7 +14,7 @@ use crate::ram::ram_file_path;
 /// Extension of QMP sockets in the run directory.
 pub const SOCKET_EXTENSION: &str = "qmp";
 
-/// Extension of a VM's launch record (see [`crate::record`]).
+/// Extension of a VM's launch record (the record says what launch made).
 pub const RECORD_EXTENSION: &str = "launch.json";
 
 /// Extension of a launched VM's state disk (a qcow2 image holding its saved states).

@@ -209,3 +209,31 @@ fn test_python_qmp_client_against_real_vm() {
     assert!(stdout.starts_with(&format!("running {}", vm.launched.ram_path.display())), "{stdout}");
     assert!(stdout.contains("error /nonexistent.qmp"), "{stdout}");
 }
+
+/// The guest-state layer reads a live VM and a frozen copy of it alike: the marker at its
+/// guest-physical address from both, and the hole QEMU's map leaves below 1 MiB (the VGA
+/// window) and the address past the end of RAM refused by both.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_guest_memory_reads_live_and_frozen_alike() {
+    use qemu_bridge::guest::{FrozenMemory, Gpa, GuestMemory, GuestMemoryError};
+    let (run_dir, vm) = common::booted_vm("guestmem");
+    let handle = Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
+    handle.with_qmp(|qmp| qmp.stop()).unwrap();
+    let (bridge, _) = handle.open_bridge().unwrap();
+    let copy = bridge.snapshot();
+    let frozen = FrozenMemory::new(&copy, bridge.layout());
+    let regions = bridge.layout().regions();
+    let hole = regions[0].gpa + regions[0].len;
+    assert!(regions[1].gpa > hole && hole < 1 << 20, "no hole below 1 MiB: {regions:?}");
+    let memories: [&dyn GuestMemory; 2] = [&bridge, &frozen];
+    for memory in memories {
+        let mut marker = vec![0u8; common::MARKER.len()];
+        memory.read_at(Gpa(common::MARKER_ADDR), &mut marker).unwrap();
+        assert_eq!(marker, common::MARKER);
+        assert_eq!(memory.read_u32(Gpa(common::COUNTER_ADDR)).unwrap(), common::counter(&bridge));
+        assert!(matches!(memory.read_u64(Gpa(hole)), Err(GuestMemoryError::NotRam { .. })));
+        assert!(matches!(memory.read_u64(Gpa(hole - 4)), Err(GuestMemoryError::NotRam { .. })));
+        assert!(matches!(memory.read_u64(Gpa(64 << 20)), Err(GuestMemoryError::NotRam { .. })));
+    }
+}

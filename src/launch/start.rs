@@ -23,8 +23,8 @@ pub const QEMU_ENV: &str = "QEMU_BRIDGE_QEMU";
 pub const QEMU_IMG_ENV: &str = "QEMU_BRIDGE_QEMU_IMG";
 
 /// Joins the cgroups named before `--`, then becomes the command after it. A shell rather than
-/// a `pre_exec` hook, so that QEMU is in its cgroup from its first allocation without unsafe
-/// code outside the RAM mapping module.
+/// a `pre_exec` hook (which Rust marks as needing a promise of the caller, allowed only in the
+/// RAM mapping module), so that QEMU is in its cgroup from its first allocation.
 const JOIN_CGROUPS_SCRIPT: &str =
     r#"while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@""#;
 

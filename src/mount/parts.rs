@@ -1,9 +1,7 @@
 //! What the mount keeps for each VM beside its RAM: the guest-physical and core views, built
-//! once when the [`Watcher`](crate::watcher::Watcher) admits the VM.
+//! once when the [`Watcher`] admits the VM.
 
-use std::os::unix::net::UnixStream;
-
-use crate::qmp::{QmpClient, QmpError};
+use crate::guest::registers::prstatus_notes_now;
 use crate::ram::views::{elf_machine, Core, Physical};
 use crate::ram::SharedMemoryBridge;
 use crate::vm::{Vm, VmError, VmInfo};
@@ -31,32 +29,13 @@ pub type Registry = Watcher<MountParts>;
 /// signature is the watcher's.
 pub fn mount_parts(vm: &Vm, bridge: &SharedMemoryBridge, info: &VmInfo) -> Result<MountParts, VmError> {
     let physical = Physical::new(bridge.layout().clone());
-    let registers = vcpu_registers(info, |ask| vm.with_qmp(ask));
+    let registers = prstatus_notes_now(info, |ask| vm.with_qmp(ask));
     let core = Core::new(bridge.layout(), elf_machine(&info.arch), &registers);
     Ok(MountParts { physical, core })
 }
 
 /// The core with the vCPUs' registers as they are now (the RAM in it is live anyway).
 pub fn core_now(instance: &MountedVm) -> Core {
-    let registers = vcpu_registers(&instance.info, |ask| instance.with_qmp(ask));
+    let registers = prstatus_notes_now(&instance.info, |ask| instance.with_qmp(ask));
     Core::new(instance.bridge.layout(), elf_machine(&instance.info.arch), &registers)
-}
-
-/// `NT_PRSTATUS` notes of the vCPUs as QEMU reports them now, for x86_64 guests (the register
-/// text of other architectures is not parsed: their cores carry no notes). A monitor that
-/// fails gives none, with a log line.
-fn vcpu_registers(
-    info: &VmInfo,
-    ask: impl FnOnce(&dyn Fn(&mut QmpClient<UnixStream>) -> Result<String, QmpError>) -> Result<String, VmError>,
-) -> Vec<u8> {
-    if info.arch != "x86_64" {
-        return Vec::new();
-    }
-    match ask(&|qmp| qmp.human_monitor_command("info registers -a")) {
-        Ok(text) => crate::ram::views::x86_64_prstatus_notes(&text),
-        Err(err) => {
-            log::warn!("no vCPU registers in the core of VM {}: {}", info.name, crate::error::chain(&err));
-            Vec::new()
-        }
-    }
 }

@@ -118,7 +118,7 @@ impl Fingerprints {
     }
 
     /// Looks at pages from where the last look stopped, wrapping around at the end, until
-    /// `deadline` passes (at least [`PAGES_PER_STEP`] pages, so that every call makes progress)
+    /// `deadline` passes (at least 256 pages, so that every call makes progress)
     /// or every page was looked at once. Calls `changed(page, bytes)` for each page whose bytes
     /// differ from its fingerprint (`None`: it became a hole) and records the new fingerprint.
     /// Returns the pages looked at.

@@ -128,91 +128,6 @@ pub fn elf_machine(arch: &str) -> u16 {
     }
 }
 
-/// `NT_PRSTATUS` notes, one per vCPU, for an x86_64 guest, from the text of HMP
-/// `info registers -a` (QEMU's only register dump; real and protected mode name EAX.., long
-/// mode RAX.. and R8..R15). The layout is the kernel's `struct elf_prstatus` for x86_64 (336
-/// bytes, `pr_reg` at 112 in `user_regs_struct` order), as QEMU's own dump writes it; fields the
-/// text lacks are zero.
-pub fn x86_64_prstatus_notes(info_registers: &str) -> Vec<u8> {
-    // user_regs_struct, in order; each name lists the spellings QEMU prints
-    const REGS: [&[&str]; 27] = [
-        &["R15"],
-        &["R14"],
-        &["R13"],
-        &["R12"],
-        &["RBP", "EBP"],
-        &["RBX", "EBX"],
-        &["R11"],
-        &["R10"],
-        &["R9"],
-        &["R8"],
-        &["RAX", "EAX"],
-        &["RCX", "ECX"],
-        &["RDX", "EDX"],
-        &["RSI", "ESI"],
-        &["RDI", "EDI"],
-        &["orig_rax"],
-        &["RIP", "EIP"],
-        &["CS"],
-        &["RFL", "EFL"],
-        &["RSP", "ESP"],
-        &["SS"],
-        &["FS.base"],
-        &["GS.base"],
-        &["DS"],
-        &["ES"],
-        &["FS"],
-        &["GS"],
-    ];
-    let mut notes = Vec::new();
-    for (index, block) in info_registers.split("CPU#").skip(1).enumerate() {
-        let values = register_values(block);
-        let mut desc = vec![0u8; 336];
-        desc[32..36].copy_from_slice(&(index as u32 + 1).to_le_bytes()); // pr_pid: vCPU index + 1
-        for (slot, names) in REGS.iter().enumerate() {
-            let value = names.iter().find_map(|name| values.iter().find(|(n, _)| n == name).map(|(_, v)| *v));
-            desc[112 + slot * 8..120 + slot * 8].copy_from_slice(&value.unwrap_or(0).to_le_bytes());
-        }
-        notes.extend_from_slice(&5u32.to_le_bytes()); // namesz: "CORE\0"
-        notes.extend_from_slice(&336u32.to_le_bytes()); // descsz
-        notes.extend_from_slice(&1u32.to_le_bytes()); // NT_PRSTATUS
-        notes.extend_from_slice(b"CORE\0\0\0\0");
-        notes.extend_from_slice(&desc);
-    }
-    notes
-}
-
-/// `NAME=hex` pairs of one vCPU's block; for segment lines (`CS =f000 ffff0000 ...`) the
-/// selector under the name and the base under `NAME.base`.
-fn register_values(block: &str) -> Vec<(String, u64)> {
-    let mut values = Vec::new();
-    for line in block.lines() {
-        let line = line.trim();
-        let segment = ["ES", "CS", "SS", "DS", "FS", "GS"]
-            .iter()
-            .find(|name| line.strip_prefix(**name).is_some_and(|rest| rest.trim_start().starts_with('=')));
-        if let Some(name) = segment {
-            let mut fields = line.split_once('=').map_or("", |(_, rest)| rest).split_whitespace();
-            let parse = |field: Option<&str>| field.and_then(|f| u64::from_str_radix(f, 16).ok());
-            if let Some(selector) = parse(fields.next()) {
-                values.push((name.to_string(), selector));
-            }
-            if let Some(base) = parse(fields.next()) {
-                values.push((format!("{name}.base"), base));
-            }
-            continue;
-        }
-        for word in line.split_whitespace() {
-            if let Some((name, hex)) = word.split_once('=') {
-                if let Ok(value) = u64::from_str_radix(hex, 16) {
-                    values.push((name.to_string(), value));
-                }
-            }
-        }
-    }
-    values
-}
-
 const PAGE: u64 = super::PAGE_SIZE as u64;
 const ELF_HEADER: u64 = 64;
 const PROGRAM_HEADER: u64 = 56;
@@ -229,7 +144,7 @@ pub struct Core {
 
 impl Core {
     /// The core of a guest with `layout`, for ELF machine `machine` (see [`elf_machine`]),
-    /// with `notes` (see [`x86_64_prstatus_notes`]) in a `PT_NOTE` when there are any.
+    /// with `notes` (see `guest::registers::x86_64_prstatus_notes`) in a `PT_NOTE` when there are any.
     pub fn new(layout: &GuestLayout, machine: u16, notes: &[u8]) -> Self {
         let regions = layout.regions();
         let note_headers = u64::from(!notes.is_empty());
@@ -385,26 +300,9 @@ mod tests {
     }
 
     #[test]
-    fn prstatus_notes_from_info_registers() {
-        let text = "CPU#0\nRAX=0000000000000001 RBX=0000000000000002 RCX=3 RDX=4\n\
-                    RIP=ffffffff81000010 RFL=00000246 [---Z-P-] CPL=0\nRSP=ffffc90000003e80\n\
-                    CS =0010 0000000000000000 ffffffff 00a09b00 DPL=0 CS64 [-RA]\n\
-                    GS =0000 ffff88807fc00000 ffffffff 00c00000\n\
-                    CPU#1\nEAX=00000000 EDX=00060fb1 EIP=0000fff0 EFL=00000002\n";
-        let notes = x86_64_prstatus_notes(text);
-        assert_eq!(notes.len(), 2 * (12 + 8 + 336));
-        let desc = &notes[20..20 + 336];
-        let reg =
-            |index: usize| u64::from_le_bytes(desc[112 + index * 8..120 + index * 8].try_into().unwrap());
-        assert_eq!(
-            (reg(10), reg(5), reg(16), reg(18), reg(19)),
-            (1, 2, 0xffff_ffff_8100_0010, 0x246, 0xffff_c900_0000_3e80)
-        );
-        assert_eq!((reg(17), reg(22)), (0x10, 0xffff_8880_7fc0_0000), "CS selector, GS base");
-        assert_eq!(&notes[12..16], b"CORE");
-        let second = &notes[356 + 20..356 + 20 + 336];
-        assert_eq!(u64::from_le_bytes(second[112 + 16 * 8..120 + 16 * 8].try_into().unwrap()), 0xfff0);
-        assert_eq!(u32::from_le_bytes(second[32..36].try_into().unwrap()), 2, "pr_pid");
+    fn a_core_with_notes_has_a_pt_note() {
+        // two NT_PRSTATUS notes of x86_64's size (see guest::registers)
+        let notes = vec![0u8; 2 * (12 + 8 + 336)];
         let core = Core::new(&q35_4g(), 62, &notes);
         let header = match &core.pieces(0, 64)[..] {
             [Piece::Bytes(bytes)] => bytes.to_vec(),

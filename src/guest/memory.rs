@@ -1,0 +1,191 @@
+//! Reading guest-physical memory, for code that walks guest structures (page tables, kernel
+//! lists): one small trait, [`GuestMemory`], implemented by a live VM's RAM
+//! ([`SharedMemoryBridge`]) and by a frozen copy with its layout ([`FrozenMemory`]), so that the
+//! same walk runs on a live guest and on a snapshot. Addresses are [`Gpa`]s, never file offsets;
+//! an address that is not RAM (a hole of the layout: MMIO, the PCI hole, past the end) is an
+//! error, never zeros: a walker must not mistake a hole for a table of zeros.
+
+use crate::ram::{BridgeError, GuestLayout, SharedMemoryBridge};
+
+/// A guest-physical address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Gpa(pub u64);
+
+impl Gpa {
+    /// `self + bytes`, or `None` past the end of the address space.
+    pub fn checked_add(self, bytes: u64) -> Option<Gpa> {
+        self.0.checked_add(bytes).map(Gpa)
+    }
+}
+
+impl std::fmt::Display for Gpa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// Why guest memory could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestMemoryError {
+    /// Part of the range is not RAM.
+    #[error("guest-physical {gpa} (+{len} bytes) is not RAM")]
+    NotRam {
+        /// The first address asked for.
+        gpa: Gpa,
+        /// Bytes asked for.
+        len: usize,
+    },
+    /// The RAM could not be read.
+    #[error("cannot read guest-physical {gpa}")]
+    Read {
+        /// The first address asked for.
+        gpa: Gpa,
+        /// Why.
+        #[source]
+        source: BridgeError,
+    },
+}
+
+/// Guest-physical memory to read from. Reads copy: the bytes of a live guest may change under
+/// the reader, and a walk must never hold a reference into them.
+pub trait GuestMemory {
+    /// Fills `buf` with the bytes at `gpa`.
+    ///
+    /// # Errors
+    ///
+    /// [`GuestMemoryError::NotRam`] when any byte of the range is not RAM,
+    /// [`GuestMemoryError::Read`] when the RAM cannot be read.
+    fn read_at(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), GuestMemoryError>;
+
+    /// The little-endian u64 at `gpa`.
+    ///
+    /// # Errors
+    ///
+    /// As [`read_at`](Self::read_at).
+    fn read_u64(&self, gpa: Gpa) -> Result<u64, GuestMemoryError> {
+        let mut bytes = [0u8; 8];
+        self.read_at(gpa, &mut bytes)?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    /// The little-endian u32 at `gpa`.
+    ///
+    /// # Errors
+    ///
+    /// As [`read_at`](Self::read_at).
+    fn read_u32(&self, gpa: Gpa) -> Result<u32, GuestMemoryError> {
+        let mut bytes = [0u8; 4];
+        self.read_at(gpa, &mut bytes)?;
+        Ok(u32::from_le_bytes(bytes))
+    }
+}
+
+/// Calls `each(offset in the RAM file, part of buf)` for the pieces of `gpa..gpa + buf.len()`,
+/// split where the range crosses from one RAM region of `layout` to the next; nothing is read
+/// unless all of the range is RAM.
+fn for_each_piece(
+    layout: &GuestLayout,
+    gpa: Gpa,
+    buf: &mut [u8],
+    mut each: impl FnMut(u64, &mut [u8]) -> Result<(), BridgeError>,
+) -> Result<(), GuestMemoryError> {
+    let not_ram = || GuestMemoryError::NotRam { gpa, len: buf.len() };
+    // first the whole plan, so that a range that ends in a hole reads nothing
+    let mut plan = Vec::new();
+    let (mut at, mut done) = (gpa.0, 0usize);
+    while done < buf.len() {
+        let region = layout
+            .regions()
+            .iter()
+            .find(|region| at >= region.gpa && at - region.gpa < region.len)
+            .ok_or_else(not_ram)?;
+        let part = ((region.gpa + region.len - at) as usize).min(buf.len() - done);
+        plan.push((region.offset + (at - region.gpa), done, part));
+        done += part;
+        at = at.checked_add(part as u64).ok_or_else(not_ram)?;
+    }
+    for (offset, start, len) in plan {
+        each(offset, &mut buf[start..start + len])
+            .map_err(|source| GuestMemoryError::Read { gpa, source })?;
+    }
+    Ok(())
+}
+
+impl GuestMemory for SharedMemoryBridge {
+    fn read_at(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
+        let ram = self.mapping();
+        for_each_piece(self.layout(), gpa, buf, |offset, part| ram.copy_to(offset as usize, part))
+    }
+}
+
+/// A frozen copy of a guest's RAM (a snapshot buffer, in RAM-file order) with the layout that
+/// places it.
+#[derive(Debug, Clone, Copy)]
+pub struct FrozenMemory<'a> {
+    ram: &'a [u8],
+    layout: &'a GuestLayout,
+}
+
+impl<'a> FrozenMemory<'a> {
+    /// `ram` (a whole copy of the RAM, as [`SharedMemoryBridge::snapshot_into`] fills it) placed
+    /// by `layout`.
+    pub fn new(ram: &'a [u8], layout: &'a GuestLayout) -> Self {
+        Self { ram, layout }
+    }
+}
+
+impl GuestMemory for FrozenMemory<'_> {
+    fn read_at(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
+        let ram = self.ram;
+        for_each_piece(self.layout, gpa, buf, |offset, part| {
+            let start = offset as usize;
+            let bytes = start
+                .checked_add(part.len())
+                .and_then(|end| ram.get(start..end))
+                .ok_or(BridgeError::InvalidAddress { addr: offset, len: part.len(), max: ram.len() })?;
+            part.copy_from_slice(bytes);
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// q35 with 3 GiB, small: 8 KiB below the "hole" at 8 KiB, 8 KiB above it at 1 MiB.
+    fn layout() -> GuestLayout {
+        GuestLayout::from_mtree(vec![
+            crate::ram::Region { gpa: 0, offset: 0, len: 0x2000 },
+            crate::ram::Region { gpa: 0x2000, offset: 0x3000, len: 0x1000 },
+            crate::ram::Region { gpa: 0x10_0000, offset: 0x2000, len: 0x1000 },
+        ])
+    }
+
+    #[test]
+    fn frozen_reads_follow_the_layout_across_regions_and_refuse_holes() {
+        let ram: Vec<u8> = (0..0x4000u32).map(|i| (i / 0x1000) as u8 * 16 + (i % 7) as u8).collect();
+        let layout = layout();
+        let memory = FrozenMemory::new(&ram, &layout);
+        let mut buf = [0u8; 8];
+        memory.read_at(Gpa(0x10_0000), &mut buf).unwrap();
+        assert_eq!(buf[0] >> 4, 2, "gpa 1 MiB is file offset 0x2000");
+        // across two regions that are adjacent in guest-physical space but not in the file
+        let mut across = [0u8; 16];
+        memory.read_at(Gpa(0x2000 - 8), &mut across).unwrap();
+        assert_eq!(across[7] >> 4, 1);
+        assert_eq!(across[8] >> 4, 3, "gpa 0x2000 is file offset 0x3000");
+        assert_eq!(memory.read_u64(Gpa(0x3000 - 8)).unwrap().to_le_bytes()[0] >> 4, 3);
+        for (gpa, len) in [(0x3000u64, 1usize), (0x2ff8, 16), (u64::MAX - 3, 8), (0x10_0ff8, 16)] {
+            let mut buf = vec![0xaa; len];
+            assert!(
+                matches!(memory.read_at(Gpa(gpa), &mut buf), Err(GuestMemoryError::NotRam { .. })),
+                "{gpa:#x}+{len}"
+            );
+            assert!(buf.iter().all(|&b| b == 0xaa), "nothing read of a range that ends in a hole");
+        }
+        // a frozen copy shorter than its layout says is an error, not a panic
+        let short = FrozenMemory::new(&ram[..0x1000], &layout);
+        assert!(matches!(short.read_u64(Gpa(0x10_0000)), Err(GuestMemoryError::Read { .. })));
+    }
+}

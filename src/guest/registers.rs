@@ -1,0 +1,198 @@
+//! vCPU registers as QEMU reports them: HMP `info registers -a` (QEMU's only dump of every
+//! register; QMP `query-cpus-fast` names the vCPUs but gives no values), parsed per vCPU into
+//! name/value pairs, and turned into the `NT_PRSTATUS` notes of an x86_64 core.
+//!
+//! A sample of a running VM's registers is a moment of each vCPU, taken one after the other:
+//! pause the VM first for one consistent set.
+
+use std::os::unix::net::UnixStream;
+
+use crate::qmp::{QmpClient, QmpError};
+use crate::vm::{VmError, VmInfo};
+
+/// One vCPU's registers: `(name, value)` in the order QEMU printed them. Segment registers
+/// give their selector under their name (`CS`) and their base under `CS.base`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VcpuRegisters {
+    values: Vec<(String, u64)>,
+}
+
+impl VcpuRegisters {
+    /// The value of register `name` (`RIP`, `CR3`, `CS.base`...), as QEMU spells it.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.values.iter().find(|(known, _)| known == name).map(|(_, value)| *value)
+    }
+
+    /// The first of `names` that this vCPU has (`["RAX", "EAX"]`: long mode, else 32-bit).
+    pub fn first_of(&self, names: &[&str]) -> Option<u64> {
+        names.iter().find_map(|name| self.get(name))
+    }
+
+    /// Every register, in QEMU's order.
+    pub fn values(&self) -> &[(String, u64)] {
+        &self.values
+    }
+}
+
+/// Every vCPU's registers from the text of HMP `info registers -a` (blocks that start with
+/// `CPU#N`), in vCPU order. Words that are not `NAME=hex` are skipped: the text is QEMU's, its
+/// shape varies by version and architecture.
+pub fn parse_info_registers(text: &str) -> Vec<VcpuRegisters> {
+    text.split("CPU#").skip(1).map(|block| VcpuRegisters { values: register_values(block) }).collect()
+}
+
+/// `NAME=hex` pairs of one vCPU's block; for segment lines (`CS =f000 ffff0000 ...`) the
+/// selector under the name and the base under `NAME.base`.
+fn register_values(block: &str) -> Vec<(String, u64)> {
+    let mut values = Vec::new();
+    for line in block.lines() {
+        let line = line.trim();
+        let segment = ["ES", "CS", "SS", "DS", "FS", "GS"]
+            .iter()
+            .find(|name| line.strip_prefix(**name).is_some_and(|rest| rest.trim_start().starts_with('=')));
+        if let Some(name) = segment {
+            let mut fields = line.split_once('=').map_or("", |(_, rest)| rest).split_whitespace();
+            let parse = |field: Option<&str>| field.and_then(|f| u64::from_str_radix(f, 16).ok());
+            if let Some(selector) = parse(fields.next()) {
+                values.push((name.to_string(), selector));
+            }
+            if let Some(base) = parse(fields.next()) {
+                values.push((format!("{name}.base"), base));
+            }
+            continue;
+        }
+        for word in line.split_whitespace() {
+            if let Some((name, hex)) = word.split_once('=') {
+                if let Ok(value) = u64::from_str_radix(hex, 16) {
+                    values.push((name.to_string(), value));
+                }
+            }
+        }
+    }
+    values
+}
+
+/// `NT_PRSTATUS` notes, one per vCPU, for an x86_64 guest (real and protected mode name EAX..,
+/// long mode RAX.. and R8..R15). The layout is the kernel's `struct elf_prstatus` for x86_64
+/// (336 bytes, `pr_reg` at 112 in `user_regs_struct` order), as QEMU's own dump writes it;
+/// fields QEMU did not print are zero.
+pub fn x86_64_prstatus_notes(vcpus: &[VcpuRegisters]) -> Vec<u8> {
+    // user_regs_struct, in order; each name lists the spellings QEMU prints
+    const REGS: [&[&str]; 27] = [
+        &["R15"],
+        &["R14"],
+        &["R13"],
+        &["R12"],
+        &["RBP", "EBP"],
+        &["RBX", "EBX"],
+        &["R11"],
+        &["R10"],
+        &["R9"],
+        &["R8"],
+        &["RAX", "EAX"],
+        &["RCX", "ECX"],
+        &["RDX", "EDX"],
+        &["RSI", "ESI"],
+        &["RDI", "EDI"],
+        &["orig_rax"],
+        &["RIP", "EIP"],
+        &["CS"],
+        &["RFL", "EFL"],
+        &["RSP", "ESP"],
+        &["SS"],
+        &["FS.base"],
+        &["GS.base"],
+        &["DS"],
+        &["ES"],
+        &["FS"],
+        &["GS"],
+    ];
+    let mut notes = Vec::new();
+    for (index, vcpu) in vcpus.iter().enumerate() {
+        let mut desc = vec![0u8; 336];
+        desc[32..36].copy_from_slice(&(index as u32 + 1).to_le_bytes()); // pr_pid: vCPU index + 1
+        for (slot, names) in REGS.iter().enumerate() {
+            desc[112 + slot * 8..120 + slot * 8]
+                .copy_from_slice(&vcpu.first_of(names).unwrap_or(0).to_le_bytes());
+        }
+        notes.extend_from_slice(&5u32.to_le_bytes()); // namesz: "CORE\0"
+        notes.extend_from_slice(&336u32.to_le_bytes()); // descsz
+        notes.extend_from_slice(&1u32.to_le_bytes()); // NT_PRSTATUS
+        notes.extend_from_slice(b"CORE\0\0\0\0");
+        notes.extend_from_slice(&desc);
+    }
+    notes
+}
+
+/// Every vCPU's registers now, asked through `ask` (a QMP exchange of the caller's: a fresh
+/// connection or a cached one).
+///
+/// # Errors
+///
+/// What `ask` returns.
+pub fn vcpu_registers(
+    ask: impl FnOnce(&dyn Fn(&mut QmpClient<UnixStream>) -> Result<String, QmpError>) -> Result<String, VmError>,
+) -> Result<Vec<VcpuRegisters>, VmError> {
+    ask(&|qmp| qmp.human_monitor_command("info registers -a")).map(|text| parse_info_registers(&text))
+}
+
+/// `NT_PRSTATUS` notes of the vCPUs as QEMU reports them now, for x86_64 guests (the register
+/// text of other architectures is not turned into notes: their cores carry none). A monitor
+/// that fails gives none, with a log line.
+pub fn prstatus_notes_now(
+    info: &VmInfo,
+    ask: impl FnOnce(&dyn Fn(&mut QmpClient<UnixStream>) -> Result<String, QmpError>) -> Result<String, VmError>,
+) -> Vec<u8> {
+    if info.arch != "x86_64" {
+        return Vec::new();
+    }
+    match vcpu_registers(ask) {
+        Ok(vcpus) => x86_64_prstatus_notes(&vcpus),
+        Err(err) => {
+            log::warn!("no vCPU registers in the core of VM {}: {}", info.name, crate::error::chain(&err));
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_VCPUS: &str = "CPU#0\nRAX=0000000000000001 RBX=0000000000000002 RCX=3 RDX=4\n\
+                             RIP=ffffffff81000010 RFL=00000246 [---Z-P-] CPL=0\nRSP=ffffc90000003e80\n\
+                             CS =0010 0000000000000000 ffffffff 00a09b00 DPL=0 CS64 [-RA]\n\
+                             GS =0000 ffff88807fc00000 ffffffff 00c00000\n\
+                             CR0=80050033 CR2=00007f0000001000 CR3=0000000001a0e000 CR4=003506f0\n\
+                             CPU#1\nEAX=00000000 EDX=00060fb1 EIP=0000fff0 EFL=00000002\n";
+
+    #[test]
+    fn registers_parse_per_vcpu_with_segment_bases() {
+        let vcpus = parse_info_registers(TWO_VCPUS);
+        assert_eq!(vcpus.len(), 2);
+        assert_eq!(vcpus[0].get("CR3"), Some(0x1a0_e000));
+        assert_eq!(vcpus[0].get("CS"), Some(0x10));
+        assert_eq!(vcpus[0].get("GS.base"), Some(0xffff_8880_7fc0_0000));
+        assert_eq!(vcpus[1].first_of(&["RIP", "EIP"]), Some(0xfff0));
+        assert_eq!(vcpus[1].get("CR3"), None);
+        assert!(parse_info_registers("garbage, no CPU block").is_empty());
+    }
+
+    #[test]
+    fn prstatus_notes_from_info_registers() {
+        let notes = x86_64_prstatus_notes(&parse_info_registers(TWO_VCPUS));
+        assert_eq!(notes.len(), 2 * (12 + 8 + 336));
+        let desc = &notes[20..20 + 336];
+        let reg =
+            |index: usize| u64::from_le_bytes(desc[112 + index * 8..120 + index * 8].try_into().unwrap());
+        assert_eq!(
+            (reg(10), reg(5), reg(16), reg(18), reg(19)),
+            (1, 2, 0xffff_ffff_8100_0010, 0x246, 0xffff_c900_0000_3e80)
+        );
+        assert_eq!((reg(17), reg(22)), (0x10, 0xffff_8880_7fc0_0000), "CS selector, GS base");
+        assert_eq!(&notes[12..16], b"CORE");
+        let second = &notes[356 + 20..356 + 20 + 336];
+        assert_eq!(u64::from_le_bytes(second[112 + 16 * 8..120 + 16 * 8].try_into().unwrap()), 0xfff0);
+        assert_eq!(u32::from_le_bytes(second[32..36].try_into().unwrap()), 2, "pr_pid");
+    }
+}
