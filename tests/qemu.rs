@@ -139,12 +139,7 @@ fn test_qmp_states_and_memdev_on_real_qemu() {
 /// guest sees at a guest-physical address: the layout must agree with QEMU itself.
 fn check_layout_against_qemu(machine: Machine, memory: u64, gpa: u64, expected_offset: u64) {
     let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("layout", &run_dir)
-        .machine(machine.clone())
-        .memory(memory)
-        .no_drive()
-        .extra(&["-S"])
-        .launch();
+    let vm = common::paused_machine("layout", &run_dir, machine.clone(), memory);
     let handle = Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
     let (bridge, info) = handle.open_bridge().unwrap();
     assert_eq!(bridge.translate(gpa, 4096).unwrap() as u64, expected_offset, "{machine:?} {memory:#x}");

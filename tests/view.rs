@@ -356,20 +356,7 @@ fn test_view_follows_restarts_and_hot_plugged_memory() {
     });
     view.until("dimm", |vm| vm["ram_size"] == 64 * MIB);
     let dimm = run_dir.qemu_output("dimm.ram");
-    qemu_bridge::Vm::existing(&run_dir.run_dir, "dimm")
-        .unwrap()
-        .with_qmp(|qmp| {
-            qmp.execute(
-                "object-add",
-                Some(serde_json::json!({"qom-type": "memory-backend-file", "id": "d0", "size": 128 * MIB,
-                                        "mem-path": dimm.display().to_string(), "share": true})),
-            )?;
-            qmp.execute(
-                "device_add",
-                Some(serde_json::json!({"driver": "pc-dimm", "id": "dimm0", "memdev": "d0"})),
-            )
-        })
-        .unwrap();
+    common::plug_dimm(&run_dir, "dimm", &dimm, 128 * MIB);
     let grown = view.until("dimm", |vm| vm["ram_size"] == 192 * MIB);
     let regions = grown["regions"].as_array().unwrap();
     assert!(

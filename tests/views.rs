@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{require_qemu, stderr, wait_until, TestMount, TestRunDir, VmBuilder};
+use common::{require_qemu, stderr, wait_until, TestMount, TestRunDir};
 use qemu_bridge::{Machine, Vm};
 
 fn lseek(path: &Path, offset: u64, whence: &str) -> String {
@@ -26,12 +26,7 @@ fn lseek(path: &Path, offset: u64, whence: &str) -> String {
 /// PCI hole reads zeros; SEEK_DATA/SEEK_HOLE walk the RAM ranges.
 fn check_machine(machine: Machine, memory: u64, stamps: &[(u64, u64)], hole: u64) {
     let run_dir = TestRunDir::new();
-    let vm = VmBuilder::new("views", &run_dir)
-        .machine(machine.clone())
-        .memory(memory)
-        .no_drive()
-        .extra(&["-S"])
-        .launch();
+    let vm = common::paused_machine("views", &run_dir, machine.clone(), memory);
     let handle = Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
     let ram = std::fs::OpenOptions::new().write(true).open(&vm.launched.ram_path).unwrap();
     let mount = TestMount::new(&run_dir, &[]);
@@ -314,19 +309,7 @@ fn test_numa_nodes_and_a_hot_plugged_dimm() {
     // plug a 128 MiB DIMM into the running mount's VM
     assert_eq!(std::fs::metadata(mount.path("dimm/ram")).unwrap().len(), 64 * MIB);
     let dimm = run_dir.qemu_output("dimm.ram");
-    let vm = Vm::existing(&run_dir.run_dir, "dimm").unwrap();
-    vm.with_qmp(|qmp| {
-        qmp.execute(
-            "object-add",
-            Some(serde_json::json!({"qom-type": "memory-backend-file", "id": "d0", "size": 128 * MIB,
-                                    "mem-path": dimm.display().to_string(), "share": true})),
-        )?;
-        qmp.execute(
-            "device_add",
-            Some(serde_json::json!({"driver": "pc-dimm", "id": "dimm0", "memdev": "d0"})),
-        )
-    })
-    .unwrap();
+    common::plug_dimm(&run_dir, "dimm", &dimm, 128 * MIB);
     assert!(
         wait_until(Duration::from_secs(10), || std::fs::metadata(mount.path("dimm/ram"))
             .is_ok_and(|m| m.len() == 192 * MIB)),

@@ -148,6 +148,31 @@ pub fn booted_vm(prefix: &str) -> (TestRunDir, TestVm) {
     (run_dir, vm)
 }
 
+/// Plugs a `pc-dimm` of `size` bytes, its RAM in the file `path`, into the running VM `name`
+/// (started with `-m ...,slots=N,maxmem=...`), as a user hot-plugging memory would.
+pub fn plug_dimm(run_dir: &TestRunDir, name: &str, path: &Path, size: u64) {
+    qemu_bridge::Vm::existing(&run_dir.run_dir, name)
+        .unwrap()
+        .with_qmp(|qmp| {
+            qmp.execute(
+                "object-add",
+                Some(serde_json::json!({"qom-type": "memory-backend-file", "id": "d0", "size": size,
+                                        "mem-path": path.display().to_string(), "share": true})),
+            )?;
+            qmp.execute(
+                "device_add",
+                Some(serde_json::json!({"driver": "pc-dimm", "id": "dimm0", "memdev": "d0"})),
+            )
+        })
+        .unwrap();
+}
+
+/// A paused VM (`-S`) of `machine` with `memory` bytes and no disk: for layout tests, where
+/// only QEMU's memory map matters.
+pub fn paused_machine(prefix: &str, run_dir: &TestRunDir, machine: Machine, memory: u64) -> TestVm {
+    VmBuilder::new(prefix, run_dir).machine(machine).memory(memory).no_drive().extra(&["-S"]).launch()
+}
+
 /// Builder for a real VM under TCG.
 pub struct VmBuilder {
     options: LaunchOptions,
