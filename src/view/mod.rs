@@ -48,12 +48,13 @@ pub const DEFAULT_SCAN_BUDGET: f64 = 0.5;
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
     /// The address cannot be listened on.
-    #[error("cannot listen on {address}: {reason}")]
+    #[error("cannot listen on {address}")]
     Listen {
         /// The address.
         address: SocketAddr,
-        /// Why.
-        reason: String,
+        /// Why (the web server's error).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -121,8 +122,8 @@ impl ViewServer {
     ///
     /// [`ViewError::Listen`] when the address cannot be bound.
     pub fn bind(address: SocketAddr, run_dir: RunDir) -> Result<Self, ViewError> {
-        let server = tiny_http::Server::http(address)
-            .map_err(|err| ViewError::Listen { address, reason: err.to_string() })?;
+        let server =
+            tiny_http::Server::http(address).map_err(|source| ViewError::Listen { address, source })?;
         Ok(Self {
             server: Arc::new(server),
             scene: Arc::default(),
