@@ -232,7 +232,7 @@ impl Tree {
             uid: self.uid,
             gid: self.gid,
             rdev: 0,
-            blksize: 4096,
+            blksize: crate::ram::PAGE_SIZE as u32,
             flags: 0,
         }
     }
