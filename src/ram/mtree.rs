@@ -134,8 +134,10 @@ pub fn place(text: &str, backends: &[(&str, u64)]) -> Option<Placement> {
     let mut all = Vec::new();
     let mut base = 0u64;
     for (index, regions) in &placed {
+        // every range fits its backend, so offsets stay below the next base, checked first
+        let next = base.checked_add(backends[*index].1)?;
         all.extend(regions.iter().map(|region| Region { offset: region.offset + base, ..*region }));
-        base = base.checked_add(backends[*index].1)?;
+        base = next;
     }
     if all.is_empty() {
         return None;
