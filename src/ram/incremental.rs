@@ -307,9 +307,10 @@ fn write_record(
 
 /// Updates snapshot file `path` of `ram` (taken from `origin`) in place: only the pages whose
 /// content changed since the file was written are written, when its side record matches;
-/// otherwise the file is written whole (`Updated::full` says why). The record is removed
-/// before the file is touched and written anew after, so an update cut short leaves a file
-/// the next update rewrites whole. The caller pauses the VM around the call for an exact
+/// otherwise the file is written whole to a new file renamed over it at the end, so the old one
+/// stays whole until then (`Updated::full` says why). The record is removed before the file is
+/// touched and written anew after, so an in-place update cut short leaves a file the next update
+/// rewrites whole. The caller pauses the VM around the call for an exact
 /// image; otherwise each page is as it was when it was looked at.
 ///
 /// # Errors
@@ -326,18 +327,28 @@ pub fn update_file(ram: &GuestRam, origin: &Origin, path: &Path) -> Result<Updat
         _ => {}
     }
     let total = ram.len() as u64;
+    let mut temporary = None;
     let (file, full, mut prints, mut tree) = match (existing, record) {
         (Some(file), Ok(record)) => (file, None, record.prints, record.tree),
         (_, Err(reason)) => {
-            // a new file of holes: pages of zeros need no write
+            // written whole beside the old file, which stays whole until the rename: a new file of
+            // holes, where pages of zeros need no write
+            let name = path.file_name().ok_or_else(|| {
+                file_error("write", path)(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a file name",
+                ))
+            })?;
+            let partial =
+                path.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .create(true)
-                .truncate(true)
-                .open(path)
-                .map_err(file_error("create", path))?;
-            file.set_len(total).map_err(file_error("size", path))?;
+                .create_new(true)
+                .open(&partial)
+                .map_err(file_error("create", &partial))?;
+            let partial = temporary.insert(Partial(partial));
+            file.set_len(total).map_err(file_error("size", &partial.0))?;
             (file, Some(reason), vec![content_print(None); ram.pages()], Vec::new())
         }
         (None, Ok(_)) => unreachable!("a record is usable only with its file"),
@@ -383,8 +394,21 @@ pub fn update_file(ram: &GuestRam, origin: &Origin, path: &Path) -> Result<Updat
     }
     file.sync_all().map_err(file_error("sync", path))?;
     let digest = digest(&file, total, &mut tree, &dirty_leaves).map_err(file_error("read back", path))?;
+    if let Some(partial) = temporary.take() {
+        std::fs::rename(&partial.0, path).map_err(file_error("rename into place", path))?;
+        std::mem::forget(partial);
+    }
     write_record(path, &file, origin, prints, tree)?;
     Ok(Updated { full, pages_written, digest })
+}
+
+/// A file being written whole, removed unless it was renamed into place.
+struct Partial(PathBuf);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// A copy of a VM's RAM in memory kept up to date at the cost of what changed: each
@@ -520,6 +544,14 @@ mod tests {
             garbage.full.as_deref().is_some_and(|why| why.contains("not a snapshot record")),
             "{garbage:?}"
         );
+        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(ram_file.path()).unwrap());
+        // whole writes went to a file beside it, renamed into place: nothing else is left
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["snap", "snap.qbsnap"]);
     }
 
     #[test]
