@@ -15,10 +15,14 @@ use common::{TestRunDir, COUNTER_ADDR};
 
 const PAGE: u64 = 4096;
 
-/// Pages the running boot-sector guest writes besides its counter (seen: exactly these): the
-/// real-mode interrupt vector table and BIOS data area (page 0: SeaBIOS counts timer ticks at
-/// 0x46c) and its stack (page 0x7000, below 0x7c00), onto which each timer interrupt pushes.
-const GUEST_WRITES: [u64; 2] = [0x0, 0x7000];
+/// Whether the running boot-sector guest itself may write guest-physical page `page`, besides
+/// its counter: the real-mode interrupt vector table and BIOS data area (page 0: SeaBIOS counts
+/// timer ticks at 0x46c), its stack (page 0x7000, below 0x7c00), onto which each timer interrupt
+/// pushes, and SeaBIOS's own variables in the BIOS area, 0xc0000-0xfffff (seen under QEMU 10.0
+/// at 0xe9000, now and then, from its timer interrupt). Nothing else writes guest RAM.
+fn guest_writes(page: u64) -> bool {
+    page == 0x0 || page == 0x7000 || (0xc0000..0x100000).contains(&page)
+}
 
 /// `qemu-bridge changes NAME --json` running as a child, read line by line.
 struct ChangesRun {
@@ -108,12 +112,12 @@ fn test_changes_reports_exactly_the_written_pages_of_a_running_guest() {
         }
         let unexpected: Vec<_> = seen
             .iter()
-            .filter(|page| !written.contains(page) && **page != counter_page && !GUEST_WRITES.contains(page))
+            .filter(|page| !written.contains(page) && **page != counter_page && !guest_writes(**page))
             .collect();
         assert!(unexpected.is_empty(), "{name} tracker reported pages nobody wrote: {unexpected:x?}");
     }
     for page in &idle {
-        assert!(*page == counter_page || GUEST_WRITES.contains(page), "idle interval reported {page:#x}");
+        assert!(*page == counter_page || guest_writes(*page), "idle interval reported {page:#x}");
     }
     // three full looks at all of RAM allocated no hole
     assert_eq!(allocated() - before, 4 * PAGE, "tracking allocated memory of the guest");
@@ -176,8 +180,8 @@ fn test_snapshot_update_rewrites_what_changed() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("not an update: {note}"));
-    // the three pages, the counter's, and at most the BIOS data and stack pages
-    assert!((4..=6).contains(&updated), "{updated} pages rewritten: {note}");
+    // the three pages, the counter's, and the few the guest's BIOS writes (see guest_writes)
+    assert!((4..=10).contains(&updated), "{updated} pages rewritten: {note}");
     assert_eq!(line.split_whitespace().nth(1).unwrap(), digest_by("sha256sum", &out));
     assert!(same_as_ram(), "the updated snapshot differs from the paused guest's RAM");
     handle.with_qmp(|qmp| qmp.cont()).unwrap();
