@@ -1356,6 +1356,8 @@ impl Bench {
             ),
         });
         drop(bridge);
+        // the snapshot's side record sits beside it: ours to remove too
+        let _ = std::fs::remove_file(qemu_bridge::ram::incremental::record_path(out.path()));
         drop(out);
         drop(lab);
 
