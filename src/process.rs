@@ -32,13 +32,23 @@ pub fn read_pid(pidfile: &Path) -> Option<u32> {
     std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()
 }
 
+/// The fields of `/proc/PID/stat` after the parenthesised command name (which may itself hold
+/// ')'): the state first, then ppid, ... (field 3 of proc(5) is index 0 here).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
 /// Whether process `pid` exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name, which may itself hold ')'.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    stat_fields(pid).is_some_and(|fields| fields.first().is_some_and(|state| state != "Z"))
+}
+
+/// When process `pid` started, in clock ticks since boot (`/proc/PID/stat` field 22): with the
+/// pid, it names one process, as a pid alone does not once pids are reused.
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
 }
 
 /// Waits up to `timeout` for `pid` to exit (without signalling it); whether it did.
@@ -83,6 +93,18 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         assert!(!alive(pid));
+        assert_eq!(start_time(pid), None, "a reaped child has no start time");
+    }
+
+    #[test]
+    fn start_times_are_stable_and_order_processes() {
+        let ours = start_time(std::process::id()).unwrap();
+        assert_eq!(start_time(std::process::id()), Some(ours));
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let theirs = start_time(child.id()).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(theirs >= ours, "a child started after us: {theirs} < {ours}");
     }
 
     #[test]

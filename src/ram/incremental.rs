@@ -79,10 +79,7 @@ pub struct Origin {
 impl Origin {
     /// The origin of a VM's RAM now, or `None` when its QEMU's start time cannot be read.
     pub fn of(vm: &str, qemu_pid: u32, ram_size: u64) -> Option<Self> {
-        let stat = std::fs::read_to_string(format!("/proc/{qemu_pid}/stat")).ok()?;
-        // the command name may hold spaces and parentheses: fields count from the last ')'
-        let after_name = &stat[stat.rfind(')')? + 1..];
-        let qemu_start = after_name.split_whitespace().nth(19)?.parse().ok()?;
+        let qemu_start = crate::process::start_time(qemu_pid)?;
         Some(Self { vm: vm.to_string(), qemu_pid, qemu_start, ram_size })
     }
 }
