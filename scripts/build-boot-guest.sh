@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Assembles the demo/test boot-sector guest (tests/guest/boot.S) into a 1 MiB raw disk image.
-# Usage: scripts/build-boot-guest.sh OUTPUT.img
+# Assembles the demo/test boot-sector guest (tests/guest/boot.S, or SOURCE) into a 1 MiB raw disk
+# image.
+# Usage: scripts/build-boot-guest.sh OUTPUT.img [SOURCE.S]
 set -euo pipefail
 out=${1:?usage: $0 OUTPUT.img}
-src="$(cd "$(dirname "$0")/.." && pwd)/tests/guest/boot.S"
+src=${2:-"$(cd "$(dirname "$0")/.." && pwd)/tests/guest/boot.S"}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 as --32 "$src" -o "$work/boot.o"

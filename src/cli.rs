@@ -928,11 +928,15 @@ fn read_verb(args: ReadArgs) -> CliResult {
 
 fn changes_verb(args: &ChangesArgs) -> CliResult {
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
-    let (bridge, _) = vm.open_bridge()?;
+    let (bridge, info) = vm.open_bridge()?;
+    let soft_dirty = qemu_bridge::ram::tracker::soft_dirty_for(info.qemu_pid, bridge.mapping())
+        .inspect_err(|why| log::info!("changes tracked by fingerprints: {why}"))
+        .ok();
     let changes = qemu_bridge::ram::Changes::new(
         bridge.mapping(),
         bridge.layout(),
         std::time::Duration::from_secs_f64(args.interval),
+        soft_dirty,
     )?;
     let method = changes.method();
     let mut out = std::io::stdout().lock();
@@ -1051,13 +1055,17 @@ fn update_snapshot(
     if paused {
         vm.with_qmp(|qmp| qmp.stop())?;
     }
-    let mut passes = vec![update_file(bridge.mapping(), &origin, &args.output)];
+    let soft_dirty = qemu_bridge::ram::tracker::soft_dirty_for(info.qemu_pid, bridge.mapping())
+        .inspect_err(|why| log::info!("every page looked at: {why}"))
+        .ok();
+    let update = || update_file(bridge.mapping(), &origin, &args.output, soft_dirty.as_deref());
+    let mut passes = vec![update()];
     // --consistent: again until a pass finds nothing more to write
     while args.consistent
         && (passes.len() as u32) < args.attempts.max(1) + 1
         && passes.last().is_some_and(|pass| pass.as_ref().is_ok_and(|pass| pass.pages_written > 0))
     {
-        passes.push(update_file(bridge.mapping(), &origin, &args.output));
+        passes.push(update());
     }
     if paused {
         vm.with_qmp(|qmp| qmp.cont())?;
@@ -1067,7 +1075,13 @@ fn update_snapshot(
     match &first.full {
         Some(reason) => eprintln!("qemu-bridge: a full snapshot: {reason}"),
         None => {
-            eprintln!("qemu-bridge: updated {} of {} pages", first.pages_written, bridge.mapping().pages())
+            let how = if soft_dirty.is_some() { "soft-dirty" } else { "fingerprints" };
+            eprintln!(
+                "qemu-bridge: updated {} of {} pages (looked at {}: {how})",
+                first.pages_written,
+                bridge.mapping().pages(),
+                first.pages_looked
+            )
         }
     }
     let verdict = if args.pause {

@@ -28,6 +28,7 @@ use std::os::unix::net::UnixStream;
 
 use crate::name::VmName;
 use crate::qmp::{QmpClient, QmpError};
+use crate::ram::soft_dirty::SoftDirty;
 use crate::ram::SharedMemoryBridge;
 use crate::run_dir::RunDir;
 use crate::vm::{Vm, VmError, VmInfo};
@@ -58,6 +59,9 @@ pub struct WatchedVm<T> {
     pub bridge: SharedMemoryBridge,
     /// What the front end made for it when it was admitted.
     pub parts: T,
+    /// The soft-dirty bits of its QEMU process over its RAM, where the host has them (see
+    /// [`crate::ram::soft_dirty`]); `None`: its changes are tracked by fingerprints.
+    pub soft_dirty: Option<Arc<SoftDirty>>,
     /// The ids of QEMU's memory backends when it was admitted.
     memdev_ids: Vec<String>,
     /// Identity of its socket file: a new socket means a new QEMU.
@@ -406,12 +410,16 @@ impl<T: Send + Sync + 'static> Watcher<T> {
         log::info!("VM {name}: RAM {} ({} bytes), {}", info.ram_path.display(), info.ram_size, info.status);
         let memdev_ids = vm.with_qmp(memdev_ids)?;
         let parts = (self.make_parts)(&vm, &bridge, &info)?;
+        let soft_dirty = crate::ram::tracker::soft_dirty_for(info.qemu_pid, bridge.mapping())
+            .inspect_err(|why| log::info!("VM {name}: changes tracked by fingerprints: {why}"))
+            .ok();
         Ok(Arc::new(WatchedVm {
             number,
             vm,
             info,
             bridge,
             parts,
+            soft_dirty,
             memdev_ids,
             socket_id: id,
             since: std::time::SystemTime::now(),

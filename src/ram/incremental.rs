@@ -15,12 +15,14 @@
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use blake3::hazmat::{
     left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
 };
 
 use super::guest_ram::GuestRam;
+use super::soft_dirty::SoftDirty;
 use super::{BridgeError, PAGE_SIZE};
 
 /// Bytes per leaf of the digest tree kept in the side record (32 bytes of record per MiB).
@@ -95,6 +97,10 @@ struct Header {
     file_mtime_ns: i128,
     pages: u64,
     leaves: u64,
+    /// The soft-dirty generation of the QEMU process when the file's pages were last looked at
+    /// (read before the look): while it stays, the pages that read dirty are all that changed.
+    #[serde(default)]
+    soft_dirty_generation: Option<u64>,
 }
 
 /// A snapshot file's side record: where it came from, its pages' fingerprints, its digest tree.
@@ -103,6 +109,52 @@ struct Record {
     header: Header,
     prints: Vec<u64>,
     tree: Vec<ChainingValue>,
+}
+
+/// Which pages a look covers.
+#[derive(Debug)]
+enum Selection {
+    All,
+    /// Only these (ascending): the soft-dirty bits say no other changed.
+    Dirty(Vec<usize>),
+}
+
+/// Which pages of RAM to look at, given the soft-dirty generation the copy is exact for
+/// (`known`), and the generation to remember for the next look. With no source, or a
+/// generation that moved, every page; when every page is looked at anyway and the QEMU
+/// process's bits were never cleared (or not for a while), they are cleared first, so that the
+/// next look costs what changes. A source that fails means every page, with a warning.
+fn select_pages(source: Option<&SoftDirty>, known: Option<u64>) -> (Selection, Option<u64>) {
+    let Some(source) = source else { return (Selection::All, None) };
+    let mut dirty = Vec::new();
+    let looked = source.dirty_pages(0..source.pages(), &mut dirty).and_then(|generation| {
+        if known.is_some_and(|known| known == generation.count && known > 0) {
+            return Ok((Selection::Dirty(dirty), Some(generation.count)));
+        }
+        let generation = if generation.may_clear() { source.clear()? } else { generation };
+        Ok((Selection::All, Some(generation.count)))
+    });
+    looked.unwrap_or_else(|err| {
+        log::warn!("{}: looking at every page", crate::error::chain(&err));
+        (Selection::All, None)
+    })
+}
+
+/// Calls `each(page, bytes)` for the pages of `selection` in `ram`, ascending; returns how many.
+fn for_each_selected(
+    ram: &GuestRam,
+    selection: &Selection,
+    mut each: impl FnMut(usize, Option<&[u8]>),
+) -> Result<u64, BridgeError> {
+    match selection {
+        Selection::All => ram.for_each_page(each).map(|()| ram.pages() as u64),
+        Selection::Dirty(pages) => {
+            for run in super::tracker::runs(pages) {
+                ram.for_each_page_in(run, &mut each)?;
+            }
+            Ok(pages.len() as u64)
+        }
+    }
 }
 
 /// Where the side record of snapshot `path` lives.
@@ -242,6 +294,9 @@ pub struct Updated {
     pub full: Option<String>,
     /// Pages written (all of them for a full snapshot).
     pub pages_written: u64,
+    /// Pages looked at: all of them, or where soft-dirty bits are read, those QEMU wrote since
+    /// the last update.
+    pub pages_looked: u64,
     /// BLAKE3 hex digest of the file now (what `b3sum` prints).
     pub digest: String,
 }
@@ -279,6 +334,7 @@ fn write_record(
     origin: &Origin,
     prints: Vec<u64>,
     tree: Vec<ChainingValue>,
+    soft_dirty_generation: Option<u64>,
 ) -> Result<(), IncrementalError> {
     let (file_len, file_dev, file_ino, file_mtime_ns) =
         file_identity(file).map_err(file_error("stat", path))?;
@@ -290,6 +346,7 @@ fn write_record(
         file_mtime_ns,
         pages: prints.len() as u64,
         leaves: tree.len() as u64,
+        soft_dirty_generation,
     };
     let record = Record { header, prints, tree };
     let target = record_path(path);
@@ -313,7 +370,12 @@ fn write_record(
 /// # Errors
 ///
 /// [`IncrementalError`] when RAM, the file or the record cannot be read or written.
-pub fn update_file(ram: &GuestRam, origin: &Origin, path: &Path) -> Result<Updated, IncrementalError> {
+pub fn update_file(
+    ram: &GuestRam,
+    origin: &Origin,
+    path: &Path,
+    soft_dirty: Option<&SoftDirty>,
+) -> Result<Updated, IncrementalError> {
     let existing = std::fs::OpenOptions::new().read(true).write(true).open(path).ok();
     let record = usable_record(path, existing.as_ref(), origin);
     // from here on, the file no longer matches a record until the new one is written
@@ -325,6 +387,8 @@ pub fn update_file(ram: &GuestRam, origin: &Origin, path: &Path) -> Result<Updat
     }
     let total = ram.len() as u64;
     let mut temporary = None;
+    let known = record.as_ref().ok().and_then(|record| record.header.soft_dirty_generation);
+    let (selection, generation) = select_pages(soft_dirty, known);
     let (file, full, mut prints, mut tree) = match (existing, record) {
         (Some(file), Ok(record)) => (file, None, record.prints, record.tree),
         (_, Err(reason)) => {
@@ -353,7 +417,9 @@ pub fn update_file(ram: &GuestRam, origin: &Origin, path: &Path) -> Result<Updat
     let mut dirty_leaves = Vec::new();
     let mut pages_written = 0u64;
     let mut failure = None;
-    ram.for_each_page(|page, bytes| {
+    // a file written whole is written from every page
+    let selection = if full.is_some() { Selection::All } else { selection };
+    let pages_looked = for_each_selected(ram, &selection, |page, bytes| {
         if failure.is_some() {
             return;
         }
@@ -395,8 +461,8 @@ pub fn update_file(ram: &GuestRam, origin: &Origin, path: &Path) -> Result<Updat
         std::fs::rename(&partial.0, path).map_err(file_error("rename into place", path))?;
         std::mem::forget(partial);
     }
-    write_record(path, &file, origin, prints, tree)?;
-    Ok(Updated { full, pages_written, digest })
+    write_record(path, &file, origin, prints, tree, generation)?;
+    Ok(Updated { full, pages_written, pages_looked, digest })
 }
 
 /// A file being written whole, removed unless it was renamed into place.
@@ -409,12 +475,15 @@ impl Drop for Partial {
 }
 
 /// A copy of a VM's RAM in memory kept up to date at the cost of what changed: each
-/// [`refresh`](Self::refresh) looks at every page once and copies only the pages whose content
-/// moved (the library's `snapshot --update`, for callers that take many snapshots a second).
+/// [`refresh`](Self::refresh) looks at every page once (with soft-dirty bits: at the pages QEMU
+/// wrote) and copies only the pages whose content moved (the library's `snapshot --update`, for callers that take many snapshots a second).
 #[derive(Debug)]
 pub struct SnapshotBuffer {
     data: Vec<u8>,
     prints: Vec<u64>,
+    /// Soft-dirty bits to look at instead of every page, and the generation the copy is exact
+    /// for.
+    soft_dirty: Option<(Arc<SoftDirty>, Option<u64>)>,
 }
 
 impl SnapshotBuffer {
@@ -424,7 +493,25 @@ impl SnapshotBuffer {
     ///
     /// As the copy ([`BridgeError::FileShrunk`]).
     pub fn new(ram: &GuestRam) -> Result<Self, BridgeError> {
-        let mut buffer = Self { data: vec![0; ram.len()], prints: vec![content_print(None); ram.pages()] };
+        Self::filled(ram, None)
+    }
+
+    /// As [`new`](Self::new), then each [`refresh`](Self::refresh) looks only at the pages
+    /// `source`'s soft-dirty bits say QEMU wrote (see [`crate::ram::tracker::soft_dirty_for`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn with_soft_dirty(ram: &GuestRam, source: Arc<SoftDirty>) -> Result<Self, BridgeError> {
+        Self::filled(ram, Some(source))
+    }
+
+    fn filled(ram: &GuestRam, source: Option<Arc<SoftDirty>>) -> Result<Self, BridgeError> {
+        let mut buffer = Self {
+            data: vec![0; ram.len()],
+            prints: vec![content_print(None); ram.pages()],
+            soft_dirty: source.map(|source| (source, None)),
+        };
         buffer.refresh(ram)?;
         Ok(buffer)
     }
@@ -443,9 +530,13 @@ impl SnapshotBuffer {
         if ram.len() != self.data.len() {
             return Err(BridgeError::BufferLength { expected: self.data.len(), actual: ram.len() });
         }
+        let (selection, generation) = match &self.soft_dirty {
+            Some((source, known)) => select_pages(Some(source), *known),
+            None => (Selection::All, None),
+        };
         let (data, prints) = (&mut self.data, &mut self.prints);
         let mut copied = 0;
-        ram.for_each_page(|page, bytes| {
+        for_each_selected(ram, &selection, |page, bytes| {
             let print = content_print(bytes);
             if prints[page] != print {
                 prints[page] = print;
@@ -458,6 +549,9 @@ impl SnapshotBuffer {
                 copied += 1;
             }
         })?;
+        if let Some((_, known)) = &mut self.soft_dirty {
+            *known = generation;
+        }
         Ok(copied)
     }
 }
@@ -504,14 +598,14 @@ mod tests {
         let path = dir.path().join("snap");
         let origin = Origin { vm: "vm".into(), qemu_pid: 1, qemu_start: 2, ram_size: len as u64 };
 
-        let first = update_file(&ram, &origin, &path).unwrap();
+        let first = update_file(&ram, &origin, &path, None).unwrap();
         assert!(first.full.as_deref().is_some_and(|why| why.contains("does not exist")), "{first:?}");
         assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(ram_file.path()).unwrap());
         assert_eq!(first.digest, b3sum(&path));
         assert!(std::fs::metadata(&path).unwrap().blocks() * 512 <= 3 * PAGE_SIZE as u64, "holes stay holes");
 
         // nothing changed: nothing written, same digest
-        let same = update_file(&ram, &origin, &path).unwrap();
+        let same = update_file(&ram, &origin, &path, None).unwrap();
         assert_eq!((same.full.as_ref(), same.pages_written), (None, 0));
         assert_eq!(same.digest, first.digest);
 
@@ -519,24 +613,24 @@ mod tests {
         ram_file.as_file().write_all_at(&[1], 2 * LEAF + 10).unwrap();
         ram_file.as_file().write_all_at(&[2], 100).unwrap();
         ram_file.as_file().write_all_at(&[0u8; PAGE_SIZE], 6 * PAGE_SIZE as u64).unwrap();
-        let updated = update_file(&ram, &origin, &path).unwrap();
+        let updated = update_file(&ram, &origin, &path, None).unwrap();
         assert_eq!((updated.full.as_ref(), updated.pages_written), (None, 3));
         assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(ram_file.path()).unwrap());
         assert_eq!(updated.digest, b3sum(&path));
 
         // another origin, or a file someone else changed: written whole, and said why
         let other = Origin { qemu_pid: 99, ..origin.clone() };
-        let whole = update_file(&ram, &other, &path).unwrap();
+        let whole = update_file(&ram, &other, &path, None).unwrap();
         assert!(whole.full.as_deref().is_some_and(|why| why.contains("not from this VM")), "{whole:?}");
         // file times are coarse (a clock tick): let one pass before the foreign write
         std::thread::sleep(std::time::Duration::from_millis(50));
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&[9], 0).unwrap();
-        let touched = update_file(&ram, &other, &path).unwrap();
+        let touched = update_file(&ram, &other, &path, None).unwrap();
         assert!(touched.full.as_deref().is_some_and(|why| why.contains("changed since")), "{touched:?}");
         assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(ram_file.path()).unwrap());
         // a record that is not one
         std::fs::write(record_path(&path), b"QBSNAP1\n\xff\xff\xff\xff").unwrap();
-        let garbage = update_file(&ram, &other, &path).unwrap();
+        let garbage = update_file(&ram, &other, &path, None).unwrap();
         assert!(
             garbage.full.as_deref().is_some_and(|why| why.contains("not a snapshot record")),
             "{garbage:?}"
@@ -554,8 +648,16 @@ mod tests {
     #[test]
     fn records_round_trip_and_malformed_ones_are_refused() {
         let origin = Origin { vm: "vm".into(), qemu_pid: 1, qemu_start: 2, ram_size: LEAF + 4096 };
-        let header =
-            Header { origin, file_len: 1, file_dev: 2, file_ino: 3, file_mtime_ns: 4, pages: 257, leaves: 2 };
+        let header = Header {
+            origin,
+            file_len: 1,
+            file_dev: 2,
+            file_ino: 3,
+            file_mtime_ns: 4,
+            pages: 257,
+            leaves: 2,
+            soft_dirty_generation: Some(7),
+        };
         let record = Record { header, prints: (0..257).collect(), tree: vec![[1; 32], [2; 32]] };
         let bytes = record.to_bytes();
         assert_eq!(Record::parse(&bytes), Some(record));

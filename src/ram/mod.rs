@@ -10,6 +10,7 @@ mod mapping;
 pub mod mtree;
 pub mod picture;
 pub mod snapshot;
+pub mod soft_dirty;
 pub mod sparse;
 pub mod tracker;
 pub mod views;

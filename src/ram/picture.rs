@@ -8,10 +8,12 @@
 
 use serde::Serialize;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::guest_ram::GuestRam;
-use super::tracker::Fingerprints;
+use super::soft_dirty::SoftDirty;
+use super::tracker::{Fingerprints, PageBytes};
 use super::BridgeError;
 
 /// Bytes per page of the picture (one pixel each): [`super::PAGE_SIZE`].
@@ -230,16 +232,19 @@ pub struct LiveMap {
 }
 
 impl LiveMap {
-    /// The picture of `ram` now.
+    /// The picture of `ram` now, kept up to date by fingerprints or, given a source, by
+    /// soft-dirty bits.
     ///
     /// # Errors
     ///
     /// As the copy ([`BridgeError::FileShrunk`]).
-    pub fn new(ram: &GuestRam) -> Result<Self, BridgeError> {
+    pub fn new(ram: &GuestRam, soft_dirty: Option<Arc<SoftDirty>>) -> Result<Self, BridgeError> {
         let mut classes = vec![PageClass::Hole; ram.pages()];
-        let prints = Fingerprints::new(ram, |page, bytes| {
-            classes[page] = bytes.map_or(PageClass::Hole, classify);
-        })?;
+        let each = |page, bytes: PageBytes| classes[page] = bytes.map_or(PageClass::Hole, classify);
+        let prints = match soft_dirty {
+            Some(source) => Fingerprints::with_soft_dirty(ram, source, each)?,
+            None => Fingerprints::new(ram, each)?,
+        };
         Ok(Self { prints, classes })
     }
 

@@ -6,25 +6,38 @@
 //! through the mapping would allocate it); a hole that the guest filled is data at the next look
 //! and reported as changed.
 //!
-//! Looking at every page on every frame of a 60 Hz picture cannot be done for big guests (4 GiB
-//! sixty times a second is 240 GB/s), so a tracker is asked to look for a while
-//! ([`Fingerprints::rescan_until`]): it re-checks pages from where it stopped, wraps around, and
-//! says how long its last complete sweep took ([`Fingerprints::last_sweep`]), the bound on how
-//! stale any page of the picture can be. [`Fingerprints::sweep`] looks at everything once, for
-//! callers that want every change between two points in time ([`Changes`]).
+//! Which pages it re-checks depends on the host ([`TrackingMethod`]):
+//! - **soft-dirty** (Linux hosts built with `CONFIG_MEM_SOFT_DIRTY`, RAM in a file, a memfd or
+//!   private to QEMU, and permission to write the QEMU process's `clear_refs`: see
+//!   [`super::soft_dirty`]): the kernel says which pages QEMU's process wrote; only those are
+//!   hashed. Reading the bits costs about 9 ns a page, so a tracker reads them within a small
+//!   share of a core ([`PAGEMAP_SHARE`]) and keeps a slower fingerprint sweep
+//!   ([`BACKGROUND_SHARE`]) for writes by other processes, which set no bit of QEMU's. After a
+//!   clear (by any tracker of that QEMU) it looks at every page once more within its budget.
+//! - **fingerprints** everywhere else: looking at every page on every frame of a 60 Hz picture
+//!   cannot be done for big guests (4 GiB sixty times a second is 240 GB/s), so a tracker is
+//!   asked to look for a while ([`Fingerprints::rescan_until`]): it re-checks pages from where it
+//!   stopped, wraps around, and says how long its last complete sweep took
+//!   ([`Fingerprints::last_sweep`]), the bound on how stale any page of the picture can be.
 //!
-//! Two consumers of one VM never disturb each other: a tracker holds only its own hashes and
-//! changes nothing in the VM, the QEMU process or the kernel.
+//! [`Fingerprints::sweep`] looks at everything once (soft-dirty: every dirty page), for callers
+//! that want every change between two points in time ([`Changes`]).
+//!
+//! Two consumers of one VM never disturb each other: a fingerprint tracker changes nothing in
+//! the VM, the QEMU process or the kernel, and soft-dirty trackers coordinate their clears
+//! through the QEMU process's record ([`super::soft_dirty`]).
 //!
 //! A hash can in principle collide (a change missed); with 64 bits that is about one changed
 //! page in 2^64.
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::guest_ram::GuestRam;
+use super::soft_dirty::{SoftDirty, SoftDirtyError, Unavailable};
 use super::{BridgeError, GuestLayout, PAGE_SIZE};
 
 /// How a tracker finds changed pages.
@@ -33,21 +46,56 @@ use super::{BridgeError, GuestLayout, PAGE_SIZE};
 pub enum TrackingMethod {
     /// A hash per page, re-checked within a CPU budget (works on every host and backend).
     Fingerprints,
+    /// The host kernel's soft-dirty bits of the QEMU process say which pages to re-check.
+    SoftDirty,
 }
 
 impl std::fmt::Display for TrackingMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             TrackingMethod::Fingerprints => "fingerprints",
+            TrackingMethod::SoftDirty => "soft-dirty",
         })
     }
 }
 
-/// How changed pages of `info`'s VM are found on this host: today always by fingerprints (the
-/// soft-dirty way of Linux hosts that have it is not built yet).
-pub fn method_for(_info: &crate::vm::VmInfo) -> TrackingMethod {
-    TrackingMethod::Fingerprints
+/// The soft-dirty source of `ram` in QEMU process `qemu_pid`, or why there is none (then
+/// trackers use fingerprints). Changes nothing.
+///
+/// # Errors
+///
+/// [`Unavailable`] saying why the way of soft-dirty bits cannot be used.
+pub fn soft_dirty_for(qemu_pid: u32, ram: &GuestRam) -> Result<Arc<SoftDirty>, Unavailable> {
+    SoftDirty::open(qemu_pid, ram).map(Arc::new)
 }
+
+/// How changed pages of `info`'s VM are found on this host (what [`soft_dirty_for`] would
+/// find, short of mapping its RAM).
+pub fn method_for(info: &crate::vm::VmInfo) -> TrackingMethod {
+    let hugetlbfs = info.backends.iter().any(|backend| backend.kind == super::RamKind::Hugetlbfs);
+    match super::soft_dirty::may_track(info.qemu_pid) {
+        Ok(()) if !hugetlbfs => TrackingMethod::SoftDirty,
+        Ok(()) => TrackingMethod::Fingerprints,
+        Err(why) => {
+            log::debug!("VM {}: fingerprints: {why}", info.name);
+            TrackingMethod::Fingerprints
+        }
+    }
+}
+
+/// Share of one core a soft-dirty tracker spends reading the bits (4 GiB of RAM: 1 M entries,
+/// about 35 ms to read here, so a pass about every 1.2 s; 64 MiB: every frame).
+pub const PAGEMAP_SHARE: f64 = 0.03;
+/// Share of one core a soft-dirty tracker spends on its fingerprint sweep for writes that set
+/// no soft-dirty bit of QEMU's (by other processes into the RAM file).
+pub const BACKGROUND_SHARE: f64 = 0.01;
+/// Pages whose bits are read at once (16 MiB of RAM, 32 KiB of entries).
+const PAGEMAP_CHUNK: usize = 4096;
+/// Credit a pacer can save up while it is not asked.
+const MAX_CREDIT: f64 = 0.05;
+/// A clear is due when more than one page in this many reads dirty over a pass (hashing them
+/// all on every pass would cost more than the sweep a clear costs).
+const CLEAR_WHEN_ONE_IN: usize = 8;
 
 /// The fingerprint of a page of a hole (no data page hashes to it: see [`fingerprint`]).
 const HOLE: u64 = 0;
@@ -66,6 +114,84 @@ fn fingerprint(bytes: &[u8]) -> u64 {
 /// buffer of the tracker's (the caller may classify or store them), or `None` for a hole.
 pub type PageBytes<'a> = Option<&'a [u8]>;
 
+/// Spends a share of one core: credit grows with wall time, work spends it.
+#[derive(Debug)]
+struct Pacer {
+    share: f64,
+    /// Seconds of work allowed now.
+    credit: f64,
+    last: Instant,
+}
+
+impl Pacer {
+    fn new(share: f64) -> Self {
+        Self { share, credit: 0.0, last: Instant::now() }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        self.credit = (self.credit + (now - self.last).as_secs_f64() * self.share).min(MAX_CREDIT);
+        self.last = now;
+    }
+
+    fn has_credit(&self) -> bool {
+        self.credit > 0.0
+    }
+
+    fn spend(&mut self, work: Duration) {
+        self.credit -= work.as_secs_f64();
+    }
+}
+
+/// What a tracker keeps when soft-dirty bits tell it which pages to look at.
+#[derive(Debug)]
+struct SoftState {
+    source: Arc<SoftDirty>,
+    /// The record's generation the tracker's fingerprints are exact for (bits of another one
+    /// do not cover the time since the last look).
+    generation: u64,
+    /// The next page whose bit is read.
+    cursor: usize,
+    pass_started: Instant,
+    last_pass: Option<Duration>,
+    dirty_in_pass: usize,
+    /// Pages a whole fingerprint sweep still owes, since a clear was seen.
+    owed: usize,
+    pagemap: Pacer,
+    background: Pacer,
+    dirty: Vec<usize>,
+}
+
+/// Why a look stopped: RAM could not be read (an error for the caller), or the soft-dirty bits
+/// could not (the tracker goes on with fingerprints alone).
+enum LookError {
+    Ram(BridgeError),
+    Bits(SoftDirtyError),
+}
+
+impl From<BridgeError> for LookError {
+    fn from(err: BridgeError) -> Self {
+        LookError::Ram(err)
+    }
+}
+
+impl From<SoftDirtyError> for LookError {
+    fn from(err: SoftDirtyError) -> Self {
+        LookError::Bits(err)
+    }
+}
+
+/// The runs of consecutive pages in `pages` (ascending).
+pub(crate) fn runs(pages: &[usize]) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut rest = pages;
+    std::iter::from_fn(move || {
+        let (&first, _) = rest.split_first()?;
+        let len = rest.iter().enumerate().take_while(|&(index, &page)| page == first + index).count();
+        rest = &rest[len..];
+        Some(first..first + len)
+    })
+}
+
 /// One fingerprint per page of a VM's RAM, and where the next look starts.
 #[derive(Debug)]
 pub struct Fingerprints {
@@ -75,6 +201,7 @@ pub struct Fingerprints {
     /// When the sweep in progress started (at page 0).
     sweep_started: Instant,
     last_sweep: Option<Duration>,
+    soft: Option<SoftState>,
 }
 
 impl Fingerprints {
@@ -93,12 +220,63 @@ impl Fingerprints {
             }
             each(page, bytes);
         })?;
-        Ok(Self { prints, cursor: 0, sweep_started: Instant::now(), last_sweep: Some(started.elapsed()) })
+        Ok(Self {
+            prints,
+            cursor: 0,
+            sweep_started: Instant::now(),
+            last_sweep: Some(started.elapsed()),
+            soft: None,
+        })
+    }
+
+    /// As [`new`](Self::new), then told by `source`'s soft-dirty bits which pages to look at
+    /// (see [`soft_dirty_for`]). Clears the QEMU process's bits first if nobody of ours ever
+    /// did (until then every page reads dirty). A source that fails leaves a tracker of
+    /// fingerprints alone, with a warning.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn with_soft_dirty(
+        ram: &GuestRam,
+        source: Arc<SoftDirty>,
+        each: impl FnMut(usize, PageBytes),
+    ) -> Result<Self, BridgeError> {
+        // the generation is read before the pages are: a write during the first look sets a bit
+        // of that generation, and a clear during it is a generation the first pass sees
+        let generation = source.generation().and_then(|generation| match generation.count {
+            0 => source.clear(),
+            _ => Ok(generation),
+        });
+        let mut prints = Self::new(ram, each)?;
+        match generation {
+            Ok(generation) if source.pages() == prints.pages() => {
+                prints.soft = Some(SoftState {
+                    source,
+                    generation: generation.count,
+                    cursor: 0,
+                    pass_started: Instant::now(),
+                    last_pass: None,
+                    dirty_in_pass: 0,
+                    owed: 0,
+                    pagemap: Pacer::new(PAGEMAP_SHARE),
+                    background: Pacer::new(BACKGROUND_SHARE),
+                    dirty: Vec::new(),
+                })
+            }
+            Ok(_) => log::warn!("soft-dirty source of another RAM size: tracking by fingerprints"),
+            Err(err) => log::warn!("{}: tracking by fingerprints", crate::error::chain(&err)),
+        }
+        Ok(prints)
     }
 
     /// How changes are found.
     pub fn method(&self) -> TrackingMethod {
-        TrackingMethod::Fingerprints
+        if self.soft.is_some() {
+            TrackingMethod::SoftDirty
+        } else {
+            TrackingMethod::Fingerprints
+        }
     }
 
     /// Pages tracked.
@@ -109,19 +287,32 @@ impl Fingerprints {
     /// Bytes this tracker holds for its fingerprints.
     pub fn memory_bytes(&self) -> usize {
         self.prints.len() * std::mem::size_of::<u64>()
+            + self.soft.as_ref().map_or(0, |soft| soft.dirty.capacity() * std::mem::size_of::<usize>())
     }
 
-    /// How long the last complete sweep over all pages took: every page was looked at within
-    /// this long (plus the time since that sweep ended). `None` before the first.
+    /// How long it takes until a write is seen: for fingerprints the last complete sweep over
+    /// all pages, for soft-dirty the last pass over every page's bit (writes by QEMU's process;
+    /// others within [`last_full_sweep`](Self::last_full_sweep)). `None` before the first.
     pub fn last_sweep(&self) -> Option<Duration> {
+        match &self.soft {
+            Some(soft) => soft.last_pass,
+            None => self.last_sweep,
+        }
+    }
+
+    /// How long the last complete fingerprint sweep over all pages took: every change of any
+    /// origin is seen within this long.
+    pub fn last_full_sweep(&self) -> Option<Duration> {
         self.last_sweep
     }
 
-    /// Looks at pages from where the last look stopped, wrapping around at the end, until
-    /// `deadline` passes (at least 256 pages, so that every call makes progress)
-    /// or every page was looked at once. Calls `changed(page, bytes)` for each page whose bytes
-    /// differ from its fingerprint (`None`: it became a hole) and records the new fingerprint.
-    /// Returns the pages looked at.
+    /// Looks at pages from where the last look stopped until `deadline` passes (at least 256
+    /// pages, so that every call makes progress), at most one pass over all pages per call, and
+    /// calls `changed(page, bytes)` for each page whose bytes differ from its fingerprint
+    /// (`None`: it became a hole) and records the new fingerprint. With fingerprints alone it
+    /// hashes pages in turn, wrapping around; with soft-dirty bits it reads the next share of the
+    /// bits (within [`PAGEMAP_SHARE`] of a core) and hashes the pages that read dirty, then
+    /// any sweep a clear owes, then its background sweep. Returns the pages hashed.
     ///
     /// # Errors
     ///
@@ -134,28 +325,24 @@ impl Fingerprints {
         mut changed: impl FnMut(usize, PageBytes),
     ) -> Result<usize, BridgeError> {
         self.check_ram(ram)?;
-        let pages = self.prints.len();
-        let mut looked = 0;
-        while looked < pages {
-            let start = self.cursor;
-            let end = (start + PAGES_PER_STEP).min(pages);
-            self.look(ram, start..end, &mut changed)?;
-            looked += end - start;
-            self.cursor = end;
-            if end == pages {
-                self.cursor = 0;
-                self.last_sweep = Some(self.sweep_started.elapsed());
-                self.sweep_started = Instant::now();
+        let Some(mut soft) = self.soft.take() else {
+            let pages = self.prints.len();
+            let mut looked = 0;
+            while looked < pages {
+                looked += self.step(ram, &mut changed)?;
+                if Instant::now() >= deadline {
+                    break;
+                }
             }
-            if Instant::now() >= deadline {
-                break;
-            }
-        }
-        Ok(looked)
+            return Ok(looked);
+        };
+        let looked = self.rescan_soft(&mut soft, ram, deadline, &mut changed);
+        self.keep_soft(soft, looked)
     }
 
     /// Looks at every page once, from the first, calling `changed` as
-    /// [`rescan_until`](Self::rescan_until) does: every change made before the call is reported.
+    /// [`rescan_until`](Self::rescan_until) does: every change made before the call is reported
+    /// (soft-dirty: every write by QEMU's process; a whole look after a clear).
     ///
     /// # Errors
     ///
@@ -166,11 +353,142 @@ impl Fingerprints {
         mut changed: impl FnMut(usize, PageBytes),
     ) -> Result<(), BridgeError> {
         self.check_ram(ram)?;
+        if let Some(mut soft) = self.soft.take() {
+            let looked = self.sweep_soft(&mut soft, ram, &mut changed);
+            return self.keep_soft(soft, looked).map(drop);
+        }
+        self.sweep_all(ram, &mut changed)
+    }
+
+    fn sweep_all(
+        &mut self,
+        ram: &GuestRam,
+        changed: &mut impl FnMut(usize, PageBytes),
+    ) -> Result<(), BridgeError> {
         let started = Instant::now();
-        self.look(ram, 0..self.prints.len(), &mut changed)?;
+        self.look(ram, 0..self.prints.len(), changed)?;
         self.cursor = 0;
         self.last_sweep = Some(started.elapsed());
         self.sweep_started = Instant::now();
+        Ok(())
+    }
+
+    /// Puts the soft-dirty state back after a look, or drops it (fingerprints from now on) when
+    /// the bits could not be read.
+    fn keep_soft(&mut self, soft: SoftState, looked: Result<usize, LookError>) -> Result<usize, BridgeError> {
+        match looked {
+            Ok(looked) => {
+                self.soft = Some(soft);
+                Ok(looked)
+            }
+            Err(LookError::Ram(err)) => {
+                self.soft = Some(soft);
+                Err(err)
+            }
+            Err(LookError::Bits(err)) => {
+                log::warn!("{}: tracking by fingerprints from now on", crate::error::chain(&err));
+                Ok(0)
+            }
+        }
+    }
+
+    /// Hashes the next [`PAGES_PER_STEP`] pages of the sweep; returns how many.
+    fn step(
+        &mut self,
+        ram: &GuestRam,
+        changed: &mut impl FnMut(usize, PageBytes),
+    ) -> Result<usize, BridgeError> {
+        let pages = self.prints.len();
+        let start = self.cursor;
+        let end = (start + PAGES_PER_STEP).min(pages);
+        self.look(ram, start..end, changed)?;
+        self.cursor = end;
+        if end == pages {
+            self.cursor = 0;
+            self.last_sweep = Some(self.sweep_started.elapsed());
+            self.sweep_started = Instant::now();
+        }
+        Ok(end - start)
+    }
+
+    fn rescan_soft(
+        &mut self,
+        soft: &mut SoftState,
+        ram: &GuestRam,
+        deadline: Instant,
+        changed: &mut impl FnMut(usize, PageBytes),
+    ) -> Result<usize, LookError> {
+        let pages = self.prints.len();
+        let mut looked = 0;
+        soft.pagemap.refill();
+        soft.background.refill();
+        while soft.pagemap.has_credit() && Instant::now() < deadline {
+            let chunk = soft.cursor..(soft.cursor + PAGEMAP_CHUNK).min(pages);
+            let reading = Instant::now();
+            let generation = soft.source.dirty_pages(chunk.clone(), &mut soft.dirty)?;
+            soft.pagemap.spend(reading.elapsed());
+            if generation.count != soft.generation {
+                soft.generation = generation.count;
+                soft.owed = pages;
+            }
+            soft.dirty_in_pass += soft.dirty.len();
+            for run in runs(&soft.dirty) {
+                looked += run.len();
+                self.look(ram, run, changed)?;
+            }
+            soft.cursor = chunk.end;
+            if soft.cursor == pages {
+                soft.cursor = 0;
+                soft.last_pass = Some(soft.pass_started.elapsed());
+                soft.pass_started = Instant::now();
+                let dirty = std::mem::take(&mut soft.dirty_in_pass);
+                Self::clear_if_due(soft, dirty)?;
+                break;
+            }
+        }
+        // every page once after a clear, within the caller's budget
+        while soft.owed > 0 && Instant::now() < deadline {
+            let stepped = self.step(ram, changed)?;
+            soft.owed = soft.owed.saturating_sub(stepped);
+            looked += stepped;
+        }
+        while soft.owed == 0 && soft.background.has_credit() && Instant::now() < deadline {
+            let hashing = Instant::now();
+            looked += self.step(ram, changed)?;
+            soft.background.spend(hashing.elapsed());
+        }
+        Ok(looked)
+    }
+
+    fn sweep_soft(
+        &mut self,
+        soft: &mut SoftState,
+        ram: &GuestRam,
+        changed: &mut impl FnMut(usize, PageBytes),
+    ) -> Result<usize, LookError> {
+        let pages = self.prints.len();
+        let generation = soft.source.dirty_pages(0..pages, &mut soft.dirty)?;
+        let dirty = soft.dirty.len();
+        if generation.count != soft.generation {
+            soft.generation = generation.count;
+            self.sweep_all(ram, changed)?;
+        } else {
+            for run in runs(&soft.dirty) {
+                self.look(ram, run, changed)?;
+            }
+        }
+        soft.cursor = 0;
+        soft.owed = 0;
+        Self::clear_if_due(soft, dirty)?;
+        Ok(pages)
+    }
+
+    /// Clears the QEMU process's bits when more than one page in [`CLEAR_WHEN_ONE_IN`] read
+    /// dirty in a pass and no clear was recent (the next look sees the new generation).
+    fn clear_if_due(soft: &SoftState, dirty: usize) -> Result<(), SoftDirtyError> {
+        if dirty * CLEAR_WHEN_ONE_IN > soft.source.pages() && soft.source.generation()?.may_clear() {
+            soft.source.clear()?;
+        }
         Ok(())
     }
 
@@ -252,13 +570,22 @@ pub struct Changes<'a> {
 }
 
 impl<'a> Changes<'a> {
-    /// Starts tracking `ram` (placed by `layout`) now; the first item comes after `interval`.
+    /// Starts tracking `ram` (placed by `layout`) now, by fingerprints or, given a source, by
+    /// soft-dirty bits; the first item comes after `interval`.
     ///
     /// # Errors
     ///
     /// As [`Fingerprints::new`].
-    pub fn new(ram: &'a GuestRam, layout: &'a GuestLayout, interval: Duration) -> Result<Self, BridgeError> {
-        let prints = Fingerprints::new(ram, |_, _| {})?;
+    pub fn new(
+        ram: &'a GuestRam,
+        layout: &'a GuestLayout,
+        interval: Duration,
+        soft_dirty: Option<Arc<SoftDirty>>,
+    ) -> Result<Self, BridgeError> {
+        let prints = match soft_dirty {
+            Some(source) => Fingerprints::with_soft_dirty(ram, source, |_, _| {})?,
+            None => Fingerprints::new(ram, |_, _| {})?,
+        };
         Ok(Self { ram, layout, prints, interval, next: Instant::now() + interval })
     }
 
@@ -369,6 +696,29 @@ mod tests {
         assert_eq!(looked.unwrap(), pages, "at most one sweep per call");
         assert_eq!(changed, vec![pages - 1, 0]);
         assert!(prints.last_sweep().is_some());
+    }
+
+    #[test]
+    fn runs_of_pages_are_maximal_and_ordered() {
+        let collect = |pages: &[usize]| runs(pages).collect::<Vec<_>>();
+        assert_eq!(collect(&[]), vec![]);
+        assert_eq!(collect(&[7]), vec![7..8]);
+        assert_eq!(collect(&[0, 1, 2, 5, 6, 9]), vec![0..3, 5..7, 9..10]);
+    }
+
+    #[test]
+    fn pacers_spend_only_their_share() {
+        let mut pacer = Pacer::new(0.5);
+        assert!(!pacer.has_credit(), "no credit before time passed");
+        pacer.last -= Duration::from_millis(20);
+        pacer.refill();
+        assert!(pacer.has_credit());
+        pacer.spend(Duration::from_millis(11));
+        assert!(!pacer.has_credit(), "10 ms of credit for 20 ms at half a core");
+        // credit saved up while not asked is capped
+        pacer.last -= Duration::from_secs(100);
+        pacer.refill();
+        assert!(pacer.credit <= MAX_CREDIT);
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! live Hilbert map of guest RAM (see [`crate::ram::picture`]).
 //!
 //! One thread per VM keeps a [`LiveMap`] and takes frames (60 a second in all, shared among the
-//! VMs). Each frame re-checks the next share of the VM's pages against their fingerprints, for as
-//! long as the scan budget allows (a share of one core, split among the VMs: half a core by
-//! default), so that a frame costs the same whatever the size of the VM, and every page is
-//! re-checked within one sweep, whose duration each VM's summary reports (`sweep_ms`); browsers connect over WebSocket and get each VM's classes once, then only the pages
-//! that changed. The run directory's [`Watcher`] (the mount's too) finds VMs as they appear,
+//! VMs). Each frame re-checks the next share of the VM's pages, for as long as the scan budget
+//! allows (a share of one core, split among the VMs: half a core by default), so that a frame
+//! costs the same whatever the size of the VM: on hosts with soft-dirty bits, the pages QEMU
+//! wrote (the watcher opens each VM's source, see [`crate::ram::soft_dirty`]); elsewhere the
+//! next pages in turn against their fingerprints. Each VM's summary says which way
+//! (`tracking`) and within how long a write is seen (`sweep_ms`). Browsers connect over
+//! WebSocket and get each VM's classes once, then only the pages that changed. The run directory's [`Watcher`] (the mount's too) finds VMs as they appear,
 //! replaces a VM restarted under the same name or whose memory was hot-plugged, and drops a VM
 //! whose QEMU is gone; a scanner thread follows it, starting and ending the VMs' threads.
 //!
@@ -214,7 +216,7 @@ fn show(
     scene: &RwLock<Scene>,
     vm: &ViewedVm,
 ) -> Result<(Arc<Mutex<VmPicture>>, LiveMap), crate::ram::BridgeError> {
-    let live = LiveMap::new(vm.bridge.mapping())?;
+    let live = LiveMap::new(vm.bridge.mapping(), vm.soft_dirty.clone())?;
     let summary = VmSummary {
         id: vm.number as u32,
         name: vm.info.name.to_string(),
@@ -304,8 +306,14 @@ fn watch(
                 (old, new) => old != new,
             };
             let status = status.unwrap_or_else(|| picture.summary.status.clone());
-            if picture.summary.status != status || fresher(picture.summary.sweep_ms, sweep_ms) {
+            // a soft-dirty tracker whose bits failed goes on by fingerprints: say so
+            let tracking = live.tracker().method();
+            if picture.summary.status != status
+                || picture.summary.tracking != tracking
+                || fresher(picture.summary.sweep_ms, sweep_ms)
+            {
                 picture.summary.status = status;
+                picture.summary.tracking = tracking;
                 picture.summary.sweep_ms = sweep_ms;
                 drop(picture);
                 scene.write().unwrap_or_else(|e| e.into_inner()).version += 1;

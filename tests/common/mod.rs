@@ -73,14 +73,32 @@ pub fn wait_until(timeout: Duration, condition: impl FnMut() -> bool) -> bool {
 /// builder the demo, the benchmarks and the tests share).
 pub fn boot_image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let image =
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("guest-{}/boot.img", std::process::id()));
-        run(Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-boot-guest.sh"))
-            .arg(&image));
-        assert_eq!(std::fs::metadata(&image).unwrap().len(), 1 << 20, "the boot disk is padded to 1 MiB");
-        image
-    })
+    IMAGE.get_or_init(|| build_guest_image("boot"))
+}
+
+/// The boot-sector guest that writes a known set of pages (`tests/guest/writer.S`).
+pub fn writer_image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| build_guest_image("writer"))
+}
+
+/// Assembles `tests/guest/<name>.S` into a 1 MiB disk image under the test target directory, or
+/// under the temporary directory where that cannot be written (the tests run inside the
+/// soft-dirty VM see the checkout read-only).
+fn build_guest_image(name: &str) -> PathBuf {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let base = if nix::unistd::access(target, nix::unistd::AccessFlags::W_OK).is_ok() {
+        target.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let image = base.join(format!("guest-{}/{name}.img", std::process::id()));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/guest/{name}.S"));
+    run(Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-boot-guest.sh"))
+        .arg(&image)
+        .arg(source));
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 1 << 20, "the boot disk is padded to 1 MiB");
+    image
 }
 
 fn run(command: &mut Command) {

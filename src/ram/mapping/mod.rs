@@ -249,6 +249,14 @@ impl Mapping {
         }
     }
 
+    /// Where private RAM starts in its QEMU process's address space (`None` for a file).
+    pub fn process_address(&self) -> Option<usize> {
+        match &self.source {
+            Source::File { .. } => None,
+            Source::Process { address, .. } => Some(*address),
+        }
+    }
+
     /// How this file's bytes are read (see [`ReadMethod`]).
     pub fn read_method(&self) -> ReadMethod {
         self.method

@@ -1,0 +1,70 @@
+/* A boot-sector guest that writes a known set of pages, for the change-tracking tests.
+ *
+ * As boot.S: it copies the marker to guest-physical 0x10000, writes it to COM1 once, and
+ * increments a 32-bit counter at 0x10040 on every BIOS timer tick (18.2 Hz), halting between
+ * ticks. Besides, on every eighth tick (about every 0.44 s) it stores the counter into five
+ * pages and nowhere else:
+ *   0x30010, 0x31020   (two adjacent pages: one merged range)
+ *   0x58030
+ *   0x100010, 0x10a010 (above 1 MiB, through segment 0xffff with A20 on: pages the BIOS left as
+ *                       holes of the RAM file)
+ * so that a tracker must report exactly those pages, the counter's and what the BIOS itself
+ * writes. Built like boot.S (scripts/build-boot-guest.sh OUTPUT.img tests/guest/writer.S).
+ */
+    .code16
+    .globl _start
+_start:
+    cli
+    xor %ax, %ax
+    mov %ax, %ds
+    mov %ax, %ss
+    mov $0x7c00, %sp
+    in $0x92, %al           /* fast A20 on: 0xffff:0x10 is 0x100000, not 0x0 */
+    or $2, %al
+    and $0xfe, %al
+    out %al, $0x92
+    mov $0x1000, %ax
+    mov %ax, %es            /* es:0 = guest-physical 0x10000 */
+    cld
+    mov $marker, %si
+    xor %di, %di
+    mov $marker_end - marker, %cx
+    rep movsb
+    movl $0, %es:0x40
+
+    mov $marker, %si        /* the marker on COM1 */
+    mov $0x3f8, %dx
+serial:
+    lodsb
+    test %al, %al
+    jz count
+    out %al, %dx
+    jmp serial
+
+count:
+    sti                     /* the BIOS timer interrupt wakes us from hlt */
+    hlt
+    incl %es:0x40
+    movl %es:0x40, %eax
+    test $7, %al
+    jnz count
+    mov $0x3000, %bx
+    mov %bx, %fs
+    movl %eax, %fs:0x10     /* 0x30010 */
+    movl %eax, %fs:0x1020   /* 0x31020 */
+    mov $0x5800, %bx
+    mov %bx, %fs
+    movl %eax, %fs:0x30     /* 0x58030 */
+    mov $0xffff, %bx
+    mov %bx, %fs
+    movl %eax, %fs:0x20     /* 0x100010 */
+    movl %eax, %fs:0xa020   /* 0x10a010 */
+    jmp count
+
+marker:
+    .ascii "QEMU-BRIDGE-TEST-MARKER:7c1e5a"
+    .byte 0
+marker_end:
+
+    .org 510
+    .word 0xaa55
