@@ -304,7 +304,7 @@ fn main() {
     // `BENCH_ONLY=peers,listing` runs those sections alone
     let only = std::env::var("BENCH_ONLY").ok();
     type Section = (&'static str, fn(&mut Bench));
-    let sections: [Section; 11] = [
+    let sections: [Section; 13] = [
         ("baselines", Bench::baselines),
         ("views_and_copies", Bench::views_and_copies),
         ("snapshots", Bench::snapshots),
@@ -316,14 +316,24 @@ fn main() {
         ("pictures", Bench::pictures),
         ("view_scaling", Bench::view_scaling),
         ("incremental", Bench::incremental),
+        ("soft_dirty", Bench::soft_dirty),
+        ("soft_dirty_inside", Bench::soft_dirty_inside),
     ];
     for (name, section) in sections {
-        if only.as_deref().is_none_or(|only| only.split(',').any(|wanted| wanted == name)) {
+        // the run inside the soft-dirty VM is asked for by name only
+        let wanted = match only.as_deref() {
+            None => name != "soft_dirty_inside",
+            Some(only) => only.split(',').any(|wanted| wanted == name),
+        };
+        if wanted {
             section(&mut bench);
         }
     }
     let Bench { results, lab, .. } = bench;
     drop(lab);
+    if std::env::var_os(BENCH_INSIDE).is_some() {
+        return; // the run outside writes the table (this checkout is read-only in here)
+    }
 
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out_dir).unwrap();
@@ -480,6 +490,78 @@ fn dirty_a_mebibyte(ram: &std::fs::File, memory: u64, stamp: u64) {
     }
 }
 
+/// Writes into a VM's RAM as its vCPUs would under KVM: through the QEMU process's own mapping
+/// (`/proc/PID/mem`), so that the kernel sets the soft-dirty bits of QEMU's pages (a write into
+/// the RAM file from another process sets none).
+struct QemuWriter {
+    mem: File,
+    /// Where the RAM file starts in QEMU's address space.
+    base: u64,
+}
+
+impl QemuWriter {
+    fn open(info: &VmInfo) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(&info.ram_path).unwrap().ino();
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", info.qemu_pid)).unwrap();
+        let base = qemu_bridge::ram::soft_dirty::parse_maps(&maps)
+            .into_iter()
+            .find(|entry| entry.inode == inode && entry.offset == 0)
+            .expect("QEMU maps its RAM file")
+            .start;
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{}/mem", info.qemu_pid))
+            .unwrap();
+        Self { mem, base }
+    }
+
+    fn write(&self, bytes: &[u8], offset: u64) {
+        self.mem.write_all_at(bytes, self.base + offset).unwrap();
+    }
+
+    /// 8 bytes into each of 256 pages spread over `memory` (1 MiB of pages), different each call.
+    fn dirty_a_mebibyte(&self, memory: u64, stamp: u64) {
+        for index in 0..256u64 {
+            let at = (index * 7 * 4096 * 4099 + stamp * 4096) % memory / 4096 * 4096;
+            self.write(&(stamp * 1000 + index).to_le_bytes(), at);
+        }
+    }
+}
+
+/// Set in the environment of the benchmark run inside the soft-dirty VM.
+const BENCH_INSIDE: &str = "QEMU_BRIDGE_BENCH_INSIDE";
+/// Prefix of the rows the run inside prints for the run outside.
+const ROW_LINE: &str = "QB-ROW ";
+
+impl Row {
+    fn to_line(&self) -> String {
+        let json = serde_json::json!({
+            "name": self.name, "target": self.target, "median": self.median, "p99": self.p99,
+            "unit": self.unit, "baseline": self.baseline, "ratio": self.ratio, "verdict": self.verdict,
+        });
+        format!("{ROW_LINE}{json}")
+    }
+
+    fn from_line(line: &str) -> Option<Row> {
+        let json: serde_json::Value = serde_json::from_str(line.strip_prefix(ROW_LINE)?).ok()?;
+        let text = |key: &str| json[key].as_str().unwrap_or_default().to_string();
+        Some(Row {
+            name: text("name"),
+            target: text("target"),
+            median: json["median"].as_f64()?,
+            p99: json["p99"].as_f64()?,
+            unit: Box::leak(text("unit").into_boxed_str()),
+            baseline: json["baseline"]
+                .as_array()
+                .map(|pair| (pair[0].as_str().unwrap_or_default().into(), pair[1].as_f64().unwrap_or(0.0))),
+            ratio: json["ratio"].as_f64(),
+            verdict: text("verdict"),
+        })
+    }
+}
+
 /// What a browser saw of `qemu-bridge view`.
 struct ViewSample {
     /// Median frames per second per VM.
@@ -491,21 +573,25 @@ struct ViewSample {
     rss: u64,
     /// The last `sweep_ms` the server reported (every page re-checked within it).
     sweep_ms: Option<u64>,
+    /// How the server said it tracks changes.
+    tracking: String,
 }
 
 /// Runs `qemu-bridge view` on `run_dir` and reads its WebSocket like a browser for `duration`
 /// once all `vms` are shown: the median frames per second per VM and the server's CPU (% of one
 /// core).
 fn view_frames(run_dir: &RunDir, vms: usize, duration: Duration) -> (f64, f64) {
-    let sample = view_sample(run_dir, vms, duration);
+    let sample = view_sample(run_dir, vms, duration, &[]);
     (sample.fps, sample.cpu)
 }
 
-fn view_sample(run_dir: &RunDir, vms: usize, duration: Duration) -> ViewSample {
+/// [`view_frames`], with `extra` arguments to `view`, and what the server said of its tracking.
+fn view_sample(run_dir: &RunDir, vms: usize, duration: Duration, extra: &[&str]) -> ViewSample {
     use std::io::BufRead;
     let mut server = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
         .args(["view", "--listen", "127.0.0.1:0", "--run-dir"])
         .arg(run_dir.path())
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -520,10 +606,14 @@ fn view_sample(run_dir: &RunDir, vms: usize, duration: Duration) -> ViewSample {
     let mut frames: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut sweep_ms = None;
+    let mut tracking = String::new();
     let mut note_sweep = |text: &str| {
         let message: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
         if let Some(sweep) = message["vms"][0]["sweep_ms"].as_u64() {
             sweep_ms = Some(sweep);
+        }
+        if let Some(way) = message["vms"][0]["tracking"].as_str() {
+            tracking = way.to_string();
         }
     };
     while frames.len() < vms && Instant::now() < deadline {
@@ -557,7 +647,7 @@ fn view_sample(run_dir: &RunDir, vms: usize, duration: Duration) -> ViewSample {
     let _ = server.kill();
     let _ = server.wait();
     let rates: Vec<f64> = frames.values().map(|count| *count as f64 / seconds).collect();
-    ViewSample { fps: stats(rates).0, cpu, rss, sweep_ms }
+    ViewSample { fps: stats(rates).0, cpu, rss, sweep_ms, tracking }
 }
 
 /// Alternates the two readers sample by sample, so that a noisy neighbour on a shared machine
@@ -1279,7 +1369,7 @@ impl Bench {
                         }
                     })
                 });
-                let sample = view_sample(&lab.run_dir, 1, Duration::from_secs_f64(seconds));
+                let sample = view_sample(&lab.run_dir, 1, Duration::from_secs_f64(seconds), &[]);
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 if let Some(writer) = writer {
                     writer.join().unwrap();
@@ -1391,6 +1481,179 @@ impl Bench {
             ),
         });
         drop(lab);
+    }
+
+    /// The soft-dirty way, measured where it exists: boots Debian's own kernel under TCG with
+    /// this host's root shared (tests/common/nested.rs) and runs `soft_dirty_inside` of this very
+    /// binary there; its rows join this table. Everything in that VM runs under TCG, so only the
+    /// ratios between its rows mean something.
+    fn soft_dirty(&mut self) {
+        let Self { results, seconds, .. } = self;
+        let exe = std::env::current_exe().unwrap();
+        let script = format!(
+            "export {BENCH_INSIDE}=1 BENCH_ONLY=soft_dirty_inside BENCH_SECONDS={seconds}\ncd /tmp && exec {} --bench\n",
+            exe.display()
+        );
+        let run = common::nested::run_inside(&script, 8192, Duration::from_secs(3600));
+        assert_eq!(run.exit_code, 0, "the run inside failed:\n{}", run.output);
+        for row in run.output.lines().filter_map(Row::from_line) {
+            results.add(row);
+        }
+    }
+
+    /// Inside the Debian-kernel VM: the view of one paused VM whose RAM is all data, idle and with
+    /// 1 MiB written through QEMU per frame, by soft-dirty bits and by fingerprints (the baseline,
+    /// same VM, same run); `snapshot --update` after 1 MiB of such writes both ways against a
+    /// full snapshot; and what a clear costs the writer: minor faults per page written.
+    fn soft_dirty_inside(&mut self) {
+        assert!(
+            qemu_bridge::ram::soft_dirty::host_has_soft_dirty(),
+            "soft_dirty_inside runs on a kernel with soft-dirty bits (the `soft_dirty` section boots one)"
+        );
+        let Self { results, .. } = self;
+        let seconds = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0f64);
+        let mut add = |row: Row| {
+            println!("{}", row.to_line());
+            results.add(row);
+        };
+        for (label, memory) in [("64 MiB", 64u64 << 20), ("1 GiB", 1 << 30), ("4 GiB", 4 << 30)] {
+            let mut lab = Lab::new();
+            let vm = lab.launch_with("sd", memory);
+            vm.with_qmp(|q| q.stop()).unwrap();
+            let (bridge, info) = vm.open_bridge().unwrap();
+            let ram = fill_with_data(&info.ram_path, memory);
+            let writer = std::sync::Arc::new(QemuWriter::open(&info));
+            for writing in [false, true] {
+                let mut cpu_by_fingerprints = None;
+                for way in ["fingerprints", "soft-dirty"] {
+                    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let thread = writing.then(|| {
+                        let (writer, stop) = (std::sync::Arc::clone(&writer), std::sync::Arc::clone(&stop));
+                        std::thread::spawn(move || {
+                            let mut stamp = 0;
+                            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                stamp += 1;
+                                writer.dirty_a_mebibyte(memory, stamp);
+                                std::thread::sleep(Duration::from_micros(16_667));
+                            }
+                        })
+                    });
+                    let extra: &[&str] = if way == "fingerprints" { &["--fingerprints"] } else { &[] };
+                    let sample = view_sample(&lab.run_dir, 1, Duration::from_secs_f64(seconds), extra);
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(thread) = thread {
+                        thread.join().unwrap();
+                    }
+                    assert_eq!(sample.tracking, way, "the view tracked another way than asked");
+                    let load = if writing { "1 MiB written through QEMU per frame" } else { "idle" };
+                    let sweep =
+                        sample.sweep_ms.map_or("-".into(), |ms| format!("{:.2} s", ms as f64 / 1000.0));
+                    let baseline = cpu_by_fingerprints
+                        .map(|cpu| ("view CPU by fingerprints, same VM (%)".to_string(), cpu));
+                    add(Row {
+                        name: format!("view in the soft-dirty VM: one {label} VM, all data, {load} ({way})"),
+                        target: if way == "soft-dirty" && !writing { "< 5 % of a core".into() } else { "60 FPS".into() },
+                        median: sample.cpu,
+                        p99: sample.cpu,
+                        unit: "%",
+                        ratio: cpu_by_fingerprints.map(|cpu: f64| cpu / sample.cpu.max(0.01)),
+                        baseline,
+                        verdict: format!(
+                            "{:.1} fps, view CPU {:.1} % of one core (TCG), private memory {} MiB ({:.2} % of RAM), writes seen within {sweep}",
+                            sample.fps,
+                            sample.cpu,
+                            sample.rss >> 20,
+                            sample.rss as f64 / memory as f64 * 100.0,
+                        ),
+                    });
+                    cpu_by_fingerprints.get_or_insert(sample.cpu);
+                }
+            }
+            if memory == 4 << 30 {
+                Self::soft_dirty_snapshots(&mut add, &lab, &vm, &writer, memory);
+            }
+            drop(bridge);
+            drop(ram);
+            drop(lab);
+        }
+        // a clear costs a writer one minor fault per page it writes next, and nothing after
+        let mut lab = Lab::new();
+        let vm = lab.launch("faults");
+        vm.with_qmp(|q| q.stop()).unwrap();
+        let (bridge, info) = vm.open_bridge().unwrap();
+        let writer = QemuWriter::open(&info);
+        let source = qemu_bridge::ram::tracker::soft_dirty_for(info.qemu_pid, bridge.mapping()).unwrap();
+        let faults = || getrusage(UsageWho::RUSAGE_SELF).unwrap().minor_page_faults() as f64;
+        let pages = 4096u64;
+        let write_all =
+            |stamp: u64| (0..pages).for_each(|page| writer.write(&stamp.to_le_bytes(), page * 4096));
+        write_all(1); // every page present in QEMU's page tables, writable
+        let before = faults();
+        write_all(2);
+        let without_clear = (faults() - before) / pages as f64;
+        source.clear().unwrap();
+        let before = faults();
+        write_all(3);
+        let after_clear = (faults() - before) / pages as f64;
+        add(Row {
+            name: "what a clear costs a writer: minor faults per page written next".into(),
+            target: "1 per written page per clear".into(),
+            median: after_clear,
+            p99: after_clear,
+            unit: "faults",
+            baseline: Some(("the same writes without a clear".into(), without_clear)),
+            ratio: None,
+            verdict: format!("{after_clear:.2} faults a page after a clear, {without_clear:.2} without (16 MiB written through QEMU's mapping)"),
+        });
+        drop(bridge);
+        drop(lab);
+    }
+
+    /// `snapshot --update` of the 4 GiB VM after 1 MiB written through QEMU, by soft-dirty bits
+    /// and by fingerprints, against a full snapshot; all to tmpfs.
+    fn soft_dirty_snapshots(add: &mut impl FnMut(Row), lab: &Lab, vm: &Vm, writer: &QemuWriter, memory: u64) {
+        let out = tempfile::Builder::new().prefix("qb-bench-snap").tempfile_in("/dev/shm").unwrap();
+        let out_path = out.path().to_str().unwrap().to_string();
+        let run = |extra: &[&str]| {
+            let started = Instant::now();
+            let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+                .args(["snapshot", vm.name().as_str(), "-o", &out_path, "--quiet", "--run-dir"])
+                .arg(lab.run_dir.path())
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            started.elapsed().as_secs_f64()
+        };
+        let full = stats((0..3).map(|_| run(&[])).collect());
+        let mut stamp = 0;
+        for way in ["fingerprints", "soft-dirty"] {
+            let extra: &[&str] =
+                if way == "fingerprints" { &["--update", "--fingerprints"] } else { &["--update"] };
+            run(extra); // written whole: the record is new
+            let update = stats(
+                (0..5)
+                    .map(|_| {
+                        stamp += 1;
+                        writer.dirty_a_mebibyte(memory, stamp);
+                        run(extra)
+                    })
+                    .collect(),
+            );
+            add(Row {
+                name: format!(
+                    "snapshot --update of a 4 GiB VM after 1 MiB of writes, in the soft-dirty VM ({way})"
+                ),
+                target: ">= 20x a full snapshot (soft-dirty)".into(),
+                median: update.0,
+                p99: update.1,
+                unit: "s",
+                baseline: Some(("full snapshot of the same VM".into(), full.0)),
+                ratio: Some(full.0 / update.0),
+                verdict: format!("{:.1}x faster than a full snapshot", full.0 / update.0),
+            });
+            let _ = std::fs::remove_file(qemu_bridge::ram::incremental::record_path(out.path()));
+        }
     }
 
     /// `ls` of a fresh mount whose run directory holds four sockets that accept and never

@@ -43,6 +43,7 @@ else
         [install]="installs and mounts through mount(8); nothing in it depends on QEMU's version"
         [libvirt]="libvirtd starts its own QEMU (Debian's), not the one named here"
         [linux]="boots Linux guests for minutes; the QEMU-facing paths it uses run in the other files"
+        [soft_dirty]="boots Debian's kernel, which runs this host's own QEMU inside; the paths it tracks run in the other files"
     )
     again=()
     for name in "${!not_again[@]}"; do

@@ -270,6 +270,10 @@ pub struct ChangesArgs {
     /// One JSON object per interval (pages, ranges as [start, end) pairs, tracking method)
     #[arg(long)]
     pub json: bool,
+    /// Track changes by page fingerprints even where the host's soft-dirty bits could say which
+    /// pages QEMU wrote
+    #[arg(long)]
+    pub fingerprints: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -296,6 +300,10 @@ pub struct SnapshotArgs {
     /// Pause the VM during the copy for an exact image (resumed only if it was running)
     #[arg(long)]
     pub pause: bool,
+    /// With --update, look at every page even where the host's soft-dirty bits could say which pages
+    /// QEMU wrote
+    #[arg(long)]
+    pub fingerprints: bool,
     /// Copy attempts for --consistent
     #[arg(long, default_value_t = DEFAULT_ATTEMPTS)]
     pub attempts: u32,
@@ -383,6 +391,10 @@ pub struct ViewArgs {
     /// every page sooner; the page says how fresh each picture is)
     #[arg(long, value_name = "CORES", default_value_t = qemu_bridge::view::DEFAULT_SCAN_BUDGET)]
     pub scan_budget: f64,
+    /// Track changes by page fingerprints even where the host's soft-dirty bits could say which
+    /// pages QEMU wrote
+    #[arg(long)]
+    pub fingerprints: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -556,7 +568,8 @@ pub fn run(cli: Cli) -> CliResult {
         }
         Verb::View(args) => {
             let server = qemu_bridge::view::ViewServer::bind(args.listen, args.common.run_dir())?
-                .with_scan_budget(args.scan_budget);
+                .with_scan_budget(args.scan_budget)
+                .with_soft_dirty(!args.fingerprints);
             if let Some(address) = server.address() {
                 println!(
                     "serving the VMs of {} on http://{address}/",
@@ -926,12 +939,25 @@ fn read_verb(args: ReadArgs) -> CliResult {
     Ok(())
 }
 
+/// The VM's soft-dirty source, unless fingerprints were asked for or the host has none (then
+/// the reason is logged).
+fn soft_dirty_unless(
+    fingerprints: bool,
+    info: &qemu_bridge::VmInfo,
+    bridge: &qemu_bridge::SharedMemoryBridge,
+) -> Option<std::sync::Arc<qemu_bridge::ram::soft_dirty::SoftDirty>> {
+    if fingerprints {
+        return None;
+    }
+    qemu_bridge::ram::tracker::soft_dirty_for(info.qemu_pid, bridge.mapping())
+        .inspect_err(|why| log::info!("VM {}: changes tracked by fingerprints: {why}", info.name))
+        .ok()
+}
+
 fn changes_verb(args: &ChangesArgs) -> CliResult {
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
     let (bridge, info) = vm.open_bridge()?;
-    let soft_dirty = qemu_bridge::ram::tracker::soft_dirty_for(info.qemu_pid, bridge.mapping())
-        .inspect_err(|why| log::info!("changes tracked by fingerprints: {why}"))
-        .ok();
+    let soft_dirty = soft_dirty_unless(args.fingerprints, &info, &bridge);
     let changes = qemu_bridge::ram::Changes::new(
         bridge.mapping(),
         bridge.layout(),
@@ -1055,9 +1081,7 @@ fn update_snapshot(
     if paused {
         vm.with_qmp(|qmp| qmp.stop())?;
     }
-    let soft_dirty = qemu_bridge::ram::tracker::soft_dirty_for(info.qemu_pid, bridge.mapping())
-        .inspect_err(|why| log::info!("every page looked at: {why}"))
-        .ok();
+    let soft_dirty = soft_dirty_unless(args.fingerprints, info, bridge);
     let update = || update_file(bridge.mapping(), &origin, &args.output, soft_dirty.as_deref());
     let mut passes = vec![update()];
     // --consistent: again until a pass finds nothing more to write

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use std::os::unix::net::UnixStream;
@@ -59,9 +59,8 @@ pub struct WatchedVm<T> {
     pub bridge: SharedMemoryBridge,
     /// What the front end made for it when it was admitted.
     pub parts: T,
-    /// The soft-dirty bits of its QEMU process over its RAM, where the host has them (see
-    /// [`crate::ram::soft_dirty`]); `None`: its changes are tracked by fingerprints.
-    pub soft_dirty: Option<Arc<SoftDirty>>,
+    /// The soft-dirty bits of its QEMU process over its RAM, opened on first use.
+    soft_dirty: OnceLock<Option<Arc<SoftDirty>>>,
     /// The ids of QEMU's memory backends when it was admitted.
     memdev_ids: Vec<String>,
     /// Identity of its socket file: a new socket means a new QEMU.
@@ -122,6 +121,21 @@ impl<T> WatchedVm<T> {
         let now = Instant::now();
         *cached = Some(CachedQmp { client, connected: now, used: now });
         Ok(value)
+    }
+
+    /// The soft-dirty bits of its QEMU process over its RAM where the host has them (see
+    /// [`crate::ram::soft_dirty`]), opened once, on first use, and shared by every tracker of this
+    /// VM in this process; `None`: its changes are tracked by fingerprints (the reason is logged).
+    pub fn soft_dirty(&self) -> Option<Arc<SoftDirty>> {
+        self.soft_dirty
+            .get_or_init(|| {
+                crate::ram::tracker::soft_dirty_for(self.info.qemu_pid, self.bridge.mapping())
+                    .inspect_err(|why| {
+                        log::info!("VM {}: changes tracked by fingerprints: {why}", self.info.name)
+                    })
+                    .ok()
+            })
+            .clone()
     }
 
     /// Whether QEMU now names other memory backends than when the VM was admitted (a DIMM or
@@ -410,16 +424,13 @@ impl<T: Send + Sync + 'static> Watcher<T> {
         log::info!("VM {name}: RAM {} ({} bytes), {}", info.ram_path.display(), info.ram_size, info.status);
         let memdev_ids = vm.with_qmp(memdev_ids)?;
         let parts = (self.make_parts)(&vm, &bridge, &info)?;
-        let soft_dirty = crate::ram::tracker::soft_dirty_for(info.qemu_pid, bridge.mapping())
-            .inspect_err(|why| log::info!("VM {name}: changes tracked by fingerprints: {why}"))
-            .ok();
         Ok(Arc::new(WatchedVm {
             number,
             vm,
             info,
             bridge,
             parts,
-            soft_dirty,
+            soft_dirty: OnceLock::new(),
             memdev_ids,
             socket_id: id,
             since: std::time::SystemTime::now(),

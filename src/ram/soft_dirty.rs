@@ -273,10 +273,8 @@ impl SoftDirty {
                     let file = part.try_clone_file().expect("a mapped part has a file");
                     let metadata =
                         file.and_then(|file| file.metadata()).map_err(access("stat", part.path()))?;
-                    let device = (
-                        nix::sys::stat::major(metadata.dev()),
-                        nix::sys::stat::minor(metadata.dev()),
-                    );
+                    let device =
+                        (nix::sys::stat::major(metadata.dev()), nix::sys::stat::minor(metadata.dev()));
                     file_spans(&entries, device, metadata.ino(), part_page, pages)
                 }
             };

@@ -115,6 +115,7 @@ pub struct ViewServer {
     scene: Arc<RwLock<Scene>>,
     run_dir: RunDir,
     scan_budget: f64,
+    soft_dirty: bool,
 }
 
 impl ViewServer {
@@ -131,6 +132,7 @@ impl ViewServer {
             scene: Arc::default(),
             run_dir,
             scan_budget: DEFAULT_SCAN_BUDGET,
+            soft_dirty: true,
         })
     }
 
@@ -139,6 +141,13 @@ impl ViewServer {
     /// sooner. Values are clamped to 0.01..=64.
     pub fn with_scan_budget(mut self, cores: f64) -> Self {
         self.scan_budget = if cores.is_finite() { cores.clamp(0.01, 64.0) } else { DEFAULT_SCAN_BUDGET };
+        self
+    }
+
+    /// Whether pictures follow the host's soft-dirty bits where it has them (the default), or
+    /// fingerprints alone.
+    pub fn with_soft_dirty(mut self, use_it: bool) -> Self {
+        self.soft_dirty = use_it;
         self
     }
 
@@ -153,9 +162,12 @@ impl ViewServer {
         let watcher = Arc::new(Watcher::new(self.run_dir.clone(), |_, _, _| Ok(())));
         watcher.spawn_janitor();
         // each VM's thread takes its share of the frames, and each frame its share of the time
-        let scan_per_frame = Duration::from_secs_f64(self.scan_budget / FRAMES_PER_SECOND);
+        let tracking = Tracking {
+            scan_per_frame: Duration::from_secs_f64(self.scan_budget / FRAMES_PER_SECOND),
+            soft_dirty: self.soft_dirty,
+        };
         let scanner = std::thread::Builder::new().name("scan".into()).spawn(move || loop {
-            follow(&scene, &watcher, scan_per_frame);
+            follow(&scene, &watcher, tracking);
             std::thread::sleep(SCAN_INTERVAL);
         });
         if let Err(err) = scanner {
@@ -175,7 +187,16 @@ impl ViewServer {
 
 /// Follows the watcher: pictures of instances it dropped leave the scene (their threads end),
 /// new instances get a thread of their own.
-fn follow(scene: &Arc<RwLock<Scene>>, watcher: &Arc<Watcher<()>>, scan_per_frame: Duration) {
+/// How each VM's thread finds changed pages.
+#[derive(Debug, Clone, Copy)]
+struct Tracking {
+    /// Time each frame may spend.
+    scan_per_frame: Duration,
+    /// Whether soft-dirty bits are followed where the host has them.
+    soft_dirty: bool,
+}
+
+fn follow(scene: &Arc<RwLock<Scene>>, watcher: &Arc<Watcher<()>>, tracking: Tracking) {
     let live = watcher.list();
     let numbers: HashSet<u64> = live.iter().map(|vm| vm.number).collect();
     let mut state = scene.write().unwrap_or_else(|e| e.into_inner());
@@ -194,10 +215,10 @@ fn follow(scene: &Arc<RwLock<Scene>>, watcher: &Arc<Watcher<()>>, scan_per_frame
         }
         let (scene, number) = (Arc::clone(scene), vm.number);
         let spawned = std::thread::Builder::new().name("vm".into()).spawn(move || {
-            let shown = show(&scene, &vm);
+            let shown = show(&scene, &vm, tracking);
             scene.write().unwrap_or_else(|e| e.into_inner()).starting.remove(&vm.number);
             match shown {
-                Ok((picture, live)) => watch(&scene, &vm, &picture, live, scan_per_frame),
+                Ok((picture, live)) => watch(&scene, &vm, &picture, live, tracking.scan_per_frame),
                 Err(err) => {
                     log::warn!("view: cannot picture VM {}: {}", vm.vm.name(), crate::error::chain(&err));
                     scene.write().unwrap_or_else(|e| e.into_inner()).ended.insert(vm.number);
@@ -215,8 +236,10 @@ fn follow(scene: &Arc<RwLock<Scene>>, watcher: &Arc<Watcher<()>>, scan_per_frame
 fn show(
     scene: &RwLock<Scene>,
     vm: &ViewedVm,
+    tracking: Tracking,
 ) -> Result<(Arc<Mutex<VmPicture>>, LiveMap), crate::ram::BridgeError> {
-    let live = LiveMap::new(vm.bridge.mapping(), vm.soft_dirty.clone())?;
+    let soft_dirty = if tracking.soft_dirty { vm.soft_dirty() } else { None };
+    let live = LiveMap::new(vm.bridge.mapping(), soft_dirty)?;
     let summary = VmSummary {
         id: vm.number as u32,
         name: vm.info.name.to_string(),

@@ -7,6 +7,8 @@
 //! missing fails (the `require_*` helpers panic): it never passes without doing its work.
 #![allow(dead_code)]
 
+pub mod nested;
+
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
