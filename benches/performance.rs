@@ -562,6 +562,19 @@ impl Row {
     }
 }
 
+/// Seconds `qemu-bridge snapshot` of `vm` to `out` takes, with `extra` arguments.
+fn snapshot_seconds(run_dir: &RunDir, vm: &Vm, out: &str, extra: &[&str]) -> f64 {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+        .args(["snapshot", vm.name().as_str(), "-o", out, "--quiet", "--run-dir"])
+        .arg(run_dir.path())
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    started.elapsed().as_secs_f64()
+}
+
 /// What a browser saw of `qemu-bridge view`.
 struct ViewSample {
     /// Median frames per second per VM.
@@ -1411,17 +1424,7 @@ impl Bench {
         let ram = fill_with_data(&info.ram_path, MEMORY);
         let out = tempfile::Builder::new().prefix("qb-bench-snap").tempfile_in("/dev/shm").unwrap();
         let out_path = out.path().to_str().unwrap().to_string();
-        let run = |extra: &[&str]| {
-            let started = Instant::now();
-            let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
-                .args(["snapshot", vm.name().as_str(), "-o", &out_path, "--quiet", "--run-dir"])
-                .arg(lab.run_dir.path())
-                .args(extra)
-                .output()
-                .unwrap();
-            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-            started.elapsed().as_secs_f64()
-        };
+        let run = |extra: &[&str]| snapshot_seconds(&lab.run_dir, &vm, &out_path, extra);
         let full = stats((0..3).map(|_| run(&[])).collect());
         run(&["--update"]); // the first update writes whole and leaves its record
         let update = stats(
@@ -1614,17 +1617,7 @@ impl Bench {
     fn soft_dirty_snapshots(add: &mut impl FnMut(Row), lab: &Lab, vm: &Vm, writer: &QemuWriter, memory: u64) {
         let out = tempfile::Builder::new().prefix("qb-bench-snap").tempfile_in("/dev/shm").unwrap();
         let out_path = out.path().to_str().unwrap().to_string();
-        let run = |extra: &[&str]| {
-            let started = Instant::now();
-            let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
-                .args(["snapshot", vm.name().as_str(), "-o", &out_path, "--quiet", "--run-dir"])
-                .arg(lab.run_dir.path())
-                .args(extra)
-                .output()
-                .unwrap();
-            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-            started.elapsed().as_secs_f64()
-        };
+        let run = |extra: &[&str]| snapshot_seconds(&lab.run_dir, vm, &out_path, extra);
         let full = stats((0..3).map(|_| run(&[])).collect());
         let mut stamp = 0;
         for way in ["fingerprints", "soft-dirty"] {

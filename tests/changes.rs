@@ -7,73 +7,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use common::{TestRunDir, COUNTER_ADDR};
+use common::{ChangesRun, TestRunDir, COUNTER_ADDR};
 
 const PAGE: u64 = 4096;
-
-/// Whether the running boot-sector guest itself may write guest-physical page `page`, besides
-/// its counter: the real-mode interrupt vector table and BIOS data area (page 0: SeaBIOS counts
-/// timer ticks at 0x46c), its stack (page 0x7000, below 0x7c00), onto which each timer interrupt
-/// pushes, and SeaBIOS's own variables in the BIOS area, 0xc0000-0xfffff (seen under QEMU 10.0
-/// at 0xe9000, now and then, from its timer interrupt). Nothing else writes guest RAM.
-fn guest_writes(page: u64) -> bool {
-    page == 0x0 || page == 0x7000 || (0xc0000..0x100000).contains(&page)
-}
-
-/// `qemu-bridge changes NAME --json` running as a child, read line by line.
-struct ChangesRun {
-    child: Child,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
-}
-
-impl ChangesRun {
-    fn start(run_dir: &TestRunDir, name: &str, count: u32) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
-            .args([
-                "changes",
-                name,
-                "--interval",
-                "0.5",
-                "--json",
-                "--count",
-                &count.to_string(),
-                "--run-dir",
-            ])
-            .arg(run_dir.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Self { child, lines }
-    }
-
-    /// The next interval's report: the set of changed guest-physical pages.
-    fn next_pages(&mut self) -> (BTreeSet<u64>, serde_json::Value) {
-        let line = self.lines.next().expect("changes ended early").unwrap();
-        let report: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(report["tracking"], "fingerprints");
-        let mut pages = BTreeSet::new();
-        for range in report["ranges"].as_array().unwrap() {
-            let (start, end) = (range[0].as_u64().unwrap(), range[1].as_u64().unwrap());
-            assert!(start < end && start % PAGE == 0, "{range}");
-            pages.extend((start / PAGE..end.div_ceil(PAGE)).map(|page| page * PAGE));
-        }
-        let mapped = pages.len() as u64 + report["unmapped_pages"].as_u64().unwrap();
-        assert_eq!(report["pages"].as_u64().unwrap(), mapped, "{report}");
-        (pages, report)
-    }
-}
-
-impl Drop for ChangesRun {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
@@ -86,8 +25,8 @@ fn test_changes_reports_exactly_the_written_pages_of_a_running_guest() {
     assert_eq!(listed[0]["tracking"], "fingerprints", "{listed}");
 
     // two trackers of the one VM at once, each with its own baseline
-    let mut first = ChangesRun::start(&run_dir, vm.name(), 4);
-    let mut second = ChangesRun::start(&run_dir, vm.name(), 4);
+    let mut first = ChangesRun::start(&run_dir, vm.name(), 4, "fingerprints");
+    let mut second = ChangesRun::start(&run_dir, vm.name(), 4, "fingerprints");
     let (idle, _) = first.next_pages();
     second.next_pages();
     let before = allocated();
@@ -112,12 +51,12 @@ fn test_changes_reports_exactly_the_written_pages_of_a_running_guest() {
         }
         let unexpected: Vec<_> = seen
             .iter()
-            .filter(|page| !written.contains(page) && **page != counter_page && !guest_writes(**page))
+            .filter(|page| !written.contains(page) && **page != counter_page && !common::guest_writes(**page))
             .collect();
         assert!(unexpected.is_empty(), "{name} tracker reported pages nobody wrote: {unexpected:x?}");
     }
     for page in &idle {
-        assert!(*page == counter_page || guest_writes(*page), "idle interval reported {page:#x}");
+        assert!(*page == counter_page || common::guest_writes(*page), "idle interval reported {page:#x}");
     }
     // three full looks at all of RAM allocated no hole
     assert_eq!(allocated() - before, 4 * PAGE, "tracking allocated memory of the guest");

@@ -1,18 +1,16 @@
 //! Soft-dirty change tracking, which this host's kernel may lack, exercised inside a VM on
 //! Debian's generic kernel that has it (`common/nested.rs`): the harness itself, then this very
 //! test binary run in there (`inside_*` tests), with a nested TCG guest that writes a known set of
-//! pages (tests/guest/writer.S) and qemu-bridge's library and command line tracking it.
+//! pages (tests/guest/boot.S built with WRITER) and qemu-bridge's library and command line tracking it.
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{nested, wait_until, TestRunDir, TestVm, VmBuilder, COUNTER_ADDR};
+use common::{nested, wait_until, ChangesRun, TestRunDir, TestVm, VmBuilder, COUNTER_ADDR};
 use qemu_bridge::ram::soft_dirty::host_has_soft_dirty;
 use qemu_bridge::ram::tracker::{method_for, soft_dirty_for};
 use qemu_bridge::ram::{ChangeSet, Fingerprints, GuestLayout, GuestRam, TrackingMethod};
@@ -133,18 +131,22 @@ fn inside() -> bool {
     }
 }
 
-/// The pages the writer guest stores into (tests/guest/writer.S), besides its counter's.
+/// The pages the writer guest stores into (tests/guest/boot.S with WRITER), besides its counter's.
 const WRITTEN: [u64; 5] = [0x30000, 0x31000, 0x58000, 0x100000, 0x10a000];
 /// Where in the first of them it stores its counter ...
 const FIRST_STORE: u64 = 0x30010;
 /// ... and in the last, the last store of each round.
 const LAST_STORE: u64 = 0x10a010;
 
-/// Pages the BIOS itself writes while the writer guest runs: the interrupt vector table and BIOS
-/// data area (page 0: the tick count), the stack (page 0x7000), SeaBIOS's variables in
-/// 0xc0000-0xfffff.
-fn bios_writes(page: u64) -> bool {
-    page == 0x0 || page == 0x7000 || (0xc0000..0x100000).contains(&page)
+/// Inside the soft-dirty VM, a run directory with the writer guest running in it, past its first
+/// round of stores; elsewhere `None` (see [`inside`]).
+fn writer_inside() -> Option<(TestRunDir, TestVm)> {
+    if !inside() {
+        return None;
+    }
+    let run_dir = TestRunDir::new();
+    let vm = writer_vm(&run_dir);
+    Some((run_dir, vm))
 }
 
 fn writer_vm(run_dir: &TestRunDir) -> TestVm {
@@ -179,11 +181,7 @@ fn page_set(ram: &GuestRam, layout: &GuestLayout, pages: &[usize]) -> BTreeSet<u
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn inside_a_clear_by_another_tracker_never_hides_a_write() {
-    if !inside() {
-        return;
-    }
-    let run_dir = TestRunDir::new();
-    let vm = writer_vm(&run_dir);
+    let Some((run_dir, vm)) = writer_inside() else { return };
     let qemu = Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
     let (bridge, info) = qemu.open_bridge().unwrap();
     let (ram, layout) = (bridge.mapping(), bridge.layout());
@@ -235,54 +233,6 @@ fn inside_a_clear_by_another_tracker_never_hides_a_write() {
     drop(vm);
 }
 
-/// `qemu-bridge changes NAME --json` as a child, read line by line.
-struct ChangesRun {
-    child: Child,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
-}
-
-impl ChangesRun {
-    fn start(run_dir: &TestRunDir, name: &str, count: u32) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
-            .args([
-                "changes",
-                name,
-                "--interval",
-                "0.5",
-                "--json",
-                "--count",
-                &count.to_string(),
-                "--run-dir",
-            ])
-            .arg(run_dir.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Self { child, lines }
-    }
-
-    /// The guest-physical pages of the next interval's report.
-    fn next_pages(&mut self) -> BTreeSet<u64> {
-        let line = self.lines.next().expect("changes ended early").unwrap();
-        let report: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(report["tracking"], "soft-dirty", "{report}");
-        let mut pages = BTreeSet::new();
-        for range in report["ranges"].as_array().unwrap() {
-            let (start, end) = (range[0].as_u64().unwrap(), range[1].as_u64().unwrap());
-            pages.extend((start / PAGE..end.div_ceil(PAGE)).map(|page| page * PAGE));
-        }
-        pages
-    }
-}
-
-impl Drop for ChangesRun {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn allocated(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).unwrap().blocks() * 512
 }
@@ -290,22 +240,18 @@ fn allocated(path: &std::path::Path) -> u64 {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn inside_two_changes_runs_report_exactly_the_guests_writes() {
-    if !inside() {
-        return;
-    }
-    let run_dir = TestRunDir::new();
-    let vm = writer_vm(&run_dir);
+    let Some((run_dir, vm)) = writer_inside() else { return };
     let listed: serde_json::Value =
         serde_json::from_str(&common::stdout(&common::qemu_bridge(&run_dir, &["list", "--json"]))).unwrap();
     assert_eq!(listed[0]["tracking"], "soft-dirty", "{listed}");
     let before = allocated(&vm.launched.ram_path);
 
-    let mut first = ChangesRun::start(&run_dir, vm.name(), 8);
-    let mut second = ChangesRun::start(&run_dir, vm.name(), 8);
+    let mut first = ChangesRun::start(&run_dir, vm.name(), 8, "soft-dirty");
+    let mut second = ChangesRun::start(&run_dir, vm.name(), 8, "soft-dirty");
     let (mut seen_first, mut seen_second) = (BTreeSet::new(), BTreeSet::new());
     for _ in 0..8 {
-        seen_first.extend(first.next_pages());
-        seen_second.extend(second.next_pages());
+        seen_first.extend(first.next_pages().0);
+        seen_second.extend(second.next_pages().0);
     }
     let counter_page = COUNTER_ADDR / PAGE * PAGE;
     for (name, seen) in [("first", &seen_first), ("second", &seen_second)] {
@@ -314,7 +260,7 @@ fn inside_two_changes_runs_report_exactly_the_guests_writes() {
         }
         let unexpected: Vec<_> = seen
             .iter()
-            .filter(|page| !WRITTEN.contains(page) && **page != counter_page && !bios_writes(**page))
+            .filter(|page| !WRITTEN.contains(page) && **page != counter_page && !common::guest_writes(**page))
             .collect();
         assert!(unexpected.is_empty(), "{name} run reported pages nobody wrote: {unexpected:x?}");
     }
@@ -324,11 +270,7 @@ fn inside_two_changes_runs_report_exactly_the_guests_writes() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn inside_snapshot_updates_look_at_what_qemu_wrote_and_stay_exact() {
-    if !inside() {
-        return;
-    }
-    let run_dir = TestRunDir::new();
-    let vm = writer_vm(&run_dir);
+    let Some((run_dir, vm)) = writer_inside() else { return };
     let qemu = Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
     let (bridge, info) = qemu.open_bridge().unwrap();
     let pages = bridge.mapping().pages() as u64;

@@ -9,10 +9,12 @@
 
 pub mod nested;
 
+use std::collections::BTreeSet;
 use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -75,19 +77,19 @@ pub fn wait_until(timeout: Duration, condition: impl FnMut() -> bool) -> bool {
 /// builder the demo, the benchmarks and the tests share).
 pub fn boot_image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| build_guest_image("boot"))
+    IMAGE.get_or_init(|| build_guest_image("boot", &[]))
 }
 
-/// The boot-sector guest that writes a known set of pages (`tests/guest/writer.S`).
+/// The boot-sector guest that writes a known set of pages (`tests/guest/boot.S` with `WRITER`).
 pub fn writer_image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| build_guest_image("writer"))
+    IMAGE.get_or_init(|| build_guest_image("writer", &["WRITER"]))
 }
 
-/// Assembles `tests/guest/<name>.S` into a 1 MiB disk image under the test target directory, or
-/// under the temporary directory where that cannot be written (the tests run inside the
-/// soft-dirty VM see the checkout read-only).
-fn build_guest_image(name: &str) -> PathBuf {
+/// Assembles `tests/guest/boot.S` with `symbols` defined into a 1 MiB disk image `<name>.img`
+/// under the test target directory, or under the temporary directory where that cannot be
+/// written (the tests run inside the soft-dirty VM see the checkout read-only).
+fn build_guest_image(name: &str, symbols: &[&str]) -> PathBuf {
     let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let base = if nix::unistd::access(target, nix::unistd::AccessFlags::W_OK).is_ok() {
         target.to_path_buf()
@@ -95,10 +97,9 @@ fn build_guest_image(name: &str) -> PathBuf {
         std::env::temp_dir()
     };
     let image = base.join(format!("guest-{}/{name}.img", std::process::id()));
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/guest/{name}.S"));
     run(Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-boot-guest.sh"))
         .arg(&image)
-        .arg(source));
+        .args(symbols));
     assert_eq!(std::fs::metadata(&image).unwrap().len(), 1 << 20, "the boot disk is padded to 1 MiB");
     image
 }
@@ -702,4 +703,68 @@ pub fn prstatus_notes(elf: &Path) -> Vec<Vec<u8>> {
         }
     }
     found
+}
+
+/// Whether a running boot-sector guest (boot.S, either build) itself may write guest-physical page `page`, besides
+/// its counter: the real-mode interrupt vector table and BIOS data area (page 0: SeaBIOS counts
+/// timer ticks at 0x46c), its stack (page 0x7000, below 0x7c00), onto which each timer interrupt
+/// pushes, and SeaBIOS's own variables in the BIOS area, 0xc0000-0xfffff (seen under QEMU 10.0
+/// at 0xe9000, now and then, from its timer interrupt). Nothing else writes guest RAM.
+pub fn guest_writes(page: u64) -> bool {
+    page == 0x0 || page == 0x7000 || (0xc0000..0x100000).contains(&page)
+}
+
+/// `qemu-bridge changes NAME --json` running as a child, read line by line.
+pub struct ChangesRun {
+    child: Child,
+    /// The tracking every report must name.
+    tracking: &'static str,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl ChangesRun {
+    /// Starts it, every 0.5 s for `count` intervals; each report must say it tracks by
+    /// `tracking` (`fingerprints`, `soft-dirty`).
+    pub fn start(run_dir: &TestRunDir, name: &str, count: u32, tracking: &'static str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+            .args([
+                "changes",
+                name,
+                "--interval",
+                "0.5",
+                "--json",
+                "--count",
+                &count.to_string(),
+                "--run-dir",
+            ])
+            .arg(run_dir.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self { child, lines, tracking }
+    }
+
+    /// The next interval's report: the set of changed guest-physical pages.
+    pub fn next_pages(&mut self) -> (BTreeSet<u64>, serde_json::Value) {
+        let line = self.lines.next().expect("changes ended early").unwrap();
+        let report: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(report["tracking"], self.tracking, "{report}");
+        let mut pages = BTreeSet::new();
+        for range in report["ranges"].as_array().unwrap() {
+            let (start, end) = (range[0].as_u64().unwrap(), range[1].as_u64().unwrap());
+            assert!(start < end && start % 4096 == 0, "{range}");
+            pages.extend((start / 4096..end.div_ceil(4096)).map(|page| page * 4096));
+        }
+        let mapped = pages.len() as u64 + report["unmapped_pages"].as_u64().unwrap();
+        assert_eq!(report["pages"].as_u64().unwrap(), mapped, "{report}");
+        (pages, report)
+    }
+}
+
+impl Drop for ChangesRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

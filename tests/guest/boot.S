@@ -7,7 +7,16 @@
  * core (a spinning guest would on a 2-core machine starve QEMU's monitor and the tests).
  * It also writes the marker to the serial port (COM1) once.
  *
- * Build: as --32 boot.S -o boot.o && ld -m elf_i386 -Ttext 0x7c00 --oformat binary boot.o -o boot.bin
+ * Assembled with `--defsym WRITER=1` (scripts/build-boot-guest.sh OUTPUT.img WRITER) it is the
+ * writer guest of the change-tracking tests: on every eighth tick (about every 0.44 s) it also
+ * stores the counter into five pages and nowhere else:
+ *   0x30010, 0x31020   (two adjacent pages: one merged range)
+ *   0x58030
+ *   0x100010, 0x10a010 (above 1 MiB, through segment 0xffff with A20 on: pages the BIOS left as
+ *                       holes of the RAM file)
+ * so that a tracker must report exactly those pages, the counter's and what the BIOS writes.
+ *
+ * Build: as --32 [--defsym WRITER=1] boot.S -o boot.o && ld -m elf_i386 -Ttext 0x7c00 --oformat binary boot.o -o boot.bin
  *        truncate -s 1M boot.bin     (SeaBIOS refuses a 512-byte disk)
  */
     .code16
@@ -18,6 +27,12 @@ _start:
     mov %ax, %ds
     mov %ax, %ss
     mov $0x7c00, %sp
+.ifdef WRITER
+    in $0x92, %al           /* fast A20 on: 0xffff:0x10 is 0x100000, not 0x0 */
+    or $2, %al
+    and $0xfe, %al
+    out %al, $0x92
+.endif
     mov $0x1000, %ax
     mov %ax, %es            /* es:0 = guest-physical 0x10000 */
     cld
@@ -40,6 +55,22 @@ count:
     sti                     /* the BIOS timer interrupt wakes us from hlt */
     hlt
     incl %es:0x40
+.ifdef WRITER
+    movl %es:0x40, %eax
+    test $7, %al
+    jnz count
+    mov $0x3000, %bx
+    mov %bx, %fs
+    movl %eax, %fs:0x10     /* 0x30010 */
+    movl %eax, %fs:0x1020   /* 0x31020 */
+    mov $0x5800, %bx
+    mov %bx, %fs
+    movl %eax, %fs:0x30     /* 0x58030 */
+    mov $0xffff, %bx
+    mov %bx, %fs
+    movl %eax, %fs:0x20     /* 0x100010 */
+    movl %eax, %fs:0xa020   /* 0x10a010 */
+.endif
     jmp count
 
 marker:
