@@ -1497,7 +1497,7 @@ impl Bench {
             "export {BENCH_INSIDE}=1 BENCH_ONLY=soft_dirty_inside BENCH_SECONDS={seconds}\ncd /tmp && exec {} --bench\n",
             exe.display()
         );
-        let run = common::nested::run_inside(&script, 8192, Duration::from_secs(3600));
+        let run = common::nested::run_inside(&script, 12288, Duration::from_secs(3600));
         assert_eq!(run.exit_code, 0, "the run inside failed:\n{}", run.output);
         for row in run.output.lines().filter_map(Row::from_line) {
             results.add(row);

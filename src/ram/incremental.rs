@@ -121,14 +121,17 @@ enum Selection {
 
 /// Which pages of RAM to look at, given the soft-dirty generation the copy is exact for
 /// (`known`), and the generation to remember for the next look. With no source, or a
-/// generation that moved, every page; when every page is looked at anyway and the QEMU
-/// process's bits were never cleared (or not for a while), they are cleared first, so that the
+/// generation that moved, every page; when every page is looked at anyway (or more than half of
+/// them read dirty) and the bits were not cleared just now, they are cleared first, so that the
 /// next look costs what changes. A source that fails means every page, with a warning.
 fn select_pages(source: Option<&SoftDirty>, known: Option<u64>) -> (Selection, Option<u64>) {
     let Some(source) = source else { return (Selection::All, None) };
     let mut dirty = Vec::new();
     let looked = source.dirty_pages(0..source.pages(), &mut dirty).and_then(|generation| {
-        if known.is_some_and(|known| known == generation.count && known > 0) {
+        let exact = known.is_some_and(|known| known == generation.count && known > 0);
+        // more than half of RAM read dirty: clearing now and looking at every page costs at most
+        // twice this look, and makes the next ones cheap
+        if exact && !(dirty.len() * 2 > source.pages() && generation.may_clear()) {
             return Ok((Selection::Dirty(dirty), Some(generation.count)));
         }
         let generation = if generation.may_clear() { source.clear()? } else { generation };

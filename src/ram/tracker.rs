@@ -93,9 +93,6 @@ pub const BACKGROUND_SHARE: f64 = 0.01;
 const PAGEMAP_CHUNK: usize = 4096;
 /// Credit a pacer can save up while it is not asked.
 const MAX_CREDIT: f64 = 0.05;
-/// A clear is due when more than one page in this many reads dirty over a pass (hashing them
-/// all on every pass would cost more than the sweep a clear costs).
-const CLEAR_WHEN_ONE_IN: usize = 8;
 
 /// The fingerprint of a page of a hole (no data page hashes to it: see [`fingerprint`]).
 const HOLE: u64 = 0;
@@ -154,12 +151,39 @@ struct SoftState {
     cursor: usize,
     pass_started: Instant,
     last_pass: Option<Duration>,
-    dirty_in_pass: usize,
     /// Pages a whole fingerprint sweep still owes, since a clear was seen.
     owed: usize,
     pagemap: Pacer,
     background: Pacer,
+    /// The pages the last read of the bits found dirty ...
     dirty: Vec<usize>,
+    /// ... of which this many are hashed.
+    hashed: usize,
+    /// Pages hashed because their bit read dirty, since the generation began.
+    rehashed: usize,
+}
+
+impl SoftState {
+    /// Takes note of the generation the bits just read belong to: another than before means a
+    /// clear since the last look, whose lost bits a sweep of every page makes up for.
+    fn note_generation(&mut self, generation: u64, pages: usize) {
+        if generation != self.generation {
+            self.generation = generation;
+            self.owed = pages;
+            self.rehashed = 0;
+        }
+    }
+
+    /// Clears the QEMU process's bits when the pages re-hashed for their bits since the last
+    /// clear add up to a whole sweep (what a clear costs every tracker: a rent-or-buy rule, so
+    /// that a guest writing ever more pages costs at most twice what the best schedule of
+    /// clears would), once the sweep the last clear owed is done and no clear was recent.
+    fn clear_if_due(&mut self) -> Result<(), SoftDirtyError> {
+        if self.owed == 0 && self.rehashed >= self.source.pages() && self.source.generation()?.may_clear() {
+            self.source.clear()?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a look stopped: RAM could not be read (an error for the caller), or the soft-dirty bits
@@ -257,11 +281,12 @@ impl Fingerprints {
                     cursor: 0,
                     pass_started: Instant::now(),
                     last_pass: None,
-                    dirty_in_pass: 0,
                     owed: 0,
                     pagemap: Pacer::new(PAGEMAP_SHARE),
                     background: Pacer::new(BACKGROUND_SHARE),
                     dirty: Vec::new(),
+                    hashed: 0,
+                    rehashed: 0,
                 })
             }
             Ok(_) => log::warn!("soft-dirty source of another RAM size: tracking by fingerprints"),
@@ -420,30 +445,37 @@ impl Fingerprints {
     ) -> Result<usize, LookError> {
         let pages = self.prints.len();
         let mut looked = 0;
+        let mut passed = false;
         soft.pagemap.refill();
         soft.background.refill();
-        while soft.pagemap.has_credit() && Instant::now() < deadline {
+        while Instant::now() < deadline {
+            // the pages the last read found dirty first, a step at a time
+            if soft.hashed < soft.dirty.len() {
+                let end = (soft.hashed + PAGES_PER_STEP).min(soft.dirty.len());
+                for run in runs(&soft.dirty[soft.hashed..end]) {
+                    self.look(ram, run, changed)?;
+                }
+                looked += end - soft.hashed;
+                soft.rehashed += end - soft.hashed;
+                soft.hashed = end;
+                continue;
+            }
+            if passed || !soft.pagemap.has_credit() {
+                break;
+            }
             let chunk = soft.cursor..(soft.cursor + PAGEMAP_CHUNK).min(pages);
             let reading = Instant::now();
             let generation = soft.source.dirty_pages(chunk.clone(), &mut soft.dirty)?;
             soft.pagemap.spend(reading.elapsed());
-            if generation.count != soft.generation {
-                soft.generation = generation.count;
-                soft.owed = pages;
-            }
-            soft.dirty_in_pass += soft.dirty.len();
-            for run in runs(&soft.dirty) {
-                looked += run.len();
-                self.look(ram, run, changed)?;
-            }
+            soft.hashed = 0;
+            soft.note_generation(generation.count, pages);
             soft.cursor = chunk.end;
             if soft.cursor == pages {
                 soft.cursor = 0;
                 soft.last_pass = Some(soft.pass_started.elapsed());
                 soft.pass_started = Instant::now();
-                let dirty = std::mem::take(&mut soft.dirty_in_pass);
-                Self::clear_if_due(soft, dirty)?;
-                break;
+                soft.clear_if_due()?;
+                passed = true; // at most one pass a call
             }
         }
         // every page once after a clear, within the caller's budget
@@ -468,28 +500,20 @@ impl Fingerprints {
     ) -> Result<usize, LookError> {
         let pages = self.prints.len();
         let generation = soft.source.dirty_pages(0..pages, &mut soft.dirty)?;
-        let dirty = soft.dirty.len();
-        if generation.count != soft.generation {
-            soft.generation = generation.count;
+        soft.note_generation(generation.count, pages);
+        if soft.owed > 0 {
             self.sweep_all(ram, changed)?;
+            soft.owed = 0;
         } else {
             for run in runs(&soft.dirty) {
                 self.look(ram, run, changed)?;
             }
+            soft.rehashed += soft.dirty.len();
         }
+        soft.hashed = soft.dirty.len();
         soft.cursor = 0;
-        soft.owed = 0;
-        Self::clear_if_due(soft, dirty)?;
+        soft.clear_if_due()?;
         Ok(pages)
-    }
-
-    /// Clears the QEMU process's bits when more than one page in [`CLEAR_WHEN_ONE_IN`] read
-    /// dirty in a pass and no clear was recent (the next look sees the new generation).
-    fn clear_if_due(soft: &SoftState, dirty: usize) -> Result<(), SoftDirtyError> {
-        if dirty * CLEAR_WHEN_ONE_IN > soft.source.pages() && soft.source.generation()?.may_clear() {
-            soft.source.clear()?;
-        }
-        Ok(())
     }
 
     fn check_ram(&self, ram: &GuestRam) -> Result<(), BridgeError> {
