@@ -1497,7 +1497,7 @@ impl Bench {
             "export {BENCH_INSIDE}=1 BENCH_ONLY=soft_dirty_inside BENCH_SECONDS={seconds}\ncd /tmp && exec {} --bench\n",
             exe.display()
         );
-        let run = common::nested::run_inside(&script, 12288, Duration::from_secs(3600));
+        let run = common::nested::run_inside(&script, 16384, Duration::from_secs(3600));
         assert_eq!(run.exit_code, 0, "the run inside failed:\n{}", run.output);
         for row in run.output.lines().filter_map(Row::from_line) {
             results.add(row);
@@ -1526,6 +1526,23 @@ impl Bench {
             let (bridge, info) = vm.open_bridge().unwrap();
             let ram = fill_with_data(&info.ram_path, memory);
             let writer = std::sync::Arc::new(QemuWriter::open(&info));
+            // what the frames cost with next to no tracking: the floor of both ways' CPU
+            let floor = view_sample(
+                &lab.run_dir,
+                1,
+                Duration::from_secs_f64(seconds),
+                &["--fingerprints", "--scan-budget", "0.01"],
+            );
+            add(Row {
+                name: format!("view in the soft-dirty VM: one {label} VM, idle, frames alone (fingerprints, --scan-budget 0.01)"),
+                target: "-".into(),
+                median: floor.cpu,
+                p99: floor.cpu,
+                unit: "%",
+                baseline: None,
+                ratio: None,
+                verdict: format!("{:.1} fps, view CPU {:.1} % of one core (TCG): taking and sending frames", floor.fps, floor.cpu),
+            });
             for writing in [false, true] {
                 let mut cpu_by_fingerprints = None;
                 for way in ["fingerprints", "soft-dirty"] {
@@ -1615,7 +1632,7 @@ impl Bench {
     /// `snapshot --update` of the 4 GiB VM after 1 MiB written through QEMU, by soft-dirty bits
     /// and by fingerprints, against a full snapshot; all to tmpfs.
     fn soft_dirty_snapshots(add: &mut impl FnMut(Row), lab: &Lab, vm: &Vm, writer: &QemuWriter, memory: u64) {
-        let out = tempfile::Builder::new().prefix("qb-bench-snap").tempfile_in("/dev/shm").unwrap();
+        let out = tempfile::Builder::new().prefix("qb-bench-snap").tempfile_in("/tmp").unwrap();
         let out_path = out.path().to_str().unwrap().to_string();
         let run = |extra: &[&str]| snapshot_seconds(&lab.run_dir, vm, &out_path, extra);
         let full = stats((0..3).map(|_| run(&[])).collect());

@@ -3,6 +3,7 @@
 #   qmp_reply  the QMP client fed arbitrary server bytes
 #   layout     guest-physical layout and bounds arithmetic
 #   mtree      the parser of QEMU's flat memory map (info mtree -f)
+#   paging     the x86_64 page-table walker over arbitrary guest RAM
 # cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1 lets the stable toolchain provide them
 # (no other toolchain can be installed here). A crash fails the run and leaves its input in
 # fuzz/artifacts/<target>/: turn it into a unit test next to the code, then fix the bug.
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 export RUSTC_BOOTSTRAP=1
-for target in qmp_reply layout mtree; do
+for target in qmp_reply layout mtree paging; do
     mkdir -p "fuzz/corpus/$target"
     echo "== fuzz $target for ${seconds}s"
     cargo fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \

@@ -7,7 +7,9 @@
 //! them as hostile input (bounded walks, capped counts, errors instead of panics).
 
 pub mod memory;
+pub mod paging;
 pub mod registers;
 
 pub use memory::{FrozenMemory, Gpa, GuestMemory, GuestMemoryError};
+pub use paging::{PagingError, PagingMode, Translation, X86Paging};
 pub use registers::{parse_info_registers, VcpuRegisters};

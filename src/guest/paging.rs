@@ -1,0 +1,1356 @@
+//! x86_64 virtual-address translation: the guest's own page tables, walked as the Intel SDM
+//! (vol. 3, ch. 4 "Paging") describes 4-level and 5-level paging with 4 KiB, 2 MiB and 1 GiB
+//! pages.
+//!
+//! The tables are the guest's, so they are hostile input. A translation reads at most five
+//! entries. An enumeration of mappings ([`X86Paging::mappings`]) holds a fixed amount of memory
+//! whatever the tables say and stops at its [`Limits`]: tables that point at themselves (a
+//! self-referencing PML4 entry is normal on some systems), that fan out to the same table 512
+//! times per level, or that point outside RAM cost bounded work and give errors, never a panic
+//! or a hang. A walk never loops: each step goes one level down, and there are at most five.
+//!
+//! Virtual addresses are canonical: bits 63..48 (63..57 with 5-level paging) copy bit 47 (56).
+//! A file whose offsets are virtual addresses drops that sign extension: see [`offset_of_va`]
+//! and [`va_of_offset`].
+//!
+//! Left out: 32-bit and PAE paging (the guest must be in long mode), protection keys, the
+//! supervisor rules of CR0.WP, SMEP and SMAP (the permissions reported are the entries' own),
+//! and MAXPHYADDR (addresses keep bits 51..12 of an entry; reserved bits are not checked, except
+//! the page-size bit at the PML4 and PML5 levels, which no page can have).
+//!
+//! # Examples
+//!
+//! ```
+//! use qemu_bridge::guest::paging::{PagingMode, X86Paging};
+//! use qemu_bridge::guest::{FrozenMemory, Gpa};
+//! use qemu_bridge::ram::GuestLayout;
+//!
+//! // PML4 at 0x1000, PDPT at 0x2000, PD at 0x3000, PT at 0x4000, one page at 0x5000
+//! let mut ram = vec![0u8; 0x6000];
+//! for (entry_at, points_to) in [(0x1000, 0x2000u64), (0x2000, 0x3000), (0x3000, 0x4000), (0x4008, 0x5000)] {
+//!     ram[entry_at..entry_at + 8].copy_from_slice(&(points_to | 0b111).to_le_bytes());
+//! }
+//! let layout = GuestLayout::identity(ram.len() as u64);
+//! let memory = FrozenMemory::new(&ram, &layout);
+//! let paging = X86Paging::new(PagingMode::FourLevel, Gpa(0x1000), true);
+//! let page = paging.translate(&memory, 0x1234)?;
+//! assert_eq!((page.gpa, page.page_size), (Gpa(0x5234), 0x1000));
+//! # Ok::<(), qemu_bridge::guest::paging::PagingError>(())
+//! ```
+
+use std::ops::{Bound, RangeBounds};
+
+use super::memory::{Gpa, GuestMemory, GuestMemoryError};
+use super::registers::VcpuRegisters;
+
+/// CR0.PG: paging on.
+const CR0_PG: u64 = 1 << 31;
+/// CR4.PAE: physical-address extension, required by long mode.
+const CR4_PAE: u64 = 1 << 5;
+/// CR4.LA57: 5-level paging.
+const CR4_LA57: u64 = 1 << 12;
+/// EFER.LMA: long mode active.
+const EFER_LMA: u64 = 1 << 10;
+/// EFER.NXE: bit 63 of an entry means no-execute (reserved otherwise).
+const EFER_NXE: u64 = 1 << 11;
+/// CR3 bits 51..12: the root table (the low bits are flags or the PCID, the high bits LAM flags).
+const CR3_ROOT: u64 = 0x000f_ffff_ffff_f000;
+
+const PRESENT: u64 = 1 << 0;
+const WRITABLE: u64 = 1 << 1;
+const USER: u64 = 1 << 2;
+/// PS: the entry maps a page instead of a table (PDPT and PD entries; PAT in a PT entry).
+const PAGE_SIZE: u64 = 1 << 7;
+const NO_EXECUTE: u64 = 1 << 63;
+/// Bits 51..12: a table or 4 KiB page (52 bits is the architecture's largest MAXPHYADDR).
+const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+
+const ENTRIES_PER_TABLE: usize = 512;
+const ENTRY_BYTES: usize = 8;
+
+/// 4 KiB, the size of a page mapped by a PT entry.
+pub const PAGE_4K: u64 = 1 << 12;
+/// 2 MiB, the size of a page mapped by a PD entry.
+pub const PAGE_2M: u64 = 1 << 21;
+/// 1 GiB, the size of a page mapped by a PDPT entry.
+pub const PAGE_1G: u64 = 1 << 30;
+
+/// How many levels of tables translate an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PagingMode {
+    /// 4-level paging: 48-bit virtual addresses, root table PML4.
+    FourLevel,
+    /// 5-level paging (CR4.LA57): 57-bit virtual addresses, root table PML5.
+    FiveLevel,
+}
+
+impl PagingMode {
+    /// Significant bits of a virtual address: 48 or 57.
+    pub fn address_bits(self) -> u32 {
+        match self {
+            PagingMode::FourLevel => 48,
+            PagingMode::FiveLevel => 57,
+        }
+    }
+
+    /// Bytes of virtual address space without the sign extension: 2^48 or 2^57. The kernel half
+    /// starts at half of it.
+    pub fn space_size(self) -> u64 {
+        1 << self.address_bits()
+    }
+
+    /// The table levels a walk goes through, root first.
+    pub fn levels(self) -> &'static [Level] {
+        match self {
+            PagingMode::FourLevel => &[Level::Pml4, Level::Pdpt, Level::Pd, Level::Pt],
+            PagingMode::FiveLevel => &[Level::Pml5, Level::Pml4, Level::Pdpt, Level::Pd, Level::Pt],
+        }
+    }
+
+    /// Whether `va` is canonical: its bits above the significant ones all copy the highest
+    /// significant bit.
+    pub fn is_canonical(self, va: u64) -> bool {
+        self.sign_extend(va) == va
+    }
+
+    /// `va` with its significant bits sign-extended to 64.
+    fn sign_extend(self, va: u64) -> u64 {
+        let unused = 64 - self.address_bits();
+        (((va << unused) as i64) >> unused) as u64
+    }
+}
+
+impl std::fmt::Display for PagingMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PagingMode::FourLevel => "4-level paging",
+            PagingMode::FiveLevel => "5-level paging",
+        })
+    }
+}
+
+/// A level of page tables, named as the SDM names its tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Level {
+    /// Page-map level 5, the root with 5-level paging.
+    Pml5,
+    /// Page-map level 4, the root with 4-level paging.
+    Pml4,
+    /// Page-directory-pointer table; its entries map a table or a 1 GiB page.
+    Pdpt,
+    /// Page directory; its entries map a table or a 2 MiB page.
+    Pd,
+    /// Page table; its entries map 4 KiB pages.
+    Pt,
+}
+
+impl Level {
+    /// The lowest virtual-address bit of this level's table index: 12 for a PT up to 48 for a
+    /// PML5.
+    pub fn shift(self) -> u32 {
+        match self {
+            Level::Pml5 => 48,
+            Level::Pml4 => 39,
+            Level::Pdpt => 30,
+            Level::Pd => 21,
+            Level::Pt => 12,
+        }
+    }
+
+    /// The size of the page an entry of this level can map, if it can map one.
+    pub fn page_size(self) -> Option<u64> {
+        match self {
+            Level::Pdpt => Some(PAGE_1G),
+            Level::Pd => Some(PAGE_2M),
+            Level::Pt => Some(PAGE_4K),
+            Level::Pml5 | Level::Pml4 => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Level::Pml5 => "PML5",
+            Level::Pml4 => "PML4",
+            Level::Pdpt => "PDPT",
+            Level::Pd => "PD",
+            Level::Pt => "PT",
+        })
+    }
+}
+
+/// Which cap of [`Limits`] stopped an enumeration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// [`Limits::max_entries_read`].
+    EntriesRead,
+    /// [`Limits::max_mappings`].
+    Mappings,
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Limit::EntriesRead => "the limit of page-table entries read",
+            Limit::Mappings => "the limit of mappings",
+        })
+    }
+}
+
+/// Why an address could not be translated or read, or why an enumeration skipped or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PagingError {
+    /// CR0.PG is clear: addresses are physical.
+    #[error("paging is off (CR0 {cr0:#x} has PG clear)")]
+    PagingOff {
+        /// The CR0 given.
+        cr0: u64,
+    },
+    /// EFER.LMA is clear: 32-bit or PAE paging, which this module does not walk.
+    #[error("the vCPU is not in long mode (EFER {efer:#x} has LMA clear)")]
+    NotLongMode {
+        /// The EFER given.
+        efer: u64,
+    },
+    /// Long mode with CR4.PAE clear, a state no real vCPU is in.
+    #[error("long mode without PAE (CR4 {cr4:#x} has PAE clear)")]
+    PaeOff {
+        /// The CR4 given.
+        cr4: u64,
+    },
+    /// QEMU did not report a control register.
+    #[error("the vCPU registers lack {name}")]
+    MissingRegister {
+        /// The register, as QEMU names it.
+        name: &'static str,
+    },
+    /// The address is not canonical for the paging mode.
+    #[error("virtual address {va:#x} is not canonical with {mode}")]
+    NonCanonical {
+        /// The address.
+        va: u64,
+        /// The paging mode.
+        mode: PagingMode,
+    },
+    /// The entry for the address at `level` is not present.
+    #[error("virtual address {va:#x} is not mapped: its {level} entry is not present")]
+    NotMapped {
+        /// The address.
+        va: u64,
+        /// The table whose entry is not present.
+        level: Level,
+    },
+    /// A table is not in RAM (the entry above it, or CR3, points outside RAM) or cannot be read.
+    #[error("cannot read the {level} entry of virtual address {va:#x}")]
+    Table {
+        /// The address being translated (in an enumeration: the first address the table maps).
+        va: u64,
+        /// The table that could not be read.
+        level: Level,
+        /// Why.
+        #[source]
+        source: GuestMemoryError,
+    },
+    /// An entry of a level that cannot map a page (PML4, PML5) has the page-size bit set.
+    #[error("the {level} entry of virtual address {va:#x} sets the page-size bit, reserved at that level")]
+    ReservedPageSize {
+        /// The address being translated (in an enumeration: the first address the entry maps).
+        va: u64,
+        /// The table of the entry.
+        level: Level,
+    },
+    /// The page the address maps to cannot be read.
+    #[error("cannot read virtual address {va:#x} at guest-physical {gpa}")]
+    Read {
+        /// The first virtual address of the part that could not be read.
+        va: u64,
+        /// Where it maps to.
+        gpa: Gpa,
+        /// Why.
+        #[source]
+        source: GuestMemoryError,
+    },
+    /// A read would run past the last virtual address, 0xffff_ffff_ffff_ffff.
+    #[error("{len} bytes at virtual address {va:#x} run past the end of the address space")]
+    Wraps {
+        /// The first address.
+        va: u64,
+        /// Bytes asked for.
+        len: usize,
+    },
+    /// An enumeration stopped at one of its [`Limits`]; everything below `resume_at` in the
+    /// range has been reported.
+    #[error("enumeration stopped at virtual address {resume_at:#x}: {limit} reached")]
+    Truncated {
+        /// The limit reached.
+        limit: Limit,
+        /// Where a later enumeration could go on from.
+        resume_at: u64,
+    },
+}
+
+/// Caps on one enumeration of mappings, so that hostile tables cost bounded work and memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Page-table entries read, counting every entry of the range in each table visited
+    /// (including tables that turn out not to be RAM). The enumeration stops before a table
+    /// whose entries would pass the cap, so a cap below 512 may stop at the first table.
+    pub max_entries_read: usize,
+    /// Items yielded, mappings and errors together (the final [`PagingError::Truncated`] is
+    /// one more).
+    pub max_mappings: usize,
+}
+
+impl Default for Limits {
+    /// 4 Mi entries read (32 MiB of tables, more than a busy guest's whole address space uses)
+    /// and 1 Mi mappings.
+    fn default() -> Self {
+        Self { max_entries_read: 4 << 20, max_mappings: 1 << 20 }
+    }
+}
+
+/// Where a virtual address maps to, and what the entries on the way allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    /// The guest-physical address of the byte at the virtual address.
+    pub gpa: Gpa,
+    /// The size of the page that maps it: [`PAGE_4K`], [`PAGE_2M`] or [`PAGE_1G`].
+    pub page_size: u64,
+    /// Every entry on the way allows writes (R/W set at every level).
+    pub writable: bool,
+    /// Every entry on the way allows user-mode access (U/S set at every level).
+    pub user: bool,
+    /// No entry on the way forbids instruction fetches (with EFER.NXE clear, always true).
+    pub executable: bool,
+}
+
+/// A run of virtual addresses mapped to contiguous guest-physical addresses by pages of one
+/// size with the same permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    /// The first virtual address, canonical.
+    pub va: u64,
+    /// Bytes mapped, a multiple of `page_size` (a length rather than an end, because the last
+    /// page ends at 2^64).
+    pub len: u64,
+    /// Where `va` maps to.
+    pub gpa: Gpa,
+    /// The size of each page of the run.
+    pub page_size: u64,
+    /// As [`Translation::writable`].
+    pub writable: bool,
+    /// As [`Translation::user`].
+    pub user: bool,
+    /// As [`Translation::executable`].
+    pub executable: bool,
+}
+
+impl Mapping {
+    /// The last virtual address of the run (inclusive, so that it never overflows).
+    pub fn va_last(&self) -> u64 {
+        self.va.wrapping_add(self.len.wrapping_sub(1))
+    }
+
+    /// Whether the run maps `va`.
+    pub fn contains(&self, va: u64) -> bool {
+        va >= self.va && va <= self.va_last()
+    }
+
+    fn permissions(&self) -> (bool, bool, bool) {
+        (self.writable, self.user, self.executable)
+    }
+}
+
+/// The offset of `va` in a file of the virtual address space: `va` without its sign extension,
+/// in `0..mode.space_size()`. The user half comes first (offset = address), the kernel half
+/// follows from `space_size() / 2` (2^47 for 4-level, 2^56 for 5-level paging), so that
+/// 0xffff_8000_0000_0000 is at offset 2^47 with 4-level paging. The bits dropped are not
+/// checked: a non-canonical `va` gives the offset of the canonical one with the same low bits.
+pub fn offset_of_va(mode: PagingMode, va: u64) -> u64 {
+    va & (mode.space_size() - 1)
+}
+
+/// The virtual address at `offset` of a file of the virtual address space, sign-extended
+/// (the inverse of [`offset_of_va`]), or `None` past the end of the space.
+pub fn va_of_offset(mode: PagingMode, offset: u64) -> Option<u64> {
+    (offset < mode.space_size()).then(|| mode.sign_extend(offset))
+}
+
+/// What the entries walked so far allow.
+#[derive(Debug, Clone, Copy)]
+struct Access {
+    writable: bool,
+    user: bool,
+    executable: bool,
+}
+
+impl Access {
+    const ALL: Access = Access { writable: true, user: true, executable: true };
+
+    /// Also subject to `entry`: R/W and U/S must be set at every level, XD at none.
+    fn and(self, entry: u64, no_execute_enabled: bool) -> Access {
+        Access {
+            writable: self.writable && entry & WRITABLE != 0,
+            user: self.user && entry & USER != 0,
+            executable: self.executable && !(no_execute_enabled && entry & NO_EXECUTE != 0),
+        }
+    }
+}
+
+/// What a present entry at a level points to.
+enum Entry {
+    Table(Gpa),
+    Page { base: u64, size: u64 },
+    ReservedPageSize,
+}
+
+fn decode(level: Level, entry: u64) -> Entry {
+    match level.page_size() {
+        // bit 7 of a PT entry is PAT, not PS: every PT entry maps a page
+        Some(size) if level == Level::Pt => Entry::Page { base: entry & ADDRESS, size },
+        // bit 12 of a large-page entry is PAT; the base is aligned to the page size
+        Some(size) if entry & PAGE_SIZE != 0 => Entry::Page { base: entry & ADDRESS & !(size - 1), size },
+        None if entry & PAGE_SIZE != 0 => Entry::ReservedPageSize,
+        _ => Entry::Table(Gpa(entry & ADDRESS)),
+    }
+}
+
+/// An x86_64 vCPU's paging: the mode, the root table CR3 points to and whether no-execute is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct X86Paging {
+    mode: PagingMode,
+    root: Gpa,
+    no_execute_enabled: bool,
+}
+
+impl X86Paging {
+    /// Paging with the root table at `root` (bits 11..0 and 63..52 are dropped) and bit 63 of
+    /// entries meaning no-execute when `no_execute_enabled` (EFER.NXE).
+    pub fn new(mode: PagingMode, root: Gpa, no_execute_enabled: bool) -> Self {
+        Self { mode, root: Gpa(root.0 & CR3_ROOT), no_execute_enabled }
+    }
+
+    /// The paging a vCPU with these control registers uses: 5-level when CR4.LA57 (bit 12) is
+    /// set, the root from CR3 bits 51..12 (the PCID or flags and the LAM bits dropped),
+    /// no-execute when EFER.NXE (bit 11) is set.
+    ///
+    /// # Errors
+    ///
+    /// [`PagingError::PagingOff`] when CR0.PG (bit 31) is clear, [`PagingError::NotLongMode`]
+    /// when EFER.LMA (bit 10) is clear, [`PagingError::PaeOff`] when CR4.PAE (bit 5) is clear.
+    pub fn from_registers(cr0: u64, cr3: u64, cr4: u64, efer: u64) -> Result<Self, PagingError> {
+        if cr0 & CR0_PG == 0 {
+            return Err(PagingError::PagingOff { cr0 });
+        }
+        if efer & EFER_LMA == 0 {
+            return Err(PagingError::NotLongMode { efer });
+        }
+        if cr4 & CR4_PAE == 0 {
+            return Err(PagingError::PaeOff { cr4 });
+        }
+        let mode = if cr4 & CR4_LA57 != 0 { PagingMode::FiveLevel } else { PagingMode::FourLevel };
+        Ok(Self::new(mode, Gpa(cr3), efer & EFER_NXE != 0))
+    }
+
+    /// The paging of a vCPU from the registers QEMU reports (`CR0`, `CR3`, `CR4`, `EFER`), as
+    /// [`from_registers`](Self::from_registers).
+    ///
+    /// # Errors
+    ///
+    /// [`PagingError::MissingRegister`] when one of the four is missing, else as
+    /// [`from_registers`](Self::from_registers).
+    pub fn from_vcpu(registers: &VcpuRegisters) -> Result<Self, PagingError> {
+        let get = |name: &'static str| registers.get(name).ok_or(PagingError::MissingRegister { name });
+        Self::from_registers(get("CR0")?, get("CR3")?, get("CR4")?, get("EFER")?)
+    }
+
+    /// 4-level or 5-level.
+    pub fn mode(&self) -> PagingMode {
+        self.mode
+    }
+
+    /// The guest-physical address of the root table (PML4 or PML5).
+    pub fn root(&self) -> Gpa {
+        self.root
+    }
+
+    /// Whether bit 63 of an entry forbids instruction fetches (EFER.NXE).
+    pub fn no_execute_enabled(&self) -> bool {
+        self.no_execute_enabled
+    }
+
+    /// Where `va` maps to, reading one entry per level (at most five).
+    ///
+    /// # Errors
+    ///
+    /// [`PagingError::NonCanonical`] for an address that is not canonical,
+    /// [`PagingError::NotMapped`] naming the level of the first entry that is not present,
+    /// [`PagingError::Table`] when a table is not RAM, [`PagingError::ReservedPageSize`] when a
+    /// PML4 or PML5 entry has the page-size bit set.
+    pub fn translate<M: GuestMemory + ?Sized>(
+        &self,
+        memory: &M,
+        va: u64,
+    ) -> Result<Translation, PagingError> {
+        if !self.mode.is_canonical(va) {
+            return Err(PagingError::NonCanonical { va, mode: self.mode });
+        }
+        let mut table = self.root;
+        let mut access = Access::ALL;
+        for &level in self.mode.levels() {
+            let index = (va >> level.shift()) % ENTRIES_PER_TABLE as u64;
+            let entry = memory
+                .read_u64(Gpa(table.0 + index * ENTRY_BYTES as u64))
+                .map_err(|source| PagingError::Table { va, level, source })?;
+            if entry & PRESENT == 0 {
+                return Err(PagingError::NotMapped { va, level });
+            }
+            access = access.and(entry, self.no_execute_enabled);
+            match decode(level, entry) {
+                Entry::Table(next) => table = next,
+                Entry::Page { base, size } => {
+                    return Ok(Translation {
+                        gpa: Gpa(base | (va & (size - 1))),
+                        page_size: size,
+                        writable: access.writable,
+                        user: access.user,
+                        executable: access.executable,
+                    })
+                }
+                Entry::ReservedPageSize => return Err(PagingError::ReservedPageSize { va, level }),
+            }
+        }
+        // Only reached if the last level could point to a table, which a PT entry never does.
+        Err(PagingError::NotMapped { va, level: Level::Pt })
+    }
+
+    /// Fills `buf` with the bytes at virtual address `va`, translating once per page, so that
+    /// a read may cross into pages that are not contiguous in guest-physical memory.
+    ///
+    /// # Errors
+    ///
+    /// [`PagingError::Wraps`] when the range runs past 0xffff_ffff_ffff_ffff, an error of
+    /// [`translate`](Self::translate) for the first page that does not translate (a range that
+    /// crosses from the user half into the non-canonical hole gives
+    /// [`PagingError::NonCanonical`]), [`PagingError::Read`] when a page is not RAM. On error
+    /// `buf` holds the bytes of the pages read before the failure; the rest is unspecified.
+    pub fn read_virtual<M: GuestMemory + ?Sized>(
+        &self,
+        memory: &M,
+        va: u64,
+        buf: &mut [u8],
+    ) -> Result<(), PagingError> {
+        if !buf.is_empty() && va.checked_add(buf.len() as u64 - 1).is_none() {
+            return Err(PagingError::Wraps { va, len: buf.len() });
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            let at = va + done as u64;
+            let page = self.translate(memory, at)?;
+            let left_in_page = page.page_size - (at & (page.page_size - 1));
+            let part = left_in_page.min((buf.len() - done) as u64) as usize;
+            memory.read_at(page.gpa, &mut buf[done..done + part]).map_err(|source| PagingError::Read {
+                va: at,
+                gpa: page.gpa,
+                source,
+            })?;
+            done += part;
+        }
+        Ok(())
+    }
+
+    /// Every mapping of the virtual addresses in `range` (canonical addresses; the
+    /// non-canonical hole is skipped, `..` is the whole space), in address order, with runs of
+    /// pages contiguous in both virtual and guest-physical space, of one size and the same
+    /// permissions merged into one [`Mapping`]. A page that overlaps the range is reported
+    /// whole. Runs never merge across the non-canonical hole.
+    ///
+    /// The iterator reads tables as it goes and holds about 24 KiB whatever the tables say.
+    ///
+    /// # Errors
+    ///
+    /// Items, after which the enumeration goes on: [`PagingError::Table`] for a table that is
+    /// not RAM (what it would map is skipped), [`PagingError::ReservedPageSize`] for a PML4 or
+    /// PML5 entry with the page-size bit. A last item [`PagingError::Truncated`] when `limits`
+    /// stopped the enumeration before the end of the range.
+    pub fn mappings<'a, M: GuestMemory + ?Sized>(
+        &self,
+        memory: &'a M,
+        range: impl RangeBounds<u64>,
+        limits: Limits,
+    ) -> Mappings<'a, M> {
+        Mappings::new(*self, memory, offset_span(self.mode, range), limits)
+    }
+}
+
+/// The offsets (see [`offset_of_va`]) of the first and last canonical addresses of `range`, or
+/// `None` when it has none. Canonical addresses sorted are the user half, then the kernel half:
+/// in the same order as their offsets, so the canonical addresses of a range are one span of
+/// offsets.
+fn offset_span(mode: PagingMode, range: impl RangeBounds<u64>) -> Option<(u64, u64)> {
+    let start = match range.start_bound() {
+        Bound::Included(&start) => start,
+        Bound::Excluded(&start) => start.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&end) => end,
+        Bound::Excluded(&end) => end.checked_sub(1)?,
+        Bound::Unbounded => u64::MAX,
+    };
+    let user_last = mode.space_size() / 2 - 1;
+    let kernel_first = (mode.space_size() / 2).wrapping_neg();
+    let in_hole = |va: u64| va > user_last && va < kernel_first;
+    let start = if in_hole(start) { kernel_first } else { start };
+    let end = if in_hole(end) { user_last } else { end };
+    (start <= end).then(|| (offset_of_va(mode, start), offset_of_va(mode, end)))
+}
+
+/// One table of the walk in progress: the entries of it that the range needs.
+struct Frame {
+    level: Level,
+    /// The offset of the first address that entry 0 of the table maps.
+    base: u64,
+    /// Entries `first..first + entries.len()` of the table.
+    entries: Vec<u64>,
+    first: usize,
+    /// The next entry to look at.
+    next: usize,
+    /// What the entries above this table allow.
+    access: Access,
+}
+
+/// What one step of the walk found.
+enum Step {
+    /// Nothing to report yet.
+    Continue,
+    Page(Mapping),
+    /// An error item; the walk goes on.
+    Error(PagingError),
+    /// A limit was reached: this error, then the end.
+    Stop(PagingError),
+    /// The range is walked.
+    Done,
+}
+
+/// The iterator of [`X86Paging::mappings`]: a depth-first walk of the tables over the range,
+/// one frame per level, with a cap on entries read and items yielded.
+pub struct Mappings<'a, M: ?Sized> {
+    paging: X86Paging,
+    memory: &'a M,
+    limits: Limits,
+    /// Offsets of the first and last address of the range, or `None` when it is empty.
+    span: Option<(u64, u64)>,
+    /// One frame per level, reused; `frames[..depth]` are the walk in progress.
+    frames: Vec<Frame>,
+    depth: usize,
+    /// The bytes of the entries being read.
+    scratch: Vec<u8>,
+    started: bool,
+    finished: bool,
+    entries_read: usize,
+    yielded: usize,
+    /// The run being merged, yielded when a page does not extend it.
+    pending: Option<Mapping>,
+    /// An error to yield after `pending`.
+    queued: Option<PagingError>,
+}
+
+impl<'a, M: GuestMemory + ?Sized> Mappings<'a, M> {
+    fn new(paging: X86Paging, memory: &'a M, span: Option<(u64, u64)>, limits: Limits) -> Self {
+        let frames = paging
+            .mode
+            .levels()
+            .iter()
+            .map(|&level| Frame {
+                level,
+                base: 0,
+                entries: Vec::with_capacity(ENTRIES_PER_TABLE),
+                first: 0,
+                next: 0,
+                access: Access::ALL,
+            })
+            .collect();
+        Self {
+            paging,
+            memory,
+            limits,
+            span,
+            frames,
+            depth: 0,
+            scratch: vec![0; ENTRIES_PER_TABLE * ENTRY_BYTES],
+            started: false,
+            finished: false,
+            entries_read: 0,
+            yielded: 0,
+            pending: None,
+            queued: None,
+        }
+    }
+
+    /// One entry further in the walk.
+    fn step(&mut self) -> Step {
+        if self.span.is_none() {
+            return Step::Done;
+        }
+        if !self.started {
+            self.started = true;
+            return self.descend(0, self.paging.root, 0, Access::ALL);
+        }
+        let Some(frame) = self.depth.checked_sub(1).and_then(|top| self.frames.get_mut(top)) else {
+            return Step::Done;
+        };
+        let Some(&entry) = frame.entries.get(frame.next - frame.first) else {
+            self.depth -= 1;
+            return Step::Continue;
+        };
+        let (level, index) = (frame.level, frame.next as u64);
+        frame.next += 1;
+        let offset = frame.base + (index << level.shift());
+        if entry & PRESENT == 0 {
+            return Step::Continue;
+        }
+        let access = frame.access.and(entry, self.paging.no_execute_enabled);
+        let va = self.paging.mode.sign_extend(offset);
+        match decode(level, entry) {
+            Entry::Table(table) => self.descend(self.depth, table, offset, access),
+            Entry::Page { base, size } => Step::Page(Mapping {
+                va,
+                len: size,
+                gpa: Gpa(base),
+                page_size: size,
+                writable: access.writable,
+                user: access.user,
+                executable: access.executable,
+            }),
+            Entry::ReservedPageSize => Step::Error(PagingError::ReservedPageSize { va, level }),
+        }
+    }
+
+    /// Reads the entries of the table at `table` that the range needs into frame `depth`;
+    /// `base` is the offset of the first address the table maps.
+    fn descend(&mut self, depth: usize, table: Gpa, base: u64, access: Access) -> Step {
+        let (Some((first, last)), Some(frame)) = (self.span, self.frames.get_mut(depth)) else {
+            return Step::Continue;
+        };
+        let level = frame.level;
+        let table_last = base + ((ENTRIES_PER_TABLE as u64) << level.shift()) - 1;
+        let (from, to) = (first.max(base), last.min(table_last));
+        let va = self.paging.mode.sign_extend(from);
+        if from > to {
+            return Step::Continue;
+        }
+        let first_index = ((from - base) >> level.shift()) as usize;
+        let count = ((to - base) >> level.shift()) as usize + 1 - first_index;
+        if self.limits.max_entries_read.saturating_sub(self.entries_read) < count {
+            return Step::Stop(PagingError::Truncated { limit: Limit::EntriesRead, resume_at: va });
+        }
+        self.entries_read += count;
+        let bytes = &mut self.scratch[..count * ENTRY_BYTES];
+        let at = Gpa(table.0 + (first_index * ENTRY_BYTES) as u64);
+        if let Err(source) = self.memory.read_at(at, bytes) {
+            return Step::Error(PagingError::Table { va, level, source });
+        }
+        frame.entries.clear();
+        frame.entries.extend(bytes.chunks_exact(ENTRY_BYTES).map(|chunk| {
+            let mut word = [0u8; ENTRY_BYTES];
+            word.copy_from_slice(chunk);
+            u64::from_le_bytes(word)
+        }));
+        (frame.base, frame.first, frame.next, frame.access) = (base, first_index, first_index, access);
+        self.depth = depth + 1;
+        Step::Continue
+    }
+
+    /// Extends the pending run with `page`, or makes `page` the pending run and returns the
+    /// finished one.
+    fn merge(&mut self, page: Mapping) -> Option<Mapping> {
+        if let Some(run) = &mut self.pending {
+            let extends = run.page_size == page.page_size
+                && run.permissions() == page.permissions()
+                && run.va.checked_add(run.len) == Some(page.va)
+                && run.gpa.checked_add(run.len) == Some(page.gpa);
+            if extends {
+                run.len += page.len;
+                return None;
+            }
+        }
+        self.pending.replace(page)
+    }
+
+    /// `item`, counted against [`Limits::max_mappings`], or the truncation in its place.
+    fn deliver(&mut self, item: Result<Mapping, PagingError>) -> Option<Result<Mapping, PagingError>> {
+        if let Err(PagingError::Truncated { .. }) = item {
+            return Some(item);
+        }
+        if self.yielded >= self.limits.max_mappings {
+            let resume_at = match &item {
+                Ok(mapping) => mapping.va,
+                Err(PagingError::Table { va, .. } | PagingError::ReservedPageSize { va, .. }) => *va,
+                Err(_) => self.span.map_or(0, |(first, _)| self.paging.mode.sign_extend(first)),
+            };
+            (self.finished, self.pending, self.queued) = (true, None, None);
+            return Some(Err(PagingError::Truncated { limit: Limit::Mappings, resume_at }));
+        }
+        self.yielded += 1;
+        Some(item)
+    }
+}
+
+impl<M: GuestMemory + ?Sized> Iterator for Mappings<'_, M> {
+    type Item = Result<Mapping, PagingError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(error) = self.queued.take() {
+                return self.deliver(Err(error));
+            }
+            if self.finished {
+                let run = self.pending.take()?;
+                return self.deliver(Ok(run));
+            }
+            match self.step() {
+                Step::Continue => {}
+                Step::Page(page) => {
+                    if let Some(run) = self.merge(page) {
+                        return self.deliver(Ok(run));
+                    }
+                }
+                Step::Error(error) => self.queued = Some(error),
+                Step::Stop(error) => (self.queued, self.finished) = (Some(error), true),
+                Step::Done => self.finished = true,
+            }
+            // an error comes after the run before it
+            if self.queued.is_some() {
+                if let Some(run) = self.pending.take() {
+                    return self.deliver(Ok(run));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::FrozenMemory;
+    use crate::ram::GuestLayout;
+
+    const P: u64 = PRESENT;
+    const W: u64 = WRITABLE;
+    const U: u64 = USER;
+    const PS: u64 = PAGE_SIZE;
+    const NX: u64 = NO_EXECUTE;
+    /// Bit 12 of a large-page entry: PAT, not part of the address.
+    const PAT_LARGE: u64 = 1 << 12;
+
+    const PML4: u64 = 0x1000;
+    const PDPT: u64 = 0x2000;
+    const PD: u64 = 0x3000;
+    const PT: u64 = 0x4000;
+    const PML5: u64 = 0x5000;
+    const RAM: usize = 0x10000;
+
+    /// Page tables by hand in a RAM image at GPA 0.
+    struct Tables {
+        ram: Vec<u8>,
+        layout: GuestLayout,
+    }
+
+    impl Tables {
+        fn empty() -> Self {
+            // every byte its page number: reads show which page they came from
+            let ram = (0..RAM).map(|at| (at / 0x1000) as u8).collect();
+            let mut tables = Self { ram, layout: GuestLayout::identity(RAM as u64) };
+            for table in [PML4, PDPT, PD, PT, PML5] {
+                for index in 0..512 {
+                    tables.set(table, index, 0);
+                }
+            }
+            tables
+        }
+
+        /// PML4[0] -> PDPT[0] -> PD[0] -> PT; PT[1] maps 0x8000, PT[2] 0x6000; PD[1] maps a
+        /// 2 MiB page at 2 MiB (with PAT set), PDPT[1] a 1 GiB page at 1 GiB.
+        fn four_level() -> Self {
+            let mut tables = Self::empty();
+            tables.set(PML4, 0, PDPT | P | W | U);
+            tables.set(PDPT, 0, PD | P | W | U);
+            tables.set(PD, 0, PT | P | W | U);
+            tables.set(PT, 1, 0x8000 | P | W | U);
+            tables.set(PT, 2, 0x6000 | P | W | U);
+            tables.set(PD, 1, PAGE_2M | PAT_LARGE | P | W | PS);
+            tables.set(PDPT, 1, PAGE_1G | P | W | U | PS);
+            tables
+        }
+
+        fn set(&mut self, table: u64, index: u64, entry: u64) {
+            let at = (table + index * 8) as usize;
+            self.ram[at..at + 8].copy_from_slice(&entry.to_le_bytes());
+        }
+
+        fn memory(&self) -> FrozenMemory<'_> {
+            FrozenMemory::new(&self.ram, &self.layout)
+        }
+    }
+
+    fn four_level(root: u64) -> X86Paging {
+        X86Paging::new(PagingMode::FourLevel, Gpa(root), true)
+    }
+
+    fn all(
+        paging: &X86Paging,
+        tables: &Tables,
+        range: impl RangeBounds<u64>,
+        limits: Limits,
+    ) -> Vec<Result<Mapping, PagingError>> {
+        paging.mappings(&tables.memory(), range, limits).collect()
+    }
+
+    fn mapping(
+        va: u64,
+        len: u64,
+        gpa: u64,
+        page_size: u64,
+        (writable, user, executable): (bool, bool, bool),
+    ) -> Mapping {
+        Mapping { va, len, gpa: Gpa(gpa), page_size, writable, user, executable }
+    }
+
+    const RWX_USER: (bool, bool, bool) = (true, true, true);
+
+    #[test]
+    fn four_level_pages_of_4k_2m_and_1g_keep_the_offset_within_the_page() {
+        let tables = Tables::four_level();
+        let paging = four_level(PML4);
+        let memory = tables.memory();
+        let small = paging.translate(&memory, 0x1234).unwrap();
+        assert_eq!(
+            small,
+            Translation {
+                gpa: Gpa(0x8234),
+                page_size: PAGE_4K,
+                writable: true,
+                user: true,
+                executable: true
+            }
+        );
+        assert_eq!(paging.translate(&memory, 0x2fff).unwrap().gpa, Gpa(0x6fff));
+        let large = paging.translate(&memory, PAGE_2M + 0x1_2345).unwrap();
+        assert_eq!(
+            (large.gpa, large.page_size),
+            (Gpa(PAGE_2M + 0x1_2345), PAGE_2M),
+            "PAT bit 12 is no address"
+        );
+        assert!(large.writable && !large.user);
+        let huge = paging.translate(&memory, PAGE_1G + 0x1234_5678).unwrap();
+        assert_eq!((huge.gpa, huge.page_size), (Gpa(0x5234_5678), PAGE_1G));
+    }
+
+    #[test]
+    fn the_kernel_half_is_reached_through_the_upper_pml4_entries() {
+        let mut tables = Tables::four_level();
+        tables.set(PML4, 256, PDPT | P | W);
+        tables.set(PML4, 511, PDPT | P | W);
+        let paging = four_level(PML4);
+        let memory = tables.memory();
+        let low = paging.translate(&memory, 0xffff_8000_0000_1234).unwrap();
+        assert_eq!((low.gpa, low.user), (Gpa(0x8234), false));
+        assert_eq!(paging.translate(&memory, 0xffff_ff80_0000_2010).unwrap().gpa, Gpa(0x6010));
+    }
+
+    #[test]
+    fn five_level_paging_adds_the_pml5() {
+        let mut tables = Tables::four_level();
+        tables.set(PML5, 1, PML4 | P | W | U);
+        tables.set(PML5, 256, PML4 | P | W);
+        let paging = X86Paging::from_registers(CR0_PG, PML5, CR4_PAE | CR4_LA57, EFER_LMA).unwrap();
+        assert_eq!(paging.mode(), PagingMode::FiveLevel);
+        let memory = tables.memory();
+        assert_eq!(paging.translate(&memory, (1 << 48) | 0x1234).unwrap().gpa, Gpa(0x8234));
+        let kernel = paging.translate(&memory, 0xff00_0000_0000_1234).unwrap();
+        assert_eq!((kernel.gpa, kernel.user), (Gpa(0x8234), false));
+        assert!(matches!(
+            paging.translate(&memory, 0x1234),
+            Err(PagingError::NotMapped { va: 0x1234, level: Level::Pml5 })
+        ));
+        // canonical with 57 bits, not with 48
+        assert!(matches!(
+            four_level(PML4).translate(&memory, (1 << 48) | 0x1234),
+            Err(PagingError::NonCanonical { mode: PagingMode::FourLevel, .. })
+        ));
+    }
+
+    /// A fresh chain PML4[3] -> PDPT -> PD -> PT[0] -> 0x9000 with these bits at each level
+    /// (P added), translated at 3 << 39.
+    fn chain(bits: [u64; 4], no_execute_enabled: bool) -> Result<Translation, PagingError> {
+        let mut tables = Tables::empty();
+        let targets = [PDPT, PD, PT, 0x9000];
+        for (level, (table, target)) in [PML4, PDPT, PD, PT].into_iter().zip(targets).enumerate() {
+            let index = if table == PML4 { 3 } else { 0 };
+            tables.set(table, index, target | bits[level]);
+        }
+        X86Paging::new(PagingMode::FourLevel, Gpa(PML4), no_execute_enabled)
+            .translate(&tables.memory(), 3 << 39)
+    }
+
+    #[test]
+    fn permissions_are_and_of_write_and_user_and_or_of_no_execute_over_all_levels() {
+        let rwu = P | W | U;
+        let permissions = |bits, nxe| {
+            let page = chain(bits, nxe).unwrap();
+            assert_eq!(page.gpa, Gpa(0x9000), "bit 63 is no address");
+            (page.writable, page.user, page.executable)
+        };
+        assert_eq!(permissions([rwu; 4], true), (true, true, true));
+        assert_eq!(permissions([rwu, P | U, rwu, rwu], true), (false, true, true), "PDPT read-only");
+        assert_eq!(permissions([rwu, rwu, rwu, P | U], true), (false, true, true), "PT read-only");
+        assert_eq!(permissions([rwu, rwu, P | W, rwu], true), (true, false, true), "PD supervisor");
+        assert_eq!(permissions([rwu | NX, rwu, rwu, rwu], true), (true, true, false), "PML4 no-execute");
+        assert_eq!(permissions([rwu, rwu, rwu, rwu | NX], true), (true, true, false), "PT no-execute");
+        assert_eq!(
+            permissions([rwu | NX, rwu, rwu, rwu | NX], false),
+            (true, true, true),
+            "NXE clear: bit 63 ignored"
+        );
+        assert_eq!(permissions([P, P | W, P | U, P | NX], true), (false, false, false));
+    }
+
+    #[test]
+    fn a_not_present_entry_names_its_level() {
+        let rwu = P | W | U;
+        for (level, name) in [Level::Pml4, Level::Pdpt, Level::Pd, Level::Pt].into_iter().enumerate() {
+            let mut bits = [rwu; 4];
+            bits[level] = W | U;
+            match chain(bits, true) {
+                Err(PagingError::NotMapped { va, level }) => assert_eq!((va, level), (3 << 39, name)),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        let error = chain([rwu, rwu, W | U, rwu], true).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "virtual address 0x18000000000 is not mapped: its PD entry is not present"
+        );
+    }
+
+    #[test]
+    fn tables_outside_ram_are_errors_not_panics() {
+        let mut tables = Tables::four_level();
+        tables.set(PDPT, 2, 0x10_0000_0000 | P | W);
+        // past any RAM: bits 63..52 are not part of the address, so the PD is at 0xf_ffff_ffff_f000
+        tables.set(PDPT, 3, !PS);
+        tables.set(PDPT, 4, (7 * PAGE_1G) | P | PS);
+        let paging = four_level(PML4);
+        let memory = tables.memory();
+        for va in [2 * PAGE_1G + 0x10, 3 * PAGE_1G] {
+            match paging.translate(&memory, va) {
+                Err(PagingError::Table {
+                    va: at,
+                    level: Level::Pd,
+                    source: GuestMemoryError::NotRam { .. },
+                }) => {
+                    assert_eq!(at, va)
+                }
+                other => panic!("{va:#x}: {other:?}"),
+            }
+        }
+        // CR3 outside RAM
+        assert!(matches!(
+            four_level(1 << 40).translate(&memory, 0),
+            Err(PagingError::Table { level: Level::Pml4, .. })
+        ));
+        // a page outside RAM translates, but cannot be read
+        assert_eq!(paging.translate(&memory, 4 * PAGE_1G).unwrap().gpa, Gpa(7 * PAGE_1G));
+        let mut buf = [0u8; 4];
+        assert!(matches!(
+            paging.read_virtual(&memory, 4 * PAGE_1G, &mut buf),
+            Err(PagingError::Read { va, gpa, .. }) if va == 4 * PAGE_1G && gpa == Gpa(7 * PAGE_1G)
+        ));
+    }
+
+    #[test]
+    fn the_page_size_bit_is_reserved_in_pml4_and_pml5_entries() {
+        let mut tables = Tables::four_level();
+        tables.set(PML4, 4, PDPT | P | PS);
+        tables.set(PML5, 2, PML4 | P | PS);
+        let memory = tables.memory();
+        assert!(matches!(
+            four_level(PML4).translate(&memory, 4 << 39),
+            Err(PagingError::ReservedPageSize { level: Level::Pml4, .. })
+        ));
+        let five = X86Paging::new(PagingMode::FiveLevel, Gpa(PML5), true);
+        assert!(matches!(
+            five.translate(&memory, 2 << 48),
+            Err(PagingError::ReservedPageSize { level: Level::Pml5, .. })
+        ));
+    }
+
+    #[test]
+    fn non_canonical_addresses_are_refused() {
+        let tables = Tables::four_level();
+        let memory = tables.memory();
+        for va in [1 << 47, 0xffff_7fff_ffff_ffff, 0x0001_0000_0000_0000, 0x8000_0000_0000_0000] {
+            assert!(
+                matches!(four_level(PML4).translate(&memory, va), Err(PagingError::NonCanonical { .. })),
+                "{va:#x}"
+            );
+        }
+        let five = X86Paging::new(PagingMode::FiveLevel, Gpa(PML5), true);
+        assert!(matches!(five.translate(&memory, 1 << 47), Err(PagingError::NotMapped { .. })));
+        assert!(matches!(five.translate(&memory, 1 << 56), Err(PagingError::NonCanonical { .. })));
+        let mut buf = [0u8; 16];
+        assert!(matches!(
+            four_level(PML4).read_virtual(&memory, (1 << 47) - 8, &mut buf),
+            Err(PagingError::NotMapped { .. })
+        ));
+    }
+
+    #[test]
+    fn control_registers_choose_mode_root_and_no_execute() {
+        let (pg, pae, lma) = (CR0_PG | 1, CR4_PAE, EFER_LMA | (1 << 8));
+        let cr3 = (1 << 63) | (1 << 62) | (0xfff << 52) | 0x1234_5000 | 0xabc;
+        let paging = X86Paging::from_registers(pg, cr3, pae, lma).unwrap();
+        assert_eq!(paging, X86Paging::new(PagingMode::FourLevel, Gpa(0x1234_5000), false));
+        assert_eq!(paging.root(), Gpa(0x1234_5000), "PCID and bits 63..52 dropped");
+        assert!(X86Paging::from_registers(pg, cr3, pae, lma | EFER_NXE).unwrap().no_execute_enabled());
+        assert!(matches!(
+            X86Paging::from_registers(1, cr3, pae, lma),
+            Err(PagingError::PagingOff { cr0: 1 })
+        ));
+        assert!(matches!(X86Paging::from_registers(pg, cr3, pae, 0), Err(PagingError::NotLongMode { .. })));
+        assert!(matches!(X86Paging::from_registers(pg, cr3, 0, lma), Err(PagingError::PaeOff { .. })));
+        assert_eq!(
+            X86Paging::from_registers(pg, cr3, 0, 0x500).unwrap_err().to_string(),
+            "long mode without PAE (CR4 0x0 has PAE clear)"
+        );
+        let vcpus = crate::guest::parse_info_registers(
+            "CPU#0\nRIP=ffffffff81000010\nCR0=80050033 CR2=0 CR3=0000000001a0e000 CR4=003516f0\n\
+             EFER=0000000000000d01\nCPU#1\nCR0=80050033 CR3=0 CR4=20\n",
+        );
+        let paging = X86Paging::from_vcpu(&vcpus[0]).unwrap();
+        assert_eq!(
+            (paging.mode(), paging.root(), paging.no_execute_enabled()),
+            (PagingMode::FiveLevel, Gpa(0x1a0_e000), true)
+        );
+        assert!(matches!(
+            X86Paging::from_vcpu(&vcpus[1]),
+            Err(PagingError::MissingRegister { name: "EFER" })
+        ));
+    }
+
+    #[test]
+    fn read_virtual_crosses_into_a_page_elsewhere() {
+        let tables = Tables::four_level();
+        let paging = four_level(PML4);
+        let memory = tables.memory();
+        let mut buf = [0u8; 16];
+        paging.read_virtual(&memory, 0x1ff8, &mut buf).unwrap();
+        assert_eq!(buf, [8, 8, 8, 8, 8, 8, 8, 8, 6, 6, 6, 6, 6, 6, 6, 6], "0x8ff8.. then 0x6000..");
+        let mut whole = vec![0u8; 0x2000];
+        paging.read_virtual(&memory, 0x1000, &mut whole).unwrap();
+        assert!(whole[..0x1000].iter().all(|&b| b == 8) && whole[0x1000..].iter().all(|&b| b == 6));
+        paging.read_virtual(&memory, 0x1000, &mut []).unwrap();
+        // into a page that is not mapped
+        assert!(matches!(
+            paging.read_virtual(&memory, 0x2ff8, &mut buf),
+            Err(PagingError::NotMapped { va: 0x3000, level: Level::Pt })
+        ));
+        assert!(matches!(
+            paging.read_virtual(&memory, u64::MAX - 3, &mut buf),
+            Err(PagingError::Wraps { len: 16, .. })
+        ));
+    }
+
+    #[test]
+    fn offsets_of_the_virtual_space_drop_the_sign_extension_and_round_trip() {
+        for (mode, kernel_first, size) in [
+            (PagingMode::FourLevel, 0xffff_8000_0000_0000u64, 1u64 << 48),
+            (PagingMode::FiveLevel, 0xff00_0000_0000_0000, 1 << 57),
+        ] {
+            assert_eq!(mode.space_size(), size);
+            for (va, offset) in [
+                (0, 0),
+                (0x1234, 0x1234),
+                (size / 2 - 1, size / 2 - 1),
+                (kernel_first, size / 2),
+                (kernel_first + 0x1000, size / 2 + 0x1000),
+                (u64::MAX, size - 1),
+            ] {
+                assert!(mode.is_canonical(va), "{mode}: {va:#x}");
+                assert_eq!(offset_of_va(mode, va), offset, "{mode}: {va:#x}");
+                assert_eq!(va_of_offset(mode, offset), Some(va), "{mode}: {offset:#x}");
+            }
+            assert_eq!(va_of_offset(mode, size), None);
+            assert_eq!(va_of_offset(mode, u64::MAX), None);
+        }
+    }
+
+    #[test]
+    fn mappings_merge_contiguous_runs_in_address_order_with_canonical_addresses() {
+        let mut tables = Tables::four_level();
+        tables.set(PT, 3, 0x7000 | P | W | U);
+        tables.set(PT, 4, 0x8000 | P | U);
+        tables.set(PML4, 256, PDPT | P | W);
+        let paging = four_level(PML4);
+        let user: Vec<Mapping> =
+            all(&paging, &tables, ..(1 << 47), Limits::default()).into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            user,
+            [
+                mapping(0x1000, 0x1000, 0x8000, PAGE_4K, RWX_USER),
+                mapping(0x2000, 0x2000, 0x6000, PAGE_4K, RWX_USER),
+                mapping(0x4000, 0x1000, 0x8000, PAGE_4K, (false, true, true)),
+                mapping(PAGE_2M, PAGE_2M, PAGE_2M, PAGE_2M, (true, false, true)),
+                mapping(PAGE_1G, PAGE_1G, PAGE_1G, PAGE_1G, RWX_USER),
+            ]
+        );
+        let everything: Vec<Mapping> =
+            all(&paging, &tables, .., Limits::default()).into_iter().map(Result::unwrap).collect();
+        assert_eq!(everything.len(), 10);
+        assert_eq!(everything[..5], user[..]);
+        let kernel = 0xffff_8000_0000_0000;
+        assert_eq!(everything[5], mapping(kernel + 0x1000, 0x1000, 0x8000, PAGE_4K, (true, false, true)));
+        assert_eq!(everything[9], mapping(kernel + PAGE_1G, PAGE_1G, PAGE_1G, PAGE_1G, (true, false, true)));
+        assert_eq!(all(&paging, &tables, kernel.., Limits::default()).len(), 5);
+        // a page overlapping the range is reported whole; a range in the hole has nothing
+        let middle: Vec<_> = all(&paging, &tables, 0x2800..0x2801, Limits::default())
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(middle, [mapping(0x2000, 0x1000, 0x6000, PAGE_4K, RWX_USER)]);
+        assert_eq!(all(&paging, &tables, PAGE_1G + 5..=PAGE_1G + 5, Limits::default()).len(), 1);
+        assert!(all(&paging, &tables, (1 << 47)..kernel, Limits::default()).is_empty());
+        assert!(all(&paging, &tables, 5..5, Limits::default()).is_empty());
+    }
+
+    #[test]
+    fn runs_do_not_merge_across_the_non_canonical_hole() {
+        let mut tables = Tables::empty();
+        // the last page of the user half at 0x8000, the first of the kernel half at 0x9000
+        tables.set(PML4, 255, PDPT | P | W | U);
+        tables.set(PDPT, 511, PD | P | W | U);
+        tables.set(PD, 511, PT | P | W | U);
+        tables.set(PT, 511, 0x8000 | P | W | U);
+        tables.set(PML4, 256, 0x6000 | P | W | U);
+        tables.ram[0x6000..0x7000].fill(0);
+        tables.set(0x6000, 0, 0x7000 | P | W | U);
+        tables.ram[0x7000..0x8000].fill(0);
+        tables.set(0x7000, 0, 0xa000 | P | W | U);
+        tables.ram[0xa000..0xb000].fill(0);
+        tables.set(0xa000, 0, 0x9000 | P | W | U);
+        let found: Vec<_> =
+            all(&four_level(PML4), &tables, .., Limits::default()).into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            found,
+            [
+                mapping(0x7fff_ffff_f000, 0x1000, 0x8000, PAGE_4K, RWX_USER),
+                mapping(0xffff_8000_0000_0000, 0x1000, 0x9000, PAGE_4K, RWX_USER),
+            ]
+        );
+    }
+
+    #[test]
+    fn mappings_report_bad_tables_and_go_on() {
+        let mut tables = Tables::four_level();
+        tables.set(PDPT, 2, 0x10_0000_0000 | P | W);
+        tables.set(PML4, 1, PDPT | P | PS);
+        tables.set(PML4, 2, PDPT | P | W | U);
+        let found = all(&four_level(PML4), &tables, .., Limits::default());
+        let kinds: Vec<String> = found
+            .iter()
+            .map(|item| match item {
+                Ok(mapping) => format!("{:#x}", mapping.va),
+                Err(PagingError::Table { va, level, .. }) => format!("table {level} {va:#x}"),
+                Err(PagingError::ReservedPageSize { va, level }) => format!("ps {level} {va:#x}"),
+                Err(other) => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "0x1000",
+                "0x2000",
+                "0x200000",
+                "0x40000000",
+                "table PD 0x80000000",
+                "ps PML4 0x8000000000",
+                "0x10000001000",
+                "0x10000002000",
+                "0x10000200000",
+                "0x10040000000",
+                "table PD 0x10080000000",
+            ]
+        );
+    }
+
+    #[test]
+    fn max_mappings_truncates_and_says_where_to_resume() {
+        let tables = Tables::four_level();
+        let paging = four_level(PML4);
+        let found = all(&paging, &tables, .., Limits { max_mappings: 2, ..Limits::default() });
+        assert_eq!(found.len(), 3);
+        assert_eq!(found[1].as_ref().unwrap().va, 0x2000);
+        assert!(matches!(
+            found[2],
+            Err(PagingError::Truncated { limit: Limit::Mappings, resume_at: PAGE_2M })
+        ));
+        let rest = all(&paging, &tables, PAGE_2M.., Limits::default());
+        assert_eq!(rest.len(), 2);
+        assert!(matches!(
+            all(&paging, &tables, .., Limits { max_mappings: 0, ..Limits::default() })[..],
+            [Err(PagingError::Truncated { limit: Limit::Mappings, resume_at: 0x1000 })]
+        ));
+    }
+
+    #[test]
+    fn a_self_referencing_pml4_entry_stays_bounded() {
+        let mut tables = Tables::four_level();
+        // the classic recursive slot: the PML4 maps itself as PDPT, PD and PT
+        tables.set(PML4, 511, PML4 | P | W);
+        let paging = four_level(PML4);
+        let memory = tables.memory();
+        assert_eq!(paging.translate(&memory, 0xffff_ffff_ffff_f008).unwrap().gpa, Gpa(PML4 + 8));
+        // PML4[511] -> PML4[0] = PDPT as a PD -> PDPT[0] = PD as a PT -> PD[0] = PT as a page
+        assert_eq!(paging.translate(&memory, 0xffff_ff80_0000_0000).unwrap().gpa, Gpa(PT));
+        let found = all(&paging, &tables, .., Limits::default());
+        assert!(found.iter().all(Result::is_ok), "{found:?}");
+        let found: Vec<Mapping> = found.into_iter().map(Result::unwrap).collect();
+        assert!(found.contains(&mapping(0xffff_ffff_ffff_f000, 0x1000, PML4, PAGE_4K, (true, false, true))));
+        assert!(found.contains(&mapping(0x1000, 0x1000, 0x8000, PAGE_4K, RWX_USER)));
+        assert_eq!(found.last().unwrap().va_last(), u64::MAX);
+        assert!(found.windows(2).all(|pair| pair[0].va_last() < pair[1].va));
+    }
+
+    #[test]
+    fn fan_out_to_one_table_hits_the_entry_limit_and_says_so() {
+        let mut tables = Tables::empty();
+        for index in 0..512 {
+            tables.set(PML4, index, PDPT | P | W);
+            tables.set(PDPT, index, PD | P | W);
+            tables.set(PD, index, PT | P | W);
+            tables.set(PT, index, (0x10_0000 + index * 0x1000) | P | W);
+        }
+        let paging = four_level(PML4);
+        let limits = Limits::default();
+        let found = all(&paging, &tables, .., limits);
+        let (last, mappings) = found.split_last().unwrap();
+        let Err(PagingError::Truncated { limit: Limit::EntriesRead, resume_at }) = last else {
+            panic!("{last:?}")
+        };
+        // each PT's 512 pages merge into one run; a few of the 8192 tables read are PDs
+        let tables_read = limits.max_entries_read / 512;
+        assert!(mappings.len() < tables_read && mappings.len() > tables_read - 32, "{}", mappings.len());
+        let mappings: Vec<Mapping> = mappings.iter().map(|item| *item.as_ref().unwrap()).collect();
+        assert!(mappings.iter().all(|run| run.len == PAGE_2M && run.gpa == Gpa(0x10_0000)));
+        assert_eq!(*resume_at, mappings.last().unwrap().va + PAGE_2M);
+        assert_eq!(
+            last.as_ref().unwrap_err().to_string(),
+            format!("enumeration stopped at virtual address {resume_at:#x}: the limit of page-table entries read reached")
+        );
+        // a small cap stops early
+        let few = all(&paging, &tables, .., Limits { max_entries_read: 3000, ..limits });
+        assert_eq!(few.len(), 2 + 1, "PML4 (512) + PDPT (512) + PD (512) + 2 PTs = 2560 of 3000");
+    }
+}
