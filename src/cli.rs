@@ -251,6 +251,17 @@ pub struct ReadArgs {
     /// Write raw bytes to stdout instead of a hex dump
     #[arg(long)]
     pub raw: bool,
+    /// ADDR is a virtual address, translated by a vCPU's page tables as they are now (x86_64
+    /// guests in long mode; pause the VM for a translation that holds)
+    #[arg(long = "virtual")]
+    pub virtual_address: bool,
+    /// With --virtual: the vCPU whose page tables translate
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "virtual_address")]
+    pub cpu: usize,
+    /// With --virtual: the page tables at this guest-physical address instead of the vCPU's
+    /// (CR3); the vCPU's CR4 and EFER still say 4 or 5 levels and whether NX is on
+    #[arg(long, value_name = "GPA", value_parser = parse_number, requires = "virtual_address")]
+    pub root: Option<u64>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -927,9 +938,14 @@ fn read_verb(args: ReadArgs) -> CliResult {
         return Err(format!("length {:#x} too large: at most 1 GiB per read", args.len).into());
     }
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
-    let (bridge, _) = vm.open_bridge()?;
+    let (bridge, info) = vm.open_bridge()?;
     let mut buffer = vec![0u8; args.len as usize];
-    bridge.read_into(args.addr, &mut buffer)?;
+    if args.virtual_address {
+        let paging = vcpu_paging(&vm, &info, args.cpu, args.root)?;
+        paging.read_virtual(&bridge, args.addr, &mut buffer)?;
+    } else {
+        bridge.read_into(args.addr, &mut buffer)?;
+    }
     let mut out = std::io::stdout().lock();
     if args.raw {
         out.write_all(&buffer)?;
@@ -937,6 +953,33 @@ fn read_verb(args: ReadArgs) -> CliResult {
         out.write_all(hex_dump(args.addr, &buffer).as_bytes())?;
     }
     Ok(())
+}
+
+/// How vCPU `cpu` of the VM translates virtual addresses now (with `root` in place of its CR3).
+fn vcpu_paging(
+    vm: &Vm,
+    info: &qemu_bridge::VmInfo,
+    cpu: usize,
+    root: Option<u64>,
+) -> Result<qemu_bridge::guest::X86Paging, Box<dyn std::error::Error + Send + Sync>> {
+    use qemu_bridge::guest::{Gpa, X86Paging};
+    if info.arch != "x86_64" {
+        return Err(format!(
+            "VM {}: virtual addresses are translated for x86_64 guests only, not {}",
+            info.name, info.arch
+        )
+        .into());
+    }
+    let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask))?;
+    let registers = vcpus
+        .get(cpu)
+        .ok_or_else(|| format!("VM {} has no vCPU {cpu} (it has {})", info.name, vcpus.len()))?;
+    let paging =
+        X86Paging::from_vcpu(registers).map_err(|err| format!("VM {} vCPU {cpu}: {err}", info.name))?;
+    Ok(match root {
+        Some(root) => X86Paging::new(paging.mode(), Gpa(root), paging.no_execute_enabled()),
+        None => paging,
+    })
 }
 
 /// The VM's soft-dirty source, unless fingerprints were asked for or the host has none (then

@@ -367,3 +367,61 @@ fn test_core_registers_equal_qemus_dump() {
         String::from_utf8_lossy(&readelf.stdout)
     );
 }
+
+/// QEMU's own view of `len` bytes at virtual address `va` (HMP `x`, through the vCPU's page
+/// tables).
+fn qemu_virtual_bytes(vm: &Vm, va: u64, len: usize) -> Vec<u8> {
+    let text = vm.with_qmp(|qmp| qmp.human_monitor_command(&format!("x /{len}xb {va:#x}"))).unwrap();
+    let bytes: Vec<u8> = text
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .flat_map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(bytes.len(), len, "{text}");
+    bytes
+}
+
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_read_virtual_equals_qemus_own_translation() {
+    require_qemu();
+    let run_dir = TestRunDir::new();
+    let linux = boot_linux(&run_dir);
+    let name = linux.launched.name().to_string();
+    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
+    vm.with_qmp(|qmp| qmp.stop()).unwrap();
+    let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
+    let (rip, rsp) = (vcpus[0].get("RIP").unwrap(), vcpus[0].get("RSP").unwrap());
+    let ours = |va: u64, len: usize, extra: &[&str]| {
+        let (va, len) = (format!("{va:#x}"), len.to_string());
+        let mut args = vec!["read", name.as_str(), va.as_str(), len.as_str(), "--virtual", "--raw"];
+        args.extend_from_slice(extra);
+        common::qemu_bridge(&run_dir, &args)
+    };
+    // the code the vCPU runs, its stack, and a read that crosses into the next page of text
+    let page_end = (rip | 0xfff) - 7;
+    for (va, len) in [(rip, 64), (rsp, 64), (page_end, 16)] {
+        let output = ours(va, len, &[]);
+        assert!(output.status.success(), "{va:#x}: {}", common::stderr(&output));
+        assert_eq!(output.stdout, qemu_virtual_bytes(&vm, va, len), "{va:#x}: QEMU reads other bytes");
+    }
+    // the vCPU's own page tables named as --root give the same bytes
+    let cr3 = vcpus[0].get("CR3").unwrap() & 0x000f_ffff_ffff_f000;
+    let rooted = ours(rip, 64, &["--root", &format!("{cr3:#x}"), "--cpu", "0"]);
+    assert_eq!(rooted.stdout, qemu_virtual_bytes(&vm, rip, 64));
+    // what is not mapped, and a vCPU that does not exist, are clean errors
+    common::assert_clean_failure(&ours(0x1000, 16, &[]), "not mapped");
+    common::assert_clean_failure(&ours(rip, 16, &["--cpu", "7"]), "no vCPU 7");
+}
+
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_read_virtual_refuses_a_guest_without_paging() {
+    let (run_dir, vm) = common::booted_vm("realmode");
+    let output = common::qemu_bridge(&run_dir, &["read", vm.name(), "0x7c00", "16", "--virtual"]);
+    common::assert_clean_failure(&output, "paging");
+}
