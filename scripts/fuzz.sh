@@ -4,6 +4,7 @@
 #   layout     guest-physical layout and bounds arithmetic
 #   mtree      the parser of QEMU's flat memory map (info mtree -f)
 #   paging     the x86_64 page-table walker over arbitrary guest RAM
+#   vmcoreinfo the parser of the guest kernel's vmcoreinfo page
 # cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1 lets the stable toolchain provide them
 # (no other toolchain can be installed here). A crash fails the run and leaves its input in
 # fuzz/artifacts/<target>/: turn it into a unit test next to the code, then fix the bug.
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 export RUSTC_BOOTSTRAP=1
-for target in qmp_reply layout mtree paging; do
+for target in qmp_reply layout mtree paging vmcoreinfo; do
     mkdir -p "fuzz/corpus/$target"
     echo "== fuzz $target for ${seconds}s"
     cargo fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \

@@ -425,3 +425,32 @@ fn test_read_virtual_refuses_a_guest_without_paging() {
     let output = common::qemu_bridge(&run_dir, &["read", vm.name(), "0x7c00", "16", "--virtual"]);
     common::assert_clean_failure(&output, "paging");
 }
+
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_vmcoreinfo_is_found_in_guest_memory() {
+    require_qemu();
+    common::require_fuse();
+    let run_dir = TestRunDir::new();
+    let linux = boot_linux(&run_dir);
+    let name = linux.launched.name().to_string();
+    // the guest's own word for its release, on its console (the line after the marker)
+    let mut release = String::new();
+    let printed = wait_until(Duration::from_secs(60), || {
+        let serial = std::fs::read_to_string(&linux.launched.serial).unwrap_or_default();
+        let line = serial.lines().find_map(|line| line.trim().strip_prefix("qemu-bridge guest up: "));
+        line.map(|line| release = line.to_string()).is_some()
+    });
+    assert!(printed, "the guest printed no release");
+    let mount = TestMount::new(&run_dir, &[]);
+    let text = std::fs::read_to_string(mount.path(&format!("{name}/vmcoreinfo"))).unwrap();
+    let value = |key: &str| text.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix('='));
+    assert_eq!(value("OSRELEASE"), Some(release.as_str()), "{text}");
+    assert_eq!(value("PAGESIZE"), Some("4096"));
+    // a KASLR kernel says where it is, and where its structures are
+    assert!(value("KERNELOFFSET").is_some_and(|offset| u64::from_str_radix(offset, 16).is_ok()), "{text}");
+    assert!(value("SYMBOL(init_uts_ns)").is_some(), "{text}");
+    assert!(text.lines().count() > 50, "{text}");
+    // read twice: the second comes from the page found the first time, and says the same
+    assert_eq!(std::fs::read_to_string(mount.path(&format!("{name}/vmcoreinfo"))).unwrap(), text);
+}

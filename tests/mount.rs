@@ -56,7 +56,17 @@ fn test_mount_lists_launched_vms_and_drops_killed_ones() {
     entries.sort();
     assert_eq!(
         entries,
-        ["checksum", "core", "layout.json", "map.png", "memdev.json", "physical", "ram", "status"]
+        [
+            "checksum",
+            "core",
+            "layout.json",
+            "map.png",
+            "memdev.json",
+            "physical",
+            "ram",
+            "status",
+            "vmcoreinfo"
+        ]
     );
     // a killed VM disappears: no stale directory
     first.kill();

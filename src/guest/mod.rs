@@ -9,6 +9,7 @@
 pub mod memory;
 pub mod paging;
 pub mod registers;
+pub mod vmcoreinfo;
 
 pub use memory::{FrozenMemory, Gpa, GuestMemory, GuestMemoryError};
 pub use paging::{PagingError, PagingMode, Translation, X86Paging};

@@ -1,9 +1,12 @@
 //! What the mount keeps for each VM beside its RAM: the guest-physical and core views, built
 //! once when the [`Watcher`] admits the VM.
 
+use std::sync::Mutex;
+
 use crate::guest::registers::prstatus_notes_now;
+use crate::guest::vmcoreinfo::VmcoreInfo;
 use crate::ram::views::{elf_machine, Core, Physical};
-use crate::ram::SharedMemoryBridge;
+use crate::ram::{BridgeError, SharedMemoryBridge};
 use crate::vm::{Vm, VmError, VmInfo};
 use crate::watcher::{WatchedVm, Watcher};
 
@@ -14,6 +17,8 @@ pub struct MountParts {
     pub physical: Physical,
     /// The live ELF core of the guest, with the registers of the moment it was admitted.
     pub core: Core,
+    /// The guest kernel's vmcoreinfo where it was last found (checked again before each use).
+    pub vmcoreinfo: Mutex<Option<VmcoreInfo>>,
 }
 
 /// A VM as the mount serves it.
@@ -31,7 +36,25 @@ pub fn mount_parts(vm: &Vm, bridge: &SharedMemoryBridge, info: &VmInfo) -> Resul
     let physical = Physical::new(bridge.layout().clone());
     let registers = prstatus_notes_now(info, |ask| vm.with_qmp(ask));
     let core = Core::new(bridge.layout(), elf_machine(&info.arch), &registers);
-    Ok(MountParts { physical, core })
+    Ok(MountParts { physical, core, vmcoreinfo: Mutex::new(None) })
+}
+
+/// The guest kernel's vmcoreinfo now: where it was found last if it is still there (one page
+/// read), else looked for in all of RAM; `None` for a guest that has none.
+///
+/// # Errors
+///
+/// As the copy out of RAM.
+pub fn vmcoreinfo_now(instance: &MountedVm) -> Result<Option<VmcoreInfo>, BridgeError> {
+    let ram = instance.bridge.mapping();
+    let mut cached = instance.parts.vmcoreinfo.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = cached.as_ref() {
+        if known.still_in(ram)? {
+            return Ok(Some(known.clone()));
+        }
+    }
+    *cached = crate::guest::vmcoreinfo::find(ram)?;
+    Ok(cached.clone())
 }
 
 /// The core with the vCPUs' registers as they are now (the RAM in it is live anyway).

@@ -9,6 +9,7 @@
 //! /<vm>/physical      guest-physical address space (offset = address, holes read zeros)
 //! /<vm>/core          live ELF core of the guest
 //! /<vm>/map.png       picture of guest RAM: one pixel per page, by class, along a Hilbert curve
+//! /<vm>/vmcoreinfo    the guest kernel's vmcoreinfo text, found in its RAM (Linux guests)
 //! ```
 
 use std::collections::HashMap;
@@ -61,11 +62,13 @@ pub enum VmFile {
     Core = 7,
     /// `map.png`
     MapPng = 8,
+    /// `vmcoreinfo`
+    Vmcoreinfo = 9,
 }
 
 impl VmFile {
     /// All files, in listing order.
-    pub const ALL: [VmFile; 8] = [
+    pub const ALL: [VmFile; 9] = [
         VmFile::Ram,
         VmFile::Physical,
         VmFile::Core,
@@ -74,6 +77,7 @@ impl VmFile {
         VmFile::Checksum,
         VmFile::Layout,
         VmFile::MapPng,
+        VmFile::Vmcoreinfo,
     ];
 
     /// The file's name.
@@ -87,6 +91,7 @@ impl VmFile {
             VmFile::Physical => "physical",
             VmFile::Core => "core",
             VmFile::MapPng => "map.png",
+            VmFile::Vmcoreinfo => "vmcoreinfo",
         }
     }
 
@@ -146,6 +151,9 @@ enum GenerateError {
     /// `ram`, `physical` and `core` are read, not generated.
     #[error("not a generated file")]
     NotGenerated,
+    /// The guest's RAM holds no vmcoreinfo (not Linux, or not booted yet).
+    #[error("no vmcoreinfo in the guest's RAM (not a Linux guest, or not booted yet)")]
+    NoVmcoreinfo,
 }
 
 /// Why `ram` cannot be served by the kernel (passthrough).
@@ -275,6 +283,11 @@ impl Tree {
                 return crate::ram::picture::png(&classes).map_err(GenerateError::Png);
             }
             VmFile::Ram | VmFile::Physical | VmFile::Core => return Err(GenerateError::NotGenerated),
+            VmFile::Vmcoreinfo => {
+                // the kernel's text as it is, newline-terminated already
+                let info = super::parts::vmcoreinfo_now(instance)?.ok_or(GenerateError::NoVmcoreinfo)?;
+                return Ok(info.text.into_bytes());
+            }
             VmFile::Status => instance.with_qmp(|qmp| qmp.query_status())?.status.to_string(),
             VmFile::Memdev => {
                 let backends = instance.with_qmp(crate::vm::memdev_with_paths)?;
@@ -515,6 +528,7 @@ impl Filesystem for Tree {
                 let fh = self.new_handle(Handle::Text(text));
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
             }
+            Err(GenerateError::NoVmcoreinfo) => reply.error(Errno::ENODATA),
             Err(err) => {
                 log::error!("{}/{}: {}", instance.vm.name(), file.name(), crate::error::chain(&err));
                 reply.error(Errno::EIO);
