@@ -54,6 +54,12 @@ if ! $runtime && ! command -v vol >/dev/null; then
     python3 -m pip install --quiet --root-user-action=ignore volatility3 || pip install --quiet volatility3
 fi
 
+# drgn reads the mount's core with no symbol file in the tests (from PyPI).
+if ! $runtime && ! command -v drgn >/dev/null; then
+    echo "installing: drgn (pip)" >&2
+    python3 -m pip install --quiet --root-user-action=ignore drgn || pip install --quiet drgn
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "cargo not found: install Rust (https://rustup.rs) first" >&2
     exit 1

@@ -454,3 +454,47 @@ fn test_vmcoreinfo_is_found_in_guest_memory() {
     // read twice: the second comes from the page found the first time, and says the same
     assert_eq!(std::fs::read_to_string(mount.path(&format!("{name}/vmcoreinfo"))).unwrap(), text);
 }
+
+/// drgn (the kernel developers' debugger) on our live `core` with no symbol file at all: the
+/// VMCOREINFO note makes it a kernel core, kallsyms come from guest memory, and its own page
+/// walk reads `linux_banner` at its KASLR address. Prints `ADDRESS HEXBYTES`.
+const DRGN_BANNER: &str = r#"
+from drgn import ProgramFlags
+from drgn.helpers.linux.kallsyms import load_vmlinux_kallsyms
+assert prog.flags & ProgramFlags.IS_LINUX_KERNEL, prog.flags
+prog.register_symbol_finder("kallsyms", load_vmlinux_kallsyms(prog), enable_index=0)
+banner = prog.symbol("linux_banner").address
+print("BANNER", hex(banner), prog.read(banner, 64).hex())
+"#;
+
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_drgn_reads_the_live_core_with_no_symbol_files() {
+    require_qemu();
+    common::require_fuse();
+    common::require_program("drgn");
+    let run_dir = TestRunDir::new();
+    let linux = boot_linux(&run_dir);
+    let name = linux.launched.name().to_string();
+    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
+    vm.with_qmp(|qmp| qmp.stop()).unwrap();
+    let mount = TestMount::new(&run_dir, &[]);
+    let core = mount.path(&format!("{name}/core"));
+    let output = Command::new("drgn")
+        .arg("-c")
+        .arg(&core)
+        .args(["--no-default-symbols", "-q", "-e", DRGN_BANNER])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "drgn: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let line = stdout.lines().find_map(|line| line.strip_prefix("BANNER ")).expect("drgn printed the banner");
+    let (address, hex) = line.split_once(' ').unwrap();
+    let bytes: Vec<u8> =
+        (0..hex.len()).step_by(2).map(|at| u8::from_str_radix(&hex[at..at + 2], 16).unwrap()).collect();
+    assert!(bytes.starts_with(b"Linux version 6."), "{}", String::from_utf8_lossy(&bytes));
+    // our own translation of the same virtual address, through the vCPU's page tables, agrees
+    let ours = common::qemu_bridge(&run_dir, &["read", &name, address, "64", "--virtual", "--raw"]);
+    assert!(ours.status.success(), "{}", common::stderr(&ours));
+    assert_eq!(ours.stdout, bytes, "read --virtual {address}");
+}

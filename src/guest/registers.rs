@@ -115,11 +115,8 @@ pub fn x86_64_prstatus_notes(vcpus: &[VcpuRegisters]) -> Vec<u8> {
             desc[112 + slot * 8..120 + slot * 8]
                 .copy_from_slice(&vcpu.first_of(names).unwrap_or(0).to_le_bytes());
         }
-        notes.extend_from_slice(&5u32.to_le_bytes()); // namesz: "CORE\0"
-        notes.extend_from_slice(&336u32.to_le_bytes()); // descsz
-        notes.extend_from_slice(&1u32.to_le_bytes()); // NT_PRSTATUS
-        notes.extend_from_slice(b"CORE\0\0\0\0");
-        notes.extend_from_slice(&desc);
+        notes.extend_from_slice(&crate::ram::views::elf_note("CORE", 1, &desc));
+        // NT_PRSTATUS
     }
     notes
 }

@@ -2,6 +2,10 @@
 //! once when the [`Watcher`] admits the VM.
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A guest whose RAM held no vmcoreinfo is searched again after this long (it may be booting).
+const VMCOREINFO_RETRY: Duration = Duration::from_secs(5);
 
 use crate::guest::registers::prstatus_notes_now;
 use crate::guest::vmcoreinfo::VmcoreInfo;
@@ -17,8 +21,9 @@ pub struct MountParts {
     pub physical: Physical,
     /// The live ELF core of the guest, with the registers of the moment it was admitted.
     pub core: Core,
-    /// The guest kernel's vmcoreinfo where it was last found (checked again before each use).
-    pub vmcoreinfo: Mutex<Option<VmcoreInfo>>,
+    /// When the guest kernel's vmcoreinfo was last looked for, and where it was found (checked
+    /// again before each use).
+    pub vmcoreinfo: Mutex<Option<(Instant, Option<VmcoreInfo>)>>,
 }
 
 /// A VM as the mount serves it.
@@ -35,7 +40,7 @@ pub type Registry = Watcher<MountParts>;
 pub fn mount_parts(vm: &Vm, bridge: &SharedMemoryBridge, info: &VmInfo) -> Result<MountParts, VmError> {
     let physical = Physical::new(bridge.layout().clone());
     let registers = prstatus_notes_now(info, |ask| vm.with_qmp(ask));
-    let core = Core::new(bridge.layout(), elf_machine(&info.arch), &registers);
+    let core = Core::new(bridge.layout(), elf_machine(&info.arch), &registers, None);
     Ok(MountParts { physical, core, vmcoreinfo: Mutex::new(None) })
 }
 
@@ -48,17 +53,24 @@ pub fn mount_parts(vm: &Vm, bridge: &SharedMemoryBridge, info: &VmInfo) -> Resul
 pub fn vmcoreinfo_now(instance: &MountedVm) -> Result<Option<VmcoreInfo>, BridgeError> {
     let ram = instance.bridge.mapping();
     let mut cached = instance.parts.vmcoreinfo.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(known) = cached.as_ref() {
-        if known.still_in(ram)? {
-            return Ok(Some(known.clone()));
-        }
+    match cached.as_ref() {
+        Some((_, Some(known))) if known.still_in(ram)? => return Ok(Some(known.clone())),
+        // none was found a moment ago: a guest that has none is not searched on every open
+        Some((when, None)) if when.elapsed() < VMCOREINFO_RETRY => return Ok(None),
+        _ => {}
     }
-    *cached = crate::guest::vmcoreinfo::find(ram)?;
-    Ok(cached.clone())
+    let found = crate::guest::vmcoreinfo::find(ram)?;
+    *cached = Some((Instant::now(), found.clone()));
+    Ok(found)
 }
 
 /// The core with the vCPUs' registers as they are now (the RAM in it is live anyway).
 pub fn core_now(instance: &MountedVm) -> Core {
     let registers = prstatus_notes_now(&instance.info, |ask| instance.with_qmp(ask));
-    Core::new(instance.bridge.layout(), elf_machine(&instance.info.arch), &registers)
+    let vmcoreinfo = vmcoreinfo_now(instance).unwrap_or_else(|err| {
+        log::warn!("no vmcoreinfo in the core of VM {}: {}", instance.info.name, crate::error::chain(&err));
+        None
+    });
+    let text = vmcoreinfo.as_ref().map(|info| info.text.as_str());
+    Core::new(instance.bridge.layout(), elf_machine(&instance.info.arch), &registers, text)
 }

@@ -131,6 +131,24 @@ pub fn elf_machine(arch: &str) -> u16 {
 const PAGE: u64 = super::PAGE_SIZE as u64;
 const ELF_HEADER: u64 = 64;
 const PROGRAM_HEADER: u64 = 56;
+/// The longest vmcoreinfo text a core carries (the kernel's buffer is one page).
+const VMCOREINFO_TEXT_MAX: usize = 4096;
+/// Room for the VMCOREINFO note: its header, its name and the longest text.
+const VMCOREINFO_NOTE_ROOM: u64 = 12 + 12 + VMCOREINFO_TEXT_MAX as u64;
+
+/// One ELF note: `name` (NUL-terminated), `kind`, `desc`, each padded to 4 bytes.
+pub fn elf_note(name: &str, kind: u32, desc: &[u8]) -> Vec<u8> {
+    let name_len = name.len() + 1;
+    let mut note = Vec::with_capacity(12 + name_len.next_multiple_of(4) + desc.len().next_multiple_of(4));
+    note.extend_from_slice(&(name_len as u32).to_le_bytes());
+    note.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+    note.extend_from_slice(&kind.to_le_bytes());
+    note.extend_from_slice(name.as_bytes());
+    note.resize(12 + name_len.next_multiple_of(4), 0);
+    note.extend_from_slice(desc);
+    note.resize(note.len().next_multiple_of(4), 0);
+    note
+}
 
 /// A live ELF64 core file of the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,13 +162,20 @@ pub struct Core {
 
 impl Core {
     /// The core of a guest with `layout`, for ELF machine `machine` (see [`elf_machine`]),
-    /// with `notes` (see `guest::registers::x86_64_prstatus_notes`) in a `PT_NOTE` when there are any.
-    pub fn new(layout: &GuestLayout, machine: u16, notes: &[u8]) -> Self {
+    /// with `notes` (see `guest::registers::x86_64_prstatus_notes`) and a `VMCOREINFO` note of
+    /// `vmcoreinfo` (see `guest::vmcoreinfo`) in a `PT_NOTE` when there are any. The size of the
+    /// core depends on the layout and `notes` alone: room for the vmcoreinfo is kept either way.
+    pub fn new(layout: &GuestLayout, machine: u16, notes: &[u8], vmcoreinfo: Option<&str>) -> Self {
         let regions = layout.regions();
+        let vmcoreinfo = vmcoreinfo
+            .filter(|text| text.len() <= VMCOREINFO_TEXT_MAX)
+            .map_or_else(Vec::new, |text| elf_note("VMCOREINFO", 0, text.as_bytes()));
+        let room = ELF_HEADER + (regions.len() as u64 + 1) * PROGRAM_HEADER + notes.len() as u64;
+        let header_len = (room + VMCOREINFO_NOTE_ROOM).next_multiple_of(PAGE);
+        let notes = [notes, vmcoreinfo.as_slice()].concat();
         let note_headers = u64::from(!notes.is_empty());
         let phnum = regions.len() as u64 + note_headers;
         let notes_at = ELF_HEADER + phnum * PROGRAM_HEADER;
-        let header_len = (notes_at + notes.len() as u64).next_multiple_of(PAGE);
         let mut header = Vec::with_capacity(header_len as usize);
         // e_ident: ELF, 64-bit, little-endian, version 1, System V
         header.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
@@ -192,7 +217,7 @@ impl Core {
             loads.push((data_at, region.offset, region.len));
             data_at = (data_at + region.len).next_multiple_of(PAGE);
         }
-        header.extend_from_slice(notes);
+        header.extend_from_slice(&notes);
         header.resize(header_len as usize, 0);
         let size = loads.last().map_or(header_len, |(at, _, len)| at + len);
         Self { header, loads, size }
@@ -303,7 +328,7 @@ mod tests {
     fn a_core_with_notes_has_a_pt_note() {
         // two NT_PRSTATUS notes of x86_64's size (see guest::registers)
         let notes = vec![0u8; 2 * (12 + 8 + 336)];
-        let core = Core::new(&q35_4g(), 62, &notes);
+        let core = Core::new(&q35_4g(), 62, &notes, None);
         let header = match &core.pieces(0, 64)[..] {
             [Piece::Bytes(bytes)] => bytes.to_vec(),
             other => panic!("{other:?}"),
@@ -312,8 +337,29 @@ mod tests {
     }
 
     #[test]
+    fn a_vmcoreinfo_note_changes_the_notes_but_not_the_size() {
+        let registers = vec![0u8; 12 + 8 + 336];
+        let without = Core::new(&q35_4g(), 62, &registers, None);
+        let text = "OSRELEASE=6.1.0\nPAGESIZE=4096\n".repeat(120);
+        let with = Core::new(&q35_4g(), 62, &registers, Some(&text));
+        assert_eq!(with.size(), without.size(), "stat and open agree whatever the guest holds");
+        let header = with.header.clone();
+        let word = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap());
+        // PT_NOTE first: its size covers the registers and the VMCOREINFO note
+        let (at, len) = (word(64 + 8) as usize, word(64 + 32) as usize);
+        assert_eq!(len, registers.len() + 12 + 12 + text.len().next_multiple_of(4));
+        let note = &header[at + registers.len()..at + len];
+        assert_eq!(&note[..12], [11, 0, 0, 0, text.len() as u8, (text.len() >> 8) as u8, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&note[12..23], b"VMCOREINFO\0");
+        assert_eq!(&note[24..24 + text.len()], text.as_bytes());
+        // a text longer than the kernel's page is not taken
+        let long = "A=B\n".repeat(1100);
+        assert_eq!(Core::new(&q35_4g(), 62, &registers, Some(&long)).header, without.header);
+    }
+
+    #[test]
     fn core_headers_and_loads() {
-        let core = Core::new(&q35_4g(), elf_machine("x86_64"), &[]);
+        let core = Core::new(&q35_4g(), elf_machine("x86_64"), &[], None);
         let header = match &core.pieces(0, 4096)[..] {
             [Piece::Bytes(bytes)] => bytes.to_vec(),
             other => panic!("{other:?}"),
