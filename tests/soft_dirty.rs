@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{nested, wait_until, ChangesRun, TestRunDir, TestVm, VmBuilder, COUNTER_ADDR};
+use qemu_bridge::ram::incremental::SnapshotBuffer;
 use qemu_bridge::ram::soft_dirty::host_has_soft_dirty;
 use qemu_bridge::ram::tracker::{method_for, soft_dirty_for};
 use qemu_bridge::ram::{ChangeSet, Fingerprints, GuestLayout, GuestRam, TrackingMethod};
@@ -319,4 +320,15 @@ fn inside_snapshot_updates_look_at_what_qemu_wrote_and_stay_exact() {
     assert!(looked(&said) * 100 < pages, "{said}");
     std::fs::remove_file(&output).unwrap();
     std::fs::remove_file(qemu_bridge::ram::incremental::record_path(&output)).unwrap();
+
+    // the library's reused buffer follows the same bits and stays exact
+    let source = soft_dirty_for(info.qemu_pid, bridge.mapping()).unwrap();
+    let mut buffer = SnapshotBuffer::with_soft_dirty(bridge.mapping(), source).unwrap();
+    wait_for_writes();
+    qemu.with_qmp(|qmp| qmp.stop()).unwrap();
+    let copied = buffer.refresh(bridge.mapping()).unwrap();
+    let ram = std::fs::read(&vm.launched.ram_path).unwrap();
+    qemu.with_qmp(|qmp| qmp.cont()).unwrap();
+    assert!(copied > WRITTEN.len(), "the writer's pages and its counter's: {copied}");
+    assert!(buffer.data() == ram.as_slice(), "the buffer differs from the paused RAM");
 }
