@@ -962,23 +962,17 @@ fn vcpu_paging(
     cpu: usize,
     root: Option<u64>,
 ) -> Result<qemu_bridge::guest::X86Paging, Box<dyn std::error::Error + Send + Sync>> {
-    use qemu_bridge::guest::{Gpa, X86Paging};
-    if info.arch != "x86_64" {
-        return Err(format!(
-            "VM {}: virtual addresses are translated for x86_64 guests only, not {}",
-            info.name, info.arch
-        )
-        .into());
-    }
-    let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask))?;
-    let registers = vcpus
-        .get(cpu)
-        .ok_or_else(|| format!("VM {} has no vCPU {cpu} (it has {})", info.name, vcpus.len()))?;
-    let paging =
-        X86Paging::from_vcpu(registers).map_err(|err| format!("VM {} vCPU {cpu}: {err}", info.name))?;
-    Ok(match root {
-        Some(root) => X86Paging::new(paging.mode(), Gpa(root), paging.no_execute_enabled()),
-        None => paging,
+    use qemu_bridge::guest::{Gpa, VcpuPagingError};
+    let vcpus = match info.arch.as_str() {
+        "x86_64" => qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask))?,
+        _ => Vec::new(),
+    };
+    qemu_bridge::guest::vcpu_paging(&info.arch, &vcpus, cpu, root.map(Gpa)).map_err(|err| {
+        let detail = match &err {
+            VcpuPagingError::Paging { source, .. } => format!(": {source}"),
+            _ => String::new(),
+        };
+        format!("VM {}: {err}{detail}", info.name).into()
     })
 }
 

@@ -498,3 +498,121 @@ fn test_drgn_reads_the_live_core_with_no_symbol_files() {
     assert!(ours.status.success(), "{}", common::stderr(&ours));
     assert_eq!(ours.stdout, bytes, "read --virtual {address}");
 }
+
+/// One line of `cpus/<n>/mappings`: virtual start and end, guest-physical start, page size,
+/// permissions, user or kernel.
+struct MappingLine {
+    start: u64,
+    end: u128,
+    gpa: u64,
+    perms: String,
+    mode: String,
+}
+
+fn mapping_lines(text: &str) -> Vec<MappingLine> {
+    text.lines()
+        .filter(|line| !line.starts_with("error: "))
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(fields.len(), 5, "{line}");
+            let (start, end) = fields[0].split_once('-').unwrap();
+            MappingLine {
+                start: u64::from_str_radix(start, 16).unwrap(),
+                end: u128::from_str_radix(end, 16).unwrap(),
+                gpa: u64::from_str_radix(fields[1], 16).unwrap(),
+                perms: fields[3].to_string(),
+                mode: fields[4].to_string(),
+            }
+        })
+        .collect()
+}
+
+/// The value of `NAME=hex` in HMP text.
+fn hmp_register(text: &str, name: &str) -> u64 {
+    let word = text.split_whitespace().find_map(|word| word.strip_prefix(&format!("{name}="))).unwrap();
+    u64::from_str_radix(word, 16).unwrap()
+}
+
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_cpus_registers_mappings_and_memory_agree_with_qemu() {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsFd;
+    require_qemu();
+    common::require_fuse();
+    let run_dir = TestRunDir::new();
+    let linux = boot_linux(&run_dir);
+    let name = linux.launched.name().to_string();
+    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
+    vm.with_qmp(|qmp| qmp.stop()).unwrap();
+    let mount = TestMount::new(&run_dir, &[]);
+    let cpus = mount.path(&format!("{name}/cpus"));
+    let listed: Vec<String> = std::fs::read_dir(&cpus)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(listed, ["0"]);
+    let cpu = cpus.join("0");
+    let mut files: Vec<String> = std::fs::read_dir(&cpu)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["mappings", "memory", "registers"]);
+    assert!(!cpus.join("1").exists(), "a vCPU the VM does not have");
+
+    // registers: what QEMU's monitor says of the paused vCPU
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cpu.join("registers")).unwrap()).unwrap();
+    let hmp = vm.with_qmp(|qmp| qmp.human_monitor_command("info registers")).unwrap();
+    for register in ["RIP", "RSP", "CR3", "CR4", "EFER"] {
+        assert_eq!(json["registers"][register], format!("{:#x}", hmp_register(&hmp, register)), "{register}");
+    }
+    let (rip, cr4) = (hmp_register(&hmp, "RIP"), hmp_register(&hmp, "CR4"));
+    let five_level = cr4 & (1 << 12) != 0;
+    assert_eq!(json["paging"]["mode"], if five_level { "5-level paging" } else { "4-level paging" });
+
+    // mappings: the kernel text where KASLR put it, executable, kernel only, and where QEMU's
+    // own translation (gva2gpa) says
+    let vmcoreinfo = std::fs::read_to_string(mount.path(&format!("{name}/vmcoreinfo"))).unwrap();
+    let kaslr = vmcoreinfo.lines().find_map(|line| line.strip_prefix("KERNELOFFSET=")).unwrap();
+    let text_start = 0xffff_ffff_8100_0000u64 + u64::from_str_radix(kaslr, 16).unwrap();
+    let mappings = mapping_lines(&std::fs::read_to_string(cpu.join("mappings")).unwrap());
+    assert!(mappings.len() > 10, "{} mappings", mappings.len());
+    for va in [text_start, rip] {
+        let line = mappings
+            .iter()
+            .find(|line| line.start <= va && u128::from(va) < line.end)
+            .unwrap_or_else(|| panic!("no mapping of {va:#x}"));
+        assert!(line.perms.starts_with('r') && line.perms.ends_with('x') && line.mode == "kernel", "{va:#x}");
+        let qemu = vm.with_qmp(|qmp| qmp.human_monitor_command(&format!("gva2gpa {va:#x}"))).unwrap();
+        let qemu_gpa = u64::from_str_radix(qemu.trim().trim_start_matches("gpa: 0x"), 16).unwrap();
+        assert_eq!(line.gpa + (va - line.start), qemu_gpa, "{va:#x}: {qemu}");
+    }
+
+    // memory: the address space as a file, offset = address without its sign extension
+    let memory = File::open(cpu.join("memory")).unwrap();
+    let bits = if five_level { 57 } else { 48 };
+    assert_eq!(memory.metadata().unwrap().len(), 1u64 << bits);
+    let offset = |va: u64| va & ((1u64 << bits) - 1);
+    let mut code = vec![0u8; 64];
+    memory.read_exact_at(&mut code, offset(rip)).unwrap();
+    assert_eq!(code, qemu_virtual_bytes(&vm, rip, 64), "the code at RIP");
+    // SEEK_DATA and SEEK_HOLE walk the page tables: the first mapping, and the end of its run
+    let first = &mappings[0];
+    let data = lseek(memory.as_fd(), 0, Whence::SeekData).unwrap() as u64;
+    assert_eq!(data, offset(first.start));
+    let mut run_end = first.end;
+    for line in &mappings[1..] {
+        if u128::from(line.start) != run_end {
+            break;
+        }
+        run_end = line.end;
+    }
+    let hole = lseek(memory.as_fd(), data as i64, Whence::SeekHole).unwrap() as u64;
+    assert_eq!(u128::from(hole), u128::from(offset(first.start)) + (run_end - u128::from(first.start)));
+    // an unmapped page in the user half reads as zeros
+    let mut zeros = vec![0xffu8; 16];
+    memory.read_exact_at(&mut zeros, 0).unwrap();
+    assert!(first.start == 0 || zeros.iter().all(|b| *b == 0));
+}

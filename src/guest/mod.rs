@@ -9,8 +9,10 @@
 pub mod memory;
 pub mod paging;
 pub mod registers;
+pub mod space;
 pub mod vmcoreinfo;
 
 pub use memory::{FrozenMemory, Gpa, GuestMemory, GuestMemoryError};
 pub use paging::{PagingError, PagingMode, Translation, X86Paging};
 pub use registers::{parse_info_registers, VcpuRegisters};
+pub use space::{vcpu_paging, VcpuPagingError, VirtualSpace};

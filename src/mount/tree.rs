@@ -10,6 +10,9 @@
 //! /<vm>/core          live ELF core of the guest
 //! /<vm>/map.png       picture of guest RAM: one pixel per page, by class, along a Hilbert curve
 //! /<vm>/vmcoreinfo    the guest kernel's vmcoreinfo text, found in its RAM (Linux guests)
+//! /<vm>/cpus/<n>/registers  vCPU n's registers now (JSON)
+//! /<vm>/cpus/<n>/mappings   every mapping of vCPU n's page tables now (x86_64)
+//! /<vm>/cpus/<n>/memory     vCPU n's virtual address space, sparse (x86_64)
 //! ```
 
 use std::collections::HashMap;
@@ -29,8 +32,17 @@ use std::borrow::Cow;
 use super::audit::{AuditEvent, AuditLog, AuditOp};
 use super::parts::{core_now, MountedVm, Registry};
 
-/// Inodes per VM: directory + files.
+/// Inodes per VM: directory + files + the `cpus` directory.
 const INODES_PER_INSTANCE: u64 = 16;
+/// The offset of a VM's `cpus` directory among its inodes (after its files).
+const CPUS_OFFSET: u64 = 15;
+/// Inodes of the vCPU directories and their files: this bit, the VM's number from bit 22, the
+/// vCPU from bit 2, the file in bits 1..0 (0 for the directory).
+const CPU_INODES: u64 = 1 << 62;
+const CPU_SHIFT: u32 = 2;
+const NUMBER_SHIFT: u32 = 22;
+/// vCPU indexes that have inodes (QEMU allows at most 4096 vCPUs on x86_64).
+const MAX_CPUS: usize = 1 << (NUMBER_SHIFT - CPU_SHIFT);
 
 /// The inode of a VM's directory; its files follow it.
 fn dir_inode(instance: &MountedVm) -> u64 {
@@ -104,12 +116,56 @@ impl VmFile {
     }
 }
 
+/// The files of a vCPU's directory `cpus/<n>/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuFile {
+    /// `registers`: JSON, as QEMU reports them now
+    Registers = 1,
+    /// `mappings`: the page-table dump (x86_64)
+    Mappings = 2,
+    /// `memory`: the virtual address space (x86_64)
+    Memory = 3,
+}
+
+impl CpuFile {
+    /// All files, in listing order.
+    pub const ALL: [CpuFile; 3] = [CpuFile::Registers, CpuFile::Mappings, CpuFile::Memory];
+
+    /// The file's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuFile::Registers => "registers",
+            CpuFile::Mappings => "mappings",
+            CpuFile::Memory => "memory",
+        }
+    }
+
+    /// Whether a guest of architecture `arch` has it: the page tables are walked for x86_64.
+    fn exists_for(self, arch: &str) -> bool {
+        self == CpuFile::Registers || arch == "x86_64"
+    }
+
+    fn from_name(name: &OsStr) -> Option<Self> {
+        Self::ALL.into_iter().find(|file| OsStr::new(file.name()) == name)
+    }
+
+    fn from_offset(offset: u64) -> Option<Self> {
+        Self::ALL.into_iter().find(|file| *file as u64 == offset)
+    }
+}
+
 /// What an inode number names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Node {
     Root,
     Dir(u64),
     File(u64, VmFile),
+    /// `<vm>/cpus`
+    Cpus(u64),
+    /// `<vm>/cpus/<n>`
+    Cpu(u64, usize),
+    /// `<vm>/cpus/<n>/<file>`
+    CpuFile(u64, usize, CpuFile),
 }
 
 impl Node {
@@ -118,15 +174,35 @@ impl Node {
         if ino == 1 {
             return Some(Node::Root);
         }
+        if ino & CPU_INODES != 0 {
+            let number = (ino & !CPU_INODES) >> NUMBER_SHIFT;
+            let cpu = ((ino >> CPU_SHIFT) as usize) % MAX_CPUS;
+            return match ino % (1 << CPU_SHIFT) {
+                0 => Some(Node::Cpu(number, cpu)),
+                offset => CpuFile::from_offset(offset).map(|file| Node::CpuFile(number, cpu, file)),
+            };
+        }
         let (number, offset) = (ino / INODES_PER_INSTANCE, ino % INODES_PER_INSTANCE);
         if number == 0 {
             return None;
         }
         match offset {
             0 => Some(Node::Dir(number)),
+            CPUS_OFFSET => Some(Node::Cpus(number)),
             _ => VmFile::from_offset(offset).map(|file| Node::File(number, file)),
         }
     }
+
+    /// The inode of `cpus/<cpu>` (`file` `None`) or of a file in it.
+    fn cpu_inode(number: u64, cpu: usize, file: Option<CpuFile>) -> INodeNo {
+        let file = file.map_or(0, |file| file as u64);
+        INodeNo(CPU_INODES | number << NUMBER_SHIFT | (cpu as u64) << CPU_SHIFT | file)
+    }
+}
+
+/// Every vCPU's registers now (one HMP exchange).
+fn vcpus_now(instance: &MountedVm) -> Result<Vec<crate::guest::VcpuRegisters>, crate::vm::VmError> {
+    crate::guest::registers::vcpu_registers(|ask| instance.with_qmp(ask))
 }
 
 fn file_inode(instance: &MountedVm, file: VmFile) -> INodeNo {
@@ -154,6 +230,9 @@ enum GenerateError {
     /// The guest's RAM holds no vmcoreinfo (not Linux, or not booted yet).
     #[error("no vmcoreinfo in the guest's RAM (not a Linux guest, or not booted yet)")]
     NoVmcoreinfo,
+    /// The vCPU does not exist (any more) or has no paging to walk.
+    #[error("no virtual address space")]
+    Paging(#[from] crate::guest::VcpuPagingError),
 }
 
 /// Why `ram` cannot be served by the kernel (passthrough).
@@ -176,6 +255,8 @@ enum Handle {
     View(Arc<MountedVm>, VmFile),
     /// `core`, with the registers of the moment it was opened.
     Core(Arc<MountedVm>, crate::ram::views::Core),
+    /// `cpus/<n>/memory`, through the page tables of the moment it was opened.
+    Virtual(Arc<MountedVm>, crate::guest::VirtualSpace),
     Text(Vec<u8>),
 }
 
@@ -258,6 +339,95 @@ impl Tree {
             _ => 0,
         };
         self.attr(file_inode(instance, file), FileType::RegularFile, 0o444, size, instance.since)
+    }
+
+    fn cpus_attr(&self, instance: &MountedVm) -> FileAttr {
+        let ino = INodeNo(dir_inode(instance) + CPUS_OFFSET);
+        self.attr(ino, FileType::Directory, 0o555, 0, instance.since)
+    }
+
+    fn cpu_attr(&self, instance: &MountedVm, cpu: usize) -> FileAttr {
+        let ino = Node::cpu_inode(instance.number, cpu, None);
+        self.attr(ino, FileType::Directory, 0o555, 0, instance.since)
+    }
+
+    /// `memory` has the size of the vCPU's address space now (2^48 or 2^57; 0 without paging);
+    /// the other files are generated and report 0.
+    fn cpu_file_attr(&self, instance: &MountedVm, cpu: usize, file: CpuFile) -> FileAttr {
+        let size = match file {
+            CpuFile::Memory => vcpus_now(instance)
+                .ok()
+                .and_then(|vcpus| crate::guest::vcpu_paging(&instance.info.arch, &vcpus, cpu, None).ok())
+                .map_or(0, |paging| paging.mode().space_size()),
+            CpuFile::Registers | CpuFile::Mappings => 0,
+        };
+        let ino = Node::cpu_inode(instance.number, cpu, Some(file));
+        self.attr(ino, FileType::RegularFile, 0o444, size, instance.since)
+    }
+
+    /// The bytes of `cpus/<cpu>/registers` or `mappings`, from the vCPU's registers now.
+    fn generate_cpu(instance: &MountedVm, cpu: usize, file: CpuFile) -> Result<Vec<u8>, GenerateError> {
+        let vcpus = vcpus_now(instance)?;
+        let arch = instance.info.arch.as_str();
+        let text = match file {
+            CpuFile::Registers => {
+                let registers = vcpus
+                    .get(cpu)
+                    .ok_or(crate::guest::VcpuPagingError::NoSuchVcpu { cpu, count: vcpus.len() })?;
+                let mut text =
+                    serde_json::to_string_pretty(&crate::guest::space::registers_json(arch, cpu, registers))?;
+                text.push('\n');
+                text
+            }
+            CpuFile::Mappings => match crate::guest::vcpu_paging(arch, &vcpus, cpu, None) {
+                Ok(paging) => crate::guest::space::mappings_text(
+                    &paging,
+                    &instance.bridge,
+                    crate::guest::paging::Limits::default(),
+                ),
+                // a vCPU without paging (real mode, booting) has a dump of one line that says so
+                Err(err @ crate::guest::VcpuPagingError::Paging { .. }) => {
+                    format!("error: {}\n", crate::error::chain(&err))
+                }
+                Err(err) => return Err(err.into()),
+            },
+            CpuFile::Memory => return Err(GenerateError::NotGenerated),
+        };
+        Ok(text.into_bytes())
+    }
+
+    fn open_cpu_file(&self, instance: Arc<MountedVm>, cpu: usize, file: CpuFile, reply: ReplyOpen) {
+        let opened = match file {
+            CpuFile::Memory => vcpus_now(&instance)
+                .map_err(GenerateError::from)
+                .and_then(|vcpus| Ok(crate::guest::vcpu_paging(&instance.info.arch, &vcpus, cpu, None)?))
+                .map(|paging| {
+                    Handle::Virtual(Arc::clone(&instance), crate::guest::VirtualSpace::new(paging))
+                }),
+            CpuFile::Registers | CpuFile::Mappings => {
+                Self::generate_cpu(&instance, cpu, file).map(Handle::Text)
+            }
+        };
+        match opened {
+            Ok(handle) => {
+                let fh = self.new_handle(handle);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+            }
+            Err(err) => {
+                let errno = match &err {
+                    GenerateError::Paging(crate::guest::VcpuPagingError::NoSuchVcpu { .. }) => Errno::ENOENT,
+                    GenerateError::Paging(_) => Errno::ENODATA,
+                    _ => Errno::EIO,
+                };
+                log::warn!(
+                    "{}/cpus/{cpu}/{}: {}",
+                    instance.vm.name(),
+                    file.name(),
+                    crate::error::chain(&err)
+                );
+                reply.error(errno);
+            }
+        }
     }
 
     fn audit(&self, req: &Request, instance: &MountedVm, file: VmFile, op: AuditOp, offset: u64, len: u64) {
@@ -440,11 +610,40 @@ impl Filesystem for Tree {
                 reply.entry(&Duration::ZERO, &self.dir_attr(&instance), Generation(0));
             }
             Some(Node::Dir(number)) => {
-                let (Some(instance), Some(file)) = (self.registry.by_number(number), VmFile::from_name(name))
-                else {
+                let Some(instance) = self.registry.by_number(number) else {
                     return reply.error(Errno::ENOENT);
                 };
+                if name == "cpus" {
+                    return reply.entry(&TTL, &self.cpus_attr(&instance), Generation(0));
+                }
+                let Some(file) = VmFile::from_name(name) else { return reply.error(Errno::ENOENT) };
                 reply.entry(&TTL, &self.file_attr(&instance, file), Generation(0));
+            }
+            Some(Node::Cpus(number)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                let cpu =
+                    name.to_str().and_then(|name| name.parse::<usize>().ok()).filter(|cpu| *cpu < MAX_CPUS);
+                let count = vcpus_now(&instance).map_or(0, |vcpus| vcpus.len());
+                match cpu {
+                    // TTL 0: a vCPU unplugged must vanish at the next path walk
+                    Some(cpu) if cpu < count => {
+                        reply.entry(&Duration::ZERO, &self.cpu_attr(&instance, cpu), Generation(0))
+                    }
+                    _ => reply.error(Errno::ENOENT),
+                }
+            }
+            Some(Node::Cpu(number, cpu)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                match CpuFile::from_name(name).filter(|file| file.exists_for(&instance.info.arch)) {
+                    Some(file) => {
+                        reply.entry(&Duration::ZERO, &self.cpu_file_attr(&instance, cpu, file), Generation(0))
+                    }
+                    None => reply.error(Errno::ENOENT),
+                }
             }
             _ => reply.error(Errno::ENOENT),
         }
@@ -461,6 +660,18 @@ impl Filesystem for Tree {
             },
             Some(Node::File(number, file)) => match self.registry.by_number(number) {
                 Some(instance) => reply.attr(&TTL, &self.file_attr(&instance, file)),
+                None => reply.error(Errno::ENOENT),
+            },
+            Some(Node::Cpus(number)) => match self.registry.by_number(number) {
+                Some(instance) => reply.attr(&TTL, &self.cpus_attr(&instance)),
+                None => reply.error(Errno::ENOENT),
+            },
+            Some(Node::Cpu(number, cpu)) => match self.registry.by_number(number) {
+                Some(instance) => reply.attr(&Duration::ZERO, &self.cpu_attr(&instance, cpu)),
+                None => reply.error(Errno::ENOENT),
+            },
+            Some(Node::CpuFile(number, cpu, file)) => match self.registry.by_number(number) {
+                Some(instance) => reply.attr(&Duration::ZERO, &self.cpu_file_attr(&instance, cpu, file)),
                 None => reply.error(Errno::ENOENT),
             },
             None => reply.error(Errno::ENOENT),
@@ -490,6 +701,42 @@ impl Filesystem for Tree {
                 for file in VmFile::ALL {
                     entries.push((file_inode(&instance, file), FileType::RegularFile, file.name().into()));
                 }
+                entries.push((
+                    INodeNo(dir_inode(&instance) + CPUS_OFFSET),
+                    FileType::Directory,
+                    "cpus".into(),
+                ));
+            }
+            Some(Node::Cpus(number)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                entries.push((INodeNo(dir_inode(&instance) + CPUS_OFFSET), FileType::Directory, ".".into()));
+                entries.push((INodeNo(dir_inode(&instance)), FileType::Directory, "..".into()));
+                let count = match vcpus_now(&instance) {
+                    Ok(vcpus) => vcpus.len().min(MAX_CPUS),
+                    Err(err) => {
+                        log::warn!("{}/cpus: {}", instance.vm.name(), crate::error::chain(&err));
+                        return reply.error(Errno::EIO);
+                    }
+                };
+                for cpu in 0..count {
+                    entries.push((Node::cpu_inode(number, cpu, None), FileType::Directory, cpu.to_string()));
+                }
+            }
+            Some(Node::Cpu(number, cpu)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                entries.push((Node::cpu_inode(number, cpu, None), FileType::Directory, ".".into()));
+                entries.push((INodeNo(dir_inode(&instance) + CPUS_OFFSET), FileType::Directory, "..".into()));
+                for file in CpuFile::ALL.into_iter().filter(|file| file.exists_for(&instance.info.arch)) {
+                    entries.push((
+                        Node::cpu_inode(number, cpu, Some(file)),
+                        FileType::RegularFile,
+                        file.name().into(),
+                    ));
+                }
             }
             _ => return reply.error(Errno::ENOTDIR),
         }
@@ -505,8 +752,15 @@ impl Filesystem for Tree {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
-        let Some(Node::File(number, file)) = Node::from_inode(ino) else {
-            return reply.error(Errno::EISDIR);
+        let (number, file) = match Node::from_inode(ino) {
+            Some(Node::File(number, file)) => (number, file),
+            Some(Node::CpuFile(number, cpu, file)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                return self.open_cpu_file(instance, cpu, file, reply);
+            }
+            _ => return reply.error(Errno::EISDIR),
         };
         let Some(instance) = self.registry.by_number(number) else { return reply.error(Errno::ENOENT) };
         self.audit(req, &instance, file, AuditOp::Open, 0, 0);
@@ -591,6 +845,11 @@ impl Filesystem for Tree {
                     }
                 }
             }
+            Some(Handle::Virtual(instance, space)) => {
+                let mut bytes = vec![0u8; size as usize];
+                let len = space.read_at(&instance.bridge, offset, &mut bytes);
+                reply.data(&bytes[..len]);
+            }
             None => {
                 log::warn!("read of inode {ino:?} with unknown handle {}", fh.0);
                 reply.error(Errno::EBADF);
@@ -624,6 +883,12 @@ impl Filesystem for Tree {
             }
             (Some(Handle::Ram(instance)), libc::SEEK_HOLE) => {
                 (start < instance.bridge.size() as u64).then_some(instance.bridge.size() as u64)
+            }
+            (Some(Handle::Virtual(instance, space)), libc::SEEK_DATA) => {
+                space.seek_data(&instance.bridge, start)
+            }
+            (Some(Handle::Virtual(instance, space)), libc::SEEK_HOLE) => {
+                space.seek_hole(&instance.bridge, start)
             }
             (Some(Handle::Core(_, core)), libc::SEEK_DATA) => (start < core.size()).then_some(start),
             (Some(Handle::Core(_, core)), libc::SEEK_HOLE) => (start < core.size()).then_some(core.size()),
