@@ -305,8 +305,8 @@ fn test_volatility_reads_core_and_physical() {
     }
 }
 
-/// `core` carries the vCPUs' registers as `NT_PRSTATUS` notes, equal to those of QEMU's own
-/// `dump-guest-memory` of the same paused guest (in long mode: the Linux guest).
+/// `core` carries the vCPUs' registers as `NT_PRSTATUS` and `QEMU` notes, equal to those of
+/// QEMU's own `dump-guest-memory` of the same paused guest (in long mode: the Linux guest).
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_core_registers_equal_qemus_dump() {
@@ -360,6 +360,15 @@ fn test_core_registers_equal_qemus_dump() {
         reg(&ours[0], 16),
         reg(&ours[0], 17)
     );
+    // the QEMU note (QEMUCPUState: registers, segments, GDT/IDT, CR0-CR4) as QEMU writes it,
+    // but for its last field, KERNEL_GS_BASE, which QEMU's monitor does not print
+    let (ours, qemus) = (common::elf_notes(&core, b"QEMU", 0), common::elf_notes(&dump, b"QEMU", 0));
+    assert_eq!((ours.len(), qemus.len()), (1, 1), "one QEMU note per vCPU");
+    assert_eq!(ours[0].len(), qemus[0].len(), "QEMUCPUState size");
+    let state = ours[0].len() - 8;
+    assert_eq!(ours[0][..state], qemus[0][..state], "QEMUCPUState");
+    let idt_base = 8 + 18 * 8 + 9 * 24 + 16;
+    assert_ne!(ours[0][idt_base..idt_base + 8], [0; 8], "the IDT base crash looks for");
     let readelf = Command::new("readelf").arg("-n").arg(&core).output().unwrap();
     assert!(
         String::from_utf8_lossy(&readelf.stdout).contains("NT_PRSTATUS"),

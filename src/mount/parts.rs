@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 /// A guest whose RAM held no vmcoreinfo is searched again after this long (it may be booting).
 const VMCOREINFO_RETRY: Duration = Duration::from_secs(5);
 
-use crate::guest::registers::prstatus_notes_now;
+use crate::guest::registers::vcpu_notes_now;
 use crate::guest::vmcoreinfo::VmcoreInfo;
 use crate::ram::views::{elf_machine, Core, Physical};
 use crate::ram::{BridgeError, SharedMemoryBridge};
@@ -39,7 +39,7 @@ pub type Registry = Watcher<MountParts>;
 /// signature is the watcher's.
 pub fn mount_parts(vm: &Vm, bridge: &SharedMemoryBridge, info: &VmInfo) -> Result<MountParts, VmError> {
     let physical = Physical::new(bridge.layout().clone());
-    let registers = prstatus_notes_now(info, |ask| vm.with_qmp(ask));
+    let registers = vcpu_notes_now(info, |ask| vm.with_qmp(ask));
     let core = Core::new(bridge.layout(), elf_machine(&info.arch), &registers, None);
     Ok(MountParts { physical, core, vmcoreinfo: Mutex::new(None) })
 }
@@ -66,7 +66,7 @@ pub fn vmcoreinfo_now(instance: &MountedVm) -> Result<Option<VmcoreInfo>, Bridge
 
 /// The core with the vCPUs' registers as they are now (the RAM in it is live anyway).
 pub fn core_now(instance: &MountedVm) -> Core {
-    let registers = prstatus_notes_now(&instance.info, |ask| instance.with_qmp(ask));
+    let registers = vcpu_notes_now(&instance.info, |ask| instance.with_qmp(ask));
     let vmcoreinfo = vmcoreinfo_now(instance).unwrap_or_else(|err| {
         log::warn!("no vmcoreinfo in the core of VM {}: {}", instance.info.name, crate::error::chain(&err));
         None

@@ -685,6 +685,12 @@ pub fn core_bytes(core: &Path, gpa: u64, len: usize) -> Option<Vec<u8>> {
 
 /// The `NT_PRSTATUS` descriptors in an ELF core's `PT_NOTE`s, in order.
 pub fn prstatus_notes(elf: &Path) -> Vec<Vec<u8>> {
+    elf_notes(elf, b"CORE", 1)
+}
+
+/// The descriptors of the notes named `name` of type `kind` in an ELF core's `PT_NOTE`s, in
+/// order.
+pub fn elf_notes(elf: &Path, name: &[u8], kind: usize) -> Vec<Vec<u8>> {
     let file = File::open(elf).unwrap();
     let (_, headers) = program_headers(&file);
     let mut found = Vec::new();
@@ -694,9 +700,9 @@ pub fn prstatus_notes(elf: &Path) -> Vec<Vec<u8>> {
         let mut at = 0;
         while at + 12 <= notes.len() {
             let word = |at: usize| u32::from_le_bytes(notes[at..at + 4].try_into().unwrap()) as usize;
-            let (namesz, descsz, kind) = (word(at), word(at + 4), word(at + 8));
+            let (namesz, descsz, note_kind) = (word(at), word(at + 4), word(at + 8));
             let desc = at + 12 + namesz.next_multiple_of(4);
-            if kind == 1 && &notes[at + 12..at + 16] == b"CORE" {
+            if note_kind == kind && notes[at + 12..at + 12 + namesz].strip_suffix(b"\0") == Some(name) {
                 found.push(notes[desc..desc + descsz].to_vec());
             }
             at = desc + descsz.next_multiple_of(4);
