@@ -339,6 +339,9 @@ fn test_core_registers_equal_qemus_dump() {
     };
     // rbx rax rcx rdx rsi rdi rip cs rflags rsp ss (user_regs_struct indexes)
     for (index, register) in [
+        (7, "r10"),
+        (8, "r9"),
+        (9, "r8"),
         (5, "rbx"),
         (10, "rax"),
         (11, "rcx"),
@@ -574,7 +577,7 @@ fn test_cpus_registers_mappings_and_memory_agree_with_qemu() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cpu.join("registers")).unwrap()).unwrap();
     let hmp = vm.with_qmp(|qmp| qmp.human_monitor_command("info registers")).unwrap();
-    for register in ["RIP", "RSP", "CR3", "CR4", "EFER"] {
+    for register in ["RIP", "RSP", "R8", "R9", "CR3", "CR4", "EFER"] {
         assert_eq!(json["registers"][register], format!("{:#x}", hmp_register(&hmp, register)), "{register}");
     }
     let (rip, cr4) = (hmp_register(&hmp, "RIP"), hmp_register(&hmp, "CR4"));
@@ -624,4 +627,136 @@ fn test_cpus_registers_mappings_and_memory_agree_with_qemu() {
     let mut zeros = vec![0xffu8; 16];
     memory.read_exact_at(&mut zeros, 0).unwrap();
     assert!(first.start == 0 || zeros.iter().all(|b| *b == 0));
+}
+
+/// The guest kernel's DWARF `vmlinux` (Debian's `linux-image-RELEASE-dbg`, 283 MB), downloaded
+/// and unpacked once into the build's cache.
+fn debug_vmlinux(release: &str) -> PathBuf {
+    static VMLINUX: OnceLock<PathBuf> = OnceLock::new();
+    VMLINUX
+        .get_or_init(|| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/dbg");
+            let vmlinux = dir.join(format!("vmlinux-{release}"));
+            if vmlinux.exists() {
+                return vmlinux;
+            }
+            let work = tempfile::tempdir().unwrap();
+            // apt-get download drops to the _apt user, who must be able to write there
+            std::fs::set_permissions(work.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
+                .unwrap();
+            let package = format!("linux-image-{release}-dbg");
+            let status = Command::new("apt-get")
+                .args(["download", "-qq", &package])
+                .current_dir(work.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "apt-get download {package}");
+            let deb = std::fs::read_dir(work.path()).unwrap().next().unwrap().unwrap().path();
+            let member = format!("./usr/lib/debug/boot/vmlinux-{release}");
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg("dpkg-deb --fsys-tarfile \"$1\" | tar -x -C \"$2\" \"$3\"")
+                .args(["sh", deb.to_str().unwrap(), work.path().to_str().unwrap(), &member])
+                .status()
+                .unwrap();
+            assert!(status.success(), "unpacking {member}");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::rename(work.path().join(&member), &vmlinux).unwrap();
+            vmlinux
+        })
+        .clone()
+}
+
+/// crash's `sys` without the line that names the dump file.
+fn crash_sys(vmlinux: &Path, core: &Path, commands: &Path) -> String {
+    let output =
+        Command::new("crash").arg("-s").arg("-i").arg(commands).arg(vmlinux).arg(core).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "crash on {}: {text}{}",
+        core.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text.lines().filter(|line| !line.trim_start().starts_with("DUMPFILE:")).collect::<Vec<_>>().join("\n")
+}
+
+/// With the kernel's debug symbols, the tools kernel developers use read our live `core` of a
+/// KASLR guest that has no `-device vmcoreinfo`: crash's `sys` says what it says of QEMU's own
+/// dump of the same paused VM, drgn reads the release and `init_task`, and `read --virtual` of
+/// `linux_banner` (its address in the symbol table plus the KASLR offset) is the banner.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_crash_and_drgn_read_the_core_with_debug_symbols() {
+    require_qemu();
+    common::require_fuse();
+    for program in ["crash", "drgn", "nm", "apt-get"] {
+        common::require_program(program);
+    }
+    let run_dir = TestRunDir::new();
+    let linux = boot_linux(&run_dir);
+    let name = linux.launched.name().to_string();
+    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
+    vm.with_qmp(|qmp| qmp.stop()).unwrap();
+    let mount = TestMount::new(&run_dir, &[]);
+    let vmcoreinfo = std::fs::read_to_string(mount.path(&format!("{name}/vmcoreinfo"))).unwrap();
+    let value =
+        |key: &str| vmcoreinfo.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix('=')).unwrap();
+    let release = value("OSRELEASE").to_string();
+    let kaslr = u64::from_str_radix(value("KERNELOFFSET"), 16).unwrap();
+    assert_ne!(kaslr, 0, "a KASLR kernel");
+    let vmlinux = debug_vmlinux(&release);
+    let core = mount.path(&format!("{name}/core"));
+
+    // crash: the same `sys` from our core as from QEMU's dump
+    let dump = run_dir.qemu_output("linux.core");
+    vm.with_qmp(|qmp| {
+        qmp.execute(
+            "dump-guest-memory",
+            Some(serde_json::json!({"paging": false, "protocol": format!("file:{}", dump.display())})),
+        )
+    })
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || std::fs::metadata(&dump).is_ok_and(|m| m.len() > 128 << 20))
+    );
+    let commands = run_dir.path().join("crash.cmds");
+    std::fs::write(&commands, "sys\nq\n").unwrap();
+    let ours = crash_sys(&vmlinux, &core, &commands);
+    let qemus = crash_sys(&vmlinux, &dump, &commands);
+    assert!(ours.lines().any(|line| line.trim() == format!("RELEASE: {release}")), "{ours}");
+    assert_eq!(ours, qemus, "crash says other things of our core than of QEMU's dump");
+
+    // drgn with the symbols: the release and the first task
+    let script = "print(prog['init_uts_ns'].name.release.string_().decode())\n\
+                  print(prog['init_task'].comm.string_().decode())";
+    let output = Command::new("drgn")
+        .arg("-c")
+        .arg(&core)
+        .arg("-s")
+        .arg(&vmlinux)
+        .arg("-e")
+        .arg(script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "drgn: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), [release.as_str(), "swapper/0"]);
+
+    // read --virtual of linux_banner where the symbol table and KASLR put it
+    let nm = Command::new("nm").arg(&vmlinux).output().unwrap();
+    let symbols = String::from_utf8_lossy(&nm.stdout);
+    let banner =
+        symbols.lines().find_map(|line| line.strip_suffix(" D linux_banner")).expect("linux_banner in nm");
+    let address = u64::from_str_radix(banner, 16).unwrap() + kaslr;
+    let output =
+        common::qemu_bridge(&run_dir, &["read", &name, &format!("{address:#x}"), "64", "--virtual", "--raw"]);
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let expected = format!("Linux version {release} ");
+    assert_eq!(
+        &output.stdout[..expected.len()],
+        expected.as_bytes(),
+        "{:?}",
+        String::from_utf8_lossy(&output.stdout)
+    );
 }

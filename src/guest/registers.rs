@@ -76,11 +76,23 @@ fn register_values(block: &str) -> Vec<(String, u64)> {
             }
             continue;
         }
-        for word in line.split_whitespace() {
-            if let Some((name, hex)) = word.split_once('=') {
-                if let Ok(value) = u64::from_str_radix(hex, 16) {
-                    values.push((name.to_string(), value));
+        // QEMU pads short names before the `=` (`R8 =0000000000022e80`): join them first
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let mut index = 0;
+        while index < words.len() {
+            let (word, next) = (words[index], words.get(index + 1));
+            let (name, hex) = match (word.split_once('='), next.and_then(|next| next.strip_prefix('='))) {
+                (Some((name, hex)), _) => (name, hex),
+                (None, Some(hex)) => {
+                    index += 1;
+                    (word, hex)
                 }
+                (None, None) => ("", ""),
+            };
+            index += 1;
+            let is_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if let (true, Ok(value)) = (is_name, u64::from_str_radix(hex, 16)) {
+                values.push((name.to_string(), value));
             }
         }
     }
@@ -228,6 +240,8 @@ mod tests {
     use super::*;
 
     const TWO_VCPUS: &str = "CPU#0\nRAX=0000000000000001 RBX=0000000000000002 RCX=3 RDX=4\n\
+                             R8 =0000000000022e80 R9 =00000000314ded62 R10=00000000fffffffb\n\
+                             FCW=037f FSW=0000 [ST=0] FTW=00 MXCSR=00001fa0\n\
                              RIP=ffffffff81000010 RFL=00000246 [---Z-P-] CPL=0\nRSP=ffffc90000003e80\n\
                              CS =0010 0000000000000000 ffffffff 00a09b00 DPL=0 CS64 [-RA]\n\
                              GS =0000 ffff88807fc00000 ffffffff 00c00000\n\
@@ -243,6 +257,13 @@ mod tests {
         let vcpus = parse_info_registers(TWO_VCPUS);
         assert_eq!(vcpus.len(), 2);
         assert_eq!(vcpus[0].get("CR3"), Some(0x1a0_e000));
+        assert_eq!(
+            (vcpus[0].get("R8"), vcpus[0].get("R9")),
+            (Some(0x22e80), Some(0x314d_ed62)),
+            "names padded before ="
+        );
+        assert_eq!(vcpus[0].get("MXCSR"), Some(0x1fa0));
+        assert!(vcpus[0].values().iter().all(|(name, _)| !name.is_empty() && !name.starts_with('[')));
         assert_eq!(vcpus[0].get("CS"), Some(0x10));
         assert_eq!(vcpus[0].get("GS.base"), Some(0xffff_8880_7fc0_0000));
         assert_eq!(
