@@ -539,10 +539,19 @@ fn mapping_lines(text: &str) -> Vec<MappingLine> {
         .collect()
 }
 
-/// The value of `NAME=hex` in HMP text.
+/// The value of `NAME=hex` in HMP text (QEMU pads short names: `R8 =...`).
 fn hmp_register(text: &str, name: &str) -> u64 {
-    let word = text.split_whitespace().find_map(|word| word.strip_prefix(&format!("{name}="))).unwrap();
-    u64::from_str_radix(word, 16).unwrap()
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let hex = words
+        .iter()
+        .enumerate()
+        .find_map(|(index, word)| match word.strip_prefix(name)?.strip_prefix('=') {
+            Some(hex) => Some(hex),
+            None if word.len() == name.len() => words.get(index + 1)?.strip_prefix('='),
+            None => None,
+        })
+        .unwrap_or_else(|| panic!("no {name} in {text}"));
+    u64::from_str_radix(hex, 16).unwrap()
 }
 
 #[test]
