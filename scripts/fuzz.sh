@@ -3,7 +3,7 @@
 #   qmp_reply  the QMP client fed arbitrary server bytes
 #   layout     guest-physical layout and bounds arithmetic
 #   mtree      the parser of QEMU's flat memory map (info mtree -f)
-#   paging     the x86_64 page-table walker over arbitrary guest RAM
+#   paging     the page-table walker (x86_64, RISC-V, AArch64) over arbitrary guest RAM
 #   vmcoreinfo the parser of the guest kernel's vmcoreinfo page
 # cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1 lets the stable toolchain provide them
 # (no other toolchain can be installed here). A crash fails the run and leaves its input in

@@ -961,7 +961,7 @@ fn vcpu_paging(
     info: &qemu_bridge::VmInfo,
     cpu: usize,
     root: Option<u64>,
-) -> Result<qemu_bridge::guest::X86Paging, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<qemu_bridge::guest::Paging, Box<dyn std::error::Error + Send + Sync>> {
     use qemu_bridge::guest::{Gpa, VcpuPagingError};
     let vcpus = match info.arch.as_str() {
         "x86_64" => qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask))?,

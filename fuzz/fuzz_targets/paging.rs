@@ -1,10 +1,11 @@
-//! The x86_64 page-table walker on arbitrary RAM: the first bytes choose the control registers,
-//! an address, a range and the caps, the rest is RAM at GPA 0. Never a panic, never unbounded
-//! work; every mapping enumerated translates to what the enumeration said.
+//! The page-table walker on arbitrary RAM: the first bytes choose the format (x86_64 from the
+//! control registers, RISC-V from a satp, AArch64 from a table base), an address, a range and
+//! the caps, the rest is RAM at GPA 0. Never a panic, never unbounded work; every mapping
+//! enumerated translates to what the enumeration said.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qemu_bridge::guest::paging::{Limits, Mapping, PagingError, X86Paging};
+use qemu_bridge::guest::paging::{Limits, Mapping, Paging, PagingError, PagingMode};
 use qemu_bridge::guest::{FrozenMemory, Gpa, GuestMemory};
 use qemu_bridge::ram::GuestLayout;
 
@@ -42,7 +43,14 @@ fuzz_target!(|data: &[u8]| {
     let layout = GuestLayout::identity(ram.len() as u64);
     let memory = FrozenMemory::new(ram, &layout);
 
-    let Ok(paging) = X86Paging::from_registers(cr0, cr3, cr4, efer) else { return };
+    // bits 7..6 of the flags pick the format
+    let paging = match (flags >> 6) % 3 {
+        0 => Paging::from_registers(cr0, cr3, cr4, efer),
+        // cr3's word as a satp: its top nibble says Sv39, Sv48, Sv57 or something refused
+        1 => Paging::from_satp(cr3),
+        _ => Ok(Paging::new(PagingMode::Arm48, Gpa(cr3), true)),
+    };
+    let Ok(paging) = paging else { return };
     let mode = paging.mode();
 
     if let Ok(page) = paging.translate(&memory, va) {
@@ -72,7 +80,9 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(index + 1, items.len(), "truncation is the last item");
                 continue;
             }
-            Err(PagingError::Table { .. } | PagingError::ReservedPageSize { .. }) => continue,
+            Err(PagingError::Table { .. } | PagingError::ReservedPageSize { .. } | PagingError::Reserved { .. }) => {
+                continue
+            }
             Err(other) => panic!("unexpected item {other:?}"),
         };
         let size = mapping.page_size;

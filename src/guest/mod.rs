@@ -13,6 +13,6 @@ pub mod space;
 pub mod vmcoreinfo;
 
 pub use memory::{FrozenMemory, Gpa, GuestMemory, GuestMemoryError};
-pub use paging::{PagingError, PagingMode, Translation, X86Paging};
+pub use paging::{Paging, PagingError, PagingMode, Translation};
 pub use registers::{parse_info_registers, VcpuRegisters};
 pub use space::{vcpu_paging, VcpuPagingError, VirtualSpace};

@@ -1,9 +1,16 @@
-//! x86_64 virtual-address translation: the guest's own page tables, walked as the Intel SDM
-//! (vol. 3, ch. 4 "Paging") describes 4-level and 5-level paging with 4 KiB, 2 MiB and 1 GiB
-//! pages.
+//! Virtual-address translation: the guest's own page tables, walked as the architecture
+//! manuals describe them:
+//!
+//! - x86_64 4-level and 5-level paging with 4 KiB, 2 MiB and 1 GiB pages (Intel SDM vol. 3,
+//!   ch. 4 "Paging");
+//! - RISC-V Sv39, Sv48 and Sv57 with pages at every level (the privileged specification,
+//!   "Supervisor-Level ISA", virtual-memory systems);
+//! - AArch64 stage 1 with the 4 KiB granule and 48-bit addresses: levels 0-3, 1 GiB and 2 MiB
+//!   blocks (Arm ARM, VMSAv8-64), from one translation table base (TTBR0_EL1 for the lower half,
+//!   TTBR1_EL1 for the upper) given by the caller: QEMU's monitor does not print them.
 //!
 //! The tables are the guest's, so they are hostile input. A translation reads at most five
-//! entries. An enumeration of mappings ([`X86Paging::mappings`]) holds a fixed amount of memory
+//! entries. An enumeration of mappings ([`Paging::mappings`]) holds a fixed amount of memory
 //! whatever the tables say and stops at its [`Limits`]: tables that point at themselves (a
 //! self-referencing PML4 entry is normal on some systems), that fan out to the same table 512
 //! times per level, or that point outside RAM cost bounded work and give errors, never a panic
@@ -13,15 +20,18 @@
 //! A file whose offsets are virtual addresses drops that sign extension: see [`offset_of_va`]
 //! and [`va_of_offset`].
 //!
-//! Left out: 32-bit and PAE paging (the guest must be in long mode), protection keys, the
+//! Left out: x86 32-bit and PAE paging (the guest must be in long mode), protection keys, the
 //! supervisor rules of CR0.WP, SMEP and SMAP (the permissions reported are the entries' own),
 //! and MAXPHYADDR (addresses keep bits 51..12 of an entry; reserved bits are not checked, except
-//! the page-size bit at the PML4 and PML5 levels, which no page can have).
+//! the page-size bit at the PML4 and PML5 levels, which no page can have); RISC-V's A/D bits,
+//! SUM/MXR and the hypervisor's two-stage translation; AArch64's other granules, 52-bit
+//! addresses, TCR's T0SZ/T1SZ other than 16, hierarchical permissions disabled (HPD) and stage
+//! 2. Every architecture reports pages as readable: RISC-V's execute-only pages too.
 //!
 //! # Examples
 //!
 //! ```
-//! use qemu_bridge::guest::paging::{PagingMode, X86Paging};
+//! use qemu_bridge::guest::paging::{PagingMode, Paging};
 //! use qemu_bridge::guest::{FrozenMemory, Gpa};
 //! use qemu_bridge::ram::GuestLayout;
 //!
@@ -32,7 +42,7 @@
 //! }
 //! let layout = GuestLayout::identity(ram.len() as u64);
 //! let memory = FrozenMemory::new(&ram, &layout);
-//! let paging = X86Paging::new(PagingMode::FourLevel, Gpa(0x1000), true);
+//! let paging = Paging::new(PagingMode::FourLevel, Gpa(0x1000), true);
 //! let page = paging.translate(&memory, 0x1234)?;
 //! assert_eq!((page.gpa, page.page_size), (Gpa(0x5234), 0x1000));
 //! # Ok::<(), qemu_bridge::guest::paging::PagingError>(())
@@ -55,6 +65,41 @@ const EFER_LMA: u64 = 1 << 10;
 const EFER_NXE: u64 = 1 << 11;
 /// CR3 bits 51..12: the root table (the low bits are flags or the PCID, the high bits LAM flags).
 const CR3_ROOT: u64 = 0x000f_ffff_ffff_f000;
+/// A RISC-V root: a page number of up to 44 bits (a 56-bit physical address).
+const RISCV_ROOT: u64 = 0x00ff_ffff_ffff_f000;
+/// An AArch64 TTBR's base address, bits 47..1 (bit 0 is CnP, bits 63..48 the ASID); the
+/// 4 KiB granule's table is aligned to 4 KiB.
+const ARM_ROOT: u64 = 0x0000_ffff_ffff_f000;
+/// satp bits 63..60: the translation mode.
+const SATP_MODE_SHIFT: u32 = 60;
+/// satp bits 43..0: the root table's page number.
+const SATP_PPN: u64 = (1 << 44) - 1;
+
+/// RISC-V PTE bits: valid, readable, writable, executable, user.
+const RISCV_R: u64 = 1 << 1;
+const RISCV_W: u64 = 1 << 2;
+const RISCV_X: u64 = 1 << 3;
+const RISCV_U: u64 = 1 << 4;
+/// RISC-V PTE bits 53..10: the page number.
+const RISCV_PPN_SHIFT: u32 = 10;
+const RISCV_PPN: u64 = (1 << 44) - 1;
+
+/// AArch64 descriptor bit 1: a table (levels 0-2) or page (level 3); clear, a block.
+const ARM_TABLE_OR_PAGE: u64 = 1 << 1;
+/// AArch64 descriptor bits 47..12: the output address.
+const ARM_ADDRESS: u64 = 0x0000_ffff_ffff_f000;
+/// AArch64 leaf AP[2] (bit 7): read-only; AP[1] (bit 6): accessible at EL0.
+const ARM_READ_ONLY: u64 = 1 << 7;
+const ARM_EL0: u64 = 1 << 6;
+/// AArch64 leaf UXN (bit 54) and PXN (bit 53): not executable at EL0, at EL1.
+const ARM_UXN: u64 = 1 << 54;
+const ARM_PXN: u64 = 1 << 53;
+/// AArch64 table bits: APTable[1] (62) no writes below, APTable[0] (61) no EL0 access below,
+/// UXNTable (60), PXNTable (59).
+const ARM_TABLE_READ_ONLY: u64 = 1 << 62;
+const ARM_TABLE_NO_EL0: u64 = 1 << 61;
+const ARM_TABLE_UXN: u64 = 1 << 60;
+const ARM_TABLE_PXN: u64 = 1 << 59;
 
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
@@ -75,21 +120,49 @@ pub const PAGE_2M: u64 = 1 << 21;
 /// 1 GiB, the size of a page mapped by a PDPT entry.
 pub const PAGE_1G: u64 = 1 << 30;
 
-/// How many levels of tables translate an address.
+/// The format of the page tables and how many levels translate an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PagingMode {
-    /// 4-level paging: 48-bit virtual addresses, root table PML4.
+    /// x86_64 4-level paging: 48-bit virtual addresses, root table PML4.
     FourLevel,
-    /// 5-level paging (CR4.LA57): 57-bit virtual addresses, root table PML5.
+    /// x86_64 5-level paging (CR4.LA57): 57-bit virtual addresses, root table PML5.
     FiveLevel,
+    /// RISC-V Sv39: 39-bit virtual addresses, three levels.
+    Sv39,
+    /// RISC-V Sv48: 48-bit virtual addresses, four levels.
+    Sv48,
+    /// RISC-V Sv57: 57-bit virtual addresses, five levels.
+    Sv57,
+    /// AArch64 stage 1, 4 KiB granule, 48-bit virtual addresses (T0SZ/T1SZ 16), levels 0-3.
+    Arm48,
 }
 
 impl PagingMode {
-    /// Significant bits of a virtual address: 48 or 57.
+    /// Significant bits of a virtual address: 39, 48 or 57.
     pub fn address_bits(self) -> u32 {
         match self {
-            PagingMode::FourLevel => 48,
-            PagingMode::FiveLevel => 57,
+            PagingMode::Sv39 => 39,
+            PagingMode::FourLevel | PagingMode::Sv48 | PagingMode::Arm48 => 48,
+            PagingMode::FiveLevel | PagingMode::Sv57 => 57,
+        }
+    }
+
+    /// The architecture whose tables these are, as QEMU names it (`x86_64`, `riscv64`,
+    /// `aarch64`).
+    pub fn arch(self) -> &'static str {
+        match self {
+            PagingMode::FourLevel | PagingMode::FiveLevel => "x86_64",
+            PagingMode::Sv39 | PagingMode::Sv48 | PagingMode::Sv57 => "riscv64",
+            PagingMode::Arm48 => "aarch64",
+        }
+    }
+
+    /// The root-address bits an entry or register can hold in this format.
+    fn root_mask(self) -> u64 {
+        match self.arch() {
+            "x86_64" => CR3_ROOT,
+            "riscv64" => RISCV_ROOT,
+            _ => ARM_ROOT,
         }
     }
 
@@ -104,6 +177,12 @@ impl PagingMode {
         match self {
             PagingMode::FourLevel => &[Level::Pml4, Level::Pdpt, Level::Pd, Level::Pt],
             PagingMode::FiveLevel => &[Level::Pml5, Level::Pml4, Level::Pdpt, Level::Pd, Level::Pt],
+            PagingMode::Sv39 => &[Level::Riscv(2), Level::Riscv(1), Level::Riscv(0)],
+            PagingMode::Sv48 => &[Level::Riscv(3), Level::Riscv(2), Level::Riscv(1), Level::Riscv(0)],
+            PagingMode::Sv57 => {
+                &[Level::Riscv(4), Level::Riscv(3), Level::Riscv(2), Level::Riscv(1), Level::Riscv(0)]
+            }
+            PagingMode::Arm48 => &[Level::Arm(0), Level::Arm(1), Level::Arm(2), Level::Arm(3)],
         }
     }
 
@@ -125,6 +204,10 @@ impl std::fmt::Display for PagingMode {
         f.write_str(match self {
             PagingMode::FourLevel => "4-level paging",
             PagingMode::FiveLevel => "5-level paging",
+            PagingMode::Sv39 => "Sv39",
+            PagingMode::Sv48 => "Sv48",
+            PagingMode::Sv57 => "Sv57",
+            PagingMode::Arm48 => "AArch64 4 KiB granule, 48-bit",
         })
     }
 }
@@ -142,6 +225,12 @@ pub enum Level {
     Pd,
     /// Page table; its entries map 4 KiB pages.
     Pt,
+    /// RISC-V level `n` (the root is level 2 for Sv39, 4 for Sv57; level 0 maps 4 KiB pages);
+    /// an entry of any level can map a page of its size.
+    Riscv(u8),
+    /// AArch64 level `n`, 0-3 (level 1 blocks are 1 GiB, level 2 blocks 2 MiB, level 3 pages
+    /// 4 KiB).
+    Arm(u8),
 }
 
 impl Level {
@@ -154,6 +243,8 @@ impl Level {
             Level::Pdpt => 30,
             Level::Pd => 21,
             Level::Pt => 12,
+            Level::Riscv(n) => 12 + 9 * u32::from(n.min(4)),
+            Level::Arm(n) => 39 - 9 * u32::from(n.min(3)),
         }
     }
 
@@ -163,8 +254,14 @@ impl Level {
             Level::Pdpt => Some(PAGE_1G),
             Level::Pd => Some(PAGE_2M),
             Level::Pt => Some(PAGE_4K),
-            Level::Pml5 | Level::Pml4 => None,
+            Level::Pml5 | Level::Pml4 | Level::Arm(0) => None,
+            Level::Riscv(_) | Level::Arm(_) => Some(1 << self.shift()),
         }
+    }
+
+    /// Whether this is the last level of its format (its entries map pages, never tables).
+    fn is_last(self) -> bool {
+        matches!(self, Level::Pt | Level::Riscv(0) | Level::Arm(3))
     }
 }
 
@@ -176,6 +273,8 @@ impl std::fmt::Display for Level {
             Level::Pdpt => "PDPT",
             Level::Pd => "PD",
             Level::Pt => "PT",
+            Level::Riscv(n) => return write!(f, "level-{n}"),
+            Level::Arm(n) => return write!(f, "level-{n}"),
         })
     }
 }
@@ -259,6 +358,32 @@ pub enum PagingError {
         va: u64,
         /// The table of the entry.
         level: Level,
+    },
+    /// A RISC-V or AArch64 entry with an encoding the architecture reserves: RISC-V write
+    /// without read, a pointer at the last level, a superpage whose address is not aligned to
+    /// its size; AArch64 a block at level 0 or the reserved encoding at level 3.
+    #[error("the {level} entry of virtual address {va:#x} has a reserved encoding")]
+    Reserved {
+        /// The address being translated (in an enumeration: the first address the entry maps).
+        va: u64,
+        /// The table of the entry.
+        level: Level,
+    },
+    /// RISC-V `satp` selects no translation (Bare) or a mode this module does not walk.
+    #[error("satp {satp:#x} selects no paging this walks (mode {mode}: 8, 9, 10 are Sv39, Sv48, Sv57)")]
+    SatpMode {
+        /// The satp given.
+        satp: u64,
+        /// Its mode field.
+        mode: u64,
+    },
+    /// The architecture's page-table root is not among the registers QEMU reports.
+    #[error("QEMU does not report where {arch} page tables are ({registers}): give the table's address as the root")]
+    NoRoot {
+        /// The architecture.
+        arch: &'static str,
+        /// The registers that would say.
+        registers: &'static str,
     },
     /// The page the address maps to cannot be read.
     #[error("cannot read virtual address {va:#x} at guest-physical {gpa}")]
@@ -377,23 +502,58 @@ pub fn va_of_offset(mode: PagingMode, offset: u64) -> Option<u64> {
     (offset < mode.space_size()).then(|| mode.sign_extend(offset))
 }
 
-/// What the entries walked so far allow.
+/// What the entries walked so far allow. AArch64 keeps execution at EL0 and EL1 apart until
+/// the leaf says which one applies.
 #[derive(Debug, Clone, Copy)]
 struct Access {
     writable: bool,
     user: bool,
     executable: bool,
+    privileged_executable: bool,
 }
 
 impl Access {
-    const ALL: Access = Access { writable: true, user: true, executable: true };
+    const ALL: Access = Access { writable: true, user: true, executable: true, privileged_executable: true };
 
-    /// Also subject to `entry`: R/W and U/S must be set at every level, XD at none.
-    fn and(self, entry: u64, no_execute_enabled: bool) -> Access {
-        Access {
-            writable: self.writable && entry & WRITABLE != 0,
-            user: self.user && entry & USER != 0,
-            executable: self.executable && !(no_execute_enabled && entry & NO_EXECUTE != 0),
+    /// Also subject to `entry` of a `mode` table, a page (`leaf`) or a table. x86_64: R/W and
+    /// U/S must be set at every level, XD at none. RISC-V: the leaf's own R/W/X/U alone (a
+    /// pointer has none). AArch64: the table bits (APTable, UXNTable, PXNTable) limit what lies
+    /// below, the leaf's AP and UXN/PXN its page.
+    fn and(self, mode: PagingMode, entry: u64, leaf: bool, no_execute_enabled: bool) -> Access {
+        match mode.arch() {
+            "x86_64" => Access {
+                writable: self.writable && entry & WRITABLE != 0,
+                user: self.user && entry & USER != 0,
+                executable: self.executable && !(no_execute_enabled && entry & NO_EXECUTE != 0),
+                privileged_executable: true,
+            },
+            "riscv64" if leaf => Access {
+                writable: entry & RISCV_W != 0,
+                user: entry & RISCV_U != 0,
+                executable: entry & RISCV_X != 0,
+                privileged_executable: true,
+            },
+            "riscv64" => self,
+            _ if leaf => {
+                let user = self.user && entry & ARM_EL0 != 0;
+                let (user_x, kernel_x) = (
+                    self.executable && entry & ARM_UXN == 0,
+                    self.privileged_executable && entry & ARM_PXN == 0,
+                );
+                Access {
+                    writable: self.writable && entry & ARM_READ_ONLY == 0,
+                    user,
+                    // what the level that may use the page may execute
+                    executable: if user { user_x } else { kernel_x },
+                    privileged_executable: kernel_x,
+                }
+            }
+            _ => Access {
+                writable: self.writable && entry & ARM_TABLE_READ_ONLY == 0,
+                user: self.user && entry & ARM_TABLE_NO_EL0 == 0,
+                executable: self.executable && entry & ARM_TABLE_UXN == 0,
+                privileged_executable: self.privileged_executable && entry & ARM_TABLE_PXN == 0,
+            },
         }
     }
 }
@@ -403,32 +563,96 @@ enum Entry {
     Table(Gpa),
     Page { base: u64, size: u64 },
     ReservedPageSize,
+    Reserved,
 }
 
-fn decode(level: Level, entry: u64) -> Entry {
-    match level.page_size() {
-        // bit 7 of a PT entry is PAT, not PS: every PT entry maps a page
-        Some(size) if level == Level::Pt => Entry::Page { base: entry & ADDRESS, size },
-        // bit 12 of a large-page entry is PAT; the base is aligned to the page size
-        Some(size) if entry & PAGE_SIZE != 0 => Entry::Page { base: entry & ADDRESS & !(size - 1), size },
-        None if entry & PAGE_SIZE != 0 => Entry::ReservedPageSize,
-        _ => Entry::Table(Gpa(entry & ADDRESS)),
+/// A present (valid: bit 0, in every format) entry of `level` in a `mode` table.
+fn decode(mode: PagingMode, level: Level, entry: u64) -> Entry {
+    match mode.arch() {
+        "x86_64" => match level.page_size() {
+            // bit 7 of a PT entry is PAT, not PS: every PT entry maps a page
+            Some(size) if level == Level::Pt => Entry::Page { base: entry & ADDRESS, size },
+            // bit 12 of a large-page entry is PAT; the base is aligned to the page size
+            Some(size) if entry & PAGE_SIZE != 0 => Entry::Page { base: entry & ADDRESS & !(size - 1), size },
+            None if entry & PAGE_SIZE != 0 => Entry::ReservedPageSize,
+            _ => Entry::Table(Gpa(entry & ADDRESS)),
+        },
+        "riscv64" => {
+            let base = ((entry >> RISCV_PPN_SHIFT) & RISCV_PPN) << 12;
+            let leaf = entry & (RISCV_R | RISCV_W | RISCV_X) != 0;
+            match level.page_size() {
+                _ if entry & RISCV_W != 0 && entry & RISCV_R == 0 => Entry::Reserved,
+                Some(size) if leaf && base & (size - 1) == 0 => Entry::Page { base, size },
+                // a misaligned superpage faults, as a pointer from the last level does
+                _ if leaf || level.is_last() => Entry::Reserved,
+                _ => Entry::Table(Gpa(base)),
+            }
+        }
+        _ => {
+            let table_or_page = entry & ARM_TABLE_OR_PAGE != 0;
+            match level.page_size() {
+                Some(size) if level.is_last() && table_or_page => {
+                    Entry::Page { base: entry & ARM_ADDRESS, size }
+                }
+                Some(size) if !level.is_last() && !table_or_page => {
+                    Entry::Page { base: entry & ARM_ADDRESS & !(size - 1), size }
+                }
+                _ if !level.is_last() && table_or_page => Entry::Table(Gpa(entry & ARM_ADDRESS)),
+                _ => Entry::Reserved,
+            }
+        }
     }
 }
 
-/// An x86_64 vCPU's paging: the mode, the root table CR3 points to and whether no-execute is on.
+/// A vCPU's paging: the mode, the root table and (x86_64) whether no-execute is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct X86Paging {
+pub struct Paging {
     mode: PagingMode,
     root: Gpa,
     no_execute_enabled: bool,
 }
 
-impl X86Paging {
-    /// Paging with the root table at `root` (bits 11..0 and 63..52 are dropped) and bit 63 of
-    /// entries meaning no-execute when `no_execute_enabled` (EFER.NXE).
+impl Paging {
+    /// Paging with the root table at `root` (the bits below the page and above what the format
+    /// addresses are dropped: x86_64 keeps 51..12, RISC-V 55..12, AArch64 47..12) and, for
+    /// x86_64, bit 63 of entries meaning no-execute when `no_execute_enabled` (EFER.NXE; the
+    /// other formats ignore it).
     pub fn new(mode: PagingMode, root: Gpa, no_execute_enabled: bool) -> Self {
-        Self { mode, root: Gpa(root.0 & CR3_ROOT), no_execute_enabled }
+        Self { mode, root: Gpa(root.0 & mode.root_mask()), no_execute_enabled }
+    }
+
+    /// The paging a RISC-V hart's `satp` selects: its mode (bits 63..60: 8 Sv39, 9 Sv48, 10
+    /// Sv57) and root page number (bits 43..0).
+    ///
+    /// # Errors
+    ///
+    /// [`PagingError::SatpMode`] for Bare (0) and the reserved modes.
+    pub fn from_satp(satp: u64) -> Result<Self, PagingError> {
+        let mode = match satp >> SATP_MODE_SHIFT {
+            8 => PagingMode::Sv39,
+            9 => PagingMode::Sv48,
+            10 => PagingMode::Sv57,
+            mode => return Err(PagingError::SatpMode { satp, mode }),
+        };
+        Ok(Self::new(mode, Gpa((satp & SATP_PPN) << 12), true))
+    }
+
+    /// The paging of a vCPU of architecture `arch` from the registers QEMU reports: x86_64 as
+    /// [`from_vcpu`](Self::from_vcpu), riscv64 from `satp` as [`from_satp`](Self::from_satp).
+    ///
+    /// # Errors
+    ///
+    /// As those two; [`PagingError::NoRoot`] for aarch64 (QEMU's monitor prints no TTBR) and
+    /// other architectures.
+    pub fn of_vcpu(arch: &str, registers: &VcpuRegisters) -> Result<Self, PagingError> {
+        match arch {
+            "x86_64" => Self::from_vcpu(registers),
+            "riscv64" => {
+                Self::from_satp(registers.get("satp").ok_or(PagingError::MissingRegister { name: "satp" })?)
+            }
+            "aarch64" => Err(PagingError::NoRoot { arch: "aarch64", registers: "TTBR0_EL1, TTBR1_EL1" }),
+            _ => Err(PagingError::NoRoot { arch: "this architecture's", registers: "no page-table walker" }),
+        }
     }
 
     /// The paging a vCPU with these control registers uses: 5-level when CR4.LA57 (bit 12) is
@@ -475,7 +699,7 @@ impl X86Paging {
         self.root
     }
 
-    /// Whether bit 63 of an entry forbids instruction fetches (EFER.NXE).
+    /// Whether bit 63 of an entry forbids instruction fetches (x86_64 EFER.NXE).
     pub fn no_execute_enabled(&self) -> bool {
         self.no_execute_enabled
     }
@@ -506,8 +730,10 @@ impl X86Paging {
             if entry & PRESENT == 0 {
                 return Err(PagingError::NotMapped { va, level });
             }
-            access = access.and(entry, self.no_execute_enabled);
-            match decode(level, entry) {
+            let decoded = decode(self.mode, level, entry);
+            access =
+                access.and(self.mode, entry, matches!(decoded, Entry::Page { .. }), self.no_execute_enabled);
+            match decoded {
                 Entry::Table(next) => table = next,
                 Entry::Page { base, size } => {
                     return Ok(Translation {
@@ -519,10 +745,12 @@ impl X86Paging {
                     })
                 }
                 Entry::ReservedPageSize => return Err(PagingError::ReservedPageSize { va, level }),
+                Entry::Reserved => return Err(PagingError::Reserved { va, level }),
             }
         }
-        // Only reached if the last level could point to a table, which a PT entry never does.
-        Err(PagingError::NotMapped { va, level: Level::Pt })
+        // Only reached if the last level could point to a table, which no format's does.
+        let level = self.mode.levels().last().copied().unwrap_or(Level::Pt);
+        Err(PagingError::NotMapped { va, level })
     }
 
     /// Fills `buf` with the bytes at virtual address `va`, translating once per page, so that
@@ -634,10 +862,10 @@ enum Step {
     Done,
 }
 
-/// The iterator of [`X86Paging::mappings`]: a depth-first walk of the tables over the range,
+/// The iterator of [`Paging::mappings`]: a depth-first walk of the tables over the range,
 /// one frame per level, with a cap on entries read and items yielded.
 pub struct Mappings<'a, M: ?Sized> {
-    paging: X86Paging,
+    paging: Paging,
     memory: &'a M,
     limits: Limits,
     /// Offsets of the first and last address of the range, or `None` when it is empty.
@@ -658,7 +886,7 @@ pub struct Mappings<'a, M: ?Sized> {
 }
 
 impl<'a, M: GuestMemory + ?Sized> Mappings<'a, M> {
-    fn new(paging: X86Paging, memory: &'a M, span: Option<(u64, u64)>, limits: Limits) -> Self {
+    fn new(paging: Paging, memory: &'a M, span: Option<(u64, u64)>, limits: Limits) -> Self {
         let frames = paging
             .mode
             .levels()
@@ -711,9 +939,16 @@ impl<'a, M: GuestMemory + ?Sized> Mappings<'a, M> {
         if entry & PRESENT == 0 {
             return Step::Continue;
         }
-        let access = frame.access.and(entry, self.paging.no_execute_enabled);
-        let va = self.paging.mode.sign_extend(offset);
-        match decode(level, entry) {
+        let mode = self.paging.mode;
+        let decoded = decode(mode, level, entry);
+        let access = frame.access.and(
+            mode,
+            entry,
+            matches!(decoded, Entry::Page { .. }),
+            self.paging.no_execute_enabled,
+        );
+        let va = mode.sign_extend(offset);
+        match decoded {
             Entry::Table(table) => self.descend(self.depth, table, offset, access),
             Entry::Page { base, size } => Step::Page(Mapping {
                 va,
@@ -725,6 +960,7 @@ impl<'a, M: GuestMemory + ?Sized> Mappings<'a, M> {
                 executable: access.executable,
             }),
             Entry::ReservedPageSize => Step::Error(PagingError::ReservedPageSize { va, level }),
+            Entry::Reserved => Step::Error(PagingError::Reserved { va, level }),
         }
     }
 
@@ -787,7 +1023,11 @@ impl<'a, M: GuestMemory + ?Sized> Mappings<'a, M> {
         if self.yielded >= self.limits.max_mappings {
             let resume_at = match &item {
                 Ok(mapping) => mapping.va,
-                Err(PagingError::Table { va, .. } | PagingError::ReservedPageSize { va, .. }) => *va,
+                Err(
+                    PagingError::Table { va, .. }
+                    | PagingError::ReservedPageSize { va, .. }
+                    | PagingError::Reserved { va, .. },
+                ) => *va,
                 Err(_) => self.span.map_or(0, |(first, _)| self.paging.mode.sign_extend(first)),
             };
             (self.finished, self.pending, self.queued) = (true, None, None);
@@ -895,12 +1135,12 @@ mod tests {
         }
     }
 
-    fn four_level(root: u64) -> X86Paging {
-        X86Paging::new(PagingMode::FourLevel, Gpa(root), true)
+    fn four_level(root: u64) -> Paging {
+        Paging::new(PagingMode::FourLevel, Gpa(root), true)
     }
 
     fn all(
-        paging: &X86Paging,
+        paging: &Paging,
         tables: &Tables,
         range: impl RangeBounds<u64>,
         limits: Limits,
@@ -965,7 +1205,7 @@ mod tests {
         let mut tables = Tables::four_level();
         tables.set(PML5, 1, PML4 | P | W | U);
         tables.set(PML5, 256, PML4 | P | W);
-        let paging = X86Paging::from_registers(CR0_PG, PML5, CR4_PAE | CR4_LA57, EFER_LMA).unwrap();
+        let paging = Paging::from_registers(CR0_PG, PML5, CR4_PAE | CR4_LA57, EFER_LMA).unwrap();
         assert_eq!(paging.mode(), PagingMode::FiveLevel);
         let memory = tables.memory();
         assert_eq!(paging.translate(&memory, (1 << 48) | 0x1234).unwrap().gpa, Gpa(0x8234));
@@ -991,8 +1231,7 @@ mod tests {
             let index = if table == PML4 { 3 } else { 0 };
             tables.set(table, index, target | bits[level]);
         }
-        X86Paging::new(PagingMode::FourLevel, Gpa(PML4), no_execute_enabled)
-            .translate(&tables.memory(), 3 << 39)
+        Paging::new(PagingMode::FourLevel, Gpa(PML4), no_execute_enabled).translate(&tables.memory(), 3 << 39)
     }
 
     #[test]
@@ -1080,7 +1319,7 @@ mod tests {
             four_level(PML4).translate(&memory, 4 << 39),
             Err(PagingError::ReservedPageSize { level: Level::Pml4, .. })
         ));
-        let five = X86Paging::new(PagingMode::FiveLevel, Gpa(PML5), true);
+        let five = Paging::new(PagingMode::FiveLevel, Gpa(PML5), true);
         assert!(matches!(
             five.translate(&memory, 2 << 48),
             Err(PagingError::ReservedPageSize { level: Level::Pml5, .. })
@@ -1097,7 +1336,7 @@ mod tests {
                 "{va:#x}"
             );
         }
-        let five = X86Paging::new(PagingMode::FiveLevel, Gpa(PML5), true);
+        let five = Paging::new(PagingMode::FiveLevel, Gpa(PML5), true);
         assert!(matches!(five.translate(&memory, 1 << 47), Err(PagingError::NotMapped { .. })));
         assert!(matches!(five.translate(&memory, 1 << 56), Err(PagingError::NonCanonical { .. })));
         let mut buf = [0u8; 16];
@@ -1111,33 +1350,27 @@ mod tests {
     fn control_registers_choose_mode_root_and_no_execute() {
         let (pg, pae, lma) = (CR0_PG | 1, CR4_PAE, EFER_LMA | (1 << 8));
         let cr3 = (1 << 63) | (1 << 62) | (0xfff << 52) | 0x1234_5000 | 0xabc;
-        let paging = X86Paging::from_registers(pg, cr3, pae, lma).unwrap();
-        assert_eq!(paging, X86Paging::new(PagingMode::FourLevel, Gpa(0x1234_5000), false));
+        let paging = Paging::from_registers(pg, cr3, pae, lma).unwrap();
+        assert_eq!(paging, Paging::new(PagingMode::FourLevel, Gpa(0x1234_5000), false));
         assert_eq!(paging.root(), Gpa(0x1234_5000), "PCID and bits 63..52 dropped");
-        assert!(X86Paging::from_registers(pg, cr3, pae, lma | EFER_NXE).unwrap().no_execute_enabled());
-        assert!(matches!(
-            X86Paging::from_registers(1, cr3, pae, lma),
-            Err(PagingError::PagingOff { cr0: 1 })
-        ));
-        assert!(matches!(X86Paging::from_registers(pg, cr3, pae, 0), Err(PagingError::NotLongMode { .. })));
-        assert!(matches!(X86Paging::from_registers(pg, cr3, 0, lma), Err(PagingError::PaeOff { .. })));
+        assert!(Paging::from_registers(pg, cr3, pae, lma | EFER_NXE).unwrap().no_execute_enabled());
+        assert!(matches!(Paging::from_registers(1, cr3, pae, lma), Err(PagingError::PagingOff { cr0: 1 })));
+        assert!(matches!(Paging::from_registers(pg, cr3, pae, 0), Err(PagingError::NotLongMode { .. })));
+        assert!(matches!(Paging::from_registers(pg, cr3, 0, lma), Err(PagingError::PaeOff { .. })));
         assert_eq!(
-            X86Paging::from_registers(pg, cr3, 0, 0x500).unwrap_err().to_string(),
+            Paging::from_registers(pg, cr3, 0, 0x500).unwrap_err().to_string(),
             "long mode without PAE (CR4 0x0 has PAE clear)"
         );
         let vcpus = crate::guest::parse_info_registers(
             "CPU#0\nRIP=ffffffff81000010\nCR0=80050033 CR2=0 CR3=0000000001a0e000 CR4=003516f0\n\
              EFER=0000000000000d01\nCPU#1\nCR0=80050033 CR3=0 CR4=20\n",
         );
-        let paging = X86Paging::from_vcpu(&vcpus[0]).unwrap();
+        let paging = Paging::from_vcpu(&vcpus[0]).unwrap();
         assert_eq!(
             (paging.mode(), paging.root(), paging.no_execute_enabled()),
             (PagingMode::FiveLevel, Gpa(0x1a0_e000), true)
         );
-        assert!(matches!(
-            X86Paging::from_vcpu(&vcpus[1]),
-            Err(PagingError::MissingRegister { name: "EFER" })
-        ));
+        assert!(matches!(Paging::from_vcpu(&vcpus[1]), Err(PagingError::MissingRegister { name: "EFER" })));
     }
 
     #[test]
@@ -1352,5 +1585,148 @@ mod tests {
         // a small cap stops early
         let few = all(&paging, &tables, .., Limits { max_entries_read: 3000, ..limits });
         assert_eq!(few.len(), 2 + 1, "PML4 (512) + PDPT (512) + PD (512) + 2 PTs = 2560 of 3000");
+    }
+
+    /// A RISC-V PTE for physical address `pa` with `flags` (V added).
+    fn riscv(pa: u64, flags: u64) -> u64 {
+        (pa >> 12) << RISCV_PPN_SHIFT | flags | 1
+    }
+
+    #[test]
+    fn riscv_sv39_pages_at_every_level_with_the_leafs_own_permissions() {
+        const R: u64 = RISCV_R;
+        const RW: u64 = RISCV_R | RISCV_W;
+        let mut tables = Tables::empty();
+        // root (level 2) at PML4's page, level 1 at PDPT's, level 0 at PD's
+        tables.set(PML4, 0, riscv(PDPT, 0));
+        tables.set(PDPT, 0, riscv(PD, 0));
+        tables.set(PD, 1, riscv(0x8000, RW | RISCV_X | RISCV_U));
+        tables.set(PD, 2, riscv(PT, 0)); // a pointer from the last level
+        tables.set(PML4, 1, riscv(PAGE_1G, RW)); // a gigapage
+        tables.set(PDPT, 1, riscv(PAGE_2M, R | RISCV_X)); // a megapage
+        tables.set(PML4, 2, riscv(PAGE_2M, R)); // a gigapage at a 2 MiB address: misaligned
+        tables.set(PML4, 3, riscv(0x9000, RISCV_W)); // write without read
+        tables.set(PML4, 256, riscv(PDPT, 0)); // the upper half
+        let paging = Paging::from_satp(8 << 60 | PML4 >> 12).unwrap();
+        assert_eq!((paging.mode(), paging.root()), (PagingMode::Sv39, Gpa(PML4)));
+        let memory = tables.memory();
+        let page = paging.translate(&memory, 0x1234).unwrap();
+        assert_eq!(
+            (page.gpa, page.page_size, page.writable, page.user, page.executable),
+            (Gpa(0x8234), PAGE_4K, true, true, true)
+        );
+        let giga = paging.translate(&memory, PAGE_1G + 0x12_3456).unwrap();
+        assert_eq!(
+            (giga.gpa, giga.page_size, giga.writable, giga.user, giga.executable),
+            (Gpa(PAGE_1G + 0x12_3456), PAGE_1G, true, false, false)
+        );
+        let mega = paging.translate(&memory, PAGE_2M + 0x1234).unwrap();
+        assert_eq!(
+            (mega.gpa, mega.page_size, mega.writable, mega.executable),
+            (Gpa(PAGE_2M + 0x1234), PAGE_2M, false, true)
+        );
+        for (va, level) in
+            [(2 * PAGE_1G, Level::Riscv(2)), (3 * PAGE_1G, Level::Riscv(2)), (0x2000, Level::Riscv(0))]
+        {
+            assert!(
+                matches!(paging.translate(&memory, va), Err(PagingError::Reserved { level: found, .. }) if found == level),
+                "{va:#x}"
+            );
+        }
+        assert!(matches!(
+            paging.translate(&memory, 0x3000),
+            Err(PagingError::NotMapped { level: Level::Riscv(0), .. })
+        ));
+        // 39 bits: bit 38 set is the upper half, sign-extended
+        assert!(matches!(paging.translate(&memory, 1 << 38), Err(PagingError::NonCanonical { .. })));
+        assert_eq!(paging.translate(&memory, 0xffff_ffc0_0000_1234).unwrap().gpa, Gpa(0x8234));
+        // the enumeration agrees, with the bad entries as errors
+        let items = all(&paging, &tables, .., Limits::default());
+        let pages: Vec<(u64, u64, u64)> = items
+            .iter()
+            .filter_map(|item| item.as_ref().ok())
+            .map(|m| (m.va, m.gpa.0, m.page_size))
+            .collect();
+        assert_eq!(
+            pages,
+            [
+                (0x1000, 0x8000, PAGE_4K),
+                (PAGE_2M, PAGE_2M, PAGE_2M),
+                (PAGE_1G, PAGE_1G, PAGE_1G),
+                (0xffff_ffc0_0000_1000, 0x8000, PAGE_4K),
+                (0xffff_ffc0_0020_0000, PAGE_2M, PAGE_2M)
+            ]
+        );
+        assert_eq!(items.iter().filter(|item| matches!(item, Err(PagingError::Reserved { .. }))).count(), 4);
+    }
+
+    #[test]
+    fn satp_modes_and_levels() {
+        assert!(matches!(Paging::from_satp(0x80010), Err(PagingError::SatpMode { mode: 0, .. })));
+        assert!(matches!(Paging::from_satp(15 << 60), Err(PagingError::SatpMode { mode: 15, .. })));
+        assert_eq!(Paging::from_satp(9 << 60).unwrap().mode().levels().len(), 4);
+        let sv57 = Paging::from_satp(10 << 60 | 0xfff_ffff_ffff).unwrap();
+        assert_eq!((sv57.mode().levels().len(), sv57.root()), (5, Gpa(0xfff_ffff_ffff << 12)));
+        assert_eq!(Level::Riscv(4).page_size(), Some(1 << 48));
+    }
+
+    #[test]
+    fn aarch64_4k_granule_tables_blocks_and_hierarchical_permissions() {
+        const VALID: u64 = 1;
+        const TABLE: u64 = 0b11;
+        const PAGE: u64 = 0b11;
+        const BLOCK: u64 = 0b01;
+        let mut tables = Tables::empty();
+        tables.set(PML4, 0, PDPT | TABLE); // level 0 -> level 1
+        tables.set(PDPT, 0, PD | TABLE); // level 1 -> level 2
+        tables.set(PD, 0, PT | TABLE); // level 2 -> level 3
+        tables.set(PT, 1, 0x8000 | PAGE | ARM_EL0); // EL0 read/write, executable at EL0
+        tables.set(PT, 2, 0x9000 | BLOCK); // level 3 reserved encoding
+        tables.set(PDPT, 1, PAGE_1G | BLOCK | ARM_READ_ONLY | ARM_UXN); // kernel, read-only, executable at EL1
+        tables.set(PD, 1, PAGE_2M | BLOCK | ARM_PXN); // kernel, not executable
+        tables.set(PML4, 1, PAGE_1G | BLOCK); // a level-0 block: reserved
+        tables.set(PML4, 2, PML5 | TABLE | ARM_TABLE_READ_ONLY | ARM_TABLE_NO_EL0);
+        tables.set(PML5, 0, PAGE_1G | BLOCK | ARM_EL0 | VALID);
+        let paging = Paging::new(PagingMode::Arm48, Gpa(PML4 | 1), true);
+        assert_eq!(paging.root(), Gpa(PML4), "CnP is no address");
+        let memory = tables.memory();
+        let page = paging.translate(&memory, 0x1234).unwrap();
+        assert_eq!(
+            (page.gpa, page.page_size, page.writable, page.user, page.executable),
+            (Gpa(0x8234), PAGE_4K, true, true, true)
+        );
+        let block = paging.translate(&memory, PAGE_1G + 0x10).unwrap();
+        assert_eq!(
+            (block.gpa, block.page_size, block.writable, block.user, block.executable),
+            (Gpa(PAGE_1G + 0x10), PAGE_1G, false, false, true)
+        );
+        let no_exec = paging.translate(&memory, PAGE_2M + 0x10).unwrap();
+        assert_eq!((no_exec.page_size, no_exec.executable), (PAGE_2M, false));
+        // the table above limits the block below it: no writes, no EL0
+        let limited = paging.translate(&memory, (2 << 39) + 0x10).unwrap();
+        assert_eq!((limited.gpa, limited.writable, limited.user), (Gpa(PAGE_1G + 0x10), false, false));
+        assert!(matches!(
+            paging.translate(&memory, 0x2000),
+            Err(PagingError::Reserved { level: Level::Arm(3), .. })
+        ));
+        assert!(matches!(
+            paging.translate(&memory, 1 << 39),
+            Err(PagingError::Reserved { level: Level::Arm(0), .. })
+        ));
+        assert!(matches!(
+            paging.translate(&memory, 0x3000),
+            Err(PagingError::NotMapped { level: Level::Arm(3), .. })
+        ));
+        assert!(matches!(paging.translate(&memory, 1 << 48), Err(PagingError::NonCanonical { .. })));
+        let pages: Vec<u64> = all(&paging, &tables, ..(3 << 39), Limits::default())
+            .into_iter()
+            .filter_map(|item| item.ok())
+            .map(|m| m.va)
+            .collect();
+        assert_eq!(pages, [0x1000, PAGE_2M, PAGE_1G, 2 << 39]);
+        assert!(matches!(
+            Paging::of_vcpu("aarch64", &VcpuRegisters::default()),
+            Err(PagingError::NoRoot { .. })
+        ));
     }
 }

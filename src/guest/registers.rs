@@ -76,8 +76,21 @@ fn register_values(block: &str) -> Vec<(String, u64)> {
             }
             continue;
         }
-        // QEMU pads short names before the `=` (`R8 =0000000000022e80`): join them first
         let words: Vec<&str> = line.split_whitespace().collect();
+        if !line.contains('=') {
+            // RISC-V prints `name value` pairs (`pc       0000000080000000`, `x2/sp    ...`): the
+            // architectural name, before the ABI name
+            for pair in words.chunks_exact(2) {
+                let name = pair[0].split('/').next().unwrap_or("");
+                let is_name = name.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if let (true, Ok(value)) = (is_name, u64::from_str_radix(pair[1], 16)) {
+                    values.push((name.to_string(), value));
+                }
+            }
+            continue;
+        }
+        // QEMU pads short names before the `=` (`R8 =0000000000022e80`): join them first
         let mut index = 0;
         while index < words.len() {
             let (word, next) = (words[index], words.get(index + 1));
@@ -298,6 +311,22 @@ mod tests {
         let second = &notes[356 + 20..356 + 20 + 336];
         assert_eq!(u64::from_le_bytes(second[112 + 16 * 8..120 + 16 * 8].try_into().unwrap()), 0xfff0);
         assert_eq!(u32::from_le_bytes(second[32..36].try_into().unwrap()), 2, "pr_pid");
+    }
+
+    #[test]
+    fn riscv_registers_are_name_value_pairs() {
+        let text = "CPU#0\n V      =   0\n pc       0000000080000010\n mstatus  0000000a00000000\n \
+                    satp     8000000000080010\n x0/zero  0000000000000000 x1/ra    0000000000000001 \
+                    x2/sp    0000000080001000\n f0/ft0   0000000000000000\n";
+        let vcpus = parse_info_registers(text);
+        assert_eq!(vcpus.len(), 1);
+        let get = |name| vcpus[0].get(name);
+        assert_eq!(
+            (get("pc"), get("satp"), get("x1"), get("x2")),
+            (Some(0x8000_0010), Some(0x8000_0000_0008_0010), Some(1), Some(0x8000_1000))
+        );
+        assert_eq!(get("mstatus"), Some(0xa_0000_0000));
+        assert!(vcpus[0].values().iter().all(|(name, _)| name != "V" && !name.contains('/')));
     }
 
     #[test]

@@ -16,14 +16,14 @@
 use std::fmt::Write as _;
 
 use super::memory::{Gpa, GuestMemory};
-use super::paging::{offset_of_va, va_of_offset, Limits, Mapping, PagingError, X86Paging, PAGE_4K};
+use super::paging::{offset_of_va, va_of_offset, Limits, Mapping, Paging, PagingError, PagingMode, PAGE_4K};
 use super::registers::VcpuRegisters;
 
 /// Why a vCPU's page tables cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuPagingError {
-    /// Only x86_64 guests are translated.
-    #[error("virtual addresses are translated for x86_64 guests only, not {arch}")]
+    /// Only x86_64, riscv64 and aarch64 guests are translated.
+    #[error("virtual addresses are translated for x86_64, riscv64 and aarch64 guests, not {arch}")]
     Architecture {
         /// The guest's architecture, as QEMU names it.
         arch: String,
@@ -48,33 +48,41 @@ pub enum VcpuPagingError {
 }
 
 /// How vCPU `cpu` of a guest of architecture `arch` translates addresses, from every vCPU's
-/// registers (as [`vcpu_registers`](super::registers::vcpu_registers) gives them); with `root`,
-/// the tables at that guest-physical address in the vCPU's mode instead of its CR3.
+/// registers (as [`vcpu_registers`](super::registers::vcpu_registers) gives them): x86_64 from
+/// CR0, CR3, CR4 and EFER, riscv64 from `satp`. With `root`, the tables at that guest-physical
+/// address in the vCPU's mode instead of its CR3 or satp; aarch64 needs one (QEMU's monitor
+/// prints no TTBR: give TTBR0_EL1's table for the lower half, TTBR1_EL1's for the upper), and
+/// is walked with the 4 KiB granule and 48-bit addresses.
 ///
 /// # Errors
 ///
-/// A guest that is not x86_64, a vCPU that does not exist, a vCPU not in long mode.
+/// Another architecture, a vCPU that does not exist, a vCPU whose registers select no paging
+/// (not in long mode, satp Bare), an aarch64 vCPU without `root`.
 pub fn vcpu_paging(
     arch: &str,
     vcpus: &[VcpuRegisters],
     cpu: usize,
     root: Option<Gpa>,
-) -> Result<X86Paging, VcpuPagingError> {
-    if arch != "x86_64" {
+) -> Result<Paging, VcpuPagingError> {
+    if !["x86_64", "riscv64", "aarch64"].contains(&arch) {
         return Err(VcpuPagingError::Architecture { arch: arch.to_string() });
     }
     let registers = vcpus.get(cpu).ok_or(VcpuPagingError::NoSuchVcpu { cpu, count: vcpus.len() })?;
-    let paging = X86Paging::from_vcpu(registers).map_err(|source| VcpuPagingError::Paging { cpu, source })?;
-    Ok(match root {
-        Some(root) => X86Paging::new(paging.mode(), root, paging.no_execute_enabled()),
-        None => paging,
-    })
+    match (Paging::of_vcpu(arch, registers), root) {
+        (Ok(paging), Some(root)) => Ok(Paging::new(paging.mode(), root, paging.no_execute_enabled())),
+        (Ok(paging), None) => Ok(paging),
+        (Err(PagingError::NoRoot { .. }), Some(root)) if arch == "aarch64" => {
+            Ok(Paging::new(PagingMode::Arm48, root, true))
+        }
+        (Err(source), _) => Err(VcpuPagingError::Paging { cpu, source }),
+    }
 }
 
 /// A vCPU's registers as JSON: `cpu`, `arch`, every register QEMU printed as a hex string
-/// (`"RIP": "0xffffffff81000010"`: JSON numbers lose 64-bit values in most readers) and, for
-/// x86_64, the paging the control registers select (`paging`: mode, root, no-execute) or why
-/// there is none (`paging_error`).
+/// (`"RIP": "0xffffffff81000010"`: JSON numbers lose 64-bit values in most readers) and the
+/// paging the registers select (`paging`: mode, root, no-execute, address bits; x86_64 from
+/// CR0/CR3/CR4/EFER, riscv64 from satp) or why there is none (`paging_error`: aarch64 always,
+/// QEMU's monitor printing no TTBR).
 pub fn registers_json(arch: &str, cpu: usize, registers: &VcpuRegisters) -> serde_json::Value {
     let values: serde_json::Map<String, serde_json::Value> = registers
         .values()
@@ -82,18 +90,16 @@ pub fn registers_json(arch: &str, cpu: usize, registers: &VcpuRegisters) -> serd
         .map(|(name, value)| (name.clone(), serde_json::Value::String(format!("{value:#x}"))))
         .collect();
     let mut json = serde_json::json!({ "cpu": cpu, "arch": arch, "registers": values });
-    if arch == "x86_64" {
-        match X86Paging::from_vcpu(registers) {
-            Ok(paging) => {
-                json["paging"] = serde_json::json!({
-                    "mode": paging.mode().to_string(),
-                    "root": format!("{:#x}", paging.root().0),
-                    "no_execute": paging.no_execute_enabled(),
-                    "address_bits": paging.mode().address_bits(),
-                });
-            }
-            Err(err) => json["paging_error"] = serde_json::Value::String(crate::error::chain(&err)),
+    match Paging::of_vcpu(arch, registers) {
+        Ok(paging) => {
+            json["paging"] = serde_json::json!({
+                "mode": paging.mode().to_string(),
+                "root": format!("{:#x}", paging.root().0),
+                "no_execute": paging.no_execute_enabled(),
+                "address_bits": paging.mode().address_bits(),
+            });
         }
+        Err(err) => json["paging_error"] = serde_json::Value::String(crate::error::chain(&err)),
     }
     json
 }
@@ -109,7 +115,7 @@ pub fn registers_json(arch: &str, cpu: usize, registers: &VcpuRegisters) -> serd
 /// (4K, 2M, 1G), read/write/execute as the entries allow, and whether user mode may access it.
 /// A table that is not RAM, or an entry with a reserved bit, is a line `error: ...`; an
 /// enumeration stopped by `limits` ends with one.
-pub fn mappings_text<M: GuestMemory + ?Sized>(paging: &X86Paging, memory: &M, limits: Limits) -> String {
+pub fn mappings_text<M: GuestMemory + ?Sized>(paging: &Paging, memory: &M, limits: Limits) -> String {
     let mut text = String::new();
     for item in paging.mappings(memory, .., limits) {
         match item {
@@ -145,23 +151,23 @@ fn page_size_name(size: u64) -> String {
 /// A vCPU's virtual address space as a sparse file (see the module's docs for the offsets).
 #[derive(Debug, Clone, Copy)]
 pub struct VirtualSpace {
-    paging: X86Paging,
+    paging: Paging,
     limits: Limits,
 }
 
 impl VirtualSpace {
     /// The space `paging` translates, with [`Limits::default`] on each seek's walk.
-    pub fn new(paging: X86Paging) -> Self {
+    pub fn new(paging: Paging) -> Self {
         Self { paging, limits: Limits::default() }
     }
 
     /// The same, with other limits on each seek's walk.
-    pub fn with_limits(paging: X86Paging, limits: Limits) -> Self {
+    pub fn with_limits(paging: Paging, limits: Limits) -> Self {
         Self { paging, limits }
     }
 
     /// The paging it translates with.
-    pub fn paging(&self) -> &X86Paging {
+    pub fn paging(&self) -> &Paging {
         &self.paging
     }
 
@@ -248,7 +254,6 @@ impl VirtualSpace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest::paging::PagingMode;
     use crate::guest::FrozenMemory;
     use crate::ram::GuestLayout;
 
@@ -275,7 +280,7 @@ mod tests {
     }
 
     fn space() -> VirtualSpace {
-        VirtualSpace::new(X86Paging::new(PagingMode::FourLevel, Gpa(0x1000), true))
+        VirtualSpace::new(Paging::new(PagingMode::FourLevel, Gpa(0x1000), true))
     }
 
     #[test]
@@ -333,8 +338,7 @@ mod tests {
         let layout = GuestLayout::identity(ram.len() as u64);
         let memory = FrozenMemory::new(&ram, &layout);
         let limits = Limits { max_entries_read: 1, max_mappings: 1 };
-        let space =
-            VirtualSpace::with_limits(X86Paging::new(PagingMode::FourLevel, Gpa(0x1000), true), limits);
+        let space = VirtualSpace::with_limits(Paging::new(PagingMode::FourLevel, Gpa(0x1000), true), limits);
         let data = space.seek_data(&memory, 0x10).unwrap();
         assert!(data >= 0x10);
         let hole = space.seek_hole(&memory, data).unwrap();
@@ -358,7 +362,7 @@ mod tests {
             ]
         );
         // a root outside RAM is an error line, not a panic
-        let outside = X86Paging::new(PagingMode::FourLevel, Gpa(0x1000_0000), true);
+        let outside = Paging::new(PagingMode::FourLevel, Gpa(0x1000_0000), true);
         let text = mappings_text(&outside, &memory, Limits::default());
         assert!(text.starts_with("error: cannot read the PML4 entry"), "{text}");
     }
@@ -375,7 +379,18 @@ mod tests {
             vcpu_paging("x86_64", &vcpus, 1, None),
             Err(VcpuPagingError::NoSuchVcpu { cpu: 1, count: 1 })
         ));
-        assert!(matches!(vcpu_paging("aarch64", &vcpus, 0, None), Err(VcpuPagingError::Architecture { .. })));
+        assert!(matches!(vcpu_paging("sparc64", &vcpus, 0, None), Err(VcpuPagingError::Architecture { .. })));
+        // aarch64: QEMU says nothing of TTBRs, so a root must be given
+        assert!(matches!(
+            vcpu_paging("aarch64", &vcpus, 0, None),
+            Err(VcpuPagingError::Paging { source: PagingError::NoRoot { .. }, .. })
+        ));
+        let arm = vcpu_paging("aarch64", &vcpus, 0, Some(Gpa(0x4000_1000))).unwrap();
+        assert_eq!((arm.mode(), arm.root()), (PagingMode::Arm48, Gpa(0x4000_1000)));
+        let riscv = crate::guest::parse_info_registers("CPU#0\n satp     9000000000080010\n");
+        let sv48 = vcpu_paging("riscv64", &riscv, 0, None).unwrap();
+        assert_eq!((sv48.mode(), sv48.root()), (PagingMode::Sv48, Gpa(0x8001_0000)));
+        assert_eq!(registers_json("riscv64", 0, &riscv[0])["paging"]["mode"], "Sv48");
         let json = registers_json("x86_64", 0, &vcpus[0]);
         assert_eq!(json["registers"]["CR3"], "0x1000");
         assert_eq!(json["paging"]["root"], "0x1000");

@@ -11,8 +11,8 @@
 //! /<vm>/map.png       picture of guest RAM: one pixel per page, by class, along a Hilbert curve
 //! /<vm>/vmcoreinfo    the guest kernel's vmcoreinfo text, found in its RAM (Linux guests)
 //! /<vm>/cpus/<n>/registers  vCPU n's registers now (JSON)
-//! /<vm>/cpus/<n>/mappings   every mapping of vCPU n's page tables now (x86_64)
-//! /<vm>/cpus/<n>/memory     vCPU n's virtual address space, sparse (x86_64)
+//! /<vm>/cpus/<n>/mappings   every mapping of vCPU n's page tables now (x86_64, riscv64)
+//! /<vm>/cpus/<n>/memory     vCPU n's virtual address space, sparse (x86_64, riscv64)
 //! ```
 
 use std::collections::HashMap;
@@ -121,9 +121,9 @@ impl VmFile {
 pub enum CpuFile {
     /// `registers`: JSON, as QEMU reports them now
     Registers = 1,
-    /// `mappings`: the page-table dump (x86_64)
+    /// `mappings`: the page-table dump (x86_64, riscv64)
     Mappings = 2,
-    /// `memory`: the virtual address space (x86_64)
+    /// `memory`: the virtual address space (x86_64, riscv64)
     Memory = 3,
 }
 
@@ -140,9 +140,10 @@ impl CpuFile {
         }
     }
 
-    /// Whether a guest of architecture `arch` has it: the page tables are walked for x86_64.
+    /// Whether a guest of architecture `arch` has it: the page tables are walked where the
+    /// registers say where they are (x86_64, riscv64; QEMU gives no TTBR of aarch64 vCPUs).
     fn exists_for(self, arch: &str) -> bool {
-        self == CpuFile::Registers || arch == "x86_64"
+        self == CpuFile::Registers || ["x86_64", "riscv64"].contains(&arch)
     }
 
     fn from_name(name: &OsStr) -> Option<Self> {
