@@ -251,15 +251,18 @@ pub struct ReadArgs {
     /// Write raw bytes to stdout instead of a hex dump
     #[arg(long)]
     pub raw: bool,
-    /// ADDR is a virtual address, translated by a vCPU's page tables as they are now (x86_64
-    /// guests in long mode; pause the VM for a translation that holds)
+    /// ADDR is a virtual address, translated by a vCPU's page tables as they are now (x86_64 in
+    /// long mode, riscv64 through satp, aarch64 with --root; pause the VM for a translation
+    /// that holds)
     #[arg(long = "virtual")]
     pub virtual_address: bool,
     /// With --virtual: the vCPU whose page tables translate
     #[arg(long, value_name = "N", default_value_t = 0, requires = "virtual_address")]
     pub cpu: usize,
     /// With --virtual: the page tables at this guest-physical address instead of the vCPU's
-    /// (CR3); the vCPU's CR4 and EFER still say 4 or 5 levels and whether NX is on
+    /// (CR3, satp's root); the vCPU's registers still say the mode (4 or 5 levels and NX,
+    /// Sv39/48/57). aarch64 needs it: TTBR0_EL1's table for the lower half, TTBR1_EL1's for the
+    /// upper (QEMU does not print them), walked with the 4 KiB granule and 48-bit addresses
     #[arg(long, value_name = "GPA", value_parser = parse_number, requires = "virtual_address")]
     pub root: Option<u64>,
     #[command(flatten)]
@@ -963,10 +966,7 @@ fn vcpu_paging(
     root: Option<u64>,
 ) -> Result<qemu_bridge::guest::Paging, Box<dyn std::error::Error + Send + Sync>> {
     use qemu_bridge::guest::{Gpa, VcpuPagingError};
-    let vcpus = match info.arch.as_str() {
-        "x86_64" => qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask))?,
-        _ => Vec::new(),
-    };
+    let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask))?;
     qemu_bridge::guest::vcpu_paging(&info.arch, &vcpus, cpu, root.map(Gpa)).map_err(|err| {
         let detail = match &err {
             VcpuPagingError::Paging { source, .. } => format!(": {source}"),

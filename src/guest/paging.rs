@@ -133,7 +133,10 @@ pub enum PagingMode {
     Sv48,
     /// RISC-V Sv57: 57-bit virtual addresses, five levels.
     Sv57,
-    /// AArch64 stage 1, 4 KiB granule, 48-bit virtual addresses (T0SZ/T1SZ 16), levels 0-3.
+    /// AArch64 stage 1, 4 KiB granule, 48-bit virtual addresses (T0SZ/T1SZ 16), levels 0-3,
+    /// from one table base: an address of either half is translated by its bits 47..0 (give
+    /// TTBR0_EL1's table for the lower half, TTBR1_EL1's for the upper). An enumeration of
+    /// mappings reports addresses sign-extended from bit 47, as the other formats do.
     Arm48,
 }
 
@@ -187,9 +190,13 @@ impl PagingMode {
     }
 
     /// Whether `va` is canonical: its bits above the significant ones all copy the highest
-    /// significant bit.
+    /// significant bit. AArch64 is the exception: bits 63..48 all zeros (TTBR0_EL1's half) or
+    /// all ones (TTBR1_EL1's), bits 47..0 indexing the tables of either.
     pub fn is_canonical(self, va: u64) -> bool {
-        self.sign_extend(va) == va
+        match self {
+            PagingMode::Arm48 => [0, 0xffff].contains(&(va >> 48)),
+            _ => self.sign_extend(va) == va,
+        }
     }
 
     /// `va` with its significant bits sign-extended to 64.
