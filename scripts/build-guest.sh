@@ -4,6 +4,7 @@
 #   - prints a marker line to the serial console: QEMU-BRIDGE-LINUX-MARKER:<boot id>
 #   - keeps that marker resident in guest memory (a file in the RAM-backed rootfs)
 #   - runs a small workload that keeps changing memory (a counter file rewritten 10 times a s)
+#   - loads qemu_fw_cfg, so that a VM with -device vmcoreinfo gets the kernel's vmcoreinfo
 # Output: OUTDIR/vmlinuz, OUTDIR/initrd.gz (default target/guest/linux). Cached: a second run
 # returns at once. Boot it with: qemu-bridge launch NAME --linux OUTDIR. The qemu-bridge binary
 # carries this script and runs it for `launch NAME --linux` with no directory (its cache).
@@ -11,7 +12,10 @@
 # --linux defaults to 128 MiB.
 set -euo pipefail
 out=$(realpath -m "${1:-$(dirname "$0")/../target/guest/linux}")
-if [[ -f $out/vmlinuz && -f $out/initrd.gz && -f $out/.complete ]]; then
+# the initramfs's version: a cache of an older one is built again
+initramfs_version=2
+if [[ -f $out/vmlinuz && -f $out/initrd.gz && -f $out/.complete ]] &&
+    grep -qx "initramfs $initramfs_version" "$out/.complete"; then
     echo "$out (cached)"
     exit 0
 fi
@@ -32,12 +36,15 @@ dpkg -x "$work"/busybox-static_*.deb "$work/busybox"
 root=$work/root
 mkdir -p "$root"/{bin,dev,proc,sys,tmp}
 cp "$work/busybox/bin/busybox" "$root/bin/busybox"
+# QEMU's fw_cfg driver (no dependencies): with -device vmcoreinfo it hands QEMU the vmcoreinfo note
+find "$work/kernel/lib/modules" -name 'qemu_fw_cfg.ko*' -exec cp {} "$root/" \;
 cat > "$root/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
+insmod /qemu_fw_cfg.ko 2>/dev/null
 marker="QEMU-BRIDGE-LINUX-MARKER:$(cat /proc/sys/kernel/random/boot_id)"
 echo "$marker" > /tmp/marker
 echo "$marker" > /dev/ttyS0
@@ -52,5 +59,5 @@ INIT
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) > "$out/initrd.gz"
 cp "$work"/kernel/boot/vmlinuz-* "$out/vmlinuz"
-echo "$kernel" > "$out/.complete"
+printf '%s\ninitramfs %s\n' "$kernel" "$initramfs_version" > "$out/.complete"
 echo "$out ($kernel)"

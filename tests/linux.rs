@@ -38,16 +38,18 @@ impl Drop for LinuxVm {
 }
 
 fn boot_linux(run_dir: &TestRunDir) -> LinuxVm {
-    boot_linux_with(run_dir, 128 << 20)
+    boot_linux_with(run_dir, 128 << 20, &[])
 }
 
-fn boot_linux_with(run_dir: &TestRunDir, memory: u64) -> LinuxVm {
+/// The guest with `memory` bytes of RAM and `extra` QEMU arguments.
+fn boot_linux_with(run_dir: &TestRunDir, memory: u64, extra: &[&str]) -> LinuxVm {
     let dir = guest_dir();
     let mut options = LaunchOptions::new(
         qemu_bridge::VmName::new(&common::unique_name("linux")).unwrap(),
         run_dir.run_dir.clone(),
     );
     options.memory = memory;
+    options.extra_args = extra.iter().map(|arg| arg.to_string()).collect();
     options.kernel = Some(dir.join("vmlinuz"));
     options.initrd = Some(dir.join("initrd.gz"));
     options.append = Some("console=ttyS0 quiet".into());
@@ -271,7 +273,7 @@ fn test_volatility_reads_core_and_physical() {
     require_qemu();
     common::require_program("vol");
     let run_dir = TestRunDir::new();
-    let linux = boot_linux_with(&run_dir, 3 << 30);
+    let linux = boot_linux_with(&run_dir, 3 << 30, &[]);
     let name = linux.launched.name().to_string();
     Vm::existing(&run_dir.run_dir, &name).unwrap().with_qmp(|qmp| qmp.stop()).unwrap();
     let mount = TestMount::new(&run_dir, &[]);
@@ -768,4 +770,37 @@ fn test_crash_and_drgn_read_the_core_with_debug_symbols() {
         "{:?}",
         String::from_utf8_lossy(&output.stdout)
     );
+}
+
+/// With `-device vmcoreinfo` and a guest that loads `qemu_fw_cfg`, the kernel hands QEMU its
+/// vmcoreinfo note and QEMU's own dump carries it: our core's note (found in guest memory, not
+/// asked of QEMU) holds the same text.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_vmcoreinfo_note_equals_qemus_with_device_vmcoreinfo() {
+    require_qemu();
+    common::require_fuse();
+    let run_dir = TestRunDir::new();
+    let linux = boot_linux_with(&run_dir, 128 << 20, &["-device", "vmcoreinfo"]);
+    let name = linux.launched.name().to_string();
+    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
+    vm.with_qmp(|qmp| qmp.stop()).unwrap();
+    let dump = run_dir.qemu_output("vmcoreinfo.core");
+    vm.with_qmp(|qmp| {
+        qmp.execute(
+            "dump-guest-memory",
+            Some(serde_json::json!({"paging": false, "protocol": format!("file:{}", dump.display())})),
+        )
+    })
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || std::fs::metadata(&dump).is_ok_and(|m| m.len() > 128 << 20))
+    );
+    let qemus = common::elf_notes(&dump, b"VMCOREINFO", 0);
+    assert_eq!(qemus.len(), 1, "QEMU's dump has the guest's note (qemu_fw_cfg loaded in the guest)");
+    let mount = TestMount::new(&run_dir, &[]);
+    let ours = common::elf_notes(&mount.path(&format!("{name}/core")), b"VMCOREINFO", 0);
+    assert_eq!(ours.len(), 1);
+    assert_eq!(String::from_utf8_lossy(&ours[0]), String::from_utf8_lossy(&qemus[0]));
+    assert!(String::from_utf8_lossy(&ours[0]).contains("OSRELEASE="));
 }

@@ -36,9 +36,16 @@ pub fn default_dir() -> PathBuf {
     cache.join("qemu-bridge").join("linux")
 }
 
-/// Whether `dir` holds a complete guest (`vmlinuz`, `initrd.gz`, and the build's mark).
+/// The line of the build's mark that names the initramfs of this script (an older one, without
+/// what the tests now need of it, is built again).
+const INITRAMFS_MARK: &str = "initramfs 2";
+
+/// Whether `dir` holds a complete guest of this script (`vmlinuz`, `initrd.gz`, and the build's
+/// mark naming this initramfs).
 pub fn is_built(dir: &Path) -> bool {
-    ["vmlinuz", "initrd.gz", ".complete"].iter().all(|file| dir.join(file).is_file())
+    ["vmlinuz", "initrd.gz"].iter().all(|file| dir.join(file).is_file())
+        && std::fs::read_to_string(dir.join(".complete"))
+            .is_ok_and(|mark| mark.lines().any(|line| line == INITRAMFS_MARK))
 }
 
 /// Builds the guest in `dir` unless it is there already (downloads two packages with
@@ -79,6 +86,8 @@ mod tests {
         let on_disk =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-guest.sh")).unwrap();
         assert_eq!(BUILD_SCRIPT, on_disk);
+        let version = INITRAMFS_MARK.strip_prefix("initramfs ").unwrap();
+        assert!(BUILD_SCRIPT.contains(&format!("initramfs_version={version}\n")), "the script's mark");
     }
 
     #[test]
@@ -90,6 +99,8 @@ mod tests {
         }
         assert!(!is_built(dir.path()), "a half-built guest (no .complete)");
         std::fs::write(dir.path().join(".complete"), b"linux-image").unwrap();
+        assert!(!is_built(dir.path()), "a guest of an older script");
+        std::fs::write(dir.path().join(".complete"), format!("linux-image\n{INITRAMFS_MARK}\n")).unwrap();
         assert!(is_built(dir.path()));
     }
 }
