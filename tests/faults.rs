@@ -26,15 +26,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn anon_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// `ls` in a thread, with a generous hang guard (not a timing assertion: it fails only if the
 /// call never returns).
 fn ls_does_not_hang(mount: &TestMount) -> Vec<String> {
@@ -114,7 +105,7 @@ fn test_hostile_qmp_peers_never_take_the_mount_down() {
         let _ = stream.write_all(br#"{"return": {"sta"#);
     });
     let mount = TestMount::new(&run_dir, &[]);
-    let baseline_rss = anon_rss_kib(mount.pid);
+    let baseline_rss = common::anon_rss_kib(mount.pid);
     for round in 0..3 {
         let started = std::time::Instant::now();
         assert_eq!(ls_does_not_hang(&mount), [healthy.name()]);
@@ -153,7 +144,7 @@ fn test_hostile_qmp_peers_never_take_the_mount_down() {
     assert_eq!(names, expected);
     drop(late);
     // memory stays bounded: the 100 MiB line was cut at the 4 MiB cap
-    let grown = anon_rss_kib(mount.pid).saturating_sub(baseline_rss);
+    let grown = common::anon_rss_kib(mount.pid).saturating_sub(baseline_rss);
     assert!(grown < 32 * 1024, "daemon RSS grew by {grown} KiB");
     assert!(process_alive(mount.pid));
     // the CLI's list behaves the same: healthy listed, every bad one unreachable, no hang
@@ -314,7 +305,7 @@ fn test_load_16_readers_3_vms_every_byte_checked() {
     // paused VMs: the RAM files are the oracle
     let expected: Vec<Vec<u8>> = vms.iter().map(|vm| std::fs::read(&vm.launched.ram_path).unwrap()).collect();
     let seconds: u64 = std::env::var("QB_LOAD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
-    let baseline_rss = anon_rss_kib(mount.pid);
+    let baseline_rss = common::anon_rss_kib(mount.pid);
     let stop = AtomicBool::new(false);
     let (reads, mismatches, errors) = std::thread::scope(|scope| {
         let readers: Vec<_> = (0..16u64)
@@ -361,7 +352,7 @@ fn test_load_16_readers_3_vms_every_byte_checked() {
     assert!(reads > 1000);
     assert_eq!((mismatches, errors), (0, 0));
     // bound: no growth with the number of reads (stated in the README: < 32 MiB over baseline)
-    let grown = anon_rss_kib(mount.pid).saturating_sub(baseline_rss);
+    let grown = common::anon_rss_kib(mount.pid).saturating_sub(baseline_rss);
     assert!(grown < 32 * 1024, "daemon RSS grew by {grown} KiB over {reads} reads");
 }
 

@@ -804,3 +804,52 @@ fn test_vmcoreinfo_note_equals_qemus_with_device_vmcoreinfo() {
     assert_eq!(String::from_utf8_lossy(&ours[0]), String::from_utf8_lossy(&qemus[0]));
     assert!(String::from_utf8_lossy(&ours[0]).contains("OSRELEASE="));
 }
+
+/// Page tables written by a hostile guest: every entry of the vCPU's PML4 points at the PML4
+/// itself, so that at every level every entry is present and 2^36 pages are mapped. `mappings`
+/// still ends, after its cap, with a line saying where it stopped; `memory`'s seeks answer; the
+/// daemon does not keep what it built.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_page_tables_that_fan_out_cost_bounded_work() {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsFd;
+    require_qemu();
+    common::require_fuse();
+    let run_dir = TestRunDir::new();
+    let linux = boot_linux(&run_dir);
+    let name = linux.launched.name().to_string();
+    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
+    vm.with_qmp(|qmp| qmp.stop()).unwrap();
+    let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
+    let root = vcpus[0].get("CR3").unwrap() & 0x000f_ffff_ffff_f000;
+    // below the PCI hole of a 128 MiB q35 guest, RAM file offset = guest-physical address
+    let ram = std::fs::OpenOptions::new().write(true).open(&linux.launched.ram_path).unwrap();
+    let table: Vec<u8> = (0..512).flat_map(|_| (root | 0b111).to_le_bytes()).collect();
+    ram.write_all_at(&table, root).unwrap();
+
+    let mount = TestMount::new(&run_dir, &[]);
+    let cpu = mount.path(&format!("{name}/cpus/0"));
+    let before = common::anon_rss_kib(mount.pid);
+    let text = std::fs::read_to_string(cpu.join("mappings")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() <= (1 << 20) + 1, "{} lines", lines.len());
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("error: enumeration stopped at virtual address") && last.contains("limit"),
+        "{last}"
+    );
+    assert_eq!(lines[0], format!("0000000000000000-0000000000001000 {root:016x} 4K rwx user"));
+    drop(text);
+    let memory = File::open(cpu.join("memory")).unwrap();
+    assert_eq!(lseek(memory.as_fd(), 0, Whence::SeekData).unwrap(), 0);
+    let hole = lseek(memory.as_fd(), 0, Whence::SeekHole).unwrap();
+    assert!(hole > 0, "a seek moves on");
+    let mut page = vec![0u8; 4096];
+    memory.read_exact_at(&mut page, 0x1234_5000).unwrap();
+    assert_eq!(page, table, "every page maps the PML4");
+    drop(memory);
+    // the dump of a million lines was the open's, and went with it
+    let after = common::anon_rss_kib(mount.pid);
+    assert!(after < before + 128 * 1024, "the daemon grew from {before} KiB to {after} KiB");
+}

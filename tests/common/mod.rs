@@ -513,6 +513,16 @@ impl Drop for TestMount {
     }
 }
 
+/// The anonymous resident memory of process `pid` (its own, not the guest RAM it maps), in KiB.
+pub fn anon_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 /// A child process killed and reaped when dropped.
 pub struct KillOnDrop(pub std::process::Child);
 
