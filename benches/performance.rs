@@ -304,7 +304,7 @@ fn main() {
     // `BENCH_ONLY=peers,listing` runs those sections alone
     let only = std::env::var("BENCH_ONLY").ok();
     type Section = (&'static str, fn(&mut Bench));
-    let sections: [Section; 13] = [
+    let sections: [Section; 14] = [
         ("baselines", Bench::baselines),
         ("views_and_copies", Bench::views_and_copies),
         ("snapshots", Bench::snapshots),
@@ -318,6 +318,7 @@ fn main() {
         ("incremental", Bench::incremental),
         ("soft_dirty", Bench::soft_dirty),
         ("soft_dirty_inside", Bench::soft_dirty_inside),
+        ("guest_state", Bench::guest_state),
     ];
     for (name, section) in sections {
         // the run inside the soft-dirty VM is asked for by name only
@@ -1668,6 +1669,175 @@ impl Bench {
 
     /// `ls` of a fresh mount whose run directory holds four sockets that accept and never
     /// answer, beside a healthy VM: the first `ls` after mounting and the slowest of ten.
+    /// Guest state of the paused Linux guest (with `-device vmcoreinfo`, so that every peer
+    /// can run): `cat cpus/0/mappings`; `read_virtual` of 1 MiB in 4 KiB and in 2 MiB pages
+    /// against reading the same physical bytes (already translated); drgn listing every task
+    /// through our live `core`, through QEMU's own `dump-guest-memory` (the dump's writing
+    /// counted) and over QMP (`drgn --qemu`, the guest read through QEMU).
+    fn guest_state(&mut self) {
+        use qemu_bridge::guest::paging::Limits;
+        use qemu_bridge::guest::GuestMemory;
+        let Self { results, .. } = self;
+        let run_dir = common::TestRunDir::new();
+        let linux = common::linux::boot_linux_with(&run_dir, 128 << 20, &["-device", "vmcoreinfo"]);
+        let name = linux.launched.name().to_string();
+        let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
+        vm.with_qmp(|q| q.stop()).unwrap();
+        let mount = common::TestMount::new(&run_dir, &[]);
+        let mappings = mount.path(&format!("{name}/cpus/0/mappings"));
+        let lines = std::fs::read_to_string(&mappings).unwrap().lines().count();
+        let cat = stats(time(20, || {
+            black_box(std::fs::read(&mappings).unwrap());
+        }));
+        results.add(Row {
+            name: format!("cat cpus/0/mappings of the Linux guest ({lines} lines)"),
+            target: "-".into(),
+            median: cat.0,
+            p99: cat.1,
+            unit: "s",
+            baseline: None,
+            ratio: None,
+            verdict: "a walk of every table of the vCPU's address space, per open".into(),
+        });
+
+        // 1 MiB of the kernel's address space, in 4 KiB pages and in a 2 MiB page, against a copy
+        // of the same physical bytes
+        let (bridge, info) = vm.open_bridge().unwrap();
+        let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
+        let paging = qemu_bridge::guest::vcpu_paging(&info.arch, &vcpus, 0, None).unwrap();
+        let runs: Vec<_> = paging.mappings(&bridge, .., Limits::default()).filter_map(Result::ok).collect();
+        for page_size in [4u64 << 10, 2 << 20] {
+            // 1 MiB of pages of this size, from the first runs that have them
+            let mut pages = Vec::new();
+            'runs: for run in runs.iter().filter(|run| run.page_size == page_size && run.va >> 63 == 1) {
+                let mut at = 0;
+                while at < run.len {
+                    let len = (run.len - at).min(page_size);
+                    let gpa = qemu_bridge::guest::Gpa(run.gpa.0 + at);
+                    at += len;
+                    // RAM only (the kernel maps the BIOS window and devices too)
+                    if bridge.read_at(gpa, &mut vec![0u8; len as usize]).is_err() {
+                        continue;
+                    }
+                    pages.push((run.va + at - len, gpa, len));
+                    if pages.iter().map(|(_, _, len)| len).sum::<u64>() >= 1 << 20 {
+                        break 'runs;
+                    }
+                }
+            }
+            let total: u64 = pages.iter().map(|(_, _, len)| len).sum();
+            if total < 1 << 20 {
+                println!("no 1 MiB of {page_size}-byte pages in the kernel's address space: row skipped");
+                continue;
+            }
+            // one read_virtual per stretch of consecutive addresses, as a reader would ask
+            let mut spans: Vec<(u64, u64)> = Vec::new();
+            for &(va, _, len) in &pages {
+                match spans.last_mut() {
+                    Some((start, span)) if *start + *span == va => *span += len,
+                    _ => spans.push((va, len)),
+                }
+            }
+            let mut buffer = vec![0u8; 1 << 20];
+            let virtual_read = stats(time_batched(20, 20, || {
+                let mut done = 0;
+                for &(va, len) in &spans {
+                    let part = (len as usize).min(buffer.len() - done);
+                    paging.read_virtual(&bridge, va, &mut buffer[done..done + part]).unwrap();
+                    done += part;
+                }
+                black_box(&buffer);
+            }));
+            let physical_read = stats(time_batched(20, 20, || {
+                let mut done = 0;
+                for &(_, gpa, len) in &pages {
+                    let part = (len as usize).min(buffer.len() - done);
+                    bridge.read_at(gpa, &mut buffer[done..done + part]).unwrap();
+                    done += part;
+                }
+                black_box(&buffer);
+            }));
+            let ratio = physical_read.0 / virtual_read.0;
+            results.add(Row {
+                name: format!("read_virtual of 1 MiB in {} KiB pages (kernel space)", page_size >> 10),
+                target: ">= 0.8x of the physical read".into(),
+                median: virtual_read.0,
+                p99: virtual_read.1,
+                unit: "s",
+                baseline: Some(("the same physical bytes".into(), physical_read.0)),
+                ratio: Some(ratio),
+                verdict: if ratio >= 0.8 { "met".into() } else { "not met".into() },
+            });
+        }
+        drop(bridge);
+
+        // drgn, with the kernel's debug symbols, listing every task three ways
+        let release = std::fs::read_to_string(mount.path(&format!("{name}/vmcoreinfo")))
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix("OSRELEASE=").map(String::from))
+            .unwrap();
+        let vmlinux = common::linux::debug_vmlinux(&release);
+        let script =
+            "from drgn.helpers.linux.pid import for_each_task\nprint(len(list(for_each_task(prog))))";
+        let drgn = |target: &[&std::ffi::OsStr]| {
+            let output = Command::new("drgn")
+                .args(target)
+                .arg("-s")
+                .arg(&vmlinux)
+                .arg("-e")
+                .arg(script)
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "drgn: {}", String::from_utf8_lossy(&output.stderr));
+            String::from_utf8_lossy(&output.stdout).trim().parse::<usize>().unwrap()
+        };
+        let core = mount.path(&format!("{name}/core"));
+        let mut tasks = 0;
+        let ours = stats(time(5, || tasks = drgn(&["-c".as_ref(), core.as_os_str()])));
+        let dump = run_dir.qemu_output("drgn.core");
+        let qemus = stats(time(5, || {
+            let _ = std::fs::remove_file(&dump);
+            vm.with_qmp(|q| {
+                q.execute(
+                    "dump-guest-memory",
+                    Some(
+                        serde_json::json!({"paging": false, "protocol": format!("file:{}", dump.display())}),
+                    ),
+                )
+            })
+            .unwrap();
+            // the dump is written by a job: done when QEMU says so
+            while vm
+                .with_qmp(|q| q.execute("query-dump", None))
+                .unwrap()
+                .get("status")
+                .and_then(|status| status.as_str())
+                != Some("completed")
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(drgn(&["-c".as_ref(), dump.as_os_str()]), tasks);
+        }));
+        drop(mount);
+        let socket = run_dir.path().join(format!("{name}.qmp"));
+        let over_qmp = stats(time(5, || assert_eq!(drgn(&["--qemu".as_ref(), socket.as_os_str()]), tasks)));
+        for (how, figure) in
+            [("QEMU's dump-guest-memory, then drgn -c", qemus), ("drgn --qemu (QMP)", over_qmp)]
+        {
+            results.add(Row {
+                name: format!("drgn lists every task ({tasks}) through our live core vs {how}"),
+                target: "ours fastest".into(),
+                median: ours.0,
+                p99: ours.1,
+                unit: "s",
+                baseline: Some((how.into(), figure.0)),
+                ratio: Some(figure.0 / ours.0),
+                verdict: if ours.0 < figure.0 { "met".into() } else { "not met".into() },
+            });
+        }
+    }
+
     fn listing(&mut self) {
         let Self { results, lab, .. } = self;
         let mut hostile = Vec::new();

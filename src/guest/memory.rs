@@ -90,15 +90,20 @@ fn for_each_piece(
     mut each: impl FnMut(u64, &mut [u8]) -> Result<(), BridgeError>,
 ) -> Result<(), GuestMemoryError> {
     let not_ram = || GuestMemoryError::NotRam { gpa, len: buf.len() };
+    let region_of =
+        |at: u64| layout.regions().iter().find(|region| at >= region.gpa && at - region.gpa < region.len);
+    // the common case (a page-table entry, a page): all of it in one region, read at once
+    if let Some(region) = region_of(gpa.0) {
+        if buf.len() as u64 <= region.len - (gpa.0 - region.gpa) {
+            return each(region.offset + (gpa.0 - region.gpa), buf)
+                .map_err(|source| GuestMemoryError::Read { gpa, source });
+        }
+    }
     // first the whole plan, so that a range that ends in a hole reads nothing
     let mut plan = Vec::new();
     let (mut at, mut done) = (gpa.0, 0usize);
     while done < buf.len() {
-        let region = layout
-            .regions()
-            .iter()
-            .find(|region| at >= region.gpa && at - region.gpa < region.len)
-            .ok_or_else(not_ram)?;
+        let region = region_of(at).ok_or_else(not_ram)?;
         let part = ((region.gpa + region.len - at) as usize).min(buf.len() - done);
         plan.push((region.offset + (at - region.gpa), done, part));
         done += part;

@@ -565,6 +565,25 @@ impl Access {
     }
 }
 
+/// The table in which a walk found its page: its depth in the mode's levels, its address,
+/// what the entries above it allow, and an address it maps.
+#[derive(Debug, Clone, Copy)]
+struct LeafTable {
+    depth: usize,
+    table: Gpa,
+    access: Access,
+    va: u64,
+}
+
+impl LeafTable {
+    /// Whether this table is the one that maps `va`: the same index in every level above.
+    fn maps(&self, levels: &[Level], va: u64) -> bool {
+        let Some(level) = levels.get(self.depth) else { return false };
+        let span_bits = level.shift() + 9;
+        span_bits >= 64 || va >> span_bits == self.va >> span_bits
+    }
+}
+
 /// What a present entry at a level points to.
 enum Entry {
     Table(Gpa),
@@ -724,12 +743,27 @@ impl Paging {
         memory: &M,
         va: u64,
     ) -> Result<Translation, PagingError> {
+        self.walk(memory, va, None).map(|(translation, _)| translation)
+    }
+
+    /// The walk of [`translate`](Self::translate), from the root or from the table where an
+    /// earlier walk found its page (`from`, when `va` is in the range that table maps), and
+    /// where this one found its page.
+    fn walk<M: GuestMemory + ?Sized>(
+        &self,
+        memory: &M,
+        va: u64,
+        from: Option<LeafTable>,
+    ) -> Result<(Translation, LeafTable), PagingError> {
         if !self.mode.is_canonical(va) {
             return Err(PagingError::NonCanonical { va, mode: self.mode });
         }
-        let mut table = self.root;
-        let mut access = Access::ALL;
-        for &level in self.mode.levels() {
+        let levels = self.mode.levels();
+        let (mut depth, mut table, mut access) = (0, self.root, Access::ALL);
+        if let Some(known) = from.filter(|known| known.maps(levels, va)) {
+            (depth, table, access) = (known.depth, known.table, known.access);
+        }
+        for (at, &level) in levels.iter().enumerate().skip(depth) {
             let index = (va >> level.shift()) % ENTRIES_PER_TABLE as u64;
             let entry = memory
                 .read_u64(Gpa(table.0 + index * ENTRY_BYTES as u64))
@@ -738,25 +772,27 @@ impl Paging {
                 return Err(PagingError::NotMapped { va, level });
             }
             let decoded = decode(self.mode, level, entry);
+            let above = access;
             access =
                 access.and(self.mode, entry, matches!(decoded, Entry::Page { .. }), self.no_execute_enabled);
             match decoded {
                 Entry::Table(next) => table = next,
                 Entry::Page { base, size } => {
-                    return Ok(Translation {
+                    let translation = Translation {
                         gpa: Gpa(base | (va & (size - 1))),
                         page_size: size,
                         writable: access.writable,
                         user: access.user,
                         executable: access.executable,
-                    })
+                    };
+                    return Ok((translation, LeafTable { depth: at, table, access: above, va }));
                 }
                 Entry::ReservedPageSize => return Err(PagingError::ReservedPageSize { va, level }),
                 Entry::Reserved => return Err(PagingError::Reserved { va, level }),
             }
         }
         // Only reached if the last level could point to a table, which no format's does.
-        let level = self.mode.levels().last().copied().unwrap_or(Level::Pt);
+        let level = levels.last().copied().unwrap_or(Level::Pt);
         Err(PagingError::NotMapped { va, level })
     }
 
@@ -780,9 +816,12 @@ impl Paging {
             return Err(PagingError::Wraps { va, len: buf.len() });
         }
         let mut done = 0;
+        // consecutive pages are mostly in one table: the walk of the next starts there
+        let mut leaf = None;
         while done < buf.len() {
             let at = va + done as u64;
-            let page = self.translate(memory, at)?;
+            let (page, found) = self.walk(memory, at, leaf)?;
+            leaf = Some(found);
             let left_in_page = page.page_size - (at & (page.page_size - 1));
             let part = left_in_page.min((buf.len() - done) as u64) as usize;
             memory.read_at(page.gpa, &mut buf[done..done + part]).map_err(|source| PagingError::Read {
@@ -1401,6 +1440,26 @@ mod tests {
             paging.read_virtual(&memory, u64::MAX - 3, &mut buf),
             Err(PagingError::Wraps { len: 16, .. })
         ));
+    }
+
+    #[test]
+    fn read_virtual_walks_from_the_root_again_in_another_table() {
+        // PD[0] -> PT, PD[1] -> a second PT (at PML5's page); PT[511] maps 0x8000, the second
+        // PT's entry 0 maps 0x6000: a read across 2 MiB goes from one last-level table to another
+        let mut tables = Tables::four_level();
+        tables.set(PD, 1, PML5 | P | W | U);
+        tables.set(PT, 511, 0x8000 | P | W | U);
+        tables.set(PML5, 0, 0x6000 | P | W | U);
+        let paging = four_level(PML4);
+        let mut buf = [0u8; 16];
+        paging.read_virtual(&tables.memory(), PAGE_2M - 8, &mut buf).unwrap();
+        assert_eq!(buf, [8, 8, 8, 8, 8, 8, 8, 8, 6, 6, 6, 6, 6, 6, 6, 6], "0x8ff8.. then 0x6000..");
+        // and within one table, pages after the first come from it
+        let mut run = vec![0u8; 0x3000];
+        tables.set(PT, 3, 0x9000 | P | W | U);
+        paging.read_virtual(&tables.memory(), 0x1000, &mut run).unwrap();
+        assert!(run[..0x1000].iter().all(|&b| b == 8) && run[0x1000..0x2000].iter().all(|&b| b == 6));
+        assert!(run[0x2000..].iter().all(|&b| b == 9));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! missing fails (the `require_*` helpers panic): it never passes without doing its work.
 #![allow(dead_code)]
 
+pub mod linux;
 pub mod nested;
 
 use std::collections::BTreeSet;

@@ -1,0 +1,109 @@
+//! The small Linux guest of scripts/build-guest.sh (Debian's cloud kernel, busybox), booted
+//! under TCG for the tests and the benchmarks, and its kernel's debug symbols.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use qemu_bridge::launch::{self, LaunchOptions};
+
+use super::{wait_until, TestRunDir};
+
+/// The guest, built (or found in the cache) once per test binary.
+pub fn guest_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // the build script the binary carries (`launch --linux` with no directory runs it)
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/linux");
+        qemu_bridge::launch::linux_image::ensure(&dir)
+            .unwrap_or_else(|err| panic!("{}", qemu_bridge::error::chain(&err)));
+        dir
+    })
+}
+
+pub struct LinuxVm {
+    pub launched: launch::LaunchedVm,
+    /// The whole marker line, with this boot's id.
+    pub marker: String,
+}
+
+impl Drop for LinuxVm {
+    fn drop(&mut self) {
+        super::kill_vm(self.launched.pid, &self.launched.ram_path);
+    }
+}
+
+pub fn boot_linux(run_dir: &TestRunDir) -> LinuxVm {
+    boot_linux_with(run_dir, 128 << 20, &[])
+}
+
+/// The guest with `memory` bytes of RAM and `extra` QEMU arguments.
+pub fn boot_linux_with(run_dir: &TestRunDir, memory: u64, extra: &[&str]) -> LinuxVm {
+    let dir = guest_dir();
+    let mut options = LaunchOptions::new(
+        qemu_bridge::VmName::new(&super::unique_name("linux")).unwrap(),
+        run_dir.run_dir.clone(),
+    );
+    options.memory = memory;
+    options.extra_args = extra.iter().map(|arg| arg.to_string()).collect();
+    options.kernel = Some(dir.join("vmlinuz"));
+    options.initrd = Some(dir.join("initrd.gz"));
+    options.append = Some("console=ttyS0 quiet".into());
+    options.wait_for = Some("QEMU-BRIDGE-LINUX-MARKER:".into());
+    // TCG boots in ~3 s on a quiet machine, up to a minute on a busy one: poll, never sleep
+    options.timeout = Duration::from_secs(180);
+    let launched = launch::launch(&options).expect("boot the Linux guest");
+    // the whole marker line, with this boot's id
+    let mut marker = String::new();
+    assert!(wait_until(Duration::from_secs(30), || {
+        let serial = std::fs::read_to_string(&launched.serial).unwrap_or_default();
+        match serial.lines().find_map(|line| line.trim().strip_prefix("QEMU-BRIDGE-LINUX-MARKER:")) {
+            Some(id) if id.len() == 36 => {
+                marker = format!("QEMU-BRIDGE-LINUX-MARKER:{id}");
+                true
+            }
+            _ => false,
+        }
+    }));
+    eprintln!("Linux guest booted in {:.2} s", launched.boot.unwrap().as_secs_f64());
+    LinuxVm { launched, marker }
+}
+
+/// The guest kernel's DWARF `vmlinux` (Debian's `linux-image-RELEASE-dbg`, 283 MB), downloaded
+/// and unpacked once into the build's cache.
+pub fn debug_vmlinux(release: &str) -> PathBuf {
+    static VMLINUX: OnceLock<PathBuf> = OnceLock::new();
+    VMLINUX
+        .get_or_init(|| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/dbg");
+            let vmlinux = dir.join(format!("vmlinux-{release}"));
+            if vmlinux.exists() {
+                return vmlinux;
+            }
+            let work = tempfile::tempdir().unwrap();
+            // apt-get download drops to the _apt user, who must be able to write there
+            std::fs::set_permissions(work.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
+                .unwrap();
+            let package = format!("linux-image-{release}-dbg");
+            let status = Command::new("apt-get")
+                .args(["download", "-qq", &package])
+                .current_dir(work.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "apt-get download {package}");
+            let deb = std::fs::read_dir(work.path()).unwrap().next().unwrap().unwrap().path();
+            let member = format!("./usr/lib/debug/boot/vmlinux-{release}");
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg("dpkg-deb --fsys-tarfile \"$1\" | tar -x -C \"$2\" \"$3\"")
+                .args(["sh", deb.to_str().unwrap(), work.path().to_str().unwrap(), &member])
+                .status()
+                .unwrap();
+            assert!(status.success(), "unpacking {member}");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::rename(work.path().join(&member), &vmlinux).unwrap();
+            vmlinux
+        })
+        .clone()
+}
