@@ -481,6 +481,14 @@ fn mapping_lines(text: &str) -> Vec<MappingLine> {
         .collect()
 }
 
+/// The first hex word after `NAME=` and its padding (`IDT=     fffffe0000000000 00000fff`: the
+/// table's base).
+fn hmp_register_pair(text: &str, name: &str) -> u64 {
+    let rest =
+        text.lines().find_map(|line| line.trim().strip_prefix(name)?.trim_start().strip_prefix('=')).unwrap();
+    u64::from_str_radix(rest.split_whitespace().next().unwrap(), 16).unwrap()
+}
+
 /// The value of `NAME=hex` in HMP text (QEMU pads short names: `R8 =...`).
 fn hmp_register(text: &str, name: &str) -> u64 {
     let words: Vec<&str> = text.split_whitespace().collect();
@@ -532,6 +540,16 @@ fn test_cpus_registers_mappings_and_memory_agree_with_qemu() {
         assert_eq!(json["registers"][register], format!("{:#x}", hmp_register(&hmp, register)), "{register}");
     }
     let (rip, cr4) = (hmp_register(&hmp, "RIP"), hmp_register(&hmp, "CR4"));
+    let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
+    let qemu_bridge::guest::Registers::X86_64(typed) =
+        qemu_bridge::guest::Registers::from_vcpu("x86_64", &vcpus[0]).unwrap()
+    else {
+        panic!("not x86_64 registers")
+    };
+    assert_eq!(
+        (typed.rip, typed.r[0], typed.cr3, typed.idt.base),
+        (rip, hmp_register(&hmp, "R8"), hmp_register(&hmp, "CR3"), hmp_register_pair(&hmp, "IDT"))
+    );
     let five_level = cr4 & (1 << 12) != 0;
     assert_eq!(json["paging"]["mode"], if five_level { "5-level paging" } else { "4-level paging" });
 

@@ -119,6 +119,14 @@ fn test_riscv_satp_and_sv39_tables_translate_as_the_manual_says() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cpu.join("registers")).unwrap()).unwrap();
     assert_eq!(json["registers"]["satp"], format!("{satp:#x}"));
+    let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
+    let qemu_bridge::guest::Registers::Riscv64(hart) =
+        qemu_bridge::guest::Registers::from_vcpu("riscv64", &vcpus[0]).unwrap()
+    else {
+        panic!("not riscv64 registers")
+    };
+    // spinning on `j .` at 0x8000_000c, with the root's address loaded into t0 (x5)
+    assert_eq!((hart.satp, hart.pc, hart.x[5]), (satp, RAM_BASE + 12, satp));
     assert_eq!(json["paging"]["mode"], "Sv39");
     assert_eq!(json["paging"]["root"], format!("{ROOT:#x}"));
     let mappings = std::fs::read_to_string(cpu.join("mappings")).unwrap();
@@ -189,5 +197,9 @@ fn test_aarch64_tables_translate_from_a_given_root() {
     let pc = text.split_whitespace().find_map(|word| word.strip_prefix("PC=")).unwrap();
     assert_eq!(json["registers"]["PC"], format!("{:#x}", u64::from_str_radix(pc, 16).unwrap()));
     assert!(json["paging_error"].as_str().unwrap().contains("TTBR"), "{json}");
+    let vm = Vm::existing(&run_dir.run_dir, "aarch64").unwrap();
+    let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
+    let typed = qemu_bridge::guest::Registers::from_vcpu("aarch64", &vcpus[0]).unwrap();
+    assert_eq!(typed.pc(), u64::from_str_radix(pc, 16).unwrap());
     assert!(!Path::new(&cpu.join("mappings")).exists() && !cpu.join("memory").exists());
 }

@@ -10,9 +10,11 @@ pub mod memory;
 pub mod paging;
 pub mod registers;
 pub mod space;
+pub mod typed;
 pub mod vmcoreinfo;
 
 pub use memory::{FrozenMemory, Gpa, GuestMemory, GuestMemoryError};
 pub use paging::{Paging, PagingError, PagingMode, Translation};
 pub use registers::{parse_info_registers, VcpuRegisters};
 pub use space::{vcpu_paging, VcpuPagingError, VirtualSpace};
+pub use typed::{Registers, RegistersError};
