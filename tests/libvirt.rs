@@ -138,6 +138,17 @@ fn test_libvirt_domain_is_seen_and_vanishes() {
         std::os::unix::fs::FileExt::read_exact_at(&ram, &mut marker, MARKER_ADDR).is_ok() && marker == MARKER
     }));
     drop(ram);
+    // its vCPU, as libvirt's own monitor shows it: a real-mode guest, so no page tables to walk
+    let cpu = mount.path(&format!("{name}/cpus/0"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cpu.join("registers")).unwrap()).unwrap();
+    let hmp = virsh(&["qemu-monitor-command", "--hmp", &name, "info registers"]);
+    let text = common::stdout(&hmp);
+    let cr0 = text.split_whitespace().find_map(|word| word.strip_prefix("CR0=")).unwrap();
+    assert_eq!(json["registers"]["CR0"], format!("{:#x}", u64::from_str_radix(cr0, 16).unwrap()), "{text}");
+    assert!(json["paging_error"].as_str().unwrap().contains("paging is off"), "{json}");
+    let mappings = std::fs::read_to_string(cpu.join("mappings")).unwrap();
+    assert!(mappings.starts_with("error: vCPU 0") && mappings.lines().count() == 1, "{mappings}");
     // virsh destroy: the VM vanishes from the mount
     let destroyed = virsh(&["destroy", &name]);
     assert!(destroyed.status.success(), "{}", common::stderr(&destroyed));
