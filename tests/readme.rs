@@ -118,6 +118,8 @@ fn test_readme_examples_run() {
         "{stdout}"
     );
     assert!(stdout.contains("paused: checksums match"), "{stdout}");
+    assert!(stdout.lines().any(|l| l == "Linux version "), "the banner read --virtual: {stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("CR3 0x")), "{stdout}");
     assert!(stdout.contains(&format!("{vm} running")), "{stdout}");
     assert!(stdout.contains(&format!("['{vm}']")), "{stdout}");
 }
