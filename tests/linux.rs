@@ -507,12 +507,26 @@ fn hmp_register(text: &str, name: &str) -> u64 {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_cpus_registers_mappings_and_memory_agree_with_qemu() {
+    cpus_agree_with_qemu(&[], false);
+}
+
+/// The same with 5-level paging: a vCPU with LA57, which Debian's kernel turns on.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_cpus_of_a_guest_with_five_level_paging() {
+    cpus_agree_with_qemu(&["-cpu", "qemu64,+la57"], true);
+}
+
+/// `cpus/0` of the paused Linux guest booted with `extra` QEMU arguments: registers as QEMU's
+/// monitor has them, the kernel text mapped where KASLR put it and where QEMU's own translation
+/// (gva2gpa) says, the address space as a file with seeks that walk the tables.
+fn cpus_agree_with_qemu(extra: &[&str], five_level_expected: bool) {
     use nix::unistd::{lseek, Whence};
     use std::os::fd::AsFd;
     require_qemu();
     common::require_fuse();
     let run_dir = TestRunDir::new();
-    let linux = boot_linux(&run_dir);
+    let linux = boot_linux_with(&run_dir, 128 << 20, extra);
     let name = linux.launched.name().to_string();
     let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
     vm.with_qmp(|qmp| qmp.stop()).unwrap();
@@ -551,6 +565,7 @@ fn test_cpus_registers_mappings_and_memory_agree_with_qemu() {
         (rip, hmp_register(&hmp, "R8"), hmp_register(&hmp, "CR3"), hmp_register_pair(&hmp, "IDT"))
     );
     let five_level = cr4 & (1 << 12) != 0;
+    assert_eq!(five_level, five_level_expected, "CR4 {cr4:#x}");
     assert_eq!(json["paging"]["mode"], if five_level { "5-level paging" } else { "4-level paging" });
 
     // mappings: the kernel text where KASLR put it, executable, kernel only, and where QEMU's
