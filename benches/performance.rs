@@ -1679,10 +1679,8 @@ impl Bench {
         use qemu_bridge::guest::GuestMemory;
         let Self { results, .. } = self;
         let run_dir = common::TestRunDir::new();
-        let linux = common::linux::boot_linux_with(&run_dir, 128 << 20, &["-device", "vmcoreinfo"]);
+        let (linux, vm) = common::linux::paused_linux(&run_dir, &["-device", "vmcoreinfo"]);
         let name = linux.launched.name().to_string();
-        let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
-        vm.with_qmp(|q| q.stop()).unwrap();
         let mount = common::TestMount::new(&run_dir, &[]);
         let mappings = mount.path(&format!("{name}/cpus/0/mappings"));
         let lines = std::fs::read_to_string(&mappings).unwrap().lines().count();
@@ -1781,42 +1779,14 @@ impl Bench {
         let script =
             "from drgn.helpers.linux.pid import for_each_task\nprint(len(list(for_each_task(prog))))";
         let drgn = |target: &[&std::ffi::OsStr]| {
-            let output = Command::new("drgn")
-                .args(target)
-                .arg("-s")
-                .arg(&vmlinux)
-                .arg("-e")
-                .arg(script)
-                .output()
-                .unwrap();
-            assert!(output.status.success(), "drgn: {}", String::from_utf8_lossy(&output.stderr));
-            String::from_utf8_lossy(&output.stdout).trim().parse::<usize>().unwrap()
+            common::linux::drgn(target, &vmlinux, script).trim().parse::<usize>().unwrap()
         };
         let core = mount.path(&format!("{name}/core"));
         let mut tasks = 0;
         let ours = stats(time(5, || tasks = drgn(&["-c".as_ref(), core.as_os_str()])));
         let dump = run_dir.qemu_output("drgn.core");
         let qemus = stats(time(5, || {
-            let _ = std::fs::remove_file(&dump);
-            vm.with_qmp(|q| {
-                q.execute(
-                    "dump-guest-memory",
-                    Some(
-                        serde_json::json!({"paging": false, "protocol": format!("file:{}", dump.display())}),
-                    ),
-                )
-            })
-            .unwrap();
-            // the dump is written by a job: done when QEMU says so
-            while vm
-                .with_qmp(|q| q.execute("query-dump", None))
-                .unwrap()
-                .get("status")
-                .and_then(|status| status.as_str())
-                != Some("completed")
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            common::qemu_dump(&vm, &dump);
             assert_eq!(drgn(&["-c".as_ref(), dump.as_os_str()]), tasks);
         }));
         drop(mount);

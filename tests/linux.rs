@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::linux::{boot_linux, boot_linux_with, debug_vmlinux, guest_dir};
+use common::linux::{boot_linux, boot_linux_with, debug_vmlinux, guest_dir, paused_linux};
 use common::{require_qemu, wait_until, TestMount, TestRunDir, VmBuilder, MARKER, MARKER_ADDR};
 use qemu_bridge::{RunState, Verdict, Vm};
 
@@ -255,21 +255,10 @@ fn test_core_registers_equal_qemus_dump() {
     require_qemu();
     common::require_program("readelf");
     let run_dir = TestRunDir::new();
-    let linux = boot_linux(&run_dir);
+    let (linux, vm) = paused_linux(&run_dir, &[]);
     let name = linux.launched.name().to_string();
-    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
-    vm.with_qmp(|qmp| qmp.stop()).unwrap();
     let dump = run_dir.qemu_output("linux.core");
-    vm.with_qmp(|qmp| {
-        qmp.execute(
-            "dump-guest-memory",
-            Some(serde_json::json!({"paging": false, "protocol": format!("file:{}", dump.display())})),
-        )
-    })
-    .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(60), || std::fs::metadata(&dump).is_ok_and(|m| m.len() > 128 << 20))
-    );
+    common::qemu_dump(&vm, &dump);
     let mount = TestMount::new(&run_dir, &[]);
     let core = mount.path(&format!("{name}/core"));
     let ours = common::prstatus_notes(&core);
@@ -344,10 +333,8 @@ fn qemu_virtual_bytes(vm: &Vm, va: u64, len: usize) -> Vec<u8> {
 fn test_read_virtual_equals_qemus_own_translation() {
     require_qemu();
     let run_dir = TestRunDir::new();
-    let linux = boot_linux(&run_dir);
+    let (linux, vm) = paused_linux(&run_dir, &[]);
     let name = linux.launched.name().to_string();
-    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
-    vm.with_qmp(|qmp| qmp.stop()).unwrap();
     let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
     let (rip, rsp) = (vcpus[0].get("RIP").unwrap(), vcpus[0].get("RSP").unwrap());
     let ours = |va: u64, len: usize, extra: &[&str]| {
@@ -428,10 +415,8 @@ fn test_drgn_reads_the_live_core_with_no_symbol_files() {
     common::require_fuse();
     common::require_program("drgn");
     let run_dir = TestRunDir::new();
-    let linux = boot_linux(&run_dir);
+    let (linux, _vm) = paused_linux(&run_dir, &[]);
     let name = linux.launched.name().to_string();
-    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
-    vm.with_qmp(|qmp| qmp.stop()).unwrap();
     let mount = TestMount::new(&run_dir, &[]);
     let core = mount.path(&format!("{name}/core"));
     let output = Command::new("drgn")
@@ -526,10 +511,8 @@ fn cpus_agree_with_qemu(extra: &[&str], five_level_expected: bool) {
     require_qemu();
     common::require_fuse();
     let run_dir = TestRunDir::new();
-    let linux = boot_linux_with(&run_dir, 128 << 20, extra);
+    let (linux, vm) = paused_linux(&run_dir, extra);
     let name = linux.launched.name().to_string();
-    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
-    vm.with_qmp(|qmp| qmp.stop()).unwrap();
     let mount = TestMount::new(&run_dir, &[]);
     let cpus = mount.path(&format!("{name}/cpus"));
     let listed: Vec<String> = std::fs::read_dir(&cpus)
@@ -640,10 +623,8 @@ fn test_crash_and_drgn_read_the_core_with_debug_symbols() {
         common::require_program(program);
     }
     let run_dir = TestRunDir::new();
-    let linux = boot_linux(&run_dir);
+    let (linux, vm) = paused_linux(&run_dir, &[]);
     let name = linux.launched.name().to_string();
-    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
-    vm.with_qmp(|qmp| qmp.stop()).unwrap();
     let mount = TestMount::new(&run_dir, &[]);
     let vmcoreinfo = std::fs::read_to_string(mount.path(&format!("{name}/vmcoreinfo"))).unwrap();
     let value =
@@ -656,16 +637,7 @@ fn test_crash_and_drgn_read_the_core_with_debug_symbols() {
 
     // crash: the same `sys` from our core as from QEMU's dump
     let dump = run_dir.qemu_output("linux.core");
-    vm.with_qmp(|qmp| {
-        qmp.execute(
-            "dump-guest-memory",
-            Some(serde_json::json!({"paging": false, "protocol": format!("file:{}", dump.display())})),
-        )
-    })
-    .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(60), || std::fs::metadata(&dump).is_ok_and(|m| m.len() > 128 << 20))
-    );
+    common::qemu_dump(&vm, &dump);
     let commands = run_dir.path().join("crash.cmds");
     std::fs::write(&commands, "sys\nq\n").unwrap();
     let ours = crash_sys(&vmlinux, &core, &commands);
@@ -676,17 +648,7 @@ fn test_crash_and_drgn_read_the_core_with_debug_symbols() {
     // drgn with the symbols: the release and the first task
     let script = "print(prog['init_uts_ns'].name.release.string_().decode())\n\
                   print(prog['init_task'].comm.string_().decode())";
-    let output = Command::new("drgn")
-        .arg("-c")
-        .arg(&core)
-        .arg("-s")
-        .arg(&vmlinux)
-        .arg("-e")
-        .arg(script)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "drgn: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = common::linux::drgn(&["-c".as_ref(), core.as_os_str()], &vmlinux, script);
     assert_eq!(stdout.lines().collect::<Vec<_>>(), [release.as_str(), "swapper/0"]);
 
     // read --virtual of linux_banner where the symbol table and KASLR put it
@@ -716,21 +678,10 @@ fn test_vmcoreinfo_note_equals_qemus_with_device_vmcoreinfo() {
     require_qemu();
     common::require_fuse();
     let run_dir = TestRunDir::new();
-    let linux = boot_linux_with(&run_dir, 128 << 20, &["-device", "vmcoreinfo"]);
+    let (linux, vm) = paused_linux(&run_dir, &["-device", "vmcoreinfo"]);
     let name = linux.launched.name().to_string();
-    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
-    vm.with_qmp(|qmp| qmp.stop()).unwrap();
     let dump = run_dir.qemu_output("vmcoreinfo.core");
-    vm.with_qmp(|qmp| {
-        qmp.execute(
-            "dump-guest-memory",
-            Some(serde_json::json!({"paging": false, "protocol": format!("file:{}", dump.display())})),
-        )
-    })
-    .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(60), || std::fs::metadata(&dump).is_ok_and(|m| m.len() > 128 << 20))
-    );
+    common::qemu_dump(&vm, &dump);
     let qemus = common::elf_notes(&dump, b"VMCOREINFO", 0);
     assert_eq!(qemus.len(), 1, "QEMU's dump has the guest's note (qemu_fw_cfg loaded in the guest)");
     let mount = TestMount::new(&run_dir, &[]);
@@ -752,10 +703,8 @@ fn test_page_tables_that_fan_out_cost_bounded_work() {
     require_qemu();
     common::require_fuse();
     let run_dir = TestRunDir::new();
-    let linux = boot_linux(&run_dir);
+    let (linux, vm) = paused_linux(&run_dir, &[]);
     let name = linux.launched.name().to_string();
-    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
-    vm.with_qmp(|qmp| qmp.stop()).unwrap();
     let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
     let root = vcpus[0].get("CR3").unwrap() & 0x000f_ffff_ffff_f000;
     // below the PCI hole of a 128 MiB q35 guest, RAM file offset = guest-physical address

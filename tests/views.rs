@@ -120,17 +120,7 @@ fn test_core_equals_qemus_dump() {
     let handle = Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
     handle.with_qmp(|qmp| qmp.stop()).unwrap();
     let dump = run_dir.qemu_output("qemu.core");
-    handle
-        .with_qmp(|qmp| {
-            qmp.execute(
-                "dump-guest-memory",
-                Some(serde_json::json!({"paging": false, "protocol": format!("file:{}", dump.display())})),
-            )
-        })
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(60), || std::fs::metadata(&dump).is_ok_and(|m| m.len() > 64 << 20))
-    );
+    common::qemu_dump(&handle, &dump);
     let mount = TestMount::new(&run_dir, &[]);
     let ours = mount.path(&format!("{}/core", vm.name()));
     let (machine, our_loads) = common::program_headers(&File::open(&ours).unwrap());

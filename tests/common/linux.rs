@@ -38,6 +38,14 @@ pub fn boot_linux(run_dir: &TestRunDir) -> LinuxVm {
     boot_linux_with(run_dir, 128 << 20, &[])
 }
 
+/// The guest (128 MiB, `extra` QEMU arguments) booted, then paused, with a handle on it.
+pub fn paused_linux(run_dir: &TestRunDir, extra: &[&str]) -> (LinuxVm, qemu_bridge::Vm) {
+    let linux = boot_linux_with(run_dir, 128 << 20, extra);
+    let vm = qemu_bridge::Vm::existing(&run_dir.run_dir, linux.launched.name().as_str()).unwrap();
+    vm.with_qmp(|qmp| qmp.stop()).unwrap();
+    (linux, vm)
+}
+
 /// The guest with `memory` bytes of RAM and `extra` QEMU arguments.
 pub fn boot_linux_with(run_dir: &TestRunDir, memory: u64, extra: &[&str]) -> LinuxVm {
     let dir = guest_dir();
@@ -106,4 +114,13 @@ pub fn debug_vmlinux(release: &str) -> PathBuf {
             vmlinux
         })
         .clone()
+}
+
+/// What drgn prints running `script` on the program `target` (`-c CORE`, `--qemu SOCKET`) with
+/// the symbols of `vmlinux`; a failure of drgn's is a panic with its stderr.
+pub fn drgn(target: &[&std::ffi::OsStr], vmlinux: &Path, script: &str) -> String {
+    let output =
+        Command::new("drgn").args(target).arg("-s").arg(vmlinux).arg("-e").arg(script).output().unwrap();
+    assert!(output.status.success(), "drgn: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

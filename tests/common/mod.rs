@@ -514,6 +514,25 @@ impl Drop for TestMount {
     }
 }
 
+/// QEMU's own `dump-guest-memory` (ELF, no paging) of `vm` into `path`, once it is written
+/// (QEMU writes it as the user it runs as: `path` is in the run directory).
+pub fn qemu_dump(vm: &qemu_bridge::Vm, path: &Path) {
+    let _ = std::fs::remove_file(path);
+    vm.with_qmp(|qmp| {
+        qmp.execute(
+            "dump-guest-memory",
+            Some(serde_json::json!({"paging": false, "protocol": format!("file:{}", path.display())})),
+        )
+    })
+    .unwrap();
+    let ram = vm.info().unwrap().ram_size;
+    assert!(
+        wait_until(Duration::from_secs(60), || std::fs::metadata(path).is_ok_and(|m| m.len() > ram)),
+        "QEMU wrote no dump to {}",
+        path.display()
+    );
+}
+
 /// The anonymous resident memory of process `pid` (its own, not the guest RAM it maps), in KiB.
 pub fn anon_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
