@@ -5,6 +5,9 @@
 #   - keeps that marker resident in guest memory (a file in the RAM-backed rootfs)
 #   - runs a small workload that keeps changing memory (a counter file rewritten 10 times a s)
 #   - loads qemu_fw_cfg, so that a VM with -device vmcoreinfo gets the kernel's vmcoreinfo
+#   - writes a line of its own into the kernel log, then prints its own view of its kernel to
+#     the console for the tests to compare with (/proc/version, a hash of the kernel's own
+#     symbols in /proc/kallsyms, dmesg), between QEMU-BRIDGE-ORACLE-BEGIN and -END
 # Output: OUTDIR/vmlinuz, OUTDIR/initrd.gz (default target/guest/linux). Cached: a second run
 # returns at once. Boot it with: qemu-bridge launch NAME --linux OUTDIR. The qemu-bridge binary
 # carries this script and runs it for `launch NAME --linux` with no directory (its cache).
@@ -13,7 +16,7 @@
 set -euo pipefail
 out=$(realpath -m "${1:-$(dirname "$0")/../target/guest/linux}")
 # the initramfs's version: a cache of an older one is built again
-initramfs_version=2
+initramfs_version=3
 if [[ -f $out/vmlinuz && -f $out/initrd.gz && -f $out/.complete ]] &&
     grep -qx "initramfs $initramfs_version" "$out/.complete"; then
     echo "$out (cached)"
@@ -49,6 +52,15 @@ marker="QEMU-BRIDGE-LINUX-MARKER:$(cat /proc/sys/kernel/random/boot_id)"
 echo "$marker" > /tmp/marker
 echo "$marker" > /dev/ttyS0
 echo "qemu-bridge guest up: $(uname -r)" > /dev/ttyS0
+echo "qemu-bridge-test: a line of the guest's own, boot $(cat /proc/sys/kernel/random/boot_id)" > /dev/kmsg
+{
+    echo "QEMU-BRIDGE-ORACLE-BEGIN"
+    echo "version: $(cat /proc/version)"
+    # the kernel's own symbols (module, BPF and ftrace lines end in [name])
+    echo "kallsyms: $(grep -vc '\[' /proc/kallsyms) $(grep -v '\[' /proc/kallsyms | sha256sum | cut -d' ' -f1)"
+    dmesg | sed 's/^/dmesg: /'
+    echo "QEMU-BRIDGE-ORACLE-END"
+} > /dev/ttyS0
 counter=0
 while true; do
     counter=$((counter + 1))

@@ -86,6 +86,9 @@ pub enum Verb {
     DeleteSaved(StateArgs),
     /// Read guest-physical memory: a hex dump, or raw bytes with --raw
     Read(ReadArgs),
+    /// A Linux guest's kernel, read from its memory with no symbol file: its version banner,
+    /// its symbols (as /proc/kallsyms) or its log (as dmesg)
+    Linux(LinuxArgs),
     /// Write a VM's whole RAM to a file and print its checksum and consistency verdict
     Snapshot(SnapshotArgs),
     /// Print, every interval, the guest-physical ranges whose bytes changed and how many pages
@@ -235,6 +238,30 @@ pub struct ListArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
+}
+
+/// `linux`.
+#[derive(Debug, Args)]
+pub struct LinuxArgs {
+    /// The VM's name (its socket's file stem)
+    pub name: String,
+    /// What to print
+    #[arg(value_enum)]
+    pub what: LinuxWhat,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// What `linux` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LinuxWhat {
+    /// The version banner, as /proc/version
+    Version,
+    /// The kernel's symbols, as /proc/kallsyms lists them
+    Kallsyms,
+    /// The kernel log, as dmesg prints it
+    Dmesg,
 }
 
 /// `read`.
@@ -560,6 +587,7 @@ pub fn run(cli: Cli) -> CliResult {
         }
         Verb::Saved(args) => saved_verb(args),
         Verb::Read(args) => read_verb(args),
+        Verb::Linux(args) => linux_verb(&args),
         Verb::Snapshot(args) => snapshot_verb(args),
         Verb::Changes(args) => changes_verb(&args),
         Verb::Mount(args) => mount_verb(&args),
@@ -955,6 +983,26 @@ fn read_verb(args: ReadArgs) -> CliResult {
     } else {
         out.write_all(hex_dump(args.addr, &buffer).as_bytes())?;
     }
+    Ok(())
+}
+
+fn linux_verb(args: &LinuxArgs) -> CliResult {
+    use qemu_bridge::guest::linux::{LinuxKernel, View};
+    let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
+    let (bridge, _) = vm.open_bridge()?;
+    let vmcoreinfo = qemu_bridge::guest::vmcoreinfo::find(bridge.mapping())?.ok_or_else(|| {
+        format!("VM {}: no Linux kernel's vmcoreinfo in its RAM (not Linux, or not booted yet)", args.name)
+    })?;
+    let view = match args.what {
+        LinuxWhat::Version => View::Version,
+        LinuxWhat::Kallsyms => View::Kallsyms,
+        LinuxWhat::Dmesg => View::Dmesg,
+    };
+    let kernel = LinuxKernel::new(vmcoreinfo).map_err(|err| format!("VM {}: {err}", args.name))?;
+    let text = view
+        .render(&kernel, &bridge)
+        .map_err(|err| format!("VM {}: {}", args.name, qemu_bridge::error::chain(&err)))?;
+    std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(())
 }
 

@@ -24,6 +24,14 @@ fn main() -> ExitCode {
     };
     match cli::run(cli::Cli::parse_from(argv)) {
         Ok(()) => ExitCode::SUCCESS,
+        // the reader went away (`| head`): what it did not read is nobody's error
+        Err(err)
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("qemu-bridge: error: {}", qemu_bridge::error::chain(err.as_ref()));
             ExitCode::FAILURE

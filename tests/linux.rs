@@ -737,3 +737,81 @@ fn test_page_tables_that_fan_out_cost_bounded_work() {
     let after = common::anon_rss_kib(mount.pid);
     assert!(after < before + 128 * 1024, "the daemon grew from {before} KiB to {after} KiB");
 }
+
+/// What the guest printed of its own kernel between QEMU-BRIDGE-ORACLE-BEGIN and -END: its
+/// `/proc/version`, the count and SHA-256 of the kernel's own lines of `/proc/kallsyms`, its
+/// `dmesg`.
+struct GuestOracle {
+    version: String,
+    kallsyms: (usize, String),
+    dmesg: Vec<String>,
+}
+
+fn guest_oracle(linux: &common::linux::LinuxVm) -> GuestOracle {
+    let mut serial = String::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            serial = std::fs::read_to_string(&linux.launched.serial).unwrap_or_default();
+            serial.contains("QEMU-BRIDGE-ORACLE-END")
+        }),
+        "the guest printed no view of its own: {serial}"
+    );
+    let lines: Vec<&str> = serial.lines().map(|line| line.trim_end_matches('\r')).collect();
+    let field = |prefix: &str| lines.iter().find_map(|line| line.strip_prefix(prefix)).unwrap().to_string();
+    let kallsyms = field("kallsyms: ");
+    let (count, hash) = kallsyms.split_once(' ').unwrap();
+    GuestOracle {
+        version: field("version: "),
+        kallsyms: (count.parse().unwrap(), hash.to_string()),
+        dmesg: lines.iter().filter_map(|line| line.strip_prefix("dmesg: ")).map(String::from).collect(),
+    }
+}
+
+/// `linux/` of a Linux guest, from its memory alone, against what the guest itself printed of
+/// its kernel: the banner, every one of the kernel's symbols (the same lines, byte for byte), and
+/// every line of its log, including one it wrote into /dev/kmsg; the command line says the same;
+/// a guest that is not Linux has no `linux/`.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_linux_views_agree_with_the_guests_own() {
+    use sha2::{Digest, Sha256};
+    require_qemu();
+    common::require_fuse();
+    let run_dir = TestRunDir::new();
+    let linux = boot_linux(&run_dir);
+    let name = linux.launched.name().to_string();
+    let oracle = guest_oracle(&linux);
+    let tiny = VmBuilder::new("tiny", &run_dir).launch();
+    let mount = TestMount::new(&run_dir, &[]);
+    let dir = mount.path(&format!("{name}/linux"));
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["dmesg", "kallsyms", "version"]);
+    assert!(!mount.path(&format!("{}/linux", tiny.name())).exists(), "a guest that is not Linux");
+
+    let version = std::fs::read_to_string(dir.join("version")).unwrap();
+    assert_eq!(version.trim_end(), oracle.version);
+    let kallsyms = std::fs::read_to_string(dir.join("kallsyms")).unwrap();
+    let hash: String = Sha256::digest(kallsyms.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!((kallsyms.lines().count(), hash), oracle.kallsyms, "the kernel's /proc/kallsyms");
+    // the guest's dmesg, line for line and in order, within ours (which goes on after it)
+    let dmesg = std::fs::read_to_string(dir.join("dmesg")).unwrap();
+    let ours: Vec<&str> = dmesg.lines().collect();
+    assert!(
+        oracle.dmesg.len() > 100
+            && oracle.dmesg.iter().any(|line| line.contains("qemu-bridge-test: a line of the guest's own"))
+    );
+    let mut at = 0;
+    for line in &oracle.dmesg {
+        let found = ours[at..].iter().position(|ours| ours == line);
+        at += found.unwrap_or_else(|| panic!("{line:?} is not in our dmesg after line {at}")) + 1;
+    }
+    // the command line prints the same
+    let output = common::qemu_bridge(&run_dir, &["linux", &name, "version"]);
+    assert_eq!(common::stdout(&output), version);
+    let output = common::qemu_bridge(&run_dir, &["linux", tiny.name(), "dmesg"]);
+    common::assert_clean_failure(&output, "no Linux kernel's vmcoreinfo");
+}

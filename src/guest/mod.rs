@@ -6,6 +6,7 @@
 //! come from QEMU ([`registers`]). The bytes and registers are the guest's: code here treats
 //! them as hostile input (bounded walks, capped counts, errors instead of panics).
 
+pub mod linux;
 pub mod memory;
 pub mod paging;
 pub mod registers;

@@ -10,6 +10,9 @@
 //! /<vm>/core          live ELF core of the guest
 //! /<vm>/map.png       picture of guest RAM: one pixel per page, by class, along a Hilbert curve
 //! /<vm>/vmcoreinfo    the guest kernel's vmcoreinfo text, found in its RAM (Linux guests)
+//! /<vm>/linux/version      a Linux guest's banner, kallsyms and dmesg, from its memory
+//! /<vm>/linux/kallsyms     (only for VMs whose RAM holds a Linux vmcoreinfo)
+//! /<vm>/linux/dmesg
 //! /<vm>/cpus/<n>/registers  vCPU n's registers now (JSON)
 //! /<vm>/cpus/<n>/mappings   every mapping of vCPU n's page tables now (x86_64, riscv64)
 //! /<vm>/cpus/<n>/memory     vCPU n's virtual address space, sparse (x86_64, riscv64)
@@ -36,6 +39,9 @@ use super::parts::{core_now, MountedVm, Registry};
 const INODES_PER_INSTANCE: u64 = 16;
 /// The offset of a VM's `cpus` directory among its inodes (after its files).
 const CPUS_OFFSET: u64 = 15;
+/// The offset of a VM's `linux` directory; its files are at `LINUX_FILES_OFFSET` on.
+const LINUX_OFFSET: u64 = 14;
+const LINUX_FILES_OFFSET: u64 = 10;
 /// Inodes of the vCPU directories and their files: this bit, the VM's number from bit 22, the
 /// vCPU from bit 2, the file in bits 1..0 (0 for the directory).
 const CPU_INODES: u64 = 1 << 62;
@@ -163,6 +169,10 @@ enum Node {
     File(u64, VmFile),
     /// `<vm>/cpus`
     Cpus(u64),
+    /// `<vm>/linux`
+    Linux(u64),
+    /// `<vm>/linux/<file>`
+    LinuxFile(u64, crate::guest::linux::View),
     /// `<vm>/cpus/<n>`
     Cpu(u64, usize),
     /// `<vm>/cpus/<n>/<file>`
@@ -190,6 +200,10 @@ impl Node {
         match offset {
             0 => Some(Node::Dir(number)),
             CPUS_OFFSET => Some(Node::Cpus(number)),
+            LINUX_OFFSET => Some(Node::Linux(number)),
+            offset if (LINUX_FILES_OFFSET..LINUX_OFFSET).contains(&offset) => crate::guest::linux::View::ALL
+                .get((offset - LINUX_FILES_OFFSET) as usize)
+                .map(|view| Node::LinuxFile(number, *view)),
             _ => VmFile::from_offset(offset).map(|file| Node::File(number, file)),
         }
     }
@@ -204,6 +218,26 @@ impl Node {
 /// Every vCPU's registers now (one HMP exchange).
 fn vcpus_now(instance: &MountedVm) -> Result<Vec<crate::guest::VcpuRegisters>, crate::vm::VmError> {
     crate::guest::registers::vcpu_registers(|ask| instance.with_qmp(ask))
+}
+
+fn linux_file_inode(instance: &MountedVm, view: crate::guest::linux::View) -> INodeNo {
+    let index = crate::guest::linux::View::ALL.iter().position(|known| *known == view).unwrap_or(0);
+    INodeNo(dir_inode(instance) + LINUX_FILES_OFFSET + index as u64)
+}
+
+/// Whether the VM is a Linux guest whose kernel can be read (its RAM holds a vmcoreinfo).
+fn is_linux(instance: &MountedVm) -> bool {
+    super::parts::vmcoreinfo_now(instance).ok().flatten().is_some()
+}
+
+/// A `linux/` file's text now: what the kernel's structures say, or one `error:` line saying
+/// what in them is wrong (the guest's memory is its own to break).
+fn linux_text(instance: &MountedVm, view: crate::guest::linux::View) -> Result<Vec<u8>, GenerateError> {
+    let info = super::parts::vmcoreinfo_now(instance)?.ok_or(GenerateError::NoVmcoreinfo)?;
+    let text = crate::guest::linux::LinuxKernel::new(info)
+        .and_then(|kernel| view.render(&kernel, &instance.bridge))
+        .unwrap_or_else(|err| format!("error: {}\n", crate::error::chain(&err)));
+    Ok(text.into_bytes())
 }
 
 fn file_inode(instance: &MountedVm, file: VmFile) -> INodeNo {
@@ -340,6 +374,15 @@ impl Tree {
             _ => 0,
         };
         self.attr(file_inode(instance, file), FileType::RegularFile, 0o444, size, instance.since)
+    }
+
+    fn linux_attr(&self, instance: &MountedVm) -> FileAttr {
+        let ino = INodeNo(dir_inode(instance) + LINUX_OFFSET);
+        self.attr(ino, FileType::Directory, 0o555, 0, instance.since)
+    }
+
+    fn linux_file_attr(&self, instance: &MountedVm, view: crate::guest::linux::View) -> FileAttr {
+        self.attr(linux_file_inode(instance, view), FileType::RegularFile, 0o444, 0, instance.since)
     }
 
     fn cpus_attr(&self, instance: &MountedVm) -> FileAttr {
@@ -617,8 +660,23 @@ impl Filesystem for Tree {
                 if name == "cpus" {
                     return reply.entry(&TTL, &self.cpus_attr(&instance), Generation(0));
                 }
+                if name == "linux" {
+                    return match is_linux(&instance) {
+                        true => reply.entry(&Duration::ZERO, &self.linux_attr(&instance), Generation(0)),
+                        false => reply.error(Errno::ENOENT),
+                    };
+                }
                 let Some(file) = VmFile::from_name(name) else { return reply.error(Errno::ENOENT) };
                 reply.entry(&TTL, &self.file_attr(&instance, file), Generation(0));
+            }
+            Some(Node::Linux(number)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                match name.to_str().and_then(crate::guest::linux::View::from_name) {
+                    Some(view) => reply.entry(&TTL, &self.linux_file_attr(&instance, view), Generation(0)),
+                    None => reply.error(Errno::ENOENT),
+                }
             }
             Some(Node::Cpus(number)) => {
                 let Some(instance) = self.registry.by_number(number) else {
@@ -667,6 +725,14 @@ impl Filesystem for Tree {
                 Some(instance) => reply.attr(&TTL, &self.cpus_attr(&instance)),
                 None => reply.error(Errno::ENOENT),
             },
+            Some(Node::Linux(number)) => match self.registry.by_number(number) {
+                Some(instance) => reply.attr(&Duration::ZERO, &self.linux_attr(&instance)),
+                None => reply.error(Errno::ENOENT),
+            },
+            Some(Node::LinuxFile(number, view)) => match self.registry.by_number(number) {
+                Some(instance) => reply.attr(&TTL, &self.linux_file_attr(&instance, view)),
+                None => reply.error(Errno::ENOENT),
+            },
             Some(Node::Cpu(number, cpu)) => match self.registry.by_number(number) {
                 Some(instance) => reply.attr(&Duration::ZERO, &self.cpu_attr(&instance, cpu)),
                 None => reply.error(Errno::ENOENT),
@@ -707,6 +773,27 @@ impl Filesystem for Tree {
                     FileType::Directory,
                     "cpus".into(),
                 ));
+                if is_linux(&instance) {
+                    entries.push((
+                        INodeNo(dir_inode(&instance) + LINUX_OFFSET),
+                        FileType::Directory,
+                        "linux".into(),
+                    ));
+                }
+            }
+            Some(Node::Linux(number)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                entries.push((INodeNo(dir_inode(&instance) + LINUX_OFFSET), FileType::Directory, ".".into()));
+                entries.push((INodeNo(dir_inode(&instance)), FileType::Directory, "..".into()));
+                for view in crate::guest::linux::View::ALL {
+                    entries.push((
+                        linux_file_inode(&instance, view),
+                        FileType::RegularFile,
+                        view.name().into(),
+                    ));
+                }
             }
             Some(Node::Cpus(number)) => {
                 let Some(instance) = self.registry.by_number(number) else {
@@ -760,6 +847,27 @@ impl Filesystem for Tree {
                     return reply.error(Errno::ENOENT);
                 };
                 return self.open_cpu_file(instance, cpu, file, reply);
+            }
+            Some(Node::LinuxFile(number, view)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                return match linux_text(&instance, view) {
+                    Ok(text) => {
+                        let fh = self.new_handle(Handle::Text(text));
+                        reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                    }
+                    Err(GenerateError::NoVmcoreinfo) => reply.error(Errno::ENODATA),
+                    Err(err) => {
+                        log::error!(
+                            "{}/linux/{}: {}",
+                            instance.vm.name(),
+                            view.name(),
+                            crate::error::chain(&err)
+                        );
+                        reply.error(Errno::EIO)
+                    }
+                };
             }
             _ => return reply.error(Errno::EISDIR),
         };

@@ -1,0 +1,275 @@
+//! A Linux guest's kernel, found in its memory with no file from outside: its vmcoreinfo (see
+//! [`vmcoreinfo`](super::vmcoreinfo)) says where the kernel's own page tables (`init_top_pgt`),
+//! symbol tables (`kallsyms_*`, Linux >= 6.0) and log (`prb`, with the layout of every structure
+//! of the ring buffer, Linux >= 5.10) are; [`KernelMemory`] reads kernel virtual addresses
+//! through those tables, [`kallsyms`] decodes the symbols and [`printk`] the log.
+//!
+//! What works from vmcoreinfo and kallsyms alone, with no type information: the version banner,
+//! the symbol table and the kernel log. Tasks, memory maps and modules need the kernel's types
+//! (BTF), which this module does not read yet. x86_64 guests only: the kernel's tables are
+//! walked with [`Paging`] in the mode `NUMBER(pgtable_l5_enabled)` says.
+//!
+//! Everything is the guest's: counts are capped, walks bounded, and a bad structure is an
+//! error naming what was wrong, never a hang or a panic.
+
+pub mod kallsyms;
+pub mod printk;
+
+use super::memory::{Gpa, GuestMemory};
+use super::paging::{Paging, PagingError, PagingMode};
+use super::vmcoreinfo::VmcoreInfo;
+
+/// x86_64's `__START_KERNEL_map`: the kernel image is mapped from here, at `phys_base`.
+const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+
+/// Why the kernel could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LinuxError {
+    /// The vmcoreinfo lacks a line this needs (an older kernel, or another architecture).
+    #[error("the kernel's vmcoreinfo has no {0} (Linux too old, or not x86_64)")]
+    Missing(String),
+    /// A vmcoreinfo value is not a number.
+    #[error("the kernel's vmcoreinfo has a {key} that is no number: {value:?}")]
+    BadNumber {
+        /// The key.
+        key: String,
+        /// Its value.
+        value: String,
+    },
+    /// Kernel memory could not be read.
+    #[error("cannot read the kernel's {what}")]
+    Read {
+        /// What was being read.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: PagingError,
+    },
+    /// A kernel structure is not what it must be.
+    #[error("the kernel's {what} is corrupt: {why}")]
+    Corrupt {
+        /// The structure.
+        what: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// A Linux kernel in guest memory: its vmcoreinfo and the page tables of its own address space.
+#[derive(Debug, Clone)]
+pub struct LinuxKernel {
+    vmcoreinfo: VmcoreInfo,
+    paging: Paging,
+}
+
+impl LinuxKernel {
+    /// The kernel that `vmcoreinfo` describes: its page tables are `init_top_pgt`, at its
+    /// physical address in the kernel image (`__pa_symbol`: the address less
+    /// `__START_KERNEL_map`, plus `phys_base`), 5-level where `pgtable_l5_enabled` says so.
+    ///
+    /// # Errors
+    ///
+    /// [`LinuxError::Missing`] or [`LinuxError::BadNumber`] for a vmcoreinfo without those.
+    pub fn new(vmcoreinfo: VmcoreInfo) -> Result<Self, LinuxError> {
+        let root = symbol(&vmcoreinfo, "init_top_pgt")?;
+        let phys_base = number(&vmcoreinfo, "NUMBER(phys_base)")?;
+        let five_level = vmcoreinfo.get("NUMBER(pgtable_l5_enabled)") == Some("1");
+        let mode = if five_level { PagingMode::FiveLevel } else { PagingMode::FourLevel };
+        let root_gpa = image_physical(root, phys_base).ok_or_else(|| LinuxError::Corrupt {
+            what: "vmcoreinfo",
+            why: format!("init_top_pgt {root:#x} is not in the kernel image"),
+        })?;
+        Ok(Self { vmcoreinfo, paging: Paging::new(mode, Gpa(root_gpa), true) })
+    }
+
+    /// Its vmcoreinfo.
+    pub fn vmcoreinfo(&self) -> &VmcoreInfo {
+        &self.vmcoreinfo
+    }
+
+    /// The kernel's own paging (`init_top_pgt`): every kernel address, whatever a vCPU runs.
+    pub fn paging(&self) -> &Paging {
+        &self.paging
+    }
+
+    /// The address of `SYMBOL(name)` in its vmcoreinfo.
+    ///
+    /// # Errors
+    ///
+    /// As [`LinuxKernel::new`].
+    pub fn symbol(&self, name: &str) -> Result<u64, LinuxError> {
+        symbol(&self.vmcoreinfo, name)
+    }
+
+    /// `KEY`'s value as a number (decimal, or hex where vmcoreinfo writes hex).
+    ///
+    /// # Errors
+    ///
+    /// As [`LinuxError::Missing`], [`LinuxError::BadNumber`].
+    pub fn number(&self, key: &str) -> Result<i64, LinuxError> {
+        number(&self.vmcoreinfo, key)
+    }
+
+    /// Fills `buf` with the kernel's bytes at virtual address `va` (`what` names them in an
+    /// error).
+    ///
+    /// # Errors
+    ///
+    /// [`LinuxError::Read`] when the kernel's tables do not map all of it to RAM.
+    pub fn read<M: GuestMemory + ?Sized>(
+        &self,
+        memory: &M,
+        va: u64,
+        buf: &mut [u8],
+        what: &'static str,
+    ) -> Result<(), LinuxError> {
+        self.paging.read_virtual(memory, va, buf).map_err(|source| LinuxError::Read { what, source })
+    }
+
+    /// The little-endian u64 at `va`.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read).
+    pub fn read_u64<M: GuestMemory + ?Sized>(
+        &self,
+        memory: &M,
+        va: u64,
+        what: &'static str,
+    ) -> Result<u64, LinuxError> {
+        let mut bytes = [0u8; 8];
+        self.read(memory, va, &mut bytes, what)?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    /// The kernel's version banner (`linux_banner`, as `/proc/version` prints it), found through
+    /// kallsyms: a NUL-terminated line of at most 512 bytes.
+    ///
+    /// # Errors
+    ///
+    /// As [`kallsyms::read`], or a banner that is not `Linux version ...` text.
+    pub fn banner<M: GuestMemory + ?Sized>(
+        &self,
+        memory: &M,
+        symbols: &[kallsyms::Symbol],
+    ) -> Result<String, LinuxError> {
+        let address = symbols
+            .iter()
+            .find(|symbol| symbol.name == "linux_banner")
+            .map(|symbol| symbol.address)
+            .ok_or_else(|| LinuxError::Missing("linux_banner among the kernel's symbols".into()))?;
+        let mut bytes = vec![0u8; 512];
+        self.read(memory, address, &mut bytes, "linux_banner")?;
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        let text = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        if !text.starts_with("Linux version ") {
+            return Err(LinuxError::Corrupt {
+                what: "linux_banner",
+                why: format!("it starts {:?}", &text[..text.len().min(32)]),
+            });
+        }
+        Ok(if text.ends_with('\n') { text } else { text + "\n" })
+    }
+}
+
+/// The files of a Linux guest's `linux/` directory, made from vmcoreinfo and kallsyms alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// `version`: the banner, as `/proc/version`.
+    Version,
+    /// `kallsyms`: the kernel's symbols, as `/proc/kallsyms` lists the kernel's own.
+    Kallsyms,
+    /// `dmesg`: the kernel log, as `dmesg` prints it.
+    Dmesg,
+}
+
+impl View {
+    /// Every view, in listing order.
+    pub const ALL: [View; 3] = [View::Version, View::Kallsyms, View::Dmesg];
+
+    /// The file's name (and the command line's word).
+    pub fn name(self) -> &'static str {
+        match self {
+            View::Version => "version",
+            View::Kallsyms => "kallsyms",
+            View::Dmesg => "dmesg",
+        }
+    }
+
+    /// The view named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|view| view.name() == name)
+    }
+
+    /// The view's text now, read from guest memory.
+    ///
+    /// # Errors
+    ///
+    /// What reading the kernel's structures found wrong ([`LinuxError`]).
+    pub fn render<M: GuestMemory + ?Sized>(
+        self,
+        kernel: &LinuxKernel,
+        memory: &M,
+    ) -> Result<String, LinuxError> {
+        match self {
+            View::Version => {
+                let symbols = kallsyms::parse(&kallsyms::read_tables(kernel, memory)?)?;
+                kernel.banner(memory, &symbols)
+            }
+            View::Kallsyms => Ok(kallsyms::text(&kallsyms::parse(&kallsyms::read_tables(kernel, memory)?)?)),
+            View::Dmesg => Ok(printk::text(&printk::read(kernel, memory)?)),
+        }
+    }
+}
+
+/// The physical address of `va` in the kernel image (x86_64 `__pa_symbol`).
+fn image_physical(va: u64, phys_base: i64) -> Option<u64> {
+    va.checked_sub(START_KERNEL_MAP).map(|offset| offset.wrapping_add(phys_base as u64))
+}
+
+fn symbol(vmcoreinfo: &VmcoreInfo, name: &str) -> Result<u64, LinuxError> {
+    let key = format!("SYMBOL({name})");
+    let value = vmcoreinfo.get(&key).ok_or_else(|| LinuxError::Missing(key.clone()))?;
+    u64::from_str_radix(value, 16).map_err(|_| LinuxError::BadNumber { key, value: value.to_string() })
+}
+
+/// A `NUMBER(...)`, `SIZE(...)`, `OFFSET(...)` or `LENGTH(...)` value: decimal, as the kernel
+/// writes them (`NUMBER(phys_base)` may be negative).
+fn number(vmcoreinfo: &VmcoreInfo, key: &str) -> Result<i64, LinuxError> {
+    let value = vmcoreinfo.get(key).ok_or_else(|| LinuxError::Missing(key.to_string()))?;
+    value.parse().map_err(|_| LinuxError::BadNumber { key: key.to_string(), value: value.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(text: &str) -> VmcoreInfo {
+        VmcoreInfo { offset: 0, text: text.to_string() }
+    }
+
+    #[test]
+    fn the_kernels_tables_are_found_from_vmcoreinfo() {
+        let kernel = LinuxKernel::new(info(
+            "OSRELEASE=6.1\nSYMBOL(init_top_pgt)=ffffffff9d00a000\nNUMBER(phys_base)=-390070272\nNUMBER(pgtable_l5_enabled)=0\n",
+        ))
+        .unwrap();
+        // 0xffffffff9d00a000 - __START_KERNEL_map - 0x17400000
+        assert_eq!(kernel.paging().root(), Gpa(0x1d00_a000 - 0x1740_0000));
+        assert_eq!(kernel.paging().mode(), PagingMode::FourLevel);
+        let five = LinuxKernel::new(info(
+            "SYMBOL(init_top_pgt)=ffffffff81000000\nNUMBER(phys_base)=0\nNUMBER(pgtable_l5_enabled)=1\n",
+        ))
+        .unwrap();
+        assert_eq!((five.paging().mode(), five.paging().root()), (PagingMode::FiveLevel, Gpa(0x100_0000)));
+        assert!(matches!(LinuxKernel::new(info("NUMBER(phys_base)=0\n")), Err(LinuxError::Missing(_))));
+        assert!(matches!(
+            LinuxKernel::new(info("SYMBOL(init_top_pgt)=ffffffff81000000\nNUMBER(phys_base)=x\n")),
+            Err(LinuxError::BadNumber { .. })
+        ));
+        assert!(matches!(
+            LinuxKernel::new(info("SYMBOL(init_top_pgt)=1000\nNUMBER(phys_base)=0\n")),
+            Err(LinuxError::Corrupt { .. })
+        ));
+    }
+}
