@@ -3,7 +3,7 @@
 //! command line's `read --virtual` makes too.
 //!
 //! File offsets are virtual addresses with their sign extension dropped
-//! ([`offset_of_va`](super::paging::offset_of_va)): with 4-level paging the file is 2^48 bytes,
+//! ([`offset_of_va`]): with 4-level paging the file is 2^48 bytes,
 //! the user half at offsets 0..2^47 (offset = address) and the kernel half from 2^47
 //! (0xffff_8000_0000_0000 is at offset 2^47, 0xffff_ffff_8100_0000 at 0xffff_8100_0000); with
 //! 5-level paging 2^57 bytes, the kernel half from 2^56. Pages that are not mapped, and mapped

@@ -1,5 +1,5 @@
 //! vCPU registers by architecture, with names the manuals use: what
-//! [`VcpuRegisters`](super::VcpuRegisters) holds as QEMU printed it, taken apart for callers
+//! [`VcpuRegisters`] holds as QEMU printed it, taken apart for callers
 //! that want a field rather than a lookup by name. Registers the mode does not have (R8-R15 of
 //! a 32-bit x86 vCPU) are zero; the ones a sample cannot do without are errors when missing.
 

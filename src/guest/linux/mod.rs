@@ -1,7 +1,7 @@
 //! A Linux guest's kernel, found in its memory with no file from outside: its vmcoreinfo (see
 //! [`vmcoreinfo`](super::vmcoreinfo)) says where the kernel's own page tables (`init_top_pgt`),
 //! symbol tables (`kallsyms_*`, Linux >= 6.0) and log (`prb`, with the layout of every structure
-//! of the ring buffer, Linux >= 5.10) are; [`KernelMemory`] reads kernel virtual addresses
+//! of the ring buffer, Linux >= 5.10) are; [`LinuxKernel`] reads kernel virtual addresses
 //! through those tables, [`kallsyms`] decodes the symbols and [`printk`] the log.
 //!
 //! What works from vmcoreinfo and kallsyms alone, with no type information: the version banner,
@@ -147,7 +147,7 @@ impl LinuxKernel {
     ///
     /// # Errors
     ///
-    /// As [`kallsyms::read`], or a banner that is not `Linux version ...` text.
+    /// As [`kallsyms::read_tables`], or a banner that is not `Linux version ...` text.
     pub fn banner<M: GuestMemory + ?Sized>(
         &self,
         memory: &M,

@@ -131,7 +131,7 @@ pub fn records(layout: &Layout, ring: u64, read: &Reader<'_>) -> Result<Vec<Reco
     let data_ring = at(ring, layout.text_data_ring);
     let count_bits = u32_at(read, at(desc_ring, layout.count_bits))?;
     let size_bits = u32_at(read, at(data_ring, layout.size_bits))?;
-    if count_bits > MAX_COUNT_BITS || size_bits > MAX_SIZE_BITS || size_bits < 4 {
+    if count_bits > MAX_COUNT_BITS || !(4..=MAX_SIZE_BITS).contains(&size_bits) {
         return Err(corrupt(format!("2^{count_bits} descriptors and 2^{size_bits} bytes of text")));
     }
     let descs = u64_at(read, at(desc_ring, layout.descs))?;
