@@ -104,7 +104,7 @@ pub fn read_tables<M: GuestMemory + ?Sized>(kernel: &LinuxKernel, memory: &M) ->
 ///
 /// [`LinuxError::Corrupt`] naming the first thing wrong: too many symbols, a name running past
 /// the table or past [`MAX_NAME`], a token index out of the token table, a token without its
-/// NUL, an empty name.
+/// NUL, an empty name, a byte in a name that is not printable ASCII.
 pub fn parse(tables: &Tables) -> Result<Vec<Symbol>, LinuxError> {
     let count = tables.num_syms;
     if count > MAX_SYMBOLS {
@@ -154,6 +154,10 @@ pub fn parse(tables: &Tables) -> Result<Vec<Symbol>, LinuxError> {
         let Some((&kind, rest)) = name.split_first() else {
             return Err(corrupt(format!("symbol {index} has an empty name")));
         };
+        // names and types are printable ASCII: anything else would forge lines of the listing
+        if let Some(bad) = name.iter().find(|byte| !byte.is_ascii_graphic()) {
+            return Err(corrupt(format!("symbol {index}'s name has a byte {bad:#04x}, which no symbol has")));
+        }
         let address = match (absolute_percpu, offset >= 0) {
             (false, _) => tables.relative_base.wrapping_add(u64::from(offset as u32)),
             (true, true) => offset as u64,
@@ -265,6 +269,14 @@ mod tests {
             (Tables { token_index: vec![0xff; 512], ..tables(&[-1], &good) }, "past the token table"),
             (Tables { token_table: vec![b'x'; 600], ..tables(&[-1], &good) }, "no end"),
             (tables(&[-1], &[0]), "empty name"),
+            (
+                Tables {
+                    token_table: b"T\0x\ny\0".repeat(128),
+                    token_index: (0..256u16).flat_map(|t| (t % 2 * 2).to_le_bytes()).collect(),
+                    ..tables(&[-1], &[2, 0, 1])
+                },
+                "a byte 0x0a",
+            ),
         ] {
             let err = parse(&tables).unwrap_err().to_string();
             assert!(err.contains(why), "{err}");
