@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what qemu-bridge needs to run and to be tested, with apt-get, if missing:
 # QEMU (Debian 12's 7.2) and qemu-img, fusermount3, binutils (to assemble the test guest), python3,
-# xxd, util-linux (setpriv), gcc, b3sum, chromium, libvirt (daemon and virsh) and crash. With --runtime only what qemu-bridge needs to
+# xxd, util-linux (setpriv), gcc, b3sum, chromium, libvirt (daemon and virsh), crash and bpftool. With --runtime only what qemu-bridge needs to
 # run (QEMU, qemu-img, fuse3). Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -29,6 +29,7 @@ missing() {
     command -v virsh >/dev/null || need+=(libvirt-clients)
     command -v script >/dev/null || need+=(bsdutils)   # a terminal for the progress bar's test
     command -v crash >/dev/null || need+=(crash)   # reads the mount's core in the tests
+    command -v bpftool >/dev/null || need+=(bpftool)   # reads the mount's linux/btf in the tests
 }
 
 sudo=""

@@ -87,7 +87,7 @@ pub enum Verb {
     /// Read guest-physical memory: a hex dump, or raw bytes with --raw
     Read(ReadArgs),
     /// A Linux guest's kernel, read from its memory with no symbol file: its version banner,
-    /// its symbols (as /proc/kallsyms) or its log (as dmesg)
+    /// its symbols (as /proc/kallsyms), its log (as dmesg) or its BTF
     Linux(LinuxArgs),
     /// Write a VM's whole RAM to a file and print its checksum and consistency verdict
     Snapshot(SnapshotArgs),
@@ -262,6 +262,8 @@ pub enum LinuxWhat {
     Kallsyms,
     /// The kernel log, as dmesg prints it
     Dmesg,
+    /// The kernel's raw BTF, as /sys/kernel/btf/vmlinux (binary: redirect it to a file)
+    Btf,
 }
 
 /// `read`.
@@ -997,12 +999,13 @@ fn linux_verb(args: &LinuxArgs) -> CliResult {
         LinuxWhat::Version => View::Version,
         LinuxWhat::Kallsyms => View::Kallsyms,
         LinuxWhat::Dmesg => View::Dmesg,
+        LinuxWhat::Btf => View::Btf,
     };
     let kernel = LinuxKernel::new(vmcoreinfo).map_err(|err| format!("VM {}: {err}", args.name))?;
     let text = view
         .render(&kernel, &bridge)
         .map_err(|err| format!("VM {}: {}", args.name, qemu_bridge::error::chain(&err)))?;
-    std::io::stdout().lock().write_all(text.as_bytes())?;
+    std::io::stdout().lock().write_all(&text)?;
     Ok(())
 }
 

@@ -744,6 +744,8 @@ fn test_page_tables_that_fan_out_cost_bounded_work() {
 struct GuestOracle {
     version: String,
     kallsyms: (usize, String),
+    /// SHA-256 of /sys/kernel/btf/vmlinux
+    btf: String,
     dmesg: Vec<String>,
 }
 
@@ -763,6 +765,7 @@ fn guest_oracle(linux: &common::linux::LinuxVm) -> GuestOracle {
     GuestOracle {
         version: field("version: "),
         kallsyms: (count.parse().unwrap(), hash.to_string()),
+        btf: field("btf: "),
         dmesg: lines.iter().filter_map(|line| line.strip_prefix("dmesg: ")).map(String::from).collect(),
     }
 }
@@ -789,7 +792,7 @@ fn test_linux_views_agree_with_the_guests_own() {
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .collect();
     files.sort();
-    assert_eq!(files, ["dmesg", "kallsyms", "version"]);
+    assert_eq!(files, ["btf", "dmesg", "kallsyms", "version"]);
     assert!(!mount.path(&format!("{}/linux", tiny.name())).exists(), "a guest that is not Linux");
 
     let version = std::fs::read_to_string(dir.join("version")).unwrap();
@@ -797,6 +800,7 @@ fn test_linux_views_agree_with_the_guests_own() {
     let kallsyms = std::fs::read_to_string(dir.join("kallsyms")).unwrap();
     let hash: String = Sha256::digest(kallsyms.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!((kallsyms.lines().count(), hash), oracle.kallsyms, "the kernel's /proc/kallsyms");
+    // (the BTF, below)
     // the guest's dmesg, line for line and in order, within ours (which goes on after it)
     let dmesg = std::fs::read_to_string(dir.join("dmesg")).unwrap();
     let ours: Vec<&str> = dmesg.lines().collect();
@@ -809,6 +813,15 @@ fn test_linux_views_agree_with_the_guests_own() {
         let found = ours[at..].iter().position(|ours| ours == line);
         at += found.unwrap_or_else(|| panic!("{line:?} is not in our dmesg after line {at}")) + 1;
     }
+    // the kernel's BTF, as its /sys/kernel/btf/vmlinux, which bpftool reads
+    let sha256 =
+        |bytes: &[u8]| -> String { Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect() };
+    let btf = dir.join("btf");
+    assert_eq!(sha256(&std::fs::read(&btf).unwrap()), oracle.btf, "/sys/kernel/btf/vmlinux");
+    common::require_program("bpftool");
+    let dump = Command::new("bpftool").args(["btf", "dump", "file"]).arg(&btf).output().unwrap();
+    assert!(dump.status.success(), "{}", common::stderr(&dump));
+    assert!(common::stdout(&dump).contains("STRUCT 'task_struct' size="), "bpftool finds no task_struct");
     // the command line prints the same
     let output = common::qemu_bridge(&run_dir, &["linux", &name, "version"]);
     assert_eq!(common::stdout(&output), version);

@@ -24,6 +24,9 @@ pub struct MountParts {
     /// When the guest kernel's vmcoreinfo was last looked for, and where it was found (checked
     /// again before each use).
     pub vmcoreinfo: Mutex<Option<(Instant, Option<VmcoreInfo>)>>,
+    /// The size of the kernel's BTF, for the vmcoreinfo (of one boot) it was found through:
+    /// `linux/btf` reports it, because BTF readers take the file's size before they read.
+    pub btf_size: Mutex<Option<(VmcoreInfo, u64)>>,
 }
 
 /// A VM as the mount serves it.
@@ -41,7 +44,7 @@ pub fn mount_parts(vm: &Vm, bridge: &SharedMemoryBridge, info: &VmInfo) -> Resul
     let physical = Physical::new(bridge.layout().clone());
     let registers = vcpu_notes_now(info, |ask| vm.with_qmp(ask));
     let core = Core::new(bridge.layout(), elf_machine(&info.arch), &registers, None);
-    Ok(MountParts { physical, core, vmcoreinfo: Mutex::new(None) })
+    Ok(MountParts { physical, core, vmcoreinfo: Mutex::new(None), btf_size: Mutex::new(None) })
 }
 
 /// The guest kernel's vmcoreinfo now: where it was found last if it is still there (one page
@@ -62,6 +65,36 @@ pub fn vmcoreinfo_now(instance: &MountedVm) -> Result<Option<VmcoreInfo>, Bridge
     let found = crate::guest::vmcoreinfo::find(ram)?;
     *cached = Some((Instant::now(), found.clone()));
     Ok(found)
+}
+
+/// The size of the kernel's BTF (`__stop_BTF - __start_BTF`, from its symbols), once per boot;
+/// 0 for a guest whose kernel says none.
+pub fn btf_size_now(instance: &MountedVm) -> u64 {
+    let Ok(Some(info)) = vmcoreinfo_now(instance) else { return 0 };
+    let mut cached = instance.parts.btf_size.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((known, size)) = cached.as_ref() {
+        if *known == info {
+            return *size;
+        }
+    }
+    let size = crate::guest::linux::LinuxKernel::new(info.clone())
+        .and_then(|kernel| {
+            let symbols = crate::guest::linux::kallsyms::parse(&crate::guest::linux::kallsyms::read_tables(
+                &kernel,
+                &instance.bridge,
+            )?)?;
+            let address =
+                |name: &str| symbols.iter().find(|symbol| symbol.name == name).map(|symbol| symbol.address);
+            Ok(match (address("__start_BTF"), address("__stop_BTF")) {
+                (Some(start), Some(stop)) => {
+                    stop.checked_sub(start).filter(|len| *len <= crate::guest::linux::MAX_BTF).unwrap_or(0)
+                }
+                _ => 0,
+            })
+        })
+        .unwrap_or(0);
+    *cached = Some((info, size));
+    size
 }
 
 /// The core with the vCPUs' registers as they are now (the RAM in it is live anyway).

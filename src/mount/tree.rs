@@ -13,6 +13,7 @@
 //! /<vm>/linux/version      a Linux guest's banner, kallsyms and dmesg, from its memory
 //! /<vm>/linux/kallsyms     (only for VMs whose RAM holds a Linux vmcoreinfo)
 //! /<vm>/linux/dmesg
+//! /<vm>/linux/btf
 //! /<vm>/cpus/<n>/registers  vCPU n's registers now (JSON)
 //! /<vm>/cpus/<n>/mappings   every mapping of vCPU n's page tables now (x86_64, riscv64)
 //! /<vm>/cpus/<n>/memory     vCPU n's virtual address space, sparse (x86_64, riscv64)
@@ -234,10 +235,9 @@ fn is_linux(instance: &MountedVm) -> bool {
 /// what in them is wrong (the guest's memory is its own to break).
 fn linux_text(instance: &MountedVm, view: crate::guest::linux::View) -> Result<Vec<u8>, GenerateError> {
     let info = super::parts::vmcoreinfo_now(instance)?.ok_or(GenerateError::NoVmcoreinfo)?;
-    let text = crate::guest::linux::LinuxKernel::new(info)
+    Ok(crate::guest::linux::LinuxKernel::new(info)
         .and_then(|kernel| view.render(&kernel, &instance.bridge))
-        .unwrap_or_else(|err| format!("error: {}\n", crate::error::chain(&err)));
-    Ok(text.into_bytes())
+        .unwrap_or_else(|err| format!("error: {}\n", crate::error::chain(&err)).into_bytes()))
 }
 
 fn file_inode(instance: &MountedVm, file: VmFile) -> INodeNo {
@@ -381,8 +381,13 @@ impl Tree {
         self.attr(ino, FileType::Directory, 0o555, 0, instance.since)
     }
 
+    /// `btf` has its size (readers of BTF take it before they read); the text files report 0.
     fn linux_file_attr(&self, instance: &MountedVm, view: crate::guest::linux::View) -> FileAttr {
-        self.attr(linux_file_inode(instance, view), FileType::RegularFile, 0o444, 0, instance.since)
+        let size = match view {
+            crate::guest::linux::View::Btf => super::parts::btf_size_now(instance),
+            _ => 0,
+        };
+        self.attr(linux_file_inode(instance, view), FileType::RegularFile, 0o444, size, instance.since)
     }
 
     fn cpus_attr(&self, instance: &MountedVm) -> FileAttr {

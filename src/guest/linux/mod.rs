@@ -5,8 +5,9 @@
 //! through those tables, [`kallsyms`] decodes the symbols and [`printk`] the log.
 //!
 //! What works from vmcoreinfo and kallsyms alone, with no type information: the version banner,
-//! the symbol table and the kernel log. Tasks, memory maps and modules need the kernel's types
-//! (BTF), which this module does not read yet. x86_64 guests only: the kernel's tables are
+//! the symbol table, the kernel log and the kernel's raw type information (the BTF blob between
+//! `__start_BTF` and `__stop_BTF`, checked but not parsed). Tasks, memory maps and modules need
+//! those types parsed, which this module does not do yet. x86_64 guests only: the kernel's tables are
 //! walked with [`Paging`] in the mode `NUMBER(pgtable_l5_enabled)` says.
 //!
 //! Everything is the guest's: counts are capped, walks bounded, and a bad structure is an
@@ -181,11 +182,13 @@ pub enum View {
     Kallsyms,
     /// `dmesg`: the kernel log, as `dmesg` prints it.
     Dmesg,
+    /// `btf`: the kernel's BTF, as `/sys/kernel/btf/vmlinux` (for `bpftool btf dump file`).
+    Btf,
 }
 
 impl View {
     /// Every view, in listing order.
-    pub const ALL: [View; 3] = [View::Version, View::Kallsyms, View::Dmesg];
+    pub const ALL: [View; 4] = [View::Version, View::Kallsyms, View::Dmesg, View::Btf];
 
     /// The file's name (and the command line's word).
     pub fn name(self) -> &'static str {
@@ -193,6 +196,7 @@ impl View {
             View::Version => "version",
             View::Kallsyms => "kallsyms",
             View::Dmesg => "dmesg",
+            View::Btf => "btf",
         }
     }
 
@@ -201,7 +205,7 @@ impl View {
         Self::ALL.into_iter().find(|view| view.name() == name)
     }
 
-    /// The view's text now, read from guest memory.
+    /// The view's bytes now, read from guest memory (text but for `btf`).
     ///
     /// # Errors
     ///
@@ -210,16 +214,83 @@ impl View {
         self,
         kernel: &LinuxKernel,
         memory: &M,
-    ) -> Result<String, LinuxError> {
+    ) -> Result<Vec<u8>, LinuxError> {
+        let symbols = || kallsyms::parse(&kallsyms::read_tables(kernel, memory)?);
         match self {
-            View::Version => {
-                let symbols = kallsyms::parse(&kallsyms::read_tables(kernel, memory)?)?;
-                kernel.banner(memory, &symbols)
-            }
-            View::Kallsyms => Ok(kallsyms::text(&kallsyms::parse(&kallsyms::read_tables(kernel, memory)?)?)),
-            View::Dmesg => Ok(printk::text(&printk::read(kernel, memory)?)),
+            View::Version => kernel.banner(memory, &symbols()?).map(String::into_bytes),
+            View::Kallsyms => Ok(kallsyms::text(&symbols()?).into_bytes()),
+            View::Dmesg => Ok(printk::text(&printk::read(kernel, memory)?).into_bytes()),
+            View::Btf => kernel.btf(memory, &symbols()?),
         }
     }
+}
+
+/// The most BTF read (Debian 12's kernel has 5 MB).
+pub const MAX_BTF: u64 = 64 << 20;
+
+impl LinuxKernel {
+    /// The kernel's BTF blob (`__start_BTF` to `__stop_BTF`), checked as the kernel checks its
+    /// header (`kernel/bpf/btf.c`): magic 0xeb9f, version 1, a header of at least 24 bytes, type
+    /// and string sections within the blob, and the string `task_struct` among the strings.
+    ///
+    /// # Errors
+    ///
+    /// [`LinuxError::Missing`] without those symbols (no `CONFIG_DEBUG_INFO_BTF`),
+    /// [`LinuxError::Corrupt`] for a blob larger than [`MAX_BTF`] or one that fails the checks.
+    pub fn btf<M: GuestMemory + ?Sized>(
+        &self,
+        memory: &M,
+        symbols: &[kallsyms::Symbol],
+    ) -> Result<Vec<u8>, LinuxError> {
+        let address = |name: &str| {
+            symbols
+                .iter()
+                .find(|symbol| symbol.name == name)
+                .map(|symbol| symbol.address)
+                .ok_or_else(|| LinuxError::Missing(format!("{name} among the kernel's symbols (no BTF)")))
+        };
+        let (start, stop) = (address("__start_BTF")?, address("__stop_BTF")?);
+        let corrupt = |why: String| LinuxError::Corrupt { what: "BTF", why };
+        let len = stop.checked_sub(start).filter(|len| *len <= MAX_BTF).ok_or_else(|| {
+            corrupt(format!(
+                "__start_BTF {start:#x} to __stop_BTF {stop:#x} is no size of at most {MAX_BTF} bytes"
+            ))
+        })?;
+        let mut blob = vec![0u8; len as usize];
+        self.read(memory, start, &mut blob, "BTF")?;
+        check_btf(&blob).map_err(corrupt)?;
+        Ok(blob)
+    }
+}
+
+/// Whether `blob` has the header and sections of a kernel's BTF, and its types include
+/// `task_struct`; what is wrong if not.
+fn check_btf(blob: &[u8]) -> Result<(), String> {
+    let u32_at =
+        |at: usize| blob.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    if blob.len() < 24 || blob[..2] != [0x9f, 0xeb] || blob[2] != 1 {
+        return Err("no BTF header (magic 0xeb9f, version 1)".into());
+    }
+    let field = |at| u32_at(at).ok_or_else(|| "a short header".to_string());
+    let (header, type_off, type_len, str_off, str_len) =
+        (field(4)?, field(8)?, field(12)?, field(16)?, field(20)?);
+    let section = |off: usize, len: usize| {
+        header
+            .checked_add(off)
+            .and_then(|start| Some((start, start.checked_add(len)?)))
+            .filter(|(_, end)| *end <= blob.len())
+    };
+    let (Some(_), Some((strings, strings_end))) = (section(type_off, type_len), section(str_off, str_len))
+    else {
+        return Err(format!("sections past the blob's {} bytes", blob.len()));
+    };
+    if header < 24 || str_len == 0 || blob[strings] != 0 {
+        return Err("a header or string section the kernel would refuse".into());
+    }
+    if !blob[strings..strings_end].windows(13).any(|window| window == b"\0task_struct\0") {
+        return Err("no task_struct among its types' names".into());
+    }
+    Ok(())
 }
 
 /// The physical address of `va` in the kernel image (x86_64 `__pa_symbol`).
@@ -246,6 +317,27 @@ mod tests {
 
     fn info(text: &str) -> VmcoreInfo {
         VmcoreInfo { offset: 0, text: text.to_string() }
+    }
+
+    #[test]
+    fn btf_headers_are_checked() {
+        let strings = b"\0int\0task_struct\0";
+        let mut blob = vec![0x9f, 0xeb, 1, 0];
+        for value in [24u32, 0, 4, 4, strings.len() as u32] {
+            blob.extend_from_slice(&value.to_le_bytes());
+        }
+        blob.extend_from_slice(&[0; 4]);
+        blob.extend_from_slice(strings);
+        assert_eq!(check_btf(&blob), Ok(()));
+        let mut past = blob.clone();
+        past[20] = 0xff;
+        assert!(check_btf(&past).unwrap_err().contains("past"));
+        let mut wrapping = blob.clone();
+        wrapping[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(check_btf(&wrapping).is_err());
+        let no_task = [&blob[..28], b"\0int\0tusk_struct\0"].concat();
+        assert!(check_btf(&no_task).unwrap_err().contains("task_struct"));
+        assert!(check_btf(&blob[..10]).is_err() && check_btf(b"\x9f\xeb\x02").is_err());
     }
 
     #[test]
