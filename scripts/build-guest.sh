@@ -7,7 +7,7 @@
 #   - loads qemu_fw_cfg, so that a VM with -device vmcoreinfo gets the kernel's vmcoreinfo
 #   - writes a line of its own into the kernel log, then prints its own view of its kernel to
 #     the console for the tests to compare with (/proc/version, a hash of the kernel's own
-#     symbols in /proc/kallsyms, a hash of its BTF, dmesg), between QEMU-BRIDGE-ORACLE-BEGIN
+#     symbols in /proc/kallsyms, a hash of its BTF, ps, dmesg), between QEMU-BRIDGE-ORACLE-BEGIN
 #     and -END
 # Output: OUTDIR/vmlinuz, OUTDIR/initrd.gz (default target/guest/linux). Cached: a second run
 # returns at once. Boot it with: qemu-bridge launch NAME --linux OUTDIR. The qemu-bridge binary
@@ -17,7 +17,7 @@
 set -euo pipefail
 out=$(realpath -m "${1:-$(dirname "$0")/../target/guest/linux}")
 # the initramfs's version: a cache of an older one is built again
-initramfs_version=4
+initramfs_version=5
 if [[ -f $out/vmlinuz && -f $out/initrd.gz && -f $out/.complete ]] &&
     grep -qx "initramfs $initramfs_version" "$out/.complete"; then
     echo "$out (cached)"
@@ -60,6 +60,7 @@ echo "qemu-bridge-test: a line of the guest's own, boot $(cat /proc/sys/kernel/r
     # the kernel's own symbols (module, BPF and ftrace lines end in [name])
     echo "kallsyms: $(grep -vc '\[' /proc/kallsyms) $(grep -v '\[' /proc/kallsyms | sha256sum | cut -d' ' -f1)"
     echo "btf: $(sha256sum < /sys/kernel/btf/vmlinux | cut -d' ' -f1)"
+    ps -o pid,ppid,comm | sed 's/^/ps: /'
     dmesg | sed 's/^/dmesg: /'
     echo "QEMU-BRIDGE-ORACLE-END"
 } > /dev/ttyS0

@@ -264,6 +264,8 @@ pub enum LinuxWhat {
     Dmesg,
     /// The kernel's raw BTF, as /sys/kernel/btf/vmlinux (binary: redirect it to a file)
     Btf,
+    /// Every process, as ps -e lists them: PID TGID PPID UID STATE COMM
+    Ps,
 }
 
 /// `read`.
@@ -1000,6 +1002,7 @@ fn linux_verb(args: &LinuxArgs) -> CliResult {
         LinuxWhat::Kallsyms => View::Kallsyms,
         LinuxWhat::Dmesg => View::Dmesg,
         LinuxWhat::Btf => View::Btf,
+        LinuxWhat::Ps => View::Tasks,
     };
     let kernel = LinuxKernel::new(vmcoreinfo).map_err(|err| format!("VM {}: {err}", args.name))?;
     let text = view

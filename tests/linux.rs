@@ -746,6 +746,8 @@ struct GuestOracle {
     kallsyms: (usize, String),
     /// SHA-256 of /sys/kernel/btf/vmlinux
     btf: String,
+    /// `ps -o pid,ppid,comm`: (pid, ppid, comm)
+    ps: Vec<(i32, i32, String)>,
     dmesg: Vec<String>,
 }
 
@@ -766,6 +768,19 @@ fn guest_oracle(linux: &common::linux::LinuxVm) -> GuestOracle {
         version: field("version: "),
         kallsyms: (count.parse().unwrap(), hash.to_string()),
         btf: field("btf: "),
+        ps: lines
+            .iter()
+            .filter_map(|line| line.strip_prefix("ps: "))
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let (pid, ppid) = (words.next()?.parse().ok()?, words.next()?.parse().ok()?);
+                Some((
+                    pid,
+                    ppid,
+                    words.collect::<Vec<_>>().join(" ").trim_matches(|c| c == '[' || c == ']').to_string(),
+                ))
+            })
+            .collect(),
         dmesg: lines.iter().filter_map(|line| line.strip_prefix("dmesg: ")).map(String::from).collect(),
     }
 }
@@ -792,7 +807,7 @@ fn test_linux_views_agree_with_the_guests_own() {
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .collect();
     files.sort();
-    assert_eq!(files, ["btf", "dmesg", "kallsyms", "version"]);
+    assert_eq!(files, ["btf", "dmesg", "kallsyms", "tasks", "version"]);
     assert!(!mount.path(&format!("{}/linux", tiny.name())).exists(), "a guest that is not Linux");
 
     let version = std::fs::read_to_string(dir.join("version")).unwrap();
@@ -822,6 +837,37 @@ fn test_linux_views_agree_with_the_guests_own() {
     let dump = Command::new("bpftool").args(["btf", "dump", "file"]).arg(&btf).output().unwrap();
     assert!(dump.status.success(), "{}", common::stderr(&dump));
     assert!(common::stdout(&dump).contains("STRUCT 'task_struct' size="), "bpftool finds no task_struct");
+    // tasks: every process the guest's ps listed, with its parent and name (but for the ps, the
+    // sed and the shell of the pipeline that printed it, and the counter loop's sleep, gone since)
+    let tasks = std::fs::read_to_string(dir.join("tasks")).unwrap();
+    let ours: Vec<(i32, i32, String)> = tasks
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            (words[0].parse().unwrap(), words[2].parse().unwrap(), words[5..].join(" "))
+        })
+        .collect();
+    let lasting: Vec<&(i32, i32, String)> = oracle
+        .ps
+        .iter()
+        .filter(|(pid, _, comm)| {
+            !["ps", "sed", "sleep"].contains(&comm.as_str()) && !(comm == "init" && *pid != 1)
+        })
+        .collect();
+    assert!(lasting.len() > 30, "the guest's ps: {:?}", oracle.ps);
+    // (procfs names a kworker with its workqueue, "kworker/0:0-rcu": task->comm is the first part)
+    let same = |(pid, ppid, comm): &(i32, i32, String),
+                (our_pid, our_ppid, our_comm): &(i32, i32, String)| {
+        pid == our_pid
+            && ppid == our_ppid
+            && (comm == our_comm
+                || comm.strip_prefix(our_comm.as_str()).is_some_and(|rest| rest.starts_with(['-', '+'])))
+    };
+    for process in lasting {
+        assert!(ours.iter().any(|our| same(process, our)), "{process:?} is not among our tasks:\n{tasks}");
+    }
+    assert_eq!(ours[0], (0, 0, "swapper/0".to_string()), "the idle task first");
     // the command line prints the same
     let output = common::qemu_bridge(&run_dir, &["linux", &name, "version"]);
     assert_eq!(common::stdout(&output), version);

@@ -14,6 +14,7 @@
 //! /<vm>/linux/kallsyms     (only for VMs whose RAM holds a Linux vmcoreinfo)
 //! /<vm>/linux/dmesg
 //! /<vm>/linux/btf
+//! /<vm>/linux/tasks
 //! /<vm>/cpus/<n>/registers  vCPU n's registers now (JSON)
 //! /<vm>/cpus/<n>/mappings   every mapping of vCPU n's page tables now (x86_64, riscv64)
 //! /<vm>/cpus/<n>/memory     vCPU n's virtual address space, sparse (x86_64, riscv64)
@@ -36,13 +37,16 @@ use std::borrow::Cow;
 use super::audit::{AuditEvent, AuditLog, AuditOp};
 use super::parts::{core_now, MountedVm, Registry};
 
-/// Inodes per VM: directory + files + the `cpus` directory.
-const INODES_PER_INSTANCE: u64 = 16;
+/// Inodes per VM: directory, files, the `linux` directory and its files, the `cpus` directory.
+const INODES_PER_INSTANCE: u64 = 32;
 /// The offset of a VM's `cpus` directory among its inodes (after its files).
-const CPUS_OFFSET: u64 = 15;
+const CPUS_OFFSET: u64 = 31;
 /// The offset of a VM's `linux` directory; its files are at `LINUX_FILES_OFFSET` on.
-const LINUX_OFFSET: u64 = 14;
-const LINUX_FILES_OFFSET: u64 = 10;
+const LINUX_OFFSET: u64 = 30;
+const LINUX_FILES_OFFSET: u64 = 16;
+// every file of a VM, of `linux` and the two directories have inodes of their own
+const _: () = assert!((VmFile::ALL.len() as u64) < LINUX_FILES_OFFSET);
+const _: () = assert!(LINUX_FILES_OFFSET + crate::guest::linux::View::ALL.len() as u64 <= LINUX_OFFSET);
 /// Inodes of the vCPU directories and their files: this bit, the VM's number from bit 22, the
 /// vCPU from bit 2, the file in bits 1..0 (0 for the directory).
 const CPU_INODES: u64 = 1 << 62;

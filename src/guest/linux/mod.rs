@@ -13,8 +13,10 @@
 //! Everything is the guest's: counts are capped, walks bounded, and a bad structure is an
 //! error naming what was wrong, never a hang or a panic.
 
+pub mod btf;
 pub mod kallsyms;
 pub mod printk;
+pub mod tasks;
 
 use super::memory::{Gpa, GuestMemory};
 use super::paging::{Paging, PagingError, PagingMode};
@@ -184,11 +186,13 @@ pub enum View {
     Dmesg,
     /// `btf`: the kernel's BTF, as `/sys/kernel/btf/vmlinux` (for `bpftool btf dump file`).
     Btf,
+    /// `tasks`: every process, as `ps -e` lists them (needs BTF).
+    Tasks,
 }
 
 impl View {
     /// Every view, in listing order.
-    pub const ALL: [View; 4] = [View::Version, View::Kallsyms, View::Dmesg, View::Btf];
+    pub const ALL: [View; 5] = [View::Version, View::Kallsyms, View::Dmesg, View::Btf, View::Tasks];
 
     /// The file's name (and the command line's word).
     pub fn name(self) -> &'static str {
@@ -197,6 +201,7 @@ impl View {
             View::Kallsyms => "kallsyms",
             View::Dmesg => "dmesg",
             View::Btf => "btf",
+            View::Tasks => "tasks",
         }
     }
 
@@ -221,6 +226,17 @@ impl View {
             View::Kallsyms => Ok(kallsyms::text(&symbols()?).into_bytes()),
             View::Dmesg => Ok(printk::text(&printk::read(kernel, memory)?).into_bytes()),
             View::Btf => kernel.btf(memory, &symbols()?),
+            View::Tasks => {
+                let symbols = symbols()?;
+                let btf = btf::Btf::parse(&kernel.btf(memory, &symbols)?)
+                    .map_err(|err| LinuxError::Corrupt { what: "BTF", why: err.to_string() })?;
+                let init_task = symbols
+                    .iter()
+                    .find(|symbol| symbol.name == "init_task")
+                    .ok_or_else(|| LinuxError::Missing("init_task among the kernel's symbols".into()))?
+                    .address;
+                Ok(tasks::text(&tasks::read(kernel, memory, &btf, init_task)?).into_bytes())
+            }
         }
     }
 }

@@ -1,0 +1,332 @@
+//! The kernel's own types, from its BTF blob (`kernel/bpf/btf.c`, `include/uapi/linux/btf.h`):
+//! enough of it to find a structure by name and the byte offset of a member by its path
+//! (`tasks`, `cred`, `uid.val`), looking into anonymous structures and unions as C does.
+//!
+//! The blob is the guest's: every entry is checked to lie within the type section, counts are
+//! capped, chains of typedefs and qualifiers stop after [`MAX_HOPS`], anonymous members are
+//! searched [`MAX_DEPTH`] deep; a blob that breaks a rule is an error, never a hang.
+
+/// Types a blob may have (Linux 6.1 has about 130,000).
+pub const MAX_TYPES: usize = 1 << 21;
+/// Typedefs, qualifiers and forward declarations followed from one type at most.
+pub const MAX_HOPS: usize = 32;
+/// Anonymous structures and unions looked into at most, one inside the other.
+pub const MAX_DEPTH: usize = 8;
+
+const KIND_INT: u8 = 1;
+const KIND_ARRAY: u8 = 3;
+const KIND_STRUCT: u8 = 4;
+const KIND_UNION: u8 = 5;
+const KIND_ENUM: u8 = 6;
+const KIND_TYPEDEF: u8 = 8;
+const KIND_VOLATILE: u8 = 9;
+const KIND_CONST: u8 = 10;
+const KIND_RESTRICT: u8 = 11;
+const KIND_FUNC_PROTO: u8 = 13;
+const KIND_VAR: u8 = 14;
+const KIND_DATASEC: u8 = 15;
+const KIND_DECL_TAG: u8 = 17;
+const KIND_TYPE_TAG: u8 = 18;
+const KIND_ENUM64: u8 = 19;
+
+/// Why a blob or a lookup in it failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BtfError {
+    /// The blob breaks a rule of the format.
+    #[error("the BTF is corrupt: {0}")]
+    Corrupt(String),
+    /// No structure of that name.
+    #[error("the BTF has no struct {0}")]
+    NoStruct(String),
+    /// A member path does not name a member.
+    #[error("struct {strukt} has no member {path}")]
+    NoMember {
+        /// The structure.
+        strukt: String,
+        /// The path asked for.
+        path: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    name_off: u32,
+    kind: u8,
+    kind_flag: bool,
+    size_or_type: u32,
+    /// For structs and unions: their members, `members[first..first + count]`.
+    first: u32,
+    count: u16,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    name_off: u32,
+    type_id: u32,
+    /// Bit offset (and, with the struct's kind flag, the bitfield size in bits 31..24).
+    offset: u32,
+}
+
+/// A parsed BTF blob.
+#[derive(Debug, Clone)]
+pub struct Btf {
+    /// Index 0 is `void`.
+    types: Vec<Entry>,
+    members: Vec<Member>,
+    strings: Vec<u8>,
+}
+
+fn corrupt(why: impl Into<String>) -> BtfError {
+    BtfError::Corrupt(why.into())
+}
+
+impl Btf {
+    /// Parses `blob` (a whole `.BTF` section: header, types, strings).
+    ///
+    /// # Errors
+    ///
+    /// [`BtfError::Corrupt`] naming what is wrong: the header, a section past the blob, an entry
+    /// running past the type section, more than [`MAX_TYPES`] types.
+    pub fn parse(blob: &[u8]) -> Result<Self, BtfError> {
+        let u32_at = |bytes: &[u8], at: usize| {
+            bytes.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        if blob.len() < 24 || blob[..2] != [0x9f, 0xeb] || blob[2] != 1 {
+            return Err(corrupt("no BTF header (magic 0xeb9f, version 1)"));
+        }
+        let field = |at| u32_at(blob, at).map(|v| v as usize).ok_or_else(|| corrupt("a short header"));
+        let (header, type_off, type_len, str_off, str_len) =
+            (field(4)?, field(8)?, field(12)?, field(16)?, field(20)?);
+        let section = |off: usize, len: usize| {
+            let start = header.checked_add(off)?;
+            blob.get(start..start.checked_add(len)?)
+        };
+        let (Some(types_bytes), Some(strings)) = (section(type_off, type_len), section(str_off, str_len))
+        else {
+            return Err(corrupt(format!("sections past the blob's {} bytes", blob.len())));
+        };
+        let mut types =
+            vec![Entry { name_off: 0, kind: 0, kind_flag: false, size_or_type: 0, first: 0, count: 0 }];
+        let mut members = Vec::new();
+        let mut at = 0;
+        while at < types_bytes.len() {
+            if types.len() > MAX_TYPES {
+                return Err(corrupt(format!("more than {MAX_TYPES} types")));
+            }
+            let word = |offset: usize| {
+                u32_at(types_bytes, at + offset)
+                    .ok_or_else(|| corrupt(format!("type {} runs past the types", types.len())))
+            };
+            let (name_off, info, size_or_type) = (word(0)?, word(4)?, word(8)?);
+            let kind = ((info >> 24) & 0x1f) as u8;
+            let vlen = (info & 0xffff) as usize;
+            let trailing = match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+                0 | 20.. => return Err(corrupt(format!("type {} has kind {kind}", types.len()))),
+                _ => 0,
+            };
+            let body = at + 12;
+            if body + trailing > types_bytes.len() {
+                return Err(corrupt(format!("type {} runs past the types", types.len())));
+            }
+            let first = members.len() as u32;
+            if kind == KIND_STRUCT || kind == KIND_UNION {
+                for index in 0..vlen {
+                    let member = |offset: usize| u32_at(types_bytes, body + index * 12 + offset).unwrap_or(0);
+                    members.push(Member { name_off: member(0), type_id: member(4), offset: member(8) });
+                }
+            }
+            types.push(Entry {
+                name_off,
+                kind,
+                kind_flag: info >> 31 == 1,
+                size_or_type,
+                first,
+                count: if kind == KIND_STRUCT || kind == KIND_UNION { vlen as u16 } else { 0 },
+            });
+            at = body + trailing;
+        }
+        Ok(Self { types, members, strings: strings.to_vec() })
+    }
+
+    /// How many types it has (`void` not counted).
+    pub fn len(&self) -> usize {
+        self.types.len() - 1
+    }
+
+    /// Whether it has no types.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn name(&self, offset: u32) -> &[u8] {
+        let rest = self.strings.get(offset as usize..).unwrap_or(&[]);
+        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
+    }
+
+    /// The id of `struct name`.
+    ///
+    /// # Errors
+    ///
+    /// [`BtfError::NoStruct`].
+    pub fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
+        self.types
+            .iter()
+            .position(|entry| entry.kind == KIND_STRUCT && self.name(entry.name_off) == name.as_bytes())
+            .map(|id| id as u32)
+            .ok_or_else(|| BtfError::NoStruct(name.to_string()))
+    }
+
+    /// `id` with typedefs, qualifiers and type tags followed, at most [`MAX_HOPS`] of them.
+    fn resolve(&self, mut id: u32) -> Result<Entry, BtfError> {
+        for _ in 0..=MAX_HOPS {
+            let entry = *self
+                .types
+                .get(id as usize)
+                .ok_or_else(|| corrupt(format!("type id {id} is past the types")))?;
+            match entry.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = entry.size_or_type
+                }
+                _ => return Ok(entry),
+            }
+        }
+        Err(corrupt(format!("a chain of more than {MAX_HOPS} typedefs and qualifiers")))
+    }
+
+    /// The byte offset of the member at `path` (`uid.val`: names separated by dots) in `struct`
+    /// type `id`, looking into anonymous members as C does.
+    ///
+    /// # Errors
+    ///
+    /// [`BtfError::NoMember`] where a name is not a member, or is a bitfield, or leads into a
+    /// type that is not a struct or union; [`BtfError::Corrupt`] for a broken type chain.
+    pub fn offset_of(&self, id: u32, path: &str) -> Result<u64, BtfError> {
+        let no_member = || BtfError::NoMember {
+            strukt: String::from_utf8_lossy(self.name(self.types.get(id as usize).map_or(0, |e| e.name_off)))
+                .into_owned(),
+            path: path.to_string(),
+        };
+        let mut offset = 0u64;
+        let mut current = id;
+        for name in path.split('.') {
+            let (member_offset, member_type) =
+                self.member(current, name.as_bytes(), 0)?.ok_or_else(no_member)?;
+            offset += member_offset;
+            current = member_type;
+        }
+        Ok(offset)
+    }
+
+    /// The byte offset and type of member `name` of struct or union `id`, searching anonymous
+    /// members `depth` levels in.
+    fn member(&self, id: u32, name: &[u8], depth: usize) -> Result<Option<(u64, u32)>, BtfError> {
+        let entry = self.resolve(id)?;
+        if entry.kind != KIND_STRUCT && entry.kind != KIND_UNION {
+            return Ok(None);
+        }
+        let start = entry.first as usize;
+        let members = self.members.get(start..start + usize::from(entry.count)).unwrap_or(&[]);
+        let bits = |member: &Member| {
+            if entry.kind_flag {
+                u64::from(member.offset & 0xff_ffff)
+            } else {
+                u64::from(member.offset)
+            }
+        };
+        let bitfield = |member: &Member| entry.kind_flag && member.offset >> 24 != 0;
+        if let Some(member) = members.iter().find(|member| self.name(member.name_off) == name) {
+            let offset = bits(member);
+            if offset % 8 != 0 || bitfield(member) {
+                return Ok(None);
+            }
+            return Ok(Some((offset / 8, member.type_id)));
+        }
+        if depth >= MAX_DEPTH {
+            return Ok(None);
+        }
+        for member in
+            members.iter().filter(|member| member.name_off == 0 || self.name(member.name_off).is_empty())
+        {
+            if let Some((inner, type_id)) = self.member(member.type_id, name, depth + 1)? {
+                return Ok(Some((bits(member) / 8 + inner, type_id)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blob: int (1), struct kuid (2) { int val }, struct cred (3) { int usage; struct kuid
+    /// uid @32 }, typedef kuid_t (4) -> 2, struct task (5) { union (6) @0 { int pid }, int tgid
+    /// @64 }, union (6) { int pid }.
+    pub(super) fn blob() -> Vec<u8> {
+        let strings = b"\0int\0kuid\0val\0cred\0usage\0uid\0kuid_t\0task\0pid\0tgid\0";
+        let off = |name: &str| {
+            let needle = [b"\0", name.as_bytes(), b"\0"].concat();
+            (strings.windows(needle.len()).position(|w| w == needle.as_slice()).unwrap() + 1) as u32
+        };
+        let mut types = Vec::new();
+        let mut put = |words: &[u32]| words.iter().for_each(|w| types.extend_from_slice(&w.to_le_bytes()));
+        put(&[off("int"), (KIND_INT as u32) << 24, 4, 32]);
+        put(&[off("kuid"), (KIND_STRUCT as u32) << 24 | 1, 4, off("val"), 1, 0]);
+        put(&[off("cred"), (KIND_STRUCT as u32) << 24 | 2, 8, off("usage"), 1, 0, off("uid"), 4, 32]);
+        put(&[off("kuid_t"), (KIND_TYPEDEF as u32) << 24, 2]);
+        put(&[off("task"), (KIND_STRUCT as u32) << 24 | 2, 16, 0, 6, 0, off("tgid"), 1, 64]);
+        put(&[0, (KIND_UNION as u32) << 24 | 1, 4, off("pid"), 1, 0]);
+        let mut blob = vec![0x9f, 0xeb, 1, 0];
+        for value in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+            blob.extend_from_slice(&value.to_le_bytes());
+        }
+        blob.extend_from_slice(&types);
+        blob.extend_from_slice(strings);
+        blob
+    }
+
+    #[test]
+    fn structs_and_member_paths_through_typedefs_and_anonymous_unions() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.len(), 6);
+        let cred = btf.struct_id("cred").unwrap();
+        assert_eq!(btf.offset_of(cred, "uid").unwrap(), 4);
+        assert_eq!(btf.offset_of(cred, "uid.val").unwrap(), 4);
+        let task = btf.struct_id("task").unwrap();
+        assert_eq!((btf.offset_of(task, "pid").unwrap(), btf.offset_of(task, "tgid").unwrap()), (0, 8));
+        assert!(matches!(btf.offset_of(task, "comm"), Err(BtfError::NoMember { .. })));
+        assert!(matches!(btf.offset_of(cred, "usage.val"), Err(BtfError::NoMember { .. })));
+        assert!(matches!(btf.struct_id("mm_struct"), Err(BtfError::NoStruct(_))));
+    }
+
+    #[test]
+    fn hostile_blobs_are_errors() {
+        let good = blob();
+        let mut cut = good.clone();
+        cut.truncate(good.len() - 50);
+        assert!(Btf::parse(&cut).is_err(), "sections past the blob");
+        let mut bad_kind = good.clone();
+        bad_kind[24 + 7] = 25 << 3 >> 3 | 0x1f; // kind 31
+        assert!(Btf::parse(&bad_kind).is_err());
+        // a typedef that names itself: a chain that never ends
+        let mut looping = good.clone();
+        let typedef = 24 + 16 + 24 + 36; // the typedef's entry
+        looping[typedef + 8..typedef + 12].copy_from_slice(&4u32.to_le_bytes());
+        let btf = Btf::parse(&looping).unwrap();
+        let cred = btf.struct_id("cred").unwrap();
+        // cred.uid's type (4) is still `kuid` through the member's own id; the typedef loops
+        assert!(btf.resolve(4).is_err());
+        assert_eq!(btf.offset_of(cred, "uid").unwrap(), 4);
+        // an anonymous union that contains itself: searched a bounded depth, not forever
+        let mut nested = good.clone();
+        let union = 24 + 16 + 24 + 36 + 12 + 36;
+        nested[union + 16..union + 20].copy_from_slice(&6u32.to_le_bytes()); // its member is itself
+        nested[union + 12..union + 16].copy_from_slice(&0u32.to_le_bytes()); // and anonymous
+        let btf = Btf::parse(&nested).unwrap();
+        assert!(btf.offset_of(btf.struct_id("task").unwrap(), "pid").is_err());
+    }
+}
