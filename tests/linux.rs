@@ -54,12 +54,16 @@ fn test_linux_guest_seen_through_mount_and_library() {
     let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
     let (bridge, info) = vm.open_bridge().unwrap();
     assert_eq!(info.ram_size, 128 << 20);
+    // paused while it is compared: a running kernel frees and reuses the buffers that hold
+    // copies of the marker
+    vm.with_qmp(|q| q.stop()).unwrap();
     let snapshot = vm.paused_snapshot(&bridge).unwrap();
     let at = find(&snapshot.data, linux.marker.as_bytes()).expect("marker in a paused snapshot");
     // read_into at that guest-physical address (all RAM is below 4 GiB at 128 MiB) agrees
     let mut again = vec![0u8; linux.marker.len()];
     bridge.read_into(at as u64, &mut again).unwrap();
     assert_eq!(again, linux.marker.as_bytes());
+    vm.with_qmp(|q| q.cont()).unwrap();
     // the kernel's version banner
     let banner = find(&snapshot.data, b"Linux version 6.").expect("Linux version banner in RAM");
     let line: String = snapshot.data[banner..banner + 40].iter().map(|&b| b as char).collect();

@@ -74,6 +74,13 @@ pub fn boot_linux_with(run_dir: &TestRunDir, memory: u64, extra: &[&str]) -> Lin
             _ => false,
         }
     }));
+    // the guest then prints its own view of its kernel (for the tests' oracles): until it has,
+    // its console buffers in RAM are being rewritten, and the marker's copies there with them
+    assert!(
+        wait_until(Duration::from_secs(60), || std::fs::read_to_string(&launched.serial)
+            .is_ok_and(|serial| serial.contains("QEMU-BRIDGE-ORACLE-END"))),
+        "the guest printed no view of its own kernel"
+    );
     eprintln!("Linux guest booted in {:.2} s", launched.boot.unwrap().as_secs_f64());
     LinuxVm { launched, marker }
 }
