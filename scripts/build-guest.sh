@@ -5,8 +5,8 @@
 #   - keeps that marker resident in guest memory (a file in the RAM-backed rootfs)
 #   - runs a small workload that keeps changing memory (a counter file rewritten 10 times a s)
 #   - loads qemu_fw_cfg, so that a VM with -device vmcoreinfo gets the kernel's vmcoreinfo
-#   - writes a line of its own into the kernel log, then prints its own view of its kernel to
-#     the console for the tests to compare with (/proc/version, a hash of the kernel's own
+#   - writes a line of its own into the kernel log and, in the background, prints its own view
+#     of its kernel to the console for the tests to compare with (/proc/version, a hash of the kernel's own
 #     symbols in /proc/kallsyms, a hash of its BTF, ps, dmesg), between QEMU-BRIDGE-ORACLE-BEGIN
 #     and -END
 # Output: OUTDIR/vmlinuz, OUTDIR/initrd.gz (default target/guest/linux). Cached: a second run
@@ -17,7 +17,7 @@
 set -euo pipefail
 out=$(realpath -m "${1:-$(dirname "$0")/../target/guest/linux}")
 # the initramfs's version: a cache of an older one is built again
-initramfs_version=5
+initramfs_version=7
 if [[ -f $out/vmlinuz && -f $out/initrd.gz && -f $out/.complete ]] &&
     grep -qx "initramfs $initramfs_version" "$out/.complete"; then
     echo "$out (cached)"
@@ -53,6 +53,7 @@ marker="QEMU-BRIDGE-LINUX-MARKER:$(cat /proc/sys/kernel/random/boot_id)"
 echo "$marker" > /tmp/marker
 echo "$marker" > /dev/ttyS0
 echo "qemu-bridge guest up: $(uname -r)" > /dev/ttyS0
+# then, in the background while the counter runs, its own view of its kernel for the tests
 echo "qemu-bridge-test: a line of the guest's own, boot $(cat /proc/sys/kernel/random/boot_id)" > /dev/kmsg
 {
     echo "QEMU-BRIDGE-ORACLE-BEGIN"
@@ -63,7 +64,7 @@ echo "qemu-bridge-test: a line of the guest's own, boot $(cat /proc/sys/kernel/r
     ps -o pid,ppid,comm | sed 's/^/ps: /'
     dmesg | sed 's/^/dmesg: /'
     echo "QEMU-BRIDGE-ORACLE-END"
-} > /dev/ttyS0
+} > /dev/ttyS0 &
 counter=0
 while true; do
     counter=$((counter + 1))

@@ -59,6 +59,7 @@ fn test_mount_lists_launched_vms_and_drops_killed_ones() {
         [
             "checksum",
             "core",
+            "cpus",
             "layout.json",
             "map.png",
             "memdev.json",
