@@ -79,20 +79,13 @@ pub fn btf_size_now(instance: &MountedVm) -> u64 {
     }
     let size = crate::guest::linux::LinuxKernel::new(info.clone())
         .and_then(|kernel| {
-            let symbols = crate::guest::linux::kallsyms::parse(&crate::guest::linux::kallsyms::read_tables(
+            use crate::guest::linux::kallsyms;
+            crate::guest::linux::btf_extent(&kallsyms::parse(&kallsyms::read_tables(
                 &kernel,
                 &instance.bridge,
-            )?)?;
-            let address =
-                |name: &str| symbols.iter().find(|symbol| symbol.name == name).map(|symbol| symbol.address);
-            Ok(match (address("__start_BTF"), address("__stop_BTF")) {
-                (Some(start), Some(stop)) => {
-                    stop.checked_sub(start).filter(|len| *len <= crate::guest::linux::MAX_BTF).unwrap_or(0)
-                }
-                _ => 0,
-            })
+            )?)?)
         })
-        .unwrap_or(0);
+        .map_or(0, |(_, len)| len);
     *cached = Some((info, size));
     size
 }

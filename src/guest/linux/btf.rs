@@ -80,6 +80,47 @@ fn corrupt(why: impl Into<String>) -> BtfError {
     BtfError::Corrupt(why.into())
 }
 
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    bytes.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The type and string sections of `blob`, its header checked as the kernel checks it
+/// (`btf_parse_hdr`): magic 0xeb9f, version 1, a header of at least 24 bytes, both sections
+/// within the blob, a string section that starts with the empty string.
+fn sections(blob: &[u8]) -> Result<(&[u8], &[u8]), BtfError> {
+    if blob.len() < 24 || blob[..2] != [0x9f, 0xeb] || blob[2] != 1 {
+        return Err(corrupt("no BTF header (magic 0xeb9f, version 1)"));
+    }
+    let field = |at| u32_at(blob, at).map(|v| v as usize).ok_or_else(|| corrupt("a short header"));
+    let (header, type_off, type_len, str_off, str_len) =
+        (field(4)?, field(8)?, field(12)?, field(16)?, field(20)?);
+    let section = |off: usize, len: usize| {
+        let start = header.checked_add(off)?;
+        blob.get(start..start.checked_add(len)?)
+    };
+    let (Some(types), Some(strings)) = (section(type_off, type_len), section(str_off, str_len)) else {
+        return Err(corrupt(format!("sections past the blob's {} bytes", blob.len())));
+    };
+    if header < 24 || strings.first() != Some(&0) {
+        return Err(corrupt("a header or string section the kernel would refuse"));
+    }
+    Ok((types, strings))
+}
+
+/// Whether `blob` is a kernel's BTF: its header and sections as [`Btf::parse`] takes them, and
+/// `task_struct` among its names (a stale or foreign blob found in memory has other names).
+///
+/// # Errors
+///
+/// [`BtfError::Corrupt`] saying what is wrong.
+pub fn check(blob: &[u8]) -> Result<(), BtfError> {
+    let (_, strings) = sections(blob)?;
+    if !strings.windows(13).any(|window| window == b"\0task_struct\0") {
+        return Err(corrupt("no task_struct among its types' names"));
+    }
+    Ok(())
+}
+
 impl Btf {
     /// Parses `blob` (a whole `.BTF` section: header, types, strings).
     ///
@@ -88,23 +129,7 @@ impl Btf {
     /// [`BtfError::Corrupt`] naming what is wrong: the header, a section past the blob, an entry
     /// running past the type section, more than [`MAX_TYPES`] types.
     pub fn parse(blob: &[u8]) -> Result<Self, BtfError> {
-        let u32_at = |bytes: &[u8], at: usize| {
-            bytes.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        if blob.len() < 24 || blob[..2] != [0x9f, 0xeb] || blob[2] != 1 {
-            return Err(corrupt("no BTF header (magic 0xeb9f, version 1)"));
-        }
-        let field = |at| u32_at(blob, at).map(|v| v as usize).ok_or_else(|| corrupt("a short header"));
-        let (header, type_off, type_len, str_off, str_len) =
-            (field(4)?, field(8)?, field(12)?, field(16)?, field(20)?);
-        let section = |off: usize, len: usize| {
-            let start = header.checked_add(off)?;
-            blob.get(start..start.checked_add(len)?)
-        };
-        let (Some(types_bytes), Some(strings)) = (section(type_off, type_len), section(str_off, str_len))
-        else {
-            return Err(corrupt(format!("sections past the blob's {} bytes", blob.len())));
-        };
+        let (types_bytes, strings) = sections(blob)?;
         let mut types =
             vec![Entry { name_off: 0, kind: 0, kind_flag: false, size_or_type: 0, first: 0, count: 0 }];
         let mut members = Vec::new();
@@ -301,6 +326,27 @@ mod tests {
         assert!(matches!(btf.offset_of(task, "comm"), Err(BtfError::NoMember { .. })));
         assert!(matches!(btf.offset_of(cred, "usage.val"), Err(BtfError::NoMember { .. })));
         assert!(matches!(btf.struct_id("mm_struct"), Err(BtfError::NoStruct(_))));
+    }
+
+    #[test]
+    fn headers_are_checked() {
+        let strings = b"\0int\0task_struct\0";
+        let mut blob = vec![0x9f, 0xeb, 1, 0];
+        for value in [24u32, 0, 4, 4, strings.len() as u32] {
+            blob.extend_from_slice(&value.to_le_bytes());
+        }
+        blob.extend_from_slice(&[0; 4]);
+        blob.extend_from_slice(strings);
+        assert_eq!(check(&blob), Ok(()));
+        let mut past = blob.clone();
+        past[20] = 0xff;
+        assert!(check(&past).unwrap_err().to_string().contains("past"));
+        let mut wrapping = blob.clone();
+        wrapping[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(check(&wrapping).is_err());
+        let no_task = [&blob[..28], b"\0int\0tusk_struct\0"].concat();
+        assert!(check(&no_task).unwrap_err().to_string().contains("task_struct"));
+        assert!(check(&blob[..10]).is_err() && check(b"\x9f\xeb\x02").is_err());
     }
 
     #[test]

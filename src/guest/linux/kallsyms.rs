@@ -196,6 +196,19 @@ fn tokens(tables: &Tables) -> Result<Vec<&[u8]>, LinuxError> {
         .collect()
 }
 
+/// The address of symbol `name` among `symbols` (the first of that name).
+///
+/// # Errors
+///
+/// [`LinuxError::Missing`] when the kernel has no such symbol.
+pub fn address(symbols: &[Symbol], name: &str) -> Result<u64, LinuxError> {
+    symbols
+        .iter()
+        .find(|symbol| symbol.name == name)
+        .map(|symbol| symbol.address)
+        .ok_or_else(|| LinuxError::Missing(format!("{name} among the kernel's symbols")))
+}
+
 /// The symbols as `/proc/kallsyms` prints a kernel's own (`ADDRESS TYPE NAME`, the address in 16
 /// hex digits).
 pub fn text(symbols: &[Symbol]) -> String {

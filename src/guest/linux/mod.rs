@@ -156,11 +156,7 @@ impl LinuxKernel {
         memory: &M,
         symbols: &[kallsyms::Symbol],
     ) -> Result<String, LinuxError> {
-        let address = symbols
-            .iter()
-            .find(|symbol| symbol.name == "linux_banner")
-            .map(|symbol| symbol.address)
-            .ok_or_else(|| LinuxError::Missing("linux_banner among the kernel's symbols".into()))?;
+        let address = kallsyms::address(symbols, "linux_banner")?;
         let mut bytes = vec![0u8; 512];
         self.read(memory, address, &mut bytes, "linux_banner")?;
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
@@ -228,13 +224,8 @@ impl View {
             View::Btf => kernel.btf(memory, &symbols()?),
             View::Tasks => {
                 let symbols = symbols()?;
-                let btf = btf::Btf::parse(&kernel.btf(memory, &symbols)?)
-                    .map_err(|err| LinuxError::Corrupt { what: "BTF", why: err.to_string() })?;
-                let init_task = symbols
-                    .iter()
-                    .find(|symbol| symbol.name == "init_task")
-                    .ok_or_else(|| LinuxError::Missing("init_task among the kernel's symbols".into()))?
-                    .address;
+                let btf = btf::Btf::parse(&kernel.btf(memory, &symbols)?)?;
+                let init_task = kallsyms::address(&symbols, "init_task")?;
                 Ok(tasks::text(&tasks::read(kernel, memory, &btf, init_task)?).into_bytes())
             }
         }
@@ -258,55 +249,40 @@ impl LinuxKernel {
         memory: &M,
         symbols: &[kallsyms::Symbol],
     ) -> Result<Vec<u8>, LinuxError> {
-        let address = |name: &str| {
-            symbols
-                .iter()
-                .find(|symbol| symbol.name == name)
-                .map(|symbol| symbol.address)
-                .ok_or_else(|| LinuxError::Missing(format!("{name} among the kernel's symbols (no BTF)")))
-        };
-        let (start, stop) = (address("__start_BTF")?, address("__stop_BTF")?);
-        let corrupt = |why: String| LinuxError::Corrupt { what: "BTF", why };
-        let len = stop.checked_sub(start).filter(|len| *len <= MAX_BTF).ok_or_else(|| {
-            corrupt(format!(
-                "__start_BTF {start:#x} to __stop_BTF {stop:#x} is no size of at most {MAX_BTF} bytes"
-            ))
-        })?;
+        let (start, len) = btf_extent(symbols)?;
         let mut blob = vec![0u8; len as usize];
         self.read(memory, start, &mut blob, "BTF")?;
-        check_btf(&blob).map_err(corrupt)?;
+        btf::check(&blob)?;
         Ok(blob)
     }
 }
 
-/// Whether `blob` has the header and sections of a kernel's BTF, and its types include
-/// `task_struct`; what is wrong if not.
-fn check_btf(blob: &[u8]) -> Result<(), String> {
-    let u32_at =
-        |at: usize| blob.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-    if blob.len() < 24 || blob[..2] != [0x9f, 0xeb] || blob[2] != 1 {
-        return Err("no BTF header (magic 0xeb9f, version 1)".into());
-    }
-    let field = |at| u32_at(at).ok_or_else(|| "a short header".to_string());
-    let (header, type_off, type_len, str_off, str_len) =
-        (field(4)?, field(8)?, field(12)?, field(16)?, field(20)?);
-    let section = |off: usize, len: usize| {
-        header
-            .checked_add(off)
-            .and_then(|start| Some((start, start.checked_add(len)?)))
-            .filter(|(_, end)| *end <= blob.len())
+/// Where the kernel's BTF starts and how long it is (`__start_BTF`, `__stop_BTF`).
+///
+/// # Errors
+///
+/// [`LinuxError::Missing`] without those symbols (no `CONFIG_DEBUG_INFO_BTF`),
+/// [`LinuxError::Corrupt`] for a size past [`MAX_BTF`] (or negative).
+pub fn btf_extent(symbols: &[kallsyms::Symbol]) -> Result<(u64, u64), LinuxError> {
+    let address = |name: &str| {
+        kallsyms::address(symbols, name)
+            .map_err(|_| LinuxError::Missing(format!("{name} among the kernel's symbols (no BTF)")))
     };
-    let (Some(_), Some((strings, strings_end))) = (section(type_off, type_len), section(str_off, str_len))
-    else {
-        return Err(format!("sections past the blob's {} bytes", blob.len()));
-    };
-    if header < 24 || str_len == 0 || blob[strings] != 0 {
-        return Err("a header or string section the kernel would refuse".into());
+    let (start, stop) = (address("__start_BTF")?, address("__stop_BTF")?);
+    let len = stop.checked_sub(start).filter(|len| *len <= MAX_BTF).ok_or_else(|| LinuxError::Corrupt {
+        what: "BTF",
+        why: format!("__start_BTF {start:#x} to __stop_BTF {stop:#x} is no size of at most {MAX_BTF} bytes"),
+    })?;
+    Ok((start, len))
+}
+
+impl From<btf::BtfError> for LinuxError {
+    fn from(err: btf::BtfError) -> Self {
+        match err {
+            btf::BtfError::Corrupt(why) => LinuxError::Corrupt { what: "BTF", why },
+            other => LinuxError::Corrupt { what: "types (BTF)", why: other.to_string() },
+        }
     }
-    if !blob[strings..strings_end].windows(13).any(|window| window == b"\0task_struct\0") {
-        return Err("no task_struct among its types' names".into());
-    }
-    Ok(())
 }
 
 /// The physical address of `va` in the kernel image (x86_64 `__pa_symbol`).
@@ -333,27 +309,6 @@ mod tests {
 
     fn info(text: &str) -> VmcoreInfo {
         VmcoreInfo { offset: 0, text: text.to_string() }
-    }
-
-    #[test]
-    fn btf_headers_are_checked() {
-        let strings = b"\0int\0task_struct\0";
-        let mut blob = vec![0x9f, 0xeb, 1, 0];
-        for value in [24u32, 0, 4, 4, strings.len() as u32] {
-            blob.extend_from_slice(&value.to_le_bytes());
-        }
-        blob.extend_from_slice(&[0; 4]);
-        blob.extend_from_slice(strings);
-        assert_eq!(check_btf(&blob), Ok(()));
-        let mut past = blob.clone();
-        past[20] = 0xff;
-        assert!(check_btf(&past).unwrap_err().contains("past"));
-        let mut wrapping = blob.clone();
-        wrapping[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(check_btf(&wrapping).is_err());
-        let no_task = [&blob[..28], b"\0int\0tusk_struct\0"].concat();
-        assert!(check_btf(&no_task).unwrap_err().contains("task_struct"));
-        assert!(check_btf(&blob[..10]).is_err() && check_btf(b"\x9f\xeb\x02").is_err());
     }
 
     #[test]

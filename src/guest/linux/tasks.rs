@@ -67,10 +67,9 @@ struct Offsets {
 }
 
 fn offsets(btf: &Btf) -> Result<Offsets, LinuxError> {
-    let types = |err: super::btf::BtfError| LinuxError::Corrupt { what: "types (BTF)", why: err.to_string() };
-    let task = btf.struct_id("task_struct").map_err(types)?;
-    let cred = btf.struct_id("cred").map_err(types)?;
-    let of = |id, path| btf.offset_of(id, path).map_err(types);
+    let task = btf.struct_id("task_struct")?;
+    let cred = btf.struct_id("cred")?;
+    let of = |id, path| btf.offset_of(id, path).map_err(LinuxError::from);
     Ok(Offsets {
         tasks: of(task, "tasks")?,
         pid: of(task, "pid")?,
