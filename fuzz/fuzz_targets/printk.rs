@@ -7,27 +7,6 @@ use libfuzzer_sys::fuzz_target;
 use qemu_bridge::guest::linux::printk::{records, text, Layout, MAX_COUNT_BITS};
 use qemu_bridge::guest::linux::LinuxError;
 
-const LAYOUT: Layout = Layout {
-    desc_ring: 0,
-    text_data_ring: 48,
-    count_bits: 0,
-    descs: 8,
-    infos: 16,
-    head_id: 24,
-    tail_id: 32,
-    desc_size: 24,
-    state_var: 0,
-    text_blk_lpos: 8,
-    lpos_begin: 0,
-    lpos_next: 8,
-    info_size: 88,
-    seq: 0,
-    ts_nsec: 8,
-    text_len: 16,
-    size_bits: 0,
-    data: 8,
-    counter: 0,
-};
 
 fuzz_target!(|data: &[u8]| {
     let reader = |va: u64, buf: &mut [u8]| -> Result<(), LinuxError> {
@@ -38,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         buf.copy_from_slice(bytes);
         Ok(())
     };
-    if let Ok(found) = records(&LAYOUT, 0, &reader) {
+    if let Ok(found) = records(&Layout::LINUX_6_1, 0, &reader) {
         assert!(found.len() <= 1 << MAX_COUNT_BITS);
         let _ = text(&found);
     }

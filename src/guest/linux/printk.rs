@@ -53,6 +53,30 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// Linux 6.1's layout on x86_64, as its vmcoreinfo says: for tests and fuzzing, which have
+    /// no kernel to ask ([`Layout::of`] is what reads a guest).
+    pub const LINUX_6_1: Layout = Layout {
+        desc_ring: 0,
+        text_data_ring: 48,
+        count_bits: 0,
+        descs: 8,
+        infos: 16,
+        head_id: 24,
+        tail_id: 32,
+        desc_size: 24,
+        state_var: 0,
+        text_blk_lpos: 8,
+        lpos_begin: 0,
+        lpos_next: 8,
+        info_size: 88,
+        seq: 0,
+        ts_nsec: 8,
+        text_len: 16,
+        size_bits: 0,
+        data: 8,
+        counter: 0,
+    };
+
     /// The layout `kernel`'s vmcoreinfo gives.
     ///
     /// # Errors
@@ -224,29 +248,6 @@ pub fn text(records: &[Record]) -> String {
 mod tests {
     use super::*;
 
-    /// Linux 6.1's layout, as its vmcoreinfo says.
-    const LAYOUT: Layout = Layout {
-        desc_ring: 0,
-        text_data_ring: 48,
-        count_bits: 0,
-        descs: 8,
-        infos: 16,
-        head_id: 24,
-        tail_id: 32,
-        desc_size: 24,
-        state_var: 0,
-        text_blk_lpos: 8,
-        lpos_begin: 0,
-        lpos_next: 8,
-        info_size: 88,
-        seq: 0,
-        ts_nsec: 8,
-        text_len: 16,
-        size_bits: 0,
-        data: 8,
-        counter: 0,
-    };
-
     /// A guest-memory image: the ring at 0x1000, descriptors at 0x2000, infos at 0x3000, text
     /// at 0x8000 (2^8 bytes), four descriptors.
     struct Image(Vec<u8>);
@@ -290,7 +291,7 @@ mod tests {
                 buf.copy_from_slice(bytes.ok_or_else(|| corrupt(format!("{va:#x} is not in the image")))?);
                 Ok(())
             };
-            records(&LAYOUT, 0x1000, &reader)
+            records(&Layout::LINUX_6_1, 0x1000, &reader)
         }
     }
 
