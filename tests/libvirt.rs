@@ -140,12 +140,10 @@ fn test_libvirt_domain_is_seen_and_vanishes() {
     drop(ram);
     // its vCPU, as libvirt's own monitor shows it: a real-mode guest, so no page tables to walk
     let cpu = mount.path(&format!("{name}/cpus/0"));
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cpu.join("registers")).unwrap()).unwrap();
+    let json = common::read_json(&cpu.join("registers"));
     let hmp = virsh(&["qemu-monitor-command", "--hmp", &name, "info registers"]);
     let text = common::stdout(&hmp);
-    let cr0 = text.split_whitespace().find_map(|word| word.strip_prefix("CR0=")).unwrap();
-    assert_eq!(json["registers"]["CR0"], format!("{:#x}", u64::from_str_radix(cr0, 16).unwrap()), "{text}");
+    assert_eq!(json["registers"]["CR0"], format!("{:#x}", common::hmp_register(&text, "CR0")), "{text}");
     assert!(json["paging_error"].as_str().unwrap().contains("paging is off"), "{json}");
     let mappings = std::fs::read_to_string(cpu.join("mappings")).unwrap();
     assert!(mappings.starts_with("error: vCPU 0") && mappings.lines().count() == 1, "{mappings}");

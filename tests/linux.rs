@@ -483,21 +483,6 @@ fn hmp_register_pair(text: &str, name: &str) -> u64 {
     u64::from_str_radix(rest.split_whitespace().next().unwrap(), 16).unwrap()
 }
 
-/// The value of `NAME=hex` in HMP text (QEMU pads short names: `R8 =...`).
-fn hmp_register(text: &str, name: &str) -> u64 {
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let hex = words
-        .iter()
-        .enumerate()
-        .find_map(|(index, word)| match word.strip_prefix(name)?.strip_prefix('=') {
-            Some(hex) => Some(hex),
-            None if word.len() == name.len() => words.get(index + 1)?.strip_prefix('='),
-            None => None,
-        })
-        .unwrap_or_else(|| panic!("no {name} in {text}"));
-    u64::from_str_radix(hex, 16).unwrap()
-}
-
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_cpus_registers_mappings_and_memory_agree_with_qemu() {
@@ -539,13 +524,16 @@ fn cpus_agree_with_qemu(extra: &[&str], five_level_expected: bool) {
     assert!(!cpus.join("1").exists(), "a vCPU the VM does not have");
 
     // registers: what QEMU's monitor says of the paused vCPU
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cpu.join("registers")).unwrap()).unwrap();
+    let json = common::read_json(&cpu.join("registers"));
     let hmp = vm.with_qmp(|qmp| qmp.human_monitor_command("info registers")).unwrap();
     for register in ["RIP", "RSP", "R8", "R9", "CR3", "CR4", "EFER"] {
-        assert_eq!(json["registers"][register], format!("{:#x}", hmp_register(&hmp, register)), "{register}");
+        assert_eq!(
+            json["registers"][register],
+            format!("{:#x}", common::hmp_register(&hmp, register)),
+            "{register}"
+        );
     }
-    let (rip, cr4) = (hmp_register(&hmp, "RIP"), hmp_register(&hmp, "CR4"));
+    let (rip, cr4) = (common::hmp_register(&hmp, "RIP"), common::hmp_register(&hmp, "CR4"));
     let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
     let qemu_bridge::guest::Registers::X86_64(typed) =
         qemu_bridge::guest::Registers::from_vcpu("x86_64", &vcpus[0]).unwrap()
@@ -554,7 +542,12 @@ fn cpus_agree_with_qemu(extra: &[&str], five_level_expected: bool) {
     };
     assert_eq!(
         (typed.rip, typed.r[0], typed.cr3, typed.idt.base),
-        (rip, hmp_register(&hmp, "R8"), hmp_register(&hmp, "CR3"), hmp_register_pair(&hmp, "IDT"))
+        (
+            rip,
+            common::hmp_register(&hmp, "R8"),
+            common::hmp_register(&hmp, "CR3"),
+            hmp_register_pair(&hmp, "IDT")
+        )
     );
     let five_level = cr4 & (1 << 12) != 0;
     assert_eq!(five_level, five_level_expected, "CR4 {cr4:#x}");

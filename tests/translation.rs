@@ -116,8 +116,7 @@ fn test_riscv_satp_and_sv39_tables_translate_as_the_manual_says() {
 
     let mount = TestMount::new(&run_dir, &[]);
     let cpu = mount.path("riscv64/cpus/0");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cpu.join("registers")).unwrap()).unwrap();
+    let json = common::read_json(&cpu.join("registers"));
     assert_eq!(json["registers"]["satp"], format!("{satp:#x}"));
     let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
     let qemu_bridge::guest::Registers::Riscv64(hart) =
@@ -191,15 +190,14 @@ fn test_aarch64_tables_translate_from_a_given_root() {
     // the mount: registers, as QEMU prints them; no page-table files without a root
     let mount = TestMount::new(&run_dir, &[]);
     let cpu = mount.path("aarch64/cpus/0");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cpu.join("registers")).unwrap()).unwrap();
+    let json = common::read_json(&cpu.join("registers"));
     let text = hmp(&run_dir, "aarch64", "info registers");
-    let pc = text.split_whitespace().find_map(|word| word.strip_prefix("PC=")).unwrap();
-    assert_eq!(json["registers"]["PC"], format!("{:#x}", u64::from_str_radix(pc, 16).unwrap()));
+    let pc = common::hmp_register(&text, "PC");
+    assert_eq!(json["registers"]["PC"], format!("{pc:#x}"));
     assert!(json["paging_error"].as_str().unwrap().contains("TTBR"), "{json}");
     let vm = Vm::existing(&run_dir.run_dir, "aarch64").unwrap();
     let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
     let typed = qemu_bridge::guest::Registers::from_vcpu("aarch64", &vcpus[0]).unwrap();
-    assert_eq!(typed.pc(), u64::from_str_radix(pc, 16).unwrap());
+    assert_eq!(typed.pc(), pc);
     assert!(!Path::new(&cpu.join("mappings")).exists() && !cpu.join("memory").exists());
 }

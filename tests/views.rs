@@ -307,8 +307,7 @@ fn test_numa_nodes_and_a_hot_plugged_dimm() {
         mount.log_text()
     );
     assert_eq!(listed_size(&run_dir, "dimm"), 192 * MIB);
-    let layout: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(mount.path("dimm/layout.json")).unwrap()).unwrap();
+    let layout = common::read_json(&mount.path("dimm/layout.json"));
     let dimm_gpa = layout["regions"]
         .as_array()
         .unwrap()

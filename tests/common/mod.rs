@@ -533,6 +533,26 @@ pub fn qemu_dump(vm: &qemu_bridge::Vm, path: &Path) {
     );
 }
 
+/// The value of `NAME=hex` in HMP text (QEMU pads short names: `R8 =...`).
+pub fn hmp_register(text: &str, name: &str) -> u64 {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let hex = words
+        .iter()
+        .enumerate()
+        .find_map(|(index, word)| match word.strip_prefix(name)?.strip_prefix('=') {
+            Some(hex) => Some(hex),
+            None if word.len() == name.len() => words.get(index + 1)?.strip_prefix('='),
+            None => None,
+        })
+        .unwrap_or_else(|| panic!("no {name} in {text}"));
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+/// The JSON of a file (a mount's `layout.json`, `cpus/<n>/registers`).
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// The anonymous resident memory of process `pid` (its own, not the guest RAM it maps), in KiB.
 pub fn anon_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
