@@ -568,7 +568,7 @@ impl Access {
 /// The table in which a walk found its page: its depth in the mode's levels, its address,
 /// what the entries above it allow, and an address it maps.
 #[derive(Debug, Clone, Copy)]
-struct LeafTable {
+pub(crate) struct LeafTable {
     depth: usize,
     table: Gpa,
     access: Access,
@@ -749,7 +749,7 @@ impl Paging {
     /// The walk of [`translate`](Self::translate), from the root or from the table where an
     /// earlier walk found its page (`from`, when `va` is in the range that table maps), and
     /// where this one found its page.
-    fn walk<M: GuestMemory + ?Sized>(
+    pub(crate) fn walk<M: GuestMemory + ?Sized>(
         &self,
         memory: &M,
         va: u64,

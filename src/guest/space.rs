@@ -182,11 +182,16 @@ impl VirtualSpace {
     pub fn read_at<M: GuestMemory + ?Sized>(&self, memory: &M, offset: u64, buf: &mut [u8]) -> usize {
         let len = (buf.len() as u64).min(self.size().saturating_sub(offset)) as usize;
         let mut done = 0;
+        // consecutive pages start their walk in the table of the page before, as read_virtual's do
+        let mut leaf = None;
         while done < len {
             let at = offset + done as u64;
             let Some(va) = va_of_offset(self.paging.mode(), at) else { break };
-            let (page_size, gpa) = match self.paging.translate(memory, va) {
-                Ok(page) => (page.page_size, Some(page.gpa)),
+            let (page_size, gpa) = match self.paging.walk(memory, va, leaf) {
+                Ok((page, found)) => {
+                    leaf = Some(found);
+                    (page.page_size, Some(page.gpa))
+                }
                 Err(_) => (PAGE_4K, None),
             };
             let part = (page_size - (at & (page_size - 1))).min((len - done) as u64) as usize;
