@@ -17,7 +17,7 @@
 set -euo pipefail
 out=$(realpath -m "${1:-$(dirname "$0")/../target/guest/linux}")
 # the initramfs's version: a cache of an older one is built again
-initramfs_version=7
+initramfs_version=8
 if [[ -f $out/vmlinuz && -f $out/initrd.gz && -f $out/.complete ]] &&
     grep -qx "initramfs $initramfs_version" "$out/.complete"; then
     echo "$out (cached)"
@@ -42,6 +42,15 @@ mkdir -p "$root"/{bin,dev,proc,sys,tmp}
 cp "$work/busybox/bin/busybox" "$root/bin/busybox"
 # QEMU's fw_cfg driver (no dependencies): with -device vmcoreinfo it hands QEMU the vmcoreinfo note
 find "$work/kernel/lib/modules" -name 'qemu_fw_cfg.ko*' -exec cp {} "$root/" \;
+# a module with no part in the guest's work, for the tests' /proc/modules
+find "$work/kernel/lib/modules" -name 'dummy.ko*' -exec cp {} "$root/" \;
+# a process of the guest's own, with arguments and an environment of its own (its name is the
+# script's: the kernel names a process after the file it executes)
+cat > "$root/bin/qb-sleeper" <<'SLEEPER'
+#!/bin/busybox sh
+while true; do sleep 1000; done
+SLEEPER
+chmod +x "$root/bin/qb-sleeper"
 cat > "$root/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -49,6 +58,9 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 insmod /qemu_fw_cfg.ko 2>/dev/null
+insmod /dummy.ko 2>/dev/null
+QB_SECRET=hush-42 /bin/qb-sleeper alpha "beta gamma" &
+sleeper=$!
 marker="QEMU-BRIDGE-LINUX-MARKER:$(cat /proc/sys/kernel/random/boot_id)"
 echo "$marker" > /tmp/marker
 echo "$marker" > /dev/ttyS0
@@ -63,6 +75,12 @@ echo "qemu-bridge-test: a line of the guest's own, boot $(cat /proc/sys/kernel/r
     echo "btf: $(sha256sum < /sys/kernel/btf/vmlinux | cut -d' ' -f1)"
     ps -o pid,ppid,comm | sed 's/^/ps: /'
     dmesg | sed 's/^/dmesg: /'
+    sed 's/^/modules: /' /proc/modules
+    echo "sleeper: $sleeper"
+    sed 's/^/maps: /' /proc/$sleeper/maps
+    sed 's/^/status: /' /proc/$sleeper/status
+    echo "cmdline: $(od -An -v -tx1 /proc/$sleeper/cmdline | tr -d ' \n')"
+    echo "environ: $(od -An -v -tx1 /proc/$sleeper/environ | tr -d ' \n')"
     echo "QEMU-BRIDGE-ORACLE-END"
 } > /dev/ttyS0 &
 counter=0

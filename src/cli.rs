@@ -248,6 +248,8 @@ pub struct LinuxArgs {
     /// What to print
     #[arg(value_enum)]
     pub what: LinuxWhat,
+    /// The process, for maps, status, cmdline and environ
+    pub pid: Option<i32>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -266,6 +268,16 @@ pub enum LinuxWhat {
     Btf,
     /// Every process, as ps -e lists them: PID TGID PPID UID STATE COMM
     Ps,
+    /// The loaded modules, as /proc/modules
+    Modules,
+    /// A process's memory areas, as /proc/PID/maps (give the PID)
+    Maps,
+    /// Who a process is, as the first lines of /proc/PID/status (give the PID)
+    Status,
+    /// A process's arguments, NUL-separated, as /proc/PID/cmdline (give the PID)
+    Cmdline,
+    /// A process's environment, NUL-separated, as /proc/PID/environ (give the PID)
+    Environ,
 }
 
 /// `read`.
@@ -991,23 +1003,39 @@ fn read_verb(args: ReadArgs) -> CliResult {
 }
 
 fn linux_verb(args: &LinuxArgs) -> CliResult {
-    use qemu_bridge::guest::linux::{LinuxKernel, View};
+    use qemu_bridge::guest::linux::{LinuxGuest, ProcessView, View};
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
     let (bridge, _) = vm.open_bridge()?;
     let vmcoreinfo = qemu_bridge::guest::vmcoreinfo::find(bridge.mapping())?.ok_or_else(|| {
         format!("VM {}: no Linux kernel's vmcoreinfo in its RAM (not Linux, or not booted yet)", args.name)
     })?;
+    let failed =
+        |err: &dyn std::error::Error| format!("VM {}: {}", args.name, qemu_bridge::error::chain(err));
     let view = match args.what {
-        LinuxWhat::Version => View::Version,
-        LinuxWhat::Kallsyms => View::Kallsyms,
-        LinuxWhat::Dmesg => View::Dmesg,
-        LinuxWhat::Btf => View::Btf,
-        LinuxWhat::Ps => View::Tasks,
+        LinuxWhat::Version => Ok(View::Version),
+        LinuxWhat::Kallsyms => Ok(View::Kallsyms),
+        LinuxWhat::Dmesg => Ok(View::Dmesg),
+        LinuxWhat::Btf => Ok(View::Btf),
+        LinuxWhat::Ps => Ok(View::Tasks),
+        LinuxWhat::Modules => Ok(View::Modules),
+        LinuxWhat::Maps => Err(ProcessView::Maps),
+        LinuxWhat::Status => Err(ProcessView::Status),
+        LinuxWhat::Cmdline => Err(ProcessView::Cmdline),
+        LinuxWhat::Environ => Err(ProcessView::Environ),
     };
-    let kernel = LinuxKernel::new(vmcoreinfo).map_err(|err| format!("VM {}: {err}", args.name))?;
-    let text = view
-        .render(&kernel, &bridge)
-        .map_err(|err| format!("VM {}: {}", args.name, qemu_bridge::error::chain(&err)))?;
+    let guest = LinuxGuest::read(vmcoreinfo, &bridge).map_err(|err| failed(&err))?;
+    let text = match (view, args.pid) {
+        (Ok(view), None) => view.render(&guest, &bridge).map_err(|err| failed(&err))?,
+        (Ok(view), Some(_)) => return Err(format!("{} takes no PID", view.name()).into()),
+        (Err(view), None) => return Err(format!("{} needs a PID", view.name()).into()),
+        (Err(view), Some(pid)) => {
+            let process = guest
+                .process(&bridge, pid)
+                .map_err(|err| failed(&err))?
+                .ok_or_else(|| format!("VM {}: no process {pid}", args.name))?;
+            view.render(&process).map_err(|err| failed(&err))?
+        }
+    };
     std::io::stdout().lock().write_all(&text)?;
     Ok(())
 }

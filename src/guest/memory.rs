@@ -194,3 +194,82 @@ mod tests {
         assert!(matches!(short.read_u64(Gpa(0x10_0000)), Err(GuestMemoryError::Read { .. })));
     }
 }
+
+/// Guest memory for the unit tests of the kernel's structures: 16 MiB of RAM whose first pages
+/// hold x86_64 4-level tables (root at 0x1000) mapping the kernel's addresses
+/// 0xffff_ffff_8100_0000..0xffff_ffff_8180_0000 to 0x20_0000.. and a user range
+/// 0x40_0000..0x60_0000 to 0xa0_0000.., in 2 MiB pages.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+    use crate::guest::linux::LinuxKernel;
+    use crate::guest::vmcoreinfo::VmcoreInfo;
+
+    pub(crate) struct PagedMemory {
+        pub ram: Vec<u8>,
+    }
+
+    /// The kernel range's first address.
+    pub(crate) const KERNEL: u64 = 0xffff_ffff_8100_0000;
+    /// The user range's first address.
+    pub(crate) const USER: u64 = 0x40_0000;
+
+    impl PagedMemory {
+        /// The memory, and a kernel whose `init_top_pgt` is its root table.
+        pub(crate) fn kernel() -> (LinuxKernel, Self) {
+            let mut memory = Self { ram: vec![0; 16 << 20] };
+            // PML4 at 0x1000: entry 511 -> PDPT at 0x2000, entry 0 -> PDPT at 0x4000
+            memory.put_phys(0x1000 + 511 * 8, 0x2003);
+            memory.put_phys(0x1000, 0x4007);
+            // PDPT entry 510 -> PD at 0x3000; user PDPT entry 0 -> PD at 0x5000
+            memory.put_phys(0x2000 + 510 * 8, 0x3003);
+            memory.put_phys(0x4000, 0x5007);
+            for page in 0..4u64 {
+                // 0xffff_ffff_8100_0000 is PD index 8
+                memory.put_phys(0x3000 + (8 + page) * 8, (0x20_0000 + page * 0x20_0000) | 0x83);
+            }
+            memory.put_phys(0x5000 + 2 * 8, 0xa0_0000 | 0x87);
+            let info = VmcoreInfo {
+                offset: 0,
+                text: "SYMBOL(init_top_pgt)=ffffffff80001000\nNUMBER(phys_base)=0\n".into(),
+            };
+            (LinuxKernel::new(info).unwrap(), memory)
+        }
+
+        fn put_phys(&mut self, gpa: u64, value: u64) {
+            self.ram[gpa as usize..gpa as usize + 8].copy_from_slice(&value.to_le_bytes());
+        }
+
+        /// The physical address of a mapped virtual one.
+        pub(crate) fn physical(va: u64) -> usize {
+            if va >= KERNEL {
+                (va - KERNEL + 0x20_0000) as usize
+            } else {
+                (va - USER + 0xa0_0000) as usize
+            }
+        }
+
+        /// Writes `bytes` at virtual address `va`.
+        pub(crate) fn put(&mut self, va: u64, bytes: &[u8]) {
+            let at = Self::physical(va);
+            self.ram[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+
+        /// Writes the u64 `value` at virtual address `va`.
+        pub(crate) fn put_u64(&mut self, va: u64, value: u64) {
+            self.put(va, &value.to_le_bytes());
+        }
+    }
+
+    impl GuestMemory for PagedMemory {
+        fn read_at(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
+            let start = usize::try_from(gpa.0).unwrap_or(usize::MAX);
+            let bytes = start
+                .checked_add(buf.len())
+                .and_then(|end| self.ram.get(start..end))
+                .ok_or(GuestMemoryError::NotRam { gpa, len: buf.len() })?;
+            buf.copy_from_slice(bytes);
+            Ok(())
+        }
+    }
+}

@@ -1,12 +1,13 @@
 //! What the mount keeps for each VM beside its RAM: the guest-physical and core views, built
 //! once when the [`Watcher`] admits the VM.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A guest whose RAM held no vmcoreinfo is searched again after this long (it may be booting).
 const VMCOREINFO_RETRY: Duration = Duration::from_secs(5);
 
+use crate::guest::linux::{LinuxError, LinuxGuest};
 use crate::guest::registers::vcpu_notes_now;
 use crate::guest::vmcoreinfo::VmcoreInfo;
 use crate::ram::views::{elf_machine, Core, Physical};
@@ -24,9 +25,9 @@ pub struct MountParts {
     /// When the guest kernel's vmcoreinfo was last looked for, and where it was found (checked
     /// again before each use).
     pub vmcoreinfo: Mutex<Option<(Instant, Option<VmcoreInfo>)>>,
-    /// The size of the kernel's BTF, for the vmcoreinfo (of one boot) it was found through:
-    /// `linux/btf` reports it, because BTF readers take the file's size before they read.
-    pub btf_size: Mutex<Option<(VmcoreInfo, u64)>>,
+    /// The guest's kernel (symbols decoded, types parsed), for the vmcoreinfo (of one boot) it
+    /// was read through: a new boot has another vmcoreinfo, and is read afresh.
+    pub linux: Mutex<Option<(VmcoreInfo, Arc<LinuxGuest>)>>,
 }
 
 /// A VM as the mount serves it.
@@ -44,7 +45,7 @@ pub fn mount_parts(vm: &Vm, bridge: &SharedMemoryBridge, info: &VmInfo) -> Resul
     let physical = Physical::new(bridge.layout().clone());
     let registers = vcpu_notes_now(info, |ask| vm.with_qmp(ask));
     let core = Core::new(bridge.layout(), elf_machine(&info.arch), &registers, None);
-    Ok(MountParts { physical, core, vmcoreinfo: Mutex::new(None), btf_size: Mutex::new(None) })
+    Ok(MountParts { physical, core, vmcoreinfo: Mutex::new(None), linux: Mutex::new(None) })
 }
 
 /// The guest kernel's vmcoreinfo now: where it was found last if it is still there (one page
@@ -67,27 +68,47 @@ pub fn vmcoreinfo_now(instance: &MountedVm) -> Result<Option<VmcoreInfo>, Bridge
     Ok(found)
 }
 
-/// The size of the kernel's BTF (`__stop_BTF - __start_BTF`, from its symbols), once per boot;
-/// 0 for a guest whose kernel says none.
-pub fn btf_size_now(instance: &MountedVm) -> u64 {
-    let Ok(Some(info)) = vmcoreinfo_now(instance) else { return 0 };
-    let mut cached = instance.parts.btf_size.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((known, size)) = cached.as_ref() {
+/// Why a Linux guest's kernel could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LinuxNowError {
+    /// The RAM could not be read.
+    #[error("cannot read the RAM")]
+    Ram(#[from] BridgeError),
+    /// The guest's RAM holds no vmcoreinfo (not Linux, or not booted yet).
+    #[error("no vmcoreinfo in the guest's RAM (not a Linux guest, or not booted yet)")]
+    NoVmcoreinfo,
+    /// The kernel's structures could not be read.
+    #[error(transparent)]
+    Linux(#[from] LinuxError),
+}
+
+/// The guest's kernel now: read once per boot (per vmcoreinfo), its memory live at every use.
+///
+/// # Errors
+///
+/// No vmcoreinfo, or a kernel whose page tables or symbols cannot be read (not kept: a
+/// booting kernel may be readable a moment later).
+pub fn linux_now(instance: &MountedVm) -> Result<Arc<LinuxGuest>, LinuxNowError> {
+    let info = vmcoreinfo_now(instance)?.ok_or(LinuxNowError::NoVmcoreinfo)?;
+    let mut cached = instance.parts.linux.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((known, guest)) = cached.as_ref() {
         if *known == info {
-            return *size;
+            return Ok(Arc::clone(guest));
         }
     }
-    let size = crate::guest::linux::LinuxKernel::new(info.clone())
-        .and_then(|kernel| {
-            use crate::guest::linux::kallsyms;
-            crate::guest::linux::btf_extent(&kallsyms::parse(&kallsyms::read_tables(
-                &kernel,
-                &instance.bridge,
-            )?)?)
-        })
-        .map_or(0, |(_, len)| len);
-    *cached = Some((info, size));
-    size
+    let guest = Arc::new(LinuxGuest::read(info.clone(), &instance.bridge)?);
+    *cached = Some((info, Arc::clone(&guest)));
+    Ok(guest)
+}
+
+/// The size of the kernel's BTF (`__stop_BTF - __start_BTF`, from its symbols), once per boot;
+/// 0 for a guest whose kernel says none. `linux/btf` reports it: BTF readers take the file's
+/// size before they read.
+pub fn btf_size_now(instance: &MountedVm) -> u64 {
+    linux_now(instance)
+        .ok()
+        .and_then(|guest| crate::guest::linux::btf_extent(guest.symbols()).ok())
+        .map_or(0, |(_, len)| len)
 }
 
 /// The core with the vCPUs' registers as they are now (the RAM in it is live anyway).

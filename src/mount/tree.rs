@@ -15,6 +15,8 @@
 //! /<vm>/linux/dmesg
 //! /<vm>/linux/btf
 //! /<vm>/linux/tasks
+//! /<vm>/linux/modules
+//! /<vm>/linux/proc/<pid>/{status,cmdline,environ,maps,mem}   one process, as /proc/<pid>/
 //! /<vm>/cpus/<n>/registers  vCPU n's registers now (JSON)
 //! /<vm>/cpus/<n>/mappings   every mapping of vCPU n's page tables now (x86_64, riscv64)
 //! /<vm>/cpus/<n>/memory     vCPU n's virtual address space, sparse (x86_64, riscv64)
@@ -35,7 +37,8 @@ use fuser::{
 use std::borrow::Cow;
 
 use super::audit::{AuditEvent, AuditLog, AuditOp};
-use super::parts::{core_now, MountedVm, Registry};
+use super::parts::{core_now, linux_now, LinuxNowError, MountedVm, Registry};
+use crate::guest::linux::ProcessView;
 
 /// Inodes per VM: directory, files, the `linux` directory and its files, the `cpus` directory.
 const INODES_PER_INSTANCE: u64 = 32;
@@ -44,9 +47,19 @@ const CPUS_OFFSET: u64 = 31;
 /// The offset of a VM's `linux` directory; its files are at `LINUX_FILES_OFFSET` on.
 const LINUX_OFFSET: u64 = 30;
 const LINUX_FILES_OFFSET: u64 = 16;
-// every file of a VM, of `linux` and the two directories have inodes of their own
+/// The offset of a VM's `linux/proc` directory.
+const LINUX_PROC_OFFSET: u64 = 29;
+// every file of a VM, of `linux` and the three directories have inodes of their own
 const _: () = assert!((VmFile::ALL.len() as u64) < LINUX_FILES_OFFSET);
-const _: () = assert!(LINUX_FILES_OFFSET + crate::guest::linux::View::ALL.len() as u64 <= LINUX_OFFSET);
+const _: () = assert!(LINUX_FILES_OFFSET + crate::guest::linux::View::ALL.len() as u64 <= LINUX_PROC_OFFSET);
+/// Inodes of the process directories (`linux/proc/<pid>`) and their files: this bit, the VM's
+/// number from bit 32, the pid from bit 3, the file in bits 2..0 (its index + 1; 0 for the
+/// directory).
+const PROCESS_INODES: u64 = 1 << 61;
+const PROCESS_NUMBER_SHIFT: u32 = 32;
+const PID_SHIFT: u32 = 3;
+/// Pids that have inodes (Linux's `PID_MAX_LIMIT` is 4 Mi).
+const MAX_PID: i32 = 1 << (PROCESS_NUMBER_SHIFT - PID_SHIFT);
 /// Inodes of the vCPU directories and their files: this bit, the VM's number from bit 22, the
 /// vCPU from bit 2, the file in bits 1..0 (0 for the directory).
 const CPU_INODES: u64 = 1 << 62;
@@ -178,6 +191,12 @@ enum Node {
     Linux(u64),
     /// `<vm>/linux/<file>`
     LinuxFile(u64, crate::guest::linux::View),
+    /// `<vm>/linux/proc`
+    LinuxProc(u64),
+    /// `<vm>/linux/proc/<pid>`
+    Process(u64, i32),
+    /// `<vm>/linux/proc/<pid>/<file>`
+    ProcessFile(u64, i32, ProcessView),
     /// `<vm>/cpus/<n>`
     Cpu(u64, usize),
     /// `<vm>/cpus/<n>/<file>`
@@ -189,6 +208,14 @@ impl Node {
         let ino = u64::from(ino);
         if ino == 1 {
             return Some(Node::Root);
+        }
+        if ino & PROCESS_INODES != 0 && ino & CPU_INODES == 0 {
+            let number = (ino & !PROCESS_INODES) >> PROCESS_NUMBER_SHIFT;
+            let pid = ((ino >> PID_SHIFT) as i32) & (MAX_PID - 1);
+            return match (ino % (1 << PID_SHIFT)) as usize {
+                0 => Some(Node::Process(number, pid)),
+                file => ProcessView::ALL.get(file - 1).map(|view| Node::ProcessFile(number, pid, *view)),
+            };
         }
         if ino & CPU_INODES != 0 {
             let number = (ino & !CPU_INODES) >> NUMBER_SHIFT;
@@ -206,11 +233,19 @@ impl Node {
             0 => Some(Node::Dir(number)),
             CPUS_OFFSET => Some(Node::Cpus(number)),
             LINUX_OFFSET => Some(Node::Linux(number)),
+            LINUX_PROC_OFFSET => Some(Node::LinuxProc(number)),
             offset if (LINUX_FILES_OFFSET..LINUX_OFFSET).contains(&offset) => crate::guest::linux::View::ALL
                 .get((offset - LINUX_FILES_OFFSET) as usize)
                 .map(|view| Node::LinuxFile(number, *view)),
             _ => VmFile::from_offset(offset).map(|file| Node::File(number, file)),
         }
+    }
+
+    /// The inode of `linux/proc/<pid>` (`view` `None`) or of a file in it.
+    fn process_inode(number: u64, pid: i32, view: Option<ProcessView>) -> INodeNo {
+        let file =
+            view.map_or(0, |view| ProcessView::ALL.iter().position(|known| *known == view).unwrap_or(0) + 1);
+        INodeNo(PROCESS_INODES | number << PROCESS_NUMBER_SHIFT | (pid as u64) << PID_SHIFT | file as u64)
     }
 
     /// The inode of `cpus/<cpu>` (`file` `None`) or of a file in it.
@@ -238,10 +273,24 @@ fn is_linux(instance: &MountedVm) -> bool {
 /// A `linux/` file's text now: what the kernel's structures say, or one `error:` line saying
 /// what in them is wrong (the guest's memory is its own to break).
 fn linux_text(instance: &MountedVm, view: crate::guest::linux::View) -> Result<Vec<u8>, GenerateError> {
-    let info = super::parts::vmcoreinfo_now(instance)?.ok_or(GenerateError::NoVmcoreinfo)?;
-    Ok(crate::guest::linux::LinuxKernel::new(info)
-        .and_then(|kernel| view.render(&kernel, &instance.bridge))
-        .unwrap_or_else(|err| format!("error: {}\n", crate::error::chain(&err)).into_bytes()))
+    Ok(match linux_now(instance) {
+        Ok(guest) => view.render(&guest, &instance.bridge),
+        Err(LinuxNowError::Linux(err)) => Err(err),
+        Err(err) => return Err(err.into()),
+    }
+    .unwrap_or_else(|err| error_line(&err)))
+}
+
+/// One line that says what went wrong, as a generated file's whole content.
+fn error_line(err: &dyn std::error::Error) -> Vec<u8> {
+    format!("error: {}\n", crate::error::chain(err)).into_bytes()
+}
+
+/// The pids of the guest's processes now (the idle task, pid 0, is none of `/proc`'s).
+fn pids_now(instance: &MountedVm) -> Result<Vec<i32>, GenerateError> {
+    let guest = linux_now(instance)?;
+    let tasks = guest.tasks(&instance.bridge).map_err(LinuxNowError::Linux)?;
+    Ok(tasks.into_iter().map(|task| task.pid).filter(|pid| (1..MAX_PID).contains(pid)).collect())
 }
 
 fn file_inode(instance: &MountedVm, file: VmFile) -> INodeNo {
@@ -269,9 +318,25 @@ enum GenerateError {
     /// The guest's RAM holds no vmcoreinfo (not Linux, or not booted yet).
     #[error("no vmcoreinfo in the guest's RAM (not a Linux guest, or not booted yet)")]
     NoVmcoreinfo,
+    /// The guest's kernel could not be read.
+    #[error("cannot read the guest's kernel")]
+    Linux(#[source] LinuxNowError),
+    /// No process has that pid (any more).
+    #[error("no process {0}")]
+    NoProcess(i32),
     /// The vCPU does not exist (any more) or has no paging to walk.
     #[error("no virtual address space")]
     Paging(#[from] crate::guest::VcpuPagingError),
+}
+
+impl From<LinuxNowError> for GenerateError {
+    fn from(err: LinuxNowError) -> Self {
+        match err {
+            LinuxNowError::NoVmcoreinfo => GenerateError::NoVmcoreinfo,
+            LinuxNowError::Ram(err) => GenerateError::Ram(err),
+            other => GenerateError::Linux(other),
+        }
+    }
 }
 
 /// Why `ram` cannot be served by the kernel (passthrough).
@@ -392,6 +457,53 @@ impl Tree {
             _ => 0,
         };
         self.attr(linux_file_inode(instance, view), FileType::RegularFile, 0o444, size, instance.since)
+    }
+
+    fn linux_proc_attr(&self, instance: &MountedVm) -> FileAttr {
+        let ino = INodeNo(dir_inode(instance) + LINUX_PROC_OFFSET);
+        self.attr(ino, FileType::Directory, 0o555, 0, instance.since)
+    }
+
+    fn process_attr(&self, instance: &MountedVm, pid: i32) -> FileAttr {
+        let ino = Node::process_inode(instance.number, pid, None);
+        self.attr(ino, FileType::Directory, 0o555, 0, instance.since)
+    }
+
+    /// `mem` has the size of the kernel's address space (2^48 or 2^57), the text files 0.
+    fn process_file_attr(&self, instance: &MountedVm, pid: i32, view: ProcessView) -> FileAttr {
+        let size = match view {
+            ProcessView::Mem => {
+                linux_now(instance).map_or(0, |guest| guest.kernel().paging().mode().space_size())
+            }
+            _ => 0,
+        };
+        let ino = Node::process_inode(instance.number, pid, Some(view));
+        self.attr(ino, FileType::RegularFile, 0o444, size, instance.since)
+    }
+
+    /// A process's file opened: its text now, or its virtual memory through its page tables.
+    fn open_process_file(
+        instance: Arc<MountedVm>,
+        pid: i32,
+        view: ProcessView,
+    ) -> Result<Handle, GenerateError> {
+        let guest = linux_now(&instance)?;
+        let process = match guest.process(&instance.bridge, pid) {
+            Ok(Some(process)) => process,
+            Ok(None) => return Err(GenerateError::NoProcess(pid)),
+            Err(err) => return Ok(Handle::Text(error_line(&err))),
+        };
+        if view == ProcessView::Mem {
+            return Ok(match process.paging() {
+                Ok(Some(paging)) => {
+                    Handle::Virtual(Arc::clone(&instance), crate::guest::VirtualSpace::new(paging))
+                }
+                // a kernel thread has no memory of its own
+                Ok(None) => Handle::Text(Vec::new()),
+                Err(err) => Handle::Text(error_line(&err)),
+            });
+        }
+        Ok(Handle::Text(view.render(&process).unwrap_or_else(|err| error_line(&err))))
     }
 
     fn cpus_attr(&self, instance: &MountedVm) -> FileAttr {
@@ -682,8 +794,37 @@ impl Filesystem for Tree {
                 let Some(instance) = self.registry.by_number(number) else {
                     return reply.error(Errno::ENOENT);
                 };
+                if name == "proc" {
+                    return reply.entry(&TTL, &self.linux_proc_attr(&instance), Generation(0));
+                }
                 match name.to_str().and_then(crate::guest::linux::View::from_name) {
                     Some(view) => reply.entry(&TTL, &self.linux_file_attr(&instance, view), Generation(0)),
+                    None => reply.error(Errno::ENOENT),
+                }
+            }
+            Some(Node::LinuxProc(number)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                let pid = name.to_str().and_then(|name| name.parse::<i32>().ok());
+                match (pid, pids_now(&instance)) {
+                    // TTL 0: a process that exits must vanish at the next path walk
+                    (Some(pid), Ok(pids)) if pids.contains(&pid) => {
+                        reply.entry(&Duration::ZERO, &self.process_attr(&instance, pid), Generation(0))
+                    }
+                    _ => reply.error(Errno::ENOENT),
+                }
+            }
+            Some(Node::Process(number, pid)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                match name.to_str().and_then(ProcessView::from_name) {
+                    Some(view) => reply.entry(
+                        &Duration::ZERO,
+                        &self.process_file_attr(&instance, pid, view),
+                        Generation(0),
+                    ),
                     None => reply.error(Errno::ENOENT),
                 }
             }
@@ -746,6 +887,18 @@ impl Filesystem for Tree {
                 Some(instance) => reply.attr(&Duration::ZERO, &self.cpu_attr(&instance, cpu)),
                 None => reply.error(Errno::ENOENT),
             },
+            Some(Node::LinuxProc(number)) => match self.registry.by_number(number) {
+                Some(instance) => reply.attr(&TTL, &self.linux_proc_attr(&instance)),
+                None => reply.error(Errno::ENOENT),
+            },
+            Some(Node::Process(number, pid)) => match self.registry.by_number(number) {
+                Some(instance) => reply.attr(&Duration::ZERO, &self.process_attr(&instance, pid)),
+                None => reply.error(Errno::ENOENT),
+            },
+            Some(Node::ProcessFile(number, pid, view)) => match self.registry.by_number(number) {
+                Some(instance) => reply.attr(&Duration::ZERO, &self.process_file_attr(&instance, pid, view)),
+                None => reply.error(Errno::ENOENT),
+            },
             Some(Node::CpuFile(number, cpu, file)) => match self.registry.by_number(number) {
                 Some(instance) => reply.attr(&Duration::ZERO, &self.cpu_file_attr(&instance, cpu, file)),
                 None => reply.error(Errno::ENOENT),
@@ -803,6 +956,56 @@ impl Filesystem for Tree {
                         view.name().into(),
                     ));
                 }
+                entries.push((
+                    INodeNo(dir_inode(&instance) + LINUX_PROC_OFFSET),
+                    FileType::Directory,
+                    "proc".into(),
+                ));
+            }
+            Some(Node::LinuxProc(number)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                entries.push((
+                    INodeNo(dir_inode(&instance) + LINUX_PROC_OFFSET),
+                    FileType::Directory,
+                    ".".into(),
+                ));
+                entries.push((
+                    INodeNo(dir_inode(&instance) + LINUX_OFFSET),
+                    FileType::Directory,
+                    "..".into(),
+                ));
+                match pids_now(&instance) {
+                    Ok(pids) => {
+                        for pid in pids {
+                            entries.push((
+                                Node::process_inode(number, pid, None),
+                                FileType::Directory,
+                                pid.to_string(),
+                            ));
+                        }
+                    }
+                    Err(err) => {
+                        log::warn!("{}/linux/proc: {}", instance.vm.name(), crate::error::chain(&err));
+                        return reply.error(Errno::EIO);
+                    }
+                }
+            }
+            Some(Node::Process(number, pid)) => {
+                entries.push((Node::process_inode(number, pid, None), FileType::Directory, ".".into()));
+                entries.push((
+                    INodeNo(number * INODES_PER_INSTANCE + LINUX_PROC_OFFSET),
+                    FileType::Directory,
+                    "..".into(),
+                ));
+                for view in ProcessView::ALL {
+                    entries.push((
+                        Node::process_inode(number, pid, Some(view)),
+                        FileType::RegularFile,
+                        view.name().into(),
+                    ));
+                }
             }
             Some(Node::Cpus(number)) => {
                 let Some(instance) = self.registry.by_number(number) else {
@@ -856,6 +1059,28 @@ impl Filesystem for Tree {
                     return reply.error(Errno::ENOENT);
                 };
                 return self.open_cpu_file(instance, cpu, file, reply);
+            }
+            Some(Node::ProcessFile(number, pid, view)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                return match Self::open_process_file(Arc::clone(&instance), pid, view) {
+                    Ok(handle) => {
+                        let fh = self.new_handle(handle);
+                        reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                    }
+                    Err(GenerateError::NoProcess(_)) => reply.error(Errno::ENOENT),
+                    Err(GenerateError::NoVmcoreinfo) => reply.error(Errno::ENODATA),
+                    Err(err) => {
+                        log::error!(
+                            "{}/linux/proc/{pid}/{}: {}",
+                            instance.vm.name(),
+                            view.name(),
+                            crate::error::chain(&err)
+                        );
+                        reply.error(Errno::EIO)
+                    }
+                };
             }
             Some(Node::LinuxFile(number, view)) => {
                 let Some(instance) = self.registry.by_number(number) else {

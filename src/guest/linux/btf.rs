@@ -14,6 +14,7 @@ pub const MAX_HOPS: usize = 32;
 pub const MAX_DEPTH: usize = 8;
 
 const KIND_INT: u8 = 1;
+const KIND_PTR: u8 = 2;
 const KIND_ARRAY: u8 = 3;
 const KIND_STRUCT: u8 = 4;
 const KIND_UNION: u8 = 5;
@@ -54,9 +55,11 @@ struct Entry {
     kind: u8,
     kind_flag: bool,
     size_or_type: u32,
-    /// For structs and unions: their members, `members[first..first + count]`.
+    /// For structs and unions: their members, `members[first..first + count]`; for arrays:
+    /// the element type in `first` and the element count in `elements`.
     first: u32,
     count: u16,
+    elements: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -130,8 +133,15 @@ impl Btf {
     /// running past the type section, more than [`MAX_TYPES`] types.
     pub fn parse(blob: &[u8]) -> Result<Self, BtfError> {
         let (types_bytes, strings) = sections(blob)?;
-        let mut types =
-            vec![Entry { name_off: 0, kind: 0, kind_flag: false, size_or_type: 0, first: 0, count: 0 }];
+        let mut types = vec![Entry {
+            name_off: 0,
+            kind: 0,
+            kind_flag: false,
+            size_or_type: 0,
+            first: 0,
+            count: 0,
+            elements: 0,
+        }];
         let mut members = Vec::new();
         let mut at = 0;
         while at < types_bytes.len() {
@@ -157,7 +167,12 @@ impl Btf {
             if body + trailing > types_bytes.len() {
                 return Err(corrupt(format!("type {} runs past the types", types.len())));
             }
-            let first = members.len() as u32;
+            let mut first = members.len() as u32;
+            let mut elements = 0;
+            if kind == KIND_ARRAY {
+                first = u32_at(types_bytes, body).unwrap_or(0);
+                elements = u32_at(types_bytes, body + 8).unwrap_or(0);
+            }
             if kind == KIND_STRUCT || kind == KIND_UNION {
                 for index in 0..vlen {
                     let member = |offset: usize| u32_at(types_bytes, body + index * 12 + offset).unwrap_or(0);
@@ -171,6 +186,7 @@ impl Btf {
                 size_or_type,
                 first,
                 count: if kind == KIND_STRUCT || kind == KIND_UNION { vlen as u16 } else { 0 },
+                elements,
             });
             at = body + trailing;
         }
@@ -230,6 +246,21 @@ impl Btf {
     /// [`BtfError::NoMember`] where a name is not a member, or is a bitfield, or leads into a
     /// type that is not a struct or union; [`BtfError::Corrupt`] for a broken type chain.
     pub fn offset_of(&self, id: u32, path: &str) -> Result<u64, BtfError> {
+        self.field(id, path).map(|(offset, _)| offset)
+    }
+
+    /// Whether struct `id` has a member at `path` (kernels differ: `mm_mt` or `mmap`).
+    pub fn has(&self, id: u32, path: &str) -> bool {
+        self.field(id, path).is_ok()
+    }
+
+    /// The byte offset and the type id of the member at `path` of struct `id`, as
+    /// [`offset_of`](Self::offset_of) finds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`offset_of`](Self::offset_of).
+    pub fn field(&self, id: u32, path: &str) -> Result<(u64, u32), BtfError> {
         let no_member = || BtfError::NoMember {
             strukt: String::from_utf8_lossy(self.name(self.types.get(id as usize).map_or(0, |e| e.name_off)))
                 .into_owned(),
@@ -243,7 +274,46 @@ impl Btf {
             offset += member_offset;
             current = member_type;
         }
-        Ok(offset)
+        Ok((offset, current))
+    }
+
+    /// The number of elements of array type `id` (typedefs followed), `None` for a type that is
+    /// no array.
+    ///
+    /// # Errors
+    ///
+    /// [`BtfError::Corrupt`] for a broken type chain.
+    pub fn array_len(&self, id: u32) -> Result<Option<u32>, BtfError> {
+        let entry = self.resolve(id)?;
+        Ok((entry.kind == KIND_ARRAY).then_some(entry.elements))
+    }
+
+    /// The size in bytes of type `id`: structs, unions, integers, enums and pointers (8 bytes:
+    /// the kernels read here are 64-bit), and arrays of those, nested at most [`MAX_HOPS`] deep.
+    ///
+    /// # Errors
+    ///
+    /// [`BtfError::Corrupt`] for a type of no size (void, a function) or a broken chain.
+    pub fn size_of(&self, id: u32) -> Result<u64, BtfError> {
+        let mut elements = 1u64;
+        let mut current = id;
+        for _ in 0..=MAX_HOPS {
+            let entry = self.resolve(current)?;
+            let size = match entry.kind {
+                KIND_STRUCT | KIND_UNION | KIND_INT | KIND_ENUM | KIND_ENUM64 => {
+                    u64::from(entry.size_or_type)
+                }
+                KIND_PTR => 8,
+                KIND_ARRAY => {
+                    elements = elements.saturating_mul(u64::from(entry.elements));
+                    current = entry.first;
+                    continue;
+                }
+                kind => return Err(corrupt(format!("type {current} (kind {kind}) has no size"))),
+            };
+            return Ok(elements.saturating_mul(size));
+        }
+        Err(corrupt(format!("arrays nested more than {MAX_HOPS} deep")))
     }
 
     /// The byte offset and type of member `name` of struct or union `id`, searching anonymous

@@ -15,8 +15,12 @@
 
 pub mod btf;
 pub mod kallsyms;
+pub mod maple;
+pub mod modules;
 pub mod printk;
+pub mod process;
 pub mod tasks;
+pub mod walk;
 
 use super::memory::{Gpa, GuestMemory};
 use super::paging::{Paging, PagingError, PagingMode};
@@ -48,6 +52,9 @@ pub enum LinuxError {
         #[source]
         source: PagingError,
     },
+    /// The kernel's types (BTF) are missing or unusable, and this needs them.
+    #[error("this needs the kernel's types (BTF): {0}")]
+    NoTypes(String),
     /// A kernel structure is not what it must be.
     #[error("the kernel's {what} is corrupt: {why}")]
     Corrupt {
@@ -145,6 +152,22 @@ impl LinuxKernel {
         Ok(u64::from_le_bytes(bytes))
     }
 
+    /// The little-endian u32 at `va`.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read).
+    pub fn read_u32<M: GuestMemory + ?Sized>(
+        &self,
+        memory: &M,
+        va: u64,
+        what: &'static str,
+    ) -> Result<u32, LinuxError> {
+        let mut bytes = [0u8; 4];
+        self.read(memory, va, &mut bytes, what)?;
+        Ok(u32::from_le_bytes(bytes))
+    }
+
     /// The kernel's version banner (`linux_banner`, as `/proc/version` prints it), found through
     /// kallsyms: a NUL-terminated line of at most 512 bytes.
     ///
@@ -184,11 +207,14 @@ pub enum View {
     Btf,
     /// `tasks`: every process, as `ps -e` lists them (needs BTF).
     Tasks,
+    /// `modules`: the loaded modules, as `/proc/modules` (needs BTF).
+    Modules,
 }
 
 impl View {
     /// Every view, in listing order.
-    pub const ALL: [View; 5] = [View::Version, View::Kallsyms, View::Dmesg, View::Btf, View::Tasks];
+    pub const ALL: [View; 6] =
+        [View::Version, View::Kallsyms, View::Dmesg, View::Btf, View::Tasks, View::Modules];
 
     /// The file's name (and the command line's word).
     pub fn name(self) -> &'static str {
@@ -198,6 +224,7 @@ impl View {
             View::Dmesg => "dmesg",
             View::Btf => "btf",
             View::Tasks => "tasks",
+            View::Modules => "modules",
         }
     }
 
@@ -213,22 +240,189 @@ impl View {
     /// What reading the kernel's structures found wrong ([`LinuxError`]).
     pub fn render<M: GuestMemory + ?Sized>(
         self,
-        kernel: &LinuxKernel,
+        guest: &LinuxGuest,
         memory: &M,
     ) -> Result<Vec<u8>, LinuxError> {
-        let symbols = || kallsyms::parse(&kallsyms::read_tables(kernel, memory)?);
+        let (kernel, symbols) = (&guest.kernel, guest.symbols.as_slice());
         match self {
-            View::Version => kernel.banner(memory, &symbols()?).map(String::into_bytes),
-            View::Kallsyms => Ok(kallsyms::text(&symbols()?).into_bytes()),
+            View::Version => kernel.banner(memory, symbols).map(String::into_bytes),
+            View::Kallsyms => Ok(kallsyms::text(symbols).into_bytes()),
             View::Dmesg => Ok(printk::text(&printk::read(kernel, memory)?).into_bytes()),
-            View::Btf => kernel.btf(memory, &symbols()?),
-            View::Tasks => {
-                let symbols = symbols()?;
-                let btf = btf::Btf::parse(&kernel.btf(memory, &symbols)?)?;
-                let init_task = kallsyms::address(&symbols, "init_task")?;
-                Ok(tasks::text(&tasks::read(kernel, memory, &btf, init_task)?).into_bytes())
-            }
+            View::Btf => kernel.btf(memory, symbols),
+            View::Tasks => Ok(tasks::text(&guest.tasks(memory)?).into_bytes()),
+            View::Modules => Ok(modules::text(&guest.modules(memory)?).into_bytes()),
         }
+    }
+}
+
+/// The files of a process's directory (`linux/proc/<pid>/`), as in `/proc/<pid>/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessView {
+    /// `status`: who it is (name, state, ids, users, threads).
+    Status,
+    /// `cmdline`: its arguments, NUL-separated.
+    Cmdline,
+    /// `environ`: its environment, NUL-separated.
+    Environ,
+    /// `maps`: its memory areas.
+    Maps,
+    /// `mem`: its virtual memory through its own page tables (a sparse file).
+    Mem,
+}
+
+impl ProcessView {
+    /// Every file, in listing order.
+    pub const ALL: [ProcessView; 5] = [
+        ProcessView::Status,
+        ProcessView::Cmdline,
+        ProcessView::Environ,
+        ProcessView::Maps,
+        ProcessView::Mem,
+    ];
+
+    /// The file's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProcessView::Status => "status",
+            ProcessView::Cmdline => "cmdline",
+            ProcessView::Environ => "environ",
+            ProcessView::Maps => "maps",
+            ProcessView::Mem => "mem",
+        }
+    }
+
+    /// The file named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|view| view.name() == name)
+    }
+
+    /// The file's bytes now (`mem` is no text: [`LinuxGuest::process`] gives its paging).
+    ///
+    /// # Errors
+    ///
+    /// What reading the process's structures found wrong.
+    pub fn render<M: GuestMemory + ?Sized>(
+        self,
+        process: &process::Process<'_, M>,
+    ) -> Result<Vec<u8>, LinuxError> {
+        match self {
+            ProcessView::Status => process.status().map(String::into_bytes),
+            ProcessView::Cmdline => process.cmdline(),
+            ProcessView::Environ => process.environ(),
+            ProcessView::Maps => Ok(process::maps_text(&process.areas()?).into_bytes()),
+            ProcessView::Mem => Ok(Vec::new()),
+        }
+    }
+}
+
+/// A Linux guest's kernel as read once per boot: its page tables, its symbols, and its types
+/// (parsed once; `None`, with why, for a kernel without usable BTF). Its memory is read live
+/// at every call.
+pub struct LinuxGuest {
+    kernel: LinuxKernel,
+    symbols: Vec<kallsyms::Symbol>,
+    types: Result<Types, String>,
+}
+
+/// What the kernel's BTF says of the structures read here.
+struct Types {
+    btf: btf::Btf,
+    process: Result<process::Offsets, String>,
+}
+
+impl std::fmt::Debug for LinuxGuest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinuxGuest")
+            .field("kernel", &self.kernel)
+            .field("symbols", &self.symbols.len())
+            .field("types", &self.types.as_ref().map(|types| types.btf.len()))
+            .finish()
+    }
+}
+
+impl LinuxGuest {
+    /// The kernel `vmcoreinfo` describes, its symbols decoded and its BTF parsed, from `memory`.
+    ///
+    /// # Errors
+    ///
+    /// What [`LinuxKernel::new`] and the symbol tables found wrong (a kernel without usable
+    /// BTF is no error: what needs types says so).
+    pub fn read<M: GuestMemory + ?Sized>(vmcoreinfo: VmcoreInfo, memory: &M) -> Result<Self, LinuxError> {
+        let kernel = LinuxKernel::new(vmcoreinfo)?;
+        let symbols = kallsyms::parse(&kallsyms::read_tables(&kernel, memory)?)?;
+        let types = kernel
+            .btf(memory, &symbols)
+            .and_then(|blob| Ok(btf::Btf::parse(&blob)?))
+            .map(|btf| {
+                let process = process::Offsets::from_btf(&btf).map_err(|err| crate::error::chain(&err));
+                Types { btf, process }
+            })
+            .map_err(|err| crate::error::chain(&err));
+        Ok(Self { kernel, symbols, types })
+    }
+
+    /// The kernel.
+    pub fn kernel(&self) -> &LinuxKernel {
+        &self.kernel
+    }
+
+    /// Its symbols.
+    pub fn symbols(&self) -> &[kallsyms::Symbol] {
+        &self.symbols
+    }
+
+    /// Its types.
+    ///
+    /// # Errors
+    ///
+    /// [`LinuxError::NoTypes`] saying why there are none.
+    pub fn btf(&self) -> Result<&btf::Btf, LinuxError> {
+        self.types.as_ref().map(|types| &types.btf).map_err(|why| LinuxError::NoTypes(why.clone()))
+    }
+
+    /// Every process (thread-group leader), the idle task first.
+    ///
+    /// # Errors
+    ///
+    /// As [`tasks::read`], or no types.
+    pub fn tasks<M: GuestMemory + ?Sized>(&self, memory: &M) -> Result<Vec<tasks::Task>, LinuxError> {
+        let init_task = kallsyms::address(&self.symbols, "init_task")?;
+        tasks::read(&self.kernel, memory, self.btf()?, init_task)
+    }
+
+    /// The loaded modules.
+    ///
+    /// # Errors
+    ///
+    /// As [`modules::read`], or no types.
+    pub fn modules<M: GuestMemory + ?Sized>(&self, memory: &M) -> Result<Vec<modules::Module>, LinuxError> {
+        // `modules` is the list's head in kernel/module/main.c (a data symbol: other symbols of
+        // that name may be functions)
+        let head = self
+            .symbols
+            .iter()
+            .find(|symbol| symbol.name == "modules" && matches!(symbol.kind, 'd' | 'D' | 'b' | 'B'))
+            .map(|symbol| symbol.address)
+            .ok_or_else(|| LinuxError::Missing("modules among the kernel's symbols".into()))?;
+        modules::read(&self.kernel, memory, self.btf()?, head)
+    }
+
+    /// The process whose pid is `pid` (a thread-group leader), `None` if there is none.
+    ///
+    /// # Errors
+    ///
+    /// As [`tasks`](Self::tasks), or types that lack what processes need.
+    pub fn process<'a, M: GuestMemory + ?Sized>(
+        &'a self,
+        memory: &'a M,
+        pid: i32,
+    ) -> Result<Option<process::Process<'a, M>>, LinuxError> {
+        let offsets = match &self.types {
+            Ok(types) => types.process.as_ref().map_err(|why| LinuxError::NoTypes(why.clone()))?,
+            Err(why) => return Err(LinuxError::NoTypes(why.clone())),
+        };
+        let task = self.tasks(memory)?.into_iter().find(|task| task.pid == pid);
+        Ok(task.map(|task| process::Process::new(&self.kernel, memory, offsets, &self.symbols, task)))
     }
 }
 

@@ -6,10 +6,10 @@
 //! task other than its head (a loop), or points at memory the kernel's tables do not map, is an
 //! error saying where.
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use super::btf::Btf;
+use super::walk::list;
 use super::{LinuxError, LinuxKernel};
 use crate::guest::memory::GuestMemory;
 
@@ -32,24 +32,41 @@ pub struct Task {
     pub uid: u32,
     /// `__state` (or `state` before Linux 5.14).
     pub state: u32,
+    /// `exit_state`: a zombie's or a dead task's.
+    pub exit_state: u32,
     /// `comm`.
     pub comm: String,
 }
 
 impl Task {
-    /// The state as `ps` writes it: R, S, D, T, t, X, Z, I (idle kernel thread), or `?`.
+    /// The state as `ps` writes it: R, S, D, T, t, X, Z, P, I (idle kernel thread), or `?`.
     pub fn state_letter(&self) -> char {
-        match self.state {
-            0 => 'R',
-            0x402 => 'I',
-            state if state & 1 != 0 => 'S',
-            state if state & 2 != 0 => 'D',
-            state if state & 4 != 0 => 'T',
-            state if state & 8 != 0 => 't',
-            state if state & 0x10 != 0 => 'X',
-            state if state & 0x20 != 0 => 'Z',
-            _ => '?',
-        }
+        self.state_name().0
+    }
+
+    /// The state's letter and word as `/proc/<pid>/status` writes them (`task_state_index`:
+    /// the highest reported bit of the state and exit state; an idle kernel thread is `I`).
+    pub fn state_name(&self) -> (char, &'static str) {
+        const NAMES: [(char, &str); 9] = [
+            ('R', "running"),
+            ('S', "sleeping"),
+            ('D', "disk sleep"),
+            ('T', "stopped"),
+            ('t', "tracing stop"),
+            ('X', "dead"),
+            ('Z', "zombie"),
+            ('P', "parked"),
+            ('I', "idle"),
+        ];
+        // TASK_IDLE is TASK_UNINTERRUPTIBLE | TASK_NOLOAD; TASK_RTLOCK_WAIT reads as D
+        let reported = if self.state == 0x402 {
+            0x80
+        } else if self.state == 0x1000 {
+            2
+        } else {
+            (self.state | self.exit_state) & 0x7f
+        };
+        NAMES[(u32::BITS - reported.leading_zeros()) as usize]
     }
 }
 
@@ -64,6 +81,7 @@ struct Offsets {
     state: u64,
     comm: u64,
     cred_uid: u64,
+    exit_state: u64,
 }
 
 fn offsets(btf: &Btf) -> Result<Offsets, LinuxError> {
@@ -79,6 +97,7 @@ fn offsets(btf: &Btf) -> Result<Offsets, LinuxError> {
         state: of(task, "__state").or_else(|_| of(task, "state"))?,
         comm: of(task, "comm")?,
         cred_uid: of(cred, "uid")?,
+        exit_state: of(task, "exit_state")?,
     })
 }
 
@@ -97,28 +116,13 @@ pub fn read<M: GuestMemory + ?Sized>(
 ) -> Result<Vec<Task>, LinuxError> {
     let offsets = offsets(btf)?;
     let read_u64 = |va: u64| kernel.read_u64(memory, va, "task list");
-    let read_u32 = |va: u64| -> Result<u32, LinuxError> {
-        let mut bytes = [0u8; 4];
-        kernel.read(memory, va, &mut bytes, "task")?;
-        Ok(u32::from_le_bytes(bytes))
-    };
+    let read_u32 = |va: u64| kernel.read_u32(memory, va, "task");
     let head = init_task.wrapping_add(offsets.tasks);
-    let mut seen = HashSet::new();
-    let mut tasks = Vec::new();
-    let mut task = init_task;
-    loop {
-        if tasks.len() >= MAX_TASKS {
-            return Err(LinuxError::Corrupt {
-                what: "task list",
-                why: format!("more than {MAX_TASKS} tasks"),
-            });
-        }
-        if !seen.insert(task) {
-            return Err(LinuxError::Corrupt {
-                what: "task list",
-                why: format!("it comes back to the task at {task:#x} after {} tasks", tasks.len()),
-            });
-        }
+    let others = list(kernel, memory, head, MAX_TASKS - 1, "task list")?;
+    let mut tasks = Vec::with_capacity(others.len() + 1);
+    for task in
+        std::iter::once(init_task).chain(others.into_iter().map(|node| node.wrapping_sub(offsets.tasks)))
+    {
         let at = |offset: u64| task.wrapping_add(offset);
         let parent = read_u64(at(offsets.real_parent))?;
         let ppid = if parent == task { 0 } else { read_u32(parent.wrapping_add(offsets.tgid))? as i32 };
@@ -133,14 +137,11 @@ pub fn read<M: GuestMemory + ?Sized>(
             ppid,
             uid: read_u32(cred.wrapping_add(offsets.cred_uid))?,
             state: read_u32(at(offsets.state))?,
+            exit_state: read_u32(at(offsets.exit_state))?,
             comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
         });
-        let next = read_u64(at(offsets.tasks))?;
-        if next == head {
-            return Ok(tasks);
-        }
-        task = next.wrapping_sub(offsets.tasks);
     }
+    Ok(tasks)
 }
 
 /// The tasks as `ps -e` would list them: a header, then `PID TGID PPID UID STATE COMM`.
