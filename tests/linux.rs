@@ -753,6 +753,15 @@ struct GuestOracle {
     /// `ps -o pid,ppid,comm`: (pid, ppid, comm)
     ps: Vec<(i32, i32, String)>,
     dmesg: Vec<String>,
+    /// `/proc/modules`
+    modules: String,
+    /// The pid of the guest's own process (qb-sleeper), and its `/proc/<pid>/maps`, `status`,
+    /// and `cmdline` and `environ` in hex
+    sleeper: i32,
+    maps: String,
+    status: Vec<String>,
+    cmdline: String,
+    environ: String,
 }
 
 fn guest_oracle(linux: &common::linux::LinuxVm) -> GuestOracle {
@@ -786,7 +795,89 @@ fn guest_oracle(linux: &common::linux::LinuxVm) -> GuestOracle {
             })
             .collect(),
         dmesg: lines.iter().filter_map(|line| line.strip_prefix("dmesg: ")).map(String::from).collect(),
+        modules: lines.iter().filter_map(|line| line.strip_prefix("modules: ")).map(|line| format!("{line}\n")).collect(),
+        sleeper: field("sleeper: ").parse().unwrap(),
+        maps: lines.iter().filter_map(|line| line.strip_prefix("maps: ")).map(|line| format!("{line}\n")).collect(),
+        status: lines.iter().filter_map(|line| line.strip_prefix("status: ")).map(String::from).collect(),
+        cmdline: field("cmdline: "),
+        environ: field("environ: "),
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `linux/modules` and `linux/proc/<pid>/` of a Linux guest, from its memory alone, against
+/// what the guest printed of itself: its `/proc/modules` (dummy.ko loaded), and of a process of
+/// its own its `maps` (a maple tree of Linux 6.1, file paths, [heap], [stack], [vvar], [vdso]),
+/// the identity lines of its `status`, its `cmdline` and `environ` byte for byte; its `mem`
+/// reads its program's ELF header where its maps say the program is; the command line says
+/// the same.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_linux_processes_and_modules_agree_with_the_guests_own() {
+    require_qemu();
+    common::require_fuse();
+    let run_dir = TestRunDir::new();
+    let linux = boot_linux(&run_dir);
+    let name = linux.launched.name().to_string();
+    let oracle = guest_oracle(&linux);
+    let mount = TestMount::new(&run_dir, &[]);
+    let dir = mount.path(&format!("{name}/linux"));
+
+    let modules = std::fs::read_to_string(dir.join("modules")).unwrap();
+    assert!(oracle.modules.contains("dummy ") && oracle.modules.contains("qemu_fw_cfg "), "{}", oracle.modules);
+    assert_eq!(modules, oracle.modules, "/proc/modules");
+
+    // the guest's process among linux/proc's, and in it the files of /proc/<pid>/
+    let pids: Vec<i32> = std::fs::read_dir(dir.join("proc"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap().parse().unwrap())
+        .collect();
+    assert!(pids.contains(&1) && pids.contains(&oracle.sleeper) && !pids.contains(&0), "{pids:?}");
+    let process = dir.join(format!("proc/{}", oracle.sleeper));
+    let mut files: Vec<String> =
+        std::fs::read_dir(&process).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap()).collect();
+    files.sort();
+    assert_eq!(files, ["cmdline", "environ", "maps", "mem", "status"]);
+    let maps = std::fs::read_to_string(process.join("maps")).unwrap();
+    assert!(oracle.maps.contains("/bin/busybox") && oracle.maps.contains("[vdso]"), "{}", oracle.maps);
+    assert_eq!(maps, oracle.maps, "/proc/{}/maps", oracle.sleeper);
+    let status = std::fs::read_to_string(process.join("status")).unwrap();
+    for line in status.lines() {
+        assert!(oracle.status.iter().any(|theirs| theirs == line), "{line:?} is not in the guest's status");
+    }
+    assert!(status.starts_with("Name:\tqb-sleeper\nState:\tS (sleeping)\n"), "{status}");
+    assert_eq!(hex(&std::fs::read(process.join("cmdline")).unwrap()), oracle.cmdline);
+    assert_eq!(hex(&std::fs::read(process.join("environ")).unwrap()), oracle.environ);
+    assert!(String::from_utf8_lossy(&std::fs::read(process.join("environ")).unwrap()).contains("QB_SECRET=hush-42"));
+    // mem: the program's first page (busybox at file offset 0) is its ELF header; an address
+    // no area covers reads zeros
+    let program = maps.lines().find(|line| line.ends_with("/bin/busybox") && line.contains(" 00000000 ")).unwrap();
+    let start = u64::from_str_radix(program.split('-').next().unwrap(), 16).unwrap();
+    let mem = File::open(process.join("mem")).unwrap();
+    let mut header = [0u8; 4];
+    mem.read_exact_at(&mut header, start).unwrap();
+    assert_eq!(&header, b"\x7fELF");
+    let mut nothing = [0xffu8; 16];
+    mem.read_exact_at(&mut nothing, 0x1000).unwrap();
+    assert_eq!(nothing, [0; 16], "page 1 is no process's");
+    // a kernel thread has an empty maps and cmdline; a pid that is none is no directory
+    let kthreadd = dir.join("proc/2");
+    assert_eq!(std::fs::read(kthreadd.join("maps")).unwrap(), b"");
+    assert_eq!(std::fs::read(kthreadd.join("cmdline")).unwrap(), b"");
+    assert!(!dir.join("proc/999999").exists());
+
+    // the command line prints the same
+    let output = common::qemu_bridge(&run_dir, &["linux", &name, "modules"]);
+    assert_eq!(common::stdout(&output), oracle.modules);
+    let output = common::qemu_bridge(&run_dir, &["linux", &name, "maps", &oracle.sleeper.to_string()]);
+    assert_eq!(common::stdout(&output), oracle.maps);
+    let output = common::qemu_bridge(&run_dir, &["linux", &name, "maps"]);
+    common::assert_clean_failure(&output, "needs a PID");
+    let output = common::qemu_bridge(&run_dir, &["linux", &name, "status", "999999"]);
+    common::assert_clean_failure(&output, "no process 999999");
 }
 
 /// `linux/` of a Linux guest, from its memory alone, against what the guest itself printed of
@@ -811,7 +902,7 @@ fn test_linux_views_agree_with_the_guests_own() {
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .collect();
     files.sort();
-    assert_eq!(files, ["btf", "dmesg", "kallsyms", "tasks", "version"]);
+    assert_eq!(files, ["btf", "dmesg", "kallsyms", "modules", "proc", "tasks", "version"]);
     assert!(!mount.path(&format!("{}/linux", tiny.name())).exists(), "a guest that is not Linux");
 
     let version = std::fs::read_to_string(dir.join("version")).unwrap();
