@@ -8,6 +8,7 @@
 #   kallsyms   the decoder of the guest kernel's symbol tables
 #   printk     the reader of the guest kernel's log (its ring buffer's indices and blocks)
 #   btf        the reader of the guest kernel's types (structs, member paths)
+#   kernel_walks the walks of the kernel's lists, maple trees and strings over arbitrary memory
 # cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1 lets the stable toolchain provide them
 # (no other toolchain can be installed here). A crash fails the run and leaves its input in
 # fuzz/artifacts/<target>/: turn it into a unit test next to the code, then fix the bug.
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 export RUSTC_BOOTSTRAP=1
-for target in qmp_reply layout mtree paging vmcoreinfo kallsyms printk btf; do
+for target in qmp_reply layout mtree paging vmcoreinfo kallsyms printk btf kernel_walks; do
     mkdir -p "fuzz/corpus/$target"
     echo "== fuzz $target for ${seconds}s"
     cargo fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \

@@ -795,9 +795,17 @@ fn guest_oracle(linux: &common::linux::LinuxVm) -> GuestOracle {
             })
             .collect(),
         dmesg: lines.iter().filter_map(|line| line.strip_prefix("dmesg: ")).map(String::from).collect(),
-        modules: lines.iter().filter_map(|line| line.strip_prefix("modules: ")).map(|line| format!("{line}\n")).collect(),
+        modules: lines
+            .iter()
+            .filter_map(|line| line.strip_prefix("modules: "))
+            .map(|line| format!("{line}\n"))
+            .collect(),
         sleeper: field("sleeper: ").parse().unwrap(),
-        maps: lines.iter().filter_map(|line| line.strip_prefix("maps: ")).map(|line| format!("{line}\n")).collect(),
+        maps: lines
+            .iter()
+            .filter_map(|line| line.strip_prefix("maps: "))
+            .map(|line| format!("{line}\n"))
+            .collect(),
         status: lines.iter().filter_map(|line| line.strip_prefix("status: ")).map(String::from).collect(),
         cmdline: field("cmdline: "),
         environ: field("environ: "),
@@ -827,7 +835,11 @@ fn test_linux_processes_and_modules_agree_with_the_guests_own() {
     let dir = mount.path(&format!("{name}/linux"));
 
     let modules = std::fs::read_to_string(dir.join("modules")).unwrap();
-    assert!(oracle.modules.contains("dummy ") && oracle.modules.contains("qemu_fw_cfg "), "{}", oracle.modules);
+    assert!(
+        oracle.modules.contains("dummy ") && oracle.modules.contains("qemu_fw_cfg "),
+        "{}",
+        oracle.modules
+    );
     assert_eq!(modules, oracle.modules, "/proc/modules");
 
     // the guest's process among linux/proc's, and in it the files of /proc/<pid>/
@@ -837,8 +849,10 @@ fn test_linux_processes_and_modules_agree_with_the_guests_own() {
         .collect();
     assert!(pids.contains(&1) && pids.contains(&oracle.sleeper) && !pids.contains(&0), "{pids:?}");
     let process = dir.join(format!("proc/{}", oracle.sleeper));
-    let mut files: Vec<String> =
-        std::fs::read_dir(&process).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap()).collect();
+    let mut files: Vec<String> = std::fs::read_dir(&process)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
     files.sort();
     assert_eq!(files, ["cmdline", "environ", "maps", "mem", "status"]);
     let maps = std::fs::read_to_string(process.join("maps")).unwrap();
@@ -851,10 +865,12 @@ fn test_linux_processes_and_modules_agree_with_the_guests_own() {
     assert!(status.starts_with("Name:\tqb-sleeper\nState:\tS (sleeping)\n"), "{status}");
     assert_eq!(hex(&std::fs::read(process.join("cmdline")).unwrap()), oracle.cmdline);
     assert_eq!(hex(&std::fs::read(process.join("environ")).unwrap()), oracle.environ);
-    assert!(String::from_utf8_lossy(&std::fs::read(process.join("environ")).unwrap()).contains("QB_SECRET=hush-42"));
+    assert!(String::from_utf8_lossy(&std::fs::read(process.join("environ")).unwrap())
+        .contains("QB_SECRET=hush-42"));
     // mem: the program's first page (busybox at file offset 0) is its ELF header; an address
     // no area covers reads zeros
-    let program = maps.lines().find(|line| line.ends_with("/bin/busybox") && line.contains(" 00000000 ")).unwrap();
+    let program =
+        maps.lines().find(|line| line.ends_with("/bin/busybox") && line.contains(" 00000000 ")).unwrap();
     let start = u64::from_str_radix(program.split('-').next().unwrap(), 16).unwrap();
     let mem = File::open(process.join("mem")).unwrap();
     let mut header = [0u8; 4];
