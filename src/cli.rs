@@ -278,6 +278,9 @@ pub enum LinuxWhat {
     Cmdline,
     /// A process's environment, NUL-separated, as /proc/PID/environ (give the PID)
     Environ,
+    /// A Volatility 3 symbol table of the kernel (JSON), from its BTF and kallsyms: save it in a
+    /// directory and give that directory to vol -s
+    Isf,
 }
 
 /// `read`.
@@ -1022,6 +1025,7 @@ fn linux_verb(args: &LinuxArgs) -> CliResult {
         LinuxWhat::Status => Err(ProcessView::Status),
         LinuxWhat::Cmdline => Err(ProcessView::Cmdline),
         LinuxWhat::Environ => Err(ProcessView::Environ),
+        LinuxWhat::Isf => Ok(View::Volatility),
     };
     let guest = LinuxGuest::read(vmcoreinfo, &bridge).map_err(|err| failed(&err))?;
     let text = match (view, args.pid) {

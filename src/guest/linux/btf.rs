@@ -16,6 +16,7 @@ pub const MAX_DEPTH: usize = 8;
 const KIND_INT: u8 = 1;
 const KIND_PTR: u8 = 2;
 const KIND_ARRAY: u8 = 3;
+const KIND_FWD: u8 = 7;
 const KIND_STRUCT: u8 = 4;
 const KIND_UNION: u8 = 5;
 const KIND_ENUM: u8 = 6;
@@ -25,6 +26,7 @@ const KIND_CONST: u8 = 10;
 const KIND_RESTRICT: u8 = 11;
 const KIND_FUNC_PROTO: u8 = 13;
 const KIND_VAR: u8 = 14;
+const KIND_FLOAT: u8 = 16;
 const KIND_DATASEC: u8 = 15;
 const KIND_DECL_TAG: u8 = 17;
 const KIND_TYPE_TAG: u8 = 18;
@@ -60,6 +62,79 @@ struct Entry {
     first: u32,
     count: u16,
     elements: u32,
+}
+
+/// What a type is ([`Btf::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeKind {
+    /// `void` (id 0).
+    Void,
+    /// An integer of `size` bytes.
+    Int {
+        /// Bytes.
+        size: u32,
+        /// Signed.
+        signed: bool,
+        /// A character.
+        char: bool,
+        /// A boolean.
+        bool: bool,
+    },
+    /// A pointer to the type of that id.
+    Pointer(u32),
+    /// `count` elements of the type `element`.
+    Array {
+        /// The element's type id.
+        element: u32,
+        /// Elements.
+        count: u32,
+    },
+    /// A struct of `size` bytes.
+    Struct {
+        /// Bytes.
+        size: u32,
+    },
+    /// A union of `size` bytes.
+    Union {
+        /// Bytes.
+        size: u32,
+    },
+    /// An enum of `size` bytes.
+    Enum {
+        /// Bytes.
+        size: u32,
+        /// Signed values.
+        signed: bool,
+    },
+    /// A struct or union declared, not defined.
+    Forward {
+        /// A union.
+        union: bool,
+    },
+    /// A typedef, qualifier or type tag of the type of that id.
+    Alias(u32),
+    /// A function's type.
+    Function,
+    /// A floating-point number of `size` bytes.
+    Float {
+        /// Bytes.
+        size: u32,
+    },
+    /// Functions, variables, sections and tags: no type of data.
+    Other,
+}
+
+/// A member of a struct or union ([`Btf::members`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Its name (empty for an anonymous struct or union).
+    pub name: String,
+    /// Its type.
+    pub type_id: u32,
+    /// Its offset in bits.
+    pub bit_offset: u32,
+    /// Its width in bits for a bitfield, 0 otherwise.
+    pub bitfield_bits: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -173,6 +248,25 @@ impl Btf {
                 first = u32_at(types_bytes, body).unwrap_or(0);
                 elements = u32_at(types_bytes, body + 8).unwrap_or(0);
             }
+            if kind == KIND_INT {
+                // the encoding: signed, char, bool in bits 24..28, the bits in 0..8
+                elements = u32_at(types_bytes, body).unwrap_or(0);
+            }
+            // enumerators are kept as members: the name, and the value's low and high words
+            if kind == KIND_ENUM {
+                for index in 0..vlen {
+                    let word = |offset: usize| u32_at(types_bytes, body + index * 8 + offset).unwrap_or(0);
+                    let value = word(4);
+                    let high = if info >> 31 == 1 && value >> 31 == 1 { u32::MAX } else { 0 };
+                    members.push(Member { name_off: word(0), type_id: value, offset: high });
+                }
+            }
+            if kind == KIND_ENUM64 {
+                for index in 0..vlen {
+                    let word = |offset: usize| u32_at(types_bytes, body + index * 12 + offset).unwrap_or(0);
+                    members.push(Member { name_off: word(0), type_id: word(4), offset: word(8) });
+                }
+            }
             if kind == KIND_STRUCT || kind == KIND_UNION {
                 for index in 0..vlen {
                     let member = |offset: usize| u32_at(types_bytes, body + index * 12 + offset).unwrap_or(0);
@@ -185,7 +279,11 @@ impl Btf {
                 kind_flag: info >> 31 == 1,
                 size_or_type,
                 first,
-                count: if kind == KIND_STRUCT || kind == KIND_UNION { vlen as u16 } else { 0 },
+                count: if [KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_ENUM64].contains(&kind) {
+                    vlen as u16
+                } else {
+                    0
+                },
                 elements,
             });
             at = body + trailing;
@@ -201,6 +299,81 @@ impl Btf {
     /// Whether it has no types.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// What type `id` is, `None` for an id past the types.
+    pub fn kind(&self, id: u32) -> Option<TypeKind> {
+        let entry = self.types.get(id as usize)?;
+        let size = entry.size_or_type;
+        Some(match entry.kind {
+            0 => TypeKind::Void,
+            KIND_INT => TypeKind::Int {
+                size,
+                signed: entry.elements >> 24 & 1 != 0,
+                char: entry.elements >> 24 & 2 != 0,
+                bool: entry.elements >> 24 & 4 != 0,
+            },
+            KIND_PTR => TypeKind::Pointer(size),
+            KIND_ARRAY => TypeKind::Array { element: entry.first, count: entry.elements },
+            KIND_STRUCT => TypeKind::Struct { size },
+            KIND_UNION => TypeKind::Union { size },
+            KIND_ENUM | KIND_ENUM64 => TypeKind::Enum { size, signed: entry.kind_flag },
+            KIND_FWD => TypeKind::Forward { union: entry.kind_flag },
+            KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                TypeKind::Alias(size)
+            }
+            KIND_FUNC_PROTO => TypeKind::Function,
+            KIND_FLOAT => TypeKind::Float { size },
+            _ => TypeKind::Other,
+        })
+    }
+
+    /// The name of type `id` (empty for an anonymous one; bytes that are not UTF-8 as `?`).
+    pub fn type_name(&self, id: u32) -> String {
+        let offset = self.types.get(id as usize).map_or(0, |entry| entry.name_off);
+        String::from_utf8_lossy(self.name(offset)).into_owned()
+    }
+
+    /// The members of struct or union `id` (none for other types).
+    pub fn members(&self, id: u32) -> Vec<MemberInfo> {
+        let Some(entry) = self.types.get(id as usize) else { return Vec::new() };
+        if entry.kind != KIND_STRUCT && entry.kind != KIND_UNION {
+            return Vec::new();
+        }
+        let start = entry.first as usize;
+        let members = self.members.get(start..start + usize::from(entry.count)).unwrap_or(&[]);
+        members
+            .iter()
+            .map(|member| {
+                let (bit_offset, bits) = match entry.kind_flag {
+                    true => (member.offset & 0xff_ffff, member.offset >> 24),
+                    false => (member.offset, 0),
+                };
+                MemberInfo {
+                    name: String::from_utf8_lossy(self.name(member.name_off)).into_owned(),
+                    type_id: member.type_id,
+                    bit_offset,
+                    bitfield_bits: bits,
+                }
+            })
+            .collect()
+    }
+
+    /// The enumerators of enum `id`: names and values.
+    pub fn enumerators(&self, id: u32) -> Vec<(String, i64)> {
+        let Some(entry) = self.types.get(id as usize) else { return Vec::new() };
+        if entry.kind != KIND_ENUM && entry.kind != KIND_ENUM64 {
+            return Vec::new();
+        }
+        let start = entry.first as usize;
+        let values = self.members.get(start..start + usize::from(entry.count)).unwrap_or(&[]);
+        values
+            .iter()
+            .map(|value| {
+                let name = String::from_utf8_lossy(self.name(value.name_off)).into_owned();
+                (name, (u64::from(value.offset) << 32 | u64::from(value.type_id)) as i64)
+            })
+            .collect()
     }
 
     fn name(&self, offset: u32) -> &[u8] {
@@ -355,13 +528,13 @@ impl Btf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A blob: int (1), struct kuid (2) { int val }, struct cred (3) { int usage; struct kuid
     /// uid @32 }, typedef kuid_t (4) -> 2, struct task (5) { union (6) @0 { int pid }, int tgid
     /// @64 }, union (6) { int pid }.
-    pub(super) fn blob() -> Vec<u8> {
+    pub(crate) fn blob() -> Vec<u8> {
         let strings = b"\0int\0kuid\0val\0cred\0usage\0uid\0kuid_t\0task\0pid\0tgid\0";
         let off = |name: &str| {
             let needle = [b"\0", name.as_bytes(), b"\0"].concat();

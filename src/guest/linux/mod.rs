@@ -14,6 +14,7 @@
 //! error naming what was wrong, never a hang or a panic.
 
 pub mod btf;
+pub mod isf;
 pub mod kallsyms;
 pub mod maple;
 pub mod modules;
@@ -209,6 +210,8 @@ pub enum View {
     Tasks,
     /// `modules`: the loaded modules, as `/proc/modules` (needs BTF).
     Modules,
+    /// `volatility/<release>-<hash>.json`: a Volatility 3 symbol table (needs BTF).
+    Volatility,
 }
 
 impl View {
@@ -225,6 +228,7 @@ impl View {
             View::Btf => "btf",
             View::Tasks => "tasks",
             View::Modules => "modules",
+            View::Volatility => "volatility",
         }
     }
 
@@ -251,6 +255,7 @@ impl View {
             View::Btf => kernel.btf(memory, symbols),
             View::Tasks => Ok(tasks::text(&guest.tasks(memory)?).into_bytes()),
             View::Modules => Ok(modules::text(&guest.modules(memory)?).into_bytes()),
+            View::Volatility => Ok(guest.isf(memory)?.to_vec()),
         }
     }
 }
@@ -322,6 +327,8 @@ pub struct LinuxGuest {
     kernel: LinuxKernel,
     symbols: Vec<kallsyms::Symbol>,
     types: Result<Types, String>,
+    /// The Volatility symbol table, made at its first use.
+    isf: std::sync::Mutex<Option<std::sync::Arc<Vec<u8>>>>,
 }
 
 /// What the kernel's BTF says of the structures read here.
@@ -358,7 +365,42 @@ impl LinuxGuest {
                 Types { btf, process }
             })
             .map_err(|err| crate::error::chain(&err));
-        Ok(Self { kernel, symbols, types })
+        Ok(Self { kernel, symbols, types, isf: std::sync::Mutex::new(None) })
+    }
+
+    /// The kernel's Volatility 3 symbol table ([`isf`]), made once.
+    ///
+    /// # Errors
+    ///
+    /// No types, no banner, or a vmcoreinfo without `KERNELOFFSET`.
+    pub fn isf<M: GuestMemory + ?Sized>(&self, memory: &M) -> Result<std::sync::Arc<Vec<u8>>, LinuxError> {
+        let mut cached = self.isf.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(isf) = cached.as_ref() {
+            return Ok(std::sync::Arc::clone(isf));
+        }
+        let btf = self.btf()?;
+        let banner = self.kernel.banner(memory, &self.symbols)?;
+        let offset = u64::from_str_radix(
+            self.kernel
+                .vmcoreinfo()
+                .get("KERNELOFFSET")
+                .ok_or_else(|| LinuxError::Missing("KERNELOFFSET".into()))?,
+            16,
+        )
+        .map_err(|_| LinuxError::BadNumber { key: "KERNELOFFSET".into(), value: String::new() })?;
+        let isf = std::sync::Arc::new(isf::generate(btf, &self.symbols, &banner, offset));
+        *cached = Some(std::sync::Arc::clone(&isf));
+        Ok(isf)
+    }
+
+    /// The name the symbol table is served under ([`isf::file_name`]).
+    ///
+    /// # Errors
+    ///
+    /// No banner.
+    pub fn isf_name<M: GuestMemory + ?Sized>(&self, memory: &M) -> Result<String, LinuxError> {
+        let release = self.kernel.vmcoreinfo().get("OSRELEASE").unwrap_or("linux");
+        Ok(isf::file_name(release, &self.kernel.banner(memory, &self.symbols)?))
     }
 
     /// The kernel.

@@ -1,0 +1,366 @@
+//! A Volatility 3 symbol table (ISF, format 6.2.0) of a Linux guest's kernel, made from what the
+//! kernel carries in its own memory: every type of its BTF, every symbol of its kallsyms, and
+//! its banner, so that Volatility recognises the kernel and reads it with no other file.
+//!
+//! What Volatility needs of it (read in Volatility 3's sources): the banner as
+//! `linux_banner.constant_data` (the exact bytes of `linux_banner[]`, NUL included), addresses
+//! as the kernel was linked (Volatility finds the KASLR shifts itself: the runtime address less
+//! vmcoreinfo's `KERNELOFFSET`), a `pointer` and a `void` base type, anonymous members marked
+//! `anonymous` (it folds their fields into the parent), typedefs resolved, and a type on the
+//! symbols its plugins take objects from. BTF types no global variable, so those come from a
+//! small table here ([`TYPED_SYMBOLS`]); the rest of the symbols have addresses only.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{json, Map, Value};
+
+use super::btf::{Btf, TypeKind};
+use super::kallsyms::Symbol;
+
+/// Symbols given a type: the kernel's global objects Volatility's Linux plugins start from.
+pub const TYPED_SYMBOLS: [(&str, &str); 12] = [
+    ("init_task", "task_struct"),
+    ("init_mm", "mm_struct"),
+    ("init_files", "files_struct"),
+    ("init_fs", "fs_struct"),
+    ("init_cred", "cred"),
+    ("init_nsproxy", "nsproxy"),
+    ("init_pid_ns", "pid_namespace"),
+    ("init_uts_ns", "uts_namespace"),
+    ("init_net", "net"),
+    ("modules", "list_head"),
+    ("super_blocks", "list_head"),
+    ("net_namespace_list", "list_head"),
+];
+
+/// Symbols left out: Volatility takes a typed object from them when present, and BTF cannot
+/// say their type (`taint_flags` is an array whose length the kernel's version decides).
+const LEFT_OUT: [&str; 1] = ["taint_flags"];
+
+/// Type references nested at most (pointers to arrays of pointers...).
+const MAX_NESTING: usize = 32;
+
+/// x86_64's `__START_KERNEL_map`: addresses below it (per-CPU offsets) are not relocated.
+const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+
+/// The file name under which the table is served: Volatility caches what it learned of a file
+/// by its path, so a kernel of another banner gets another name.
+pub fn file_name(release: &str, banner: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(banner.as_bytes());
+    let release: String = release
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || ".-_+".contains(c) { c } else { '_' })
+        .collect();
+    format!("{release}-{:02x}{:02x}{:02x}{:02x}.json", digest[0], digest[1], digest[2], digest[3])
+}
+
+/// The ISF of the kernel whose types are `btf`, whose symbols are `symbols` (at their runtime
+/// addresses, relocated by `kernel_offset`) and whose banner is `banner` (`linux_banner`'s
+/// text, newline included).
+pub fn generate(btf: &Btf, symbols: &[Symbol], banner: &str, kernel_offset: u64) -> Vec<u8> {
+    let mut isf = Isf::new(btf);
+    isf.types();
+    let symbols = isf.symbols(symbols, banner, kernel_offset);
+    let document = json!({
+        "metadata": {
+            "format": "6.2.0",
+            "producer": { "name": "qemu-bridge", "version": env!("CARGO_PKG_VERSION") },
+            "linux": {
+                "symbols": [{ "kind": "symtab", "name": "kallsyms, read from the guest's memory" }],
+                "types": [{ "kind": "dwarf", "name": "BTF, read from the guest's memory" }],
+            },
+        },
+        "base_types": Value::Object(isf.base_types),
+        "user_types": Value::Object(isf.user_types),
+        "enums": Value::Object(isf.enums),
+        "symbols": Value::Object(symbols),
+    });
+    serde_json::to_vec(&document).unwrap_or_default()
+}
+
+struct Isf<'a> {
+    btf: &'a Btf,
+    /// The ISF name of each struct, union and enum: its own, or `unnamed_<kind>_<id>`.
+    names: HashMap<u32, String>,
+    base_types: Map<String, Value>,
+    user_types: Map<String, Value>,
+    enums: Map<String, Value>,
+}
+
+impl<'a> Isf<'a> {
+    fn new(btf: &'a Btf) -> Self {
+        let mut base_types = Map::new();
+        base_types.insert("pointer".into(), base(8, false, "int"));
+        base_types.insert("void".into(), base(0, false, "void"));
+        Self { btf, names: HashMap::new(), base_types, user_types: Map::new(), enums: Map::new() }
+    }
+
+    /// Every struct, union, enum and base type.
+    fn types(&mut self) {
+        let btf = self.btf;
+        let count = btf.len() as u32;
+        for id in 1..=count {
+            let name = btf.type_name(id);
+            let label = match btf.kind(id) {
+                Some(TypeKind::Struct { .. }) => "struct",
+                Some(TypeKind::Union { .. }) => "union",
+                Some(TypeKind::Enum { .. }) => "enum",
+                _ => continue,
+            };
+            let name = if name.is_empty() { format!("unnamed_{label}_{id}") } else { name };
+            self.names.insert(id, name);
+        }
+        let mut defined = HashSet::new();
+        for id in 1..=count {
+            match btf.kind(id) {
+                Some(TypeKind::Int { size, signed, char, bool }) => {
+                    let name = btf.type_name(id);
+                    let kind = if bool {
+                        "bool"
+                    } else if char || (size == 1 && name.contains("char")) {
+                        "char"
+                    } else {
+                        "int"
+                    };
+                    if !name.is_empty() {
+                        self.base_types.entry(name).or_insert_with(|| base(size, signed, kind));
+                    }
+                }
+                Some(TypeKind::Float { size }) => {
+                    self.base_types.entry(btf.type_name(id)).or_insert_with(|| base(size, true, "float"));
+                }
+                Some(TypeKind::Struct { size } | TypeKind::Union { size }) => {
+                    let name = self.names[&id].clone();
+                    // the first definition of a name stands for all (as dwarf2json does)
+                    if defined.insert(name.clone()) {
+                        let kind = if matches!(btf.kind(id), Some(TypeKind::Union { .. })) {
+                            "union"
+                        } else {
+                            "struct"
+                        };
+                        let fields = self.fields(id);
+                        self.user_types.insert(name, json!({ "kind": kind, "size": size, "fields": fields }));
+                    }
+                }
+                Some(TypeKind::Enum { size, signed }) => {
+                    let name = self.names[&id].clone();
+                    if !self.enums.contains_key(&name) {
+                        let base_name = self.integer(size, signed);
+                        let constants: Map<String, Value> = btf
+                            .enumerators(id)
+                            .into_iter()
+                            .map(|(name, value)| (name, json!(value)))
+                            .collect();
+                        self.enums
+                            .insert(name, json!({ "size": size, "base": base_name, "constants": constants }));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // structs and unions only declared: an empty definition, so that a reference resolves
+        for id in 1..=count {
+            if let Some(TypeKind::Forward { union }) = btf.kind(id) {
+                let name = btf.type_name(id);
+                if !name.is_empty() && !self.user_types.contains_key(&name) {
+                    let kind = if union { "union" } else { "struct" };
+                    self.user_types.insert(name, json!({ "kind": kind, "size": 0, "fields": {} }));
+                }
+            }
+        }
+    }
+
+    /// The base type of an integer of `size` bytes, added if the BTF has no such name.
+    fn integer(&mut self, size: u32, signed: bool) -> &'static str {
+        let name = match (size, signed) {
+            (1, true) => "signed char",
+            (1, false) => "unsigned char",
+            (2, true) => "short int",
+            (2, false) => "short unsigned int",
+            (8, true) => "long int",
+            (8, false) => "long unsigned int",
+            (_, true) => "int",
+            (_, false) => "unsigned int",
+        };
+        let kind = if size == 1 { "char" } else { "int" };
+        self.base_types.entry(name).or_insert_with(|| base(size.clamp(1, 8), signed, kind));
+        name
+    }
+
+    /// The fields of struct or union `id`: anonymous members named for their place and marked,
+    /// bitfields at the offset of the unit of their type that holds them.
+    fn fields(&mut self, id: u32) -> Map<String, Value> {
+        let mut fields = Map::new();
+        for (index, member) in self.btf.members(id).into_iter().enumerate() {
+            let reference = self.reference(member.type_id, 0);
+            let (name, anonymous) = match member.name.is_empty() {
+                true => (format!("unnamed_field_{index}"), true),
+                false => (member.name, false),
+            };
+            let field = if member.bitfield_bits > 0 {
+                let unit = u64::from(self.btf.size_of(member.type_id).unwrap_or(4).clamp(1, 8) as u32) * 8;
+                let mut offset = u64::from(member.bit_offset) / unit * unit;
+                if u64::from(member.bit_offset) + u64::from(member.bitfield_bits) > offset + unit {
+                    offset = u64::from(member.bit_offset) / 8 * 8;
+                }
+                json!({
+                    "offset": offset / 8,
+                    "type": {
+                        "kind": "bitfield",
+                        "bit_position": u64::from(member.bit_offset) - offset,
+                        "bit_length": member.bitfield_bits,
+                        "type": reference,
+                    },
+                })
+            } else if anonymous {
+                json!({ "offset": member.bit_offset / 8, "type": reference, "anonymous": true })
+            } else {
+                json!({ "offset": member.bit_offset / 8, "type": reference })
+            };
+            fields.insert(name, field);
+        }
+        fields
+    }
+
+    /// The ISF reference to type `id`: typedefs and qualifiers resolved, at most
+    /// [`MAX_NESTING`] deep (deeper is `void`).
+    fn reference(&mut self, id: u32, depth: usize) -> Value {
+        if depth >= MAX_NESTING {
+            return json!({ "kind": "base", "name": "void" });
+        }
+        match self.btf.kind(id) {
+            Some(TypeKind::Int { size, signed, .. }) => {
+                let name = self.btf.type_name(id);
+                let name = if name.is_empty() { self.integer(size, signed).to_string() } else { name };
+                json!({ "kind": "base", "name": name })
+            }
+            Some(TypeKind::Float { .. }) => json!({ "kind": "base", "name": self.btf.type_name(id) }),
+            Some(TypeKind::Pointer(to)) => {
+                json!({ "kind": "pointer", "subtype": self.reference(to, depth + 1) })
+            }
+            Some(TypeKind::Array { element, count }) => {
+                json!({ "kind": "array", "count": count, "subtype": self.reference(element, depth + 1) })
+            }
+            Some(TypeKind::Struct { .. }) => json!({ "kind": "struct", "name": self.names[&id] }),
+            Some(TypeKind::Union { .. }) => json!({ "kind": "union", "name": self.names[&id] }),
+            Some(TypeKind::Enum { .. }) => json!({ "kind": "enum", "name": self.names[&id] }),
+            Some(TypeKind::Forward { union }) => {
+                json!({ "kind": if union { "union" } else { "struct" }, "name": self.btf.type_name(id) })
+            }
+            Some(TypeKind::Alias(to)) => self.reference(to, depth + 1),
+            Some(TypeKind::Function) => json!({ "kind": "function" }),
+            Some(TypeKind::Void | TypeKind::Other) | None => json!({ "kind": "base", "name": "void" }),
+        }
+    }
+
+    /// Every symbol at its link-time address, the banner's bytes on `linux_banner`, the objects
+    /// of [`TYPED_SYMBOLS`] typed where the BTF has their type.
+    fn symbols(&mut self, symbols: &[Symbol], banner: &str, kernel_offset: u64) -> Map<String, Value> {
+        let mut table = Map::new();
+        for symbol in symbols {
+            if table.contains_key(&symbol.name) || LEFT_OUT.contains(&symbol.name.as_str()) {
+                continue;
+            }
+            let address = if symbol.address >= START_KERNEL_MAP {
+                symbol.address.wrapping_sub(kernel_offset)
+            } else {
+                symbol.address
+            };
+            let mut entry = Map::new();
+            entry.insert("address".into(), json!(address));
+            if let Some((_, type_name)) = TYPED_SYMBOLS.iter().find(|(name, _)| *name == symbol.name) {
+                if self.user_types.contains_key(*type_name) {
+                    entry.insert("type".into(), json!({ "kind": "struct", "name": type_name }));
+                }
+            }
+            if symbol.name == "linux_banner" {
+                let mut bytes = banner.as_bytes().to_vec();
+                bytes.push(0);
+                self.integer(1, true);
+                self.base_types.entry("char").or_insert_with(|| base(1, true, "char"));
+                entry.insert(
+                    "type".into(),
+                    json!({ "kind": "array", "count": bytes.len(), "subtype": { "kind": "base", "name": "char" } }),
+                );
+                entry.insert("constant_data".into(), json!(base64(&bytes)));
+            }
+            table.insert(symbol.name.clone(), Value::Object(entry));
+        }
+        table
+    }
+}
+
+fn base(size: u32, signed: bool, kind: &str) -> Value {
+    json!({ "size": size, "signed": signed, "kind": kind, "endian": "little" })
+}
+
+/// Standard base64 with padding (RFC 4648), as Volatility decodes `constant_data`: 20 lines
+/// here rather than a crate for one string per table.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let word = u32::from(chunk[0]) << 16
+            | u32::from(*chunk.get(1).unwrap_or(&0)) << 8
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for index in 0..4 {
+            if index <= chunk.len() {
+                text.push(ALPHABET[(word >> (18 - 6 * index) & 63) as usize] as char);
+            } else {
+                text.push('=');
+            }
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_is_rfc_4648() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+    }
+
+    #[test]
+    fn types_fields_and_symbols_as_volatility_reads_them() {
+        let btf = Btf::parse(&super::super::btf::tests::blob()).unwrap();
+        let symbols = [
+            Symbol { address: 0xffff_ffff_9000_1000, kind: 'D', name: "init_task".into() },
+            Symbol { address: 0xffff_ffff_9000_2000, kind: 'D', name: "linux_banner".into() },
+            Symbol { address: 0x1_2000, kind: 'A', name: "per_cpu_thing".into() },
+            Symbol { address: 0xffff_ffff_9000_3000, kind: 'D', name: "taint_flags".into() },
+        ];
+        let isf: Value =
+            serde_json::from_slice(&generate(&btf, &symbols, "Linux version 6.1\n", 0x1000_0000)).unwrap();
+        assert_eq!(isf["metadata"]["format"], "6.2.0");
+        assert_eq!(isf["base_types"]["pointer"]["size"], 8);
+        assert_eq!(isf["base_types"]["int"]["size"], 4);
+        // typedefs resolved (kuid_t is struct kuid); anonymous unions marked and named for their place
+        assert_eq!(
+            isf["user_types"]["cred"]["fields"]["uid"],
+            json!({ "offset": 4, "type": { "kind": "struct", "name": "kuid" } })
+        );
+        let task = &isf["user_types"]["task"]["fields"];
+        assert_eq!(task["unnamed_field_0"]["anonymous"], true);
+        assert_eq!(task["unnamed_field_0"]["type"], json!({ "kind": "union", "name": "unnamed_union_6" }));
+        assert_eq!(task["tgid"]["offset"], 8);
+        // link-time addresses, per-CPU offsets as they are, the banner's bytes with its NUL
+        assert_eq!(isf["symbols"]["init_task"]["address"], 0xffff_ffff_8000_1000u64);
+        assert_eq!(isf["symbols"]["per_cpu_thing"]["address"], 0x1_2000);
+        assert_eq!(isf["symbols"]["linux_banner"]["constant_data"], base64(b"Linux version 6.1\n\0"));
+        assert!(isf["symbols"]["taint_flags"].is_null());
+        assert_eq!(file_name("6.1.0-57-cloud-amd64", "x"), "6.1.0-57-cloud-amd64-2d711642.json");
+    }
+}
