@@ -985,3 +985,168 @@ fn test_linux_views_agree_with_the_guests_own() {
     let output = common::qemu_bridge(&run_dir, &["linux", tiny.name(), "dmesg"]);
     common::assert_clean_failure(&output, "no Linux kernel's vmcoreinfo");
 }
+
+/// The rows of a Volatility plugin's CSV output, as maps from column to value.
+fn volatility_rows(
+    image: &Path,
+    symbols: &Path,
+    cache: &Path,
+    plugin: &str,
+) -> Vec<std::collections::HashMap<String, String>> {
+    let output = Command::new("vol")
+        .args(["-q", "--offline", "-r", "csv", "--cache-path"])
+        .arg(cache)
+        .arg("-f")
+        .arg(image)
+        .arg("-s")
+        .arg(symbols)
+        .arg(plugin)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "vol {plugin}: {text}{}", common::stderr(&output));
+    let mut lines = text.lines().skip_while(|line| !line.starts_with("TreeDepth,"));
+    let header: Vec<String> =
+        lines.next().unwrap_or_else(|| panic!("vol {plugin}: {text}")).split(',').map(String::from).collect();
+    let rows: Vec<_> = lines
+        .filter(|line| line.split(',').count() == header.len())
+        .map(|line| header.iter().cloned().zip(line.split(',').map(String::from)).collect())
+        .collect();
+    assert!(!rows.is_empty(), "vol {plugin}: {text}");
+    rows
+}
+
+/// Volatility 3 reads the live guest through the mount's `core` with the symbol table the
+/// mount made from the guest's own BTF and kallsyms (`linux/volatility/`), and no other symbol
+/// file: `linux.pslist.PsList` lists the processes the guest's own `ps` listed, with their
+/// parents and names, and `linux.lsmod.Lsmod` the modules of its `/proc/modules`.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_volatility_reads_the_guest_with_the_table_made_from_its_memory() {
+    require_qemu();
+    common::require_fuse();
+    common::require_program("vol");
+    let run_dir = TestRunDir::new();
+    let (linux, _vm) = paused_linux(&run_dir, &[]);
+    let name = linux.launched.name().to_string();
+    let oracle = guest_oracle(&linux);
+    let mount = TestMount::new(&run_dir, &[]);
+    let symbols = mount.path(&format!("{name}/linux/volatility"));
+    let tables: Vec<String> = std::fs::read_dir(&symbols)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let release = oracle.version.split_whitespace().nth(2).unwrap().to_string();
+    assert!(
+        tables.len() == 1 && tables[0].starts_with(&release) && tables[0].ends_with(".json"),
+        "{tables:?}"
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let core = mount.path(&format!("{name}/core"));
+
+    let rows = volatility_rows(&core, &symbols, cache.path(), "linux.pslist.PsList");
+    let listed: Vec<(i32, i32, String)> = rows
+        .iter()
+        .map(|row| (row["PID"].parse().unwrap(), row["PPID"].parse().unwrap(), row["COMM"].clone()))
+        .collect();
+    let lasting: Vec<&(i32, i32, String)> = oracle
+        .ps
+        .iter()
+        .filter(|(pid, _, comm)| {
+            !(["ps", "sed", "sleep"].contains(&comm.as_str()) || comm == "init" && *pid != 1)
+        })
+        .collect();
+    assert!(lasting.len() > 30, "the guest's ps: {:?}", oracle.ps);
+    for (pid, ppid, comm) in lasting {
+        // procfs names a kworker with its workqueue ("kworker/0:0-rcu"); comm is the first part
+        assert!(
+            listed.iter().any(|(their_pid, their_ppid, their_comm)| their_pid == pid
+                && their_ppid == ppid
+                && comm.starts_with(their_comm.as_str())),
+            "{pid} {ppid} {comm} is not in Volatility's list: {listed:?}"
+        );
+    }
+    assert!(listed.iter().any(|(pid, _, comm)| *pid == oracle.sleeper && comm == "qb-sleeper"));
+
+    let rows = volatility_rows(&core, &symbols, cache.path(), "linux.lsmod.Lsmod");
+    let mut modules: Vec<&str> = rows.iter().map(|row| row["Module Name"].as_str()).collect();
+    modules.sort();
+    let mut theirs: Vec<&str> = oracle.modules.lines().map(|line| line.split(' ').next().unwrap()).collect();
+    theirs.sort();
+    assert_eq!(modules, theirs, "Volatility's modules against the guest's /proc/modules");
+}
+
+/// The kernel address `va` of the guest as an offset in its RAM file.
+fn ram_offset(
+    guest: &qemu_bridge::guest::linux::LinuxGuest,
+    bridge: &qemu_bridge::SharedMemoryBridge,
+    va: u64,
+) -> u64 {
+    let gpa = guest.kernel().paging().translate(bridge, va).unwrap().gpa.0;
+    let region = bridge
+        .layout()
+        .regions()
+        .iter()
+        .find(|region| gpa >= region.gpa && gpa - region.gpa < region.len)
+        .unwrap();
+    region.offset + (gpa - region.gpa)
+}
+
+/// A hostile guest: its module list, its process's maple tree and its task list made to loop
+/// (written into the paused guest's RAM). Each file that walks them answers at once with one
+/// error line saying what is wrong; the other files and the daemon go on.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_hostile_kernel_structures_are_error_lines() {
+    require_qemu();
+    common::require_fuse();
+    let run_dir = TestRunDir::new();
+    let (linux, vm) = paused_linux(&run_dir, &[]);
+    let name = linux.launched.name().to_string();
+    let oracle = guest_oracle(&linux);
+    let (bridge, _) = vm.open_bridge().unwrap();
+    let info = qemu_bridge::guest::vmcoreinfo::find(bridge.mapping()).unwrap().unwrap();
+    let guest = qemu_bridge::guest::linux::LinuxGuest::read(info, &bridge).unwrap();
+    let btf = guest.btf().unwrap();
+    let offset = |strukt: &str, path: &str| btf.offset_of(btf.struct_id(strukt).unwrap(), path).unwrap();
+    let ram = std::fs::OpenOptions::new().write(true).open(&linux.launched.ram_path).unwrap();
+    let write = |va: u64, value: u64| {
+        ram.write_all_at(&value.to_le_bytes(), ram_offset(&guest, &bridge, va)).unwrap()
+    };
+
+    // the first module's list.next points at itself: a loop that never reaches the head
+    let first = guest.modules(&bridge).unwrap()[0].address;
+    let list = first + offset("module", "list");
+    write(list, list);
+    // the process's maple tree: its root node's first slot is the node itself
+    let process = guest.process(&bridge, oracle.sleeper).unwrap().unwrap();
+    let mm = process.mm().unwrap().unwrap().address;
+    let root = guest.kernel().read_u64(&bridge, mm + offset("mm_struct", "mm_mt.ma_root"), "root").unwrap();
+    let node = root & !0xff;
+    let range = node | 2 << 3 | 2; // the node as a maple_range_64 (not a leaf)
+    write(mm + offset("mm_struct", "mm_mt.ma_root"), range);
+    write(node + offset("maple_range_64", "slot"), range);
+    write(node + offset("maple_range_64", "pivot"), 0x1000);
+    let mount = TestMount::new(&run_dir, &[]);
+    let dir = mount.path(&format!("{name}/linux"));
+    let second = guest.tasks(&bridge).unwrap()[1].address + offset("task_struct", "tasks");
+    let error_line = |file: &str, says: &str| {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert!(
+            text.starts_with("error: ") && text.contains(says) && text.lines().count() == 1,
+            "{file}: {text}"
+        );
+    };
+    error_line("modules", "module list is corrupt: it comes back to");
+    error_line(&format!("proc/{}/maps", oracle.sleeper), "maple tree is corrupt");
+    // init_task.tasks.next of the second task points back at the second task
+    write(second, second);
+    error_line("tasks", "task list is corrupt: it comes back to");
+    // a directory of processes cannot be listed from a list that loops: an error, not a hang
+    let listed =
+        std::fs::read_dir(dir.join("proc")).and_then(|entries| entries.collect::<Result<Vec<_>, _>>());
+    assert!(listed.is_err(), "{listed:?}");
+    // the rest goes on
+    assert_eq!(std::fs::read_to_string(dir.join("version")).unwrap().trim_end(), oracle.version);
+    assert!(mount.is_mounted());
+}

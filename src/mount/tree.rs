@@ -17,6 +17,7 @@
 //! /<vm>/linux/tasks
 //! /<vm>/linux/modules
 //! /<vm>/linux/proc/<pid>/{status,cmdline,environ,maps,mem}   one process, as /proc/<pid>/
+//! /<vm>/linux/volatility/<release>-<hash>.json   a Volatility 3 symbol table (vol -s DIR)
 //! /<vm>/cpus/<n>/registers  vCPU n's registers now (JSON)
 //! /<vm>/cpus/<n>/mappings   every mapping of vCPU n's page tables now (x86_64, riscv64)
 //! /<vm>/cpus/<n>/memory     vCPU n's virtual address space, sparse (x86_64, riscv64)
@@ -49,9 +50,12 @@ const LINUX_OFFSET: u64 = 30;
 const LINUX_FILES_OFFSET: u64 = 16;
 /// The offset of a VM's `linux/proc` directory.
 const LINUX_PROC_OFFSET: u64 = 29;
+/// The offset of a VM's `linux/volatility` directory, and of the symbol table in it.
+const LINUX_VOLATILITY_OFFSET: u64 = 28;
+const LINUX_ISF_OFFSET: u64 = 27;
 // every file of a VM, of `linux` and the three directories have inodes of their own
 const _: () = assert!((VmFile::ALL.len() as u64) < LINUX_FILES_OFFSET);
-const _: () = assert!(LINUX_FILES_OFFSET + crate::guest::linux::View::ALL.len() as u64 <= LINUX_PROC_OFFSET);
+const _: () = assert!(LINUX_FILES_OFFSET + crate::guest::linux::View::ALL.len() as u64 <= LINUX_ISF_OFFSET);
 /// Inodes of the process directories (`linux/proc/<pid>`) and their files: this bit, the VM's
 /// number from bit 32, the pid from bit 3, the file in bits 2..0 (its index + 1; 0 for the
 /// directory).
@@ -193,6 +197,10 @@ enum Node {
     LinuxFile(u64, crate::guest::linux::View),
     /// `<vm>/linux/proc`
     LinuxProc(u64),
+    /// `<vm>/linux/volatility`
+    LinuxVolatility(u64),
+    /// `<vm>/linux/volatility/<release>-<hash>.json`
+    LinuxIsf(u64),
     /// `<vm>/linux/proc/<pid>`
     Process(u64, i32),
     /// `<vm>/linux/proc/<pid>/<file>`
@@ -234,6 +242,8 @@ impl Node {
             CPUS_OFFSET => Some(Node::Cpus(number)),
             LINUX_OFFSET => Some(Node::Linux(number)),
             LINUX_PROC_OFFSET => Some(Node::LinuxProc(number)),
+            LINUX_VOLATILITY_OFFSET => Some(Node::LinuxVolatility(number)),
+            LINUX_ISF_OFFSET => Some(Node::LinuxIsf(number)),
             offset if (LINUX_FILES_OFFSET..LINUX_OFFSET).contains(&offset) => crate::guest::linux::View::ALL
                 .get((offset - LINUX_FILES_OFFSET) as usize)
                 .map(|view| Node::LinuxFile(number, *view)),
@@ -284,6 +294,13 @@ fn linux_text(instance: &MountedVm, view: crate::guest::linux::View) -> Result<V
 /// One line that says what went wrong, as a generated file's whole content.
 fn error_line(err: &dyn std::error::Error) -> Vec<u8> {
     format!("error: {}\n", crate::error::chain(err)).into_bytes()
+}
+
+/// The guest kernel's Volatility symbol table and its file name (made once per boot).
+fn isf_now(instance: &MountedVm) -> Result<(String, Arc<Vec<u8>>), GenerateError> {
+    let guest = linux_now(instance)?;
+    let name = guest.isf_name(&instance.bridge).map_err(LinuxNowError::Linux)?;
+    Ok((name, guest.isf(&instance.bridge).map_err(LinuxNowError::Linux)?))
 }
 
 /// The pids of the guest's processes now (the idle task, pid 0, is none of `/proc`'s).
@@ -362,6 +379,8 @@ enum Handle {
     /// `cpus/<n>/memory`, through the page tables of the moment it was opened.
     Virtual(Arc<MountedVm>, crate::guest::VirtualSpace),
     Text(Vec<u8>),
+    /// A generated file kept for the VM's boot (the Volatility symbol table).
+    Shared(Arc<Vec<u8>>),
 }
 
 /// Options of the file system.
@@ -462,6 +481,24 @@ impl Tree {
     fn linux_proc_attr(&self, instance: &MountedVm) -> FileAttr {
         let ino = INodeNo(dir_inode(instance) + LINUX_PROC_OFFSET);
         self.attr(ino, FileType::Directory, 0o555, 0, instance.since)
+    }
+
+    fn volatility_attr(&self, instance: &MountedVm) -> FileAttr {
+        let ino = INodeNo(dir_inode(instance) + LINUX_VOLATILITY_OFFSET);
+        self.attr(ino, FileType::Directory, 0o555, 0, instance.since)
+    }
+
+    /// The symbol table has its size: it is made once per boot, and readers may take the size
+    /// first.
+    fn isf_attr(&self, instance: &MountedVm) -> FileAttr {
+        let size = isf_now(instance).map_or(0, |(_, isf)| isf.len() as u64);
+        self.attr(
+            INodeNo(dir_inode(instance) + LINUX_ISF_OFFSET),
+            FileType::RegularFile,
+            0o444,
+            size,
+            instance.since,
+        )
     }
 
     fn process_attr(&self, instance: &MountedVm, pid: i32) -> FileAttr {
@@ -797,9 +834,24 @@ impl Filesystem for Tree {
                 if name == "proc" {
                     return reply.entry(&TTL, &self.linux_proc_attr(&instance), Generation(0));
                 }
+                if name == "volatility" {
+                    return reply.entry(&TTL, &self.volatility_attr(&instance), Generation(0));
+                }
                 match name.to_str().and_then(crate::guest::linux::View::from_name) {
                     Some(view) => reply.entry(&TTL, &self.linux_file_attr(&instance, view), Generation(0)),
                     None => reply.error(Errno::ENOENT),
+                }
+            }
+            Some(Node::LinuxVolatility(number)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                match isf_now(&instance) {
+                    // TTL 0: a reboot into another kernel names another table
+                    Ok((isf_name, _)) if name.to_str() == Some(isf_name.as_str()) => {
+                        reply.entry(&Duration::ZERO, &self.isf_attr(&instance), Generation(0))
+                    }
+                    _ => reply.error(Errno::ENOENT),
                 }
             }
             Some(Node::LinuxProc(number)) => {
@@ -891,6 +943,14 @@ impl Filesystem for Tree {
                 Some(instance) => reply.attr(&TTL, &self.linux_proc_attr(&instance)),
                 None => reply.error(Errno::ENOENT),
             },
+            Some(Node::LinuxVolatility(number)) => match self.registry.by_number(number) {
+                Some(instance) => reply.attr(&TTL, &self.volatility_attr(&instance)),
+                None => reply.error(Errno::ENOENT),
+            },
+            Some(Node::LinuxIsf(number)) => match self.registry.by_number(number) {
+                Some(instance) => reply.attr(&Duration::ZERO, &self.isf_attr(&instance)),
+                None => reply.error(Errno::ENOENT),
+            },
             Some(Node::Process(number, pid)) => match self.registry.by_number(number) {
                 Some(instance) => reply.attr(&Duration::ZERO, &self.process_attr(&instance, pid)),
                 None => reply.error(Errno::ENOENT),
@@ -961,6 +1021,37 @@ impl Filesystem for Tree {
                     FileType::Directory,
                     "proc".into(),
                 ));
+                entries.push((
+                    INodeNo(dir_inode(&instance) + LINUX_VOLATILITY_OFFSET),
+                    FileType::Directory,
+                    "volatility".into(),
+                ));
+            }
+            Some(Node::LinuxVolatility(number)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                entries.push((
+                    INodeNo(dir_inode(&instance) + LINUX_VOLATILITY_OFFSET),
+                    FileType::Directory,
+                    ".".into(),
+                ));
+                entries.push((
+                    INodeNo(dir_inode(&instance) + LINUX_OFFSET),
+                    FileType::Directory,
+                    "..".into(),
+                ));
+                match isf_now(&instance) {
+                    Ok((name, _)) => entries.push((
+                        INodeNo(dir_inode(&instance) + LINUX_ISF_OFFSET),
+                        FileType::RegularFile,
+                        name,
+                    )),
+                    // a kernel without usable types has no table: an empty directory, and why in the log
+                    Err(err) => {
+                        log::warn!("{}/linux/volatility: {}", instance.vm.name(), crate::error::chain(&err))
+                    }
+                }
             }
             Some(Node::LinuxProc(number)) => {
                 let Some(instance) = self.registry.by_number(number) else {
@@ -1060,6 +1151,21 @@ impl Filesystem for Tree {
                 };
                 return self.open_cpu_file(instance, cpu, file, reply);
             }
+            Some(Node::LinuxIsf(number)) => {
+                let Some(instance) = self.registry.by_number(number) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                return match isf_now(&instance) {
+                    Ok((_, isf)) => {
+                        let fh = self.new_handle(Handle::Shared(isf));
+                        reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                    }
+                    Err(err) => {
+                        log::error!("{}/linux/volatility: {}", instance.vm.name(), crate::error::chain(&err));
+                        reply.error(Errno::EIO)
+                    }
+                };
+            }
             Some(Node::ProcessFile(number, pid, view)) => {
                 let Some(instance) = self.registry.by_number(number) else {
                     return reply.error(Errno::ENOENT);
@@ -1146,6 +1252,11 @@ impl Filesystem for Tree {
     ) {
         let handles = self.handles.read().unwrap_or_else(|e| e.into_inner());
         match handles.get(&fh.0) {
+            Some(Handle::Shared(text)) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(text.len());
+                let end = start.saturating_add(size as usize).min(text.len());
+                reply.data(&text[start..end]);
+            }
             Some(Handle::Text(text)) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(text.len());
                 let end = start.saturating_add(size as usize).min(text.len());
