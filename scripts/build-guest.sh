@@ -9,6 +9,10 @@
 #     of its kernel to the console for the tests to compare with (/proc/version, a hash of the kernel's own
 #     symbols in /proc/kallsyms, a hash of its BTF, ps, dmesg), between QEMU-BRIDGE-ORACLE-BEGIN
 #     and -END
+#   - with qb_tasks=N on the kernel's command line, runs N more processes (for the benchmarks)
+# Usage: build-guest.sh [OUTDIR [SUITE]]: SUITE bookworm (the default: Debian 12's 6.1 kernel,
+# through the system's apt) or bookworm-backports (its 6.12 kernel, through an apt directory of
+# the script's own, derived from the system's Debian entry as scripts/qemu10.sh does).
 # Output: OUTDIR/vmlinuz, OUTDIR/initrd.gz (default target/guest/linux). Cached: a second run
 # returns at once. Boot it with: qemu-bridge launch NAME --linux OUTDIR. The qemu-bridge binary
 # carries this script and runs it for `launch NAME --linux` with no directory (its cache).
@@ -17,7 +21,8 @@
 set -euo pipefail
 out=$(realpath -m "${1:-$(dirname "$0")/../target/guest/linux}")
 # the initramfs's version: a cache of an older one is built again
-initramfs_version=8
+initramfs_version=9
+suite=${2:-bookworm}
 if [[ -f $out/vmlinuz && -f $out/initrd.gz && -f $out/.complete ]] &&
     grep -qx "initramfs $initramfs_version" "$out/.complete"; then
     echo "$out (cached)"
@@ -28,22 +33,58 @@ command -v cpio >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninterac
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 chmod 777 "$work"   # apt-get download drops to the _apt user
-kernel=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
-if [[ -z $kernel ]]; then
-    apt-get update -qq
-    kernel=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
-fi
-(cd "$work" && apt-get download -qq "$kernel" busybox-static 2>/dev/null)
+case $suite in
+bookworm)
+    kernel=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+    if [[ -z $kernel ]]; then
+        apt-get update -qq
+        kernel=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+    fi
+    (cd "$work" && apt-get download -qq "$kernel" busybox-static 2>/dev/null)
+    ;;
+bookworm-backports)
+    # an apt directory of our own: the system's Debian entry with the backports suite
+    apt=$work/apt
+    mkdir -p "$apt/lists/partial" "$apt/sources" "$apt/cache/archives/partial"
+    if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
+        awk 'BEGIN { RS = ""; ORS = "\n\n" }
+             /Suites:[^\n]*bookworm( |\n|$)/ && !/security/ { sub(/Suites:[^\n]*/, "Suites: bookworm-backports"); print; exit }' \
+            /etc/apt/sources.list.d/debian.sources > "$apt/sources/backports.sources"
+    else
+        awk '$1 == "deb" && $3 == "bookworm" { $3 = "bookworm-backports"; print; exit }' /etc/apt/sources.list \
+            > "$apt/sources/backports.list"
+    fi
+    options=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$apt/sources"
+             -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache")
+    apt-get "${options[@]}" update -qq
+    kernel=$(apt-cache "${options[@]}" depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+    (cd "$work" && apt-get "${options[@]}" download -qq "$kernel" 2>/dev/null &&
+        apt-get download -qq busybox-static 2>/dev/null)
+    ;;
+*)
+    echo "error: unknown suite $suite (bookworm or bookworm-backports)" >&2
+    exit 1
+    ;;
+esac
+[[ -n $kernel ]] || { echo "error: no linux-image-cloud-amd64 in $suite" >&2; exit 1; }
 dpkg -x "$work"/linux-image-*.deb "$work/kernel"
 dpkg -x "$work"/busybox-static_*.deb "$work/busybox"
 
 root=$work/root
 mkdir -p "$root"/{bin,dev,proc,sys,tmp}
 cp "$work/busybox/bin/busybox" "$root/bin/busybox"
-# QEMU's fw_cfg driver (no dependencies): with -device vmcoreinfo it hands QEMU the vmcoreinfo note
-find "$work/kernel/lib/modules" -name 'qemu_fw_cfg.ko*' -exec cp {} "$root/" \;
-# a module with no part in the guest's work, for the tests' /proc/modules
-find "$work/kernel/lib/modules" -name 'dummy.ko*' -exec cp {} "$root/" \;
+# QEMU's fw_cfg driver (no dependencies): with -device vmcoreinfo it hands QEMU the vmcoreinfo
+# note; and a module with no part in the guest's work, for the tests' /proc/modules. Newer
+# kernels ship them compressed (.ko.xz): unpacked here, so that insmod takes them as they are
+for module in qemu_fw_cfg dummy; do
+    file=$(find "$work/kernel/lib/modules" -name "$module.ko*" | head -1)
+    case $file in
+    *.ko) cp "$file" "$root/$module.ko" ;;
+    *.ko.xz) xz -dc "$file" > "$root/$module.ko" ;;
+    *.ko.zst) zstd -qdc "$file" > "$root/$module.ko" ;;
+    *) echo "error: no $module module in $kernel" >&2; exit 1 ;;
+    esac
+done
 # a process of the guest's own, with arguments and an environment of its own (its name is the
 # script's: the kernel names a process after the file it executes)
 cat > "$root/bin/qb-sleeper" <<'SLEEPER'
@@ -61,6 +102,13 @@ insmod /qemu_fw_cfg.ko 2>/dev/null
 insmod /dummy.ko 2>/dev/null
 QB_SECRET=hush-42 /bin/qb-sleeper alpha "beta gamma" &
 sleeper=$!
+# qb_tasks=N: N more processes, for the benchmarks
+tasks=$(sed -n 's/.*qb_tasks=\([0-9]*\).*/\1/p' /proc/cmdline)
+i=0
+while [ "$i" -lt "${tasks:-0}" ]; do
+    sleep 100000 &
+    i=$((i + 1))
+done
 marker="QEMU-BRIDGE-LINUX-MARKER:$(cat /proc/sys/kernel/random/boot_id)"
 echo "$marker" > /tmp/marker
 echo "$marker" > /dev/ttyS0

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::linux::{boot_linux, boot_linux_with, debug_vmlinux, guest_dir, paused_linux};
+use common::linux::{
+    boot_kernel, boot_linux, boot_linux_with, debug_vmlinux, guest_dir, paused_kernel, paused_linux, Kernel,
+};
 use common::{require_qemu, wait_until, TestMount, TestRunDir, VmBuilder, MARKER, MARKER_ADDR};
 use qemu_bridge::{RunState, Verdict, Vm};
 
@@ -825,10 +827,21 @@ fn hex(bytes: &[u8]) -> String {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_linux_processes_and_modules_agree_with_the_guests_own() {
+    processes_and_modules_agree(Kernel::Debian12);
+}
+
+/// The same of Linux 6.12.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_linux_processes_and_modules_of_6_12_agree_with_the_guests_own() {
+    processes_and_modules_agree(Kernel::Backports);
+}
+
+fn processes_and_modules_agree(kernel: Kernel) {
     require_qemu();
     common::require_fuse();
     let run_dir = TestRunDir::new();
-    let linux = boot_linux(&run_dir);
+    let linux = boot_kernel(kernel, &run_dir, 128 << 20, &[], "");
     let name = linux.launched.name().to_string();
     let oracle = guest_oracle(&linux);
     let mount = TestMount::new(&run_dir, &[]);
@@ -903,11 +916,23 @@ fn test_linux_processes_and_modules_agree_with_the_guests_own() {
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_linux_views_agree_with_the_guests_own() {
+    linux_views_agree(Kernel::Debian12);
+}
+
+/// The same of bookworm-backports' Linux 6.12 (kallsyms without KALLSYMS_BASE_RELATIVE, modules
+/// sized by `mem[]`, its own BTF): nothing in qemu-bridge is of one kernel.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_linux_views_of_6_12_agree_with_the_guests_own() {
+    linux_views_agree(Kernel::Backports);
+}
+
+fn linux_views_agree(kernel: Kernel) {
     use sha2::{Digest, Sha256};
     require_qemu();
     common::require_fuse();
     let run_dir = TestRunDir::new();
-    let linux = boot_linux(&run_dir);
+    let linux = boot_kernel(kernel, &run_dir, 128 << 20, &[], "");
     let name = linux.launched.name().to_string();
     let oracle = guest_oracle(&linux);
     let tiny = VmBuilder::new("tiny", &run_dir).launch();
@@ -918,7 +943,7 @@ fn test_linux_views_agree_with_the_guests_own() {
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .collect();
     files.sort();
-    assert_eq!(files, ["btf", "dmesg", "kallsyms", "modules", "proc", "tasks", "version"]);
+    assert_eq!(files, ["btf", "dmesg", "kallsyms", "modules", "proc", "tasks", "version", "volatility"]);
     assert!(!mount.path(&format!("{}/linux", tiny.name())).exists(), "a guest that is not Linux");
 
     let version = std::fs::read_to_string(dir.join("version")).unwrap();
@@ -1023,11 +1048,22 @@ fn volatility_rows(
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_volatility_reads_the_guest_with_the_table_made_from_its_memory() {
+    volatility_reads_the_guest(Kernel::Debian12);
+}
+
+/// The same of Linux 6.12.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_volatility_reads_a_6_12_guest_with_the_table_made_from_its_memory() {
+    volatility_reads_the_guest(Kernel::Backports);
+}
+
+fn volatility_reads_the_guest(kernel: Kernel) {
     require_qemu();
     common::require_fuse();
     common::require_program("vol");
     let run_dir = TestRunDir::new();
-    let (linux, _vm) = paused_linux(&run_dir, &[]);
+    let (linux, _vm) = paused_kernel(kernel, &run_dir, &[]);
     let name = linux.launched.name().to_string();
     let oracle = guest_oracle(&linux);
     let mount = TestMount::new(&run_dir, &[]);

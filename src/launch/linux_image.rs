@@ -38,7 +38,7 @@ pub fn default_dir() -> PathBuf {
 
 /// The line of the build's mark that names the initramfs of this script (an older one, without
 /// what the tests now need of it, is built again).
-const INITRAMFS_MARK: &str = "initramfs 8";
+const INITRAMFS_MARK: &str = "initramfs 9";
 
 /// Whether `dir` holds a complete guest of this script (`vmlinuz`, `initrd.gz`, and the build's
 /// mark naming this initramfs).
@@ -55,6 +55,16 @@ pub fn is_built(dir: &Path) -> bool {
 ///
 /// [`GuestError`] when the script cannot run or fails.
 pub fn ensure(dir: &Path) -> Result<(), GuestError> {
+    ensure_from(dir, "bookworm")
+}
+
+/// As [`ensure`], with the kernel of Debian's `suite`: `bookworm` (Linux 6.1) or
+/// `bookworm-backports` (Linux 6.12).
+///
+/// # Errors
+///
+/// [`GuestError`] when the script cannot run or fails (an unknown suite among the causes).
+pub fn ensure_from(dir: &Path, suite: &str) -> Result<(), GuestError> {
     if is_built(dir) {
         return Ok(());
     }
@@ -64,6 +74,7 @@ pub fn ensure(dir: &Path) -> Result<(), GuestError> {
         .arg(BUILD_SCRIPT)
         .arg("build-guest.sh")
         .arg(dir)
+        .arg(suite)
         .output()
         .map_err(GuestError::Spawn)?;
     if output.status.success() && is_built(dir) {

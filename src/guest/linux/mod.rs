@@ -103,6 +103,14 @@ impl LinuxKernel {
         &self.paging
     }
 
+    /// Its version, major and minor, from vmcoreinfo's `OSRELEASE` (`6.12.95+deb12-cloud-amd64`
+    /// is (6, 12)); `None` where it says none.
+    pub fn version(&self) -> Option<(u32, u32)> {
+        let release = self.vmcoreinfo.get("OSRELEASE")?;
+        let mut parts = release.split(|c: char| !c.is_ascii_digit());
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    }
+
     /// The address of `SYMBOL(name)` in its vmcoreinfo.
     ///
     /// # Errors
@@ -562,6 +570,17 @@ mod tests {
         .unwrap();
         assert_eq!((five.paging().mode(), five.paging().root()), (PagingMode::FiveLevel, Gpa(0x100_0000)));
         assert!(matches!(LinuxKernel::new(info("NUMBER(phys_base)=0\n")), Err(LinuxError::Missing(_))));
+        let release = |text: &str| {
+            LinuxKernel::new(info(&format!(
+                "SYMBOL(init_top_pgt)=ffffffff81000000\nNUMBER(phys_base)=0\n{text}"
+            )))
+            .unwrap()
+            .version()
+        };
+        assert_eq!(release("OSRELEASE=6.12.95+deb12-cloud-amd64\n"), Some((6, 12)));
+        assert_eq!(release("OSRELEASE=6.1.0-57-cloud-amd64\n"), Some((6, 1)));
+        assert_eq!(release("OSRELEASE=junk\n"), None);
+        assert_eq!(release(""), None);
         assert!(matches!(
             LinuxKernel::new(info("SYMBOL(init_top_pgt)=ffffffff81000000\nNUMBER(phys_base)=x\n")),
             Err(LinuxError::BadNumber { .. })

@@ -411,8 +411,13 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
             return Ok(area);
         }
         area.name = self.special_name(vma)?;
+        // the initial heap: Linux 6.6 made the test strict (vma_is_initial_heap)
+        let heap = match self.kernel.version() {
+            Some(version) if version >= (6, 6) => start < mm.heap.1 && end > mm.heap.0,
+            _ => start <= mm.heap.1 && end >= mm.heap.0,
+        };
         if area.name.is_none() {
-            if start <= mm.heap.1 && end >= mm.heap.0 {
+            if heap {
                 area.name = Some("[heap]".into());
             } else if start <= mm.start_stack && end >= mm.start_stack {
                 area.name = Some("[stack]".into());
