@@ -304,7 +304,7 @@ fn main() {
     // `BENCH_ONLY=peers,listing` runs those sections alone
     let only = std::env::var("BENCH_ONLY").ok();
     type Section = (&'static str, fn(&mut Bench));
-    let sections: [Section; 14] = [
+    let sections: [Section; 15] = [
         ("baselines", Bench::baselines),
         ("views_and_copies", Bench::views_and_copies),
         ("snapshots", Bench::snapshots),
@@ -319,6 +319,7 @@ fn main() {
         ("soft_dirty", Bench::soft_dirty),
         ("soft_dirty_inside", Bench::soft_dirty_inside),
         ("guest_state", Bench::guest_state),
+        ("linux_views", Bench::linux_views),
     ];
     for (name, section) in sections {
         // the run inside the soft-dirty VM is asked for by name only
@@ -1806,6 +1807,145 @@ impl Bench {
                 verdict: if ours.0 < figure.0 { "met".into() } else { "not met".into() },
             });
         }
+    }
+
+    /// The Linux views of a guest with 1000 processes more: the first reading of its kernel
+    /// (vmcoreinfo found, kallsyms decoded, BTF parsed), `cat linux/tasks` warm, against drgn
+    /// (with the kernel's debug symbols) over QMP and through our core, and against mquire on a
+    /// dump of `physical` of the 6.12 guest (mquire reads kallsyms of Linux >= 6.4 only).
+    fn linux_views(&mut self) {
+        use common::linux::{boot_kernel, Kernel};
+        use qemu_bridge::guest::linux::LinuxGuest;
+        let Self { results, .. } = self;
+        let run_dir = common::TestRunDir::new();
+        let linux =
+            boot_kernel(Kernel::Debian12, &run_dir, 512 << 20, &["-device", "vmcoreinfo"], "qb_tasks=1000");
+        let name = linux.launched.name().to_string();
+        let vm = qemu_bridge::Vm::existing(&run_dir.run_dir, &name).unwrap();
+        vm.with_qmp(|qmp| qmp.stop()).unwrap();
+        let (bridge, _) = vm.open_bridge().unwrap();
+        let mut count = 0;
+        let discovery = stats(time(5, || {
+            let info = qemu_bridge::guest::vmcoreinfo::find(bridge.mapping()).unwrap().unwrap();
+            let guest = LinuxGuest::read(info, &bridge).unwrap();
+            count = guest.tasks(&bridge).unwrap().len();
+        }));
+        results.add(Row {
+            name: format!("first reading of a Linux guest's kernel and its {count} tasks (512 MiB: vmcoreinfo found, kallsyms decoded, BTF parsed)"),
+            target: "-".into(),
+            median: discovery.0,
+            p99: discovery.1,
+            unit: "s",
+            baseline: None,
+            ratio: None,
+            verdict: "once per boot in the mount".into(),
+        });
+        drop(bridge);
+
+        let mount = common::TestMount::new(&run_dir, &[]);
+        let tasks = mount.path(&format!("{name}/linux/tasks"));
+        let lines = std::fs::read_to_string(&tasks).unwrap().lines().count() - 1;
+        assert!(lines > 1000, "{lines} tasks");
+        let warm = stats(time(20, || {
+            black_box(std::fs::read(&tasks).unwrap());
+        }));
+        results.add(Row {
+            name: format!("cat linux/tasks, {lines} tasks (warm)"),
+            target: "< 20 ms".into(),
+            median: warm.0,
+            p99: warm.1,
+            unit: "s",
+            baseline: None,
+            ratio: None,
+            verdict: if warm.0 < 0.020 { "met".into() } else { "not met".into() },
+        });
+
+        // drgn lists the same tasks with the kernel's debug symbols
+        let release = std::fs::read_to_string(mount.path(&format!("{name}/vmcoreinfo")))
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix("OSRELEASE=").map(String::from))
+            .unwrap();
+        let vmlinux = common::linux::debug_vmlinux(&release);
+        let script =
+            "from drgn.helpers.linux.pid import for_each_task\nprint(len(list(for_each_task(prog))))";
+        let drgn = |target: &[&std::ffi::OsStr]| {
+            common::linux::drgn(target, &vmlinux, script).trim().parse::<usize>().unwrap()
+        };
+        let core = mount.path(&format!("{name}/core"));
+        let through_core = stats(time(3, || assert!(drgn(&["-c".as_ref(), core.as_os_str()]) > 1000)));
+        drop(mount);
+        let socket = run_dir.path().join(format!("{name}.qmp"));
+        let over_qmp = stats(time(3, || assert!(drgn(&["--qemu".as_ref(), socket.as_os_str()]) > 1000)));
+        for (how, figure, goal) in
+            [("drgn --qemu (QMP)", over_qmp, 10.0), ("drgn -c on our core", through_core, 1.0)]
+        {
+            let ratio = figure.0 / warm.0;
+            results.add(Row {
+                name: format!("cat linux/tasks ({lines} tasks) vs {how}"),
+                target: format!(">= {goal}x faster"),
+                median: warm.0,
+                p99: warm.1,
+                unit: "s",
+                baseline: Some((how.into(), figure.0)),
+                ratio: Some(ratio),
+                verdict: if ratio >= goal { "met".into() } else { "not met".into() },
+            });
+        }
+        drop(linux);
+
+        // mquire on a dump of the 6.12 guest (it maps its snapshot: not the mount's direct-I/O files)
+        let mquire = std::env::var_os("HOME")
+            .map(|home| Path::new(&home).join(".cargo/bin/mquire"))
+            .filter(|path| path.exists())
+            .or_else(|| {
+                std::env::var_os("PATH").and_then(|paths| {
+                    std::env::split_paths(&paths).map(|dir| dir.join("mquire")).find(|path| path.exists())
+                })
+            });
+        let Some(mquire) = mquire else {
+            println!("mquire not found (cargo install mquire): its row is left out");
+            return;
+        };
+        let (linux, _vm) = common::linux::paused_kernel(Kernel::Backports, &run_dir, &[]);
+        let name = linux.launched.name().to_string();
+        let mount = common::TestMount::new(&run_dir, &[]);
+        let dump = run_dir.qemu_output("physical.raw");
+        let copied = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(mount.path(&format!("{name}/physical")))
+            .arg(&dump)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let theirs = stats(time(3, || {
+            let output = Command::new(&mquire)
+                .args(["query", "-f", "json"])
+                .arg(&dump)
+                .arg("SELECT pid FROM tasks")
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "mquire: {}", String::from_utf8_lossy(&output.stderr));
+        }));
+        let ours = stats(time(3, || {
+            let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+                .args(["linux", &name, "ps", "--run-dir"])
+                .arg(run_dir.path())
+                .output()
+                .unwrap();
+            assert!(output.status.success());
+        }));
+        results.add(Row {
+            name: "every task of a 6.12 guest, from nothing: qemu-bridge linux ps (live) vs mquire on a dump of physical".into(),
+            target: "ours faster".into(),
+            median: ours.0,
+            p99: ours.1,
+            unit: "s",
+            baseline: Some(("mquire query 'SELECT pid FROM tasks'".into(), theirs.0)),
+            ratio: Some(theirs.0 / ours.0),
+            verdict: if ours.0 < theirs.0 { "met".into() } else { "not met".into() },
+        });
+        drop(mount);
     }
 
     fn listing(&mut self) {

@@ -303,6 +303,11 @@ fn isf_now(instance: &MountedVm) -> Result<(String, Arc<Vec<u8>>), GenerateError
     Ok((name, guest.isf(&instance.bridge).map_err(LinuxNowError::Linux)?))
 }
 
+/// A directory listing's first two entries: the directory itself and its parent.
+fn dot_entries(this: INodeNo, parent: INodeNo) -> Vec<(INodeNo, FileType, String)> {
+    vec![(this, FileType::Directory, ".".into()), (parent, FileType::Directory, "..".into())]
+}
+
 /// The pids of the guest's processes now (the idle task, pid 0, is none of `/proc`'s).
 fn pids_now(instance: &MountedVm) -> Result<Vec<i32>, GenerateError> {
     let guest = linux_now(instance)?;
@@ -1031,16 +1036,10 @@ impl Filesystem for Tree {
                 let Some(instance) = self.registry.by_number(number) else {
                     return reply.error(Errno::ENOENT);
                 };
-                entries.push((
+                entries = dot_entries(
                     INodeNo(dir_inode(&instance) + LINUX_VOLATILITY_OFFSET),
-                    FileType::Directory,
-                    ".".into(),
-                ));
-                entries.push((
                     INodeNo(dir_inode(&instance) + LINUX_OFFSET),
-                    FileType::Directory,
-                    "..".into(),
-                ));
+                );
                 match isf_now(&instance) {
                     Ok((name, _)) => entries.push((
                         INodeNo(dir_inode(&instance) + LINUX_ISF_OFFSET),
@@ -1057,16 +1056,10 @@ impl Filesystem for Tree {
                 let Some(instance) = self.registry.by_number(number) else {
                     return reply.error(Errno::ENOENT);
                 };
-                entries.push((
+                entries = dot_entries(
                     INodeNo(dir_inode(&instance) + LINUX_PROC_OFFSET),
-                    FileType::Directory,
-                    ".".into(),
-                ));
-                entries.push((
                     INodeNo(dir_inode(&instance) + LINUX_OFFSET),
-                    FileType::Directory,
-                    "..".into(),
-                ));
+                );
                 match pids_now(&instance) {
                     Ok(pids) => {
                         for pid in pids {
@@ -1084,12 +1077,10 @@ impl Filesystem for Tree {
                 }
             }
             Some(Node::Process(number, pid)) => {
-                entries.push((Node::process_inode(number, pid, None), FileType::Directory, ".".into()));
-                entries.push((
+                entries = dot_entries(
+                    Node::process_inode(number, pid, None),
                     INodeNo(number * INODES_PER_INSTANCE + LINUX_PROC_OFFSET),
-                    FileType::Directory,
-                    "..".into(),
-                ));
+                );
                 for view in ProcessView::ALL {
                     entries.push((
                         Node::process_inode(number, pid, Some(view)),

@@ -40,9 +40,6 @@ const LEFT_OUT: [&str; 1] = ["taint_flags"];
 /// Type references nested at most (pointers to arrays of pointers...).
 const MAX_NESTING: usize = 32;
 
-/// x86_64's `__START_KERNEL_map`: addresses below it (per-CPU offsets) are not relocated.
-const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
-
 /// The file name under which the table is served: Volatility caches what it learned of a file
 /// by its path, so a kernel of another banner gets another name.
 pub fn file_name(release: &str, banner: &str) -> String {
@@ -262,7 +259,8 @@ impl<'a> Isf<'a> {
             if table.contains_key(&symbol.name) || LEFT_OUT.contains(&symbol.name.as_str()) {
                 continue;
             }
-            let address = if symbol.address >= START_KERNEL_MAP {
+            // kernel addresses (the upper half) are relocated; per-CPU offsets are not
+            let address = if symbol.address >> 63 == 1 {
                 symbol.address.wrapping_sub(kernel_offset)
             } else {
                 symbol.address

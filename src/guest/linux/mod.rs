@@ -82,6 +82,10 @@ impl LinuxKernel {
     ///
     /// [`LinuxError::Missing`] or [`LinuxError::BadNumber`] for a vmcoreinfo without those.
     pub fn new(vmcoreinfo: VmcoreInfo) -> Result<Self, LinuxError> {
+        // arm64 kernels say where their image is mapped (kimage_voffset); x86_64 kernels do not
+        if vmcoreinfo.get("NUMBER(kimage_voffset)").is_some() {
+            return Self::arm64(vmcoreinfo);
+        }
         let root = symbol(&vmcoreinfo, "init_top_pgt")?;
         let phys_base = number(&vmcoreinfo, "NUMBER(phys_base)")?;
         let five_level = vmcoreinfo.get("NUMBER(pgtable_l5_enabled)") == Some("1");
@@ -91,6 +95,24 @@ impl LinuxKernel {
             why: format!("init_top_pgt {root:#x} is not in the kernel image"),
         })?;
         Ok(Self { vmcoreinfo, paging: Paging::new(mode, Gpa(root_gpa), true) })
+    }
+
+    /// An arm64 kernel: its tables are `swapper_pg_dir`, at its address less
+    /// `kimage_voffset` (`__pa_symbol`), 4 KiB pages and 48-bit addresses (the only format of
+    /// arm64 the walker reads; others are an error saying so).
+    fn arm64(vmcoreinfo: VmcoreInfo) -> Result<Self, LinuxError> {
+        let root = symbol(&vmcoreinfo, "swapper_pg_dir")?;
+        let voffset = hex_number(&vmcoreinfo, "NUMBER(kimage_voffset)")?;
+        let va_bits = number(&vmcoreinfo, "NUMBER(VA_BITS)")?;
+        let page_size = number(&vmcoreinfo, "PAGESIZE")?;
+        if va_bits != 48 || page_size != 4096 {
+            return Err(LinuxError::Corrupt {
+                what: "vmcoreinfo",
+                why: format!("an arm64 kernel with {va_bits}-bit addresses and {page_size}-byte pages (only 48 and 4096 are read)"),
+            });
+        }
+        let root_gpa = root.wrapping_sub(voffset);
+        Ok(Self { vmcoreinfo, paging: Paging::new(PagingMode::Arm48, Gpa(root_gpa), true) })
     }
 
     /// Its vmcoreinfo.
@@ -540,6 +562,15 @@ fn symbol(vmcoreinfo: &VmcoreInfo, name: &str) -> Result<u64, LinuxError> {
     u64::from_str_radix(value, 16).map_err(|_| LinuxError::BadNumber { key, value: value.to_string() })
 }
 
+/// A value the kernel writes in hex with a `0x` (`NUMBER(kimage_voffset)`).
+fn hex_number(vmcoreinfo: &VmcoreInfo, key: &str) -> Result<u64, LinuxError> {
+    let value = vmcoreinfo.get(key).ok_or_else(|| LinuxError::Missing(key.to_string()))?;
+    value
+        .strip_prefix("0x")
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .ok_or_else(|| LinuxError::BadNumber { key: key.to_string(), value: value.to_string() })
+}
+
 /// A `NUMBER(...)`, `SIZE(...)`, `OFFSET(...)` or `LENGTH(...)` value: decimal, as the kernel
 /// writes them (`NUMBER(phys_base)` may be negative).
 fn number(vmcoreinfo: &VmcoreInfo, key: &str) -> Result<i64, LinuxError> {
@@ -581,6 +612,16 @@ mod tests {
         assert_eq!(release("OSRELEASE=6.1.0-57-cloud-amd64\n"), Some((6, 1)));
         assert_eq!(release("OSRELEASE=junk\n"), None);
         assert_eq!(release(""), None);
+        // arm64: swapper_pg_dir less kimage_voffset, 48-bit 4 KiB tables only
+        let arm64 = |va_bits: u32| {
+            LinuxKernel::new(info(&format!(
+                "PAGESIZE=4096\nSYMBOL(swapper_pg_dir)=ffff800009f6d000\nNUMBER(VA_BITS)={va_bits}\n\
+                 NUMBER(kimage_voffset)=0xffff7fffc7e00000\n"
+            )))
+        };
+        let kernel = arm64(48).unwrap();
+        assert_eq!((kernel.paging().mode(), kernel.paging().root()), (PagingMode::Arm48, Gpa(0x4216_d000)));
+        assert!(arm64(52).unwrap_err().to_string().contains("52-bit"));
         assert!(matches!(
             LinuxKernel::new(info("SYMBOL(init_top_pgt)=ffffffff81000000\nNUMBER(phys_base)=x\n")),
             Err(LinuxError::BadNumber { .. })
