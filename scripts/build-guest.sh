@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds a small Linux guest from Debian's packages, offline apart from the package registry:
-# the cloud kernel (linux-image-*-cloud-amd64) and an initramfs of busybox-static whose /init
+# Builds a small Linux guest from Debian's packages, offline apart from the package registry: the
+# cloud kernel (linux-image-*-cloud-amd64 or -arm64) and an initramfs of busybox-static whose /init
 #   - prints a marker line to the serial console: QEMU-BRIDGE-LINUX-MARKER:<boot id>
 #   - keeps that marker resident in guest memory (a file in the RAM-backed rootfs)
 #   - runs a small workload that keeps changing memory (a counter file rewritten 10 times a s)
@@ -10,9 +10,13 @@
 #     symbols in /proc/kallsyms, a hash of its BTF, ps, dmesg), between QEMU-BRIDGE-ORACLE-BEGIN
 #     and -END
 #   - with qb_tasks=N on the kernel's command line, runs N more processes (for the benchmarks)
-# Usage: build-guest.sh [OUTDIR [SUITE]]: SUITE bookworm (the default: Debian 12's 6.1 kernel,
-# through the system's apt) or bookworm-backports (its 6.12 kernel, through an apt directory of
-# the script's own, derived from the system's Debian entry as scripts/qemu10.sh does).
+# Usage: build-guest.sh [OUTDIR [SUITE [ARCH]]]: SUITE bookworm (the default: Debian 12's 6.1
+# kernel, through the system's apt) or bookworm-backports (its 6.12 kernel, through an apt
+# directory of the script's own, derived from the system's Debian entry as scripts/qemu10.sh
+# does); ARCH amd64 (the default) or arm64 (linux-image-cloud-arm64 and busybox-static for arm64,
+# both through such an apt directory, with neither the system's apt configuration nor dpkg's
+# architectures changed; its vmlinuz is the kernel's Image, for qemu-system-aarch64 -M virt
+# -kernel, and its /init writes to /dev/ttyAMA0, the console of the virt board).
 # Output: OUTDIR/vmlinuz, OUTDIR/initrd.gz (default target/guest/linux). Cached: a second run
 # returns at once. Boot it with: qemu-bridge launch NAME --linux OUTDIR. The qemu-bridge binary
 # carries this script and runs it for `launch NAME --linux` with no directory (its cache).
@@ -23,8 +27,21 @@ out=$(realpath -m "${1:-$(dirname "$0")/../target/guest/linux}")
 # the initramfs's version: a cache of an older one is built again
 initramfs_version=9
 suite=${2:-bookworm}
+arch=${3:-amd64}
+case $suite in
+bookworm | bookworm-backports) ;;
+*) echo "error: unknown suite $suite (bookworm or bookworm-backports)" >&2; exit 1 ;;
+esac
+case $arch in
+amd64 | arm64) ;;
+*) echo "error: unknown architecture $arch (amd64 or arm64)" >&2; exit 1 ;;
+esac
+# the build's mark names the architecture (a guest of another one is built again; a mark
+# without that line is of an amd64 guest)
 if [[ -f $out/vmlinuz && -f $out/initrd.gz && -f $out/.complete ]] &&
-    grep -qx "initramfs $initramfs_version" "$out/.complete"; then
+    grep -qx "initramfs $initramfs_version" "$out/.complete" &&
+    { grep -qx "arch $arch" "$out/.complete" ||
+        { [[ $arch == amd64 ]] && ! grep -q '^arch ' "$out/.complete"; }; }; then
     echo "$out (cached)"
     exit 0
 fi
@@ -33,8 +50,41 @@ command -v cpio >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninterac
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 chmod 777 "$work"   # apt-get download drops to the _apt user
-case $suite in
-bookworm)
+# an apt directory of our own, for the architecture $arch: the system's Debian entry with the
+# suites "$1" (the system's apt configuration and dpkg's architectures untouched); its options
+# in the array options
+private_apt() {
+    apt=$work/apt
+    mkdir -p "$apt/lists/partial" "$apt/sources" "$apt/cache/archives/partial"
+    if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
+        awk -v suites="$1" 'BEGIN { RS = ""; ORS = "\n\n" }
+             /Suites:[^\n]*bookworm( |\n|$)/ && !/security/ { sub(/Suites:[^\n]*/, "Suites: " suites); print; exit }' \
+            /etc/apt/sources.list.d/debian.sources > "$apt/sources/private.sources"
+    else
+        awk -v suites="$1" '$1 == "deb" && $3 == "bookworm" {
+                 n = split(suites, s, " "); for (i = 1; i <= n; i++) { $3 = s[i]; print }; exit }' \
+            /etc/apt/sources.list > "$apt/sources/private.list"
+    fi
+    options=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$apt/sources"
+             -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache"
+             -o "APT::Architecture=$arch" -o "APT::Architectures=$arch")
+    apt-get "${options[@]}" update -qq
+}
+case $arch-$suite in
+arm64-*)
+    # the kernel of $suite (named as the default release: backports ranks below bookworm),
+    # busybox of bookworm
+    suites=bookworm
+    [[ $suite == bookworm ]] || suites="bookworm $suite"
+    private_apt "$suites"
+    kernel=$(apt-cache "${options[@]}" -o "APT::Default-Release=$suite" depends linux-image-cloud-arm64 |
+        awk '/Depends: linux-image-/ {print $2; exit}')
+    if [[ -n $kernel ]]; then
+        (cd "$work" && apt-get "${options[@]}" download -qq "$kernel" 2>/dev/null &&
+            apt-get "${options[@]}" download -qq busybox-static 2>/dev/null)
+    fi
+    ;;
+amd64-bookworm)
     kernel=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
     if [[ -z $kernel ]]; then
         apt-get update -qq
@@ -42,31 +92,15 @@ bookworm)
     fi
     (cd "$work" && apt-get download -qq "$kernel" busybox-static 2>/dev/null)
     ;;
-bookworm-backports)
+amd64-bookworm-backports)
     # an apt directory of our own: the system's Debian entry with the backports suite
-    apt=$work/apt
-    mkdir -p "$apt/lists/partial" "$apt/sources" "$apt/cache/archives/partial"
-    if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
-        awk 'BEGIN { RS = ""; ORS = "\n\n" }
-             /Suites:[^\n]*bookworm( |\n|$)/ && !/security/ { sub(/Suites:[^\n]*/, "Suites: bookworm-backports"); print; exit }' \
-            /etc/apt/sources.list.d/debian.sources > "$apt/sources/backports.sources"
-    else
-        awk '$1 == "deb" && $3 == "bookworm" { $3 = "bookworm-backports"; print; exit }' /etc/apt/sources.list \
-            > "$apt/sources/backports.list"
-    fi
-    options=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$apt/sources"
-             -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache")
-    apt-get "${options[@]}" update -qq
+    private_apt bookworm-backports
     kernel=$(apt-cache "${options[@]}" depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
     (cd "$work" && apt-get "${options[@]}" download -qq "$kernel" 2>/dev/null &&
         apt-get download -qq busybox-static 2>/dev/null)
     ;;
-*)
-    echo "error: unknown suite $suite (bookworm or bookworm-backports)" >&2
-    exit 1
-    ;;
 esac
-[[ -n $kernel ]] || { echo "error: no linux-image-cloud-amd64 in $suite" >&2; exit 1; }
+[[ -n $kernel ]] || { echo "error: no linux-image-cloud-$arch in $suite" >&2; exit 1; }
 dpkg -x "$work"/linux-image-*.deb "$work/kernel"
 dpkg -x "$work"/busybox-static_*.deb "$work/busybox"
 
@@ -98,6 +132,9 @@ cat > "$root/init" <<'INIT'
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
+# the serial console: the PL011 of arm64's virt board, else the PC's 16550
+console=/dev/ttyS0
+[ -c /dev/ttyAMA0 ] && console=/dev/ttyAMA0
 insmod /qemu_fw_cfg.ko 2>/dev/null
 insmod /dummy.ko 2>/dev/null
 QB_SECRET=hush-42 /bin/qb-sleeper alpha "beta gamma" &
@@ -111,8 +148,8 @@ while [ "$i" -lt "${tasks:-0}" ]; do
 done
 marker="QEMU-BRIDGE-LINUX-MARKER:$(cat /proc/sys/kernel/random/boot_id)"
 echo "$marker" > /tmp/marker
-echo "$marker" > /dev/ttyS0
-echo "qemu-bridge guest up: $(uname -r)" > /dev/ttyS0
+echo "$marker" > "$console"
+echo "qemu-bridge guest up: $(uname -r)" > "$console"
 # then, in the background while the counter runs, its own view of its kernel for the tests
 echo "qemu-bridge-test: a line of the guest's own, boot $(cat /proc/sys/kernel/random/boot_id)" > /dev/kmsg
 {
@@ -130,7 +167,7 @@ echo "qemu-bridge-test: a line of the guest's own, boot $(cat /proc/sys/kernel/r
     echo "cmdline: $(od -An -v -tx1 /proc/$sleeper/cmdline | tr -d ' \n')"
     echo "environ: $(od -An -v -tx1 /proc/$sleeper/environ | tr -d ' \n')"
     echo "QEMU-BRIDGE-ORACLE-END"
-} > /dev/ttyS0 &
+} > "$console" &
 counter=0
 while true; do
     counter=$((counter + 1))
@@ -141,5 +178,10 @@ INIT
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) > "$out/initrd.gz"
 cp "$work"/kernel/boot/vmlinuz-* "$out/vmlinuz"
-printf '%s\ninitramfs %s\n' "$kernel" "$initramfs_version" > "$out/.complete"
+# arm64's vmlinuz is the bare Image (Debian's 6.1); should a kernel ship it gzipped, unpacked here,
+# so that vmlinuz is the Image both for QEMU's -kernel and for a reader of the kernel's file
+if [[ $arch == arm64 ]] && gzip -t "$out/vmlinuz" 2>/dev/null; then
+    gzip -dc "$out/vmlinuz" > "$out/vmlinuz.image" && mv "$out/vmlinuz.image" "$out/vmlinuz"
+fi
+printf '%s\ninitramfs %s\narch %s\n' "$kernel" "$initramfs_version" "$arch" > "$out/.complete"
 echo "$out ($kernel)"

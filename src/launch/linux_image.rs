@@ -48,6 +48,18 @@ pub fn is_built(dir: &Path) -> bool {
             .is_ok_and(|mark| mark.lines().any(|line| line == INITRAMFS_MARK))
 }
 
+/// Whether `dir` holds a complete guest of this script for `arch` (its build's mark names the
+/// architecture; a mark that names none is of an amd64 guest).
+fn is_built_for(dir: &Path, arch: &str) -> bool {
+    is_built(dir)
+        && std::fs::read_to_string(dir.join(".complete")).is_ok_and(|mark| {
+            match mark.lines().find_map(|line| line.strip_prefix("arch ")) {
+                Some(built) => built == arch,
+                None => arch == "amd64",
+            }
+        })
+}
+
 /// Builds the guest in `dir` unless it is there already (downloads two packages with
 /// `apt-get download`; needs root only to install `cpio` when it is missing).
 ///
@@ -65,19 +77,32 @@ pub fn ensure(dir: &Path) -> Result<(), GuestError> {
 ///
 /// [`GuestError`] when the script cannot run or fails (an unknown suite among the causes).
 pub fn ensure_from(dir: &Path, suite: &str) -> Result<(), GuestError> {
-    if is_built(dir) {
+    ensure_for(dir, suite, "amd64")
+}
+
+/// As [`ensure_from`], for the architecture `arch`: `amd64` or `arm64` (Debian's
+/// `linux-image-cloud-arm64` and `busybox-static` for arm64, fetched through an apt directory of
+/// the script's own; boot it with `qemu-system-aarch64 -M virt`, whose console is `ttyAMA0`).
+///
+/// # Errors
+///
+/// [`GuestError`] when the script cannot run or fails (an unknown suite or architecture among
+/// the causes).
+pub fn ensure_for(dir: &Path, suite: &str, arch: &str) -> Result<(), GuestError> {
+    if is_built_for(dir, arch) {
         return Ok(());
     }
-    log::info!("building the Linux guest in {} (once)", dir.display());
+    log::info!("building the {arch} Linux guest in {} (once)", dir.display());
     let output = Command::new("bash")
         .arg("-c")
         .arg(BUILD_SCRIPT)
         .arg("build-guest.sh")
         .arg(dir)
         .arg(suite)
+        .arg(arch)
         .output()
         .map_err(GuestError::Spawn)?;
-    if output.status.success() && is_built(dir) {
+    if output.status.success() && is_built_for(dir, arch) {
         return Ok(());
     }
     let text =
@@ -113,5 +138,11 @@ mod tests {
         assert!(!is_built(dir.path()), "a guest of an older script");
         std::fs::write(dir.path().join(".complete"), format!("linux-image\n{INITRAMFS_MARK}\n")).unwrap();
         assert!(is_built(dir.path()));
+        assert!(is_built_for(dir.path(), "amd64"), "a mark without an architecture: amd64");
+        assert!(!is_built_for(dir.path(), "arm64"));
+        std::fs::write(dir.path().join(".complete"), format!("linux-image\n{INITRAMFS_MARK}\narch arm64\n"))
+            .unwrap();
+        assert!(is_built_for(dir.path(), "arm64"));
+        assert!(!is_built_for(dir.path(), "amd64"), "a guest of another architecture");
     }
 }
