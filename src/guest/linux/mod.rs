@@ -98,12 +98,17 @@ impl LinuxKernel {
     }
 
     /// An arm64 kernel: its tables are `swapper_pg_dir`, at its address less
-    /// `kimage_voffset` (`__pa_symbol`), 4 KiB pages and 48-bit addresses (the only format of
-    /// arm64 the walker reads; others are an error saying so).
+    /// `kimage_voffset` (`__pa_symbol`), 4 KiB pages and 48-bit addresses in use (the only
+    /// format of arm64 the walker reads; others are an error saying so).
     fn arm64(vmcoreinfo: VmcoreInfo) -> Result<Self, LinuxError> {
         let root = symbol(&vmcoreinfo, "swapper_pg_dir")?;
         let voffset = hex_number(&vmcoreinfo, "NUMBER(kimage_voffset)")?;
-        let va_bits = number(&vmcoreinfo, "NUMBER(VA_BITS)")?;
+        // the width the kernel runs with: a kernel built for 52 bits runs with 48 on a CPU
+        // without LPA2 (TCR_EL1.T1SZ says which), VA_BITS is what it was built for
+        let va_bits = match vmcoreinfo.get("NUMBER(TCR_EL1_T1SZ)") {
+            Some(_) => 64 - hex_number(&vmcoreinfo, "NUMBER(TCR_EL1_T1SZ)")? as i64,
+            None => number(&vmcoreinfo, "NUMBER(VA_BITS)")?,
+        };
         let page_size = number(&vmcoreinfo, "PAGESIZE")?;
         if va_bits != 48 || page_size != 4096 {
             return Err(LinuxError::Corrupt {
@@ -622,6 +627,12 @@ mod tests {
         let kernel = arm64(48).unwrap();
         assert_eq!((kernel.paging().mode(), kernel.paging().root()), (PagingMode::Arm48, Gpa(0x4216_d000)));
         assert!(arm64(52).unwrap_err().to_string().contains("52-bit"));
+        // built for 52 bits, running with 48 (T1SZ 16)
+        let running = LinuxKernel::new(info(
+            "PAGESIZE=4096\nSYMBOL(swapper_pg_dir)=ffff800009f6d000\nNUMBER(VA_BITS)=52\n\
+             NUMBER(kimage_voffset)=0xffff7fffc7e00000\nNUMBER(TCR_EL1_T1SZ)=0x10\n",
+        ));
+        assert_eq!(running.unwrap().paging().mode(), PagingMode::Arm48);
         assert!(matches!(
             LinuxKernel::new(info("SYMBOL(init_top_pgt)=ffffffff81000000\nNUMBER(phys_base)=x\n")),
             Err(LinuxError::BadNumber { .. })
