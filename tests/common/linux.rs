@@ -33,6 +33,18 @@ pub fn guest_dir_6_12() -> &'static Path {
     })
 }
 
+/// The guest for arm64, with bookworm-backports' arm64 cloud kernel (6.12: Debian 12's own arm64
+/// cloud kernel is built without KALLSYMS_ALL, so its symbols name no data).
+pub fn guest_dir_arm64() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/linux-arm64-6.12");
+        qemu_bridge::launch::linux_image::ensure_for(&dir, "bookworm-backports", "arm64")
+            .unwrap_or_else(|err| panic!("{}", qemu_bridge::error::chain(&err)));
+        dir
+    })
+}
+
 /// The kernels the tests boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
@@ -40,6 +52,8 @@ pub enum Kernel {
     Debian12,
     /// bookworm-backports' cloud kernel (6.12).
     Backports,
+    /// bookworm-backports' arm64 cloud kernel (6.12), on QEMU's virt board.
+    Arm64,
 }
 
 impl Kernel {
@@ -47,8 +61,72 @@ impl Kernel {
         match self {
             Kernel::Debian12 => guest_dir(),
             Kernel::Backports => guest_dir_6_12(),
+            Kernel::Arm64 => guest_dir_arm64(),
         }
     }
+}
+
+/// A Linux guest booted and settled (its view of itself printed): its VM's name, its serial
+/// console's file, and the process that keeps it (killed when this is dropped).
+pub struct BootedLinux {
+    pub name: String,
+    pub serial: PathBuf,
+    pub ram_path: PathBuf,
+    _vm: Running,
+}
+
+enum Running {
+    Launched(#[allow(dead_code)] LinuxVm),
+    ByHand(#[allow(dead_code)] super::HandStartedVm),
+}
+
+/// The guest of `kernel` with 128 MiB (256 MiB on arm64), booted and settled: x86_64 guests by
+/// qemu-bridge's launcher, the arm64 one by hand (`qemu-system-aarch64 -M virt`).
+pub fn boot_settled(kernel: Kernel, run_dir: &TestRunDir) -> BootedLinux {
+    if kernel != Kernel::Arm64 {
+        let linux = boot_kernel(kernel, run_dir, 128 << 20, &[], "");
+        let (name, serial) = (linux.launched.name().to_string(), linux.launched.serial.clone());
+        let ram_path = linux.launched.ram_path.clone();
+        return BootedLinux { name, serial, ram_path, _vm: Running::Launched(linux) };
+    }
+    super::require_program("qemu-system-aarch64");
+    let dir = kernel.dir();
+    let name = super::unique_name("arm64");
+    let vm = super::HandStartedVm::start_binary("qemu-system-aarch64", run_dir, &name, |own| {
+        let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.gz"));
+        vec![
+            "-M".into(),
+            "virt".into(),
+            "-cpu".into(),
+            "cortex-a57".into(),
+            "-m".into(),
+            "256M".into(),
+            "-accel".into(),
+            "tcg".into(),
+            "-kernel".into(),
+            kernel.display().to_string(),
+            "-initrd".into(),
+            initrd.display().to_string(),
+            "-append".into(),
+            "console=ttyAMA0 quiet".into(),
+            "-serial".into(),
+            format!("file:{}", own.join("serial").display()),
+            "-object".into(),
+            format!("memory-backend-file,id=m,size=256M,share=on,mem-path={}", own.join("ram").display()),
+            "-machine".into(),
+            "memory-backend=m".into(),
+        ]
+    });
+    let serial = vm.dir.path().join("serial");
+    let ram_path = vm.dir.path().join("ram");
+    // TCG boots the arm64 kernel in about 25 s on a quiet machine
+    assert!(
+        wait_until(Duration::from_secs(300), || std::fs::read_to_string(&serial)
+            .is_ok_and(|text| text.contains("QEMU-BRIDGE-ORACLE-END"))),
+        "the arm64 guest printed no view of its own: {}",
+        std::fs::read_to_string(&serial).unwrap_or_default()
+    );
+    BootedLinux { name, serial, ram_path, _vm: Running::ByHand(vm) }
 }
 
 pub struct LinuxVm {
