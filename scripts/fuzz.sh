@@ -7,7 +7,7 @@
 #   vmcoreinfo the parser of the guest kernel's vmcoreinfo page
 #   kallsyms   the decoder of the guest kernel's symbol tables
 #   printk     the reader of the guest kernel's log (its ring buffer's indices and blocks)
-#   btf        the reader of the guest kernel's types (structs, member paths)
+#   btf        the reader of the guest kernel's types (structs, member paths) and the ISF made of them
 #   kernel_walks the walks of the kernel's lists, maple trees and strings over arbitrary memory
 # cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1 lets the stable toolchain provide them
 # (no other toolchain can be installed here). A crash fails the run and leaves its input in

@@ -76,7 +76,7 @@ pub struct BootedLinux {
 }
 
 enum Running {
-    Launched(#[allow(dead_code)] LinuxVm),
+    Launched(#[allow(dead_code)] Box<LinuxVm>),
     ByHand(#[allow(dead_code)] super::HandStartedVm),
 }
 
@@ -87,7 +87,7 @@ pub fn boot_settled(kernel: Kernel, run_dir: &TestRunDir) -> BootedLinux {
         let linux = boot_kernel(kernel, run_dir, 128 << 20, &[], "");
         let (name, serial) = (linux.launched.name().to_string(), linux.launched.serial.clone());
         let ram_path = linux.launched.ram_path.clone();
-        return BootedLinux { name, serial, ram_path, _vm: Running::Launched(linux) };
+        return BootedLinux { name, serial, ram_path, _vm: Running::Launched(Box::new(linux)) };
     }
     super::require_program("qemu-system-aarch64");
     let dir = kernel.dir();

@@ -1,14 +1,17 @@
 //! A Linux guest's kernel, found in its memory with no file from outside: its vmcoreinfo (see
-//! [`vmcoreinfo`](super::vmcoreinfo)) says where the kernel's own page tables (`init_top_pgt`),
-//! symbol tables (`kallsyms_*`, Linux >= 6.0) and log (`prb`, with the layout of every structure
-//! of the ring buffer, Linux >= 5.10) are; [`LinuxKernel`] reads kernel virtual addresses
-//! through those tables, [`kallsyms`] decodes the symbols and [`printk`] the log.
+//! [`vmcoreinfo`](super::vmcoreinfo)) says where the kernel's own page tables (`init_top_pgt` on
+//! x86_64, `swapper_pg_dir` on arm64), symbol tables (`kallsyms_*`, Linux >= 6.0) and log (`prb`,
+//! with the layout of every structure of the ring buffer, Linux >= 5.10) are; [`LinuxKernel`]
+//! reads kernel virtual addresses through those tables, [`kallsyms`] decodes the symbols and
+//! [`printk`] the log.
 //!
 //! What works from vmcoreinfo and kallsyms alone, with no type information: the version banner,
 //! the symbol table, the kernel log and the kernel's raw type information (the BTF blob between
-//! `__start_BTF` and `__stop_BTF`, checked but not parsed). Tasks, memory maps and modules need
-//! those types parsed, which this module does not do yet. x86_64 guests only: the kernel's tables are
-//! walked with [`Paging`] in the mode `NUMBER(pgtable_l5_enabled)` says.
+//! `__start_BTF` and `__stop_BTF`). Tasks ([`tasks`]), processes ([`process`]: memory areas in a
+//! [`maple`] tree, arguments, environment), modules ([`modules`]) and the Volatility symbol
+//! table ([`isf`]) need those types parsed ([`btf`]); [`LinuxGuest`] reads a kernel once and
+//! serves them all. x86_64 guests (4- and 5-level paging, as `NUMBER(pgtable_l5_enabled)` says)
+//! and arm64 guests (4 KiB pages, 48-bit addresses in use).
 //!
 //! Everything is the guest's: counts are capped, walks bounded, and a bad structure is an
 //! error naming what was wrong, never a hang or a panic.
@@ -34,7 +37,7 @@ const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
 #[derive(Debug, thiserror::Error)]
 pub enum LinuxError {
     /// The vmcoreinfo lacks a line this needs (an older kernel, or another architecture).
-    #[error("the kernel's vmcoreinfo has no {0} (Linux too old, or not x86_64)")]
+    #[error("the kernel's vmcoreinfo has no {0} (Linux too old, or another architecture)")]
     Missing(String),
     /// A vmcoreinfo value is not a number.
     #[error("the kernel's vmcoreinfo has a {key} that is no number: {value:?}")]
