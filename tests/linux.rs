@@ -1064,7 +1064,7 @@ fn volatility_rows(
 /// Volatility 3 reads the live guest through the mount's `core` with the symbol table the
 /// mount made from the guest's own BTF and kallsyms (`linux/volatility/`), and no other symbol
 /// file: `linux.pslist.PsList` lists the processes the guest's own `ps` listed, with their
-/// parents and names, and `linux.lsmod.Lsmod` the modules of its `/proc/modules`.
+/// parents, names and start times, and `linux.lsmod.Lsmod` the modules of its `/proc/modules`.
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_volatility_reads_the_guest_with_the_table_made_from_its_memory() {
@@ -1123,6 +1123,9 @@ fn volatility_reads_the_guest(kernel: Kernel) {
         );
     }
     assert!(listed.iter().any(|(pid, _, comm)| *pid == oracle.sleeper && comm == "qb-sleeper"));
+    // the times tasks started, through the timekeeper (tk_core, typed by its members)
+    let init = rows.iter().find(|row| row["PID"] == "1").unwrap();
+    assert!(init["CREATION TIME"].ends_with(" UTC"), "{init:?}");
 
     let rows = volatility_rows(&core, &symbols, cache.path(), "linux.lsmod.Lsmod");
     let mut modules: Vec<&str> = rows.iter().map(|row| row["Module Name"].as_str()).collect();

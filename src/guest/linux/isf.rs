@@ -33,6 +33,11 @@ pub const TYPED_SYMBOLS: [(&str, &str); 12] = [
     ("net_namespace_list", "list_head"),
 ];
 
+/// Symbols whose type is a structure of no name, known by its members: the timekeeper's
+/// `static struct { seqcount_raw_spinlock_t seq; struct timekeeper timekeeper; } tk_core`, which
+/// Volatility reads for the times tasks started.
+const ANONYMOUS_TYPED: [(&str, &[&str]); 1] = [("tk_core", &["seq", "timekeeper"])];
+
 /// Symbols left out: Volatility takes a typed object from them when present, and BTF cannot
 /// say their type (`taint_flags` is an array whose length the kernel's version decides).
 const LEFT_OUT: [&str; 1] = ["taint_flags"];
@@ -272,6 +277,11 @@ impl<'a> Isf<'a> {
                     entry.insert("type".into(), json!({ "kind": "struct", "name": type_name }));
                 }
             }
+            if let Some((_, members)) = ANONYMOUS_TYPED.iter().find(|(name, _)| *name == symbol.name) {
+                if let Some(type_name) = self.anonymous_struct(members) {
+                    entry.insert("type".into(), json!({ "kind": "struct", "name": type_name }));
+                }
+            }
             if symbol.name == "linux_banner" {
                 let mut bytes = banner.as_bytes().to_vec();
                 bytes.push(0);
@@ -286,6 +296,23 @@ impl<'a> Isf<'a> {
             table.insert(symbol.name.clone(), Value::Object(entry));
         }
         table
+    }
+}
+
+impl Isf<'_> {
+    /// The ISF name of the first structure of no name whose members are named `members`.
+    fn anonymous_struct(&self, members: &[&str]) -> Option<String> {
+        let mut ids: Vec<&u32> = self.names.keys().collect();
+        ids.sort();
+        ids.into_iter()
+            .filter(|id| {
+                matches!(self.btf.kind(**id), Some(TypeKind::Struct { .. }))
+                    && self.btf.type_name(**id).is_empty()
+            })
+            .find(|id| {
+                self.btf.members(**id).iter().map(|member| member.name.as_str()).eq(members.iter().copied())
+            })
+            .map(|id| self.names[id].clone())
     }
 }
 
