@@ -13,7 +13,7 @@
 # Usage: build-guest.sh [OUTDIR [SUITE [ARCH]]]: SUITE bookworm (the default: Debian 12's 6.1
 # kernel, through the system's apt) or bookworm-backports (its 6.12 kernel, through an apt
 # directory of the script's own, derived from the system's Debian entry as scripts/qemu10.sh
-# does); ARCH amd64 (the default) or arm64 (linux-image-cloud-arm64 and busybox-static for arm64,
+# does), or bullseye (Debian 11's 5.10 kernel, the same way); ARCH amd64 (the default) or arm64 (linux-image-cloud-arm64 and busybox-static for arm64,
 # both through such an apt directory, with neither the system's apt configuration nor dpkg's
 # architectures changed; its vmlinuz is the kernel's Image, for qemu-system-aarch64 -M virt
 # -kernel, and its /init writes to /dev/ttyAMA0, the console of the virt board).
@@ -29,8 +29,8 @@ initramfs_version=9
 suite=${2:-bookworm}
 arch=${3:-amd64}
 case $suite in
-bookworm | bookworm-backports) ;;
-*) echo "error: unknown suite $suite (bookworm or bookworm-backports)" >&2; exit 1 ;;
+bookworm | bookworm-backports | bullseye) ;;
+*) echo "error: unknown suite $suite (bookworm, bookworm-backports or bullseye)" >&2; exit 1 ;;
 esac
 case $arch in
 amd64 | arm64) ;;
@@ -92,9 +92,10 @@ amd64-bookworm)
     fi
     (cd "$work" && apt-get download -qq "$kernel" busybox-static 2>/dev/null)
     ;;
-amd64-bookworm-backports)
-    # an apt directory of our own: the system's Debian entry with the backports suite
-    private_apt bookworm-backports
+amd64-bookworm-backports | amd64-bullseye)
+    # an apt directory of our own: the system's Debian entry with that suite (busybox is the
+    # system's)
+    private_apt "$suite"
     kernel=$(apt-cache "${options[@]}" depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
     (cd "$work" && apt-get "${options[@]}" download -qq "$kernel" 2>/dev/null &&
         apt-get download -qq busybox-static 2>/dev/null)

@@ -842,6 +842,14 @@ fn test_linux_processes_and_modules_of_6_12_agree_with_the_guests_own() {
     processes_and_modules_agree(Kernel::Backports);
 }
 
+/// The same of Linux 5.10 (Debian 11), whose vmcoreinfo names no kallsyms tables (found in its
+/// image), whose areas are a list (`mmap`), not a maple tree, and whose modules have layouts.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_linux_processes_and_modules_of_5_10_agree_with_the_guests_own() {
+    processes_and_modules_agree(Kernel::Bullseye);
+}
+
 /// The same of an arm64 guest (Linux 6.12 on QEMU's virt board: the kernel's tables from
 /// swapper_pg_dir, 48-bit addresses in use though it is built for 52).
 #[test]
@@ -938,6 +946,14 @@ fn test_linux_views_agree_with_the_guests_own() {
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_linux_views_of_6_12_agree_with_the_guests_own() {
     linux_views_agree(Kernel::Backports);
+}
+
+/// The same of Linux 5.10 (its kallsyms tables found in its image: vmcoreinfo names them from
+/// 6.0 on).
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_linux_views_of_5_10_agree_with_the_guests_own() {
+    linux_views_agree(Kernel::Bullseye);
 }
 
 /// The same of an arm64 guest.
@@ -1069,6 +1085,13 @@ fn volatility_rows(
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_volatility_reads_the_guest_with_the_table_made_from_its_memory() {
     volatility_reads_the_guest(Kernel::Debian12);
+}
+
+/// The same of Linux 5.10.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_volatility_reads_a_5_10_guest_with_the_table_made_from_its_memory() {
+    volatility_reads_the_guest(Kernel::Bullseye);
 }
 
 /// The same of Linux 6.12.

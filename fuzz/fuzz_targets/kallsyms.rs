@@ -1,10 +1,11 @@
 //! The kallsyms decoder on arbitrary tables: the first bytes give the count, the base and where
 //! the bytes split into offsets, names, token table and token index. Never a panic, never more
-//! symbols than the count, never a name past the kernel's limit.
+//! symbols than the count, never a name past the kernel's limit. The same bytes as a kernel image
+//! for the search of older kernels' tables: what it finds lies within the image, in order.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qemu_bridge::guest::linux::kallsyms::{parse, text, Tables, MAX_NAME};
+use qemu_bridge::guest::linux::kallsyms::{locate, parse, text, Tables, MAX_NAME};
 
 fn take<'a>(data: &mut &'a [u8], len: usize) -> &'a [u8] {
     let (head, rest) = data.split_at(len.min(data.len()));
@@ -13,6 +14,11 @@ fn take<'a>(data: &mut &'a [u8], len: usize) -> &'a [u8] {
 }
 
 fuzz_target!(|data: &[u8]| {
+    if let Some(found) = locate(data) {
+        assert!(found.offsets < found.relative_base && found.relative_base < found.names);
+        assert!(found.names < found.markers && found.markers < found.token_table);
+        assert!(found.token_table < found.token_index && found.token_index + 512 <= data.len());
+    }
     let mut data = data;
     let header = take(&mut data, 16);
     let byte = |at: usize| header.get(at).copied().unwrap_or(0);

@@ -33,6 +33,18 @@ pub fn guest_dir_6_12() -> &'static Path {
     })
 }
 
+/// The same guest with Debian 11's 5.10 kernel (bullseye): its vmcoreinfo names no kallsyms
+/// tables.
+pub fn guest_dir_5_10() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/linux-5.10");
+        qemu_bridge::launch::linux_image::ensure_from(&dir, "bullseye")
+            .unwrap_or_else(|err| panic!("{}", qemu_bridge::error::chain(&err)));
+        dir
+    })
+}
+
 /// The guest for arm64, with bookworm-backports' arm64 cloud kernel (6.12: Debian 12's own arm64
 /// cloud kernel is built without KALLSYMS_ALL, so its symbols name no data).
 pub fn guest_dir_arm64() -> &'static Path {
@@ -54,6 +66,8 @@ pub enum Kernel {
     Backports,
     /// bookworm-backports' arm64 cloud kernel (6.12), on QEMU's virt board.
     Arm64,
+    /// Debian 11's cloud kernel (5.10).
+    Bullseye,
 }
 
 impl Kernel {
@@ -62,6 +76,7 @@ impl Kernel {
             Kernel::Debian12 => guest_dir(),
             Kernel::Backports => guest_dir_6_12(),
             Kernel::Arm64 => guest_dir_arm64(),
+            Kernel::Bullseye => guest_dir_5_10(),
         }
     }
 }

@@ -5,7 +5,11 @@
 //! per-CPU symbols absolute, which the sign of the offsets tells). The first character of a
 //! name is the symbol's type (`T`, `t`, `D`, ...), as `/proc/kallsyms` prints it.
 //!
-//! The tables' addresses come from vmcoreinfo (`SYMBOL(kallsyms_names)`..., Linux >= 6.0).
+//! The tables' addresses come from vmcoreinfo (`SYMBOL(kallsyms_names)`..., Linux >= 6.0); on
+//! older kernels they are recognised in the kernel image ([`locate`], as vmlinux-to-elf finds
+//! them in kernel files): the token table by its run of single-digit tokens, its index by the
+//! offsets of the tokens, the symbol count and base before the names by the markers that end
+//! where the token table starts.
 //! [`parse`] is pure over the tables' bytes and bounded: at most [`MAX_SYMBOLS`] symbols, names
 //! of at most [`MAX_NAME`] bytes, every index checked.
 
@@ -55,13 +59,17 @@ fn corrupt(why: String) -> LinuxError {
     LinuxError::Corrupt { what: "symbol table (kallsyms)", why }
 }
 
-/// Reads the kernel's symbol tables where its vmcoreinfo says they are.
+/// Reads the kernel's symbol tables where its vmcoreinfo says they are, or, for a kernel whose
+/// vmcoreinfo does not name them (Linux < 6.0), where they are found in its image.
 ///
 /// # Errors
 ///
-/// A vmcoreinfo without the `kallsyms_*` symbols (Linux < 6.0), memory the kernel's tables do
-/// not map, a count past [`MAX_SYMBOLS`].
+/// Memory the kernel's tables do not map, a count past [`MAX_SYMBOLS`], tables that are
+/// neither named nor found.
 pub fn read_tables<M: GuestMemory + ?Sized>(kernel: &LinuxKernel, memory: &M) -> Result<Tables, LinuxError> {
+    if kernel.vmcoreinfo().get("SYMBOL(kallsyms_names)").is_none() {
+        return find_tables(kernel, memory);
+    }
     let mut word = [0u8; 4];
     kernel.read(memory, kernel.symbol("kallsyms_num_syms")?, &mut word, "kallsyms_num_syms")?;
     let num_syms = u32::from_le_bytes(word);
@@ -96,6 +104,170 @@ pub fn read_tables<M: GuestMemory + ?Sized>(kernel: &LinuxKernel, memory: &M) ->
     let token_table = read(tokens_at, tokens_len, "kallsyms_token_table")?;
     let token_index = read(index_at, 512, "kallsyms_token_index")?;
     Ok(Tables { num_syms, relative_base, offsets, names, token_table, token_index })
+}
+
+/// Bytes of the kernel image searched for the tables, from `_stext` (Debian 11's kernel image
+/// is about 30 MiB).
+pub const IMAGE_SEARCHED: u64 = 96 << 20;
+
+/// Where the tables lie in an image ([`locate`]), as offsets in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Located {
+    /// `kallsyms_offsets`.
+    pub offsets: usize,
+    /// `kallsyms_relative_base` (`kallsyms_num_syms` follows it).
+    pub relative_base: usize,
+    /// `kallsyms_num_syms`'s value.
+    pub num_syms: u32,
+    /// `kallsyms_names`.
+    pub names: usize,
+    /// `kallsyms_markers`.
+    pub markers: usize,
+    /// `kallsyms_token_table`.
+    pub token_table: usize,
+    /// `kallsyms_token_index`.
+    pub token_index: usize,
+}
+
+/// The tokens of the ten digits, one after the other: every kernel's names use the digits, so
+/// each keeps a token of its own, at its own code (48-57).
+const DIGIT_TOKENS: &[u8] = b"0\x001\x002\x003\x004\x005\x006\x007\x008\x009\x00";
+/// How far before the token table the symbol count is looked for.
+const BEFORE_TOKENS: usize = 32 << 20;
+
+/// Where the tables of Linux < 6.0 are in `image` (bytes of the kernel's image, in address
+/// order), laid out as `scripts/kallsyms.c` writes them: offsets, relative base, count (each
+/// 8-aligned), names, markers, token table, token index. `None` when nothing there checks out.
+pub fn locate(image: &[u8]) -> Option<Located> {
+    let mut from = 0;
+    while let Some(found) = find(&image[from..], DIGIT_TOKENS) {
+        let digits = from + found;
+        from = digits + 1;
+        let Some((token_table, token_index)) = token_table_at(image, digits) else { continue };
+        if let Some(located) = counted_before(image, token_table, token_index) {
+            return Some(located);
+        }
+    }
+    None
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> Option<usize> {
+    bytes.get(at..at + 2).map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    bytes.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The token table whose token 48 ('0') is at `digits`, and its index: the 208 tokens from
+/// there end where the index starts (aligned), and the index's offsets agree with every token.
+fn token_table_at(image: &[u8], digits: usize) -> Option<(usize, usize)> {
+    let mut end = digits;
+    for _ in 48..256 {
+        let len = image.get(end..end + 256)?.iter().position(|&b| b == 0)?;
+        end += len + 1;
+    }
+    for align in [2, 4, 8] {
+        let index = end.next_multiple_of(align);
+        let table = digits.checked_sub(u16_at(image, index + 48 * 2)?)?;
+        let offsets: Option<Vec<usize>> = (0..256).map(|token| u16_at(image, index + token * 2)).collect();
+        let offsets = offsets?;
+        // each token's NUL is just before the next one's start; the last ends the table
+        let consistent = offsets[0] == 0
+            && offsets.windows(2).all(|pair| pair[0] < pair[1] && image.get(table + pair[1] - 1) == Some(&0))
+            && table + offsets[255] < end
+            && image[table + offsets[255]..end - 1].iter().all(|&b| b != 0);
+        if consistent {
+            return Some((table, index));
+        }
+    }
+    None
+}
+
+/// The relative base and symbol count before the names whose markers end where the token
+/// table starts: `kallsyms_markers[0]` is 0, they grow, and there is one per 256 symbols.
+fn counted_before(image: &[u8], token_table: usize, token_index: usize) -> Option<Located> {
+    let lowest = token_table.saturating_sub(BEFORE_TOKENS) & !7;
+    let mut at = (token_table & !7).checked_sub(16)?;
+    while at >= lowest {
+        let base = u64::from_le_bytes(image.get(at..at + 8)?.try_into().ok()?);
+        let count = u32_at(image, at + 8)?;
+        // a kernel address, and a count the names between could hold
+        if base >> 47 == 0x1_ffff && count > 0 && count <= MAX_SYMBOLS {
+            let names = (at + 12).next_multiple_of(8);
+            let markers_len = (count as usize).div_ceil(256) * 4;
+            // the markers start 8-aligned, and the token table 8-aligned after them
+            if let Some(markers) = token_table.checked_sub(markers_len).map(|at| at & !7) {
+                let values: Option<Vec<u32>> =
+                    (0..markers_len / 4).map(|i| u32_at(image, markers + i * 4)).collect();
+                let fits = values.is_some_and(|values| {
+                    markers > names
+                        && values[0] == 0
+                        && values.windows(2).all(|pair| pair[0] < pair[1])
+                        && (values[values.len() - 1] as usize) < markers - names
+                        && at >= 4 * count as usize
+                });
+                if fits {
+                    return Some(Located {
+                        offsets: (at - 4 * count as usize) & !7,
+                        relative_base: at,
+                        num_syms: count,
+                        names,
+                        markers,
+                        token_table,
+                        token_index,
+                    });
+                }
+            }
+        }
+        match at.checked_sub(8) {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    None
+}
+
+/// The tables of a kernel whose vmcoreinfo does not name them: the image from `_stext` (at
+/// most [`IMAGE_SEARCHED`] bytes, pages the kernel's tables do not map read as zeros) searched
+/// with [`locate`].
+///
+/// # Errors
+///
+/// No `_stext` in vmcoreinfo, or no tables found.
+pub fn find_tables<M: GuestMemory + ?Sized>(kernel: &LinuxKernel, memory: &M) -> Result<Tables, LinuxError> {
+    let start = kernel.symbol("_stext")?;
+    let mut image = vec![0u8; IMAGE_SEARCHED as usize];
+    for (index, chunk) in image.chunks_mut(1 << 20).enumerate() {
+        // a chunk not all mapped is read page by page; pages not mapped stay zeros
+        if kernel.read(memory, start + ((index as u64) << 20), chunk, "kernel image").is_err() {
+            for (page, bytes) in chunk.chunks_mut(4096).enumerate() {
+                let at = start + ((index as u64) << 20) + ((page as u64) << 12);
+                let _ = kernel.read(memory, at, bytes, "kernel image");
+            }
+        }
+    }
+    let found = locate(&image).ok_or_else(|| {
+        LinuxError::Missing(format!(
+            "kallsyms tables (not named in vmcoreinfo, and not found in {} MiB from _stext)",
+            IMAGE_SEARCHED >> 20
+        ))
+    })?;
+    let count = found.num_syms as usize;
+    Ok(Tables {
+        num_syms: found.num_syms,
+        relative_base: u64::from_le_bytes(
+            image[found.relative_base..found.relative_base + 8].try_into().unwrap_or([0; 8]),
+        ),
+        offsets: image[found.offsets..found.offsets + 4 * count].to_vec(),
+        names: image[found.names..found.markers].to_vec(),
+        token_table: image[found.token_table..found.token_index].to_vec(),
+        token_index: image[found.token_index..(found.token_index + 512).min(image.len())].to_vec(),
+    })
 }
 
 /// Every symbol of the tables, in their order (by address, as `/proc/kallsyms` lists them).
@@ -261,6 +433,90 @@ mod tests {
         // no negative offset: all relative to the base
         let relative = parse(&tables(&[0, 0x1000], &names[..7])).unwrap();
         assert_eq!(relative[1].address, 0xffff_ffff_9c20_1000);
+    }
+
+    /// An image as `scripts/kallsyms.c` lays out `tables`: junk, offsets, base, count, names,
+    /// markers, token table, token index, more junk.
+    fn image_of(tables: &Tables) -> (Vec<u8>, Located) {
+        let mut image = vec![0x5a; 1000];
+        let align = |image: &mut Vec<u8>| image.resize(image.len().next_multiple_of(8), 0);
+        // a decoy: the digits' run with no index after it
+        image.extend_from_slice(DIGIT_TOKENS);
+        align(&mut image);
+        let offsets = image.len();
+        image.extend_from_slice(&tables.offsets);
+        align(&mut image);
+        let relative_base = image.len();
+        image.extend_from_slice(&tables.relative_base.to_le_bytes());
+        image.extend_from_slice(&tables.num_syms.to_le_bytes());
+        align(&mut image);
+        let names = image.len();
+        image.extend_from_slice(&tables.names);
+        align(&mut image);
+        let markers = image.len();
+        image.extend_from_slice(&0u32.to_le_bytes());
+        align(&mut image);
+        let token_table = image.len();
+        image.extend_from_slice(&tables.token_table);
+        align(&mut image);
+        let token_index = image.len();
+        image.extend_from_slice(&tables.token_index);
+        image.extend_from_slice(&[0x77; 300]);
+        let located = Located {
+            offsets,
+            relative_base,
+            num_syms: tables.num_syms,
+            names,
+            markers,
+            token_table,
+            token_index,
+        };
+        (image, located)
+    }
+
+    /// Tokens with the digits at their own codes, as a real kernel's are.
+    fn digit_tables(offsets: &[i32], names: &[u8]) -> Tables {
+        let mut tables = tables(offsets, names);
+        let (mut token_table, mut token_index) = (Vec::new(), Vec::new());
+        for token in 0..256usize {
+            token_index.extend_from_slice(&(token_table.len() as u16).to_le_bytes());
+            let word = match token {
+                0..=6 => ["T", "t", "_text", "D", "lin", "ux_banner", "per_cpu"][token].to_string(),
+                48..=57 => ((token as u8) as char).to_string(),
+                _ => format!("x{token}"),
+            };
+            token_table.extend_from_slice(word.as_bytes());
+            token_table.push(0);
+        }
+        tables.token_table = token_table;
+        tables.token_index = token_index;
+        tables
+    }
+
+    #[test]
+    fn tables_are_found_in_an_image_as_the_kernel_lays_them_out() {
+        let names = [2, 0, 2, 3, 3, 4, 5, 2, 3, 6];
+        let tables = digit_tables(&[-1, -0x10_0001, 0x1_2000], &names);
+        let (image, expected) = image_of(&tables);
+        assert_eq!(locate(&image), Some(expected));
+        let found = Tables {
+            num_syms: 3,
+            relative_base: tables.relative_base,
+            offsets: image[expected.offsets..expected.offsets + 12].to_vec(),
+            names: image[expected.names..expected.markers].to_vec(),
+            token_table: image[expected.token_table..expected.token_index].to_vec(),
+            token_index: image[expected.token_index..expected.token_index + 512].to_vec(),
+        };
+        assert_eq!(parse(&found).unwrap(), parse(&tables).unwrap());
+        // a broken index, a base that is no kernel address, no tables at all: nothing found
+        let mut broken = image.clone();
+        broken[expected.token_index + 100] ^= 0xff;
+        assert_eq!(locate(&broken), None);
+        let mut no_base = image.clone();
+        no_base[expected.relative_base + 7] = 0;
+        assert_eq!(locate(&no_base), None);
+        assert_eq!(locate(&[0u8; 4096]), None);
+        assert_eq!(locate(DIGIT_TOKENS), None);
     }
 
     #[test]
