@@ -9,6 +9,7 @@
 #     of its kernel to the console for the tests to compare with (/proc/version, a hash of the kernel's own
 #     symbols in /proc/kallsyms, a hash of its BTF, ps, dmesg), between QEMU-BRIDGE-ORACLE-BEGIN
 #     and -END
+#   - runs a bash (bash-static) with two commands in its history
 #   - with qb_tasks=N on the kernel's command line, runs N more processes (for the benchmarks)
 # Usage: build-guest.sh [OUTDIR [SUITE [ARCH]]]: SUITE bookworm (the default: Debian 12's 6.1
 # kernel, through the system's apt) or bookworm-backports (its 6.12 kernel, through an apt
@@ -25,7 +26,7 @@
 set -euo pipefail
 out=$(realpath -m "${1:-$(dirname "$0")/../target/guest/linux}")
 # the initramfs's version: a cache of an older one is built again
-initramfs_version=9
+initramfs_version=10
 suite=${2:-bookworm}
 arch=${3:-amd64}
 case $suite in
@@ -81,7 +82,7 @@ arm64-*)
         awk '/Depends: linux-image-/ {print $2; exit}')
     if [[ -n $kernel ]]; then
         (cd "$work" && apt-get "${options[@]}" download -qq "$kernel" 2>/dev/null &&
-            apt-get "${options[@]}" download -qq busybox-static 2>/dev/null)
+            apt-get "${options[@]}" download -qq busybox-static bash-static 2>/dev/null)
     fi
     ;;
 amd64-bookworm)
@@ -90,7 +91,7 @@ amd64-bookworm)
         apt-get update -qq
         kernel=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
     fi
-    (cd "$work" && apt-get download -qq "$kernel" busybox-static 2>/dev/null)
+    (cd "$work" && apt-get download -qq "$kernel" busybox-static bash-static 2>/dev/null)
     ;;
 amd64-bookworm-backports | amd64-bullseye)
     # an apt directory of our own: the system's Debian entry with that suite (busybox is the
@@ -98,16 +99,29 @@ amd64-bookworm-backports | amd64-bullseye)
     private_apt "$suite"
     kernel=$(apt-cache "${options[@]}" depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
     (cd "$work" && apt-get "${options[@]}" download -qq "$kernel" 2>/dev/null &&
-        apt-get download -qq busybox-static 2>/dev/null)
+        apt-get download -qq busybox-static bash-static 2>/dev/null)
     ;;
 esac
 [[ -n $kernel ]] || { echo "error: no linux-image-cloud-$arch in $suite" >&2; exit 1; }
 dpkg -x "$work"/linux-image-*.deb "$work/kernel"
 dpkg -x "$work"/busybox-static_*.deb "$work/busybox"
+dpkg -x "$work"/bash-static_*.deb "$work/bash"
 
 root=$work/root
 mkdir -p "$root"/{bin,dev,proc,sys,tmp}
 cp "$work/busybox/bin/busybox" "$root/bin/busybox"
+cp "$work/bash/bin/bash-static" "$root/bin/bash"
+# a bash of the guest's own with a history (commands and times) in its memory, for the tests'
+# Volatility linux.bash
+cat > "$root/bin/qb-bash" <<'BASH'
+#!/bin/bash
+HISTTIMEFORMAT='%F %T '
+set -o history
+history -s "echo qb-history-one"
+history -s "cat /etc/qb-history-two"
+while true; do sleep 1000; done
+BASH
+chmod +x "$root/bin/qb-bash"
 # QEMU's fw_cfg driver (no dependencies): with -device vmcoreinfo it hands QEMU the vmcoreinfo
 # note; and a module with no part in the guest's work, for the tests' /proc/modules. Newer
 # kernels ship them compressed (.ko.xz): unpacked here, so that insmod takes them as they are
@@ -140,6 +154,7 @@ insmod /qemu_fw_cfg.ko 2>/dev/null
 insmod /dummy.ko 2>/dev/null
 QB_SECRET=hush-42 /bin/qb-sleeper alpha "beta gamma" &
 sleeper=$!
+/bin/bash /bin/qb-bash < /dev/null &
 # qb_tasks=N: N more processes, for the benchmarks
 tasks=$(sed -n 's/.*qb_tasks=\([0-9]*\).*/\1/p' /proc/cmdline)
 i=0

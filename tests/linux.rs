@@ -1080,7 +1080,8 @@ fn volatility_rows(
 /// Volatility 3 reads the live guest through the mount's `core` with the symbol table the
 /// mount made from the guest's own BTF and kallsyms (`linux/volatility/`), and no other symbol
 /// file: `linux.pslist.PsList` lists the processes the guest's own `ps` listed, with their
-/// parents, names and start times, and `linux.lsmod.Lsmod` the modules of its `/proc/modules`.
+/// parents, names and start times, `linux.bash.Bash` the history of its bash, and
+/// `linux.lsmod.Lsmod` the modules of its `/proc/modules`.
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_volatility_reads_the_guest_with_the_table_made_from_its_memory() {
@@ -1150,6 +1151,13 @@ fn volatility_reads_the_guest(kernel: Kernel) {
     let init = rows.iter().find(|row| row["PID"] == "1").unwrap();
     assert!(init["CREATION TIME"].ends_with(" UTC"), "{init:?}");
 
+    // linux.bash finds the history of the guest's own bash in its memory
+    let rows = volatility_rows(&core, &symbols, cache.path(), "linux.bash.Bash");
+    let commands: Vec<&str> = rows.iter().map(|row| row["Command"].as_str()).collect();
+    for command in ["echo qb-history-one", "cat /etc/qb-history-two"] {
+        assert!(commands.contains(&command), "{command} is not in Volatility's bash history: {commands:?}");
+    }
+
     let rows = volatility_rows(&core, &symbols, cache.path(), "linux.lsmod.Lsmod");
     let mut modules: Vec<&str> = rows.iter().map(|row| row["Module Name"].as_str()).collect();
     modules.sort();
@@ -1176,7 +1184,7 @@ fn ram_offset(
 
 /// A hostile guest: its module list, its process's maple tree and its task list made to loop
 /// (written into the paused guest's RAM). Each file that walks them answers at once with one
-/// error line saying what is wrong; the other files and the daemon go on.
+/// error line saying what is wrong; the other files and the daemon go on, no larger.
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_hostile_kernel_structures_are_error_lines() {
@@ -1219,6 +1227,9 @@ fn test_hostile_kernel_structures_are_error_lines() {
             "{file}: {text}"
         );
     };
+    // (the kernel read once: what the daemon keeps of it, before the walks that fail)
+    let _ = std::fs::read(dir.join("version")).unwrap();
+    let before = common::anon_rss_kib(mount.pid);
     error_line("modules", "module list is corrupt: it comes back to");
     error_line(&format!("proc/{}/maps", oracle.sleeper), "maple tree is corrupt");
     // init_task.tasks.next of the second task points back at the second task
@@ -1228,7 +1239,9 @@ fn test_hostile_kernel_structures_are_error_lines() {
     let listed =
         std::fs::read_dir(dir.join("proc")).and_then(|entries| entries.collect::<Result<Vec<_>, _>>());
     assert!(listed.is_err(), "{listed:?}");
-    // the rest goes on
+    // the rest goes on, and the daemon kept nothing of the walks that failed
     assert_eq!(std::fs::read_to_string(dir.join("version")).unwrap().trim_end(), oracle.version);
     assert!(mount.is_mounted());
+    let after = common::anon_rss_kib(mount.pid);
+    assert!(after < before + 16 * 1024, "the daemon grew from {before} KiB to {after} KiB");
 }

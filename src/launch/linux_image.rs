@@ -38,7 +38,7 @@ pub fn default_dir() -> PathBuf {
 
 /// The line of the build's mark that names the initramfs of this script (an older one, without
 /// what the tests now need of it, is built again).
-const INITRAMFS_MARK: &str = "initramfs 9";
+const INITRAMFS_MARK: &str = "initramfs 10";
 
 /// Whether `dir` holds a complete guest of this script (`vmlinuz`, `initrd.gz`, and the build's
 /// mark naming this initramfs).
