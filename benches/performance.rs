@@ -1771,17 +1771,8 @@ impl Bench {
         drop(bridge);
 
         // drgn, with the kernel's debug symbols, listing every task three ways
-        let release = std::fs::read_to_string(mount.path(&format!("{name}/vmcoreinfo")))
-            .unwrap()
-            .lines()
-            .find_map(|line| line.strip_prefix("OSRELEASE=").map(String::from))
-            .unwrap();
-        let vmlinux = common::linux::debug_vmlinux(&release);
-        let script =
-            "from drgn.helpers.linux.pid import for_each_task\nprint(len(list(for_each_task(prog))))";
-        let drgn = |target: &[&std::ffi::OsStr]| {
-            common::linux::drgn(target, &vmlinux, script).trim().parse::<usize>().unwrap()
-        };
+        let vmlinux = common::linux::debug_vmlinux_of(&mount.path(&format!("{name}/vmcoreinfo")));
+        let drgn = |target: &[&std::ffi::OsStr]| common::linux::drgn_tasks(target, &vmlinux);
         let core = mount.path(&format!("{name}/core"));
         let mut tasks = 0;
         let ours = stats(time(5, || tasks = drgn(&["-c".as_ref(), core.as_os_str()])));
@@ -1861,17 +1852,8 @@ impl Bench {
         });
 
         // drgn lists the same tasks with the kernel's debug symbols
-        let release = std::fs::read_to_string(mount.path(&format!("{name}/vmcoreinfo")))
-            .unwrap()
-            .lines()
-            .find_map(|line| line.strip_prefix("OSRELEASE=").map(String::from))
-            .unwrap();
-        let vmlinux = common::linux::debug_vmlinux(&release);
-        let script =
-            "from drgn.helpers.linux.pid import for_each_task\nprint(len(list(for_each_task(prog))))";
-        let drgn = |target: &[&std::ffi::OsStr]| {
-            common::linux::drgn(target, &vmlinux, script).trim().parse::<usize>().unwrap()
-        };
+        let vmlinux = common::linux::debug_vmlinux_of(&mount.path(&format!("{name}/vmcoreinfo")));
+        let drgn = |target: &[&std::ffi::OsStr]| common::linux::drgn_tasks(target, &vmlinux);
         let core = mount.path(&format!("{name}/core"));
         let through_core = stats(time(3, || assert!(drgn(&["-c".as_ref(), core.as_os_str()]) > 1000)));
         drop(mount);

@@ -973,11 +973,10 @@ impl Filesystem for Tree {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let mut entries: Vec<(INodeNo, FileType, String)> = Vec::new();
+        let mut entries: Vec<(INodeNo, FileType, String)>;
         match Node::from_inode(ino) {
             Some(Node::Root) => {
-                entries.push((INodeNo::ROOT, FileType::Directory, ".".into()));
-                entries.push((INodeNo::ROOT, FileType::Directory, "..".into()));
+                entries = dot_entries(INodeNo::ROOT, INodeNo::ROOT);
                 for instance in self.registry.list() {
                     entries.push((
                         INodeNo(dir_inode(&instance)),
@@ -990,8 +989,7 @@ impl Filesystem for Tree {
                 let Some(instance) = self.registry.by_number(number) else {
                     return reply.error(Errno::ENOENT);
                 };
-                entries.push((INodeNo(dir_inode(&instance)), FileType::Directory, ".".into()));
-                entries.push((INodeNo::ROOT, FileType::Directory, "..".into()));
+                entries = dot_entries(INodeNo(dir_inode(&instance)), INodeNo::ROOT);
                 for file in VmFile::ALL {
                     entries.push((file_inode(&instance, file), FileType::RegularFile, file.name().into()));
                 }
@@ -1012,8 +1010,8 @@ impl Filesystem for Tree {
                 let Some(instance) = self.registry.by_number(number) else {
                     return reply.error(Errno::ENOENT);
                 };
-                entries.push((INodeNo(dir_inode(&instance) + LINUX_OFFSET), FileType::Directory, ".".into()));
-                entries.push((INodeNo(dir_inode(&instance)), FileType::Directory, "..".into()));
+                entries =
+                    dot_entries(INodeNo(dir_inode(&instance) + LINUX_OFFSET), INodeNo(dir_inode(&instance)));
                 for view in crate::guest::linux::View::ALL {
                     entries.push((
                         linux_file_inode(&instance, view),
@@ -1093,8 +1091,8 @@ impl Filesystem for Tree {
                 let Some(instance) = self.registry.by_number(number) else {
                     return reply.error(Errno::ENOENT);
                 };
-                entries.push((INodeNo(dir_inode(&instance) + CPUS_OFFSET), FileType::Directory, ".".into()));
-                entries.push((INodeNo(dir_inode(&instance)), FileType::Directory, "..".into()));
+                entries =
+                    dot_entries(INodeNo(dir_inode(&instance) + CPUS_OFFSET), INodeNo(dir_inode(&instance)));
                 let count = match vcpus_now(&instance) {
                     Ok(vcpus) => vcpus.len().min(MAX_CPUS),
                     Err(err) => {
@@ -1110,8 +1108,10 @@ impl Filesystem for Tree {
                 let Some(instance) = self.registry.by_number(number) else {
                     return reply.error(Errno::ENOENT);
                 };
-                entries.push((Node::cpu_inode(number, cpu, None), FileType::Directory, ".".into()));
-                entries.push((INodeNo(dir_inode(&instance) + CPUS_OFFSET), FileType::Directory, "..".into()));
+                entries = dot_entries(
+                    Node::cpu_inode(number, cpu, None),
+                    INodeNo(dir_inode(&instance) + CPUS_OFFSET),
+                );
                 for file in CpuFile::ALL.into_iter().filter(|file| file.exists_for(&instance.info.arch)) {
                     entries.push((
                         Node::cpu_inode(number, cpu, Some(file)),

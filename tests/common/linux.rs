@@ -10,48 +10,18 @@ use qemu_bridge::launch::{self, LaunchOptions};
 
 use super::{wait_until, TestRunDir};
 
-/// The guest, built (or found in the cache) once per test binary.
+/// The guest of Debian 12's kernel, built (or found in the cache) once per test binary.
 pub fn guest_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // the build script the binary carries (`launch --linux` with no directory runs it)
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/linux");
-        qemu_bridge::launch::linux_image::ensure(&dir)
-            .unwrap_or_else(|err| panic!("{}", qemu_bridge::error::chain(&err)));
-        dir
-    })
+    Kernel::Debian12.dir()
 }
 
-/// The same guest with the 6.12 kernel of Debian's bookworm-backports.
-pub fn guest_dir_6_12() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/linux-6.12");
-        qemu_bridge::launch::linux_image::ensure_from(&dir, "bookworm-backports")
-            .unwrap_or_else(|err| panic!("{}", qemu_bridge::error::chain(&err)));
-        dir
-    })
-}
-
-/// The same guest with Debian 11's 5.10 kernel (bullseye): its vmcoreinfo names no kallsyms
-/// tables.
-pub fn guest_dir_5_10() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/linux-5.10");
-        qemu_bridge::launch::linux_image::ensure_from(&dir, "bullseye")
-            .unwrap_or_else(|err| panic!("{}", qemu_bridge::error::chain(&err)));
-        dir
-    })
-}
-
-/// The guest for arm64, with bookworm-backports' arm64 cloud kernel (6.12: Debian 12's own arm64
-/// cloud kernel is built without KALLSYMS_ALL, so its symbols name no data).
-pub fn guest_dir_arm64() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/linux-arm64-6.12");
-        qemu_bridge::launch::linux_image::ensure_for(&dir, "bookworm-backports", "arm64")
+/// The guest built (once per test binary) in `target/guest/<subdir>` with the kernel of
+/// Debian's `suite` for `arch`, by the build script the binary carries (`launch --linux` with
+/// no directory runs it).
+fn built(cell: &'static OnceLock<PathBuf>, subdir: &str, suite: &str, arch: &str) -> &'static Path {
+    cell.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest").join(subdir);
+        qemu_bridge::launch::linux_image::ensure_for(&dir, suite, arch)
             .unwrap_or_else(|err| panic!("{}", qemu_bridge::error::chain(&err)));
         dir
     })
@@ -71,12 +41,20 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// Where its guest is built.
     pub fn dir(self) -> &'static Path {
+        static DEBIAN12: OnceLock<PathBuf> = OnceLock::new();
+        static BACKPORTS: OnceLock<PathBuf> = OnceLock::new();
+        static ARM64: OnceLock<PathBuf> = OnceLock::new();
+        static BULLSEYE: OnceLock<PathBuf> = OnceLock::new();
         match self {
-            Kernel::Debian12 => guest_dir(),
-            Kernel::Backports => guest_dir_6_12(),
-            Kernel::Arm64 => guest_dir_arm64(),
-            Kernel::Bullseye => guest_dir_5_10(),
+            Kernel::Debian12 => built(&DEBIAN12, "linux", "bookworm", "amd64"),
+            Kernel::Backports => built(&BACKPORTS, "linux-6.12", "bookworm-backports", "amd64"),
+            // Debian 12's own arm64 cloud kernel is built without KALLSYMS_ALL: its symbols
+            // name no data
+            Kernel::Arm64 => built(&ARM64, "linux-arm64-6.12", "bookworm-backports", "arm64"),
+            // its vmcoreinfo names no kallsyms tables
+            Kernel::Bullseye => built(&BULLSEYE, "linux-5.10", "bullseye", "amd64"),
         }
     }
 }
@@ -266,6 +244,24 @@ pub fn debug_vmlinux(release: &str) -> PathBuf {
             vmlinux
         })
         .clone()
+}
+
+/// The debug `vmlinux` ([`debug_vmlinux`]) of the kernel whose vmcoreinfo text is the file
+/// `vmcoreinfo` (a mount's `<vm>/vmcoreinfo`).
+pub fn debug_vmlinux_of(vmcoreinfo: &Path) -> PathBuf {
+    let release = std::fs::read_to_string(vmcoreinfo)
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("OSRELEASE=").map(String::from))
+        .unwrap();
+    debug_vmlinux(&release)
+}
+
+/// How many tasks drgn lists (`for_each_task`) of the program `target`, with the symbols of
+/// `vmlinux`.
+pub fn drgn_tasks(target: &[&std::ffi::OsStr], vmlinux: &Path) -> usize {
+    let script = "from drgn.helpers.linux.pid import for_each_task\nprint(len(list(for_each_task(prog))))";
+    drgn(target, vmlinux, script).trim().parse().unwrap()
 }
 
 /// What drgn prints running `script` on the program `target` (`-c CORE`, `--qemu SOCKET`) with

@@ -158,7 +158,8 @@ fn corrupt(why: impl Into<String>) -> BtfError {
     BtfError::Corrupt(why.into())
 }
 
-fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+/// The little-endian u32 at `at` of `bytes`, `None` past their end.
+pub(super) fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
     bytes.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 

@@ -302,17 +302,15 @@ impl<'a> Isf<'a> {
 impl Isf<'_> {
     /// The ISF name of the first structure of no name whose members are named `members`.
     fn anonymous_struct(&self, members: &[&str]) -> Option<String> {
-        let mut ids: Vec<&u32> = self.names.keys().collect();
-        ids.sort();
-        ids.into_iter()
+        (1..=self.btf.len() as u32)
             .filter(|id| {
-                matches!(self.btf.kind(**id), Some(TypeKind::Struct { .. }))
-                    && self.btf.type_name(**id).is_empty()
+                matches!(self.btf.kind(*id), Some(TypeKind::Struct { .. }))
+                    && self.btf.type_name(*id).is_empty()
             })
             .find(|id| {
-                self.btf.members(**id).iter().map(|member| member.name.as_str()).eq(members.iter().copied())
+                self.btf.members(*id).iter().map(|member| member.name.as_str()).eq(members.iter().copied())
             })
-            .map(|id| self.names[id].clone())
+            .map(|id| self.names[&id].clone())
     }
 }
 

@@ -15,6 +15,7 @@
 
 use std::fmt::Write as _;
 
+use super::btf::u32_at;
 use super::{LinuxError, LinuxKernel};
 use crate::guest::memory::GuestMemory;
 
@@ -157,10 +158,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 fn u16_at(bytes: &[u8], at: usize) -> Option<usize> {
     bytes.get(at..at + 2).map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    bytes.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// The token table whose token 48 ('0') is at `digits`, and its index: the 208 tokens from

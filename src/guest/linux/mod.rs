@@ -418,14 +418,7 @@ impl LinuxGuest {
         }
         let btf = self.btf()?;
         let banner = self.kernel.banner(memory, &self.symbols)?;
-        let offset = u64::from_str_radix(
-            self.kernel
-                .vmcoreinfo()
-                .get("KERNELOFFSET")
-                .ok_or_else(|| LinuxError::Missing("KERNELOFFSET".into()))?,
-            16,
-        )
-        .map_err(|_| LinuxError::BadNumber { key: "KERNELOFFSET".into(), value: String::new() })?;
+        let offset = hex(self.kernel.vmcoreinfo(), "KERNELOFFSET")?;
         let isf = std::sync::Arc::new(isf::generate(btf, &self.symbols, &banner, offset));
         *cached = Some(std::sync::Arc::clone(&isf));
         Ok(isf)
@@ -565,9 +558,14 @@ fn image_physical(va: u64, phys_base: i64) -> Option<u64> {
 }
 
 fn symbol(vmcoreinfo: &VmcoreInfo, name: &str) -> Result<u64, LinuxError> {
-    let key = format!("SYMBOL({name})");
-    let value = vmcoreinfo.get(&key).ok_or_else(|| LinuxError::Missing(key.clone()))?;
-    u64::from_str_radix(value, 16).map_err(|_| LinuxError::BadNumber { key, value: value.to_string() })
+    hex(vmcoreinfo, &format!("SYMBOL({name})"))
+}
+
+/// A value the kernel writes in hex without a `0x` (`SYMBOL(...)`, `KERNELOFFSET`).
+fn hex(vmcoreinfo: &VmcoreInfo, key: &str) -> Result<u64, LinuxError> {
+    let value = vmcoreinfo.get(key).ok_or_else(|| LinuxError::Missing(key.to_string()))?;
+    u64::from_str_radix(value, 16)
+        .map_err(|_| LinuxError::BadNumber { key: key.to_string(), value: value.to_string() })
 }
 
 /// A value the kernel writes in hex with a `0x` (`NUMBER(kimage_voffset)`).

@@ -106,10 +106,7 @@ fn offsets(btf: &Btf) -> Result<Offsets, LinuxError> {
         let memory = btf.struct_id("module_memory")?;
         let stride = btf.size_of(memory)?;
         let (base, size) = (btf.offset_of(memory, "base")?, btf.offset_of(memory, "size")?);
-        (0..u64::from(count))
-            .map(|index| (mem + index * stride, mem + index * stride))
-            .map(|(b, s)| (b + base, s + size))
-            .collect()
+        (0..u64::from(count)).map(|index| mem + index * stride).map(|at| (at + base, at + size)).collect()
     };
     let (name, name_type) = btf.field(module, "name")?;
     let module_use = btf.struct_id("module_use")?;

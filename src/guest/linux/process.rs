@@ -259,23 +259,28 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
     ///
     /// A `pgd` the kernel's tables do not map.
     pub fn paging(&self) -> Result<Option<Paging>, LinuxError> {
-        let Some(mm) = self.mm()? else { return Ok(None) };
+        self.mm()?.map(|mm| self.paging_of(&mm)).transpose()
+    }
+
+    /// The page tables of memory descriptor `mm` (its `pgd`, a kernel address).
+    fn paging_of(&self, mm: &Mm) -> Result<Paging, LinuxError> {
         let root = self
             .kernel
             .paging()
             .translate(self.memory, mm.pgd)
             .map_err(|source| LinuxError::Read { what: "page tables (mm->pgd)", source })?;
         let kernel = self.kernel.paging();
-        Ok(Some(Paging::new(kernel.mode(), Gpa(root.gpa.0), kernel.no_execute_enabled())))
+        Ok(Paging::new(kernel.mode(), Gpa(root.gpa.0), kernel.no_execute_enabled()))
     }
 
-    /// The bytes of `range` of its memory, at most [`MAX_ARGUMENTS`] of them.
-    fn user_bytes(&self, range: (u64, u64), what: &'static str) -> Result<Vec<u8>, LinuxError> {
-        let Some(paging) = self.paging()? else { return Ok(Vec::new()) };
-        let len = range.1.saturating_sub(range.0).min(MAX_ARGUMENTS);
-        let mut bytes = vec![0u8; len as usize];
-        paging
-            .read_virtual(self.memory, range.0, &mut bytes)
+    /// The bytes of the range `range` picks of its memory descriptor, at most
+    /// [`MAX_ARGUMENTS`] of them (none for a kernel thread).
+    fn user_bytes(&self, range: fn(&Mm) -> (u64, u64), what: &'static str) -> Result<Vec<u8>, LinuxError> {
+        let Some(mm) = self.mm()? else { return Ok(Vec::new()) };
+        let (start, end) = range(&mm);
+        let mut bytes = vec![0u8; end.saturating_sub(start).min(MAX_ARGUMENTS) as usize];
+        self.paging_of(&mm)?
+            .read_virtual(self.memory, start, &mut bytes)
             .map_err(|source| LinuxError::Read { what, source })?;
         Ok(bytes)
     }
@@ -286,10 +291,7 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
     ///
     /// Memory that cannot be read (a page of the arguments swapped out among them).
     pub fn cmdline(&self) -> Result<Vec<u8>, LinuxError> {
-        match self.mm()? {
-            Some(mm) => self.user_bytes(mm.arguments, "arguments"),
-            None => Ok(Vec::new()),
-        }
+        self.user_bytes(|mm| mm.arguments, "arguments")
     }
 
     /// Its environment, as `/proc/<pid>/environ` gives it (empty for a kernel thread).
@@ -298,10 +300,7 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
     ///
     /// As [`cmdline`](Self::cmdline).
     pub fn environ(&self) -> Result<Vec<u8>, LinuxError> {
-        match self.mm()? {
-            Some(mm) => self.user_bytes(mm.environment, "environment"),
-            None => Ok(Vec::new()),
-        }
+        self.user_bytes(|mm| mm.environment, "environment")
     }
 
     /// The lines of `/proc/<pid>/status` that describe who it is: name, state, ids, parent,
