@@ -1211,7 +1211,7 @@ fn test_hostile_kernel_structures_are_error_lines() {
     // the process's maple tree: its root node's first slot is the node itself
     let process = guest.process(&bridge, oracle.sleeper).unwrap().unwrap();
     let mm = process.mm().unwrap().unwrap().address;
-    let root = guest.kernel().read_u64(&bridge, mm + offset("mm_struct", "mm_mt.ma_root"), "root").unwrap();
+    let root = guest.reader(&bridge).u64(mm + offset("mm_struct", "mm_mt.ma_root"), "root").unwrap();
     let node = root & !0xff;
     let range = node | 2 << 3 | 2; // the node as a maple_range_64 (not a leaf)
     write(mm + offset("mm_struct", "mm_mt.ma_root"), range);

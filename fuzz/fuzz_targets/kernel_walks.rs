@@ -1,12 +1,12 @@
 //! The walks of the guest kernel's linked structures over arbitrary kernel memory: the list
-//! walk (tasks, modules), the maple tree of a process's areas (Linux 6.1's layout) and C
-//! strings. The input is mapped at the kernel's 0xffffffff81000000 by page tables of the
+//! walk (tasks, modules), the maple tree of a process's areas (Linux 6.1's layout), the pid
+//! tree (a lookup by pid) and C strings. The input is mapped at the kernel's 0xffffffff81000000 by page tables of the
 //! target's own; its first 16 bytes say where the list head and the tree's root are. Never a
 //! panic, never a hang, never more entries than the caps.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qemu_bridge::guest::linux::{maple, walk, LinuxKernel};
+use qemu_bridge::guest::linux::{maple, pid, walk, KernelReader, LinuxKernel};
 use qemu_bridge::guest::memory::{GuestMemory, GuestMemoryError, Gpa};
 use qemu_bridge::guest::vmcoreinfo::VmcoreInfo;
 
@@ -43,14 +43,21 @@ fuzz_target!(|data: &[u8]| {
     let kernel = LinuxKernel::new(info).unwrap();
     let memory = Ram(ram);
     let in_data = |value: u64| KERNEL + value % data.len() as u64;
-    if let Ok(nodes) = walk::list(&kernel, &memory, in_data(word(0)), 1000, "list") {
+    let reader = KernelReader::new(&kernel, &memory);
+    if let Ok(nodes) = walk::list(&reader, in_data(word(0)), 1000, "list") {
         assert!(nodes.len() <= 1000);
     }
-    if let Ok(entries) = maple::entries(&kernel, &memory, &maple::Layout::LINUX_6_1, word(8)) {
+    if let Ok(entries) = maple::entries(&reader, &maple::Layout::LINUX_6_1, word(8)) {
         // each node is visited once, and holds at most 16 entries
         assert!(entries.len() <= 16 * maple::MAX_NODES);
     }
-    if let Ok(text) = walk::c_string(&kernel, &memory, in_data(word(8)), 300, "string") {
+    if let Ok(text) = reader.c_string(in_data(word(8)), 300, "string") {
         assert!(text.len() <= 300);
+    }
+    // the pid namespace where the list head is, the pid from the second word; a task is what
+    // its first two words say
+    let ids = |task: u64| Ok((reader.u32(task, "task")? as i32, reader.u32(task + 4, "task")? as i32));
+    if let Ok(Some(task)) = pid::find_leader(&reader, &pid::Offsets::LINUX_6_1, in_data(word(0)), word(8) as i32, ids) {
+        assert!(word(8) as i32 > 0, "{task:#x}");
     }
 });

@@ -236,7 +236,7 @@ pub(crate) mod tests_support {
             (LinuxKernel::new(info).unwrap(), memory)
         }
 
-        fn put_phys(&mut self, gpa: u64, value: u64) {
+        pub(crate) fn put_phys(&mut self, gpa: u64, value: u64) {
             self.ram[gpa as usize..gpa as usize + 8].copy_from_slice(&value.to_le_bytes());
         }
 

@@ -315,6 +315,12 @@ fn pids_now(instance: &MountedVm) -> Result<Vec<i32>, GenerateError> {
     Ok(tasks.into_iter().map(|task| task.pid).filter(|pid| (1..MAX_PID).contains(pid)).collect())
 }
 
+/// Whether the guest has a process `pid` now (found by its pid, not by listing them all).
+fn process_exists(instance: &MountedVm, pid: i32) -> bool {
+    (1..MAX_PID).contains(&pid)
+        && linux_now(instance).is_ok_and(|guest| matches!(guest.task(&instance.bridge, pid), Ok(Some(_))))
+}
+
 fn file_inode(instance: &MountedVm, file: VmFile) -> INodeNo {
     INodeNo(dir_inode(instance) + file as u64)
 }
@@ -864,12 +870,10 @@ impl Filesystem for Tree {
                     return reply.error(Errno::ENOENT);
                 };
                 let pid = name.to_str().and_then(|name| name.parse::<i32>().ok());
-                match (pid, pids_now(&instance)) {
+                match pid.filter(|pid| process_exists(&instance, *pid)) {
                     // TTL 0: a process that exits must vanish at the next path walk
-                    (Some(pid), Ok(pids)) if pids.contains(&pid) => {
-                        reply.entry(&Duration::ZERO, &self.process_attr(&instance, pid), Generation(0))
-                    }
-                    _ => reply.error(Errno::ENOENT),
+                    Some(pid) => reply.entry(&Duration::ZERO, &self.process_attr(&instance, pid), Generation(0)),
+                    None => reply.error(Errno::ENOENT),
                 }
             }
             Some(Node::Process(number, pid)) => {

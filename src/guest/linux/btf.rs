@@ -152,6 +152,9 @@ pub struct Btf {
     types: Vec<Entry>,
     members: Vec<Member>,
     strings: Vec<u8>,
+    /// The ids of the named types, sorted by name (then id): a type is found by name in
+    /// O(log n), not by a scan of every type.
+    by_name: Vec<u32>,
 }
 
 fn corrupt(why: impl Into<String>) -> BtfError {
@@ -289,7 +292,25 @@ impl Btf {
             });
             at = body + trailing;
         }
-        Ok(Self { types, members, strings: strings.to_vec() })
+        let mut btf = Self { types, members, strings: strings.to_vec(), by_name: Vec::new() };
+        let mut by_name: Vec<u32> =
+            (1..btf.types.len() as u32).filter(|&id| btf.types[id as usize].name_off != 0).collect();
+        by_name.sort_by(|&a, &b| {
+            btf.name(btf.types[a as usize].name_off).cmp(btf.name(btf.types[b as usize].name_off)).then(a.cmp(&b))
+        });
+        btf.by_name = by_name;
+        Ok(btf)
+    }
+
+    /// The first type (lowest id) of kind `kind` named `name`.
+    fn find(&self, kind: u8, name: &str) -> Option<u32> {
+        let name = name.as_bytes();
+        let first = self.by_name.partition_point(|&id| self.name(self.types[id as usize].name_off) < name);
+        self.by_name[first..]
+            .iter()
+            .take_while(|&&id| self.name(self.types[id as usize].name_off) == name)
+            .find(|&&id| self.types[id as usize].kind == kind)
+            .copied()
     }
 
     /// How many types it has (`void` not counted).
@@ -388,11 +409,14 @@ impl Btf {
     ///
     /// [`BtfError::NoStruct`].
     pub fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
-        self.types
-            .iter()
-            .position(|entry| entry.kind == KIND_STRUCT && self.name(entry.name_off) == name.as_bytes())
-            .map(|id| id as u32)
-            .ok_or_else(|| BtfError::NoStruct(name.to_string()))
+        self.find(KIND_STRUCT, name).ok_or_else(|| BtfError::NoStruct(name.to_string()))
+    }
+
+    /// The value of enumerator `name` of `enum type_name`, `None` where there is no such enum
+    /// or it has no such enumerator.
+    pub fn enumerator(&self, type_name: &str, name: &str) -> Option<i64> {
+        let id = self.find(KIND_ENUM, type_name).or_else(|| self.find(KIND_ENUM64, type_name))?;
+        self.enumerators(id).into_iter().find(|(known, _)| known == name).map(|(_, value)| value)
     }
 
     /// `id` with typedefs, qualifiers and type tags followed, at most [`MAX_HOPS`] of them.

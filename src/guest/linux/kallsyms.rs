@@ -16,7 +16,8 @@
 use std::fmt::Write as _;
 
 use super::btf::u32_at;
-use super::{LinuxError, LinuxKernel};
+use super::reader::KernelReader;
+use super::LinuxError;
 use crate::guest::memory::GuestMemory;
 
 /// Symbols a table may have (Linux 6.1 has about 150,000).
@@ -67,23 +68,17 @@ fn corrupt(why: String) -> LinuxError {
 ///
 /// Memory the kernel's tables do not map, a count past [`MAX_SYMBOLS`], tables that are
 /// neither named nor found.
-pub fn read_tables<M: GuestMemory + ?Sized>(kernel: &LinuxKernel, memory: &M) -> Result<Tables, LinuxError> {
+pub fn read_tables<M: GuestMemory + ?Sized>(reader: &KernelReader<'_, M>) -> Result<Tables, LinuxError> {
+    let kernel = reader.kernel();
     if kernel.vmcoreinfo().get("SYMBOL(kallsyms_names)").is_none() {
-        return find_tables(kernel, memory);
+        return find_tables(reader);
     }
-    let mut word = [0u8; 4];
-    kernel.read(memory, kernel.symbol("kallsyms_num_syms")?, &mut word, "kallsyms_num_syms")?;
-    let num_syms = u32::from_le_bytes(word);
+    let num_syms = reader.u32(kernel.symbol("kallsyms_num_syms")?, "kallsyms_num_syms")?;
     if num_syms > MAX_SYMBOLS {
         return Err(corrupt(format!("{num_syms} symbols, more than {MAX_SYMBOLS}")));
     }
-    let relative_base =
-        kernel.read_u64(memory, kernel.symbol("kallsyms_relative_base")?, "kallsyms_relative_base")?;
-    let read = |address: u64, len: u64, what: &'static str| -> Result<Vec<u8>, LinuxError> {
-        let mut bytes = vec![0u8; len as usize];
-        kernel.read(memory, address, &mut bytes, what)?;
-        Ok(bytes)
-    };
+    let relative_base = reader.u64(kernel.symbol("kallsyms_relative_base")?, "kallsyms_relative_base")?;
+    let read = |address: u64, len: u64, what: &'static str| reader.bytes(address, len as usize, what);
     let offsets = read(kernel.symbol("kallsyms_offsets")?, u64::from(num_syms) * 4, "kallsyms_offsets")?;
     let (names_at, tokens_at, index_at) = (
         kernel.symbol("kallsyms_names")?,
@@ -236,15 +231,15 @@ fn counted_before(image: &[u8], token_table: usize, token_index: usize) -> Optio
 /// # Errors
 ///
 /// No `_stext` in vmcoreinfo, or no tables found.
-pub fn find_tables<M: GuestMemory + ?Sized>(kernel: &LinuxKernel, memory: &M) -> Result<Tables, LinuxError> {
-    let start = kernel.symbol("_stext")?;
+pub fn find_tables<M: GuestMemory + ?Sized>(reader: &KernelReader<'_, M>) -> Result<Tables, LinuxError> {
+    let start = reader.kernel().symbol("_stext")?;
     let mut image = vec![0u8; IMAGE_SEARCHED as usize];
     for (index, chunk) in image.chunks_mut(1 << 20).enumerate() {
         // a chunk not all mapped is read page by page; pages not mapped stay zeros
-        if kernel.read(memory, start + ((index as u64) << 20), chunk, "kernel image").is_err() {
+        if reader.read(start + ((index as u64) << 20), chunk, "kernel image").is_err() {
             for (page, bytes) in chunk.chunks_mut(4096).enumerate() {
                 let at = start + ((index as u64) << 20) + ((page as u64) << 12);
-                let _ = kernel.read(memory, at, bytes, "kernel image");
+                let _ = reader.read(at, bytes, "kernel image");
             }
         }
     }
@@ -365,17 +360,51 @@ fn tokens(tables: &Tables) -> Result<Vec<&[u8]>, LinuxError> {
         .collect()
 }
 
-/// The address of symbol `name` among `symbols` (the first of that name).
-///
-/// # Errors
-///
-/// [`LinuxError::Missing`] when the kernel has no such symbol.
-pub fn address(symbols: &[Symbol], name: &str) -> Result<u64, LinuxError> {
-    symbols
-        .iter()
-        .find(|symbol| symbol.name == name)
-        .map(|symbol| symbol.address)
-        .ok_or_else(|| LinuxError::Missing(format!("{name} among the kernel's symbols")))
+/// The kernel's symbols in their order (by address), indexed by name: a name is found in
+/// O(log n).
+#[derive(Debug, Clone, Default)]
+pub struct Symbols {
+    list: Vec<Symbol>,
+    /// Indexes into `list`, sorted by name, then index.
+    by_name: Vec<u32>,
+}
+
+impl Symbols {
+    /// `list`, indexed.
+    pub fn new(list: Vec<Symbol>) -> Self {
+        let mut by_name: Vec<u32> = (0..list.len() as u32).collect();
+        by_name.sort_by(|&a, &b| list[a as usize].name.cmp(&list[b as usize].name).then(a.cmp(&b)));
+        Self { list, by_name }
+    }
+
+    /// Every symbol named `name`, in the order of the table.
+    pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Symbol> + 'a {
+        let first = self.by_name.partition_point(|&index| self.list[index as usize].name.as_str() < name);
+        self.by_name[first..]
+            .iter()
+            .map(|&index| &self.list[index as usize])
+            .take_while(move |symbol| symbol.name == name)
+    }
+
+    /// The address of the first symbol named `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`LinuxError::Missing`] when there is none.
+    pub fn address(&self, name: &str) -> Result<u64, LinuxError> {
+        self.named(name)
+            .next()
+            .map(|symbol| symbol.address)
+            .ok_or_else(|| LinuxError::Missing(format!("{name} among the kernel's symbols")))
+    }
+}
+
+impl std::ops::Deref for Symbols {
+    type Target = [Symbol];
+
+    fn deref(&self) -> &[Symbol] {
+        &self.list
+    }
 }
 
 /// The symbols as `/proc/kallsyms` prints a kernel's own (`ADDRESS TYPE NAME`, the address in 16

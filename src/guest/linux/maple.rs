@@ -8,7 +8,8 @@
 use std::collections::HashSet;
 
 use super::btf::Btf;
-use super::{LinuxError, LinuxKernel};
+use super::reader::KernelReader;
+use super::LinuxError;
 use crate::guest::memory::GuestMemory;
 
 /// Nodes visited at most (a process with 65,530 mappings, the kernel's default
@@ -90,12 +91,11 @@ fn is_node(entry: u64) -> bool {
 /// [`LinuxError::Corrupt`] for a cycle, a tree too deep or too large, a node type no kernel
 /// writes; [`LinuxError::Read`] for a node the kernel's tables do not map.
 pub fn entries<M: GuestMemory + ?Sized>(
-    kernel: &LinuxKernel,
-    memory: &M,
+    reader: &KernelReader<'_, M>,
     layout: &Layout,
     root: u64,
 ) -> Result<Vec<u64>, LinuxError> {
-    let mut walk = Walk { kernel, memory, layout, seen: HashSet::new(), entries: Vec::new() };
+    let mut walk = Walk { reader, layout, seen: HashSet::new(), entries: Vec::new() };
     if is_node(root) {
         walk.node(root, 0, u64::MAX, 0)?;
     } else if root != 0 && root & 3 != 2 {
@@ -104,15 +104,14 @@ pub fn entries<M: GuestMemory + ?Sized>(
     Ok(walk.entries)
 }
 
-struct Walk<'a, M: ?Sized> {
-    kernel: &'a LinuxKernel,
-    memory: &'a M,
+struct Walk<'a, 'r, M: ?Sized> {
+    reader: &'a KernelReader<'r, M>,
     layout: &'a Layout,
     seen: HashSet<u64>,
     entries: Vec<u64>,
 }
 
-impl<M: GuestMemory + ?Sized> Walk<'_, M> {
+impl<M: GuestMemory + ?Sized> Walk<'_, '_, M> {
     fn node(&mut self, entry: u64, min: u64, max: u64, depth: usize) -> Result<(), LinuxError> {
         if depth >= MAX_HEIGHT {
             return Err(corrupt(format!("deeper than {MAX_HEIGHT} levels")));
@@ -133,7 +132,7 @@ impl<M: GuestMemory + ?Sized> Walk<'_, M> {
         };
         let leaf = kind == 1;
         let mut bytes = [0u8; NODE_SIZE];
-        self.kernel.read(self.memory, address, &mut bytes, "maple tree node")?;
+        self.reader.read(address, &mut bytes, "maple tree node")?;
         let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
         let pivots = node.slots - 1;
         let pivot = |index: usize| if index < pivots { word(node.pivot + 8 * index) } else { max };
@@ -212,10 +211,10 @@ mod tests {
         range_node(&mut memory, left, &[0xfff, 0x1fff, 0x4fff], &[0, 0xaaa0, 0]);
         // right: entry B to 0x5fff, entry C to the end (its last pivot is the node's max)
         range_node(&mut memory, right, &[0x5fff, u64::MAX], &[0xbbb0, 0xccc0, 0xdead0]);
-        let found = entries(&kernel, &memory, &layout, enode(root, 2)).unwrap();
+        let found = entries(&KernelReader::new(&kernel, &memory), &layout, enode(root, 2)).unwrap();
         assert_eq!(found, [0xaaa0, 0xbbb0, 0xccc0]);
-        assert!(entries(&kernel, &memory, &layout, 0).unwrap().is_empty());
-        assert_eq!(entries(&kernel, &memory, &layout, 0x1230).unwrap(), [0x1230], "a lone entry");
+        assert!(entries(&KernelReader::new(&kernel, &memory), &layout, 0).unwrap().is_empty());
+        assert_eq!(entries(&KernelReader::new(&kernel, &memory), &layout, 0x1230).unwrap(), [0x1230], "a lone entry");
     }
 
     #[test]
@@ -225,21 +224,21 @@ mod tests {
         let root = KERNEL + 0x1000;
         // a node whose child is itself
         range_node(&mut memory, root, &[0x4fff], &[enode(root, 2), 0]);
-        let err = entries(&kernel, &memory, &layout, enode(root, 2)).unwrap_err();
+        let err = entries(&KernelReader::new(&kernel, &memory), &layout, enode(root, 2)).unwrap_err();
         assert!(err.to_string().contains("reached twice"), "{err}");
         // pivots that go down
         range_node(&mut memory, root, &[0x4fff, 0x1000], &[0x10, 0x20, 0x30]);
-        let err = entries(&kernel, &memory, &layout, enode(root, 1)).unwrap_err();
+        let err = entries(&KernelReader::new(&kernel, &memory), &layout, enode(root, 1)).unwrap_err();
         assert!(err.to_string().contains("outside"), "{err}");
         // a type no kernel writes, a child that is no node, a node nowhere
-        assert!(entries(&kernel, &memory, &layout, enode(root, 7)).is_err());
+        assert!(entries(&KernelReader::new(&kernel, &memory), &layout, enode(root, 7)).is_err());
         range_node(&mut memory, root, &[0x4fff, 0], &[0x10, 0]);
-        assert!(entries(&kernel, &memory, &layout, enode(root, 2))
+        assert!(entries(&KernelReader::new(&kernel, &memory), &layout, enode(root, 2))
             .unwrap_err()
             .to_string()
             .contains("no node"));
         assert!(matches!(
-            entries(&kernel, &memory, &layout, enode(0xffff_ffff_9000_0000, 1)),
+            entries(&KernelReader::new(&kernel, &memory), &layout, enode(0xffff_ffff_9000_0000, 1)),
             Err(LinuxError::Read { .. })
         ));
         // a chain deeper than any tree: each node's first child is the next
@@ -247,7 +246,7 @@ mod tests {
             let node = KERNEL + 0x10_0000 + level * 0x100;
             range_node(&mut memory, node, &[0, 0], &[enode(node + 0x100, 2), 0]);
         }
-        let err = entries(&kernel, &memory, &layout, enode(KERNEL + 0x10_0000, 2)).unwrap_err();
+        let err = entries(&KernelReader::new(&kernel, &memory), &layout, enode(KERNEL + 0x10_0000, 2)).unwrap_err();
         assert!(err.to_string().contains("deeper"), "{err}");
     }
 }

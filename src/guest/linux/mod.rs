@@ -21,10 +21,14 @@ pub mod isf;
 pub mod kallsyms;
 pub mod maple;
 pub mod modules;
+pub mod pid;
 pub mod printk;
 pub mod process;
+pub mod reader;
 pub mod tasks;
 pub mod walk;
+
+pub use reader::KernelReader;
 
 use super::memory::{Gpa, GuestMemory};
 use super::paging::{Paging, PagingError, PagingMode};
@@ -159,52 +163,9 @@ impl LinuxKernel {
         number(&self.vmcoreinfo, key)
     }
 
-    /// Fills `buf` with the kernel's bytes at virtual address `va` (`what` names them in an
-    /// error).
-    ///
-    /// # Errors
-    ///
-    /// [`LinuxError::Read`] when the kernel's tables do not map all of it to RAM.
-    pub fn read<M: GuestMemory + ?Sized>(
-        &self,
-        memory: &M,
-        va: u64,
-        buf: &mut [u8],
-        what: &'static str,
-    ) -> Result<(), LinuxError> {
-        self.paging.read_virtual(memory, va, buf).map_err(|source| LinuxError::Read { what, source })
-    }
-
-    /// The little-endian u64 at `va`.
-    ///
-    /// # Errors
-    ///
-    /// As [`read`](Self::read).
-    pub fn read_u64<M: GuestMemory + ?Sized>(
-        &self,
-        memory: &M,
-        va: u64,
-        what: &'static str,
-    ) -> Result<u64, LinuxError> {
-        let mut bytes = [0u8; 8];
-        self.read(memory, va, &mut bytes, what)?;
-        Ok(u64::from_le_bytes(bytes))
-    }
-
-    /// The little-endian u32 at `va`.
-    ///
-    /// # Errors
-    ///
-    /// As [`read`](Self::read).
-    pub fn read_u32<M: GuestMemory + ?Sized>(
-        &self,
-        memory: &M,
-        va: u64,
-        what: &'static str,
-    ) -> Result<u32, LinuxError> {
-        let mut bytes = [0u8; 4];
-        self.read(memory, va, &mut bytes, what)?;
-        Ok(u32::from_le_bytes(bytes))
+    /// A reader of the kernel's memory in `memory` ([`KernelReader`]), for one request.
+    pub fn reader<'a, M: GuestMemory + ?Sized>(&'a self, memory: &'a M) -> KernelReader<'a, M> {
+        KernelReader::new(self, memory)
     }
 
     /// The kernel's version banner (`linux_banner`, as `/proc/version` prints it), found through
@@ -214,13 +175,10 @@ impl LinuxKernel {
     ///
     /// As [`kallsyms::read_tables`], or a banner that is not `Linux version ...` text.
     pub fn banner<M: GuestMemory + ?Sized>(
-        &self,
-        memory: &M,
-        symbols: &[kallsyms::Symbol],
+        reader: &KernelReader<'_, M>,
+        symbols: &kallsyms::Symbols,
     ) -> Result<String, LinuxError> {
-        let address = kallsyms::address(symbols, "linux_banner")?;
-        let mut bytes = vec![0u8; 512];
-        self.read(memory, address, &mut bytes, "linux_banner")?;
+        let bytes = reader.bytes(symbols.address("linux_banner")?, 512, "linux_banner")?;
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
         let text = String::from_utf8_lossy(&bytes[..end]).into_owned();
         if !text.starts_with("Linux version ") {
@@ -285,12 +243,12 @@ impl View {
         guest: &LinuxGuest,
         memory: &M,
     ) -> Result<Vec<u8>, LinuxError> {
-        let (kernel, symbols) = (&guest.kernel, guest.symbols.as_slice());
+        let (reader, symbols) = (guest.reader(memory), &guest.symbols);
         match self {
-            View::Version => kernel.banner(memory, symbols).map(String::into_bytes),
+            View::Version => LinuxKernel::banner(&reader, symbols).map(String::into_bytes),
             View::Kallsyms => Ok(kallsyms::text(symbols).into_bytes()),
-            View::Dmesg => Ok(printk::text(&printk::read(kernel, memory)?).into_bytes()),
-            View::Btf => kernel.btf(memory, symbols),
+            View::Dmesg => Ok(printk::text(&printk::read(&reader)?).into_bytes()),
+            View::Btf => LinuxKernel::btf(&reader, symbols),
             View::Tasks => Ok(tasks::text(&guest.tasks(memory)?).into_bytes()),
             View::Modules => Ok(modules::text(&guest.modules(memory)?).into_bytes()),
             View::Volatility => Ok(guest.isf(memory)?.to_vec()),
@@ -358,21 +316,41 @@ impl ProcessView {
     }
 }
 
-/// A Linux guest's kernel as read once per boot: its page tables, its symbols, and its types
-/// (parsed once; `None`, with why, for a kernel without usable BTF). Its memory is read live
-/// at every call.
+/// A Linux guest's kernel as read once per boot: its page tables, its symbols (indexed by
+/// name), and its types (parsed once, with the layout of every structure the views read worked
+/// out once; `None`, with why, for a kernel without usable BTF). Its memory is read live at
+/// every call.
 pub struct LinuxGuest {
     kernel: LinuxKernel,
-    symbols: Vec<kallsyms::Symbol>,
+    symbols: kallsyms::Symbols,
     types: Result<Types, String>,
     /// The Volatility symbol table, made at its first use.
     isf: std::sync::Mutex<Option<std::sync::Arc<Vec<u8>>>>,
 }
 
-/// What the kernel's BTF says of the structures read here.
+/// What the kernel's BTF says of the structures read here: every layout a view needs, worked
+/// out once per boot (each `Err` says what its views lack).
 struct Types {
     btf: btf::Btf,
+    tasks: Result<tasks::Offsets, String>,
+    modules: Result<modules::Offsets, String>,
     process: Result<process::Offsets, String>,
+    pids: Result<pid::Offsets, String>,
+}
+
+impl Types {
+    fn of(btf: btf::Btf) -> Self {
+        fn kept<T>(offsets: Result<T, LinuxError>) -> Result<T, String> {
+            offsets.map_err(|err| crate::error::chain(&err))
+        }
+        Self {
+            tasks: kept(tasks::Offsets::from_btf(&btf)),
+            modules: kept(modules::Offsets::from_btf(&btf)),
+            process: kept(process::Offsets::from_btf(&btf)),
+            pids: kept(pid::Offsets::from_btf(&btf)),
+            btf,
+        }
+    }
 }
 
 impl std::fmt::Debug for LinuxGuest {
@@ -394,16 +372,19 @@ impl LinuxGuest {
     /// BTF is no error: what needs types says so).
     pub fn read<M: GuestMemory + ?Sized>(vmcoreinfo: VmcoreInfo, memory: &M) -> Result<Self, LinuxError> {
         let kernel = LinuxKernel::new(vmcoreinfo)?;
-        let symbols = kallsyms::parse(&kallsyms::read_tables(&kernel, memory)?)?;
-        let types = kernel
-            .btf(memory, &symbols)
+        let reader = kernel.reader(memory);
+        let symbols = kallsyms::Symbols::new(kallsyms::parse(&kallsyms::read_tables(&reader)?)?);
+        let types = LinuxKernel::btf(&reader, &symbols)
             .and_then(|blob| Ok(btf::Btf::parse(&blob)?))
-            .map(|btf| {
-                let process = process::Offsets::from_btf(&btf).map_err(|err| crate::error::chain(&err));
-                Types { btf, process }
-            })
+            .map(Types::of)
             .map_err(|err| crate::error::chain(&err));
+        drop(reader);
         Ok(Self { kernel, symbols, types, isf: std::sync::Mutex::new(None) })
+    }
+
+    /// A reader of the kernel's memory in `memory`, for one request.
+    pub fn reader<'a, M: GuestMemory + ?Sized>(&'a self, memory: &'a M) -> KernelReader<'a, M> {
+        self.kernel.reader(memory)
     }
 
     /// The kernel's Volatility 3 symbol table ([`isf`]), made once.
@@ -417,7 +398,7 @@ impl LinuxGuest {
             return Ok(std::sync::Arc::clone(isf));
         }
         let btf = self.btf()?;
-        let banner = self.kernel.banner(memory, &self.symbols)?;
+        let banner = LinuxKernel::banner(&self.reader(memory), &self.symbols)?;
         let offset = hex(self.kernel.vmcoreinfo(), "KERNELOFFSET")?;
         let isf = std::sync::Arc::new(isf::generate(btf, &self.symbols, &banner, offset));
         *cached = Some(std::sync::Arc::clone(&isf));
@@ -431,7 +412,7 @@ impl LinuxGuest {
     /// No banner.
     pub fn isf_name<M: GuestMemory + ?Sized>(&self, memory: &M) -> Result<String, LinuxError> {
         let release = self.kernel.vmcoreinfo().get("OSRELEASE").unwrap_or("linux");
-        Ok(isf::file_name(release, &self.kernel.banner(memory, &self.symbols)?))
+        Ok(isf::file_name(release, &LinuxKernel::banner(&self.reader(memory), &self.symbols)?))
     }
 
     /// The kernel.
@@ -440,7 +421,7 @@ impl LinuxGuest {
     }
 
     /// Its symbols.
-    pub fn symbols(&self) -> &[kallsyms::Symbol] {
+    pub fn symbols(&self) -> &kallsyms::Symbols {
         &self.symbols
     }
 
@@ -453,14 +434,22 @@ impl LinuxGuest {
         self.types.as_ref().map(|types| &types.btf).map_err(|why| LinuxError::NoTypes(why.clone()))
     }
 
+    /// The layouts `pick` chooses among the types, or why there are none.
+    fn layouts<T>(&self, pick: fn(&Types) -> &Result<T, String>) -> Result<&T, LinuxError> {
+        match &self.types {
+            Ok(types) => pick(types).as_ref().map_err(|why| LinuxError::NoTypes(why.clone())),
+            Err(why) => Err(LinuxError::NoTypes(why.clone())),
+        }
+    }
+
     /// Every process (thread-group leader), the idle task first.
     ///
     /// # Errors
     ///
     /// As [`tasks::read`], or no types.
     pub fn tasks<M: GuestMemory + ?Sized>(&self, memory: &M) -> Result<Vec<tasks::Task>, LinuxError> {
-        let init_task = kallsyms::address(&self.symbols, "init_task")?;
-        tasks::read(&self.kernel, memory, self.btf()?, init_task)
+        let init_task = self.symbols.address("init_task")?;
+        tasks::read(&self.reader(memory), self.layouts(|types| &types.tasks)?, init_task)
     }
 
     /// The loaded modules.
@@ -473,29 +462,47 @@ impl LinuxGuest {
         // that name may be functions)
         let head = self
             .symbols
-            .iter()
-            .find(|symbol| symbol.name == "modules" && matches!(symbol.kind, 'd' | 'D' | 'b' | 'B'))
+            .named("modules")
+            .find(|symbol| matches!(symbol.kind, 'd' | 'D' | 'b' | 'B'))
             .map(|symbol| symbol.address)
             .ok_or_else(|| LinuxError::Missing("modules among the kernel's symbols".into()))?;
-        modules::read(&self.kernel, memory, self.btf()?, head)
+        modules::read(&self.reader(memory), self.layouts(|types| &types.modules)?, head)
     }
 
-    /// The process whose pid is `pid` (a thread-group leader), `None` if there is none.
+    /// The process (thread-group leader) whose pid is `pid`, `None` if there is none: found
+    /// through the kernel's pid tree in a few reads (`find_task_by_pid_ns` in `init_pid_ns`),
+    /// or, on a kernel whose types lack that tree, by a walk of the task list.
     ///
     /// # Errors
     ///
-    /// As [`tasks`](Self::tasks), or types that lack what processes need.
+    /// A pid tree or task that is corrupt, memory that cannot be read, no types.
+    pub fn task<M: GuestMemory + ?Sized>(&self, memory: &M, pid: i32) -> Result<Option<tasks::Task>, LinuxError> {
+        let layouts = self.layouts(|types| &types.tasks)?;
+        let (Ok(pids), Ok(namespace)) = (self.layouts(|types| &types.pids), self.symbols.address("init_pid_ns"))
+        else {
+            return Ok(self.tasks(memory)?.into_iter().find(|task| task.pid == pid));
+        };
+        let reader = self.reader(memory);
+        let ids = |address| tasks::task_at(&reader, layouts, address).map(|task| (task.pid, task.tgid));
+        pid::find_leader(&reader, pids, namespace, pid, ids)?
+            .map(|address| tasks::task_at(&reader, layouts, address))
+            .transpose()
+    }
+
+    /// The process whose pid is `pid` (a thread-group leader), `None` if there is none, as
+    /// [`task`](Self::task) finds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`task`](Self::task), or types that lack what processes need.
     pub fn process<'a, M: GuestMemory + ?Sized>(
         &'a self,
         memory: &'a M,
         pid: i32,
     ) -> Result<Option<process::Process<'a, M>>, LinuxError> {
-        let offsets = match &self.types {
-            Ok(types) => types.process.as_ref().map_err(|why| LinuxError::NoTypes(why.clone()))?,
-            Err(why) => return Err(LinuxError::NoTypes(why.clone())),
-        };
-        let task = self.tasks(memory)?.into_iter().find(|task| task.pid == pid);
-        Ok(task.map(|task| process::Process::new(&self.kernel, memory, offsets, &self.symbols, task)))
+        let offsets = self.layouts(|types| &types.process)?;
+        let task = self.task(memory, pid)?;
+        Ok(task.map(|task| process::Process::new(self.reader(memory), offsets, &self.symbols, task)))
     }
 }
 
@@ -512,13 +519,11 @@ impl LinuxKernel {
     /// [`LinuxError::Missing`] without those symbols (no `CONFIG_DEBUG_INFO_BTF`),
     /// [`LinuxError::Corrupt`] for a blob larger than [`MAX_BTF`] or one that fails the checks.
     pub fn btf<M: GuestMemory + ?Sized>(
-        &self,
-        memory: &M,
-        symbols: &[kallsyms::Symbol],
+        reader: &KernelReader<'_, M>,
+        symbols: &kallsyms::Symbols,
     ) -> Result<Vec<u8>, LinuxError> {
         let (start, len) = btf_extent(symbols)?;
-        let mut blob = vec![0u8; len as usize];
-        self.read(memory, start, &mut blob, "BTF")?;
+        let blob = reader.bytes(start, len as usize, "BTF")?;
         btf::check(&blob)?;
         Ok(blob)
     }
@@ -530,9 +535,10 @@ impl LinuxKernel {
 ///
 /// [`LinuxError::Missing`] without those symbols (no `CONFIG_DEBUG_INFO_BTF`),
 /// [`LinuxError::Corrupt`] for a size past [`MAX_BTF`] (or negative).
-pub fn btf_extent(symbols: &[kallsyms::Symbol]) -> Result<(u64, u64), LinuxError> {
+pub fn btf_extent(symbols: &kallsyms::Symbols) -> Result<(u64, u64), LinuxError> {
     let address = |name: &str| {
-        kallsyms::address(symbols, name)
+        symbols
+            .address(name)
             .map_err(|_| LinuxError::Missing(format!("{name} among the kernel's symbols (no BTF)")))
     };
     let (start, stop) = (address("__start_BTF")?, address("__stop_BTF")?);

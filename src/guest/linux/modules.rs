@@ -6,8 +6,9 @@
 use std::fmt::Write as _;
 
 use super::btf::Btf;
-use super::walk::{c_string, list};
-use super::{LinuxError, LinuxKernel};
+use super::reader::KernelReader;
+use super::walk::list;
+use super::LinuxError;
 use crate::guest::memory::GuestMemory;
 
 /// Modules listed at most (a kernel has a few hundred).
@@ -73,7 +74,8 @@ pub struct Module {
 }
 
 /// Where each member is, from BTF.
-struct Offsets {
+#[derive(Debug, Clone)]
+pub(crate) struct Offsets {
     state: u64,
     list: u64,
     name: u64,
@@ -90,7 +92,13 @@ struct Offsets {
     use_source: u64,
 }
 
-fn offsets(btf: &Btf) -> Result<Offsets, LinuxError> {
+impl Offsets {
+    /// The offsets of this kernel's `module` and `module_use`.
+    ///
+    /// # Errors
+    ///
+    /// A structure or member the BTF lacks (a kernel without modules).
+    pub(crate) fn from_btf(btf: &Btf) -> Result<Self, LinuxError> {
     let module = btf.struct_id("module")?;
     let of = |path| btf.offset_of(module, path).map_err(LinuxError::from);
     let layouts = if btf.has(module, "core_layout") {
@@ -124,6 +132,7 @@ fn offsets(btf: &Btf) -> Result<Offsets, LinuxError> {
         use_source_list: btf.offset_of(module_use, "source_list")?,
         use_source: btf.offset_of(module_use, "source")?,
     })
+    }
 }
 
 /// Every module on the kernel's `modules` list (at `modules_head`), newest first as the kernel
@@ -133,52 +142,49 @@ fn offsets(btf: &Btf) -> Result<Offsets, LinuxError> {
 ///
 /// Types the BTF lacks (a kernel without modules), memory that cannot be read, a list that
 /// loops or runs past [`MAX_MODULES`].
-pub fn read<M: GuestMemory + ?Sized>(
-    kernel: &LinuxKernel,
-    memory: &M,
-    btf: &Btf,
+pub(crate) fn read<M: GuestMemory + ?Sized>(
+    reader: &KernelReader<'_, M>,
+    offsets: &Offsets,
     modules_head: u64,
 ) -> Result<Vec<Module>, LinuxError> {
-    let offsets = offsets(btf)?;
     let mut modules = Vec::new();
-    for node in list(kernel, memory, modules_head, MAX_MODULES, "module list")? {
+    for node in list(reader, modules_head, MAX_MODULES, "module list")? {
         let module = node.wrapping_sub(offsets.list);
         let at = |offset: u64| module.wrapping_add(offset);
-        let state = ModuleState::from_raw(kernel.read_u32(memory, at(offsets.state), "module")?);
+        let state = ModuleState::from_raw(reader.u32(at(offsets.state), "module")?);
         if let ModuleState::Unformed(_) = state {
             continue;
         }
-        let name = c_string(kernel, memory, at(offsets.name), offsets.name_len, "module name")?;
+        let name = reader.c_string(at(offsets.name), offsets.name_len, "module name")?;
         let mut users = Vec::new();
-        for user in list(kernel, memory, at(offsets.source_list), MAX_USERS, "module users")? {
-            let source = kernel.read_u64(
-                memory,
+        for user in list(reader, at(offsets.source_list), MAX_USERS, "module users")? {
+            let source = reader.u64(
                 user.wrapping_sub(offsets.use_source_list).wrapping_add(offsets.use_source),
                 "module user",
             )?;
             let user_name =
-                c_string(kernel, memory, source.wrapping_add(offsets.name), offsets.name_len, "module name")?;
+                reader.c_string(source.wrapping_add(offsets.name), offsets.name_len, "module name")?;
             users.push(printable(&user_name));
         }
         let mut size = 0u64;
         for (_, size_offset) in &offsets.layouts {
-            size = size.saturating_add(u64::from(kernel.read_u32(memory, at(*size_offset), "module")?));
+            size = size.saturating_add(u64::from(reader.u32(at(*size_offset), "module")?));
         }
         let base = match offsets.layouts.first() {
-            Some((base_offset, _)) => kernel.read_u64(memory, at(*base_offset), "module")?,
+            Some((base_offset, _)) => reader.u64(at(*base_offset), "module")?,
             None => 0,
         };
         modules.push(Module {
             address: module,
             name: printable(&name),
             size,
-            refcount: i64::from(kernel.read_u32(memory, at(offsets.refcnt), "module")? as i32) - 1,
+            refcount: i64::from(reader.u32(at(offsets.refcnt), "module")? as i32) - 1,
             users,
-            permanent: kernel.read_u64(memory, at(offsets.init), "module")? != 0
-                && kernel.read_u64(memory, at(offsets.exit), "module")? == 0,
+            permanent: reader.u64(at(offsets.init), "module")? != 0
+                && reader.u64(at(offsets.exit), "module")? == 0,
             state,
             base,
-            taints: kernel.read_u64(memory, at(offsets.taints), "module")?,
+            taints: reader.u64(at(offsets.taints), "module")?,
         });
     }
     Ok(modules)

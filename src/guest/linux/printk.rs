@@ -13,6 +13,7 @@
 
 use std::fmt::Write as _;
 
+use super::reader::KernelReader;
 use super::{LinuxError, LinuxKernel};
 use crate::guest::memory::GuestMemory;
 
@@ -224,11 +225,11 @@ fn block(begin: u64, next: u64, size_bits: u32, size: u64) -> Option<(u64, u64)>
 /// # Errors
 ///
 /// As [`Layout::of`] and [`records`].
-pub fn read<M: GuestMemory + ?Sized>(kernel: &LinuxKernel, memory: &M) -> Result<Vec<Record>, LinuxError> {
+pub fn read<M: GuestMemory + ?Sized>(reader: &KernelReader<'_, M>) -> Result<Vec<Record>, LinuxError> {
+    let kernel = reader.kernel();
     let layout = Layout::of(kernel)?;
-    let reader = |va: u64, buf: &mut [u8]| kernel.read(memory, va, buf, "log");
-    let ring = kernel.read_u64(memory, kernel.symbol("prb")?, "prb")?;
-    records(&layout, ring, &reader)
+    let ring = reader.u64(kernel.symbol("prb")?, "prb")?;
+    records(&layout, ring, &|va: u64, buf: &mut [u8]| reader.read(va, buf, "log"))
 }
 
 /// The records as `dmesg` prints them: `[    1.234567] text`, every line of a record with the

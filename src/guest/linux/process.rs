@@ -9,11 +9,11 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use super::btf::Btf;
-use super::kallsyms::{self, Symbol};
+use super::kallsyms::Symbols;
 use super::maple;
 use super::tasks::Task;
-use super::walk::c_string;
-use super::{LinuxError, LinuxKernel};
+use super::reader::KernelReader;
+use super::LinuxError;
 use crate::guest::memory::{Gpa, GuestMemory};
 use crate::guest::paging::Paging;
 
@@ -207,28 +207,22 @@ impl Offsets {
 
 /// One process, with what reading it needs.
 pub struct Process<'a, M: ?Sized> {
-    kernel: &'a LinuxKernel,
-    memory: &'a M,
+    reader: KernelReader<'a, M>,
     offsets: &'a Offsets,
-    symbols: &'a [Symbol],
+    symbols: &'a Symbols,
     /// The task.
     pub task: Task,
 }
 
 impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
-    /// `task` of `kernel`, read with `offsets` (symbols name the kernel's special mappings).
-    pub fn new(
-        kernel: &'a LinuxKernel,
-        memory: &'a M,
-        offsets: &'a Offsets,
-        symbols: &'a [Symbol],
-        task: Task,
-    ) -> Self {
-        Self { kernel, memory, offsets, symbols, task }
+    /// `task`, read through `reader` with `offsets` (symbols name the kernel's special
+    /// mappings).
+    pub(crate) fn new(reader: KernelReader<'a, M>, offsets: &'a Offsets, symbols: &'a Symbols, task: Task) -> Self {
+        Self { reader, offsets, symbols, task }
     }
 
     fn u64_at(&self, va: u64, what: &'static str) -> Result<u64, LinuxError> {
-        self.kernel.read_u64(self.memory, va, what)
+        self.reader.u64(va, what)
     }
 
     /// Its memory descriptor, `None` for a kernel thread.
@@ -264,12 +258,10 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
 
     /// The page tables of memory descriptor `mm` (its `pgd`, a kernel address).
     fn paging_of(&self, mm: &Mm) -> Result<Paging, LinuxError> {
-        let root = self
-            .kernel
-            .paging()
-            .translate(self.memory, mm.pgd)
+        let kernel = self.reader.kernel().paging();
+        let root = kernel
+            .translate(self.reader.memory(), mm.pgd)
             .map_err(|source| LinuxError::Read { what: "page tables (mm->pgd)", source })?;
-        let kernel = self.kernel.paging();
         Ok(Paging::new(kernel.mode(), Gpa(root.gpa.0), kernel.no_execute_enabled()))
     }
 
@@ -280,7 +272,7 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
         let (start, end) = range(&mm);
         let mut bytes = vec![0u8; end.saturating_sub(start).min(MAX_ARGUMENTS) as usize];
         self.paging_of(&mm)?
-            .read_virtual(self.memory, start, &mut bytes)
+            .read_virtual(self.reader.memory(), start, &mut bytes)
             .map_err(|source| LinuxError::Read { what, source })?;
         Ok(bytes)
     }
@@ -314,11 +306,11 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
         let cred = self.u64_at(task.address.wrapping_add(self.offsets.task_cred), "task")?;
         let mut ids = [0u32; 8];
         for (id, offset) in ids.iter_mut().zip(self.offsets.cred) {
-            *id = self.kernel.read_u32(self.memory, cred.wrapping_add(offset), "credentials")?;
+            *id = self.reader.u32(cred.wrapping_add(offset), "credentials")?;
         }
         let signal = self.u64_at(task.address.wrapping_add(self.offsets.task_signal), "task")?;
         let threads =
-            self.kernel.read_u32(self.memory, signal.wrapping_add(self.offsets.nr_threads), "signal")?;
+self.reader.u32(signal.wrapping_add(self.offsets.nr_threads), "signal")?;
         let mut name = String::new();
         for c in task.comm.chars() {
             match c {
@@ -347,7 +339,7 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
         let addresses = match self.offsets.areas {
             Areas::Maple { root, layout } => {
                 let root = self.u64_at(mm.address.wrapping_add(root), "memory descriptor")?;
-                maple::entries(self.kernel, self.memory, &layout, root)?
+                maple::entries(&self.reader, &layout, root)?
             }
             Areas::List { first } => {
                 self.area_list(self.u64_at(mm.address.wrapping_add(first), "memory descriptor")?)?
@@ -403,7 +395,7 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
             let inode = self.u64_at(file.wrapping_add(self.offsets.file_inode), "file")?;
             let sb = self.u64_at(inode.wrapping_add(self.offsets.inode_sb), "inode")?;
             area.device =
-                self.kernel.read_u32(self.memory, sb.wrapping_add(self.offsets.sb_dev), "super block")?;
+                self.reader.u32(sb.wrapping_add(self.offsets.sb_dev), "super block")?;
             area.inode = self.u64_at(inode.wrapping_add(self.offsets.inode_ino), "inode")?;
             area.offset = at(o.pgoff)?.wrapping_mul(crate::ram::PAGE_SIZE as u64);
             area.name = Some(self.path(file)?);
@@ -411,7 +403,7 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
         }
         area.name = self.special_name(vma)?;
         // the initial heap: Linux 6.6 made the test strict (vma_is_initial_heap)
-        let heap = match self.kernel.version() {
+        let heap = match self.reader.kernel().version() {
             Some(version) if version >= (6, 6) => start < mm.heap.1 && end > mm.heap.0,
             _ => start <= mm.heap.1 && end >= mm.heap.0,
         };
@@ -423,7 +415,7 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
             } else if let Some((member, name)) = self.offsets.anon_name {
                 let anon = at(member)?;
                 if anon != 0 {
-                    let text = c_string(self.kernel, self.memory, anon.wrapping_add(name), 256, "area name")?;
+                    let text = self.reader.c_string(anon.wrapping_add(name), 256, "area name")?;
                     area.name = Some(format!("[anon:{}]", escape(&text)));
                 }
             }
@@ -439,12 +431,12 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
             return Ok(None);
         }
         let namer = self.u64_at(ops.wrapping_add(self.offsets.ops_name), "area operations")?;
-        if namer == 0 || kallsyms::address(self.symbols, "special_mapping_name").ok() != Some(namer) {
+        if namer == 0 || self.symbols.address("special_mapping_name").ok() != Some(namer) {
             return Ok(None);
         }
         let special = self.u64_at(vma.wrapping_add(self.offsets.vma.private_data), "memory area")?;
         let name = self.u64_at(special.wrapping_add(self.offsets.special_name), "special mapping")?;
-        Ok(Some(escape(&c_string(self.kernel, self.memory, name, 256, "special mapping name")?)))
+        Ok(Some(escape(&self.reader.c_string(name, 256, "special mapping name")?)))
     }
 
     /// The path of `file` from the root of the mount tree (`d_path`), at most
@@ -475,10 +467,10 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
                 vfsmount = mount_parent.wrapping_add(o.mount_mnt);
                 continue;
             }
-            let len = self.kernel.read_u32(self.memory, dentry.wrapping_add(o.dentry_name_len), "dentry")?;
+            let len = self.reader.u32(dentry.wrapping_add(o.dentry_name_len), "dentry")?;
             let name = self.u64_at(dentry.wrapping_add(o.dentry_name), "dentry")?;
             let mut bytes = vec![0u8; (len as usize).min(255)];
-            self.kernel.read(self.memory, name, &mut bytes, "file name")?;
+            self.reader.read(name, &mut bytes, "file name")?;
             names.push(bytes);
             dentry = parent;
         }

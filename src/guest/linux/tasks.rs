@@ -10,7 +10,8 @@ use std::fmt::Write as _;
 
 use super::btf::Btf;
 use super::walk::list;
-use super::{LinuxError, LinuxKernel};
+use super::reader::KernelReader;
+use super::LinuxError;
 use crate::guest::memory::GuestMemory;
 
 /// Tasks walked at most (Linux's default `pid_max` on 64-bit is 4 Mi; a guest with a million
@@ -72,7 +73,7 @@ impl Task {
 
 /// Where each field is, from BTF.
 #[derive(Debug, Clone, Copy)]
-struct Offsets {
+pub(crate) struct Offsets {
     tasks: u64,
     pid: u64,
     tgid: u64,
@@ -84,20 +85,56 @@ struct Offsets {
     exit_state: u64,
 }
 
-fn offsets(btf: &Btf) -> Result<Offsets, LinuxError> {
-    let task = btf.struct_id("task_struct")?;
-    let cred = btf.struct_id("cred")?;
-    let of = |id, path| btf.offset_of(id, path).map_err(LinuxError::from);
-    Ok(Offsets {
-        tasks: of(task, "tasks")?,
-        pid: of(task, "pid")?,
-        tgid: of(task, "tgid")?,
-        real_parent: of(task, "real_parent")?,
-        cred: of(task, "cred")?,
-        state: of(task, "__state").or_else(|_| of(task, "state"))?,
-        comm: of(task, "comm")?,
-        cred_uid: of(cred, "uid")?,
-        exit_state: of(task, "exit_state")?,
+impl Offsets {
+    /// The offsets of this kernel's `task_struct` and `cred`.
+    ///
+    /// # Errors
+    ///
+    /// A structure or member the BTF lacks.
+    pub(crate) fn from_btf(btf: &Btf) -> Result<Self, LinuxError> {
+        let task = btf.struct_id("task_struct")?;
+        let cred = btf.struct_id("cred")?;
+        let of = |id, path| btf.offset_of(id, path).map_err(LinuxError::from);
+        Ok(Self {
+            tasks: of(task, "tasks")?,
+            pid: of(task, "pid")?,
+            tgid: of(task, "tgid")?,
+            real_parent: of(task, "real_parent")?,
+            cred: of(task, "cred")?,
+            state: of(task, "__state").or_else(|_| of(task, "state"))?,
+            comm: of(task, "comm")?,
+            cred_uid: of(cred, "uid")?,
+            exit_state: of(task, "exit_state")?,
+        })
+    }
+}
+
+/// The task at `address`.
+///
+/// # Errors
+///
+/// Memory that cannot be read.
+pub(crate) fn task_at<M: GuestMemory + ?Sized>(
+    reader: &KernelReader<'_, M>,
+    offsets: &Offsets,
+    address: u64,
+) -> Result<Task, LinuxError> {
+    let at = |offset: u64| address.wrapping_add(offset);
+    let parent = reader.u64(at(offsets.real_parent), "task")?;
+    let ppid = if parent == address { 0 } else { reader.u32(parent.wrapping_add(offsets.tgid), "task")? as i32 };
+    let cred = reader.u64(at(offsets.cred), "task")?;
+    let mut comm = [0u8; 16];
+    reader.read(at(offsets.comm), &mut comm, "task")?;
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    Ok(Task {
+        address,
+        pid: reader.u32(at(offsets.pid), "task")? as i32,
+        tgid: reader.u32(at(offsets.tgid), "task")? as i32,
+        ppid,
+        uid: reader.u32(cred.wrapping_add(offsets.cred_uid), "task")?,
+        state: reader.u32(at(offsets.state), "task")?,
+        exit_state: reader.u32(at(offsets.exit_state), "task")?,
+        comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
     })
 }
 
@@ -106,42 +143,18 @@ fn offsets(btf: &Btf) -> Result<Offsets, LinuxError> {
 ///
 /// # Errors
 ///
-/// Types the BTF lacks, kallsyms without `init_task`, memory that cannot be read, a list that
-/// loops or runs past [`MAX_TASKS`].
-pub fn read<M: GuestMemory + ?Sized>(
-    kernel: &LinuxKernel,
-    memory: &M,
-    btf: &Btf,
+/// Memory that cannot be read, a list that loops or runs past [`MAX_TASKS`].
+pub(crate) fn read<M: GuestMemory + ?Sized>(
+    reader: &KernelReader<'_, M>,
+    offsets: &Offsets,
     init_task: u64,
 ) -> Result<Vec<Task>, LinuxError> {
-    let offsets = offsets(btf)?;
-    let read_u64 = |va: u64| kernel.read_u64(memory, va, "task list");
-    let read_u32 = |va: u64| kernel.read_u32(memory, va, "task");
     let head = init_task.wrapping_add(offsets.tasks);
-    let others = list(kernel, memory, head, MAX_TASKS - 1, "task list")?;
-    let mut tasks = Vec::with_capacity(others.len() + 1);
-    for task in
-        std::iter::once(init_task).chain(others.into_iter().map(|node| node.wrapping_sub(offsets.tasks)))
-    {
-        let at = |offset: u64| task.wrapping_add(offset);
-        let parent = read_u64(at(offsets.real_parent))?;
-        let ppid = if parent == task { 0 } else { read_u32(parent.wrapping_add(offsets.tgid))? as i32 };
-        let cred = read_u64(at(offsets.cred))?;
-        let mut comm = [0u8; 16];
-        kernel.read(memory, at(offsets.comm), &mut comm, "task")?;
-        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-        tasks.push(Task {
-            address: task,
-            pid: read_u32(at(offsets.pid))? as i32,
-            tgid: read_u32(at(offsets.tgid))? as i32,
-            ppid,
-            uid: read_u32(cred.wrapping_add(offsets.cred_uid))?,
-            state: read_u32(at(offsets.state))?,
-            exit_state: read_u32(at(offsets.exit_state))?,
-            comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
-        });
-    }
-    Ok(tasks)
+    let others = list(reader, head, MAX_TASKS - 1, "task list")?;
+    std::iter::once(init_task)
+        .chain(others.into_iter().map(|node| node.wrapping_sub(offsets.tasks)))
+        .map(|task| task_at(reader, offsets, task))
+        .collect()
 }
 
 /// The tasks as `ps -e` would list them: a header, then `PID TGID PPID UID STATE COMM`.

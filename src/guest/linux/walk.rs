@@ -4,7 +4,8 @@
 
 use std::collections::HashSet;
 
-use super::{LinuxError, LinuxKernel};
+use super::reader::KernelReader;
+use super::LinuxError;
 use crate::guest::memory::GuestMemory;
 
 /// The addresses of the `list_head`s linked from the one at `head`, in order, `head` itself not
@@ -15,15 +16,14 @@ use crate::guest::memory::GuestMemory;
 /// [`LinuxError::Corrupt`] for a list longer than `max` or one that comes back to a node other
 /// than its head (a loop), [`LinuxError::Read`] for a pointer the kernel's tables do not map.
 pub fn list<M: GuestMemory + ?Sized>(
-    kernel: &LinuxKernel,
-    memory: &M,
+    reader: &KernelReader<'_, M>,
     head: u64,
     max: usize,
     what: &'static str,
 ) -> Result<Vec<u64>, LinuxError> {
     let mut seen = HashSet::new();
     let mut nodes = Vec::new();
-    let mut node = kernel.read_u64(memory, head, what)?;
+    let mut node = reader.u64(head, what)?;
     while node != head {
         if nodes.len() >= max {
             return Err(LinuxError::Corrupt { what, why: format!("more than {max} entries") });
@@ -35,43 +35,9 @@ pub fn list<M: GuestMemory + ?Sized>(
             });
         }
         nodes.push(node);
-        node = kernel.read_u64(memory, node, what)?;
+        node = reader.u64(node, what)?;
     }
     Ok(nodes)
-}
-
-/// A C string of at most `max` bytes at `va` (the bytes before its NUL, or all `max` of them),
-/// read page by page so that a short string at the end of a mapping reads.
-///
-/// # Errors
-///
-/// [`LinuxError::Read`] when its first byte is not mapped.
-pub fn c_string<M: GuestMemory + ?Sized>(
-    kernel: &LinuxKernel,
-    memory: &M,
-    va: u64,
-    max: usize,
-    what: &'static str,
-) -> Result<Vec<u8>, LinuxError> {
-    let mut bytes = Vec::new();
-    let mut at = va;
-    while bytes.len() < max {
-        let room = (crate::ram::PAGE_SIZE as u64 - at % crate::ram::PAGE_SIZE as u64) as usize;
-        let mut chunk = vec![0u8; room.min(max - bytes.len())];
-        if let Err(err) = kernel.read(memory, at, &mut chunk, what) {
-            if bytes.is_empty() {
-                return Err(err);
-            }
-            break;
-        }
-        if let Some(end) = chunk.iter().position(|&b| b == 0) {
-            bytes.extend_from_slice(&chunk[..end]);
-            return Ok(bytes);
-        }
-        bytes.extend_from_slice(&chunk);
-        at = at.wrapping_add(chunk.len() as u64);
-    }
-    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -87,26 +53,16 @@ mod tests {
         memory.put_u64(base, base + 0x100);
         memory.put_u64(base + 0x100, base + 0x200);
         memory.put_u64(base + 0x200, base);
-        assert_eq!(list(&kernel, &memory, base, 10, "list").unwrap(), [base + 0x100, base + 0x200]);
-        assert!(list(&kernel, &memory, base, 1, "list").unwrap_err().to_string().contains("more than 1"));
+        assert_eq!(list(&KernelReader::new(&kernel, &memory), base, 10, "list").unwrap(), [base + 0x100, base + 0x200]);
+        assert!(list(&KernelReader::new(&kernel, &memory), base, 1, "list").unwrap_err().to_string().contains("more than 1"));
         // b -> a: a loop that never reaches the head
         memory.put_u64(base + 0x200, base + 0x100);
-        assert!(list(&kernel, &memory, base, 10, "list").unwrap_err().to_string().contains("comes back"));
+        assert!(list(&KernelReader::new(&kernel, &memory), base, 10, "list").unwrap_err().to_string().contains("comes back"));
         // a pointer to nowhere
         memory.put_u64(base + 0x200, 0xffff_ffff_9000_0000);
-        assert!(matches!(list(&kernel, &memory, base, 10, "list"), Err(LinuxError::Read { .. })));
+        assert!(matches!(list(&KernelReader::new(&kernel, &memory), base, 10, "list"), Err(LinuxError::Read { .. })));
         // an empty list
         memory.put_u64(base + 0x300, base + 0x300);
-        assert!(list(&kernel, &memory, base + 0x300, 10, "list").unwrap().is_empty());
-    }
-
-    #[test]
-    fn strings_stop_at_their_nul_or_their_cap() {
-        let (kernel, mut memory) = PagedMemory::kernel();
-        let base = 0xffff_ffff_8100_0000u64;
-        memory.put(base + 0xffc, b"abcdefg\0");
-        assert_eq!(c_string(&kernel, &memory, base + 0xffc, 100, "name").unwrap(), b"abcdefg");
-        assert_eq!(c_string(&kernel, &memory, base + 0xffc, 3, "name").unwrap(), b"abc");
-        assert!(c_string(&kernel, &memory, 0xffff_ffff_9000_0000, 3, "name").is_err());
+        assert!(list(&KernelReader::new(&kernel, &memory), base + 0x300, 10, "list").unwrap().is_empty());
     }
 }
