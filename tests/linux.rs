@@ -1047,6 +1047,67 @@ fn linux_views_agree(kernel: Kernel) {
     common::assert_clean_failure(&output, "no Linux kernel's vmcoreinfo");
 }
 
+/// `linux/proc` of a guest with a thousand more processes (`qb_tasks=1000`, paused): one
+/// listing names every process its own `ps` printed (but the counter loop's short `sleep`, gone
+/// since), and every `linux/proc/<pid>/status` of the listing is that process's: its pid, its
+/// parent and its name as the guest's `ps` gives them. Each lookup finds the process by its pid
+/// (the kernel's pid tree); the figure is a benchmark row (`linux_views`), not asserted here.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_every_status_of_a_thousand_processes_agrees_with_the_guests_ps() {
+    require_qemu();
+    common::require_fuse();
+    let run_dir = TestRunDir::new();
+    let linux = common::linux::boot_kernel(Kernel::Debian12, &run_dir, 256 << 20, &[], "qb_tasks=1000");
+    let name = linux.launched.name().to_string();
+    let oracle = guest_oracle(&linux);
+    let vm = Vm::existing(&run_dir.run_dir, &name).unwrap();
+    vm.with_qmp(|qmp| qmp.stop()).unwrap();
+    let mount = TestMount::new(&run_dir, &[]);
+    let proc_dir = mount.path(&format!("{name}/linux/proc"));
+    let pids: Vec<i32> = std::fs::read_dir(&proc_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap().parse().unwrap())
+        .collect();
+    assert!(pids.len() > 1000, "{} processes listed", pids.len());
+    let mut statuses = std::collections::HashMap::new();
+    for pid in &pids {
+        let status = std::fs::read_to_string(proc_dir.join(format!("{pid}/status"))).unwrap();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .unwrap_or_else(|| panic!("{status}"))
+                .to_string()
+        };
+        assert_eq!((field("Pid:\t"), field("Tgid:\t")), (pid.to_string(), pid.to_string()), "{status}");
+        statuses.insert(*pid, (field("PPid:\t").parse::<i32>().unwrap(), field("Name:\t")));
+    }
+    let sleeps = oracle.ps.iter().filter(|(_, ppid, comm)| comm == "sleep" && *ppid == 1).count();
+    assert!(sleeps >= 1000, "the guest's ps lists {sleeps} sleeps");
+    let mut missing = Vec::new();
+    for (pid, ppid, comm) in &oracle.ps {
+        if ["ps", "sed"].contains(&comm.as_str()) || comm == "init" && *pid != 1 {
+            continue; // the pipeline that printed the list
+        }
+        match statuses.get(pid) {
+            // procfs names a kworker with its workqueue ("kworker/0:0-rcu"): comm is the first part
+            Some((our_ppid, our_name)) => assert!(
+                our_ppid == ppid && (comm == our_name || comm.starts_with(&format!("{our_name}-"))),
+                "{pid}: the guest's ps says {ppid} {comm}, our status {our_ppid} {our_name}"
+            ),
+            None => missing.push((*pid, *ppid, comm.clone())),
+        }
+    }
+    // the counter loop's `sleep 0.1` of the moment ps ran has ended since
+    assert!(
+        missing.len() <= 1 && missing.iter().all(|(_, _, comm)| comm == "sleep"),
+        "not in linux/proc: {missing:?}"
+    );
+    // a pid that is a process's no more, or never was, is no directory
+    assert!(!proc_dir.join("4000000").exists() && !proc_dir.join("0").exists());
+}
+
 /// The rows of a Volatility plugin's CSV output, as maps from column to value.
 fn volatility_rows(
     image: &Path,
@@ -1239,6 +1300,23 @@ fn test_hostile_kernel_structures_are_error_lines() {
     let listed =
         std::fs::read_dir(dir.join("proc")).and_then(|entries| entries.collect::<Result<Vec<_>, _>>());
     assert!(listed.is_err(), "{listed:?}");
+    // a process is still found by its pid, through the kernel's pid tree
+    let sleeper = format!("proc/{}/status", oracle.sleeper);
+    let status = std::fs::read_to_string(dir.join(&sleeper)).unwrap();
+    assert!(status.starts_with("Name:\tqb-sleeper\n"), "{status}");
+    // the pid tree made to loop (the slot on the sleeper's way points back at its node): each
+    // lookup is an error, never a hang
+    let reader = guest.reader(&bridge);
+    let namespace = guest.symbols().address("init_pid_ns").unwrap();
+    let head = reader.u64(namespace + offset("pid_namespace", "idr.idr_rt.xa_head"), "pid tree").unwrap();
+    assert_eq!(head & 3, 2, "the pid tree's root is a node: {head:#x}");
+    let node = head - 2;
+    let shift = reader.bytes(node + offset("xa_node", "shift"), 1, "pid tree").unwrap()[0];
+    let slot = (oracle.sleeper as u64 >> shift) % 64;
+    write(node + offset("xa_node", "slots") + 8 * slot, head);
+    assert!(!dir.join(format!("proc/{}", oracle.sleeper)).exists());
+    let output = common::qemu_bridge(&run_dir, &["linux", &name, "status", &oracle.sleeper.to_string()]);
+    common::assert_clean_failure(&output, "pid tree is corrupt");
     // the rest goes on, and the daemon kept nothing of the walks that failed
     assert_eq!(std::fs::read_to_string(dir.join("version")).unwrap().trim_end(), oracle.version);
     assert!(mount.is_mounted());

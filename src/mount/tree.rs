@@ -872,7 +872,9 @@ impl Filesystem for Tree {
                 let pid = name.to_str().and_then(|name| name.parse::<i32>().ok());
                 match pid.filter(|pid| process_exists(&instance, *pid)) {
                     // TTL 0: a process that exits must vanish at the next path walk
-                    Some(pid) => reply.entry(&Duration::ZERO, &self.process_attr(&instance, pid), Generation(0)),
+                    Some(pid) => {
+                        reply.entry(&Duration::ZERO, &self.process_attr(&instance, pid), Generation(0))
+                    }
                     None => reply.error(Errno::ENOENT),
                 }
             }

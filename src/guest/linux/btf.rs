@@ -296,7 +296,9 @@ impl Btf {
         let mut by_name: Vec<u32> =
             (1..btf.types.len() as u32).filter(|&id| btf.types[id as usize].name_off != 0).collect();
         by_name.sort_by(|&a, &b| {
-            btf.name(btf.types[a as usize].name_off).cmp(btf.name(btf.types[b as usize].name_off)).then(a.cmp(&b))
+            btf.name(btf.types[a as usize].name_off)
+                .cmp(btf.name(btf.types[b as usize].name_off))
+                .then(a.cmp(&b))
         });
         btf.by_name = by_name;
         Ok(btf)

@@ -214,7 +214,11 @@ mod tests {
         let found = entries(&KernelReader::new(&kernel, &memory), &layout, enode(root, 2)).unwrap();
         assert_eq!(found, [0xaaa0, 0xbbb0, 0xccc0]);
         assert!(entries(&KernelReader::new(&kernel, &memory), &layout, 0).unwrap().is_empty());
-        assert_eq!(entries(&KernelReader::new(&kernel, &memory), &layout, 0x1230).unwrap(), [0x1230], "a lone entry");
+        assert_eq!(
+            entries(&KernelReader::new(&kernel, &memory), &layout, 0x1230).unwrap(),
+            [0x1230],
+            "a lone entry"
+        );
     }
 
     #[test]
@@ -246,7 +250,8 @@ mod tests {
             let node = KERNEL + 0x10_0000 + level * 0x100;
             range_node(&mut memory, node, &[0, 0], &[enode(node + 0x100, 2), 0]);
         }
-        let err = entries(&KernelReader::new(&kernel, &memory), &layout, enode(KERNEL + 0x10_0000, 2)).unwrap_err();
+        let err =
+            entries(&KernelReader::new(&kernel, &memory), &layout, enode(KERNEL + 0x10_0000, 2)).unwrap_err();
         assert!(err.to_string().contains("deeper"), "{err}");
     }
 }

@@ -476,9 +476,14 @@ impl LinuxGuest {
     /// # Errors
     ///
     /// A pid tree or task that is corrupt, memory that cannot be read, no types.
-    pub fn task<M: GuestMemory + ?Sized>(&self, memory: &M, pid: i32) -> Result<Option<tasks::Task>, LinuxError> {
+    pub fn task<M: GuestMemory + ?Sized>(
+        &self,
+        memory: &M,
+        pid: i32,
+    ) -> Result<Option<tasks::Task>, LinuxError> {
         let layouts = self.layouts(|types| &types.tasks)?;
-        let (Ok(pids), Ok(namespace)) = (self.layouts(|types| &types.pids), self.symbols.address("init_pid_ns"))
+        let (Ok(pids), Ok(namespace)) =
+            (self.layouts(|types| &types.pids), self.symbols.address("init_pid_ns"))
         else {
             return Ok(self.tasks(memory)?.into_iter().find(|task| task.pid == pid));
         };

@@ -99,39 +99,39 @@ impl Offsets {
     ///
     /// A structure or member the BTF lacks (a kernel without modules).
     pub(crate) fn from_btf(btf: &Btf) -> Result<Self, LinuxError> {
-    let module = btf.struct_id("module")?;
-    let of = |path| btf.offset_of(module, path).map_err(LinuxError::from);
-    let layouts = if btf.has(module, "core_layout") {
-        // Linux < 6.4: struct module_layout core_layout, init_layout
-        vec![
-            (of("core_layout.base")?, of("core_layout.size")?),
-            (of("init_layout.base")?, of("init_layout.size")?),
-        ]
-    } else {
-        // Linux >= 6.4: struct module_memory mem[MOD_MEM_NUM_TYPES], MOD_TEXT first
-        let (mem, array) = btf.field(module, "mem")?;
-        let count = btf.array_len(array)?.unwrap_or(0).min(64);
-        let memory = btf.struct_id("module_memory")?;
-        let stride = btf.size_of(memory)?;
-        let (base, size) = (btf.offset_of(memory, "base")?, btf.offset_of(memory, "size")?);
-        (0..u64::from(count)).map(|index| mem + index * stride).map(|at| (at + base, at + size)).collect()
-    };
-    let (name, name_type) = btf.field(module, "name")?;
-    let module_use = btf.struct_id("module_use")?;
-    Ok(Offsets {
-        state: of("state")?,
-        list: of("list")?,
-        name,
-        name_len: btf.array_len(name_type)?.unwrap_or(56).min(256) as usize,
-        refcnt: of("refcnt")?,
-        source_list: of("source_list")?,
-        init: of("init")?,
-        exit: of("exit")?,
-        taints: of("taints")?,
-        layouts,
-        use_source_list: btf.offset_of(module_use, "source_list")?,
-        use_source: btf.offset_of(module_use, "source")?,
-    })
+        let module = btf.struct_id("module")?;
+        let of = |path| btf.offset_of(module, path).map_err(LinuxError::from);
+        let layouts = if btf.has(module, "core_layout") {
+            // Linux < 6.4: struct module_layout core_layout, init_layout
+            vec![
+                (of("core_layout.base")?, of("core_layout.size")?),
+                (of("init_layout.base")?, of("init_layout.size")?),
+            ]
+        } else {
+            // Linux >= 6.4: struct module_memory mem[MOD_MEM_NUM_TYPES], MOD_TEXT first
+            let (mem, array) = btf.field(module, "mem")?;
+            let count = btf.array_len(array)?.unwrap_or(0).min(64);
+            let memory = btf.struct_id("module_memory")?;
+            let stride = btf.size_of(memory)?;
+            let (base, size) = (btf.offset_of(memory, "base")?, btf.offset_of(memory, "size")?);
+            (0..u64::from(count)).map(|index| mem + index * stride).map(|at| (at + base, at + size)).collect()
+        };
+        let (name, name_type) = btf.field(module, "name")?;
+        let module_use = btf.struct_id("module_use")?;
+        Ok(Offsets {
+            state: of("state")?,
+            list: of("list")?,
+            name,
+            name_len: btf.array_len(name_type)?.unwrap_or(56).min(256) as usize,
+            refcnt: of("refcnt")?,
+            source_list: of("source_list")?,
+            init: of("init")?,
+            exit: of("exit")?,
+            taints: of("taints")?,
+            layouts,
+            use_source_list: btf.offset_of(module_use, "source_list")?,
+            use_source: btf.offset_of(module_use, "source")?,
+        })
     }
 }
 

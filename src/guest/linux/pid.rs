@@ -234,7 +234,11 @@ mod tests {
         memory.put_u64(leaf + OFFSETS.node_slots + 8 * slot, at);
     }
 
-    fn find(memory: &PagedMemory, kernel: &crate::guest::linux::LinuxKernel, pid: i32) -> Result<Option<u64>, LinuxError> {
+    fn find(
+        memory: &PagedMemory,
+        kernel: &crate::guest::linux::LinuxKernel,
+        pid: i32,
+    ) -> Result<Option<u64>, LinuxError> {
         let reader = KernelReader::new(kernel, memory);
         // the task's pid and tgid: the tests' tasks are what their address says
         find_leader(&reader, &OFFSETS, NAMESPACE, pid, |task| {

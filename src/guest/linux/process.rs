@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 use super::btf::Btf;
 use super::kallsyms::Symbols;
 use super::maple;
-use super::tasks::Task;
 use super::reader::KernelReader;
+use super::tasks::Task;
 use super::LinuxError;
 use crate::guest::memory::{Gpa, GuestMemory};
 use crate::guest::paging::Paging;
@@ -217,7 +217,12 @@ pub struct Process<'a, M: ?Sized> {
 impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
     /// `task`, read through `reader` with `offsets` (symbols name the kernel's special
     /// mappings).
-    pub(crate) fn new(reader: KernelReader<'a, M>, offsets: &'a Offsets, symbols: &'a Symbols, task: Task) -> Self {
+    pub(crate) fn new(
+        reader: KernelReader<'a, M>,
+        offsets: &'a Offsets,
+        symbols: &'a Symbols,
+        task: Task,
+    ) -> Self {
         Self { reader, offsets, symbols, task }
     }
 
@@ -309,8 +314,7 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
             *id = self.reader.u32(cred.wrapping_add(offset), "credentials")?;
         }
         let signal = self.u64_at(task.address.wrapping_add(self.offsets.task_signal), "task")?;
-        let threads =
-self.reader.u32(signal.wrapping_add(self.offsets.nr_threads), "signal")?;
+        let threads = self.reader.u32(signal.wrapping_add(self.offsets.nr_threads), "signal")?;
         let mut name = String::new();
         for c in task.comm.chars() {
             match c {
@@ -394,8 +398,7 @@ self.reader.u32(signal.wrapping_add(self.offsets.nr_threads), "signal")?;
         if file != 0 {
             let inode = self.u64_at(file.wrapping_add(self.offsets.file_inode), "file")?;
             let sb = self.u64_at(inode.wrapping_add(self.offsets.inode_sb), "inode")?;
-            area.device =
-                self.reader.u32(sb.wrapping_add(self.offsets.sb_dev), "super block")?;
+            area.device = self.reader.u32(sb.wrapping_add(self.offsets.sb_dev), "super block")?;
             area.inode = self.u64_at(inode.wrapping_add(self.offsets.inode_ino), "inode")?;
             area.offset = at(o.pgoff)?.wrapping_mul(crate::ram::PAGE_SIZE as u64);
             area.name = Some(self.path(file)?);

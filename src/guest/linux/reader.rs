@@ -116,9 +116,9 @@ impl<'a, M: GuestMemory + ?Sized> KernelReader<'a, M> {
             let at = va + done as u64;
             let (gpa, left_in_page) = self.translate(at)?;
             let part = left_in_page.min((buf.len() - done) as u64) as usize;
-            self.memory.read_at(Gpa(gpa), &mut buf[done..done + part]).map_err(|source| {
-                PagingError::Read { va: at, gpa: Gpa(gpa), source }
-            })?;
+            self.memory
+                .read_at(Gpa(gpa), &mut buf[done..done + part])
+                .map_err(|source| PagingError::Read { va: at, gpa: Gpa(gpa), source })?;
             done += part;
         }
         Ok(())

@@ -9,8 +9,8 @@
 use std::fmt::Write as _;
 
 use super::btf::Btf;
-use super::walk::list;
 use super::reader::KernelReader;
+use super::walk::list;
 use super::LinuxError;
 use crate::guest::memory::GuestMemory;
 
@@ -121,7 +121,8 @@ pub(crate) fn task_at<M: GuestMemory + ?Sized>(
 ) -> Result<Task, LinuxError> {
     let at = |offset: u64| address.wrapping_add(offset);
     let parent = reader.u64(at(offsets.real_parent), "task")?;
-    let ppid = if parent == address { 0 } else { reader.u32(parent.wrapping_add(offsets.tgid), "task")? as i32 };
+    let ppid =
+        if parent == address { 0 } else { reader.u32(parent.wrapping_add(offsets.tgid), "task")? as i32 };
     let cred = reader.u64(at(offsets.cred), "task")?;
     let mut comm = [0u8; 16];
     reader.read(at(offsets.comm), &mut comm, "task")?;

@@ -53,14 +53,26 @@ mod tests {
         memory.put_u64(base, base + 0x100);
         memory.put_u64(base + 0x100, base + 0x200);
         memory.put_u64(base + 0x200, base);
-        assert_eq!(list(&KernelReader::new(&kernel, &memory), base, 10, "list").unwrap(), [base + 0x100, base + 0x200]);
-        assert!(list(&KernelReader::new(&kernel, &memory), base, 1, "list").unwrap_err().to_string().contains("more than 1"));
+        assert_eq!(
+            list(&KernelReader::new(&kernel, &memory), base, 10, "list").unwrap(),
+            [base + 0x100, base + 0x200]
+        );
+        assert!(list(&KernelReader::new(&kernel, &memory), base, 1, "list")
+            .unwrap_err()
+            .to_string()
+            .contains("more than 1"));
         // b -> a: a loop that never reaches the head
         memory.put_u64(base + 0x200, base + 0x100);
-        assert!(list(&KernelReader::new(&kernel, &memory), base, 10, "list").unwrap_err().to_string().contains("comes back"));
+        assert!(list(&KernelReader::new(&kernel, &memory), base, 10, "list")
+            .unwrap_err()
+            .to_string()
+            .contains("comes back"));
         // a pointer to nowhere
         memory.put_u64(base + 0x200, 0xffff_ffff_9000_0000);
-        assert!(matches!(list(&KernelReader::new(&kernel, &memory), base, 10, "list"), Err(LinuxError::Read { .. })));
+        assert!(matches!(
+            list(&KernelReader::new(&kernel, &memory), base, 10, "list"),
+            Err(LinuxError::Read { .. })
+        ));
         // an empty list
         memory.put_u64(base + 0x300, base + 0x300);
         assert!(list(&KernelReader::new(&kernel, &memory), base + 0x300, 10, "list").unwrap().is_empty());
