@@ -1851,6 +1851,33 @@ impl Bench {
             verdict: if warm.0 < 0.020 { "met".into() } else { "not met".into() },
         });
 
+        // every process's status, and a long listing of linux/proc, as a shell runs them, against
+        // cat linux/tasks run the same way (each lookup finds its process by pid)
+        let shell = |command: String| {
+            move || {
+                let status = std::process::Command::new("sh").args(["-c", &command]).status().unwrap();
+                assert!(status.success(), "{command}");
+            }
+        };
+        let dir = mount.path(&format!("{name}/linux"));
+        let tasks_by_shell = stats(time(10, shell(format!("cat {}/tasks > /dev/null", dir.display()))));
+        for (what, command) in [
+            ("cat linux/proc/*/status", format!("cat {}/proc/*/status > /dev/null", dir.display())),
+            ("ls -l linux/proc", format!("ls -l {}/proc > /dev/null", dir.display())),
+        ] {
+            let figure = stats(time(5, shell(command)));
+            results.add(Row {
+                name: format!("{what}, {lines} processes (paused)"),
+                target: "< 300 ms".into(),
+                median: figure.0,
+                p99: figure.1,
+                unit: "s",
+                baseline: Some(("cat linux/tasks, by the same shell".into(), tasks_by_shell.0)),
+                ratio: Some(figure.0 / tasks_by_shell.0),
+                verdict: if figure.0 < 0.3 { "met".into() } else { "not met".into() },
+            });
+        }
+
         // drgn lists the same tasks with the kernel's debug symbols
         let vmlinux = common::linux::debug_vmlinux_of(&mount.path(&format!("{name}/vmcoreinfo")));
         let drgn = |target: &[&std::ffi::OsStr]| common::linux::drgn_tasks(target, &vmlinux);

@@ -81,37 +81,25 @@ pub trait GuestMemory {
 }
 
 /// Calls `each(offset in the RAM file, part of buf)` for the pieces of `gpa..gpa + buf.len()`,
-/// split where the range crosses from one RAM region of `layout` to the next; nothing is read
-/// unless all of the range is RAM.
+/// split where the range crosses from one RAM region of `layout` to the next
+/// ([`GuestLayout::ram_pieces`]); nothing is read unless all of the range is RAM.
 fn for_each_piece(
     layout: &GuestLayout,
     gpa: Gpa,
     buf: &mut [u8],
     mut each: impl FnMut(u64, &mut [u8]) -> Result<(), BridgeError>,
 ) -> Result<(), GuestMemoryError> {
-    let not_ram = || GuestMemoryError::NotRam { gpa, len: buf.len() };
-    let region_of =
-        |at: u64| layout.regions().iter().find(|region| at >= region.gpa && at - region.gpa < region.len);
     // the common case (a page-table entry, a page): all of it in one region, read at once
-    if let Some(region) = region_of(gpa.0) {
-        if buf.len() as u64 <= region.len - (gpa.0 - region.gpa) {
-            return each(region.offset + (gpa.0 - region.gpa), buf)
-                .map_err(|source| GuestMemoryError::Read { gpa, source });
-        }
+    if let Some(offset) = layout.translate(gpa.0, buf.len() as u64) {
+        return each(offset, buf).map_err(|source| GuestMemoryError::Read { gpa, source });
     }
-    // first the whole plan, so that a range that ends in a hole reads nothing
-    let mut plan = Vec::new();
-    let (mut at, mut done) = (gpa.0, 0usize);
-    while done < buf.len() {
-        let region = region_of(at).ok_or_else(not_ram)?;
-        let part = ((region.gpa + region.len - at) as usize).min(buf.len() - done);
-        plan.push((region.offset + (at - region.gpa), done, part));
-        done += part;
-        at = at.checked_add(part as u64).ok_or_else(not_ram)?;
-    }
-    for (offset, start, len) in plan {
-        each(offset, &mut buf[start..start + len])
+    let pieces =
+        layout.ram_pieces(gpa.0, buf.len() as u64).ok_or(GuestMemoryError::NotRam { gpa, len: buf.len() })?;
+    let mut done = 0;
+    for (offset, len) in pieces {
+        each(offset, &mut buf[done..done + len as usize])
             .map_err(|source| GuestMemoryError::Read { gpa, source })?;
+        done += len as usize;
     }
     Ok(())
 }

@@ -161,16 +161,67 @@ impl GuestLayout {
         self.regions.iter().map(|region| region.len).sum()
     }
 
-    /// The file offset of `len` bytes at guest-physical `gpa`, or `None` when any byte of the
-    /// range is not RAM (past the end, in the PCI hole, or the sum overflows). A zero-length
-    /// range is valid anywhere inside a region and at a region's end.
+    /// The region that holds guest-physical `gpa`, found by binary search (the regions are
+    /// sorted and do not overlap).
+    pub fn region_of(&self, gpa: u64) -> Option<&Region> {
+        self.regions.get(self.first_ending_after(gpa)).filter(|region| region.gpa <= gpa)
+    }
+
+    /// The index of the first region that ends after `gpa` (`regions.len()` when none does).
+    fn first_ending_after(&self, gpa: u64) -> usize {
+        self.regions.partition_point(|region| region.gpa.saturating_add(region.len) <= gpa)
+    }
+
+    /// The file offset of `len` bytes at guest-physical `gpa` when all of them lie in one
+    /// region (so in one run of the file), or `None` when any byte is not RAM or the range
+    /// crosses into another region (past the end, in the PCI hole, or the sum overflows). A
+    /// zero-length range is valid anywhere inside a region and at a region's end.
     #[inline]
     pub fn translate(&self, gpa: u64, len: u64) -> Option<u64> {
         let end = gpa.checked_add(len)?;
-        self.regions
-            .iter()
-            .find(|region| gpa >= region.gpa && end <= region.gpa + region.len)
-            .map(|region| region.offset + (gpa - region.gpa))
+        let region = match self.region_of(gpa) {
+            Some(region) => region,
+            // a zero-length range at a region's end
+            None if len == 0 => self.regions.iter().find(|region| region.gpa + region.len == gpa)?,
+            None => return None,
+        };
+        (end <= region.gpa + region.len).then(|| region.offset + (gpa - region.gpa))
+    }
+
+    /// The pieces of guest-physical `gpa..gpa + len`, in address order: runs of RAM, each in
+    /// one region (so in one run of the file), and the holes between them. This is the one
+    /// splitter every reader of guest-physical addresses goes through (the `physical` file,
+    /// [`GuestMemory`](crate::guest::memory::GuestMemory), [`read_into`](super::SharedMemoryBridge::read_into)).
+    /// The rule for a range that crosses from one region into the next is the same everywhere:
+    /// every byte that is RAM is read from where its own region puts it.
+    pub fn pieces(&self, gpa: u64, len: u64) -> Pieces<'_> {
+        let end = gpa.saturating_add(len);
+        Pieces { regions: &self.regions, next: self.first_ending_after(gpa), at: gpa, end }
+    }
+
+    /// The file runs `(offset, len)` of `len` bytes at `gpa` when every byte is RAM, or `None`
+    /// when any is not (nothing to read then: a reader reads all of a range or none of it).
+    pub fn ram_pieces(&self, gpa: u64, len: u64) -> Option<Vec<(u64, u64)>> {
+        gpa.checked_add(len)?;
+        self.pieces(gpa, len).map(|piece| piece.offset.map(|offset| (offset, piece.len))).collect()
+    }
+
+    /// The first RAM address at or after `gpa`, `None` when no RAM follows.
+    pub fn next_ram(&self, gpa: u64) -> Option<u64> {
+        self.regions.get(self.first_ending_after(gpa)).map(|region| region.gpa.max(gpa))
+    }
+
+    /// The first address at or after `gpa` that is not RAM (regions that touch count as one
+    /// run of RAM).
+    pub fn next_hole(&self, gpa: u64) -> u64 {
+        let mut at = gpa;
+        for region in &self.regions[self.first_ending_after(gpa)..] {
+            if region.gpa > at {
+                break;
+            }
+            at = region.gpa.saturating_add(region.len);
+        }
+        at
     }
 
     /// The guest-physical address of file offset `offset`, if the file holds RAM there.
@@ -179,6 +230,49 @@ impl GuestLayout {
             .iter()
             .find(|region| offset >= region.offset && offset < region.offset + region.len)
             .map(|region| region.gpa + (offset - region.offset))
+    }
+}
+
+/// A piece of a guest-physical range ([`GuestLayout::pieces`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayoutPiece {
+    /// Its first guest-physical address.
+    pub gpa: u64,
+    /// Its length.
+    pub len: u64,
+    /// Where the file holds it, `None` for a hole.
+    pub offset: Option<u64>,
+}
+
+/// The pieces of a guest-physical range, in order ([`GuestLayout::pieces`]).
+#[derive(Debug, Clone)]
+pub struct Pieces<'a> {
+    regions: &'a [Region],
+    /// The first region that may hold `at` or follow it.
+    next: usize,
+    at: u64,
+    end: u64,
+}
+
+impl Iterator for Pieces<'_> {
+    type Item = LayoutPiece;
+
+    fn next(&mut self) -> Option<LayoutPiece> {
+        if self.at >= self.end {
+            return None;
+        }
+        let at = self.at;
+        let piece = match self.regions.get(self.next) {
+            Some(region) if region.gpa <= at => {
+                let stop = region.gpa.saturating_add(region.len).min(self.end);
+                self.next += 1;
+                LayoutPiece { gpa: at, len: stop - at, offset: Some(region.offset + (at - region.gpa)) }
+            }
+            Some(region) => LayoutPiece { gpa: at, len: region.gpa.min(self.end) - at, offset: None },
+            None => LayoutPiece { gpa: at, len: self.end - at, offset: None },
+        };
+        self.at += piece.len;
+        Some(piece)
     }
 }
 
@@ -283,5 +377,50 @@ mod tests {
     fn other_machines_are_identity() {
         let layout = GuestLayout::x86(&Machine::Other("virt".into()), 8 * GIB, None);
         assert_eq!(layout, GuestLayout::identity(8 * GIB));
+    }
+
+    #[test]
+    fn pieces_split_at_regions_and_holes_and_agree_with_a_scan() {
+        // q35 4 GiB as QEMU maps it: RAM below 0xa0000, from 1 MiB to 2 GiB, from 4 GiB on
+        let layout = GuestLayout::from_mtree(vec![
+            Region { gpa: 0x10_0000, offset: 0x10_0000, len: 0x7ff0_0000 },
+            Region { gpa: 0, offset: 0, len: 0xa_0000 },
+            Region { gpa: FOUR_GIB, offset: 0x8000_0000, len: 2 * GIB },
+            // touching the one before in guest-physical space, elsewhere in the file
+            Region { gpa: FOUR_GIB + 2 * GIB, offset: 0x1_0000_0000, len: MIB },
+        ]);
+        let scan = |gpa: u64| layout.regions().iter().find(|r| gpa >= r.gpa && gpa - r.gpa < r.len).copied();
+        let probes = [0, 0x9_ffff, 0xa_0000, 0xf_ffff, 0x10_0000, 0x7fff_ffff, 0x8000_0000, FOUR_GIB - 1];
+        let probes =
+            probes.into_iter().chain([FOUR_GIB, FOUR_GIB + 2 * GIB - 1, FOUR_GIB + 2 * GIB, u64::MAX]);
+        for gpa in probes.clone() {
+            assert_eq!(layout.region_of(gpa).copied(), scan(gpa), "{gpa:#x}");
+        }
+        // every piece of a range is what a byte-by-byte scan finds, pieces cover the range
+        for (gpa, len) in
+            [(0, 0x20_0000), (0x9_f000, 0x2000), (FOUR_GIB - 0x1000, 0x3000), (FOUR_GIB + 2 * GIB - 8, 16)]
+        {
+            let pieces: Vec<LayoutPiece> = layout.pieces(gpa, len).collect();
+            assert_eq!(pieces.iter().map(|piece| piece.len).sum::<u64>(), len);
+            for piece in &pieces {
+                for at in [piece.gpa, piece.gpa + piece.len - 1] {
+                    let expected = scan(at).map(|r| r.offset + (at - r.gpa));
+                    assert_eq!(piece.offset.map(|offset| offset + (at - piece.gpa)), expected, "{at:#x}");
+                }
+            }
+        }
+        assert_eq!(
+            layout.ram_pieces(FOUR_GIB + 2 * GIB - 8, 16),
+            Some(vec![(0x8000_0000 + 2 * GIB - 8, 8), (0x1_0000_0000, 8)])
+        );
+        assert_eq!(layout.ram_pieces(0x9_fff8, 16), None, "into the VGA window");
+        assert_eq!(layout.ram_pieces(u64::MAX - 4, 8), None);
+        // one run of the file only: translate refuses what crosses regions
+        assert_eq!(layout.translate(FOUR_GIB + 2 * GIB - 8, 16), None);
+        assert_eq!(layout.translate(0xa_0000, 0), Some(0xa_0000), "empty, at a region's end");
+        assert_eq!(layout.next_ram(0xa_0000), Some(0x10_0000));
+        assert_eq!(layout.next_ram(FOUR_GIB + 3 * GIB), None);
+        assert_eq!(layout.next_hole(FOUR_GIB), FOUR_GIB + 2 * GIB + MIB, "touching regions are one run");
+        assert_eq!(layout.next_hole(0xa_0000), 0xa_0000);
     }
 }

@@ -331,14 +331,28 @@ impl SharedMemoryBridge {
     /// model nor this function makes that race well-defined. The consistency check
     /// ([`consistent_snapshot`](Self::consistent_snapshot)) detects such pages afterwards.
     ///
+    /// A range that crosses from one RAM region into the next (guest-physical addresses that
+    /// touch, backed by other parts of the file) is read piece by piece, as every copying
+    /// reader of guest-physical memory reads it ([`GuestLayout::pieces`]); only
+    /// [`read_physical`](Self::read_physical), which hands out one slice of the file, refuses it.
+    ///
     /// # Errors
     ///
-    /// [`BridgeError::InvalidAddress`] when any byte is not guest RAM,
+    /// [`BridgeError::InvalidAddress`] when any byte is not guest RAM (then nothing is read),
     /// [`BridgeError::FileShrunk`] when the file was truncated under the mapping.
     #[inline]
     pub fn read_into(&self, addr: u64, buf: &mut [u8]) -> Result<(), BridgeError> {
-        let offset = self.translate(addr, buf.len())?;
-        self.mapping.copy_to(offset, buf)
+        if let Some(offset) = self.layout.translate(addr, buf.len() as u64) {
+            return self.mapping.copy_to(offset as usize, buf);
+        }
+        let invalid = BridgeError::InvalidAddress { addr, len: buf.len(), max: self.size() };
+        let pieces = self.layout.ram_pieces(addr, buf.len() as u64).ok_or(invalid)?;
+        let mut done = 0;
+        for (offset, len) in pieces {
+            self.mapping.copy_to(offset as usize, &mut buf[done..done + len as usize])?;
+            done += len as usize;
+        }
+        Ok(())
     }
 
     /// A copy of all guest RAM in file order, unchecked; infallible, as the first version of this API was.

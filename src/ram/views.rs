@@ -62,55 +62,25 @@ impl Physical {
     /// The pieces of `len` bytes at `offset`, cut at the end of the file.
     pub fn pieces(&self, offset: u64, len: u64) -> Vec<Piece<'static>> {
         let end = offset.saturating_add(len).min(self.size());
-        let mut pieces = Vec::new();
-        let mut position = offset;
-        while position < end {
-            let inside = self.layout.regions().iter().find(|r| position >= r.gpa && position - r.gpa < r.len);
-            match inside {
-                Some(region) => {
-                    let run = (region.gpa + region.len).min(end) - position;
-                    pieces.push(Piece::Ram { offset: region.offset + (position - region.gpa), len: run });
-                    position += run;
-                }
-                None => {
-                    let next = self.next_ram(position).unwrap_or(end).min(end);
-                    pieces.push(Piece::Zeros(next - position));
-                    position = next;
-                }
-            }
-        }
-        pieces
-    }
-
-    /// The first RAM address at or after `offset`.
-    fn next_ram(&self, offset: u64) -> Option<u64> {
         self.layout
-            .regions()
-            .iter()
-            .filter(|r| r.gpa.saturating_add(r.len) > offset)
-            .map(|r| r.gpa.max(offset))
-            .min()
+            .pieces(offset, end.saturating_sub(offset))
+            .map(|piece| match piece.offset {
+                Some(offset) => Piece::Ram { offset, len: piece.len },
+                None => Piece::Zeros(piece.len),
+            })
+            .collect()
     }
 
     /// `lseek(SEEK_DATA)`: the first RAM address at or after `offset`; `None` (ENXIO) when there
     /// is none.
     pub fn seek_data(&self, offset: u64) -> Option<u64> {
-        self.next_ram(offset)
+        self.layout.next_ram(offset)
     }
 
     /// `lseek(SEEK_HOLE)`: the first address at or after `offset` that is not RAM (the end of
     /// the file counts as a hole); `None` (ENXIO) past the end.
     pub fn seek_hole(&self, offset: u64) -> Option<u64> {
-        if offset >= self.size() {
-            return None;
-        }
-        let mut position = offset;
-        while let Some(region) =
-            self.layout.regions().iter().find(|r| position >= r.gpa && position - r.gpa < r.len)
-        {
-            position = region.gpa + region.len;
-        }
-        Some(position)
+        (offset < self.size()).then(|| self.layout.next_hole(offset))
     }
 }
 
