@@ -902,7 +902,7 @@ impl ListRow {
         let vm = Vm::named(run_dir, name.clone());
         match vm.info() {
             Ok(info) => ListRow {
-                tracking: Some(qemu_bridge::ram::tracker::method_for(&info)),
+                tracking: Some(info.tracking_method()),
                 name,
                 state: ListState::Run(info.status),
                 ram_size: Some(info.ram_size),

@@ -99,6 +99,15 @@ pub struct VmInfo {
     pub backends: Vec<BackendInfo>,
 }
 
+impl VmInfo {
+    /// How changed pages of this VM's RAM are found on this host
+    /// ([`tracker::method`](crate::ram::tracker::method)).
+    pub fn tracking_method(&self) -> crate::ram::tracker::TrackingMethod {
+        let on_hugetlbfs = self.backends.iter().any(|backend| backend.kind == RamKind::Hugetlbfs);
+        crate::ram::tracker::method(self.qemu_pid, on_hugetlbfs)
+    }
+}
+
 /// One memory backend of a VM.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackendInfo {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{nested, wait_until, ChangesRun, TestRunDir, TestVm, VmBuilder, COUNTER_ADDR};
 use qemu_bridge::ram::incremental::SnapshotBuffer;
 use qemu_bridge::ram::soft_dirty::host_has_soft_dirty;
-use qemu_bridge::ram::tracker::{method_for, soft_dirty_for};
+use qemu_bridge::ram::tracker::soft_dirty_for;
 use qemu_bridge::ram::{ChangeSet, Fingerprints, GuestLayout, GuestRam, TrackingMethod};
 use qemu_bridge::{SharedMemoryBridge, Vm};
 
@@ -186,7 +186,7 @@ fn inside_a_clear_by_another_tracker_never_hides_a_write() {
     let qemu = Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
     let (bridge, info) = qemu.open_bridge().unwrap();
     let (ram, layout) = (bridge.mapping(), bridge.layout());
-    assert_eq!(method_for(&info), TrackingMethod::SoftDirty);
+    assert_eq!(info.tracking_method(), TrackingMethod::SoftDirty);
     let ours = soft_dirty_for(info.qemu_pid, ram).unwrap();
     let theirs = soft_dirty_for(info.qemu_pid, ram).unwrap();
     let mut prints = Fingerprints::with_soft_dirty(ram, Arc::clone(&ours), |_, _| {}).unwrap();

@@ -69,15 +69,16 @@ pub fn soft_dirty_for(qemu_pid: u32, ram: &GuestRam) -> Result<Arc<SoftDirty>, U
     SoftDirty::open(qemu_pid, ram).map(Arc::new)
 }
 
-/// How changed pages of `info`'s VM are found on this host (what [`soft_dirty_for`] would
-/// find, short of mapping its RAM).
-pub fn method_for(info: &crate::vm::VmInfo) -> TrackingMethod {
-    let hugetlbfs = info.backends.iter().any(|backend| backend.kind == super::RamKind::Hugetlbfs);
-    match super::soft_dirty::may_track(info.qemu_pid) {
-        Ok(()) if !hugetlbfs => TrackingMethod::SoftDirty,
+/// How changed pages of the RAM of QEMU process `qemu_pid` are found on this host (what
+/// [`soft_dirty_for`] would find, short of mapping its RAM): soft-dirty bits where the kernel
+/// lets this process read and clear them, but not for RAM on hugetlbfs (whose pages carry
+/// none); fingerprints elsewhere.
+pub fn method(qemu_pid: u32, on_hugetlbfs: bool) -> TrackingMethod {
+    match super::soft_dirty::may_track(qemu_pid) {
+        Ok(()) if !on_hugetlbfs => TrackingMethod::SoftDirty,
         Ok(()) => TrackingMethod::Fingerprints,
         Err(why) => {
-            log::debug!("VM {}: fingerprints: {why}", info.name);
+            log::debug!("QEMU process {qemu_pid}: fingerprints: {why}");
             TrackingMethod::Fingerprints
         }
     }
