@@ -8,8 +8,7 @@
 //! `BENCH_SECONDS` shortens the sustained runs (default 10 s each); `BENCH_ONLY=peers,listing`
 //! runs only the sections named (the functions of `Bench`).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use qemu_bridge_test_support as common;
 #[path = "support/fuse_ceiling.rs"]
 mod fuse_ceiling;
 
@@ -212,7 +211,7 @@ impl Lab {
             .status()
             .unwrap();
         assert!(status.success());
-        self.hand_started.push(qemu_bridge::process::read_pid(&pidfile).unwrap());
+        self.hand_started.push(common::process::read_pid(&pidfile).unwrap());
         Vm::existing(&self.run_dir, name).unwrap()
     }
 
@@ -238,13 +237,13 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for (mountpoint, pid) in &self.mounts {
             let _ = qemu_bridge::mount::umount(mountpoint);
-            qemu_bridge::poll::wait_for(Duration::from_secs(5), || !qemu_bridge::process::alive(*pid));
+            common::wait_until(Duration::from_secs(5), || !common::process::alive(*pid));
         }
         for vm in &self.vms {
             let _ = launch::stop(&self.run_dir, vm.name().as_str(), true);
         }
         for &pid in &self.hand_started {
-            qemu_bridge::process::end(pid, Duration::from_millis(100));
+            common::process::end(pid, Duration::from_millis(100));
         }
     }
 }

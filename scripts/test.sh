@@ -14,7 +14,7 @@ echo "== kernel: $(uname -r)"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo doc (every link resolves)"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
 echo "== library alone: no clap, fuser, env_logger, png or web server"

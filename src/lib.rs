@@ -30,12 +30,8 @@ pub mod launch;
 pub mod mount;
 mod mountinfo;
 pub mod name;
-// The test suite and the benchmarks poll and end processes with these too; they are not the
-// library's API and may change.
-#[doc(hidden)]
-pub mod poll;
-#[doc(hidden)]
-pub mod process;
+mod poll;
+mod process;
 pub mod qmp;
 pub mod ram;
 mod record;

@@ -9,18 +9,6 @@ pub const INTERVAL: Duration = Duration::from_millis(20);
 /// Calls `probe` every `interval` until it returns `Some`, or until `timeout` has passed since
 /// the call (then `None`). `probe` runs at least once, and once more at the deadline, so a
 /// condition that became true while we slept is not missed.
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// let mut calls = 0;
-/// let found = qemu_bridge::poll::until(Duration::from_secs(1), Duration::from_millis(1), || {
-///     calls += 1;
-///     (calls == 3).then_some(calls)
-/// });
-/// assert_eq!(found, Some(3));
-/// ```
 pub fn until<T>(timeout: Duration, interval: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {

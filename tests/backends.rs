@@ -2,7 +2,7 @@
 //! memory), a file on hugetlbfs, and QEMU's default private RAM. Each is listed with its kind,
 //! served by the mount with the guest's live bytes, and equal to QEMU's own `pmemsave`.
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::path::Path;
 use std::process::Command;

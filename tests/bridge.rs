@@ -1,6 +1,6 @@
 //! The seed's library API on real files in /dev/shm.
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -46,7 +46,7 @@ fn test_bridge_is_read_only() {
 #[test]
 fn test_permission_denied_is_reported() {
     // Root bypasses file modes: as root, re-run this very test as `nobody` through setpriv.
-    if qemu_bridge::process::effective_uid() != 0 {
+    if common::process::effective_uid() != 0 {
         let path = std::env::var("QBT_UNREADABLE").map(std::path::PathBuf::from);
         let owned;
         let path = match path {

@@ -4,7 +4,7 @@
 //! handling write (named below), allocates no hole, and two trackers of one VM at once both see
 //! everything (neither resets the other).
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::{FileExt, MetadataExt};

@@ -1,6 +1,6 @@
 //! The `qemu-bridge` binary: verbs against real VMs, and bad input.
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::process::Command;
 
@@ -147,7 +147,7 @@ fn test_cli_lifecycle_on_real_vm() {
     assert!(stdout(&output).contains("quit"));
     assert!(!std::path::Path::new(&ram_path).exists());
     assert!(!run_dir.path().join(format!("{name}.qmp")).exists());
-    assert!(common::wait_until(std::time::Duration::from_secs(10), || !qemu_bridge::process::alive(pid)));
+    assert!(common::wait_until(std::time::Duration::from_secs(10), || !common::process::alive(pid)));
 }
 
 #[test]

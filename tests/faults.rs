@@ -1,7 +1,7 @@
 //! Fault injection: hostile QMP peers, RAM files that change under the mount, VMs that die
 //! mid-read, and load. The daemon must answer, stay up and keep its memory bounded.
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -11,8 +11,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::process::alive as process_alive;
 use common::{require_qemu, wait_until, TestMount, TestRunDir, VmBuilder, MARKER, MARKER_ADDR};
-use qemu_bridge::process::alive as process_alive;
 use qemu_bridge::Vm;
 
 const SIZE: u64 = 64 << 20;

@@ -4,7 +4,7 @@
 //! exactly what was installed. On a machine where qemu-bridge is installed already the test
 //! leaves it alone (and says so; under CI that is a failure).
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::path::Path;
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! its marker, and `virsh destroy` makes it vanish. Daemons this test starts are ended by pid;
 //! daemons already running are used and left alone.
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,8 +46,8 @@ impl Daemons {
 impl Drop for Daemons {
     fn drop(&mut self) {
         for pidfile in self.pidfiles.iter().rev() {
-            if let Some(pid) = qemu_bridge::process::read_pid(pidfile) {
-                qemu_bridge::process::end(pid, Duration::from_secs(5));
+            if let Some(pid) = common::process::read_pid(pidfile) {
+                common::process::end(pid, Duration::from_secs(5));
             }
         }
     }

@@ -2,7 +2,7 @@
 //! checked byte for byte through the shared file), QEMU's refusals, and per-VM cgroup limits
 //! seen in force on the QEMU process.
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

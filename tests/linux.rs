@@ -1,7 +1,7 @@
 //! End-to-end against a real Linux guest (Debian's cloud kernel + busybox, built by
 //! scripts/build-guest.sh) and the boot-sector guests beside it.
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

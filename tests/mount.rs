@@ -1,6 +1,6 @@
 //! The FUSE mount against real VMs: discovery, live files, bounds, read-only, shutdown.
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::fs::File;
 use std::io::Read;
@@ -8,8 +8,8 @@ use std::os::unix::fs::FileExt;
 use std::process::Command;
 use std::time::Duration;
 
+use common::process::alive as process_alive;
 use common::{require_qemu, wait_until, TestMount, TestRunDir, VmBuilder, MARKER, MARKER_ADDR};
-use qemu_bridge::process::alive as process_alive;
 use qemu_bridge::Vm;
 
 const SIZE: u64 = 64 << 20;
@@ -324,7 +324,7 @@ fn test_audit_log_records_ram_access() {
     drop(ram);
     let log = std::fs::read_to_string(&audit).unwrap();
     let me = std::process::id();
-    let uid = qemu_bridge::process::effective_uid();
+    let uid = common::process::effective_uid();
     assert!(log.contains(&format!("uid={uid} pid={me} vm={} file=ram op=open", vm.name())), "{log}");
     assert!(
         log.contains(&format!(

@@ -2,7 +2,7 @@
 //! expected side, and the pixels of the marker page, an all-zero page, a hole and a page of
 //! random bytes have the classes of those pages.
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;

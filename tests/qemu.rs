@@ -1,6 +1,6 @@
 //! The library and QMP client against real QEMU (TCG) running the boot-sector guest.
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::os::unix::fs::FileExt;
 use std::time::Duration;

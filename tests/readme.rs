@@ -1,6 +1,6 @@
 //! The README's commands run for real, so that they cannot rot.
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! test binary run in there (`inside_*` tests), with a nested TCG guest that writes a known set of
 //! pages (tests/guest/boot.S built with WRITER) and qemu-bridge's library and command line tracking it.
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;

@@ -2,7 +2,7 @@
 //! RAM of real QEMU guests (`virt` machines), translated as the architecture manuals say: the
 //! command line's `read --virtual` and the mount's `cpus/<n>/` files.
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

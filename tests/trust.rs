@@ -2,16 +2,16 @@
 //! its QMP peer holds open (checked on the very descriptor it maps), refuses visibly, runs QEMU
 //! unprivileged, and says when a run directory is open to others. Real QEMU, real processes.
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::process;
 use common::{
     assert_clean_failure, qemu_bridge, require_qemu, require_root, stderr, stdout, wait_until, HandStartedVm,
     ShmFile, TestMount, TestRunDir,
 };
-use qemu_bridge::process;
 use qemu_bridge::ram::sha256_hex;
 
 fn ok(output: std::process::Output) -> String {

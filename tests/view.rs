@@ -4,7 +4,7 @@
 //! server binds only where told, refuses WebSockets from other origins, and a bad `--listen` is
 //! a one-line error.
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};

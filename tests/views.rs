@@ -2,7 +2,7 @@
 //! and `core` (an ELF core like QEMU's `dump-guest-memory`), on q35 and pc guests whose RAM
 //! crosses the PCI hole (sparse RAM files: no real memory is used).
 
-mod common;
+use qemu_bridge_test_support as common;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

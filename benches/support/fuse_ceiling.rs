@@ -61,7 +61,7 @@ impl CeilingServer {
             .arg(mountpoint)
             .spawn()?;
         let server = Self { mountpoint: mountpoint.to_path_buf(), daemon };
-        if !qemu_bridge::poll::wait_for(Duration::from_secs(10), || server.file().exists()) {
+        if !crate::common::wait_until(Duration::from_secs(10), || server.file().exists()) {
             return Err(std::io::Error::other("the FUSE ceiling daemon did not mount"));
         }
         Ok(server)
@@ -87,7 +87,7 @@ impl Drop for CeilingServer {
     fn drop(&mut self) {
         // the kernel then ends the connection: the daemon's next read fails with ENODEV
         let _ = nix::mount::umount2(&self.mountpoint, MntFlags::MNT_DETACH);
-        if !qemu_bridge::poll::wait_for(Duration::from_secs(5), || {
+        if !crate::common::wait_until(Duration::from_secs(5), || {
             matches!(self.daemon.try_wait(), Ok(Some(_)))
         }) {
             let _ = self.daemon.kill();

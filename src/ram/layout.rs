@@ -203,6 +203,10 @@ impl GuestLayout {
     /// when any is not (nothing to read then: a reader reads all of a range or none of it).
     pub fn ram_pieces(&self, gpa: u64, len: u64) -> Option<Vec<(u64, u64)>> {
         gpa.checked_add(len)?;
+        if len == 0 {
+            // valid where translate says an empty range is
+            return self.translate(gpa, 0).map(|_| Vec::new());
+        }
         self.pieces(gpa, len).map(|piece| piece.offset.map(|offset| (offset, piece.len))).collect()
     }
 
@@ -415,6 +419,8 @@ mod tests {
         );
         assert_eq!(layout.ram_pieces(0x9_fff8, 16), None, "into the VGA window");
         assert_eq!(layout.ram_pieces(u64::MAX - 4, 8), None);
+        assert_eq!(layout.ram_pieces(0xa_0000, 0), Some(vec![]), "empty, at a region's end");
+        assert_eq!(layout.ram_pieces(0xb_0000, 0), None, "empty, in a hole");
         // one run of the file only: translate refuses what crosses regions
         assert_eq!(layout.translate(FOUR_GIB + 2 * GIB - 8, 16), None);
         assert_eq!(layout.translate(0xa_0000, 0), Some(0xa_0000), "empty, at a region's end");

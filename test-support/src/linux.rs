@@ -20,7 +20,7 @@ pub fn guest_dir() -> &'static Path {
 /// no directory runs it).
 fn built(cell: &'static OnceLock<PathBuf>, subdir: &str, suite: &str, arch: &str) -> &'static Path {
     cell.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest").join(subdir);
+        let dir = super::checkout().join("target/guest").join(subdir);
         qemu_bridge::launch::linux_image::ensure_for(&dir, suite, arch)
             .unwrap_or_else(|err| panic!("{}", qemu_bridge::error::chain(&err)));
         dir
@@ -214,7 +214,7 @@ pub fn debug_vmlinux(release: &str) -> PathBuf {
     static VMLINUX: OnceLock<PathBuf> = OnceLock::new();
     VMLINUX
         .get_or_init(|| {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/dbg");
+            let dir = super::checkout().join("target/guest/dbg");
             let vmlinux = dir.join(format!("vmlinux-{release}"));
             if vmlinux.exists() {
                 return vmlinux;

@@ -5,10 +5,9 @@
 //! test` lists them as ignored instead of passing them silently; `scripts/test.sh` installs what
 //! they need and runs them with `--include-ignored`. Once included, a test whose tool is
 //! missing fails (the `require_*` helpers panic): it never passes without doing its work.
-#![allow(dead_code)]
-
 pub mod linux;
 pub mod nested;
+pub mod process;
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -21,7 +20,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use qemu_bridge::launch::{self, LaunchOptions, LaunchedVm};
-use qemu_bridge::process;
 use qemu_bridge::{Machine, RunDir, SharedMemoryBridge, VmName};
 
 /// Guest-physical address where the boot-sector guest copies its marker.
@@ -30,6 +28,34 @@ pub const MARKER_ADDR: u64 = 0x10000;
 pub const MARKER: &[u8] = b"QEMU-BRIDGE-TEST-MARKER:7c1e5a";
 /// Guest-physical address of the guest's 32-bit counter.
 pub const COUNTER_ADDR: u64 = 0x10040;
+
+/// The checkout (the qemu-bridge package's directory).
+pub fn checkout() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// The directory of the running test or benchmark's profile (`target/debug`,
+/// `target/release`): the test binary is in its `deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    exe.parent().and_then(Path::parent).expect("the test binary is in <target>/<profile>/deps").to_path_buf()
+}
+
+/// The build's target directory.
+pub fn target_dir() -> PathBuf {
+    profile_dir().parent().expect("the profile is in the target directory").to_path_buf()
+}
+
+/// The `qemu-bridge` binary cargo built beside the running test.
+pub fn binary() -> PathBuf {
+    let binary = profile_dir().join("qemu-bridge");
+    assert!(
+        binary.is_file(),
+        "{} is not built (cargo builds it for the integration tests)",
+        binary.display()
+    );
+    binary
+}
 
 /// Whether we run under CI.
 pub fn in_ci() -> bool {
@@ -70,8 +96,21 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, condition: impl FnMut() -> bool) -> bool {
-    qemu_bridge::poll::wait_for(timeout, condition)
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        // one last look at the deadline, so that a condition met while sleeping is not missed
+        let last_look = std::time::Instant::now() >= deadline;
+        if condition() {
+            return true;
+        }
+        if last_look {
+            return false;
+        }
+        std::thread::sleep(
+            Duration::from_millis(20).min(deadline.saturating_duration_since(std::time::Instant::now())),
+        );
+    }
 }
 
 /// The boot-sector guest, built once per test binary by `scripts/build-boot-guest.sh` (the one
@@ -91,16 +130,14 @@ pub fn writer_image() -> &'static Path {
 /// under the test target directory, or under the temporary directory where that cannot be
 /// written (the tests run inside the soft-dirty VM see the checkout read-only).
 fn build_guest_image(name: &str, symbols: &[&str]) -> PathBuf {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let target = &target_dir().join("tmp");
     let base = if nix::unistd::access(target, nix::unistd::AccessFlags::W_OK).is_ok() {
         target.to_path_buf()
     } else {
         std::env::temp_dir()
     };
     let image = base.join(format!("guest-{}/{name}.img", std::process::id()));
-    run(Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-boot-guest.sh"))
-        .arg(&image)
-        .args(symbols));
+    run(Command::new(checkout().join("scripts/build-boot-guest.sh")).arg(&image).args(symbols));
     assert_eq!(std::fs::metadata(&image).unwrap().len(), 1 << 20, "the boot disk is padded to 1 MiB");
     image
 }
@@ -131,6 +168,12 @@ pub struct TestRunDir {
     /// Where QEMU writes files it is asked to (pmemsave): QEMU launched by root runs as an
     /// unprivileged user, who cannot enter the run directory (mode 0700).
     out: tempfile::TempDir,
+}
+
+impl Default for TestRunDir {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TestRunDir {
@@ -360,7 +403,7 @@ pub fn qemu_bridge(run_dir: &TestRunDir, args: &[&str]) -> Output {
 
 /// The binary with `--run-dir DIR`, for run directories that are not a [`TestRunDir`].
 pub fn qemu_bridge_in(dir: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qemu-bridge")).args(args).arg("--run-dir").arg(dir).output().unwrap()
+    Command::new(binary()).args(args).arg("--run-dir").arg(dir).output().unwrap()
 }
 
 pub fn stderr(output: &Output) -> String {
@@ -456,7 +499,7 @@ impl TestMount {
         let mountpoint = dir.path().join("mnt");
         std::fs::create_dir(&mountpoint).unwrap();
         let log = dir.path().join("mount.log");
-        let output = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+        let output = Command::new(binary())
             .arg("mount")
             .arg(&mountpoint)
             .arg("--run-dir")
@@ -582,8 +625,7 @@ pub fn fake_monitor(run_dir: &TestRunDir, name: &str, ram: &Path, hold: bool, as
     // clones into directories of mode 0700).
     let script = run_dir.path().join("fake_qmp.py");
     if !script.exists() {
-        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_qmp.py"), &script)
-            .unwrap();
+        std::fs::copy(checkout().join("tests/fixtures/fake_qmp.py"), &script).unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     }
     let mut command = if as_nobody {
@@ -782,7 +824,7 @@ impl ChangesRun {
     /// Starts it, every 0.5 s for `count` intervals; each report must say it tracks by
     /// `tracking` (`fingerprints`, `soft-dirty`).
     pub fn start(run_dir: &TestRunDir, name: &str, count: u32, tracking: &'static str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
+        let mut child = Command::new(binary())
             .args([
                 "changes",
                 name,

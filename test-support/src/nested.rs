@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 pub fn host_image() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let manifest = super::checkout();
         let dir = manifest.join("target/guest/softdirty-host");
         let script = manifest.join("scripts/build-softdirty-host.sh");
         let output = Command::new(&script)
@@ -74,7 +74,8 @@ pub fn run_inside(script: &str, memory_mib: u64, timeout: Duration) -> NestedRun
     let serial = dir.path().join("serial.log");
     let qemu_stderr = dir.path().join("qemu.stderr");
 
-    let checkout = env!("CARGO_MANIFEST_DIR");
+    let checkout = super::checkout().canonicalize().unwrap();
+    let checkout = checkout.display();
     let mut append =
         format!("console=ttyS0 quiet panic=-1 qb.run={} qb.checkout={checkout}", script_path.display());
     if std::env::var("CI").is_ok_and(|v| v == "true") {
