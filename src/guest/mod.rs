@@ -6,6 +6,7 @@
 //! come from QEMU ([`registers`]). The bytes and registers are the guest's: code here treats
 //! them as hostile input (bounded walks, capped counts, errors instead of panics).
 
+pub mod arch;
 pub mod linux;
 pub mod memory;
 pub mod paging;
@@ -14,6 +15,7 @@ pub mod space;
 pub mod typed;
 pub mod vmcoreinfo;
 
+pub use arch::Arch;
 pub use memory::{FrozenMemory, Gpa, GuestMemory, GuestMemoryError};
 pub use paging::{Paging, PagingError, PagingMode, Translation};
 pub use registers::{parse_info_registers, VcpuRegisters};

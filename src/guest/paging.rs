@@ -50,6 +50,7 @@
 
 use std::ops::{Bound, RangeBounds};
 
+use super::arch::{riscv64, x86_64, Arch, PageTableRoot};
 use super::memory::{Gpa, GuestMemory, GuestMemoryError};
 use super::registers::VcpuRegisters;
 
@@ -150,21 +151,20 @@ impl PagingMode {
         }
     }
 
-    /// The architecture whose tables these are, as QEMU names it (`x86_64`, `riscv64`,
-    /// `aarch64`).
-    pub fn arch(self) -> &'static str {
+    /// The architecture whose tables these are.
+    pub fn arch(self) -> Arch {
         match self {
-            PagingMode::FourLevel | PagingMode::FiveLevel => "x86_64",
-            PagingMode::Sv39 | PagingMode::Sv48 | PagingMode::Sv57 => "riscv64",
-            PagingMode::Arm48 => "aarch64",
+            PagingMode::FourLevel | PagingMode::FiveLevel => Arch::X86_64,
+            PagingMode::Sv39 | PagingMode::Sv48 | PagingMode::Sv57 => Arch::Riscv64,
+            PagingMode::Arm48 => Arch::Aarch64,
         }
     }
 
     /// The root-address bits an entry or register can hold in this format.
     fn root_mask(self) -> u64 {
         match self.arch() {
-            "x86_64" => CR3_ROOT,
-            "riscv64" => RISCV_ROOT,
+            Arch::X86_64 => CR3_ROOT,
+            Arch::Riscv64 => RISCV_ROOT,
             _ => ARM_ROOT,
         }
     }
@@ -528,19 +528,19 @@ impl Access {
     /// below, the leaf's AP and UXN/PXN its page.
     fn and(self, mode: PagingMode, entry: u64, leaf: bool, no_execute_enabled: bool) -> Access {
         match mode.arch() {
-            "x86_64" => Access {
+            Arch::X86_64 => Access {
                 writable: self.writable && entry & WRITABLE != 0,
                 user: self.user && entry & USER != 0,
                 executable: self.executable && !(no_execute_enabled && entry & NO_EXECUTE != 0),
                 privileged_executable: true,
             },
-            "riscv64" if leaf => Access {
+            Arch::Riscv64 if leaf => Access {
                 writable: entry & RISCV_W != 0,
                 user: entry & RISCV_U != 0,
                 executable: entry & RISCV_X != 0,
                 privileged_executable: true,
             },
-            "riscv64" => self,
+            Arch::Riscv64 => self,
             _ if leaf => {
                 let user = self.user && entry & ARM_EL0 != 0;
                 let (user_x, kernel_x) = (
@@ -595,7 +595,7 @@ enum Entry {
 /// A present (valid: bit 0, in every format) entry of `level` in a `mode` table.
 fn decode(mode: PagingMode, level: Level, entry: u64) -> Entry {
     match mode.arch() {
-        "x86_64" => match level.page_size() {
+        Arch::X86_64 => match level.page_size() {
             // bit 7 of a PT entry is PAT, not PS: every PT entry maps a page
             Some(size) if level == Level::Pt => Entry::Page { base: entry & ADDRESS, size },
             // bit 12 of a large-page entry is PAT; the base is aligned to the page size
@@ -603,7 +603,7 @@ fn decode(mode: PagingMode, level: Level, entry: u64) -> Entry {
             None if entry & PAGE_SIZE != 0 => Entry::ReservedPageSize,
             _ => Entry::Table(Gpa(entry & ADDRESS)),
         },
-        "riscv64" => {
+        Arch::Riscv64 => {
             let base = ((entry >> RISCV_PPN_SHIFT) & RISCV_PPN) << 12;
             let leaf = entry & (RISCV_R | RISCV_W | RISCV_X) != 0;
             match level.page_size() {
@@ -670,13 +670,17 @@ impl Paging {
     ///
     /// As those two; [`PagingError::NoRoot`] for aarch64 (QEMU's monitor prints no TTBR) and
     /// other architectures.
-    pub fn of_vcpu(arch: &str, registers: &VcpuRegisters) -> Result<Self, PagingError> {
-        match arch {
-            "x86_64" => Self::from_vcpu(registers),
-            "riscv64" => {
-                Self::from_satp(registers.get("satp").ok_or(PagingError::MissingRegister { name: "satp" })?)
+    pub fn of_vcpu(arch: &Arch, registers: &VcpuRegisters) -> Result<Self, PagingError> {
+        let satp = riscv64::SATP;
+        match (arch, arch.info().page_table_root) {
+            (Arch::X86_64, _) => Self::from_vcpu(registers),
+            (Arch::Riscv64, _) => {
+                Self::from_satp(registers.get(satp).ok_or(PagingError::MissingRegister { name: satp })?)
             }
-            "aarch64" => Err(PagingError::NoRoot { arch: "aarch64", registers: "TTBR0_EL1, TTBR1_EL1" }),
+            // aarch64: QEMU's monitor prints no TTBR
+            (_, PageTableRoot::Given(registers)) => {
+                Err(PagingError::NoRoot { arch: arch.info().name, registers })
+            }
             _ => Err(PagingError::NoRoot { arch: "this architecture's", registers: "no page-table walker" }),
         }
     }
@@ -712,7 +716,7 @@ impl Paging {
     /// [`from_registers`](Self::from_registers).
     pub fn from_vcpu(registers: &VcpuRegisters) -> Result<Self, PagingError> {
         let get = |name: &'static str| registers.get(name).ok_or(PagingError::MissingRegister { name });
-        Self::from_registers(get("CR0")?, get("CR3")?, get("CR4")?, get("EFER")?)
+        Self::from_registers(get(x86_64::CR0)?, get(x86_64::CR3)?, get(x86_64::CR4)?, get(x86_64::EFER)?)
     }
 
     /// 4-level or 5-level.
@@ -1791,7 +1795,7 @@ mod tests {
             .collect();
         assert_eq!(pages, [0x1000, PAGE_2M, PAGE_1G, 2 << 39]);
         assert!(matches!(
-            Paging::of_vcpu("aarch64", &VcpuRegisters::default()),
+            Paging::of_vcpu(&Arch::Aarch64, &VcpuRegisters::default()),
             Err(PagingError::NoRoot { .. })
         ));
     }
