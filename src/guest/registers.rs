@@ -10,7 +10,7 @@
 
 use std::os::unix::net::UnixStream;
 
-use super::arch::x86_64;
+use super::arch::{x86_64, Arch};
 use crate::qmp::{QmpClient, QmpError};
 use crate::vm::{VmError, VmInfo};
 
@@ -38,6 +38,39 @@ impl VcpuRegisters {
     pub fn values(&self) -> &[(String, u64)] {
         &self.values
     }
+
+    /// The program counter of a vCPU of architecture `arch`, by its spelling
+    /// ([`ArchInfo::program_counter`](super::arch::ArchInfo::program_counter): `RIP` or `EIP`,
+    /// `pc`, `PC`); `None` when QEMU did not print it or the architecture is not known.
+    pub fn pc(&self, arch: &Arch) -> Option<u64> {
+        self.first_of(arch.info().program_counter)
+    }
+
+    /// The x86 segment register `name` (`CS`..`GS`, `LDT`, `TR`) or descriptor-table register
+    /// (`GDT`, `IDT`: selector and flags zero), with zeros for what QEMU did not print.
+    pub fn segment(&self, name: &str) -> Segment {
+        let field = |suffix: &str| self.get(&format!("{name}{suffix}")).unwrap_or(0);
+        Segment {
+            selector: field("") as u32,
+            base: field(".base"),
+            limit: field(".limit") as u32,
+            flags: field(".flags") as u32,
+        }
+    }
+}
+
+/// An x86 segment or descriptor-table register as the vCPU caches it, in the widths of QEMU's
+/// `QEMUCPUState`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Segment {
+    /// The selector (zero for a descriptor table).
+    pub selector: u32,
+    /// The base address.
+    pub base: u64,
+    /// The limit.
+    pub limit: u32,
+    /// The descriptor's attribute bits, as QEMU keeps them (zero for a descriptor table).
+    pub flags: u32,
 }
 
 /// Every vCPU's registers from the text of HMP `info registers -a` (blocks that start with
@@ -193,6 +226,62 @@ pub(crate) mod tests {
         assert_eq!(vcpus[1].first_of(&["RIP", "EIP"]), Some(0xfff0));
         assert_eq!(vcpus[1].get("CR3"), None);
         assert!(parse_info_registers("garbage, no CPU block").is_empty());
+    }
+
+    #[test]
+    fn x86_64_program_counter_and_segments() {
+        let vcpus = parse_info_registers(
+            "CPU#0\nRAX=0000000000000001 RBX=0000000000000002\nR8 =0000000000000008 R15=000000000000000f\n\
+             RIP=ffffffff81000010 RFL=00000246 [---Z-P-] CPL=0\n\
+             CS =0010 0000000000000000 ffffffff 00a09b00 DPL=0 CS64 [-RA]\n\
+             TR =0040 fffffe0000003000 00004087 00008900 DPL=0 TSS64-avl\n\
+             IDT=     fffffe0000000000 00000fff\n\
+             CR0=80050033 CR2=0000000000000000 CR3=0000000001a0e000 CR4=003506f0\nEFER=0000000000000d01\n",
+        );
+        let vcpu = &vcpus[0];
+        let get = |name| vcpu.get(name).unwrap();
+        assert_eq!((get("RAX"), get("RBX"), get("R8"), get("R15")), (1, 2, 8, 15));
+        assert_eq!(
+            (vcpu.pc(&Arch::X86_64), get("RFL"), get("CR3"), get("EFER")),
+            (Some(0xffff_ffff_8100_0010), 0x246, 0x1a0_e000, 0xd01)
+        );
+        assert_eq!(
+            vcpu.segment("CS"),
+            Segment { selector: 0x10, base: 0, limit: 0xffff_ffff, flags: 0x00a0_9b00 }
+        );
+        assert_eq!((vcpu.segment("TR").selector, vcpu.segment("TR").base), (0x40, 0xffff_fe00_0000_3000));
+        assert_eq!(
+            vcpu.segment("IDT"),
+            Segment { selector: 0, base: 0xffff_fe00_0000_0000, limit: 0xfff, flags: 0 }
+        );
+        assert_eq!(vcpu.segment("DS"), Segment::default(), "not printed: zeros");
+        assert_eq!(parse_info_registers(TWO_VCPUS)[1].pc(&Arch::X86_64), Some(0xfff0), "EIP");
+        let without_cr3 = parse_info_registers("CPU#0\nRIP=0 RFL=2\nCS =0000 0 0 0\nCR0=0 CR4=0\n");
+        assert!(matches!(
+            crate::guest::Paging::of_vcpu(&Arch::X86_64, &without_cr3[0]),
+            Err(crate::guest::PagingError::MissingRegister { name: "CR3" })
+        ));
+    }
+
+    #[test]
+    fn riscv64_and_aarch64_program_counters() {
+        let riscv = parse_info_registers(
+            "CPU#0\n pc       0000000080000010\n satp     8000000000080100\n x1/ra    0000000000000001 x31/t6   000000000000001f\n",
+        );
+        let hart = &riscv[0];
+        assert_eq!(
+            (hart.pc(&Arch::Riscv64), hart.get("satp"), hart.get("x1"), hart.get("x31")),
+            (Some(0x8000_0010), Some(0x8000_0000_0008_0100), Some(1), Some(31))
+        );
+        let arm = parse_info_registers("CPU#0\nPC=0000000040000000 X00=0000000000000001 X30=000000000000001e\nSP=0000000040001000\nPSTATE=400003c5 -Z-- EL1h\n");
+        let arm = &arm[0];
+        assert_eq!(arm.pc(&Arch::Aarch64), Some(0x4000_0000));
+        assert_eq!(
+            (arm.get("X00"), arm.get("X30"), arm.get("SP"), arm.get("PSTATE")),
+            (Some(1), Some(30), Some(0x4000_1000), Some(0x4000_03c5))
+        );
+        assert_eq!(hart.pc(&Arch::Aarch64), None, "another architecture's spelling");
+        assert_eq!(hart.pc(&Arch::from_qemu("sparc64")), None);
     }
 
     #[test]

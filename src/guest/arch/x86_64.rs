@@ -121,14 +121,14 @@ pub fn qemu_notes(vcpus: &[VcpuRegisters]) -> Vec<u8> {
         for names in GENERAL {
             desc.extend_from_slice(&vcpu.first_of(names).unwrap_or(0).to_le_bytes());
         }
-        for segment in SEGMENTS {
-            let field = |suffix: &str| vcpu.get(&format!("{segment}{suffix}")).unwrap_or(0);
+        for name in SEGMENTS {
             // the tables have no selector or flags: zero, as QEMU writes them
-            desc.extend_from_slice(&(field("") as u32).to_le_bytes());
-            desc.extend_from_slice(&(field(".limit") as u32).to_le_bytes());
-            desc.extend_from_slice(&(field(".flags") as u32).to_le_bytes());
+            let segment = vcpu.segment(name);
+            desc.extend_from_slice(&segment.selector.to_le_bytes());
+            desc.extend_from_slice(&segment.limit.to_le_bytes());
+            desc.extend_from_slice(&segment.flags.to_le_bytes());
             desc.extend_from_slice(&0u32.to_le_bytes()); // pad
-            desc.extend_from_slice(&field(".base").to_le_bytes());
+            desc.extend_from_slice(&segment.base.to_le_bytes());
         }
         for cr in ["CR0", "CR1", "CR2", "CR3", "CR4"] {
             desc.extend_from_slice(&vcpu.get(cr).unwrap_or(0).to_le_bytes());
