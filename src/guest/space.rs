@@ -6,7 +6,8 @@
 //! ([`offset_of_va`]): with 4-level paging the file is 2^48 bytes,
 //! the user half at offsets 0..2^47 (offset = address) and the kernel half from 2^47
 //! (0xffff_8000_0000_0000 is at offset 2^47, 0xffff_ffff_8100_0000 at 0xffff_8100_0000); with
-//! 5-level paging 2^57 bytes, the kernel half from 2^56. Pages that are not mapped, and mapped
+//! 5-level paging (and Sv57) 2^57 bytes, the kernel half from 2^56; with Sv39 2^39 bytes, the
+//! kernel half from 2^38; Sv48 and AArch64 as 4-level paging. Pages that are not mapped, and mapped
 //! pages that are not RAM (device memory), read as zeros; SEEK_DATA and SEEK_HOLE walk the
 //! page tables, so a tool that skips holes never reads 256 TiB of them.
 //!
