@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::guest::Arch;
 use crate::name::{NameError, VmName};
 use crate::qmp::BackendStorage;
 use crate::qmp::{QmpClient, QmpError, RunState, StatusInfo, DEFAULT_TIMEOUT};
@@ -89,8 +90,8 @@ pub struct VmInfo {
     pub ram_size: u64,
     /// Machine type.
     pub machine: String,
-    /// Guest architecture (`query-target`), e.g. `x86_64`, `aarch64`.
-    pub arch: String,
+    /// Guest architecture (`query-target`), e.g. `x86_64`, `aarch64`; serialized as QEMU's name.
+    pub arch: Arch,
     /// Guest-physical layout.
     pub layout: GuestLayout,
     /// The QEMU process (the QMP peer), which holds the RAM file open.

@@ -537,17 +537,18 @@ fn cpus_agree_with_qemu(extra: &[&str], five_level_expected: bool) {
     }
     let (rip, cr4) = (common::hmp_register(&hmp, "RIP"), common::hmp_register(&hmp, "CR4"));
     let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
-    let qemu_bridge::guest::Registers::X86_64(typed) =
-        qemu_bridge::guest::Registers::from_vcpu("x86_64", &vcpus[0]).unwrap()
-    else {
-        panic!("not x86_64 registers")
-    };
+    let vcpu = &vcpus[0];
     assert_eq!(
-        (typed.rip, typed.r[0], typed.cr3, typed.idt.base),
         (
-            rip,
-            common::hmp_register(&hmp, "R8"),
-            common::hmp_register(&hmp, "CR3"),
+            vcpu.pc(&qemu_bridge::guest::Arch::X86_64),
+            vcpu.get("R8"),
+            vcpu.get("CR3"),
+            vcpu.segment("IDT").base
+        ),
+        (
+            Some(rip),
+            Some(common::hmp_register(&hmp, "R8")),
+            Some(common::hmp_register(&hmp, "CR3")),
             hmp_register_pair(&hmp, "IDT")
         )
     );

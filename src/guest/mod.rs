@@ -1,21 +1,21 @@
 //! Guest state: what the guest's own structures say, read out of its memory and its vCPUs.
 //!
-//! Everything here reads guest-physical memory through one small trait,
-//! [`GuestMemory`], implemented by a live VM's RAM and by a frozen copy
-//! with its layout, so that the same code walks a live guest and a snapshot. vCPU registers
-//! come from QEMU ([`registers`]). The bytes and registers are the guest's: code here treats
-//! them as hostile input (bounded walks, capped counts, errors instead of panics).
+//! Everything here reads guest-physical memory through one small trait, [`GuestMemory`],
+//! implemented by a live VM's RAM and by a frozen copy with its layout, so that the same code walks
+//! a live guest and a snapshot. vCPU registers come from QEMU ([`registers`]), taken apart by what
+//! each architecture is ([`arch`]). The bytes and registers are the guest's: code here treats them
+//! as hostile input (bounded walks, capped counts, errors instead of panics).
 
+pub mod arch;
 pub mod linux;
 pub mod memory;
 pub mod paging;
 pub mod registers;
 pub mod space;
-pub mod typed;
 pub mod vmcoreinfo;
 
+pub use arch::Arch;
 pub use memory::{FrozenMemory, Gpa, GuestMemory, GuestMemoryError};
 pub use paging::{Paging, PagingError, PagingMode, Translation};
-pub use registers::{parse_info_registers, VcpuRegisters};
+pub use registers::{parse_info_registers, Segment, VcpuRegisters};
 pub use space::{vcpu_paging, VcpuPagingError, VirtualSpace};
-pub use typed::{Registers, RegistersError};

@@ -9,16 +9,19 @@
 //!   blocks (Arm ARM, VMSAv8-64), from one translation table base (TTBR0_EL1 for the lower half,
 //!   TTBR1_EL1 for the upper) given by the caller: QEMU's monitor does not print them.
 //!
-//! The tables are the guest's, so they are hostile input. A translation reads at most five
-//! entries. An enumeration of mappings ([`Paging::mappings`]) holds a fixed amount of memory
-//! whatever the tables say and stops at its [`Limits`]: tables that point at themselves (a
-//! self-referencing PML4 entry is normal on some systems), that fan out to the same table 512
-//! times per level, or that point outside RAM cost bounded work and give errors, never a panic
-//! or a hang. A walk never loops: each step goes one level down, and there are at most five.
+//! The tables are the guest's, so they are hostile input. A translation reads at most five entries.
+//! An enumeration of mappings ([`Paging::mappings`]) holds a fixed amount of memory whatever the
+//! tables say and stops at its [`Limits`]: tables that point at themselves (a self-referencing root
+//! entry is normal on some systems: x86's recursive PML4), that fan out to the same table 512 times
+//! per level, or that point outside RAM cost bounded work and give errors, never a panic or a hang.
+//! A walk never loops: each step goes one level down, and there are at most five.
 //!
-//! Virtual addresses are canonical: bits 63..48 (63..57 with 5-level paging) copy bit 47 (56).
-//! A file whose offsets are virtual addresses drops that sign extension: see [`offset_of_va`]
-//! and [`va_of_offset`].
+//! Virtual addresses are canonical: the bits above a mode's significant ones
+//! ([`PagingMode::address_bits`]: 39 with Sv39; 48 with x86_64 4-level paging, Sv48 and AArch64; 57
+//! with 5-level paging and Sv57) copy the highest significant bit, so that bits 63..48 copy bit 47
+//! with 4-level paging (AArch64: bits 63..48 all zeros or all ones, which says the half but not the
+//! table). A file whose offsets are virtual addresses drops that sign extension: see
+//! [`offset_of_va`] and [`va_of_offset`].
 //!
 //! Left out: x86 32-bit and PAE paging (the guest must be in long mode), protection keys, the
 //! supervisor rules of CR0.WP, SMEP and SMAP (the permissions reported are the entries' own),
@@ -50,6 +53,7 @@
 
 use std::ops::{Bound, RangeBounds};
 
+use super::arch::{riscv64, x86_64, Arch, PageTableRoot};
 use super::memory::{Gpa, GuestMemory, GuestMemoryError};
 use super::registers::VcpuRegisters;
 
@@ -113,11 +117,13 @@ const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 const ENTRIES_PER_TABLE: usize = 512;
 const ENTRY_BYTES: usize = 8;
 
-/// 4 KiB, the size of a page mapped by a PT entry.
+/// 4 KiB, the size of a page mapped by a last-level entry (x86_64 PT, RISC-V level 0, AArch64
+/// level 3).
 pub const PAGE_4K: u64 = 1 << 12;
-/// 2 MiB, the size of a page mapped by a PD entry.
+/// 2 MiB, the size of a page mapped one level up (x86_64 PD, RISC-V level 1, AArch64 level 2).
 pub const PAGE_2M: u64 = 1 << 21;
-/// 1 GiB, the size of a page mapped by a PDPT entry.
+/// 1 GiB, the size of a page mapped two levels up (x86_64 PDPT, RISC-V level 2, AArch64
+/// level 1).
 pub const PAGE_1G: u64 = 1 << 30;
 
 /// The format of the page tables and how many levels translate an address.
@@ -150,27 +156,27 @@ impl PagingMode {
         }
     }
 
-    /// The architecture whose tables these are, as QEMU names it (`x86_64`, `riscv64`,
-    /// `aarch64`).
-    pub fn arch(self) -> &'static str {
+    /// The architecture whose tables these are.
+    pub fn arch(self) -> Arch {
         match self {
-            PagingMode::FourLevel | PagingMode::FiveLevel => "x86_64",
-            PagingMode::Sv39 | PagingMode::Sv48 | PagingMode::Sv57 => "riscv64",
-            PagingMode::Arm48 => "aarch64",
+            PagingMode::FourLevel | PagingMode::FiveLevel => Arch::X86_64,
+            PagingMode::Sv39 | PagingMode::Sv48 | PagingMode::Sv57 => Arch::Riscv64,
+            PagingMode::Arm48 => Arch::Aarch64,
         }
     }
 
     /// The root-address bits an entry or register can hold in this format.
     fn root_mask(self) -> u64 {
         match self.arch() {
-            "x86_64" => CR3_ROOT,
-            "riscv64" => RISCV_ROOT,
+            Arch::X86_64 => CR3_ROOT,
+            Arch::Riscv64 => RISCV_ROOT,
             _ => ARM_ROOT,
         }
     }
 
-    /// Bytes of virtual address space without the sign extension: 2^48 or 2^57. The kernel half
-    /// starts at half of it.
+    /// Bytes of virtual address space without the sign extension, 2 to the power
+    /// [`address_bits`](Self::address_bits): 2^39, 2^48 or 2^57. The kernel half starts at half
+    /// of it.
     pub fn space_size(self) -> u64 {
         1 << self.address_bits()
     }
@@ -219,7 +225,8 @@ impl std::fmt::Display for PagingMode {
     }
 }
 
-/// A level of page tables, named as the SDM names its tables.
+/// A level of page tables, named as each architecture's manual names it: the SDM's tables for
+/// x86_64, level numbers for RISC-V and AArch64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Level {
     /// Page-map level 5, the root with 5-level paging.
@@ -347,7 +354,8 @@ pub enum PagingError {
         /// The table whose entry is not present.
         level: Level,
     },
-    /// A table is not in RAM (the entry above it, or CR3, points outside RAM) or cannot be read.
+    /// A table is not in RAM (the entry above it, or the root, points outside RAM) or cannot be
+    /// read.
     #[error("cannot read the {level} entry of virtual address {va:#x}")]
     Table {
         /// The address being translated (in an enumeration: the first address the table maps).
@@ -358,7 +366,8 @@ pub enum PagingError {
         #[source]
         source: GuestMemoryError,
     },
-    /// An entry of a level that cannot map a page (PML4, PML5) has the page-size bit set.
+    /// x86_64: an entry of a level that cannot map a page (PML4, PML5) has the page-size bit
+    /// set.
     #[error("the {level} entry of virtual address {va:#x} sets the page-size bit, reserved at that level")]
     ReservedPageSize {
         /// The address being translated (in an enumeration: the first address the entry maps).
@@ -447,13 +456,18 @@ impl Default for Limits {
 pub struct Translation {
     /// The guest-physical address of the byte at the virtual address.
     pub gpa: Gpa,
-    /// The size of the page that maps it: [`PAGE_4K`], [`PAGE_2M`] or [`PAGE_1G`].
+    /// The size of the page that maps it ([`Level::page_size`]): [`PAGE_4K`], [`PAGE_2M`] or
+    /// [`PAGE_1G`], and with Sv48 and Sv57 512 GiB and 256 TiB.
     pub page_size: u64,
-    /// Every entry on the way allows writes (R/W set at every level).
+    /// Writes are allowed: x86_64 R/W set at every level, RISC-V W in the leaf, AArch64 `AP[2]`
+    /// clear in the leaf and `APTable[1]` in every table above.
     pub writable: bool,
-    /// Every entry on the way allows user-mode access (U/S set at every level).
+    /// User mode may access the page: x86_64 U/S set at every level, RISC-V U in the leaf,
+    /// AArch64 `AP[1]` set in the leaf and `APTable[0]` clear above.
     pub user: bool,
-    /// No entry on the way forbids instruction fetches (with EFER.NXE clear, always true).
+    /// The mode that may access the page may fetch instructions from it: x86_64 no XD at any
+    /// level (with EFER.NXE clear, always true), RISC-V X in the leaf, AArch64 UXN (a user
+    /// page) or PXN (a kernel page) clear in the leaf and the tables above.
     pub executable: bool,
 }
 
@@ -494,10 +508,10 @@ impl Mapping {
     }
 }
 
-/// The offset of `va` in a file of the virtual address space: `va` without its sign extension,
-/// in `0..mode.space_size()`. The user half comes first (offset = address), the kernel half
-/// follows from `space_size() / 2` (2^47 for 4-level, 2^56 for 5-level paging), so that
-/// 0xffff_8000_0000_0000 is at offset 2^47 with 4-level paging. The bits dropped are not
+/// The offset of `va` in a file of the virtual address space: `va` without its sign extension, in
+/// `0..mode.space_size()`. The user half comes first (offset = address), the kernel half follows
+/// from `space_size() / 2` (2^38 with Sv39, 2^47 with the 48-bit modes, 2^56 with the 57-bit ones),
+/// so that 0xffff_8000_0000_0000 is at offset 2^47 with 4-level paging. The bits dropped are not
 /// checked: a non-canonical `va` gives the offset of the canonical one with the same low bits.
 pub fn offset_of_va(mode: PagingMode, va: u64) -> u64 {
     va & (mode.space_size() - 1)
@@ -528,19 +542,19 @@ impl Access {
     /// below, the leaf's AP and UXN/PXN its page.
     fn and(self, mode: PagingMode, entry: u64, leaf: bool, no_execute_enabled: bool) -> Access {
         match mode.arch() {
-            "x86_64" => Access {
+            Arch::X86_64 => Access {
                 writable: self.writable && entry & WRITABLE != 0,
                 user: self.user && entry & USER != 0,
                 executable: self.executable && !(no_execute_enabled && entry & NO_EXECUTE != 0),
                 privileged_executable: true,
             },
-            "riscv64" if leaf => Access {
+            Arch::Riscv64 if leaf => Access {
                 writable: entry & RISCV_W != 0,
                 user: entry & RISCV_U != 0,
                 executable: entry & RISCV_X != 0,
                 privileged_executable: true,
             },
-            "riscv64" => self,
+            Arch::Riscv64 => self,
             _ if leaf => {
                 let user = self.user && entry & ARM_EL0 != 0;
                 let (user_x, kernel_x) = (
@@ -595,7 +609,7 @@ enum Entry {
 /// A present (valid: bit 0, in every format) entry of `level` in a `mode` table.
 fn decode(mode: PagingMode, level: Level, entry: u64) -> Entry {
     match mode.arch() {
-        "x86_64" => match level.page_size() {
+        Arch::X86_64 => match level.page_size() {
             // bit 7 of a PT entry is PAT, not PS: every PT entry maps a page
             Some(size) if level == Level::Pt => Entry::Page { base: entry & ADDRESS, size },
             // bit 12 of a large-page entry is PAT; the base is aligned to the page size
@@ -603,7 +617,7 @@ fn decode(mode: PagingMode, level: Level, entry: u64) -> Entry {
             None if entry & PAGE_SIZE != 0 => Entry::ReservedPageSize,
             _ => Entry::Table(Gpa(entry & ADDRESS)),
         },
-        "riscv64" => {
+        Arch::Riscv64 => {
             let base = ((entry >> RISCV_PPN_SHIFT) & RISCV_PPN) << 12;
             let leaf = entry & (RISCV_R | RISCV_W | RISCV_X) != 0;
             match level.page_size() {
@@ -670,13 +684,17 @@ impl Paging {
     ///
     /// As those two; [`PagingError::NoRoot`] for aarch64 (QEMU's monitor prints no TTBR) and
     /// other architectures.
-    pub fn of_vcpu(arch: &str, registers: &VcpuRegisters) -> Result<Self, PagingError> {
-        match arch {
-            "x86_64" => Self::from_vcpu(registers),
-            "riscv64" => {
-                Self::from_satp(registers.get("satp").ok_or(PagingError::MissingRegister { name: "satp" })?)
+    pub fn of_vcpu(arch: &Arch, registers: &VcpuRegisters) -> Result<Self, PagingError> {
+        let satp = riscv64::SATP;
+        match (arch, arch.info().page_table_root) {
+            (Arch::X86_64, _) => Self::from_vcpu(registers),
+            (Arch::Riscv64, _) => {
+                Self::from_satp(registers.get(satp).ok_or(PagingError::MissingRegister { name: satp })?)
             }
-            "aarch64" => Err(PagingError::NoRoot { arch: "aarch64", registers: "TTBR0_EL1, TTBR1_EL1" }),
+            // aarch64: QEMU's monitor prints no TTBR
+            (_, PageTableRoot::Given(registers)) => {
+                Err(PagingError::NoRoot { arch: arch.info().name, registers })
+            }
             _ => Err(PagingError::NoRoot { arch: "this architecture's", registers: "no page-table walker" }),
         }
     }
@@ -712,15 +730,16 @@ impl Paging {
     /// [`from_registers`](Self::from_registers).
     pub fn from_vcpu(registers: &VcpuRegisters) -> Result<Self, PagingError> {
         let get = |name: &'static str| registers.get(name).ok_or(PagingError::MissingRegister { name });
-        Self::from_registers(get("CR0")?, get("CR3")?, get("CR4")?, get("EFER")?)
+        Self::from_registers(get(x86_64::CR0)?, get(x86_64::CR3)?, get(x86_64::CR4)?, get(x86_64::EFER)?)
     }
 
-    /// 4-level or 5-level.
+    /// The format of the tables and how many levels translate an address.
     pub fn mode(&self) -> PagingMode {
         self.mode
     }
 
-    /// The guest-physical address of the root table (PML4 or PML5).
+    /// The guest-physical address of the root table: x86_64's PML4 or PML5, the one RISC-V's
+    /// satp names, AArch64's level-0 table.
     pub fn root(&self) -> Gpa {
         self.root
     }
@@ -736,8 +755,9 @@ impl Paging {
     ///
     /// [`PagingError::NonCanonical`] for an address that is not canonical,
     /// [`PagingError::NotMapped`] naming the level of the first entry that is not present,
-    /// [`PagingError::Table`] when a table is not RAM, [`PagingError::ReservedPageSize`] when a
-    /// PML4 or PML5 entry has the page-size bit set.
+    /// [`PagingError::Table`] when a table is not RAM, [`PagingError::Reserved`] for an entry
+    /// with a reserved encoding (RISC-V, AArch64), [`PagingError::ReservedPageSize`] when an
+    /// x86_64 PML4 or PML5 entry has the page-size bit set.
     pub fn translate<M: GuestMemory + ?Sized>(
         &self,
         memory: &M,
@@ -845,8 +865,9 @@ impl Paging {
     /// # Errors
     ///
     /// Items, after which the enumeration goes on: [`PagingError::Table`] for a table that is
-    /// not RAM (what it would map is skipped), [`PagingError::ReservedPageSize`] for a PML4 or
-    /// PML5 entry with the page-size bit. A last item [`PagingError::Truncated`] when `limits`
+    /// not RAM (what it would map is skipped), [`PagingError::Reserved`] for an entry with a
+    /// reserved encoding, [`PagingError::ReservedPageSize`] for an x86_64 PML4 or PML5 entry
+    /// with the page-size bit. A last item [`PagingError::Truncated`] when `limits`
     /// stopped the enumeration before the end of the range.
     pub fn mappings<'a, M: GuestMemory + ?Sized>(
         &self,
@@ -1791,7 +1812,7 @@ mod tests {
             .collect();
         assert_eq!(pages, [0x1000, PAGE_2M, PAGE_1G, 2 << 39]);
         assert!(matches!(
-            Paging::of_vcpu("aarch64", &VcpuRegisters::default()),
+            Paging::of_vcpu(&Arch::Aarch64, &VcpuRegisters::default()),
             Err(PagingError::NoRoot { .. })
         ));
     }

@@ -1,14 +1,16 @@
 //! vCPU registers as QEMU reports them: HMP `info registers -a` (QEMU's only dump of every
 //! register; QMP `query-cpus-fast` names the vCPUs but gives no values), parsed per vCPU into
-//! name/value pairs, and turned into the notes QEMU's own `dump-guest-memory` writes for an
-//! x86_64 core: `NT_PRSTATUS` and the `QEMU` note of each vCPU (its `QEMUCPUState`, with the
-//! control and descriptor-table registers that crash uses to find a KASLR kernel).
+//! name/value pairs, and turned into the notes of the guest's architecture for its core
+//! ([`ArchInfo::core_notes`](super::arch::ArchInfo::core_notes): x86_64's `NT_PRSTATUS` and
+//! `QEMU` notes, with the control and descriptor-table registers that crash uses to find a
+//! KASLR kernel).
 //!
 //! A sample of a running VM's registers is a moment of each vCPU, taken one after the other:
 //! pause the VM first for one consistent set.
 
 use std::os::unix::net::UnixStream;
 
+use super::arch::{x86_64, Arch};
 use crate::qmp::{QmpClient, QmpError};
 use crate::vm::{VmError, VmInfo};
 
@@ -36,6 +38,39 @@ impl VcpuRegisters {
     pub fn values(&self) -> &[(String, u64)] {
         &self.values
     }
+
+    /// The program counter of a vCPU of architecture `arch`, by its spelling
+    /// ([`ArchInfo::program_counter`](super::arch::ArchInfo::program_counter): `RIP` or `EIP`,
+    /// `pc`, `PC`); `None` when QEMU did not print it or the architecture is not known.
+    pub fn pc(&self, arch: &Arch) -> Option<u64> {
+        self.first_of(arch.info().program_counter)
+    }
+
+    /// The x86 segment register `name` (`CS`..`GS`, `LDT`, `TR`) or descriptor-table register
+    /// (`GDT`, `IDT`: selector and flags zero), with zeros for what QEMU did not print.
+    pub fn segment(&self, name: &str) -> Segment {
+        let field = |suffix: &str| self.get(&format!("{name}{suffix}")).unwrap_or(0);
+        Segment {
+            selector: field("") as u32,
+            base: field(".base"),
+            limit: field(".limit") as u32,
+            flags: field(".flags") as u32,
+        }
+    }
+}
+
+/// An x86 segment or descriptor-table register as the vCPU caches it, in the widths of QEMU's
+/// `QEMUCPUState`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Segment {
+    /// The selector (zero for a descriptor table).
+    pub selector: u32,
+    /// The base address.
+    pub base: u64,
+    /// The limit.
+    pub limit: u32,
+    /// The descriptor's attribute bits, as QEMU keeps them (zero for a descriptor table).
+    pub flags: u32,
 }
 
 /// Every vCPU's registers from the text of HMP `info registers -a` (blocks that start with
@@ -64,13 +99,13 @@ fn register_values(block: &str) -> Vec<(String, u64)> {
                 .split_whitespace()
                 .map_while(|f| u64::from_str_radix(f, 16).ok())
         };
-        if let Some(name) = named(&["ES", "CS", "SS", "DS", "FS", "GS", "LDT", "TR"]) {
+        if let Some(name) = named(&x86_64::SEGMENTS) {
             for (suffix, value) in ["", ".base", ".limit", ".flags"].iter().zip(fields()) {
                 values.push((format!("{name}{suffix}"), value));
             }
             continue;
         }
-        if let Some(name) = named(&["GDT", "IDT"]) {
+        if let Some(name) = named(&x86_64::DESCRIPTOR_TABLES) {
             for (suffix, value) in [".base", ".limit"].iter().zip(fields()) {
                 values.push((format!("{name}{suffix}"), value));
             }
@@ -112,110 +147,6 @@ fn register_values(block: &str) -> Vec<(String, u64)> {
     values
 }
 
-/// `NT_PRSTATUS` notes, one per vCPU, for an x86_64 guest (real and protected mode name EAX..,
-/// long mode RAX.. and R8..R15). The layout is the kernel's `struct elf_prstatus` for x86_64
-/// (336 bytes, `pr_reg` at 112 in `user_regs_struct` order), as QEMU's own dump writes it;
-/// fields QEMU did not print are zero.
-pub fn x86_64_prstatus_notes(vcpus: &[VcpuRegisters]) -> Vec<u8> {
-    // user_regs_struct, in order; each name lists the spellings QEMU prints
-    const REGS: [&[&str]; 27] = [
-        &["R15"],
-        &["R14"],
-        &["R13"],
-        &["R12"],
-        &["RBP", "EBP"],
-        &["RBX", "EBX"],
-        &["R11"],
-        &["R10"],
-        &["R9"],
-        &["R8"],
-        &["RAX", "EAX"],
-        &["RCX", "ECX"],
-        &["RDX", "EDX"],
-        &["RSI", "ESI"],
-        &["RDI", "EDI"],
-        &["orig_rax"],
-        &["RIP", "EIP"],
-        &["CS"],
-        &["RFL", "EFL"],
-        &["RSP", "ESP"],
-        &["SS"],
-        &["FS.base"],
-        &["GS.base"],
-        &["DS"],
-        &["ES"],
-        &["FS"],
-        &["GS"],
-    ];
-    let mut notes = Vec::new();
-    for (index, vcpu) in vcpus.iter().enumerate() {
-        let mut desc = vec![0u8; 336];
-        desc[32..36].copy_from_slice(&(index as u32 + 1).to_le_bytes()); // pr_pid: vCPU index + 1
-        for (slot, names) in REGS.iter().enumerate() {
-            desc[112 + slot * 8..120 + slot * 8]
-                .copy_from_slice(&vcpu.first_of(names).unwrap_or(0).to_le_bytes());
-        }
-        notes.extend_from_slice(&crate::ram::views::elf_note("CORE", 1, &desc));
-        // NT_PRSTATUS
-    }
-    notes
-}
-
-/// The `QEMU` notes of an x86_64 core, one per vCPU: QEMU's `QEMUCPUState` (version 1, 440
-/// bytes: general registers, RIP, RFLAGS, the segments CS DS ES FS GS SS LDT TR and the tables
-/// GDT IDT as selector/limit/flags/base, CR0-CR4, KERNEL_GS_BASE), as `dump-guest-memory`
-/// writes it after the `NT_PRSTATUS` notes. Registers QEMU's monitor does not print (CR1,
-/// KERNEL_GS_BASE) are zero.
-pub fn x86_64_qemu_notes(vcpus: &[VcpuRegisters]) -> Vec<u8> {
-    const GENERAL: [&[&str]; 18] = [
-        &["RAX", "EAX"],
-        &["RBX", "EBX"],
-        &["RCX", "ECX"],
-        &["RDX", "EDX"],
-        &["RSI", "ESI"],
-        &["RDI", "EDI"],
-        &["RSP", "ESP"],
-        &["RBP", "EBP"],
-        &["R8"],
-        &["R9"],
-        &["R10"],
-        &["R11"],
-        &["R12"],
-        &["R13"],
-        &["R14"],
-        &["R15"],
-        &["RIP", "EIP"],
-        &["RFL", "EFL"],
-    ];
-    const SEGMENTS: [&str; 10] = ["CS", "DS", "ES", "FS", "GS", "SS", "LDT", "TR", "GDT", "IDT"];
-    const SIZE: u32 = 440;
-    let mut notes = Vec::new();
-    for vcpu in vcpus {
-        let mut desc = Vec::with_capacity(SIZE as usize);
-        desc.extend_from_slice(&1u32.to_le_bytes()); // version
-        desc.extend_from_slice(&SIZE.to_le_bytes());
-        for names in GENERAL {
-            desc.extend_from_slice(&vcpu.first_of(names).unwrap_or(0).to_le_bytes());
-        }
-        for segment in SEGMENTS {
-            let field = |suffix: &str| vcpu.get(&format!("{segment}{suffix}")).unwrap_or(0);
-            // the tables have no selector or flags: zero, as QEMU writes them
-            desc.extend_from_slice(&(field("") as u32).to_le_bytes());
-            desc.extend_from_slice(&(field(".limit") as u32).to_le_bytes());
-            desc.extend_from_slice(&(field(".flags") as u32).to_le_bytes());
-            desc.extend_from_slice(&0u32.to_le_bytes()); // pad
-            desc.extend_from_slice(&field(".base").to_le_bytes());
-        }
-        for cr in ["CR0", "CR1", "CR2", "CR3", "CR4"] {
-            desc.extend_from_slice(&vcpu.get(cr).unwrap_or(0).to_le_bytes());
-        }
-        desc.extend_from_slice(&0u64.to_le_bytes()); // kernel_gs_base: not printed by the monitor
-        debug_assert_eq!(desc.len(), SIZE as usize);
-        notes.extend_from_slice(&crate::ram::views::elf_note("QEMU", 0, &desc));
-    }
-    notes
-}
-
 /// Every vCPU's registers now, asked through `ask` (a QMP exchange of the caller's: a fresh
 /// connection or a cached one).
 ///
@@ -228,19 +159,20 @@ pub fn vcpu_registers(
     ask(&|qmp| qmp.human_monitor_command("info registers -a")).map(|text| parse_info_registers(&text))
 }
 
-/// The notes of the vCPUs as QEMU reports them now, for x86_64 guests: every vCPU's
-/// `NT_PRSTATUS`, then every vCPU's `QEMU` note, in the order of QEMU's own dump (the register
-/// text of other architectures is not turned into notes: their cores carry none). A monitor
-/// that fails gives none, with a log line.
+/// The notes of the vCPUs as QEMU reports them now, as the guest's architecture's cores carry
+/// them ([`ArchInfo::core_notes`](super::arch::ArchInfo::core_notes); x86_64: every vCPU's
+/// `NT_PRSTATUS`, then every vCPU's `QEMU` note, in the order of QEMU's own dump). The cores of
+/// other architectures carry none, and QEMU is not asked. A monitor that fails gives none,
+/// with a log line.
 pub fn vcpu_notes_now(
     info: &VmInfo,
     ask: impl FnOnce(&dyn Fn(&mut QmpClient<UnixStream>) -> Result<String, QmpError>) -> Result<String, VmError>,
 ) -> Vec<u8> {
-    if info.arch != "x86_64" {
+    let Some(core_notes) = info.arch.info().core_notes else {
         return Vec::new();
-    }
+    };
     match vcpu_registers(ask) {
-        Ok(vcpus) => [x86_64_prstatus_notes(&vcpus), x86_64_qemu_notes(&vcpus)].concat(),
+        Ok(vcpus) => core_notes(&vcpus),
         Err(err) => {
             log::warn!("no vCPU registers in the core of VM {}: {}", info.name, crate::error::chain(&err));
             Vec::new()
@@ -249,10 +181,11 @@ pub fn vcpu_notes_now(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const TWO_VCPUS: &str = "CPU#0\nRAX=0000000000000001 RBX=0000000000000002 RCX=3 RDX=4\n\
+    /// Two x86_64 vCPUs: one in long mode, one just reset.
+    pub(crate) const TWO_VCPUS: &str = "CPU#0\nRAX=0000000000000001 RBX=0000000000000002 RCX=3 RDX=4\n\
                              R8 =0000000000022e80 R9 =00000000314ded62 R10=00000000fffffffb\n\
                              FCW=037f FSW=0000 [ST=0] FTW=00 MXCSR=00001fa0\n\
                              RIP=ffffffff81000010 RFL=00000246 [---Z-P-] CPL=0\nRSP=ffffc90000003e80\n\
@@ -296,21 +229,59 @@ mod tests {
     }
 
     #[test]
-    fn prstatus_notes_from_info_registers() {
-        let notes = x86_64_prstatus_notes(&parse_info_registers(TWO_VCPUS));
-        assert_eq!(notes.len(), 2 * (12 + 8 + 336));
-        let desc = &notes[20..20 + 336];
-        let reg =
-            |index: usize| u64::from_le_bytes(desc[112 + index * 8..120 + index * 8].try_into().unwrap());
-        assert_eq!(
-            (reg(10), reg(5), reg(16), reg(18), reg(19)),
-            (1, 2, 0xffff_ffff_8100_0010, 0x246, 0xffff_c900_0000_3e80)
+    fn x86_64_program_counter_and_segments() {
+        let vcpus = parse_info_registers(
+            "CPU#0\nRAX=0000000000000001 RBX=0000000000000002\nR8 =0000000000000008 R15=000000000000000f\n\
+             RIP=ffffffff81000010 RFL=00000246 [---Z-P-] CPL=0\n\
+             CS =0010 0000000000000000 ffffffff 00a09b00 DPL=0 CS64 [-RA]\n\
+             TR =0040 fffffe0000003000 00004087 00008900 DPL=0 TSS64-avl\n\
+             IDT=     fffffe0000000000 00000fff\n\
+             CR0=80050033 CR2=0000000000000000 CR3=0000000001a0e000 CR4=003506f0\nEFER=0000000000000d01\n",
         );
-        assert_eq!((reg(17), reg(22)), (0x10, 0xffff_8880_7fc0_0000), "CS selector, GS base");
-        assert_eq!(&notes[12..16], b"CORE");
-        let second = &notes[356 + 20..356 + 20 + 336];
-        assert_eq!(u64::from_le_bytes(second[112 + 16 * 8..120 + 16 * 8].try_into().unwrap()), 0xfff0);
-        assert_eq!(u32::from_le_bytes(second[32..36].try_into().unwrap()), 2, "pr_pid");
+        let vcpu = &vcpus[0];
+        let get = |name| vcpu.get(name).unwrap();
+        assert_eq!((get("RAX"), get("RBX"), get("R8"), get("R15")), (1, 2, 8, 15));
+        assert_eq!(
+            (vcpu.pc(&Arch::X86_64), get("RFL"), get("CR3"), get("EFER")),
+            (Some(0xffff_ffff_8100_0010), 0x246, 0x1a0_e000, 0xd01)
+        );
+        assert_eq!(
+            vcpu.segment("CS"),
+            Segment { selector: 0x10, base: 0, limit: 0xffff_ffff, flags: 0x00a0_9b00 }
+        );
+        assert_eq!((vcpu.segment("TR").selector, vcpu.segment("TR").base), (0x40, 0xffff_fe00_0000_3000));
+        assert_eq!(
+            vcpu.segment("IDT"),
+            Segment { selector: 0, base: 0xffff_fe00_0000_0000, limit: 0xfff, flags: 0 }
+        );
+        assert_eq!(vcpu.segment("DS"), Segment::default(), "not printed: zeros");
+        assert_eq!(parse_info_registers(TWO_VCPUS)[1].pc(&Arch::X86_64), Some(0xfff0), "EIP");
+        let without_cr3 = parse_info_registers("CPU#0\nRIP=0 RFL=2\nCS =0000 0 0 0\nCR0=0 CR4=0\n");
+        assert!(matches!(
+            crate::guest::Paging::of_vcpu(&Arch::X86_64, &without_cr3[0]),
+            Err(crate::guest::PagingError::MissingRegister { name: "CR3" })
+        ));
+    }
+
+    #[test]
+    fn riscv64_and_aarch64_program_counters() {
+        let riscv = parse_info_registers(
+            "CPU#0\n pc       0000000080000010\n satp     8000000000080100\n x1/ra    0000000000000001 x31/t6   000000000000001f\n",
+        );
+        let hart = &riscv[0];
+        assert_eq!(
+            (hart.pc(&Arch::Riscv64), hart.get("satp"), hart.get("x1"), hart.get("x31")),
+            (Some(0x8000_0010), Some(0x8000_0000_0008_0100), Some(1), Some(31))
+        );
+        let arm = parse_info_registers("CPU#0\nPC=0000000040000000 X00=0000000000000001 X30=000000000000001e\nSP=0000000040001000\nPSTATE=400003c5 -Z-- EL1h\n");
+        let arm = &arm[0];
+        assert_eq!(arm.pc(&Arch::Aarch64), Some(0x4000_0000));
+        assert_eq!(
+            (arm.get("X00"), arm.get("X30"), arm.get("SP"), arm.get("PSTATE")),
+            (Some(1), Some(30), Some(0x4000_1000), Some(0x4000_03c5))
+        );
+        assert_eq!(hart.pc(&Arch::Aarch64), None, "another architecture's spelling");
+        assert_eq!(hart.pc(&Arch::from_qemu("sparc64")), None);
     }
 
     #[test]
@@ -327,29 +298,5 @@ mod tests {
         );
         assert_eq!(get("mstatus"), Some(0xa_0000_0000));
         assert!(vcpus[0].values().iter().all(|(name, _)| name != "V" && !name.contains('/')));
-    }
-
-    #[test]
-    fn qemu_notes_carry_qemus_cpu_state() {
-        let notes = x86_64_qemu_notes(&parse_info_registers(TWO_VCPUS));
-        // name "QEMU\0" padded to 8, 440 bytes of state
-        assert_eq!(notes.len(), 2 * (12 + 8 + 440));
-        assert_eq!(&notes[12..17], b"QEMU\0");
-        let desc = &notes[20..20 + 440];
-        let u32_at = |at: usize| u32::from_le_bytes(desc[at..at + 4].try_into().unwrap());
-        let u64_at = |at: usize| u64::from_le_bytes(desc[at..at + 8].try_into().unwrap());
-        assert_eq!((u32_at(0), u32_at(4)), (1, 440), "version, size");
-        assert_eq!((u64_at(8), u64_at(16)), (1, 2), "RAX, RBX");
-        assert_eq!((u64_at(8 + 16 * 8), u64_at(8 + 17 * 8)), (0xffff_ffff_8100_0010, 0x246), "RIP, RFLAGS");
-        let segment = |index: usize| 8 + 18 * 8 + index * 24;
-        assert_eq!(
-            (u32_at(segment(0)), u32_at(segment(0) + 4), u32_at(segment(0) + 8)),
-            (0x10, 0xffff_ffff, 0x00a0_9b00)
-        );
-        assert_eq!(u64_at(segment(4) + 16), 0xffff_8880_7fc0_0000, "GS base");
-        assert_eq!((u32_at(segment(7)), u64_at(segment(7) + 16)), (0x40, 0xffff_fe00_0000_3000), "TR");
-        assert_eq!((u32_at(segment(9) + 4), u64_at(segment(9) + 16)), (0xfff, 0xffff_fe00_0000_0000), "IDT");
-        let cr = |index: usize| u64_at(segment(10) + index * 8);
-        assert_eq!((cr(0), cr(3), cr(4)), (0x8005_0033, 0x1a0_e000, 0x3506f0));
     }
 }

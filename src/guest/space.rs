@@ -6,7 +6,8 @@
 //! ([`offset_of_va`]): with 4-level paging the file is 2^48 bytes,
 //! the user half at offsets 0..2^47 (offset = address) and the kernel half from 2^47
 //! (0xffff_8000_0000_0000 is at offset 2^47, 0xffff_ffff_8100_0000 at 0xffff_8100_0000); with
-//! 5-level paging 2^57 bytes, the kernel half from 2^56. Pages that are not mapped, and mapped
+//! 5-level paging (and Sv57) 2^57 bytes, the kernel half from 2^56; with Sv39 2^39 bytes, the
+//! kernel half from 2^38; Sv48 and AArch64 as 4-level paging. Pages that are not mapped, and mapped
 //! pages that are not RAM (device memory), read as zeros; SEEK_DATA and SEEK_HOLE walk the
 //! page tables, so a tool that skips holes never reads 256 TiB of them.
 //!
@@ -15,6 +16,7 @@
 
 use std::fmt::Write as _;
 
+use super::arch::{Arch, PageTableRoot};
 use super::memory::{Gpa, GuestMemory};
 use super::paging::{offset_of_va, va_of_offset, Limits, Mapping, Paging, PagingError, PagingMode, PAGE_4K};
 use super::registers::VcpuRegisters;
@@ -25,8 +27,8 @@ pub enum VcpuPagingError {
     /// Only x86_64, riscv64 and aarch64 guests are translated.
     #[error("virtual addresses are translated for x86_64, riscv64 and aarch64 guests, not {arch}")]
     Architecture {
-        /// The guest's architecture, as QEMU names it.
-        arch: String,
+        /// The guest's architecture.
+        arch: Arch,
     },
     /// No vCPU of that index.
     #[error("no vCPU {cpu} (the VM has {count})")]
@@ -59,19 +61,19 @@ pub enum VcpuPagingError {
 /// Another architecture, a vCPU that does not exist, a vCPU whose registers select no paging
 /// (not in long mode, satp Bare), an aarch64 vCPU without `root`.
 pub fn vcpu_paging(
-    arch: &str,
+    arch: &Arch,
     vcpus: &[VcpuRegisters],
     cpu: usize,
     root: Option<Gpa>,
 ) -> Result<Paging, VcpuPagingError> {
-    if !["x86_64", "riscv64", "aarch64"].contains(&arch) {
-        return Err(VcpuPagingError::Architecture { arch: arch.to_string() });
+    if arch.info().page_table_root == PageTableRoot::NotWalked {
+        return Err(VcpuPagingError::Architecture { arch: arch.clone() });
     }
     let registers = vcpus.get(cpu).ok_or(VcpuPagingError::NoSuchVcpu { cpu, count: vcpus.len() })?;
     match (Paging::of_vcpu(arch, registers), root) {
         (Ok(paging), Some(root)) => Ok(Paging::new(paging.mode(), root, paging.no_execute_enabled())),
         (Ok(paging), None) => Ok(paging),
-        (Err(PagingError::NoRoot { .. }), Some(root)) if arch == "aarch64" => {
+        (Err(PagingError::NoRoot { .. }), Some(root)) if *arch == Arch::Aarch64 => {
             Ok(Paging::new(PagingMode::Arm48, root, true))
         }
         (Err(source), _) => Err(VcpuPagingError::Paging { cpu, source }),
@@ -83,7 +85,7 @@ pub fn vcpu_paging(
 /// paging the registers select (`paging`: mode, root, no-execute, address bits; x86_64 from
 /// CR0/CR3/CR4/EFER, riscv64 from satp) or why there is none (`paging_error`: aarch64 always,
 /// QEMU's monitor printing no TTBR).
-pub fn registers_json(arch: &str, cpu: usize, registers: &VcpuRegisters) -> serde_json::Value {
+pub fn registers_json(arch: &Arch, cpu: usize, registers: &VcpuRegisters) -> serde_json::Value {
     let values: serde_json::Map<String, serde_json::Value> = registers
         .values()
         .iter()
@@ -377,26 +379,29 @@ mod tests {
         let vcpus = crate::guest::parse_info_registers(
             "CPU#0\nCR0=80050033 CR3=0000000000001000 CR4=00000020 EFER=0000000000000d01\n",
         );
-        let paging = vcpu_paging("x86_64", &vcpus, 0, None).unwrap();
+        let paging = vcpu_paging(&Arch::X86_64, &vcpus, 0, None).unwrap();
         assert_eq!((paging.mode(), paging.root()), (PagingMode::FourLevel, Gpa(0x1000)));
-        assert_eq!(vcpu_paging("x86_64", &vcpus, 0, Some(Gpa(0x5000))).unwrap().root(), Gpa(0x5000));
+        assert_eq!(vcpu_paging(&Arch::X86_64, &vcpus, 0, Some(Gpa(0x5000))).unwrap().root(), Gpa(0x5000));
         assert!(matches!(
-            vcpu_paging("x86_64", &vcpus, 1, None),
+            vcpu_paging(&Arch::X86_64, &vcpus, 1, None),
             Err(VcpuPagingError::NoSuchVcpu { cpu: 1, count: 1 })
         ));
-        assert!(matches!(vcpu_paging("sparc64", &vcpus, 0, None), Err(VcpuPagingError::Architecture { .. })));
+        let sparc = vcpu_paging(&Arch::from_qemu("sparc64"), &vcpus, 0, None).unwrap_err();
+        assert!(matches!(sparc, VcpuPagingError::Architecture { .. }));
+        assert!(sparc.to_string().ends_with("guests, not sparc64"), "{sparc}");
         // aarch64: QEMU says nothing of TTBRs, so a root must be given
         assert!(matches!(
-            vcpu_paging("aarch64", &vcpus, 0, None),
+            vcpu_paging(&Arch::Aarch64, &vcpus, 0, None),
             Err(VcpuPagingError::Paging { source: PagingError::NoRoot { .. }, .. })
         ));
-        let arm = vcpu_paging("aarch64", &vcpus, 0, Some(Gpa(0x4000_1000))).unwrap();
+        let arm = vcpu_paging(&Arch::Aarch64, &vcpus, 0, Some(Gpa(0x4000_1000))).unwrap();
         assert_eq!((arm.mode(), arm.root()), (PagingMode::Arm48, Gpa(0x4000_1000)));
         let riscv = crate::guest::parse_info_registers("CPU#0\n satp     9000000000080010\n");
-        let sv48 = vcpu_paging("riscv64", &riscv, 0, None).unwrap();
+        let sv48 = vcpu_paging(&Arch::Riscv64, &riscv, 0, None).unwrap();
         assert_eq!((sv48.mode(), sv48.root()), (PagingMode::Sv48, Gpa(0x8001_0000)));
-        assert_eq!(registers_json("riscv64", 0, &riscv[0])["paging"]["mode"], "Sv48");
-        let json = registers_json("x86_64", 0, &vcpus[0]);
+        assert_eq!(registers_json(&Arch::Riscv64, 0, &riscv[0])["paging"]["mode"], "Sv48");
+        let json = registers_json(&Arch::X86_64, 0, &vcpus[0]);
+        assert_eq!(json["arch"], "x86_64");
         assert_eq!(json["registers"]["CR3"], "0x1000");
         assert_eq!(json["paging"]["root"], "0x1000");
         assert_eq!(json["paging"]["mode"], "4-level paging");

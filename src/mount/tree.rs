@@ -170,8 +170,8 @@ impl CpuFile {
 
     /// Whether a guest of architecture `arch` has it: the page tables are walked where the
     /// registers say where they are (x86_64, riscv64; QEMU gives no TTBR of aarch64 vCPUs).
-    fn exists_for(self, arch: &str) -> bool {
-        self == CpuFile::Registers || ["x86_64", "riscv64"].contains(&arch)
+    fn exists_for(self, arch: &crate::guest::Arch) -> bool {
+        self == CpuFile::Registers || arch.page_table_root_in_registers()
     }
 
     fn from_name(name: &OsStr) -> Option<Self> {
@@ -581,7 +581,7 @@ impl Tree {
     /// The bytes of `cpus/<cpu>/registers` or `mappings`, from the vCPU's registers now.
     fn generate_cpu(instance: &MountedVm, cpu: usize, file: CpuFile) -> Result<Vec<u8>, GenerateError> {
         let vcpus = vcpus_now(instance)?;
-        let arch = instance.info.arch.as_str();
+        let arch = &instance.info.arch;
         let text = match file {
             CpuFile::Registers => {
                 let registers = vcpus

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::guest::Arch;
 use crate::ram::{GuestLayout, Machine};
 use protocol::{LineReader, Message};
 pub use scripted::ScriptedStream;
@@ -615,16 +616,16 @@ impl<S: Read + Write> QmpClient<S> {
         Ok(self.execute("query-name", None)?.get("name").and_then(Value::as_str).map(str::to_string))
     }
 
-    /// The guest architecture from `query-target`, e.g. `x86_64`, `aarch64`, `riscv64`; empty
-    /// when QEMU does not say.
+    /// The guest architecture from `query-target`, e.g. `x86_64`, `aarch64`, `riscv64`
+    /// ([`Arch::Other`] with an empty name when QEMU does not say).
     ///
     /// # Errors
     ///
     /// As [`execute`](Self::execute), but for QEMU refusing the command.
-    pub fn target_arch(&mut self) -> Result<String, QmpError> {
+    pub fn target_arch(&mut self) -> Result<Arch, QmpError> {
         match self.execute("query-target", None) {
-            Ok(reply) => Ok(reply.get("arch").and_then(Value::as_str).unwrap_or_default().to_string()),
-            Err(QmpError::Command { .. }) => Ok(String::new()),
+            Ok(reply) => Ok(Arch::from_qemu(reply.get("arch").and_then(Value::as_str).unwrap_or_default())),
+            Err(QmpError::Command { .. }) => Ok(Arch::from_qemu("")),
             Err(err) => Err(err),
         }
     }

@@ -10,6 +10,7 @@
 //! never allocating untouched pages). Pure arithmetic: tested and fuzzable without a VM.
 
 use super::layout::GuestLayout;
+use crate::guest::Arch;
 
 /// Where a run of a view's bytes comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,18 +85,10 @@ impl Physical {
     }
 }
 
-/// ELF machine numbers for the guest architectures QEMU names in `query-target`.
-pub fn elf_machine(arch: &str) -> u16 {
-    match arch {
-        "x86_64" => 62,
-        "i386" => 3,
-        "aarch64" => 183,
-        "arm" => 40,
-        "riscv64" | "riscv32" => 243,
-        "ppc64" => 21,
-        "s390x" => 22,
-        _ => 0,
-    }
+/// The ELF machine number of a guest architecture's cores ([`Arch::elf_machine`]; 0 for one
+/// this crate does not know).
+pub fn elf_machine(arch: &Arch) -> u16 {
+    arch.elf_machine()
 }
 
 const PAGE: u64 = super::PAGE_SIZE as u64;
@@ -329,7 +322,7 @@ mod tests {
 
     #[test]
     fn core_headers_and_loads() {
-        let core = Core::new(&q35_4g(), elf_machine("x86_64"), &[], None);
+        let core = Core::new(&q35_4g(), elf_machine(&Arch::X86_64), &[], None);
         let header = match &core.pieces(0, 4096)[..] {
             [Piece::Bytes(bytes)] => bytes.to_vec(),
             other => panic!("{other:?}"),
