@@ -21,6 +21,11 @@
 //! /<vm>/cpus/<n>/registers  vCPU n's registers now (JSON)
 //! /<vm>/cpus/<n>/mappings   every mapping of vCPU n's page tables now (x86_64, riscv64)
 //! /<vm>/cpus/<n>/memory     vCPU n's virtual address space, sparse (x86_64, riscv64)
+//! ```
+//!
+//! Its directories are the tables of `table.rs`, its inode numbers `inode.rs`'s; this file
+//! answers fuser with them, and keeps the open files and `ram`'s passthrough.
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -136,13 +141,14 @@ impl Tree {
             flags: 0,
         }
     }
+
     /// What `ino` names now (ENOENT: nothing, or a VM gone).
     fn place(&self, ino: INodeNo) -> Result<Place, Errno> {
         let node = Node::decode(ino.0).ok_or(Errno::ENOENT)?;
         super::table::place(&self.registry, node, self.mounted_at).ok_or(Errno::ENOENT)
     }
 
-    /// Its attributes (and how long they hold).
+    /// The attributes of what `place` is.
     fn place_attr(&self, place: &Place) -> FileAttr {
         let ino = INodeNo(place.node.encode());
         match &place.what {
@@ -186,6 +192,7 @@ impl Tree {
             });
         }
     }
+
     /// `len` bytes at `offset` of `physical` or `core`: RAM pieces read live (one RAM piece
     /// alone is answered without a copy), holes and padding as zeros, headers as generated.
     fn read_view<'a>(instance: &'a MountedVm, pieces: Vec<Piece<'_>>) -> Result<Cow<'a, [u8]>, BridgeError> {
@@ -289,6 +296,7 @@ impl Filesystem for Tree {
         }
         Ok(())
     }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.lookup_place(parent, name) {
             Ok(place) => reply.entry(&place.ttl, &self.place_attr(&place), Generation(0)),
