@@ -6,7 +6,9 @@
 //! `fusermount3 -u`, `qemu-bridge umount`) ends the session thread, and the daemon exits.
 
 pub mod audit;
+mod inode;
 pub mod parts;
+mod table;
 pub mod tree;
 
 use std::ffi::OsString;
