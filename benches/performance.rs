@@ -1701,7 +1701,7 @@ impl Bench {
         // 1 MiB of the kernel's address space, in 4 KiB pages and in a 2 MiB page, against a copy
         // of the same physical bytes
         let (bridge, info) = vm.open_bridge().unwrap();
-        let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
+        let vcpus = vm.vcpu_registers().unwrap();
         let paging = qemu_bridge::guest::vcpu_paging(&info.arch, &vcpus, 0, None).unwrap();
         let runs: Vec<_> = paging.mappings(&bridge, .., Limits::default()).filter_map(Result::ok).collect();
         for page_size in [4u64 << 10, 2 << 20] {

@@ -1052,7 +1052,7 @@ fn vcpu_paging(
     root: Option<u64>,
 ) -> Result<qemu_bridge::guest::Paging, Box<dyn std::error::Error + Send + Sync>> {
     use qemu_bridge::guest::{Gpa, VcpuPagingError};
-    let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask))?;
+    let vcpus = vm.vcpu_registers()?;
     qemu_bridge::guest::vcpu_paging(&info.arch, &vcpus, cpu, root.map(Gpa)).map_err(|err| {
         let detail = match &err {
             VcpuPagingError::Paging { source, .. } => format!(": {source}"),

@@ -322,6 +322,15 @@ impl Vm {
         ask(&mut client).map_err(|err| self.qmp_error(err))
     }
 
+    /// Every vCPU's registers now (one HMP exchange, `info registers -a`).
+    ///
+    /// # Errors
+    ///
+    /// QEMU did not answer.
+    pub fn vcpu_registers(&self) -> Result<Vec<crate::guest::VcpuRegisters>, VmError> {
+        vcpu_registers(|ask| self.with_qmp(ask))
+    }
+
     /// Live `query-status`.
     ///
     /// # Errors
@@ -660,6 +669,40 @@ pub fn memdev_with_paths<S: std::io::Read + std::io::Write>(
         }
     }
     Ok(backends)
+}
+
+/// Every vCPU's registers now, asked through `ask` (a QMP exchange of the caller's: a fresh
+/// connection or a cached one).
+///
+/// # Errors
+///
+/// What `ask` returns.
+pub fn vcpu_registers(
+    ask: impl FnOnce(&dyn Fn(&mut QmpClient<UnixStream>) -> Result<String, QmpError>) -> Result<String, VmError>,
+) -> Result<Vec<crate::guest::VcpuRegisters>, VmError> {
+    ask(&|qmp| qmp.human_monitor_command("info registers -a"))
+        .map(|text| crate::guest::parse_info_registers(&text))
+}
+
+/// The notes of the vCPUs as QEMU reports them now, as the guest's architecture's cores carry
+/// them ([`ArchInfo::core_notes`](crate::guest::arch::ArchInfo::core_notes); x86_64: every vCPU's
+/// `NT_PRSTATUS`, then every vCPU's `QEMU` note, in the order of QEMU's own dump). The cores of
+/// other architectures carry none, and QEMU is not asked. A monitor that fails gives none,
+/// with a log line.
+pub fn vcpu_notes_now(
+    info: &VmInfo,
+    ask: impl FnOnce(&dyn Fn(&mut QmpClient<UnixStream>) -> Result<String, QmpError>) -> Result<String, VmError>,
+) -> Vec<u8> {
+    let Some(core_notes) = info.arch.info().core_notes else {
+        return Vec::new();
+    };
+    match vcpu_registers(ask) {
+        Ok(vcpus) => core_notes(&vcpus),
+        Err(err) => {
+            log::warn!("no vCPU registers in the core of VM {}: {}", info.name, crate::error::chain(&err));
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -341,7 +341,7 @@ fn test_read_virtual_equals_qemus_own_translation() {
     let run_dir = TestRunDir::new();
     let (linux, vm) = paused_linux(&run_dir, &[]);
     let name = linux.launched.name().to_string();
-    let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
+    let vcpus = vm.vcpu_registers().unwrap();
     let (rip, rsp) = (vcpus[0].get("RIP").unwrap(), vcpus[0].get("RSP").unwrap());
     let ours = |va: u64, len: usize, extra: &[&str]| {
         let (va, len) = (format!("{va:#x}"), len.to_string());
@@ -536,7 +536,7 @@ fn cpus_agree_with_qemu(extra: &[&str], five_level_expected: bool) {
         );
     }
     let (rip, cr4) = (common::hmp_register(&hmp, "RIP"), common::hmp_register(&hmp, "CR4"));
-    let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
+    let vcpus = vm.vcpu_registers().unwrap();
     let vcpu = &vcpus[0];
     assert_eq!(
         (
@@ -712,7 +712,7 @@ fn test_page_tables_that_fan_out_cost_bounded_work() {
     let run_dir = TestRunDir::new();
     let (linux, vm) = paused_linux(&run_dir, &[]);
     let name = linux.launched.name().to_string();
-    let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
+    let vcpus = vm.vcpu_registers().unwrap();
     let root = vcpus[0].get("CR3").unwrap() & 0x000f_ffff_ffff_f000;
     // below the PCI hole of a 128 MiB q35 guest, RAM file offset = guest-physical address
     let ram = std::fs::OpenOptions::new().write(true).open(&linux.launched.ram_path).unwrap();

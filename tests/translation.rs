@@ -118,7 +118,7 @@ fn test_riscv_satp_and_sv39_tables_translate_as_the_manual_says() {
     let cpu = mount.path("riscv64/cpus/0");
     let json = common::read_json(&cpu.join("registers"));
     assert_eq!(json["registers"]["satp"], format!("{satp:#x}"));
-    let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
+    let vcpus = vm.vcpu_registers().unwrap();
     let hart = &vcpus[0];
     // spinning on `j .` at 0x8000_000c, with the root's address loaded into t0 (x5)
     assert_eq!(
@@ -195,7 +195,7 @@ fn test_aarch64_tables_translate_from_a_given_root() {
     assert_eq!(json["registers"]["PC"], format!("{pc:#x}"));
     assert!(json["paging_error"].as_str().unwrap().contains("TTBR"), "{json}");
     let vm = Vm::existing(&run_dir.run_dir, "aarch64").unwrap();
-    let vcpus = qemu_bridge::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask)).unwrap();
+    let vcpus = vm.vcpu_registers().unwrap();
     assert_eq!(vcpus[0].pc(&qemu_bridge::guest::Arch::Aarch64), Some(pc));
     assert!(!Path::new(&cpu.join("mappings")).exists() && !cpu.join("memory").exists());
 }

@@ -8,11 +8,7 @@
 //! A sample of a running VM's registers is a moment of each vCPU, taken one after the other:
 //! pause the VM first for one consistent set.
 
-use std::os::unix::net::UnixStream;
-
 use super::arch::{x86_64, Arch};
-use crate::qmp::{QmpClient, QmpError};
-use crate::vm::{VmError, VmInfo};
 
 /// One vCPU's registers: `(name, value)` in the order QEMU printed them. Segment registers
 /// (`ES`..`GS`, `LDT`, `TR`) give their selector under their name (`CS`) and their base, limit
@@ -145,39 +141,6 @@ fn register_values(block: &str) -> Vec<(String, u64)> {
         }
     }
     values
-}
-
-/// Every vCPU's registers now, asked through `ask` (a QMP exchange of the caller's: a fresh
-/// connection or a cached one).
-///
-/// # Errors
-///
-/// What `ask` returns.
-pub fn vcpu_registers(
-    ask: impl FnOnce(&dyn Fn(&mut QmpClient<UnixStream>) -> Result<String, QmpError>) -> Result<String, VmError>,
-) -> Result<Vec<VcpuRegisters>, VmError> {
-    ask(&|qmp| qmp.human_monitor_command("info registers -a")).map(|text| parse_info_registers(&text))
-}
-
-/// The notes of the vCPUs as QEMU reports them now, as the guest's architecture's cores carry
-/// them ([`ArchInfo::core_notes`](super::arch::ArchInfo::core_notes); x86_64: every vCPU's
-/// `NT_PRSTATUS`, then every vCPU's `QEMU` note, in the order of QEMU's own dump). The cores of
-/// other architectures carry none, and QEMU is not asked. A monitor that fails gives none,
-/// with a log line.
-pub fn vcpu_notes_now(
-    info: &VmInfo,
-    ask: impl FnOnce(&dyn Fn(&mut QmpClient<UnixStream>) -> Result<String, QmpError>) -> Result<String, VmError>,
-) -> Vec<u8> {
-    let Some(core_notes) = info.arch.info().core_notes else {
-        return Vec::new();
-    };
-    match vcpu_registers(ask) {
-        Ok(vcpus) => core_notes(&vcpus),
-        Err(err) => {
-            log::warn!("no vCPU registers in the core of VM {}: {}", info.name, crate::error::chain(&err));
-            Vec::new()
-        }
-    }
 }
 
 #[cfg(test)]

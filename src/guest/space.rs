@@ -50,7 +50,7 @@ pub enum VcpuPagingError {
 }
 
 /// How vCPU `cpu` of a guest of architecture `arch` translates addresses, from every vCPU's
-/// registers (as [`vcpu_registers`](super::registers::vcpu_registers) gives them): x86_64 from
+/// registers (as [`Vm::vcpu_registers`](crate::vm::Vm::vcpu_registers) gives them): x86_64 from
 /// CR0, CR3, CR4 and EFER, riscv64 from `satp`. With `root`, the tables at that guest-physical
 /// address in the vCPU's mode instead of its CR3 or satp; aarch64 needs one (QEMU's monitor
 /// prints no TTBR: give TTBR0_EL1's table for the lower half, TTBR1_EL1's for the upper), and

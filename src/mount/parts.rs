@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 const VMCOREINFO_RETRY: Duration = Duration::from_secs(5);
 
 use crate::guest::linux::{LinuxError, LinuxGuest};
-use crate::guest::registers::vcpu_notes_now;
 use crate::guest::vmcoreinfo::VmcoreInfo;
 use crate::ram::views::{elf_machine, Core, Physical};
 use crate::ram::{BridgeError, SharedMemoryBridge};
-use crate::vm::{Vm, VmError, VmInfo};
+use crate::vm::{vcpu_notes_now, Vm, VmError, VmInfo};
 use crate::watcher::{WatchedVm, Watcher};
 
 /// The mount's views of one VM.

@@ -608,7 +608,7 @@ fn vmcoreinfo(vm: &MountedVm) -> Result<Vec<u8>, GenerateError> {
 
 /// Every vCPU's registers now (one HMP exchange).
 fn vcpus_now(vm: &MountedVm) -> Result<Vec<crate::guest::VcpuRegisters>, crate::vm::VmError> {
-    crate::guest::registers::vcpu_registers(|ask| vm.with_qmp(ask))
+    crate::vm::vcpu_registers(|ask| vm.with_qmp(ask))
 }
 
 /// Whether the guest's vCPUs have page tables to walk: the registers say where they are

@@ -125,7 +125,7 @@ pub struct Core {
 
 impl Core {
     /// The core of a guest with `layout`, for ELF machine `machine` (see [`elf_machine`]),
-    /// with `notes` (see `guest::registers::vcpu_notes_now`) and a `VMCOREINFO` note of
+    /// with `notes` (see `vm::vcpu_notes_now`) and a `VMCOREINFO` note of
     /// `vmcoreinfo` (see `guest::vmcoreinfo`) in a `PT_NOTE` when there are any. The size of the
     /// core depends on the layout and `notes` alone: room for the vmcoreinfo is kept either way.
     pub fn new(layout: &GuestLayout, machine: u16, notes: &[u8], vmcoreinfo: Option<&str>) -> Self {
