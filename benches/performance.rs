@@ -1703,7 +1703,7 @@ impl Bench {
         let (bridge, info) = vm.open_bridge().unwrap();
         let vcpus = vm.vcpu_registers().unwrap();
         let paging = qemu_bridge::guest::vcpu_paging(&info.arch, &vcpus, 0, None).unwrap();
-        let runs: Vec<_> = paging.mappings(&bridge, .., Limits::default()).filter_map(Result::ok).collect();
+        let runs: Vec<_> = paging.page_runs(&bridge, .., Limits::default()).filter_map(Result::ok).collect();
         for page_size in [4u64 << 10, 2 << 20] {
             // 1 MiB of pages of this size, from the first runs that have them
             let mut pages = Vec::new();

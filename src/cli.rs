@@ -98,7 +98,7 @@ pub enum Verb {
     /// Unmount a qemu-bridge mount
     Umount(UmountArgs),
     /// Serve a live picture of every VM's memory to a web browser (a local web page)
-    View(ViewArgs),
+    LinuxFile(ViewArgs),
     /// Remove what `launch` made for VMs that no longer run (sockets, pidfiles, logs, RAM
     /// files; state disks without saved states), and nothing else
     Clean(Nameless),
@@ -627,7 +627,7 @@ pub fn run(cli: Cli) -> CliResult {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(())
         }
-        Verb::View(args) => {
+        Verb::LinuxFile(args) => {
             let server = qemu_bridge::view::ViewServer::bind(args.listen, args.common.run_dir())?
                 .with_scan_budget(args.scan_budget)
                 .with_soft_dirty(!args.fingerprints);
@@ -1006,7 +1006,7 @@ fn read_verb(args: ReadArgs) -> CliResult {
 }
 
 fn linux_verb(args: &LinuxArgs) -> CliResult {
-    use qemu_bridge::guest::linux::{LinuxGuest, ProcessView, View};
+    use qemu_bridge::guest::linux::{LinuxFile, LinuxGuest, ProcessFile};
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
     let (bridge, _) = vm.open_bridge()?;
     let vmcoreinfo = qemu_bridge::guest::vmcoreinfo::find(bridge.mapping())?.ok_or_else(|| {
@@ -1015,17 +1015,17 @@ fn linux_verb(args: &LinuxArgs) -> CliResult {
     let failed =
         |err: &dyn std::error::Error| format!("VM {}: {}", args.name, qemu_bridge::error::chain(err));
     let view = match args.what {
-        LinuxWhat::Version => Ok(View::Version),
-        LinuxWhat::Kallsyms => Ok(View::Kallsyms),
-        LinuxWhat::Dmesg => Ok(View::Dmesg),
-        LinuxWhat::Btf => Ok(View::Btf),
-        LinuxWhat::Ps => Ok(View::Tasks),
-        LinuxWhat::Modules => Ok(View::Modules),
-        LinuxWhat::Maps => Err(ProcessView::Maps),
-        LinuxWhat::Status => Err(ProcessView::Status),
-        LinuxWhat::Cmdline => Err(ProcessView::Cmdline),
-        LinuxWhat::Environ => Err(ProcessView::Environ),
-        LinuxWhat::Isf => Ok(View::Volatility),
+        LinuxWhat::Version => Ok(LinuxFile::Version),
+        LinuxWhat::Kallsyms => Ok(LinuxFile::Kallsyms),
+        LinuxWhat::Dmesg => Ok(LinuxFile::Dmesg),
+        LinuxWhat::Btf => Ok(LinuxFile::Btf),
+        LinuxWhat::Ps => Ok(LinuxFile::Tasks),
+        LinuxWhat::Modules => Ok(LinuxFile::Modules),
+        LinuxWhat::Maps => Err(ProcessFile::Maps),
+        LinuxWhat::Status => Err(ProcessFile::Status),
+        LinuxWhat::Cmdline => Err(ProcessFile::Cmdline),
+        LinuxWhat::Environ => Err(ProcessFile::Environ),
+        LinuxWhat::Isf => Ok(LinuxFile::Volatility),
     };
     let guest = LinuxGuest::read(vmcoreinfo, &bridge).map_err(|err| failed(&err))?;
     let text = match (view, args.pid) {

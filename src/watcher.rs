@@ -10,7 +10,7 @@
 //! Failures are remembered by socket identity, so a new QEMU behind the same name is probed at
 //! once, and a socket that failed is not asked again for a while.
 //!
-//! What a front end keeps per VM (`T`: the mount's guest-physical and core views) is made once,
+//! What a front end keeps per VM (`T`: the mount's guest-physical and core dumps) is made once,
 //! when the VM is admitted, by the function given to [`Watcher::new`]. The watcher needs neither
 //! fuser nor a web server.
 //!

@@ -168,7 +168,7 @@ fn serve(device: &File, bridge: &SharedMemoryBridge) {
                 let end = (offset + u64::from(u32_at(body, 16))).min(size);
                 // straight from the mapping (the bench's VM is paused, its RAM all data)
                 let data =
-                    bridge.mapping().view(offset as usize, (end - offset) as usize).expect("in bounds");
+                    bridge.mapping().live_slice(offset as usize, (end - offset) as usize).expect("in bounds");
                 reply(device, unique, 0, &[IoSlice::new(data)]);
                 continue;
             }

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qemu_bridge::guest::paging::{Limits, Mapping, Paging, PagingError, PagingMode};
+use qemu_bridge::guest::paging::{Limits, PageRun, Paging, PagingError, PagingMode};
 use qemu_bridge::guest::{FrozenMemory, Gpa, GuestMemory};
 use qemu_bridge::ram::GuestLayout;
 
@@ -70,9 +70,9 @@ fuzz_target!(|data: &[u8]| {
     } else {
         range_start..=range_start.saturating_add(range_len)
     };
-    let items: Vec<Result<Mapping, PagingError>> = paging.mappings(&memory, range, limits).collect();
+    let items: Vec<Result<PageRun, PagingError>> = paging.page_runs(&memory, range, limits).collect();
     assert!(items.len() <= limits.max_mappings + 1, "{} items", items.len());
-    let mut previous: Option<Mapping> = None;
+    let mut previous: Option<PageRun> = None;
     for (index, item) in items.iter().enumerate() {
         let mapping = match item {
             Ok(mapping) => mapping,

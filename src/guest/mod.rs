@@ -11,11 +11,11 @@ pub mod linux;
 pub mod memory;
 pub mod paging;
 pub mod registers;
-pub mod space;
+pub mod virtual_space;
 pub mod vmcoreinfo;
 
 pub use arch::Arch;
 pub use memory::{FrozenMemory, Gpa, GuestMemory, GuestMemoryError};
 pub use paging::{Paging, PagingError, PagingMode, Translation};
 pub use registers::{parse_info_registers, Segment, VcpuRegisters};
-pub use space::{vcpu_paging, VcpuPagingError, VirtualSpace};
+pub use virtual_space::{vcpu_paging, VcpuPagingError, VirtualSpace};

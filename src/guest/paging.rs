@@ -299,14 +299,14 @@ pub enum Limit {
     /// [`Limits::max_entries_read`].
     EntriesRead,
     /// [`Limits::max_mappings`].
-    Mappings,
+    PageRuns,
 }
 
 impl std::fmt::Display for Limit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Limit::EntriesRead => "the limit of page-table entries read",
-            Limit::Mappings => "the limit of mappings",
+            Limit::PageRuns => "the limit of mappings",
         })
     }
 }
@@ -474,7 +474,7 @@ pub struct Translation {
 /// A run of virtual addresses mapped to contiguous guest-physical addresses by pages of one
 /// size with the same permissions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mapping {
+pub struct PageRun {
     /// The first virtual address, canonical.
     pub va: u64,
     /// Bytes mapped, a multiple of `page_size` (a length rather than an end, because the last
@@ -492,7 +492,7 @@ pub struct Mapping {
     pub executable: bool,
 }
 
-impl Mapping {
+impl PageRun {
     /// The last virtual address of the run (inclusive, so that it never overflows).
     pub fn va_last(&self) -> u64 {
         self.va.wrapping_add(self.len.wrapping_sub(1))
@@ -857,7 +857,7 @@ impl Paging {
     /// Every mapping of the virtual addresses in `range` (canonical addresses; the
     /// non-canonical hole is skipped, `..` is the whole space), in address order, with runs of
     /// pages contiguous in both virtual and guest-physical space, of one size and the same
-    /// permissions merged into one [`Mapping`]. A page that overlaps the range is reported
+    /// permissions merged into one [`PageRun`]. A page that overlaps the range is reported
     /// whole. Runs never merge across the non-canonical hole.
     ///
     /// The iterator reads tables as it goes and holds about 24 KiB whatever the tables say.
@@ -869,13 +869,13 @@ impl Paging {
     /// reserved encoding, [`PagingError::ReservedPageSize`] for an x86_64 PML4 or PML5 entry
     /// with the page-size bit. A last item [`PagingError::Truncated`] when `limits`
     /// stopped the enumeration before the end of the range.
-    pub fn mappings<'a, M: GuestMemory + ?Sized>(
+    pub fn page_runs<'a, M: GuestMemory + ?Sized>(
         &self,
         memory: &'a M,
         range: impl RangeBounds<u64>,
         limits: Limits,
-    ) -> Mappings<'a, M> {
-        Mappings::new(*self, memory, offset_span(self.mode, range), limits)
+    ) -> PageRuns<'a, M> {
+        PageRuns::new(*self, memory, offset_span(self.mode, range), limits)
     }
 }
 
@@ -920,7 +920,7 @@ struct Frame {
 enum Step {
     /// Nothing to report yet.
     Continue,
-    Page(Mapping),
+    Page(PageRun),
     /// An error item; the walk goes on.
     Error(PagingError),
     /// A limit was reached: this error, then the end.
@@ -931,7 +931,7 @@ enum Step {
 
 /// The iterator of [`Paging::mappings`]: a depth-first walk of the tables over the range,
 /// one frame per level, with a cap on entries read and items yielded.
-pub struct Mappings<'a, M: ?Sized> {
+pub struct PageRuns<'a, M: ?Sized> {
     paging: Paging,
     memory: &'a M,
     limits: Limits,
@@ -947,12 +947,12 @@ pub struct Mappings<'a, M: ?Sized> {
     entries_read: usize,
     yielded: usize,
     /// The run being merged, yielded when a page does not extend it.
-    pending: Option<Mapping>,
+    pending: Option<PageRun>,
     /// An error to yield after `pending`.
     queued: Option<PagingError>,
 }
 
-impl<'a, M: GuestMemory + ?Sized> Mappings<'a, M> {
+impl<'a, M: GuestMemory + ?Sized> PageRuns<'a, M> {
     fn new(paging: Paging, memory: &'a M, span: Option<(u64, u64)>, limits: Limits) -> Self {
         let frames = paging
             .mode
@@ -1017,7 +1017,7 @@ impl<'a, M: GuestMemory + ?Sized> Mappings<'a, M> {
         let va = mode.sign_extend(offset);
         match decoded {
             Entry::Table(table) => self.descend(self.depth, table, offset, access),
-            Entry::Page { base, size } => Step::Page(Mapping {
+            Entry::Page { base, size } => Step::Page(PageRun {
                 va,
                 len: size,
                 gpa: Gpa(base),
@@ -1068,7 +1068,7 @@ impl<'a, M: GuestMemory + ?Sized> Mappings<'a, M> {
 
     /// Extends the pending run with `page`, or makes `page` the pending run and returns the
     /// finished one.
-    fn merge(&mut self, page: Mapping) -> Option<Mapping> {
+    fn merge(&mut self, page: PageRun) -> Option<PageRun> {
         if let Some(run) = &mut self.pending {
             let extends = run.page_size == page.page_size
                 && run.permissions() == page.permissions()
@@ -1083,7 +1083,7 @@ impl<'a, M: GuestMemory + ?Sized> Mappings<'a, M> {
     }
 
     /// `item`, counted against [`Limits::max_mappings`], or the truncation in its place.
-    fn deliver(&mut self, item: Result<Mapping, PagingError>) -> Option<Result<Mapping, PagingError>> {
+    fn deliver(&mut self, item: Result<PageRun, PagingError>) -> Option<Result<PageRun, PagingError>> {
         if let Err(PagingError::Truncated { .. }) = item {
             return Some(item);
         }
@@ -1098,15 +1098,15 @@ impl<'a, M: GuestMemory + ?Sized> Mappings<'a, M> {
                 Err(_) => self.span.map_or(0, |(first, _)| self.paging.mode.sign_extend(first)),
             };
             (self.finished, self.pending, self.queued) = (true, None, None);
-            return Some(Err(PagingError::Truncated { limit: Limit::Mappings, resume_at }));
+            return Some(Err(PagingError::Truncated { limit: Limit::PageRuns, resume_at }));
         }
         self.yielded += 1;
         Some(item)
     }
 }
 
-impl<M: GuestMemory + ?Sized> Iterator for Mappings<'_, M> {
-    type Item = Result<Mapping, PagingError>;
+impl<M: GuestMemory + ?Sized> Iterator for PageRuns<'_, M> {
+    type Item = Result<PageRun, PagingError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -1211,8 +1211,8 @@ mod tests {
         tables: &Tables,
         range: impl RangeBounds<u64>,
         limits: Limits,
-    ) -> Vec<Result<Mapping, PagingError>> {
-        paging.mappings(&tables.memory(), range, limits).collect()
+    ) -> Vec<Result<PageRun, PagingError>> {
+        paging.page_runs(&tables.memory(), range, limits).collect()
     }
 
     fn mapping(
@@ -1221,8 +1221,8 @@ mod tests {
         gpa: u64,
         page_size: u64,
         (writable, user, executable): (bool, bool, bool),
-    ) -> Mapping {
-        Mapping { va, len, gpa: Gpa(gpa), page_size, writable, user, executable }
+    ) -> PageRun {
+        PageRun { va, len, gpa: Gpa(gpa), page_size, writable, user, executable }
     }
 
     const RWX_USER: (bool, bool, bool) = (true, true, true);
@@ -1514,7 +1514,7 @@ mod tests {
         tables.set(PT, 4, 0x8000 | P | U);
         tables.set(PML4, 256, PDPT | P | W);
         let paging = four_level(PML4);
-        let user: Vec<Mapping> =
+        let user: Vec<PageRun> =
             all(&paging, &tables, ..(1 << 47), Limits::default()).into_iter().map(Result::unwrap).collect();
         assert_eq!(
             user,
@@ -1526,7 +1526,7 @@ mod tests {
                 mapping(PAGE_1G, PAGE_1G, PAGE_1G, PAGE_1G, RWX_USER),
             ]
         );
-        let everything: Vec<Mapping> =
+        let everything: Vec<PageRun> =
             all(&paging, &tables, .., Limits::default()).into_iter().map(Result::unwrap).collect();
         assert_eq!(everything.len(), 10);
         assert_eq!(everything[..5], user[..]);
@@ -1614,13 +1614,13 @@ mod tests {
         assert_eq!(found[1].as_ref().unwrap().va, 0x2000);
         assert!(matches!(
             found[2],
-            Err(PagingError::Truncated { limit: Limit::Mappings, resume_at: PAGE_2M })
+            Err(PagingError::Truncated { limit: Limit::PageRuns, resume_at: PAGE_2M })
         ));
         let rest = all(&paging, &tables, PAGE_2M.., Limits::default());
         assert_eq!(rest.len(), 2);
         assert!(matches!(
             all(&paging, &tables, .., Limits { max_mappings: 0, ..Limits::default() })[..],
-            [Err(PagingError::Truncated { limit: Limit::Mappings, resume_at: 0x1000 })]
+            [Err(PagingError::Truncated { limit: Limit::PageRuns, resume_at: 0x1000 })]
         ));
     }
 
@@ -1636,7 +1636,7 @@ mod tests {
         assert_eq!(paging.translate(&memory, 0xffff_ff80_0000_0000).unwrap().gpa, Gpa(PT));
         let found = all(&paging, &tables, .., Limits::default());
         assert!(found.iter().all(Result::is_ok), "{found:?}");
-        let found: Vec<Mapping> = found.into_iter().map(Result::unwrap).collect();
+        let found: Vec<PageRun> = found.into_iter().map(Result::unwrap).collect();
         assert!(found.contains(&mapping(0xffff_ffff_ffff_f000, 0x1000, PML4, PAGE_4K, (true, false, true))));
         assert!(found.contains(&mapping(0x1000, 0x1000, 0x8000, PAGE_4K, RWX_USER)));
         assert_eq!(found.last().unwrap().va_last(), u64::MAX);
@@ -1662,7 +1662,7 @@ mod tests {
         // each PT's 512 pages merge into one run; a few of the 8192 tables read are PDs
         let tables_read = limits.max_entries_read / 512;
         assert!(mappings.len() < tables_read && mappings.len() > tables_read - 32, "{}", mappings.len());
-        let mappings: Vec<Mapping> = mappings.iter().map(|item| *item.as_ref().unwrap()).collect();
+        let mappings: Vec<PageRun> = mappings.iter().map(|item| *item.as_ref().unwrap()).collect();
         assert!(mappings.iter().all(|run| run.len == PAGE_2M && run.gpa == Gpa(0x10_0000)));
         assert_eq!(*resume_at, mappings.last().unwrap().va + PAGE_2M);
         assert_eq!(

@@ -368,7 +368,7 @@ mod tests {
             own(PLACE_VM_FILE, VM_FILES as u32),
             own(PLACE_LINUX_FILE, LINUX_FILES as u32),
             // `volatility` where the old layout put it, after the files of `linux` (the row
-            // View::ALL lacks), and as the old layout numbered it (VM 1's inode 32 + 22)
+            // LinuxFile::ALL lacks), and as the old layout numbered it (VM 1's inode 32 + 22)
             own(PLACE_LINUX_FILE, 6),
             32 + 22,
             // a row on a node without one, a place past the last, bits above the place

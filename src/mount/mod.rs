@@ -7,7 +7,7 @@
 
 pub mod audit;
 mod inode;
-pub mod parts;
+pub mod per_vm;
 mod table;
 pub mod tree;
 
@@ -23,7 +23,7 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::poll;
 use crate::run_dir::{default_run_dir, RunDir, RunDirError};
 use audit::AuditLog;
-use parts::{mount_parts, Registry};
+use per_vm::{mount_parts, Registry};
 use tree::{Tree, TreeOptions};
 
 /// Source name of the mount (`/proc/mounts` shows `qemu-bridge ... fuse` or `fuse.qemu-bridge`).

@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime};
 use fuser::Errno;
 
 use super::inode::{Cpu, Node, Pid, Row, VmNumber};
-use super::parts::{core_now, linux_now, LinuxNowError, MountedVm, Registry};
+use super::per_vm::{core_now, linux_now, LinuxNowError, MountedVm, Registry};
 use super::tree::Handle;
-use crate::guest::linux::{ProcessView, View};
+use crate::guest::linux::{LinuxFile, ProcessFile};
 use crate::ram::BridgeError;
 use crate::ram::DEFAULT_ATTEMPTS;
 
@@ -167,16 +167,16 @@ pub(super) static LINUX: Table<(), LINUX_FILES> = Table {
     audited: false,
 };
 const LINUX_ROWS: &[File<()>] = &[
-    File::text("version", |vm, ()| linux_text(vm, View::Version)),
-    File::text("kallsyms", |vm, ()| linux_text(vm, View::Kallsyms)),
-    File::text("dmesg", |vm, ()| linux_text(vm, View::Dmesg)),
+    File::text("version", |vm, ()| linux_text(vm, LinuxFile::Version)),
+    File::text("kallsyms", |vm, ()| linux_text(vm, LinuxFile::Kallsyms)),
+    File::text("dmesg", |vm, ()| linux_text(vm, LinuxFile::Dmesg)),
     // BTF readers take the size before they read
     File {
-        size: |vm, ()| super::parts::btf_size_now(vm),
-        ..File::text("btf", |vm, ()| linux_text(vm, View::Btf))
+        size: |vm, ()| super::per_vm::btf_size_now(vm),
+        ..File::text("btf", |vm, ()| linux_text(vm, LinuxFile::Btf))
     },
-    File::text("tasks", |vm, ()| linux_text(vm, View::Tasks)),
-    File::text("modules", |vm, ()| linux_text(vm, View::Modules)),
+    File::text("tasks", |vm, ()| linux_text(vm, LinuxFile::Tasks)),
+    File::text("modules", |vm, ()| linux_text(vm, LinuxFile::Modules)),
 ];
 /// Files of [`LINUX`].
 pub(super) const LINUX_FILES: usize = LINUX_ROWS.len();
@@ -191,14 +191,14 @@ pub(super) static PROCESS: Table<Pid, PROCESS_FILES> = Table {
     audited: false,
 };
 const PROCESS_ROWS: &[File<Pid>] = &[
-    File::handle("status", |vm, pid| open_process_file(Arc::clone(vm), pid.get(), ProcessView::Status)),
-    File::handle("cmdline", |vm, pid| open_process_file(Arc::clone(vm), pid.get(), ProcessView::Cmdline)),
-    File::handle("environ", |vm, pid| open_process_file(Arc::clone(vm), pid.get(), ProcessView::Environ)),
-    File::handle("maps", |vm, pid| open_process_file(Arc::clone(vm), pid.get(), ProcessView::Maps)),
+    File::handle("status", |vm, pid| open_process_file(Arc::clone(vm), pid.get(), ProcessFile::Status)),
+    File::handle("cmdline", |vm, pid| open_process_file(Arc::clone(vm), pid.get(), ProcessFile::Cmdline)),
+    File::handle("environ", |vm, pid| open_process_file(Arc::clone(vm), pid.get(), ProcessFile::Environ)),
+    File::handle("maps", |vm, pid| open_process_file(Arc::clone(vm), pid.get(), ProcessFile::Maps)),
     // the size of the kernel's address space (2^48 or 2^57)
     File {
         size: |vm, _| linux_now(vm).map_or(0, |guest| guest.kernel().paging().mode().space_size()),
-        ..File::handle("mem", |vm, pid| open_process_file(Arc::clone(vm), pid.get(), ProcessView::Mem))
+        ..File::handle("mem", |vm, pid| open_process_file(Arc::clone(vm), pid.get(), ProcessFile::Mem))
     },
 ];
 /// Files of [`PROCESS`].
@@ -602,7 +602,7 @@ fn map_png(vm: &MountedVm) -> Result<Vec<u8>, GenerateError> {
 
 /// `vmcoreinfo`: the kernel's text as it is, newline-terminated already.
 fn vmcoreinfo(vm: &MountedVm) -> Result<Vec<u8>, GenerateError> {
-    let info = super::parts::vmcoreinfo_now(vm)?.ok_or(GenerateError::NoVmcoreinfo)?;
+    let info = super::per_vm::vmcoreinfo_now(vm)?.ok_or(GenerateError::NoVmcoreinfo)?;
     Ok(info.text.into_bytes())
 }
 
@@ -623,16 +623,22 @@ fn registers(vm: &MountedVm, cpu: Cpu) -> Result<Vec<u8>, GenerateError> {
     let cpu = cpu.index();
     let registers =
         vcpus.get(cpu).ok_or(crate::guest::VcpuPagingError::NoSuchVcpu { cpu, count: vcpus.len() })?;
-    line(serde_json::to_string_pretty(&crate::guest::space::registers_json(&vm.info.arch, cpu, registers))?)
+    line(serde_json::to_string_pretty(&crate::guest::virtual_space::registers_json(
+        &vm.info.arch,
+        cpu,
+        registers,
+    ))?)
 }
 
 /// `cpus/<n>/mappings`: every mapping of the vCPU's page tables now.
 fn mappings(vm: &MountedVm, cpu: Cpu) -> Result<Vec<u8>, GenerateError> {
     let vcpus = vcpus_now(vm)?;
     let text = match crate::guest::vcpu_paging(&vm.info.arch, &vcpus, cpu.index(), None) {
-        Ok(paging) => {
-            crate::guest::space::mappings_text(&paging, &vm.bridge, crate::guest::paging::Limits::default())
-        }
+        Ok(paging) => crate::guest::virtual_space::mappings_text(
+            &paging,
+            &vm.bridge,
+            crate::guest::paging::Limits::default(),
+        ),
         // a vCPU without paging (real mode, booting) has a dump of one line that says so
         Err(err @ crate::guest::VcpuPagingError::Paging { .. }) => {
             format!("error: {}\n", crate::error::chain(&err))
@@ -659,12 +665,12 @@ fn cpu_space_size(vm: &MountedVm, cpu: Cpu) -> u64 {
 
 /// Whether the VM is a Linux guest whose kernel can be read (its RAM holds a vmcoreinfo).
 fn is_linux(instance: &MountedVm) -> bool {
-    super::parts::vmcoreinfo_now(instance).ok().flatten().is_some()
+    super::per_vm::vmcoreinfo_now(instance).ok().flatten().is_some()
 }
 
 /// A `linux/` file's text now: what the kernel's structures say, or one `error:` line saying
 /// what in them is wrong (the guest's memory is its own to break).
-fn linux_text(instance: &MountedVm, view: crate::guest::linux::View) -> Result<Vec<u8>, GenerateError> {
+fn linux_text(instance: &MountedVm, view: crate::guest::linux::LinuxFile) -> Result<Vec<u8>, GenerateError> {
     Ok(match linux_now(instance) {
         Ok(guest) => view.render(&guest, &instance.bridge),
         Err(LinuxNowError::Linux(err)) => Err(err),
@@ -693,14 +699,14 @@ fn pids_now(instance: &MountedVm) -> Result<Vec<Pid>, GenerateError> {
 }
 
 /// A process's file opened: its text now, or its virtual memory through its page tables.
-fn open_process_file(instance: Arc<MountedVm>, pid: i32, view: ProcessView) -> Result<Handle, GenerateError> {
+fn open_process_file(instance: Arc<MountedVm>, pid: i32, view: ProcessFile) -> Result<Handle, GenerateError> {
     let guest = linux_now(&instance)?;
     let process = match guest.process(&instance.bridge, pid) {
         Ok(Some(process)) => process,
         Ok(None) => return Err(GenerateError::NoProcess(pid)),
         Err(err) => return Ok(Handle::Text(error_line(&err))),
     };
-    if view == ProcessView::Mem {
+    if view == ProcessFile::Mem {
         return Ok(match process.paging() {
             Ok(Some(paging)) => {
                 Handle::Virtual(Arc::clone(&instance), crate::guest::VirtualSpace::new(paging))
@@ -719,12 +725,12 @@ mod tests {
 
     #[test]
     fn linux_and_process_files_are_named_as_the_views_they_render() {
-        // `volatility` is a directory of its own, whether View::ALL has it or not
+        // `volatility` is a directory of its own, whether LinuxFile::ALL has it or not
         let linux_names = LINUX_ROWS.iter().map(|file| file.name).collect::<Vec<_>>();
-        let views = View::ALL.into_iter().filter(|view| *view != View::Volatility);
-        assert_eq!(linux_names, views.map(View::name).collect::<Vec<_>>());
+        let views = LinuxFile::ALL.into_iter().filter(|view| *view != LinuxFile::Volatility);
+        assert_eq!(linux_names, views.map(LinuxFile::name).collect::<Vec<_>>());
         let process_names = PROCESS_ROWS.iter().map(|file| file.name).collect::<Vec<_>>();
-        assert_eq!(process_names, ProcessView::ALL.map(ProcessView::name));
+        assert_eq!(process_names, ProcessFile::ALL.map(ProcessFile::name));
     }
 
     #[test]

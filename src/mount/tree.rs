@@ -41,9 +41,9 @@ use fuser::{
 
 use super::audit::{AuditEvent, AuditLog, AuditOp};
 use super::inode::Node;
-use super::parts::{MountedVm, Registry};
+use super::per_vm::{MountedVm, Registry};
 use super::table::{Opening, Place, What};
-use crate::ram::views::Piece;
+use crate::ram::dump::Piece;
 use crate::ram::BridgeError;
 
 /// Why `ram` cannot be served by the kernel (passthrough).
@@ -67,7 +67,7 @@ pub(super) enum Handle {
     /// `physical`: guest RAM at other offsets.
     Physical(Arc<MountedVm>),
     /// `core`, with the registers of the moment it was opened.
-    Core(Arc<MountedVm>, crate::ram::views::Core),
+    Core(Arc<MountedVm>, crate::ram::dump::Core),
     /// `cpus/<n>/memory`, through the page tables of the moment it was opened.
     Virtual(Arc<MountedVm>, crate::guest::VirtualSpace),
     /// A generated file, made at open.

@@ -105,10 +105,10 @@ impl GuestRam {
     /// # Errors
     ///
     /// [`BridgeError::InvalidAddress`] out of bounds or across parts; as [`Mapping::view`].
-    pub fn view(&self, offset: usize, len: usize) -> Result<&[u8], BridgeError> {
+    pub fn live_slice(&self, offset: usize, len: usize) -> Result<&[u8], BridgeError> {
         self.check_range(offset, len)?;
         match self.split(offset, len).collect::<Vec<_>>().as_slice() {
-            [(mapping, at, _, part_len)] => mapping.view(*at, *part_len),
+            [(mapping, at, _, part_len)] => mapping.live_slice(*at, *part_len),
             [] => Ok(&[]),
             _ => Err(BridgeError::InvalidAddress { addr: offset as u64, len, max: self.len }),
         }

@@ -5,6 +5,7 @@ pub mod incremental;
 pub mod layout;
 // The one module exempt from the crate's deny: the mapping, the copies out of it and the SIGBUS
 // guard.
+pub mod dump;
 #[allow(unsafe_code)]
 mod mapping;
 pub mod mtree;
@@ -13,7 +14,6 @@ pub mod snapshot;
 pub mod soft_dirty;
 pub mod sparse;
 pub mod tracker;
-pub mod views;
 
 use std::path::{Path, PathBuf};
 
@@ -320,7 +320,7 @@ impl SharedMemoryBridge {
     /// [`BridgeError::InvalidAddress`] when any byte of the range is not guest RAM.
     pub fn read_physical(&self, addr: u64, len: usize) -> Result<&[u8], BridgeError> {
         let offset = self.translate(addr, len)?;
-        self.mapping.view(offset, len)
+        self.mapping.live_slice(offset, len)
     }
 
     /// Copies `buf.len()` bytes at guest-physical `addr` into `buf`.

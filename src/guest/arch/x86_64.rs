@@ -79,7 +79,7 @@ pub fn prstatus_notes(vcpus: &[VcpuRegisters]) -> Vec<u8> {
             desc[112 + slot * 8..120 + slot * 8]
                 .copy_from_slice(&vcpu.first_of(names).unwrap_or(0).to_le_bytes());
         }
-        notes.extend_from_slice(&crate::ram::views::elf_note("CORE", 1, &desc));
+        notes.extend_from_slice(&crate::ram::dump::elf_note("CORE", 1, &desc));
         // NT_PRSTATUS
     }
     notes
@@ -135,7 +135,7 @@ pub fn qemu_notes(vcpus: &[VcpuRegisters]) -> Vec<u8> {
         }
         desc.extend_from_slice(&0u64.to_le_bytes()); // kernel_gs_base: not printed by the monitor
         debug_assert_eq!(desc.len(), SIZE as usize);
-        notes.extend_from_slice(&crate::ram::views::elf_note("QEMU", 0, &desc));
+        notes.extend_from_slice(&crate::ram::dump::elf_note("QEMU", 0, &desc));
     }
     notes
 }

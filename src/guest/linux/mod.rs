@@ -193,7 +193,7 @@ impl LinuxKernel {
 
 /// The files of a Linux guest's `linux/` directory, made from vmcoreinfo and kallsyms alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum View {
+pub enum LinuxFile {
     /// `version`: the banner, as `/proc/version`.
     Version,
     /// `kallsyms`: the kernel's symbols, as `/proc/kallsyms` lists the kernel's own.
@@ -210,21 +210,27 @@ pub enum View {
     Volatility,
 }
 
-impl View {
+impl LinuxFile {
     /// Every view, in listing order.
-    pub const ALL: [View; 6] =
-        [View::Version, View::Kallsyms, View::Dmesg, View::Btf, View::Tasks, View::Modules];
+    pub const ALL: [LinuxFile; 6] = [
+        LinuxFile::Version,
+        LinuxFile::Kallsyms,
+        LinuxFile::Dmesg,
+        LinuxFile::Btf,
+        LinuxFile::Tasks,
+        LinuxFile::Modules,
+    ];
 
     /// The file's name (and the command line's word).
     pub fn name(self) -> &'static str {
         match self {
-            View::Version => "version",
-            View::Kallsyms => "kallsyms",
-            View::Dmesg => "dmesg",
-            View::Btf => "btf",
-            View::Tasks => "tasks",
-            View::Modules => "modules",
-            View::Volatility => "volatility",
+            LinuxFile::Version => "version",
+            LinuxFile::Kallsyms => "kallsyms",
+            LinuxFile::Dmesg => "dmesg",
+            LinuxFile::Btf => "btf",
+            LinuxFile::Tasks => "tasks",
+            LinuxFile::Modules => "modules",
+            LinuxFile::Volatility => "volatility",
         }
     }
 
@@ -245,20 +251,20 @@ impl View {
     ) -> Result<Vec<u8>, LinuxError> {
         let (reader, symbols) = (guest.reader(memory), &guest.symbols);
         match self {
-            View::Version => LinuxKernel::banner(&reader, symbols).map(String::into_bytes),
-            View::Kallsyms => Ok(kallsyms::text(symbols).into_bytes()),
-            View::Dmesg => Ok(printk::text(&printk::read(&reader)?).into_bytes()),
-            View::Btf => LinuxKernel::btf(&reader, symbols),
-            View::Tasks => Ok(tasks::text(&guest.tasks(memory)?).into_bytes()),
-            View::Modules => Ok(modules::text(&guest.modules(memory)?).into_bytes()),
-            View::Volatility => Ok(guest.isf(memory)?.to_vec()),
+            LinuxFile::Version => LinuxKernel::banner(&reader, symbols).map(String::into_bytes),
+            LinuxFile::Kallsyms => Ok(kallsyms::text(symbols).into_bytes()),
+            LinuxFile::Dmesg => Ok(printk::text(&printk::read(&reader)?).into_bytes()),
+            LinuxFile::Btf => LinuxKernel::btf(&reader, symbols),
+            LinuxFile::Tasks => Ok(tasks::text(&guest.tasks(memory)?).into_bytes()),
+            LinuxFile::Modules => Ok(modules::text(&guest.modules(memory)?).into_bytes()),
+            LinuxFile::Volatility => Ok(guest.isf(memory)?.to_vec()),
         }
     }
 }
 
 /// The files of a process's directory (`linux/proc/<pid>/`), as in `/proc/<pid>/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProcessView {
+pub enum ProcessFile {
     /// `status`: who it is (name, state, ids, users, threads).
     Status,
     /// `cmdline`: its arguments, NUL-separated.
@@ -271,24 +277,24 @@ pub enum ProcessView {
     Mem,
 }
 
-impl ProcessView {
+impl ProcessFile {
     /// Every file, in listing order.
-    pub const ALL: [ProcessView; 5] = [
-        ProcessView::Status,
-        ProcessView::Cmdline,
-        ProcessView::Environ,
-        ProcessView::Maps,
-        ProcessView::Mem,
+    pub const ALL: [ProcessFile; 5] = [
+        ProcessFile::Status,
+        ProcessFile::Cmdline,
+        ProcessFile::Environ,
+        ProcessFile::Maps,
+        ProcessFile::Mem,
     ];
 
     /// The file's name.
     pub fn name(self) -> &'static str {
         match self {
-            ProcessView::Status => "status",
-            ProcessView::Cmdline => "cmdline",
-            ProcessView::Environ => "environ",
-            ProcessView::Maps => "maps",
-            ProcessView::Mem => "mem",
+            ProcessFile::Status => "status",
+            ProcessFile::Cmdline => "cmdline",
+            ProcessFile::Environ => "environ",
+            ProcessFile::Maps => "maps",
+            ProcessFile::Mem => "mem",
         }
     }
 
@@ -307,17 +313,17 @@ impl ProcessView {
         process: &process::Process<'_, M>,
     ) -> Result<Vec<u8>, LinuxError> {
         match self {
-            ProcessView::Status => process.status().map(String::into_bytes),
-            ProcessView::Cmdline => process.cmdline(),
-            ProcessView::Environ => process.environ(),
-            ProcessView::Maps => Ok(process::maps_text(&process.areas()?).into_bytes()),
-            ProcessView::Mem => Ok(Vec::new()),
+            ProcessFile::Status => process.status().map(String::into_bytes),
+            ProcessFile::Cmdline => process.cmdline(),
+            ProcessFile::Environ => process.environ(),
+            ProcessFile::Maps => Ok(process::maps_text(&process.areas()?).into_bytes()),
+            ProcessFile::Mem => Ok(Vec::new()),
         }
     }
 }
 
 /// A Linux guest's kernel as read once per boot: its page tables, its symbols (indexed by
-/// name), and its types (parsed once, with the layout of every structure the views read worked
+/// name), and its types (parsed once, with the layout of every structure the linux files read worked
 /// out once; `None`, with why, for a kernel without usable BTF). Its memory is read live at
 /// every call.
 pub struct LinuxGuest {
@@ -329,7 +335,7 @@ pub struct LinuxGuest {
 }
 
 /// What the kernel's BTF says of the structures read here: every layout a view needs, worked
-/// out once per boot (each `Err` says what its views lack).
+/// out once per boot (each `Err` says what its files lack).
 struct Types {
     btf: btf::Btf,
     tasks: Result<tasks::Offsets, String>,

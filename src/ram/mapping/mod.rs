@@ -335,7 +335,7 @@ impl Mapping {
     ///
     /// [`BridgeError::InvalidAddress`], and [`BridgeError::NotMapped`] for private RAM, which is
     /// read by copying only.
-    pub fn view(&self, offset: usize, len: usize) -> Result<&[u8], BridgeError> {
+    pub fn live_slice(&self, offset: usize, len: usize) -> Result<&[u8], BridgeError> {
         self.check_range(offset, len)?;
         match &self.source {
             Source::File { map, .. } => Ok(&map[offset..offset + len]),
@@ -618,8 +618,8 @@ mod tests {
             mapping.copy_to(usize::MAX - 4, &mut buffer),
             Err(BridgeError::InvalidAddress { .. })
         ));
-        assert!(matches!(mapping.view(4096, 1), Err(BridgeError::InvalidAddress { .. })));
-        assert!(mapping.view(4095, 1).is_ok());
+        assert!(matches!(mapping.live_slice(4096, 1), Err(BridgeError::InvalidAddress { .. })));
+        assert!(mapping.live_slice(4095, 1).is_ok());
     }
 
     #[test]

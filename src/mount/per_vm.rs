@@ -1,4 +1,4 @@
-//! What the mount keeps for each VM beside its RAM: the guest-physical and core views, built
+//! What the mount keeps for each VM beside its RAM: the guest-physical and core dumps, built
 //! once when the [`Watcher`] admits the VM.
 
 use std::sync::{Arc, Mutex};
@@ -9,12 +9,12 @@ const VMCOREINFO_RETRY: Duration = Duration::from_secs(5);
 
 use crate::guest::linux::{LinuxError, LinuxGuest};
 use crate::guest::vmcoreinfo::VmcoreInfo;
-use crate::ram::views::{elf_machine, Core, Physical};
+use crate::ram::dump::{elf_machine, Core, Physical};
 use crate::ram::{BridgeError, SharedMemoryBridge};
 use crate::vm::{vcpu_notes_now, Vm, VmError, VmInfo};
 use crate::watcher::{WatchedVm, Watcher};
 
-/// The mount's views of one VM.
+/// What the mount keeps of one VM.
 #[derive(Debug)]
 pub struct MountParts {
     /// The guest-physical address space as a file.
@@ -34,7 +34,7 @@ pub type MountedVm = WatchedVm<MountParts>;
 /// The mount's watcher of its run directory.
 pub type Registry = Watcher<MountParts>;
 
-/// The mount's views of a VM being admitted.
+/// What the mount keeps of a VM being admitted.
 ///
 /// # Errors
 ///

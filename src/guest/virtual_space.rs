@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 
 use super::arch::{Arch, PageTableRoot};
 use super::memory::{Gpa, GuestMemory};
-use super::paging::{offset_of_va, va_of_offset, Limits, Mapping, Paging, PagingError, PagingMode, PAGE_4K};
+use super::paging::{offset_of_va, va_of_offset, Limits, PageRun, Paging, PagingError, PagingMode, PAGE_4K};
 use super::registers::VcpuRegisters;
 
 /// Why a vCPU's page tables cannot be used.
@@ -119,7 +119,7 @@ pub fn registers_json(arch: &Arch, cpu: usize, registers: &VcpuRegisters) -> ser
 /// enumeration stopped by `limits` ends with one.
 pub fn mappings_text<M: GuestMemory + ?Sized>(paging: &Paging, memory: &M, limits: Limits) -> String {
     let mut text = String::new();
-    for item in paging.mappings(memory, .., limits) {
+    for item in paging.page_runs(memory, .., limits) {
         match item {
             Ok(mapping) => {
                 let end = u128::from(mapping.va) + u128::from(mapping.len);
@@ -253,8 +253,8 @@ impl VirtualSpace {
         &self,
         memory: &'a M,
         va: u64,
-    ) -> impl Iterator<Item = Result<Mapping, PagingError>> + 'a {
-        self.paging.mappings(memory, va.., self.limits)
+    ) -> impl Iterator<Item = Result<PageRun, PagingError>> + 'a {
+        self.paging.page_runs(memory, va.., self.limits)
     }
 }
 
