@@ -3,10 +3,16 @@
 //! QEMU keeps guest RAM in a shared file (`memory-backend-file,share=on` under `/dev/shm`).
 //! This crate maps that file read-only ([`ram`]), asks QEMU over QMP where it is, which state
 //! the VM is in and how guest addresses map onto the file ([`qmp`]), ties both together per VM
-//! ([`vm`], found through the [`run_dir`]), starts VMs built for it ([`launch`], with limits
+//! ([`vm`], found through the [`run_dir`]), starts VMs built for it ([`mod@launch`], with limits
 //! from [`cgroup`]), saves and restores their whole state with QEMU's own snapshots
 //! ([`saved_state`]) and, with the `mount` feature, serves everything as a FUSE file system
 //! ([`mount`]).
+//!
+//! The types a user needs are re-exported here, flatly: [`Vm`] and [`RunDir`] (finding and
+//! opening VMs), [`SharedMemoryBridge`] and [`GuestMemory`] (guest-physical reads), [`Paging`]
+//! and [`VirtualSpace`] (virtual addresses), [`VcpuRegisters`] and [`Arch`], [`LinuxGuest`] (a
+//! Linux guest's kernel, processes and modules, from its memory alone), [`Changes`] (what the
+//! guest writes) and [`Snapshot`].
 //!
 //! Two words are kept apart: a *snapshot* is a copy of guest RAM taken by this crate
 //! ([`ram::snapshot`]); a *saved state* is QEMU's snapshot of the whole VM (RAM, devices,
@@ -41,13 +47,30 @@ pub mod size;
 #[cfg(feature = "view")]
 pub mod view;
 pub mod vm;
-pub mod watcher;
+mod watcher;
 
+// The library's surface, flat: what a user of it (the command line, the Python binding, a
+// program of its own) needs. Modules stay public for the parsers and formats they document.
+
+// VMs: finding, opening and asking them
 pub use name::{NameError, VmName};
 pub use qmp::{QmpClient, QmpError, RunState};
-pub use ram::{BridgeError, GuestLayout, Machine, SharedMemoryBridge, Snapshot, Verdict};
 pub use run_dir::{default_run_dir, RunDir, VmPaths};
-pub use vm::{Vm, VmError, VmInfo};
+pub use vm::{vcpu_registers, Vm, VmError, VmInfo};
+// guest-physical memory: reads, layouts, snapshots, change tracking
+pub use ram::{
+    BridgeError, ChangeSet, Changes, Fingerprints, GuestLayout, GuestRam, LayoutSource, Machine, Region,
+    SharedMemoryBridge, Snapshot, TrackingMethod, Verdict,
+};
+// what the guest's memory and vCPUs mean: architectures, registers, page tables
+pub use guest::{
+    vcpu_paging, Arch, FrozenMemory, Gpa, GuestMemory, GuestMemoryError, Paging, PagingError, PagingMode,
+    Translation, VcpuPagingError, VcpuRegisters, VirtualSpace,
+};
+// a Linux guest's kernel, read from its memory
+pub use guest::linux::{KernelReader, LinuxError, LinuxFile, LinuxGuest, ProcessFile};
+// starting VMs built for qemu-bridge
+pub use launch::{launch, LaunchError, LaunchOptions, LaunchedVm};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

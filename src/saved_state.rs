@@ -1,7 +1,7 @@
 //! Saving and restoring a VM's whole state (RAM, devices, vCPUs) with QEMU's own snapshots:
 //! the QMP jobs `snapshot-save`, `snapshot-load` and `snapshot-delete` (QEMU >= 6.0).
 //!
-//! QEMU keeps a saved state inside a qcow2 image. VMs started by [`crate::launch`] get one
+//! QEMU keeps a saved state inside a qcow2 image. VMs started by [`crate::launch()`] get one
 //! that the guest does not see: a block node named [`STATE_NODE`] over
 //! `<run-dir>/<vm>.state.qcow2`. Every writable disk of the VM is saved and restored together
 //! with it, so RAM and disks never disagree; QEMU refuses when such a disk cannot hold

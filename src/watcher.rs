@@ -236,11 +236,6 @@ impl<T: Send + Sync + 'static> Watcher<T> {
         Self { run_dir, state: RwLock::new(State::default()), make_parts: Box::new(make_parts) }
     }
 
-    /// The run directory.
-    pub fn run_dir(&self) -> &RunDir {
-        &self.run_dir
-    }
-
     /// Starts a thread that closes idle cached QMP connections; it ends with the watcher.
     pub fn spawn_janitor(self: &Arc<Self>) {
         let watcher = Arc::downgrade(self);

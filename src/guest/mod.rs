@@ -2,7 +2,7 @@
 //!
 //! Everything here reads guest-physical memory through one small trait, [`GuestMemory`],
 //! implemented by a live VM's RAM and by a frozen copy with its layout, so that the same code walks
-//! a live guest and a snapshot. vCPU registers come from QEMU ([`registers`]), taken apart by what
+//! a live guest and a snapshot. vCPU registers come from QEMU ([`VcpuRegisters`]), taken apart by what
 //! each architecture is ([`arch`]). The bytes and registers are the guest's: code here treats them
 //! as hostile input (bounded walks, capped counts, errors instead of panics).
 
@@ -10,12 +10,12 @@ pub mod arch;
 pub mod linux;
 pub mod memory;
 pub mod paging;
-pub mod registers;
-pub mod virtual_space;
+pub(crate) mod registers;
+pub(crate) mod virtual_space;
 pub mod vmcoreinfo;
 
 pub use arch::Arch;
 pub use memory::{FrozenMemory, Gpa, GuestMemory, GuestMemoryError};
 pub use paging::{Paging, PagingError, PagingMode, Translation};
 pub use registers::{parse_info_registers, Segment, VcpuRegisters};
-pub use virtual_space::{vcpu_paging, VcpuPagingError, VirtualSpace};
+pub use virtual_space::{mappings_text, registers_json, vcpu_paging, VcpuPagingError, VirtualSpace};

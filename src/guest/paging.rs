@@ -10,7 +10,7 @@
 //!   TTBR1_EL1 for the upper) given by the caller: QEMU's monitor does not print them.
 //!
 //! The tables are the guest's, so they are hostile input. A translation reads at most five entries.
-//! An enumeration of mappings ([`Paging::mappings`]) holds a fixed amount of memory whatever the
+//! An enumeration of mappings ([`Paging::page_runs`]) holds a fixed amount of memory whatever the
 //! tables say and stops at its [`Limits`]: tables that point at themselves (a self-referencing root
 //! entry is normal on some systems: x86's recursive PML4), that fan out to the same table 512 times
 //! per level, or that point outside RAM cost bounded work and give errors, never a panic or a hang.
@@ -929,7 +929,7 @@ enum Step {
     Done,
 }
 
-/// The iterator of [`Paging::mappings`]: a depth-first walk of the tables over the range,
+/// The iterator of [`Paging::page_runs`]: a depth-first walk of the tables over the range,
 /// one frame per level, with a cap on entries read and items yielded.
 pub struct PageRuns<'a, M: ?Sized> {
     paging: Paging,

@@ -5,11 +5,11 @@
 //! root) and waits briefly for the session thread; an unmount from outside (`umount`,
 //! `fusermount3 -u`, `qemu-bridge umount`) ends the session thread, and the daemon exits.
 
-pub mod audit;
+mod audit;
 mod inode;
-pub mod per_vm;
+mod per_vm;
 mod table;
-pub mod tree;
+mod tree;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

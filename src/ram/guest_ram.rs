@@ -100,11 +100,11 @@ impl GuestRam {
         })
     }
 
-    /// A zero-copy view (see [`Mapping::view`]); only within one part.
+    /// A zero-copy view (see [`Mapping::live_slice`]); only within one part.
     ///
     /// # Errors
     ///
-    /// [`BridgeError::InvalidAddress`] out of bounds or across parts; as [`Mapping::view`].
+    /// [`BridgeError::InvalidAddress`] out of bounds or across parts; as [`Mapping::live_slice`].
     pub fn live_slice(&self, offset: usize, len: usize) -> Result<&[u8], BridgeError> {
         self.check_range(offset, len)?;
         match self.split(offset, len).collect::<Vec<_>>().as_slice() {

@@ -8,7 +8,7 @@
 //! wrote (the watcher opens each VM's source, see [`crate::ram::soft_dirty`]); elsewhere the
 //! next pages in turn against their fingerprints. Each VM's summary says which way
 //! (`tracking`) and within how long a write is seen (`sweep_ms`). Browsers connect over
-//! WebSocket and get each VM's classes once, then only the pages that changed. The run directory's [`Watcher`] (the mount's too) finds VMs as they appear,
+//! WebSocket and get each VM's classes once, then only the pages that changed. The run directory's watcher (the mount's too) finds VMs as they appear,
 //! replaces a VM restarted under the same name or whose memory was hot-plugged, and drops a VM
 //! whose QEMU is gone; a scanner thread follows it, starting and ending the VMs' threads.
 //!

@@ -452,7 +452,7 @@ impl LinuxGuest {
     ///
     /// # Errors
     ///
-    /// As [`tasks::read`], or no types.
+    /// Memory that cannot be read, a task list that loops or runs past [`tasks::MAX_TASKS`], or no types.
     pub fn tasks<M: GuestMemory + ?Sized>(&self, memory: &M) -> Result<Vec<tasks::Task>, LinuxError> {
         let init_task = self.symbols.address("init_task")?;
         tasks::read(&self.reader(memory), self.layouts(|types| &types.tasks)?, init_task)
@@ -462,7 +462,7 @@ impl LinuxGuest {
     ///
     /// # Errors
     ///
-    /// As [`modules::read`], or no types.
+    /// Memory that cannot be read, a module list that loops or runs past [`modules::MAX_MODULES`], or no types.
     pub fn modules<M: GuestMemory + ?Sized>(&self, memory: &M) -> Result<Vec<modules::Module>, LinuxError> {
         // `modules` is the list's head in kernel/module/main.c (a data symbol: other symbols of
         // that name may be functions)
