@@ -11,11 +11,13 @@ pub fn effective_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
+#[cfg(feature = "mount")] // the mount's alone
 /// The effective group id.
 pub fn effective_gid() -> u32 {
     nix::unistd::getegid().as_raw()
 }
 
+#[cfg(feature = "mount")] // the mount's alone
 /// Whether this process has `CAP_SYS_ADMIN` in its effective set (root, usually).
 pub fn has_cap_sys_admin() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
@@ -71,6 +73,7 @@ pub fn end(pid: u32, grace: Duration) -> bool {
     false
 }
 
+#[cfg(feature = "mount")] // the mount's alone
 /// FUSE and `SO_PEERCRED` report a thread; this is its process (thread group).
 pub fn thread_group(tid: u32) -> u32 {
     std::fs::read_to_string(format!("/proc/{tid}/status"))

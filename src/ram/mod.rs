@@ -5,7 +5,7 @@ pub mod incremental;
 pub mod layout;
 // The one module exempt from the crate's deny: the mapping, the copies out of it and the SIGBUS
 // guard.
-pub(crate) mod dump;
+pub mod dump;
 #[allow(unsafe_code)]
 mod mapping;
 pub mod mtree;
