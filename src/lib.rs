@@ -47,7 +47,7 @@ pub mod size;
 #[cfg(feature = "view")]
 pub mod view;
 pub mod vm;
-mod watcher;
+pub mod watcher;
 
 // The library's surface, flat: what a user of it (the command line, the Python binding, a
 // program of its own) needs. Modules stay public for the parsers and formats they document.
