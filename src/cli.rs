@@ -98,7 +98,7 @@ pub enum Verb {
     /// Unmount a qemu-bridge mount
     Umount(UmountArgs),
     /// Serve a live picture of every VM's memory to a web browser (a local web page)
-    LinuxFile(ViewArgs),
+    View(ViewArgs),
     /// Remove what `launch` made for VMs that no longer run (sockets, pidfiles, logs, RAM
     /// files; state disks without saved states), and nothing else
     Clean(Nameless),
@@ -627,7 +627,7 @@ pub fn run(cli: Cli) -> CliResult {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(())
         }
-        Verb::LinuxFile(args) => {
+        Verb::View(args) => {
             let server = qemu_bridge::view::ViewServer::bind(args.listen, args.common.run_dir())?
                 .with_scan_budget(args.scan_budget)
                 .with_soft_dirty(!args.fingerprints);
