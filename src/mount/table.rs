@@ -22,6 +22,10 @@ const TTL: Duration = Duration::from_secs(1);
 /// Attributes of what can vanish at any time (a VM, `linux/`, a vCPU, a process, a table):
 /// gone at the next path walk.
 const VANISHING: Duration = Duration::ZERO;
+/// Attributes of every node, even one whose name can vanish (its entry's TTL is 0, so the
+/// next path walk asks again and gets fresh ones): an `fstat` of a file open, as `cat` makes
+/// two of each file it reads, needs no round trip.
+pub(super) const ATTRIBUTES: Duration = TTL;
 
 /// A file of a directory's table; `C` is what the directory adds to its VM (a vCPU, a pid).
 pub(super) struct File<C> {

@@ -42,7 +42,7 @@ use fuser::{
 use super::audit::{AuditEvent, AuditLog, AuditOp};
 use super::inode::Node;
 use super::per_vm::{MountedVm, Registry};
-use super::table::{Opening, Place, What};
+use super::table::{Opening, Place, What, ATTRIBUTES};
 use crate::ram::dump::Piece;
 use crate::ram::BridgeError;
 
@@ -299,14 +299,16 @@ impl Filesystem for Tree {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.lookup_place(parent, name) {
-            Ok(place) => reply.entry(&place.ttl, &self.place_attr(&place), Generation(0)),
+            Ok(place) => {
+                reply.entry_with_ttls(&ATTRIBUTES, &place.ttl, &self.place_attr(&place), Generation(0))
+            }
             Err(errno) => reply.error(errno),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.place(ino) {
-            Ok(place) => reply.attr(&place.ttl, &self.place_attr(&place)),
+            Ok(place) => reply.attr(&ATTRIBUTES, &self.place_attr(&place)),
             Err(errno) => reply.error(errno),
         }
     }
@@ -478,7 +480,25 @@ impl Filesystem for Tree {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // nothing is ever written: ENOSYS tells the kernel so once, and it sends no FLUSH at
+        // the close of any file again (one round trip less per file read)
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // no file here is a terminal or a device (`cat` asks TCGETS of every file it opens):
+        // answered at once, without fuser's warning per call
+        reply.error(Errno::ENOTTY);
     }
 
     fn release(
@@ -585,7 +605,10 @@ impl Filesystem for Tree {
     }
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENODATA);
+        // no file here has extended attributes: ENOSYS tells the kernel so once, and it answers
+        // every later getxattr itself (EOPNOTSUPP) instead of asking the daemon (`ls -l` asks
+        // three of every file it lists)
+        reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
