@@ -9,6 +9,10 @@
 //!   blocks (Arm ARM, VMSAv8-64), from one translation table base (TTBR0_EL1 for the lower half,
 //!   TTBR1_EL1 for the upper) given by the caller: QEMU's monitor does not print them.
 //!
+//! One walker serves the three: each format is data (an `Mmu`: what a root
+//! holds, what a present entry of a level points to, what it allows), kept with the bits of its
+//! manual in its architecture's file (`guest::arch::x86_64`, `riscv64`, `aarch64`).
+//!
 //! The tables are the guest's, so they are hostile input. A translation reads at most five entries.
 //! An enumeration of mappings ([`Paging::page_runs`]) holds a fixed amount of memory whatever the
 //! tables say and stops at its [`Limits`]: tables that point at themselves (a self-referencing root
@@ -53,66 +57,11 @@
 
 use std::ops::{Bound, RangeBounds};
 
-use super::arch::{riscv64, x86_64, Arch, PageTableRoot};
+use super::arch::riscv64::{SATP_MODE_SHIFT, SATP_PPN};
+use super::arch::x86_64::{CR0_PG, CR4_LA57, CR4_PAE, EFER_LMA, EFER_NXE, PRESENT};
+use super::arch::{aarch64, riscv64, x86_64, Arch, PageTableRoot};
 use super::memory::{Gpa, GuestMemory, GuestMemoryError};
 use super::registers::VcpuRegisters;
-
-/// CR0.PG: paging on.
-const CR0_PG: u64 = 1 << 31;
-/// CR4.PAE: physical-address extension, required by long mode.
-const CR4_PAE: u64 = 1 << 5;
-/// CR4.LA57: 5-level paging.
-const CR4_LA57: u64 = 1 << 12;
-/// EFER.LMA: long mode active.
-const EFER_LMA: u64 = 1 << 10;
-/// EFER.NXE: bit 63 of an entry means no-execute (reserved otherwise).
-const EFER_NXE: u64 = 1 << 11;
-/// CR3 bits 51..12: the root table (the low bits are flags or the PCID, the high bits LAM flags).
-const CR3_ROOT: u64 = 0x000f_ffff_ffff_f000;
-/// A RISC-V root: a page number of up to 44 bits (a 56-bit physical address).
-const RISCV_ROOT: u64 = 0x00ff_ffff_ffff_f000;
-/// An AArch64 TTBR's base address, bits 47..1 (bit 0 is CnP, bits 63..48 the ASID); the
-/// 4 KiB granule's table is aligned to 4 KiB.
-const ARM_ROOT: u64 = 0x0000_ffff_ffff_f000;
-/// satp bits 63..60: the translation mode.
-const SATP_MODE_SHIFT: u32 = 60;
-/// satp bits 43..0: the root table's page number.
-const SATP_PPN: u64 = (1 << 44) - 1;
-
-/// RISC-V PTE bits: valid, readable, writable, executable, user.
-const RISCV_R: u64 = 1 << 1;
-const RISCV_W: u64 = 1 << 2;
-const RISCV_X: u64 = 1 << 3;
-const RISCV_U: u64 = 1 << 4;
-/// RISC-V PTE bits 53..10: the page number.
-const RISCV_PPN_SHIFT: u32 = 10;
-const RISCV_PPN: u64 = (1 << 44) - 1;
-
-/// AArch64 descriptor bit 1: a table (levels 0-2) or page (level 3); clear, a block.
-const ARM_TABLE_OR_PAGE: u64 = 1 << 1;
-/// AArch64 descriptor bits 47..12: the output address.
-const ARM_ADDRESS: u64 = 0x0000_ffff_ffff_f000;
-/// AArch64 leaf AP[2] (bit 7): read-only; AP[1] (bit 6): accessible at EL0.
-const ARM_READ_ONLY: u64 = 1 << 7;
-const ARM_EL0: u64 = 1 << 6;
-/// AArch64 leaf UXN (bit 54) and PXN (bit 53): not executable at EL0, at EL1.
-const ARM_UXN: u64 = 1 << 54;
-const ARM_PXN: u64 = 1 << 53;
-/// AArch64 table bits: APTable[1] (62) no writes below, APTable[0] (61) no EL0 access below,
-/// UXNTable (60), PXNTable (59).
-const ARM_TABLE_READ_ONLY: u64 = 1 << 62;
-const ARM_TABLE_NO_EL0: u64 = 1 << 61;
-const ARM_TABLE_UXN: u64 = 1 << 60;
-const ARM_TABLE_PXN: u64 = 1 << 59;
-
-const PRESENT: u64 = 1 << 0;
-const WRITABLE: u64 = 1 << 1;
-const USER: u64 = 1 << 2;
-/// PS: the entry maps a page instead of a table (PDPT and PD entries; PAT in a PT entry).
-const PAGE_SIZE: u64 = 1 << 7;
-const NO_EXECUTE: u64 = 1 << 63;
-/// Bits 51..12: a table or 4 KiB page (52 bits is the architecture's largest MAXPHYADDR).
-const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 
 const ENTRIES_PER_TABLE: usize = 512;
 const ENTRY_BYTES: usize = 8;
@@ -165,12 +114,13 @@ impl PagingMode {
         }
     }
 
-    /// The root-address bits an entry or register can hold in this format.
-    fn root_mask(self) -> u64 {
+    /// The format of this mode's table entries, as data ([`Mmu`]), from its architecture's
+    /// file.
+    pub(crate) fn mmu(self) -> &'static Mmu {
         match self.arch() {
-            Arch::X86_64 => CR3_ROOT,
-            Arch::Riscv64 => RISCV_ROOT,
-            _ => ARM_ROOT,
+            Arch::X86_64 => &x86_64::MMU,
+            Arch::Riscv64 => &riscv64::MMU,
+            _ => &aarch64::MMU,
         }
     }
 
@@ -274,7 +224,7 @@ impl Level {
     }
 
     /// Whether this is the last level of its format (its entries map pages, never tables).
-    fn is_last(self) -> bool {
+    pub(crate) fn is_last(self) -> bool {
         matches!(self, Level::Pt | Level::Riscv(0) | Level::Arm(3))
     }
 }
@@ -526,57 +476,29 @@ pub fn va_of_offset(mode: PagingMode, offset: u64) -> Option<u64> {
 /// What the entries walked so far allow. AArch64 keeps execution at EL0 and EL1 apart until
 /// the leaf says which one applies.
 #[derive(Debug, Clone, Copy)]
-struct Access {
-    writable: bool,
-    user: bool,
-    executable: bool,
-    privileged_executable: bool,
+pub(crate) struct Access {
+    pub(crate) writable: bool,
+    pub(crate) user: bool,
+    pub(crate) executable: bool,
+    pub(crate) privileged_executable: bool,
 }
 
 impl Access {
-    const ALL: Access = Access { writable: true, user: true, executable: true, privileged_executable: true };
+    pub(crate) const ALL: Access =
+        Access { writable: true, user: true, executable: true, privileged_executable: true };
+}
 
-    /// Also subject to `entry` of a `mode` table, a page (`leaf`) or a table. x86_64: R/W and
-    /// U/S must be set at every level, XD at none. RISC-V: the leaf's own R/W/X/U alone (a
-    /// pointer has none). AArch64: the table bits (APTable, UXNTable, PXNTable) limit what lies
-    /// below, the leaf's AP and UXN/PXN its page.
-    fn and(self, mode: PagingMode, entry: u64, leaf: bool, no_execute_enabled: bool) -> Access {
-        match mode.arch() {
-            Arch::X86_64 => Access {
-                writable: self.writable && entry & WRITABLE != 0,
-                user: self.user && entry & USER != 0,
-                executable: self.executable && !(no_execute_enabled && entry & NO_EXECUTE != 0),
-                privileged_executable: true,
-            },
-            Arch::Riscv64 if leaf => Access {
-                writable: entry & RISCV_W != 0,
-                user: entry & RISCV_U != 0,
-                executable: entry & RISCV_X != 0,
-                privileged_executable: true,
-            },
-            Arch::Riscv64 => self,
-            _ if leaf => {
-                let user = self.user && entry & ARM_EL0 != 0;
-                let (user_x, kernel_x) = (
-                    self.executable && entry & ARM_UXN == 0,
-                    self.privileged_executable && entry & ARM_PXN == 0,
-                );
-                Access {
-                    writable: self.writable && entry & ARM_READ_ONLY == 0,
-                    user,
-                    // what the level that may use the page may execute
-                    executable: if user { user_x } else { kernel_x },
-                    privileged_executable: kernel_x,
-                }
-            }
-            _ => Access {
-                writable: self.writable && entry & ARM_TABLE_READ_ONLY == 0,
-                user: self.user && entry & ARM_TABLE_NO_EL0 == 0,
-                executable: self.executable && entry & ARM_TABLE_UXN == 0,
-                privileged_executable: self.privileged_executable && entry & ARM_TABLE_PXN == 0,
-            },
-        }
-    }
+/// An architecture's page-table format as data, for the one walker here: what a root holds,
+/// what a present entry (bit 0, in every format) of a level points to, and what it allows.
+/// Each architecture's file (`guest::arch::*`) has one, with the bits of its manual.
+pub(crate) struct Mmu {
+    /// The root-address bits a root register or entry can hold.
+    pub(crate) root_mask: u64,
+    /// What a present entry of a level points to.
+    pub(crate) decode: fn(Level, u64) -> Entry,
+    /// What the entries above allow (`Access`), also subject to this entry, a page (`leaf`) or
+    /// a table, with no-execute on or off (x86_64's EFER.NXE; the other formats ignore it).
+    pub(crate) access: fn(Access, u64, bool, bool) -> Access,
 }
 
 /// The table in which a walk found its page: its depth in the mode's levels, its address,
@@ -599,49 +521,20 @@ impl LeafTable {
 }
 
 /// What a present entry at a level points to.
-enum Entry {
+pub(crate) enum Entry {
+    /// A table of the next level.
     Table(Gpa),
-    Page { base: u64, size: u64 },
+    /// A page (or block) of `size` bytes at `base`.
+    Page {
+        /// Its guest-physical address.
+        base: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// A page-size bit where the level has no pages (x86_64 PML4 and PML5).
     ReservedPageSize,
+    /// An encoding the format reserves.
     Reserved,
-}
-
-/// A present (valid: bit 0, in every format) entry of `level` in a `mode` table.
-fn decode(mode: PagingMode, level: Level, entry: u64) -> Entry {
-    match mode.arch() {
-        Arch::X86_64 => match level.page_size() {
-            // bit 7 of a PT entry is PAT, not PS: every PT entry maps a page
-            Some(size) if level == Level::Pt => Entry::Page { base: entry & ADDRESS, size },
-            // bit 12 of a large-page entry is PAT; the base is aligned to the page size
-            Some(size) if entry & PAGE_SIZE != 0 => Entry::Page { base: entry & ADDRESS & !(size - 1), size },
-            None if entry & PAGE_SIZE != 0 => Entry::ReservedPageSize,
-            _ => Entry::Table(Gpa(entry & ADDRESS)),
-        },
-        Arch::Riscv64 => {
-            let base = ((entry >> RISCV_PPN_SHIFT) & RISCV_PPN) << 12;
-            let leaf = entry & (RISCV_R | RISCV_W | RISCV_X) != 0;
-            match level.page_size() {
-                _ if entry & RISCV_W != 0 && entry & RISCV_R == 0 => Entry::Reserved,
-                Some(size) if leaf && base & (size - 1) == 0 => Entry::Page { base, size },
-                // a misaligned superpage faults, as a pointer from the last level does
-                _ if leaf || level.is_last() => Entry::Reserved,
-                _ => Entry::Table(Gpa(base)),
-            }
-        }
-        _ => {
-            let table_or_page = entry & ARM_TABLE_OR_PAGE != 0;
-            match level.page_size() {
-                Some(size) if level.is_last() && table_or_page => {
-                    Entry::Page { base: entry & ARM_ADDRESS, size }
-                }
-                Some(size) if !level.is_last() && !table_or_page => {
-                    Entry::Page { base: entry & ARM_ADDRESS & !(size - 1), size }
-                }
-                _ if !level.is_last() && table_or_page => Entry::Table(Gpa(entry & ARM_ADDRESS)),
-                _ => Entry::Reserved,
-            }
-        }
-    }
 }
 
 /// A vCPU's paging: the mode, the root table and (x86_64) whether no-execute is on.
@@ -658,7 +551,7 @@ impl Paging {
     /// x86_64, bit 63 of entries meaning no-execute when `no_execute_enabled` (EFER.NXE; the
     /// other formats ignore it).
     pub fn new(mode: PagingMode, root: Gpa, no_execute_enabled: bool) -> Self {
-        Self { mode, root: Gpa(root.0 & mode.root_mask()), no_execute_enabled }
+        Self { mode, root: Gpa(root.0 & mode.mmu().root_mask), no_execute_enabled }
     }
 
     /// The paging a RISC-V hart's `satp` selects: its mode (bits 63..60: 8 Sv39, 9 Sv48, 10
@@ -791,10 +684,10 @@ impl Paging {
             if entry & PRESENT == 0 {
                 return Err(PagingError::NotMapped { va, level });
             }
-            let decoded = decode(self.mode, level, entry);
+            let decoded = (self.mode.mmu().decode)(level, entry);
             let above = access;
-            access =
-                access.and(self.mode, entry, matches!(decoded, Entry::Page { .. }), self.no_execute_enabled);
+            let leaf = matches!(decoded, Entry::Page { .. });
+            access = (self.mode.mmu().access)(access, entry, leaf, self.no_execute_enabled);
             match decoded {
                 Entry::Table(next) => table = next,
                 Entry::Page { base, size } => {
@@ -1007,13 +900,9 @@ impl<'a, M: GuestMemory + ?Sized> PageRuns<'a, M> {
             return Step::Continue;
         }
         let mode = self.paging.mode;
-        let decoded = decode(mode, level, entry);
-        let access = frame.access.and(
-            mode,
-            entry,
-            matches!(decoded, Entry::Page { .. }),
-            self.paging.no_execute_enabled,
-        );
+        let decoded = (mode.mmu().decode)(level, entry);
+        let leaf = matches!(decoded, Entry::Page { .. });
+        let access = (mode.mmu().access)(frame.access, entry, leaf, self.paging.no_execute_enabled);
         let va = mode.sign_extend(offset);
         match decoded {
             Entry::Table(table) => self.descend(self.depth, table, offset, access),
@@ -1141,6 +1030,14 @@ impl<M: GuestMemory + ?Sized> Iterator for PageRuns<'_, M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest::arch::aarch64::{
+        EL0 as ARM_EL0, PXN as ARM_PXN, READ_ONLY as ARM_READ_ONLY, TABLE_NO_EL0 as ARM_TABLE_NO_EL0,
+        TABLE_READ_ONLY as ARM_TABLE_READ_ONLY, UXN as ARM_UXN,
+    };
+    use crate::guest::arch::riscv64::{
+        PPN_SHIFT as RISCV_PPN_SHIFT, R as RISCV_R, U as RISCV_U, W as RISCV_W, X as RISCV_X,
+    };
+    use crate::guest::arch::x86_64::{NO_EXECUTE, PAGE_SIZE, USER, WRITABLE};
     use crate::guest::FrozenMemory;
     use crate::ram::GuestLayout;
 

@@ -4,6 +4,8 @@
 //! its root table is.
 
 use super::{ArchInfo, PageTableRoot};
+use crate::guest::memory::Gpa;
+use crate::guest::paging::{Access, Entry, Level, Mmu};
 
 /// What this crate knows of riscv64.
 pub static INFO: ArchInfo = ArchInfo {
@@ -18,3 +20,47 @@ pub static INFO: ArchInfo = ArchInfo {
 pub const PROGRAM_COUNTER: &[&str] = &["pc"];
 /// The CSR that selects the translation mode and the root table.
 pub const SATP: &str = "satp";
+
+/// satp bits 63..60: the translation mode.
+pub(crate) const SATP_MODE_SHIFT: u32 = 60;
+/// satp bits 43..0: the root table's page number.
+pub(crate) const SATP_PPN: u64 = (1 << 44) - 1;
+/// A root: a page number of up to 44 bits (a 56-bit physical address).
+const ROOT: u64 = 0x00ff_ffff_ffff_f000;
+
+/// PTE bits: readable, writable, executable, user (bit 0 is valid).
+pub(crate) const R: u64 = 1 << 1;
+pub(crate) const W: u64 = 1 << 2;
+pub(crate) const X: u64 = 1 << 3;
+pub(crate) const U: u64 = 1 << 4;
+/// PTE bits 53..10: the page number.
+pub(crate) const PPN_SHIFT: u32 = 10;
+const PPN: u64 = (1 << 44) - 1;
+
+/// RISC-V's Sv39, Sv48 and Sv57 tables (the privileged specification, 4.3-4.5).
+pub(crate) static MMU: Mmu = Mmu { root_mask: ROOT, decode, access };
+
+fn decode(level: Level, entry: u64) -> Entry {
+    let base = ((entry >> PPN_SHIFT) & PPN) << 12;
+    let leaf = entry & (R | W | X) != 0;
+    match level.page_size() {
+        _ if entry & W != 0 && entry & R == 0 => Entry::Reserved,
+        Some(size) if leaf && base & (size - 1) == 0 => Entry::Page { base, size },
+        // a misaligned superpage faults, as a pointer from the last level does
+        _ if leaf || level.is_last() => Entry::Reserved,
+        _ => Entry::Table(Gpa(base)),
+    }
+}
+
+/// The leaf's own R/W/X/U alone (a pointer to a table has none).
+fn access(above: Access, entry: u64, leaf: bool, _no_execute_enabled: bool) -> Access {
+    if !leaf {
+        return above;
+    }
+    Access {
+        writable: entry & W != 0,
+        user: entry & U != 0,
+        executable: entry & X != 0,
+        privileged_executable: true,
+    }
+}

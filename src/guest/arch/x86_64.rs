@@ -4,6 +4,8 @@
 //! the notes QEMU's own `dump-guest-memory` writes: `NT_PRSTATUS` and `QEMU` per vCPU.
 
 use super::{ArchInfo, PageTableRoot};
+use crate::guest::memory::Gpa;
+use crate::guest::paging::{Access, Entry, Level, Mmu};
 use crate::guest::registers::VcpuRegisters;
 
 /// What this crate knows of x86_64.
@@ -29,6 +31,56 @@ pub const CR3: &str = "CR3";
 pub const CR4: &str = "CR4";
 /// The extended feature enable register (long mode, no-execute).
 pub const EFER: &str = "EFER";
+
+/// CR0.PG: paging on.
+pub(crate) const CR0_PG: u64 = 1 << 31;
+/// CR4.PAE: physical-address extension, required by long mode.
+pub(crate) const CR4_PAE: u64 = 1 << 5;
+/// CR4.LA57: 5-level paging.
+pub(crate) const CR4_LA57: u64 = 1 << 12;
+/// EFER.LMA: long mode active.
+pub(crate) const EFER_LMA: u64 = 1 << 10;
+/// EFER.NXE: bit 63 of an entry means no-execute (reserved otherwise).
+pub(crate) const EFER_NXE: u64 = 1 << 11;
+/// CR3 bits 51..12: the root table (the low bits are flags or the PCID, the high bits LAM flags).
+const CR3_ROOT: u64 = 0x000f_ffff_ffff_f000;
+
+/// Entry bit 0: present (valid, in every format this crate walks).
+pub(crate) const PRESENT: u64 = 1 << 0;
+/// R/W: writes allowed.
+pub(crate) const WRITABLE: u64 = 1 << 1;
+/// U/S: user-mode access allowed.
+pub(crate) const USER: u64 = 1 << 2;
+/// PS: the entry maps a page instead of a table (PDPT and PD entries; PAT in a PT entry).
+pub(crate) const PAGE_SIZE: u64 = 1 << 7;
+/// XD: no instruction fetches (with EFER.NXE).
+pub(crate) const NO_EXECUTE: u64 = 1 << 63;
+/// Bits 51..12: a table or 4 KiB page (52 bits is the architecture's largest MAXPHYADDR).
+const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+
+/// x86_64's 4- and 5-level tables (SDM vol. 3, 4.5).
+pub(crate) static MMU: Mmu = Mmu { root_mask: CR3_ROOT, decode, access };
+
+fn decode(level: Level, entry: u64) -> Entry {
+    match level.page_size() {
+        // bit 7 of a PT entry is PAT, not PS: every PT entry maps a page
+        Some(size) if level == Level::Pt => Entry::Page { base: entry & ADDRESS, size },
+        // bit 12 of a large-page entry is PAT; the base is aligned to the page size
+        Some(size) if entry & PAGE_SIZE != 0 => Entry::Page { base: entry & ADDRESS & !(size - 1), size },
+        None if entry & PAGE_SIZE != 0 => Entry::ReservedPageSize,
+        _ => Entry::Table(Gpa(entry & ADDRESS)),
+    }
+}
+
+/// R/W and U/S must be set at every level, XD at none.
+fn access(above: Access, entry: u64, _leaf: bool, no_execute_enabled: bool) -> Access {
+    Access {
+        writable: above.writable && entry & WRITABLE != 0,
+        user: above.user && entry & USER != 0,
+        executable: above.executable && !(no_execute_enabled && entry & NO_EXECUTE != 0),
+        privileged_executable: true,
+    }
+}
 
 /// The notes of an x86_64 core, in the order of QEMU's own dump: every vCPU's `NT_PRSTATUS`,
 /// then every vCPU's `QEMU` note.
