@@ -77,3 +77,34 @@ fn access(above: Access, entry: u64, leaf: bool, _no_execute_enabled: bool) -> A
         privileged_executable: kernel_x,
     }
 }
+
+#[cfg(test)]
+mod mmu_tests {
+    use super::*;
+    use crate::guest::paging::{PAGE_1G, PAGE_4K};
+
+    #[test]
+    fn descriptors_decode_as_the_arm_arm_says() {
+        let decode = MMU.decode;
+        assert_eq!(
+            decode(Level::Arm(3), 0x4000_1000 | TABLE_OR_PAGE | 1),
+            Entry::Page { base: 0x4000_1000, size: PAGE_4K }
+        );
+        assert_eq!(decode(Level::Arm(3), 0x4000_1000 | 1), Entry::Reserved, "a block at level 3");
+        assert_eq!(decode(Level::Arm(1), 0x4000_0000 | 1), Entry::Page { base: 0x4000_0000, size: PAGE_1G });
+        assert_eq!(decode(Level::Arm(0), 0x4000_0000 | 1), Entry::Reserved, "no blocks at level 0");
+        assert_eq!(decode(Level::Arm(2), 0x4000_5000 | TABLE_OR_PAGE | 1), Entry::Table(Gpa(0x4000_5000)));
+    }
+
+    #[test]
+    fn table_bits_limit_what_lies_below_and_the_leaf_says_who_executes() {
+        let access = MMU.access;
+        let below = access(Access::ALL, TABLE_READ_ONLY | TABLE_UXN | TABLE_OR_PAGE | 1, false, true);
+        assert!(!below.writable && !below.executable && below.privileged_executable && below.user);
+        let user_page = access(Access::ALL, EL0 | UXN | TABLE_OR_PAGE | 1, true, true);
+        assert!(user_page.user && user_page.writable && !user_page.executable);
+        let kernel_page = access(Access::ALL, READ_ONLY | UXN | TABLE_OR_PAGE | 1, true, true);
+        assert!(!kernel_page.user && !kernel_page.writable && kernel_page.executable, "EL1 may execute it");
+        assert!(!access(Access::ALL, PXN | TABLE_OR_PAGE | 1, true, true).executable);
+    }
+}

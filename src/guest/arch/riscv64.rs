@@ -64,3 +64,41 @@ fn access(above: Access, entry: u64, leaf: bool, _no_execute_enabled: bool) -> A
         privileged_executable: true,
     }
 }
+
+#[cfg(test)]
+mod mmu_tests {
+    use super::*;
+    use crate::guest::paging::{PAGE_2M, PAGE_4K};
+
+    fn pte(pa: u64, flags: u64) -> u64 {
+        (pa >> 12) << PPN_SHIFT | flags | 1
+    }
+
+    #[test]
+    fn entries_decode_as_the_privileged_specification_says() {
+        let decode = MMU.decode;
+        assert_eq!(
+            decode(Level::Riscv(0), pte(0x8000_1000, R | W)),
+            Entry::Page { base: 0x8000_1000, size: PAGE_4K }
+        );
+        assert_eq!(
+            decode(Level::Riscv(1), pte(0x8020_0000, R | X)),
+            Entry::Page { base: 0x8020_0000, size: PAGE_2M }
+        );
+        assert_eq!(decode(Level::Riscv(1), pte(0x8000_3000, 0)), Entry::Table(Gpa(0x8000_3000)));
+        // write without read; a misaligned megapage; a pointer from the last level
+        assert_eq!(decode(Level::Riscv(0), pte(0x8000_1000, W)), Entry::Reserved);
+        assert_eq!(decode(Level::Riscv(1), pte(0x8000_1000, R)), Entry::Reserved);
+        assert_eq!(decode(Level::Riscv(0), pte(0x8000_1000, 0)), Entry::Reserved);
+    }
+
+    #[test]
+    fn the_leaf_alone_gives_access() {
+        let access = MMU.access;
+        assert_eq!(access(Access::ALL, pte(0x1000, 0), false, true), Access::ALL, "a pointer has no bits");
+        let page = access(Access::ALL, pte(0x1000, R | U), true, true);
+        assert!(!page.writable && page.user && !page.executable);
+        let code = access(Access::ALL, pte(0x1000, R | X), true, false);
+        assert!(code.executable && !code.user);
+    }
+}

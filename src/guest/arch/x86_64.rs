@@ -240,3 +240,51 @@ mod tests {
         assert_eq!((cr(0), cr(3), cr(4)), (0x8005_0033, 0x1a0_e000, 0x3506f0));
     }
 }
+
+#[cfg(test)]
+mod mmu_tests {
+    use super::*;
+    use crate::guest::paging::{PAGE_1G, PAGE_2M, PAGE_4K};
+
+    #[test]
+    fn entries_decode_as_the_sdm_says() {
+        let decode = MMU.decode;
+        // bit 7 of a PT entry is PAT: still a 4 KiB page
+        assert_eq!(
+            decode(Level::Pt, 0x1234_5000 | PAGE_SIZE | 1),
+            Entry::Page { base: 0x1234_5000, size: PAGE_4K }
+        );
+        // a 2 MiB page: bit 12 (PAT) is not part of its base
+        assert_eq!(
+            decode(Level::Pd, 0x4060_0000 | 1 << 12 | PAGE_SIZE | 1),
+            Entry::Page { base: 0x4060_0000, size: PAGE_2M }
+        );
+        assert_eq!(
+            decode(Level::Pdpt, 0x8000_0000 | PAGE_SIZE | 1),
+            Entry::Page { base: 0x8000_0000, size: PAGE_1G }
+        );
+        assert_eq!(decode(Level::Pdpt, 0x5000 | 1), Entry::Table(Gpa(0x5000)));
+        assert_eq!(decode(Level::Pml4, PAGE_SIZE | 1), Entry::ReservedPageSize);
+        assert_eq!(
+            decode(Level::Pml5, 1 << 63 | 0xf_ffff_ffff_f000 | 1),
+            Entry::Table(Gpa(0xf_ffff_ffff_f000))
+        );
+        assert_eq!(MMU.root_mask & 0xfff, 0, "CR3's low bits are flags or the PCID");
+    }
+
+    #[test]
+    fn every_level_limits_access_and_no_execute_needs_nxe() {
+        let access = MMU.access;
+        let table = access(Access::ALL, WRITABLE | USER | 1, false, true);
+        assert_eq!(table, Access::ALL);
+        let read_only = access(access(Access::ALL, USER | 1, false, true), WRITABLE | USER | 1, true, true);
+        assert!(!read_only.writable && read_only.user && read_only.executable);
+        let kernel = access(Access::ALL, WRITABLE | 1, true, true);
+        assert!(kernel.writable && !kernel.user);
+        assert!(!access(Access::ALL, NO_EXECUTE | 1, true, true).executable);
+        assert!(
+            access(Access::ALL, NO_EXECUTE | 1, true, false).executable,
+            "XD is reserved without EFER.NXE"
+        );
+    }
+}
