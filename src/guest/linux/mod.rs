@@ -253,7 +253,7 @@ impl LinuxFile {
         match self {
             LinuxFile::Version => LinuxKernel::banner(&reader, symbols).map(String::into_bytes),
             LinuxFile::Kallsyms => Ok(kallsyms::text(symbols).into_bytes()),
-            LinuxFile::Dmesg => Ok(printk::text(&printk::read(&reader)?).into_bytes()),
+            LinuxFile::Dmesg => Ok(printk::text(&printk::read(&reader, &guest.log_layout()?)?).into_bytes()),
             LinuxFile::Btf => LinuxKernel::btf(&reader, symbols),
             LinuxFile::Tasks => Ok(tasks::text(&guest.tasks(memory)?).into_bytes()),
             LinuxFile::Modules => Ok(modules::text(&guest.modules(memory)?).into_bytes()),
@@ -330,6 +330,8 @@ pub struct LinuxGuest {
     kernel: LinuxKernel,
     symbols: kallsyms::Symbols,
     types: Result<Types, String>,
+    /// The log's ring buffer, as vmcoreinfo lays it out (`None` before Linux 5.10).
+    log: Option<printk::Layout>,
     /// The Volatility symbol table, made at its first use.
     isf: std::sync::Mutex<Option<std::sync::Arc<Vec<u8>>>>,
 }
@@ -385,7 +387,8 @@ impl LinuxGuest {
             .map(Types::of)
             .map_err(|err| crate::error::chain(&err));
         drop(reader);
-        Ok(Self { kernel, symbols, types, isf: std::sync::Mutex::new(None) })
+        let log = printk::Layout::of(&kernel).ok();
+        Ok(Self { kernel, symbols, types, log, isf: std::sync::Mutex::new(None) })
     }
 
     /// A reader of the kernel's memory in `memory`, for one request.
@@ -429,6 +432,16 @@ impl LinuxGuest {
     /// Its symbols.
     pub fn symbols(&self) -> &kallsyms::Symbols {
         &self.symbols
+    }
+
+    /// The layout of its log's ring buffer.
+    ///
+    /// # Errors
+    ///
+    /// A kernel whose vmcoreinfo does not lay it out (before Linux 5.10): what
+    /// [`printk::Layout::of`] says it lacks.
+    pub fn log_layout(&self) -> Result<printk::Layout, LinuxError> {
+        self.log.map_or_else(|| printk::Layout::of(&self.kernel), Ok)
     }
 
     /// Its types.

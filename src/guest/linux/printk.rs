@@ -220,16 +220,18 @@ fn block(begin: u64, next: u64, size_bits: u32, size: u64) -> Option<(u64, u64)>
     }
 }
 
-/// The records of `kernel`'s log (`prb`), oldest first.
+/// The records of the log (`prb`) of the kernel `reader` reads, whose ring buffer has
+/// `layout` ([`Layout::of`] the kernel), oldest first.
 ///
 /// # Errors
 ///
-/// As [`Layout::of`] and [`records`].
-pub fn read<M: GuestMemory + ?Sized>(reader: &KernelReader<'_, M>) -> Result<Vec<Record>, LinuxError> {
-    let kernel = reader.kernel();
-    let layout = Layout::of(kernel)?;
-    let ring = reader.u64(kernel.symbol("prb")?, "prb")?;
-    records(&layout, ring, &|va: u64, buf: &mut [u8]| reader.read(va, buf, "log"))
+/// As [`records`], or no `prb` in vmcoreinfo.
+pub fn read<M: GuestMemory + ?Sized>(
+    reader: &KernelReader<'_, M>,
+    layout: &Layout,
+) -> Result<Vec<Record>, LinuxError> {
+    let ring = reader.u64(reader.kernel().symbol("prb")?, "prb")?;
+    records(layout, ring, &|va: u64, buf: &mut [u8]| reader.read(va, buf, "log"))
 }
 
 /// The records as `dmesg` prints them: `[    1.234567] text`, every line of a record with the
