@@ -17,7 +17,13 @@ cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 export RUSTC_BOOTSTRAP=1
-for target in qmp_reply layout mtree paging vmcoreinfo kallsyms printk btf kernel_walks; do
+targets=(qmp_reply layout mtree paging vmcoreinfo kallsyms printk btf kernel_walks)
+# every target built first, its errors shown: the runs below filter their output, and a target
+# that no longer compiles must fail the run, not pass it in silence
+for target in "${targets[@]}"; do
+    cargo fuzz build "$target"
+done
+for target in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$target"
     echo "== fuzz $target for ${seconds}s"
     cargo fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \

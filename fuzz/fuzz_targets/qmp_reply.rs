@@ -15,7 +15,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = client.query_status();
     let _ = client.get_shared_memory_path();
     let _ = client.query_memdev();
-    let _ = client.layout("/objects/ram0", 64 << 20);
+    let _ = client.rule_layout(64 << 20);
+    let _ = client.target_arch();
     let _ = client.human_monitor_command("info mtree -f");
     assert!(client.events().count() <= 256);
 });
