@@ -1488,7 +1488,7 @@ impl Bench {
     }
 
     /// The soft-dirty way, measured where it exists: boots Debian's own kernel under TCG with
-    /// this host's root shared (tests/common/nested.rs) and runs `soft_dirty_inside` of this very
+    /// this host's root shared (test-support/src/nested.rs) and runs `soft_dirty_inside` of this very
     /// binary there; its rows join this table. Everything in that VM runs under TCG, so only the
     /// ratios between its rows mean something.
     fn soft_dirty(&mut self) {

@@ -12,7 +12,7 @@
 #   qemu-system-x86_64 -machine q35,accel=tcg -m 1G -display none -serial file:LOG -no-reboot \
 #     -kernel OUTDIR/vmlinuz -initrd OUTDIR/initrd.gz -append "console=ttyS0 quiet panic=-1 qb.run=PATH" \
 #     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
-# (tests/common/nested.rs does). Output: OUTDIR/vmlinuz, OUTDIR/initrd.gz (default
+# (test-support/src/nested.rs does). Output: OUTDIR/vmlinuz, OUTDIR/initrd.gz (default
 # target/guest/softdirty-host). Cached: a second run returns at once.
 set -euo pipefail
 out=$(realpath -m "${1:-$(dirname "$0")/../target/guest/softdirty-host}")

@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use qemu_bridge::guest::linux::{maple, pid, walk, KernelReader, LinuxKernel};
-use qemu_bridge::guest::memory::{GuestMemory, GuestMemoryError, Gpa};
+use qemu_bridge::guest::memory::{Gpa, GuestMemory, GuestMemoryError};
 use qemu_bridge::guest::vmcoreinfo::VmcoreInfo;
 
 const KERNEL: u64 = 0xffff_ffff_8100_0000;
@@ -39,7 +39,8 @@ fuzz_target!(|data: &[u8]| {
     put(0x2000 + 510 * 8, 0x3003);
     put(0x3000 + 8 * 8, DATA as u64 | 0x83);
     ram[DATA..].copy_from_slice(data);
-    let info = VmcoreInfo { offset: 0, text: "SYMBOL(init_top_pgt)=ffffffff80001000\nNUMBER(phys_base)=0\n".into() };
+    let info =
+        VmcoreInfo { offset: 0, text: "SYMBOL(init_top_pgt)=ffffffff80001000\nNUMBER(phys_base)=0\n".into() };
     let kernel = LinuxKernel::new(info).unwrap();
     let memory = Ram(ram);
     let in_data = |value: u64| KERNEL + value % data.len() as u64;
@@ -56,8 +57,12 @@ fuzz_target!(|data: &[u8]| {
     }
     // the pid namespace where the list head is, the pid from the second word; a task is what
     // its first two words say
-    let ids = |task: u64| Ok((reader.u32(task, "task")? as i32, reader.u32(task + 4, "task")? as i32));
-    if let Ok(Some(task)) = pid::find_leader(&reader, &pid::Offsets::LINUX_6_1, in_data(word(0)), word(8) as i32, ids) {
+    let ids = |task: u64| {
+        Ok(((reader.u32(task, "task")? as i32, reader.u32(task.wrapping_add(4), "task")? as i32), task))
+    };
+    if let Ok(Some(task)) =
+        pid::find_leader(&reader, &pid::Offsets::LINUX_6_1, in_data(word(0)), word(8) as i32, ids)
+    {
         assert!(word(8) as i32 > 0, "{task:#x}");
     }
 });

@@ -28,4 +28,17 @@ fuzz_target!(|data: &[u8]| {
     let layout = GuestLayout::from_mtree(regions);
     let _ = layout.translate(0x4000_1000, 16);
     let _ = layout.file_end();
+    // the splitter: its pieces cover a range exactly, in order, RAM where the searches say
+    let (gpa, len) = (data.len() as u64 * 0x1357, 1 << 33);
+    let mut at = gpa;
+    for piece in layout.pieces(gpa, len) {
+        assert_eq!(piece.gpa, at);
+        assert!(piece.len > 0);
+        assert_eq!(piece.offset.is_some(), layout.region_of(at).is_some());
+        at += piece.len;
+    }
+    assert_eq!(at, gpa + len);
+    let _ = layout.ram_pieces(gpa, 4096);
+    let _ = layout.next_hole(gpa);
+    let _ = layout.next_ram(gpa);
 });

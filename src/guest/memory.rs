@@ -82,26 +82,18 @@ pub trait GuestMemory {
 
 /// Calls `each(offset in the RAM file, part of buf)` for the pieces of `gpa..gpa + buf.len()`,
 /// split where the range crosses from one RAM region of `layout` to the next
-/// ([`GuestLayout::ram_pieces`]); nothing is read unless all of the range is RAM.
+/// ([`GuestLayout::copy_ram`]); nothing is read unless all of the range is RAM.
 fn for_each_piece(
     layout: &GuestLayout,
     gpa: Gpa,
     buf: &mut [u8],
-    mut each: impl FnMut(u64, &mut [u8]) -> Result<(), BridgeError>,
+    each: impl FnMut(u64, &mut [u8]) -> Result<(), BridgeError>,
 ) -> Result<(), GuestMemoryError> {
-    // the common case (a page-table entry, a page): all of it in one region, read at once
-    if let Some(offset) = layout.translate(gpa.0, buf.len() as u64) {
-        return each(offset, buf).map_err(|source| GuestMemoryError::Read { gpa, source });
+    let len = buf.len();
+    match layout.copy_ram(gpa.0, buf, each) {
+        Some(copied) => copied.map_err(|source| GuestMemoryError::Read { gpa, source }),
+        None => Err(GuestMemoryError::NotRam { gpa, len }),
     }
-    let pieces =
-        layout.ram_pieces(gpa.0, buf.len() as u64).ok_or(GuestMemoryError::NotRam { gpa, len: buf.len() })?;
-    let mut done = 0;
-    for (offset, len) in pieces {
-        each(offset, &mut buf[done..done + len as usize])
-            .map_err(|source| GuestMemoryError::Read { gpa, source })?;
-        done += len as usize;
-    }
-    Ok(())
 }
 
 impl GuestMemory for SharedMemoryBridge {

@@ -9,7 +9,7 @@ const VMCOREINFO_RETRY: Duration = Duration::from_secs(5);
 
 use crate::guest::linux::{LinuxError, LinuxGuest};
 use crate::guest::vmcoreinfo::VmcoreInfo;
-use crate::ram::dump::{elf_machine, Core, Physical};
+use crate::ram::dump::{Core, Physical};
 use crate::ram::{BridgeError, SharedMemoryBridge};
 use crate::vm::{vcpu_notes_now, Vm, VmError, VmInfo};
 use crate::watcher::{WatchedVm, Watcher};
@@ -43,7 +43,7 @@ pub type Registry = Watcher<MountParts>;
 pub fn mount_parts(vm: &Vm, bridge: &SharedMemoryBridge, info: &VmInfo) -> Result<MountParts, VmError> {
     let physical = Physical::new(bridge.layout().clone());
     let registers = vcpu_notes_now(info, |ask| vm.with_qmp(ask));
-    let core = Core::new(bridge.layout(), elf_machine(&info.arch), &registers, None);
+    let core = Core::new(bridge.layout(), info.arch.elf_machine(), &registers, None);
     Ok(MountParts { physical, core, vmcoreinfo: Mutex::new(None), linux: Mutex::new(None) })
 }
 
@@ -118,5 +118,5 @@ pub fn core_now(instance: &MountedVm) -> Core {
         None
     });
     let text = vmcoreinfo.as_ref().map(|info| info.text.as_str());
-    Core::new(instance.bridge.layout(), elf_machine(&instance.info.arch), &registers, text)
+    Core::new(instance.bridge.layout(), instance.info.arch.elf_machine(), &registers, text)
 }

@@ -17,14 +17,14 @@ use crate::guest::linux::{LinuxFile, ProcessFile};
 use crate::ram::BridgeError;
 use crate::ram::DEFAULT_ATTEMPTS;
 
-/// Attributes of what lives as long as its VM.
+/// How long the kernel may keep the name of what lives as long as its VM.
 const TTL: Duration = Duration::from_secs(1);
-/// Attributes of what can vanish at any time (a VM, `linux/`, a vCPU, a process, a table):
-/// gone at the next path walk.
+/// How long the kernel may keep the name of what can vanish at any time (a VM, `linux/`, a
+/// vCPU, a process, a table): not at all, so that it is gone at the next path walk.
 const VANISHING: Duration = Duration::ZERO;
-/// Attributes of every node, even one whose name can vanish (its entry's TTL is 0, so the
-/// next path walk asks again and gets fresh ones): an `fstat` of a file open, as `cat` makes
-/// two of each file it reads, needs no round trip.
+/// How long the kernel may keep the attributes of every node, even one whose name can vanish
+/// (the next path walk asks for its name again, and gets fresh attributes with it): an `fstat`
+/// of a file open, as `cat` makes two of each file it reads, needs no round trip.
 pub(super) const ATTRIBUTES: Duration = TTL;
 
 /// A file of a directory's table; `C` is what the directory adds to its VM (a vCPU, a pid).
@@ -81,7 +81,7 @@ pub(super) struct Table<C: 'static, const LEN: usize> {
     dirs: &'static [Subdir],
     /// The node of its file in `row`.
     node: fn(VmNumber, C, Row<LEN>) -> Node,
-    /// How long the kernel may keep its files' attributes.
+    /// How long the kernel may keep its files' names.
     ttl: Duration,
     /// Whether opening its files is written to the audit log (guest RAM's own files).
     audited: bool,
@@ -223,11 +223,12 @@ static ISF: File<()> = File {
     }),
 };
 
-/// A node as the tree serves it: what it is, and how long its attributes hold.
+/// A node as the tree serves it: what it is, and how long its name holds.
 pub(super) struct Place {
     /// The node.
     pub node: Node,
-    /// How long the kernel may keep its attributes (and, found by lookup, its name).
+    /// How long the kernel may keep its name, found by lookup (its attributes hold
+    /// [`ATTRIBUTES`]).
     pub ttl: Duration,
     /// Its times: its VM's admission (the mount's for the root).
     pub time: SystemTime,
@@ -473,8 +474,16 @@ impl Directory for Processes {
     /// A process found by its pid (the kernel's pid tree), not by listing them all.
     fn find(&self, name: &str) -> Option<Node> {
         let pid = Pid::new(name.parse().ok()?)?;
-        let guest = linux_now(&self.0).ok()?;
-        matches!(guest.task(&self.0.bridge, pid.get()), Ok(Some(_))).then_some(Node::Process(self.1, pid))
+        let found = linux_now(&self.0).map_err(GenerateError::from).and_then(|guest| {
+            guest.task(&self.0.bridge, pid.get()).map_err(|err| LinuxNowError::Linux(err).into())
+        });
+        match found {
+            Ok(task) => task.map(|_| Node::Process(self.1, pid)),
+            Err(err) => {
+                log::debug!("{}/linux/proc/{}: {}", self.0.vm.name(), pid.get(), crate::error::chain(&err));
+                None
+            }
+        }
     }
 }
 

@@ -11,7 +11,6 @@
 //! never allocating untouched pages). Pure arithmetic: tested and fuzzable without a VM.
 
 use super::layout::GuestLayout;
-use crate::guest::Arch;
 
 /// Where a run of a dump's bytes comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,12 +85,6 @@ impl Physical {
     }
 }
 
-/// The ELF machine number of a guest architecture's cores ([`Arch::elf_machine`]; 0 for one
-/// this crate does not know).
-pub fn elf_machine(arch: &Arch) -> u16 {
-    arch.elf_machine()
-}
-
 const PAGE: u64 = super::PAGE_SIZE as u64;
 const ELF_HEADER: u64 = 64;
 const PROGRAM_HEADER: u64 = 56;
@@ -125,7 +118,7 @@ pub struct Core {
 }
 
 impl Core {
-    /// The core of a guest with `layout`, for ELF machine `machine` (see [`elf_machine`]),
+    /// The core of a guest with `layout`, for ELF machine `machine` (see [`Arch::elf_machine`](crate::guest::Arch::elf_machine)),
     /// with `notes` (see `vm::vcpu_notes_now`) and a `VMCOREINFO` note of
     /// `vmcoreinfo` (see `guest::vmcoreinfo`) in a `PT_NOTE` when there are any. The size of the
     /// core depends on the layout and `notes` alone: room for the vmcoreinfo is kept either way.
@@ -245,6 +238,7 @@ fn push64(out: &mut Vec<u8>, value: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest::Arch;
     use crate::ram::layout::Region;
 
     fn q35_4g() -> GuestLayout {
@@ -323,7 +317,7 @@ mod tests {
 
     #[test]
     fn core_headers_and_loads() {
-        let core = Core::new(&q35_4g(), elf_machine(&Arch::X86_64), &[], None);
+        let core = Core::new(&q35_4g(), Arch::X86_64.elf_machine(), &[], None);
         let header = match &core.pieces(0, 4096)[..] {
             [Piece::Bytes(bytes)] => bytes.to_vec(),
             other => panic!("{other:?}"),

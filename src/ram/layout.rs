@@ -97,10 +97,25 @@ impl GuestLayout {
     }
 
     /// The ranges QEMU's flat memory map gives (see [`super::mtree::ram_regions`]), sorted by
-    /// guest-physical address.
+    /// guest-physical address. A flat map never overlaps itself; a region that would (a map
+    /// that is not QEMU's) is cut where the one before it ends, or left out, so that the
+    /// regions of every layout are sorted and disjoint, which its searches rely on.
     pub fn from_mtree(mut regions: Vec<Region>) -> Self {
         regions.sort_by_key(|region| region.gpa);
-        Self { regions, source: LayoutSource::Mtree }
+        let mut disjoint: Vec<Region> = Vec::with_capacity(regions.len());
+        for mut region in regions {
+            if let Some(end) = disjoint.last().map(|last| last.gpa.saturating_add(last.len)) {
+                if end > region.gpa {
+                    let overlap = end - region.gpa;
+                    if overlap >= region.len {
+                        continue;
+                    }
+                    region = Region { gpa: end, offset: region.offset + overlap, len: region.len - overlap };
+                }
+            }
+            disjoint.push(region);
+        }
+        Self { regions: disjoint, source: LayoutSource::Mtree }
     }
 
     /// Where the layout comes from.
@@ -181,8 +196,11 @@ impl GuestLayout {
         let end = gpa.checked_add(len)?;
         let region = match self.region_of(gpa) {
             Some(region) => region,
-            // a zero-length range at a region's end
-            None if len == 0 => self.regions.iter().find(|region| region.gpa + region.len == gpa)?,
+            // a zero-length range at a region's end: the region before the first that ends after
+            None if len == 0 => self
+                .regions
+                .get(self.first_ending_after(gpa).checked_sub(1)?)
+                .filter(|region| region.gpa.checked_add(region.len) == Some(gpa))?,
             None => return None,
         };
         (end <= region.gpa + region.len).then(|| region.offset + (gpa - region.gpa))
@@ -202,12 +220,44 @@ impl GuestLayout {
     /// The file runs `(offset, len)` of `len` bytes at `gpa` when every byte is RAM, or `None`
     /// when any is not (nothing to read then: a reader reads all of a range or none of it).
     pub fn ram_pieces(&self, gpa: u64, len: u64) -> Option<Vec<(u64, u64)>> {
+        self.ram_runs(gpa, len).map(Iterator::collect)
+    }
+
+    /// [`ram_pieces`](Self::ram_pieces) without a vector.
+    fn ram_runs(&self, gpa: u64, len: u64) -> Option<impl Iterator<Item = (u64, u64)> + '_> {
         gpa.checked_add(len)?;
-        if len == 0 {
-            // valid where translate says an empty range is
-            return self.translate(gpa, 0).map(|_| Vec::new());
+        // valid where translate says an empty range is
+        if len == 0 && self.translate(gpa, 0).is_none() {
+            return None;
         }
-        self.pieces(gpa, len).map(|piece| piece.offset.map(|offset| (offset, piece.len))).collect()
+        let mut pieces = self.pieces(gpa, len);
+        if pieces.clone().any(|piece| piece.offset.is_none()) {
+            return None;
+        }
+        Some(std::iter::from_fn(move || pieces.next().and_then(|piece| Some((piece.offset?, piece.len)))))
+    }
+
+    /// Copies the `buf.len()` bytes at guest-physical `gpa` into `buf` with `copy(offset in the
+    /// file, part of buf)`, one call per region the range crosses (the rule of
+    /// [`pieces`](Self::pieces)); `None`, with nothing copied, when any byte is not RAM.
+    pub fn copy_ram<E>(
+        &self,
+        gpa: u64,
+        buf: &mut [u8],
+        mut copy: impl FnMut(u64, &mut [u8]) -> Result<(), E>,
+    ) -> Option<Result<(), E>> {
+        // the common case (a page-table entry, a page): all of it in one region
+        if let Some(offset) = self.translate(gpa, buf.len() as u64) {
+            return Some(copy(offset, buf));
+        }
+        let mut done = 0;
+        for (offset, len) in self.ram_runs(gpa, buf.len() as u64)? {
+            if let Err(err) = copy(offset, &mut buf[done..done + len as usize]) {
+                return Some(Err(err));
+            }
+            done += len as usize;
+        }
+        Some(Ok(()))
     }
 
     /// The first RAM address at or after `gpa`, `None` when no RAM follows.
@@ -268,6 +318,8 @@ impl Iterator for Pieces<'_> {
         let at = self.at;
         let piece = match self.regions.get(self.next) {
             Some(region) if region.gpa <= at => {
+                // the regions are sorted and disjoint (every constructor makes them so): this
+                // one ends after `at`
                 let stop = region.gpa.saturating_add(region.len).min(self.end);
                 self.next += 1;
                 LayoutPiece { gpa: at, len: stop - at, offset: Some(region.offset + (at - region.gpa)) }
@@ -428,5 +480,22 @@ mod tests {
         assert_eq!(layout.next_ram(FOUR_GIB + 3 * GIB), None);
         assert_eq!(layout.next_hole(FOUR_GIB), FOUR_GIB + 2 * GIB + MIB, "touching regions are one run");
         assert_eq!(layout.next_hole(0xa_0000), 0xa_0000);
+    }
+
+    #[test]
+    fn regions_that_overlap_are_cut_so_that_every_search_holds() {
+        // not a map QEMU writes: B inside A, C overlapping A's end
+        let layout = GuestLayout::from_mtree(vec![
+            Region { gpa: 0, offset: 0, len: 0x2000 },
+            Region { gpa: 0x1000, offset: 0x9000, len: 0x800 },
+            Region { gpa: 0x1800, offset: 0x5000, len: 0x1000 },
+        ]);
+        assert_eq!(
+            layout.regions(),
+            [Region { gpa: 0, offset: 0, len: 0x2000 }, Region { gpa: 0x2000, offset: 0x5800, len: 0x800 }]
+        );
+        let pieces: Vec<LayoutPiece> = layout.pieces(0, 0x4000).collect();
+        assert_eq!(pieces.iter().map(|piece| piece.len).sum::<u64>(), 0x4000);
+        assert_eq!(layout.ram_pieces(0x1ff8, 16), Some(vec![(0x1ff8, 8), (0x5800, 8)]));
     }
 }

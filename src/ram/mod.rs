@@ -342,17 +342,10 @@ impl SharedMemoryBridge {
     /// [`BridgeError::FileShrunk`] when the file was truncated under the mapping.
     #[inline]
     pub fn read_into(&self, addr: u64, buf: &mut [u8]) -> Result<(), BridgeError> {
-        if let Some(offset) = self.layout.translate(addr, buf.len() as u64) {
-            return self.mapping.copy_to(offset as usize, buf);
-        }
-        let invalid = BridgeError::InvalidAddress { addr, len: buf.len(), max: self.size() };
-        let pieces = self.layout.ram_pieces(addr, buf.len() as u64).ok_or(invalid)?;
-        let mut done = 0;
-        for (offset, len) in pieces {
-            self.mapping.copy_to(offset as usize, &mut buf[done..done + len as usize])?;
-            done += len as usize;
-        }
-        Ok(())
+        let len = buf.len();
+        let copied =
+            self.layout.copy_ram(addr, buf, |offset, part| self.mapping.copy_to(offset as usize, part));
+        copied.unwrap_or(Err(BridgeError::InvalidAddress { addr, len, max: self.size() }))
     }
 
     /// A copy of all guest RAM in file order, unchecked; infallible, as the first version of this API was.

@@ -500,17 +500,25 @@ impl LinuxGuest {
         memory: &M,
         pid: i32,
     ) -> Result<Option<tasks::Task>, LinuxError> {
+        self.task_with(&self.reader(memory), pid)
+    }
+
+    /// [`task`](Self::task), through `reader`.
+    fn task_with<M: GuestMemory + ?Sized>(
+        &self,
+        reader: &KernelReader<'_, M>,
+        pid: i32,
+    ) -> Result<Option<tasks::Task>, LinuxError> {
         let layouts = self.layouts(|types| &types.tasks)?;
         let (Ok(pids), Ok(namespace)) =
             (self.layouts(|types| &types.pids), self.symbols.address("init_pid_ns"))
         else {
-            return Ok(self.tasks(memory)?.into_iter().find(|task| task.pid == pid));
+            let init_task = self.symbols.address("init_task")?;
+            return Ok(tasks::read(reader, layouts, init_task)?.into_iter().find(|task| task.pid == pid));
         };
-        let reader = self.reader(memory);
-        let ids = |address| tasks::task_at(&reader, layouts, address).map(|task| (task.pid, task.tgid));
-        pid::find_leader(&reader, pids, namespace, pid, ids)?
-            .map(|address| tasks::task_at(&reader, layouts, address))
-            .transpose()
+        let read_task =
+            |address| tasks::task_at(reader, layouts, address).map(|task| ((task.pid, task.tgid), task));
+        pid::find_leader(reader, pids, namespace, pid, read_task)
     }
 
     /// The process whose pid is `pid` (a thread-group leader), `None` if there is none, as
@@ -525,8 +533,9 @@ impl LinuxGuest {
         pid: i32,
     ) -> Result<Option<process::Process<'a, M>>, LinuxError> {
         let offsets = self.layouts(|types| &types.process)?;
-        let task = self.task(memory, pid)?;
-        Ok(task.map(|task| process::Process::new(self.reader(memory), offsets, &self.symbols, task)))
+        let reader = self.reader(memory);
+        let task = self.task_with(&reader, pid)?;
+        Ok(task.map(|task| process::Process::new(reader, offsets, &self.symbols, task)))
     }
 }
 

@@ -152,21 +152,22 @@ fn load<M: GuestMemory + ?Sized>(
     }
 }
 
-/// The address of the task that leads the thread group `pid` in the pid namespace at
-/// `namespace` (`init_pid_ns` for the numbers `/proc` of the host's view shows), `None` where
-/// there is no such process (no such number, or a thread's number, which leads no group).
+/// The task that leads the thread group `pid` in the pid namespace at `namespace`
+/// (`init_pid_ns` for the numbers `/proc` of the host's view shows), as `read_task` reads it
+/// from its address (with its pid and tgid, which must be `pid`), `None` where there is no
+/// such process (no such number, or a thread's number, which leads no group).
 ///
 /// # Errors
 ///
 /// [`LinuxError::Corrupt`] for a tree of the wrong shape, or a `struct pid` or task that is
 /// not the one of `pid`; [`LinuxError::Read`] for memory the kernel's tables do not map.
-pub fn find_leader<M: GuestMemory + ?Sized>(
+pub fn find_leader<M: GuestMemory + ?Sized, T>(
     reader: &KernelReader<'_, M>,
     offsets: &Offsets,
     namespace: u64,
     pid: i32,
-    pid_of_task: impl Fn(u64) -> Result<(i32, i32), LinuxError>,
-) -> Result<Option<u64>, LinuxError> {
+    read_task: impl Fn(u64) -> Result<((i32, i32), T), LinuxError>,
+) -> Result<Option<T>, LinuxError> {
     if pid <= 0 {
         return Ok(None);
     }
@@ -187,13 +188,13 @@ pub fn find_leader<M: GuestMemory + ?Sized>(
         return Ok(None);
     }
     let task = link.wrapping_sub(offsets.task_link);
-    let (task_pid, task_tgid) = pid_of_task(task)?;
+    let ((task_pid, task_tgid), read) = read_task(task)?;
     if task_pid != pid || task_tgid != pid {
         return Err(corrupt(format!(
             "the task at {task:#x} that struct pid {pid} names has pid {task_pid} and tgid {task_tgid}"
         )));
     }
-    Ok(Some(task))
+    Ok(Some(read))
 }
 
 #[cfg(test)]
@@ -243,7 +244,7 @@ mod tests {
         // the task's pid and tgid: the tests' tasks are what their address says
         find_leader(&reader, &OFFSETS, NAMESPACE, pid, |task| {
             let pid = ((task - TASKS) / 0x1000) as i32;
-            Ok((pid, pid))
+            Ok(((pid, pid), task))
         })
     }
 
@@ -294,7 +295,7 @@ mod tests {
         let (kernel, mut memory) = tree();
         put_pid(&mut memory, 5, NAMESPACE, true);
         let reader = KernelReader::new(&kernel, &memory);
-        let err = find_leader(&reader, &OFFSETS, NAMESPACE, 5, |_| Ok((5, 4))).unwrap_err();
+        let err = find_leader(&reader, &OFFSETS, NAMESPACE, 5, |task| Ok(((5, 4), task))).unwrap_err();
         assert!(err.to_string().contains("tgid 4"), "{err}");
         // a tree nowhere
         memory.put_u64(NAMESPACE + OFFSETS.head, 0xffff_ffff_9000_0002);

@@ -44,7 +44,7 @@
 //! tear. Our copies are plain at every length, the 8-byte reads of a page-table walk included.
 //!
 //! Two callers do hold a `&[u8]` over live memory, and neither lets Rust load from it: the
-//! public API's [`view`](Mapping::view) (`SharedMemoryBridge::read_physical`), whose callers are
+//! public API's [`live_slice`](Mapping::live_slice) (`SharedMemoryBridge::read_physical`), whose callers are
 //! told the bytes change, and the FUSE read path, which passes the slice straight to the
 //! kernel (`writev` on the FUSE device): the kernel copies the bytes, no Rust code reads them.
 
@@ -159,7 +159,7 @@ impl Mapping {
         }
         // SAFETY: the mapping is read-only and shared; memmap2 keeps it alive as long as `Mmap`.
         // The file's contents change under it (that is its purpose), so no code of this crate
-        // reads through references into it: `view` is for callers who are told the bytes may
+        // reads through references into it: `live_slice` is for callers who are told the bytes may
         // change, and `read_for_reply` hands its slice to the kernel; everything else copies
         // through raw pointers. A file that shrinks under the mapping is caught by
         // `check_file_len` before each copy and by the SIGBUS guard (`sigbus`) during one.
