@@ -43,12 +43,14 @@ impl VmcoreInfo {
     ///
     /// As the copy out of RAM.
     pub fn still_in(&self, ram: &GuestRam) -> Result<bool, BridgeError> {
-        let mut page = vec![0u8; PAGE_SIZE];
-        if self.offset + PAGE_SIZE > ram.len() {
+        if self.offset + PAGE_SIZE > ram.len() || self.text.len() >= PAGE_SIZE {
             return Ok(false);
         }
-        ram.copy_to(self.offset, &mut page)?;
-        Ok(parse(&page).as_deref() == Some(self.text.as_str()))
+        // the same text and its NUL: what `parse` would take from the page again, without
+        // parsing it (this is asked at every open of a file of a Linux guest)
+        let mut bytes = vec![0u8; self.text.len() + 1];
+        ram.copy_to(self.offset, &mut bytes)?;
+        Ok(bytes[..self.text.len()] == *self.text.as_bytes() && bytes[self.text.len()] == 0)
     }
 }
 

@@ -88,6 +88,15 @@ pub enum LinuxNowError {
 /// No vmcoreinfo, or a kernel whose page tables or symbols cannot be read (not kept: a
 /// booting kernel may be readable a moment later).
 pub fn linux_now(instance: &MountedVm) -> Result<Arc<LinuxGuest>, LinuxNowError> {
+    // the common case, at every open: the kernel read last, its vmcoreinfo still where it was
+    {
+        let cached = instance.parts.linux.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((known, guest)) = cached.as_ref() {
+            if known.still_in(instance.bridge.mapping())? {
+                return Ok(Arc::clone(guest));
+            }
+        }
+    }
     let info = vmcoreinfo_now(instance)?.ok_or(LinuxNowError::NoVmcoreinfo)?;
     let mut cached = instance.parts.linux.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((known, guest)) = cached.as_ref() {
