@@ -1082,8 +1082,7 @@ fn changes_verb(args: &ChangesArgs) -> CliResult {
     let (bridge, info) = vm.open_bridge()?;
     let soft_dirty = soft_dirty_unless(args.fingerprints, &info, &bridge);
     let changes = qemu_bridge::ram::Changes::new(
-        bridge.mapping(),
-        bridge.layout(),
+        &bridge,
         std::time::Duration::from_secs_f64(args.interval),
         soft_dirty,
     )?;

@@ -584,34 +584,34 @@ impl ChangeSet {
 
 /// Every interval, what changed in a VM's RAM since the last: an iterator that waits out each
 /// interval, then looks at all of RAM once (a whole [`Fingerprints::sweep`], so nothing written
-/// before the look is missed).
+/// before the look is missed). It reads through `B`, a borrowed bridge or a shared one (an
+/// `Arc`, for an owner that outlives the caller's frame, such as the Python binding's).
 #[derive(Debug)]
-pub struct Changes<'a> {
-    ram: &'a GuestRam,
-    layout: &'a GuestLayout,
+pub struct Changes<B> {
+    bridge: B,
     prints: Fingerprints,
     interval: Duration,
     next: Instant,
 }
 
-impl<'a> Changes<'a> {
-    /// Starts tracking `ram` (placed by `layout`) now, by fingerprints or, given a source, by
-    /// soft-dirty bits; the first item comes after `interval`.
+impl<B: std::ops::Deref<Target = super::SharedMemoryBridge>> Changes<B> {
+    /// Starts tracking the RAM of `bridge` (placed by its layout) now, by fingerprints or,
+    /// given a source, by soft-dirty bits; the first item comes after `interval`.
     ///
     /// # Errors
     ///
     /// As [`Fingerprints::new`].
     pub fn new(
-        ram: &'a GuestRam,
-        layout: &'a GuestLayout,
+        bridge: B,
         interval: Duration,
         soft_dirty: Option<Arc<SoftDirty>>,
     ) -> Result<Self, BridgeError> {
+        let ram = bridge.mapping();
         let prints = match soft_dirty {
             Some(source) => Fingerprints::with_soft_dirty(ram, source, |_, _| {})?,
             None => Fingerprints::new(ram, |_, _| {})?,
         };
-        Ok(Self { ram, layout, prints, interval, next: Instant::now() + interval })
+        Ok(Self { bridge, prints, interval, next: Instant::now() + interval })
     }
 
     /// How changes are found.
@@ -625,7 +625,7 @@ impl<'a> Changes<'a> {
     }
 }
 
-impl Iterator for Changes<'_> {
+impl<B: std::ops::Deref<Target = super::SharedMemoryBridge>> Iterator for Changes<B> {
     type Item = Result<ChangeSet, BridgeError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -635,8 +635,9 @@ impl Iterator for Changes<'_> {
         }
         self.next = Instant::now().max(self.next) + self.interval;
         let mut pages = Vec::new();
-        let swept = self.prints.sweep(self.ram, |page, _| pages.push(page));
-        Some(swept.map(|()| ChangeSet::of_pages(&pages, self.ram.len(), self.layout)))
+        let ram = self.bridge.mapping();
+        let swept = self.prints.sweep(ram, |page, _| pages.push(page));
+        Some(swept.map(|()| ChangeSet::of_pages(&pages, ram.len(), self.bridge.layout())))
     }
 }
 

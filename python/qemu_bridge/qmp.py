@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Minimal QMP client for qemu-bridge (standard library only).
+"""Minimal QMP client for qemu-bridge (standard library only): ``qemu_bridge.qmp``.
 
-    from qmp_client import QMPClient
+    from qemu_bridge.qmp import QMPClient
     with QMPClient("/run/qemu-bridge/demo.qmp") as qmp:
         print(qmp.query_status(), qmp.get_shared_memory_path())   # running /dev/shm/...
 
 Run as a script it prints status, memory backends and the RAM file of a VM as JSON:
 
-    python3 scripts/qmp_client.py /run/qemu-bridge/demo.qmp
+    python3 -m qemu_bridge.qmp /run/qemu-bridge/demo.qmp
 
 QEMU 7.2 serves one QMP client per socket at a time: connect, ask, close.
 """
@@ -143,7 +143,7 @@ def main(argv):
                 "mem_path": qmp.get_shared_memory_path(),
             }))
     except QMPError as err:
-        print(f"qmp_client: error: {err}", file=sys.stderr)
+        print(f"qemu_bridge.qmp: error: {err}", file=sys.stderr)
         return 1
     return 0
 

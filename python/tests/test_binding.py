@@ -1,0 +1,242 @@
+"""qemu_bridge against real VMs: its bytes equal the RAM file's at the guest-physical addresses
+QEMU's map gives, and a Linux guest's kernel read through it equals what the guest printed of
+itself on its console."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import qemu_bridge
+
+from conftest import require
+
+GIB = 1 << 30
+# q35 with 3 GiB: 2 GiB below 4 GiB, the last GiB at 4 GiB, at file offset 2 GiB (facts.md)
+ABOVE_4G = 4 * GIB
+ABOVE_4G_OFFSET = 2 * GIB
+
+
+def write_ram(vm: qemu_bridge.Vm, offset: int, data: bytes) -> None:
+    """Writes into the RAM file of one of the tests' own paused VMs."""
+    fd = os.open(vm.ram_path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def test_list_and_open(big_vm, run_dir):
+    rows = {row["name"]: row for row in qemu_bridge.list(str(run_dir.path))}
+    row = rows[big_vm.name]
+    assert row["status"] == "paused" and row["ram_size"] == 3 * GIB and row["arch"] == "x86_64"
+    assert row["tracking"] in ("soft-dirty", "fingerprints")
+    assert big_vm.status() == "paused" and big_vm.arch == "x86_64" and big_vm.ram_size == 3 * GIB
+    assert repr(big_vm).startswith("<qemu_bridge.Vm")
+
+
+def test_a_vm_that_is_not_there_is_file_not_found(run_dir):
+    with pytest.raises(qemu_bridge.NoSuchVmError) as caught:
+        qemu_bridge.open("no-such-vm", str(run_dir.path))
+    assert isinstance(caught.value, FileNotFoundError)
+    assert "no-such-vm" in str(caught.value)
+    with pytest.raises(ValueError):
+        qemu_bridge.open("../escape", str(run_dir.path))
+
+
+def test_reads_equal_the_ram_file_in_every_region(big_vm):
+    layout = big_vm.layout()
+    assert [(r["start"], r["offset"]) for r in layout][-1] == (ABOVE_4G, ABOVE_4G_OFFSET), layout
+    low, high = os.urandom(8192), os.urandom(8192)
+    write_ram(big_vm, 0x200000, low)
+    write_ram(big_vm, ABOVE_4G_OFFSET + 0x5000, high)
+    for gpa, expected in ((0x200000, low), (ABOVE_4G + 0x5000, high)):
+        assert big_vm.read(gpa, len(expected)) == expected
+        assert big_vm.read(gpa + 3, 5) == expected[3:8]
+        buffer = bytearray(len(expected))
+        big_vm.read_into(gpa, buffer)
+        assert buffer == expected
+        view = big_vm.view(gpa, len(expected))
+        assert view.readonly and view.nbytes == len(expected) and bytes(view) == expected
+
+
+def test_holes_raise_or_read_as_zeros(big_vm):
+    # the PCI hole below 4 GiB is no RAM, nor is anything past the end
+    for gpa in (2 * GIB, 3 * GIB, ABOVE_4G + GIB):
+        with pytest.raises(qemu_bridge.AddressError) as caught:
+            big_vm.read(gpa, 16)
+        assert isinstance(caught.value, ValueError) and f"{gpa:#x}" in str(caught.value).lower()
+        with pytest.raises(ValueError):
+            big_vm.view(gpa, 16)
+    assert big_vm.read(3 * GIB, 4096, zero_holes=True) == bytes(4096)
+    write_ram(big_vm, 2 * GIB - 0x1000, b"\xaa" * 0x1000)
+    edge = big_vm.read(2 * GIB - 0x1000, 0x2000, zero_holes=True)
+    assert edge == b"\xaa" * 0x1000 + bytes(0x1000)
+    # a view is one region of the file: a range that crosses the split is refused
+    with pytest.raises(ValueError):
+        big_vm.view(2 * GIB - 8, 16)
+    with pytest.raises(BufferError):
+        big_vm.read_into(0x200000, b"read-only bytes")
+
+
+def test_a_view_is_live_unhashable_and_outlives_its_vm(run_dir):
+    name = run_dir.launch("view")
+    vm = qemu_bridge.open(name, str(run_dir.path))
+    vm.pause()
+    write_ram(vm, 0x300000, b"before")
+    view = vm.view(0x300000, 6)
+    assert bytes(view) == b"before"
+    write_ram(vm, 0x300000, b"after!")
+    assert bytes(view) == b"after!", "a view is the live memory, not a copy"
+    with pytest.raises(TypeError):
+        hash(view)
+    with pytest.raises(TypeError):
+        view[0] = 1  # type: ignore[index]
+    del vm
+    gc.collect()
+    assert bytes(view) == b"after!"
+    # the VM goes away (QEMU quits, stop deletes its RAM file): the view still reads, and the
+    # interpreter lives on; a new handle cannot be had
+    run_dir.stop(name)
+    assert bytes(view) == b"after!"
+    with pytest.raises(qemu_bridge.NoSuchVmError):
+        qemu_bridge.open(name, str(run_dir.path))
+
+
+def test_changes_see_a_written_page(big_vm):
+    changes = big_vm.changes(0.2)
+    assert changes.method in ("soft-dirty", "fingerprints")
+    write_ram(big_vm, ABOVE_4G_OFFSET + 0x7000, os.urandom(64))
+    found = next(changes)
+    assert any(start <= ABOVE_4G + 0x7000 < end for start, end in found.ranges), found.ranges
+    assert found.pages >= 1
+    with pytest.raises(ValueError):
+        big_vm.changes(0)
+
+
+def test_the_gil_is_released_while_changes_wait(big_vm):
+    # another Python thread runs while one waits in Changes.__next__ (which sleeps its interval
+    # out in Rust): were the GIL held, the counter would not move until next() returned
+    changes = big_vm.changes(1.0)
+    counted = []
+    done = threading.Event()
+
+    def count():
+        while not done.is_set():
+            counted.append(1)
+
+    thread = threading.Thread(target=count)
+    thread.start()
+    before = len(counted)
+    next(changes)
+    during = len(counted) - before
+    done.set()
+    thread.join()
+    assert during > 1000, during
+
+
+def test_registers_and_virtual_reads_of_the_linux_guest(linux_vm):
+    vm, linux = linux_vm.vm, linux_vm.vm.linux
+    registers = dict(vm.registers(0))
+    assert registers["CR3"] != 0 and registers["RIP"] >= 0xFFFF800000000000, registers
+    with pytest.raises(ValueError):
+        vm.registers(7)
+    # the kernel's banner, read at its virtual address through vCPU 0's page tables
+    banner = linux.symbol("linux_banner")
+    text = vm.read_virtual(banner, 256).split(b"\0")[0].decode()
+    assert text.rstrip("\n") == linux.version
+    assert linux.version.startswith("Linux version " + linux.release)
+    assert vm.read(vm.translate(banner), 16) == text.encode()[:16]
+    with pytest.raises(qemu_bridge.AddressError):
+        vm.read_virtual(0x10, 8)
+    with pytest.raises(KeyError):
+        linux.symbol("no_such_symbol_anywhere")
+
+
+def test_linux_tasks_equal_the_guests_ps(linux_vm):
+    tasks = linux_vm.vm.linux.tasks()
+    ours = {task.pid: task for task in tasks}
+    theirs = []
+    for line in linux_vm.oracle("ps: "):
+        pid, ppid, *comm = line.split()
+        theirs.append((int(pid), int(ppid), " ".join(comm).strip("[]")))
+    assert len(theirs) > 30
+    for pid, ppid, comm in theirs:
+        if comm in ("ps", "sed", "sleep") or (comm == "init" and pid != 1):
+            continue  # gone by the time the guest was paused
+        assert pid in ours, f"{pid} {comm} is not among the tasks"
+        # procfs names a kworker with its workqueue ("kworker/0:0-rcu"); comm is the first part
+        assert ours[pid].ppid == ppid and comm.startswith(ours[pid].comm), (pid, ppid, comm, ours[pid])
+    assert ours[1].state in "SRDI" and ours[1].uid == 0
+
+
+def test_a_process_equals_the_guests_proc(linux_vm):
+    linux = linux_vm.vm.linux
+    (sleeper,) = map(int, linux_vm.oracle("sleeper: "))
+    process = linux.process(sleeper)
+    assert process.pid == sleeper and process.task.comm == "qb-sleeper"
+    assert process.maps() == "".join(line + "\n" for line in linux_vm.oracle("maps: "))
+    status = process.status()
+    assert status.startswith("Name:\tqb-sleeper\n")
+    for line in status.splitlines():
+        assert line in linux_vm.oracle("status: "), line
+    (cmdline,) = linux_vm.oracle("cmdline: ")
+    assert process.cmdline() == bytes.fromhex(cmdline).rstrip(b"\0").decode().split("\0")
+    (environ,) = linux_vm.oracle("environ: ")
+    pairs = [entry.split("=", 1) for entry in bytes.fromhex(environ).rstrip(b"\0").decode().split("\0")]
+    assert [list(pair) for pair in process.environ()] == pairs
+    assert ("QB_SECRET", "hush-42") in process.environ()
+    # its program's first page, through its own page tables: busybox's ELF header
+    program = next(line for line in process.maps().splitlines() if line.endswith("/bin/busybox"))
+    assert process.read(int(program.split("-")[0], 16), 4) == b"\x7fELF"
+    with pytest.raises(ProcessLookupError):
+        linux.process(999999)
+    assert linux.process(2).maps() == "" and linux.process(2).cmdline() == []
+
+
+def test_linux_modules_dmesg_kallsyms_and_tables(linux_vm):
+    linux = linux_vm.vm.linux
+    theirs = [line.split()[0] for line in linux_vm.oracle("modules: ")]
+    assert sorted(module.name for module in linux.modules()) == sorted(theirs) and "dummy" in theirs
+    dmesg = linux.dmesg()
+    for line in linux_vm.oracle("dmesg: "):
+        assert line in dmesg, line
+    assert "qemu-bridge-test: a line of the guest's own" in dmesg
+    symbols = linux.kallsyms()
+    (count_and_hash,) = linux_vm.oracle("kallsyms: ")
+    assert len(symbols) == int(count_and_hash.split()[0])
+    init_task = next(symbol for symbol in symbols if symbol.name == "init_task")
+    assert init_task.address == linux.symbol("init_task") and init_task.kind in "dD"
+    btf = linux.btf()
+    assert btf[:2] == b"\x9f\xeb" and len(btf) == (linux_vm.mount / linux_vm.name / "linux/btf").stat().st_size
+    assert linux.isf().startswith("{") and linux.isf_name().startswith(linux.release)
+    assert "OSRELEASE=" + linux.release in linux.vmcoreinfo
+
+
+def test_volatility_lists_the_guests_processes_with_nothing_prepared(linux_vm):
+    require(
+        subprocess.run([sys.executable, "-c", "import volatility3"], capture_output=True).returncode == 0,
+        "volatility3 (pip install volatility3)",
+    )
+    vol = os.path.join(os.path.dirname(sys.executable), "qemu-bridge-vol")
+    done = subprocess.run(
+        [vol, "--run-dir", linux_vm.run_dir, linux_vm.name, "-q", "-r", "csv", "linux.pslist.PsList"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("TreeDepth,"))
+    columns = lines[header].split(",")
+    rows = [dict(zip(columns, line.split(","))) for line in lines[header + 1 :] if line.count(",") == len(columns) - 1]
+    listed = {(int(row["PID"]), int(row["PPID"]), row["COMM"]) for row in rows}
+    ours = {(task.pid, task.ppid, task.comm) for task in linux_vm.vm.linux.tasks() if task.pid != 0}
+    assert len(ours) > 30 and ours <= listed, ours - listed
+    # nothing was left behind: the table lived in a temporary directory for the run
+    assert not any(name.startswith("qemu-bridge-vol-") for name in os.listdir(os.environ.get("TMPDIR", "/tmp")))
