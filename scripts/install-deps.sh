@@ -21,6 +21,8 @@ missing() {
     command -v qemu-system-riscv64 >/dev/null || need+=(qemu-system-misc)  # RISC-V guests in the tests
     command -v as >/dev/null && command -v ld >/dev/null || need+=(binutils)
     [[ -x /usr/bin/python3 ]] || need+=(python3)   # the tests run it as another user
+    # the Python package is built and tested in a venv of Debian's python3
+    /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
     command -v xxd >/dev/null || need+=(xxd)
     command -v setpriv >/dev/null || need+=(util-linux)
     command -v b3sum >/dev/null || need+=(b3sum)   # the oracle of snapshot digests in the tests

@@ -30,6 +30,7 @@ echo "== cargo test (with the tests that need QEMU, FUSE and root)"
 cargo test --locked --all-targets -- --include-ignored
 echo "== doc tests"
 cargo test --locked --doc
+scripts/test-python.sh
 if [[ ${QEMU_BRIDGE_SKIP_QEMU10:-} == 1 && ${CI:-} != true ]]; then
     echo "== QEMU 10.0: SKIPPED (QEMU_BRIDGE_SKIP_QEMU10=1)"
 else

@@ -1,4 +1,5 @@
 # Type stubs of the native module (checked against it by mypy.stubtest in CI).
+import sys
 from collections.abc import Iterator
 from os import PathLike
 from typing import Any, final
@@ -6,6 +7,12 @@ from typing import Any, final
 from typing_extensions import Buffer
 
 _Path = str | PathLike[str]
+
+__all__ = [
+    "AddressError", "ChangeSet", "Changes", "GuestError", "Linux", "Module", "NoSuchVmError",
+    "Process", "QmpError", "QmpTimeoutError", "RamView", "RefusedError", "Symbol", "Task", "Vm",
+    "list", "open",
+]
 
 class NoSuchVmError(FileNotFoundError): ...
 class RefusedError(PermissionError): ...
@@ -67,8 +74,9 @@ class RamView:
     @property
     def gpa(self) -> int: ...
     def __len__(self) -> int: ...
-    def __buffer__(self, flags: int, /) -> memoryview: ...
-    def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+        def __release_buffer__(self, buffer: memoryview, /) -> None: ...
 
 @final
 class Linux:

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.arguments:
         parser.error("name a Volatility plugin, e.g. linux.pslist.PsList")
     try:
-        from volatility3.cli import main as volatility_main
+        from volatility3.cli import main as volatility_main  # type: ignore[import-untyped]
     except ImportError:
         print("qemu-bridge-vol: Volatility 3 is not installed (pip install volatility3)", file=sys.stderr)
         return 1

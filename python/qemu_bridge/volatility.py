@@ -94,10 +94,10 @@ def _register() -> None:
     finds among the loaded classes) when Volatility is installed."""
     global QemuBridgeHandler
     try:
-        from volatility3.framework.layers import resources
+        from volatility3.framework.layers import resources  # type: ignore[import-untyped]
     except ImportError:
         return
-    QemuBridgeHandler = type(  # type: ignore[misc]
+    QemuBridgeHandler = type(  # type: ignore[misc,assignment]
         "QemuBridgeHandler",
         (QemuBridgeHandler, resources.VolatilityHandler),
         {"__doc__": QemuBridgeHandler.__doc__, "__module__": __name__},

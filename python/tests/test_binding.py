@@ -164,6 +164,8 @@ def test_linux_tasks_equal_the_guests_ps(linux_vm):
     theirs = []
     for line in linux_vm.oracle("ps: "):
         pid, ppid, *comm = line.split()
+        if not pid.isdigit():
+            continue  # ps's header
         theirs.append((int(pid), int(ppid), " ".join(comm).strip("[]")))
     assert len(theirs) > 30
     for pid, ppid, comm in theirs:
