@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use qemu_bridge::launch::{self, Accel, LaunchOptions};
 use qemu_bridge::mount::{MountOptions, Passthrough};
-use qemu_bridge::ram::{HashAlgorithm, Summary, Verdict, DEFAULT_ATTEMPTS};
+use qemu_bridge::ram::{HashAlgorithm, DEFAULT_ATTEMPTS};
 use qemu_bridge::size::{parse_number, parse_size};
 use qemu_bridge::{default_run_dir, Machine, RunDir, RunState, Vm, VmName};
 
@@ -1062,25 +1062,10 @@ fn vcpu_paging(
     })
 }
 
-/// The VM's soft-dirty source, unless fingerprints were asked for or the host has none (then
-/// the reason is logged).
-fn soft_dirty_unless(
-    fingerprints: bool,
-    info: &qemu_bridge::VmInfo,
-    bridge: &qemu_bridge::SharedMemoryBridge,
-) -> Option<std::sync::Arc<qemu_bridge::ram::soft_dirty::SoftDirty>> {
-    if fingerprints {
-        return None;
-    }
-    qemu_bridge::ram::tracker::soft_dirty_for(info.qemu_pid, bridge.mapping())
-        .inspect_err(|why| log::info!("VM {}: changes tracked by fingerprints: {why}", info.name))
-        .ok()
-}
-
 fn changes_verb(args: &ChangesArgs) -> CliResult {
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
     let (bridge, info) = vm.open_bridge()?;
-    let soft_dirty = soft_dirty_unless(args.fingerprints, &info, &bridge);
+    let soft_dirty = qemu_bridge::capture::soft_dirty_unless(args.fingerprints, &info, &bridge);
     let changes = qemu_bridge::ram::Changes::new(
         &bridge,
         std::time::Duration::from_secs_f64(args.interval),
@@ -1138,132 +1123,36 @@ pub fn hex_dump(start: u64, bytes: &[u8]) -> String {
 }
 
 fn snapshot_verb(args: SnapshotArgs) -> CliResult {
+    use qemu_bridge::capture::{self, CaptureOptions};
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
     let (bridge, info) = vm.open_bridge()?;
-    if args.update {
-        return update_snapshot(&args, &vm, &bridge, &info);
-    }
-    if !args.pause && !args.consistent {
-        // Unchecked: copied once, written while another thread hashes what is written.
-        let mut digest = String::new();
-        let progress =
-            Progress::bytes(bridge.size() as u64, &format!("snapshot of {}", args.name), args.quiet);
-        let written = write_atomically(&args.output, |file| {
-            let report = |done: u64| progress.set(done);
-            digest = bridge.write_snapshot_hashed(file, args.hash, &report).map_err(std::io::Error::other)?;
-            Ok(())
-        });
-        progress.finish();
-        written?;
-        let summary = Summary {
-            algorithm: args.hash,
-            digest,
-            verdict: Verdict::Unchecked,
-            attempts: 1,
-            torn_pages: 0,
-            size: bridge.size() as u64,
-        };
-        println!("{summary} {}", args.output.display());
-        return Ok(());
-    }
-    let snapshot =
-        if args.pause { vm.paused_snapshot(&bridge)? } else { bridge.consistent_snapshot(args.attempts)? };
+    let options = CaptureOptions {
+        consistent: args.consistent,
+        pause: args.pause,
+        update: args.update,
+        fingerprints: args.fingerprints,
+        attempts: args.attempts,
+        hash: args.hash,
+    };
     let progress = Progress::bytes(
-        snapshot.data.len() as u64,
-        &format!("writing {}", args.output.display()),
-        args.quiet,
+        bridge.size() as u64,
+        &format!("snapshot of {}", args.name),
+        args.quiet || args.update,
     );
-    let written = write_atomically(&args.output, |file| {
-        // pages of zeros become holes: the file takes the space of what the guest touched
-        let mut output = qemu_bridge::ram::sparse::SparseWriter::at(file, 0);
-        for chunk in snapshot.data.chunks(4 << 20) {
-            output.write(chunk)?;
-            progress.set(output.position());
-        }
-        output.finish().map(drop)
-    });
+    let report = |done: u64| progress.set(done);
+    let captured = capture::to_file(&vm, &bridge, &info, &args.output, &options, &report);
     progress.finish();
-    written?;
-    println!("{} {}", snapshot.summary_line_with(args.hash), args.output.display());
-    Ok(())
-}
-
-/// `snapshot --update`: the pages that changed, written in place; paused, or verified by passes
-/// that find nothing more to write, as a full snapshot is.
-fn update_snapshot(
-    args: &SnapshotArgs,
-    vm: &Vm,
-    bridge: &qemu_bridge::SharedMemoryBridge,
-    info: &qemu_bridge::VmInfo,
-) -> CliResult {
-    use qemu_bridge::ram::incremental::{update_file, Origin};
-    let origin = Origin::of(info.name.as_str(), info.qemu_pid, bridge.size() as u64)
-        .ok_or_else(|| format!("cannot read the start time of QEMU (pid {})", info.qemu_pid))?;
-    let paused = args.pause && vm.with_qmp(|qmp| qmp.query_status())?.running;
-    if paused {
-        vm.with_qmp(|qmp| qmp.stop())?;
-    }
-    let soft_dirty = soft_dirty_unless(args.fingerprints, info, bridge);
-    let update = || update_file(bridge.mapping(), &origin, &args.output, soft_dirty.as_deref());
-    let mut passes = vec![update()];
-    // --consistent: again until a pass finds nothing more to write
-    while args.consistent
-        && (passes.len() as u32) < args.attempts.max(1) + 1
-        && passes.last().is_some_and(|pass| pass.as_ref().is_ok_and(|pass| pass.pages_written > 0))
-    {
-        passes.push(update());
-    }
-    if paused {
-        vm.with_qmp(|qmp| qmp.cont())?;
-    }
-    let passes: Vec<_> = passes.into_iter().collect::<Result<_, _>>()?;
-    let (first, last) = (&passes[0], &passes[passes.len() - 1]);
-    match &first.full {
-        Some(reason) => eprintln!("qemu-bridge: a full snapshot: {reason}"),
-        None => {
-            let how = if soft_dirty.is_some() { "soft-dirty" } else { "fingerprints" };
-            eprintln!(
-                "qemu-bridge: updated {} of {} pages (looked at {}: {how})",
-                first.pages_written,
-                bridge.mapping().pages(),
-                first.pages_looked
-            )
+    let captured = captured?;
+    if let Some(update) = &captured.update {
+        match &update.full {
+            Some(reason) => eprintln!("qemu-bridge: a full snapshot: {reason}"),
+            None => eprintln!(
+                "qemu-bridge: updated {} of {} pages (looked at {}: {})",
+                update.pages_written, update.pages, update.pages_looked, update.method
+            ),
         }
     }
-    let verdict = if args.pause {
-        Verdict::Paused
-    } else if !args.consistent {
-        Verdict::Unchecked
-    } else if passes.len() > 1 && last.pages_written == 0 {
-        Verdict::Consistent
-    } else {
-        Verdict::Torn
-    };
-    let digest = match args.hash {
-        HashAlgorithm::Blake3 => last.digest.clone(),
-        algorithm => {
-            let mut hasher = algorithm.hasher();
-            let mut file = std::fs::File::open(&args.output)?;
-            let mut chunk = vec![0u8; 4 << 20];
-            loop {
-                let read = std::io::Read::read(&mut file, &mut chunk)?;
-                if read == 0 {
-                    break;
-                }
-                hasher.update(&chunk[..read]);
-            }
-            hasher.finalize_hex()
-        }
-    };
-    let summary = Summary {
-        algorithm: args.hash,
-        digest,
-        verdict,
-        attempts: passes.len() as u32,
-        torn_pages: if verdict == Verdict::Torn { last.pages_written } else { 0 },
-        size: bridge.size() as u64,
-    };
-    println!("{summary} {}", args.output.display());
+    println!("{} {}", captured.summary, args.output.display());
     Ok(())
 }
 
@@ -1335,32 +1224,6 @@ impl Progress {
     fn finish(&self) {
         self.bar.finish_and_clear();
     }
-}
-
-/// Writes a temporary file beside `path` with `fill`, then renames it over `path`: a failure
-/// leaves neither a partial file nor a temporary one.
-fn write_atomically(
-    path: &Path,
-    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{} is not a file name", path.display()),
-        )
-    })?;
-    let temporary = dir.join(format!(".{}.partial-{}", file_name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
-        fill(&mut file)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    result
 }
 
 #[cfg(test)]
@@ -1519,23 +1382,5 @@ mod tests {
             "00007c00: 5145 4d55 2d42 5249 4447 4500 01ff 2074  QEMU-BRIDGE... t\n\
              00007c10: 6169 6c21 21                             ail!!\n"
         );
-    }
-
-    #[test]
-    fn atomic_write_leaves_no_partial_file_on_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("no/such/dir/out.bin");
-        assert!(write_atomically(&missing, |f| f.write_all(b"x")).is_err());
-        let target = dir.path().join("out.bin");
-        // a failing writer leaves nothing, not even the temporary file
-        assert!(write_atomically(&target, |f| {
-            f.write_all(b"partial")?;
-            Err(std::io::Error::other("disk full"))
-        })
-        .is_err());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        write_atomically(&target, |f| f.write_all(b"hello")).unwrap();
-        assert_eq!(std::fs::read(&target).unwrap(), b"hello");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -28,6 +28,7 @@
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod capture;
 pub mod cgroup;
 pub mod error;
 pub mod guest;

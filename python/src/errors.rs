@@ -58,7 +58,7 @@ pub enum Error {
 
 impl Error {
     /// This exception, saying `err` and its causes.
-    pub fn new(self, err: &dyn std::error::Error) -> PyErr {
+    pub fn of(self, err: &dyn std::error::Error) -> PyErr {
         self.message(chain(err))
     }
 
@@ -102,17 +102,17 @@ pub fn vm_error(err: VmError) -> PyErr {
         VmError::UntrustedPeer { .. } | VmError::Untrusted { .. } => Error::Refused,
         VmError::Ram { source, .. } => bridge_kind(source),
     };
-    kind.new(&err)
+    kind.of(&err)
 }
 
 /// A [`BridgeError`] as its exception.
 pub fn bridge_error(err: BridgeError) -> PyErr {
-    bridge_kind(&err).new(&err)
+    bridge_kind(&err).of(&err)
 }
 
 /// A [`PagingError`]: an address the tables do not map, or tables that cannot be read.
 pub fn paging_error(err: PagingError) -> PyErr {
-    Error::Address.new(&err)
+    Error::Address.of(&err)
 }
 
 /// Why a vCPU's paging could not be had.

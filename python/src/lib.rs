@@ -50,7 +50,7 @@ fn maybe_detached<T: Send>(py: Python<'_>, len: usize, work: impl FnOnce() -> T 
 #[pyo3(signature = (run_dir = None))]
 fn list(py: Python<'_>, run_dir: Option<PathBuf>) -> PyResult<Vec<Py<PyDict>>> {
     let run_dir = run_dir_of(run_dir);
-    let names = run_dir.vm_names().map_err(|err| Error::Os.new(&err))?;
+    let names = run_dir.vm_names().map_err(|err| Error::Os.of(&err))?;
     let rows = py.detach(|| {
         names
             .into_iter()
@@ -277,6 +277,59 @@ impl Vm {
             .detach(|| qemu_bridge::Changes::new(ram, Duration::from_secs_f64(interval), soft_dirty))
             .map_err(bridge_error)?;
         Ok(Changes { changes: Mutex::new(changes) })
+    }
+
+    /// Writes the guest's RAM to the file `path` (RAM in file order, holes sparse) and returns
+    /// what `qemu-bridge snapshot` prints, as a dict: `algorithm`, `digest`, `verdict`,
+    /// `attempts`, `torn_pages`, `size`, and for an update `update` (`full`: why it was written
+    /// whole, or `None`; `pages_written`, `pages_looked`, `pages`, `method`). `pause` pauses the
+    /// VM for the copy; `consistent` verifies the copy against live memory; `update` rewrites
+    /// only what changed since the last update of that file.
+    #[pyo3(signature = (path, *, update = false, consistent = false, pause = false, hash = "blake3"))]
+    fn snapshot(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        update: bool,
+        consistent: bool,
+        pause: bool,
+        hash: &str,
+    ) -> PyResult<Py<PyDict>> {
+        use qemu_bridge::capture::{self, CaptureError, CaptureOptions};
+        if consistent && pause {
+            return Err(Error::Address
+                .message("consistent and pause exclude each other: pause is already exact".into()));
+        }
+        let hash = hash.parse().map_err(|err: String| Error::Address.message(err))?;
+        let options = CaptureOptions { update, consistent, pause, hash, ..CaptureOptions::default() };
+        let captured =
+            py.detach(|| capture::to_file(&self.vm, &self.ram, &self.info, &path, &options, &|_| {}));
+        let captured = captured.map_err(|err| match err {
+            CaptureError::Vm(err) => vm_error(err),
+            CaptureError::Ram { source, .. } => bridge_error(source),
+            err => Error::Os.of(&err),
+        })?;
+        let summary = &captured.summary;
+        let report = PyDict::new(py);
+        report.set_item("algorithm", summary.algorithm.to_string())?;
+        report.set_item("digest", &summary.digest)?;
+        report.set_item("verdict", summary.verdict.to_string())?;
+        report.set_item("attempts", summary.attempts)?;
+        report.set_item("torn_pages", summary.torn_pages)?;
+        report.set_item("size", summary.size)?;
+        match &captured.update {
+            Some(update) => {
+                let row = PyDict::new(py);
+                row.set_item("full", update.full.clone())?;
+                row.set_item("pages_written", update.pages_written)?;
+                row.set_item("pages_looked", update.pages_looked)?;
+                row.set_item("pages", update.pages)?;
+                row.set_item("method", update.method.to_string())?;
+                report.set_item("update", row)?;
+            }
+            None => report.set_item("update", py.None())?,
+        }
+        Ok(report.unbind())
     }
 
     /// The guest's Linux kernel, read from its memory; `None` when RAM holds no Linux kernel's

@@ -13,7 +13,7 @@ use crate::errors::{paging_error, Error};
 
 /// A [`LinuxError`] as its exception.
 pub fn error(err: LinuxError) -> PyErr {
-    Error::Guest.new(&err)
+    Error::Guest.of(&err)
 }
 
 /// The kernel of a Linux guest as it was found (`Vm.linux`): read again through `Vm.linux` after

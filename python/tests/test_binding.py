@@ -242,3 +242,34 @@ def test_volatility_lists_the_guests_processes_with_nothing_prepared(linux_vm):
     assert len(ours) > 30 and ours <= listed, ours - listed
     # nothing was left behind: the table lived in a temporary directory for the run
     assert not any(name.startswith("qemu-bridge-vol-") for name in os.listdir(os.environ.get("TMPDIR", "/tmp")))
+
+
+def test_snapshots_equal_the_ram_and_update_in_place(run_dir, tmp_path):
+    import hashlib
+
+    name = run_dir.launch("snap")
+    vm = qemu_bridge.open(name, str(run_dir.path))
+    # pause for the copy: the guest runs again afterwards
+    report = vm.snapshot(tmp_path / "paused", pause=True)
+    assert report["verdict"] == "paused" and report["size"] == vm.ram_size and report["update"] is None
+    assert vm.status() == "running"
+    vm.pause()
+    report = vm.snapshot(tmp_path / "plain", hash="sha256")
+    ram = open(vm.ram_path, "rb").read()
+    plain = (tmp_path / "plain").read_bytes()
+    assert plain == ram and report["digest"] == hashlib.sha256(ram).hexdigest()
+    # the first update has no record to go by: written whole; the next writes what changed
+    first = vm.snapshot(tmp_path / "updated", update=True)
+    assert first["update"]["full"] is not None
+    write_ram(vm, 0x123000, os.urandom(4096))
+    second = vm.snapshot(tmp_path / "updated", update=True)
+    assert second["update"]["full"] is None and 1 <= second["update"]["pages_written"] < 16, second
+    assert (tmp_path / "updated").read_bytes() == open(vm.ram_path, "rb").read()
+    with pytest.raises(ValueError):
+        vm.snapshot(tmp_path / "both", consistent=True, pause=True)
+    with pytest.raises(ValueError):
+        vm.snapshot(tmp_path / "md5", hash="md5")
+    with pytest.raises(OSError):
+        vm.snapshot(tmp_path / "no-such-dir" / "file")
+    assert not (tmp_path / "both").exists() and not list(tmp_path.glob(".*partial*"))
+    run_dir.stop(name)
