@@ -1,25 +1,37 @@
 //! A VM's RAM captured to a file: what `qemu-bridge snapshot` and the Python binding's
 //! `Vm.snapshot` do, in one place.
 //!
-//! Four ways, by [`CaptureOptions`]: unchecked (one copy while the guest runs, hashed as it is
-//! written), `pause` (the VM paused for the whole copy, resumed if it was running), `consistent`
-//! (copies verified page by page against live memory, torn pages copied again), and `update` (the
-//! file rewritten in place where its side record says what changed, else written whole).
-//! The file is replaced atomically: written beside it, synced, renamed over it; an update writes
-//! in place (its side record says whether the file can be trusted).
+//! - Plain: one copy while the guest runs, in large pipelined writes, hashed as it is written.
+//!   Of a running guest it says which guest-physical ranges the guest wrote meanwhile (the
+//!   *smear*: pages that may not be of one instant), found by one look at RAM after the copy.
+//! - `pause`: the VM paused for the whole copy, resumed if it was running.
+//! - `consistent`: an image of one instant with a pause of what the guest writes, as live
+//!   migration does it (pre-copy): copy while the guest runs, copy again what it wrote since,
+//!   until that stops shrinking; then pause, copy the last pages, resume. Where the host has
+//!   soft-dirty bits the last look costs what was written; elsewhere it is one look at RAM.
+//! - `update`: an existing copy brought up to date in place, at the cost of what changed.
+//!
+//! Every file gets a side record (`FILE.qbsnap`: its pages' fingerprints, its digest tree, the
+//! smear), made from the bytes as they are written, so any capture can be updated later. A new
+//! file is written beside the old one and renamed over it; an update writes in place (the
+//! record is removed first, so an update cut short is rewritten whole next time).
 
 use std::path::{Path, PathBuf};
 
-use crate::ram::incremental::{update_file, IncrementalError, Origin};
-use crate::ram::sparse::SparseWriter;
-use crate::ram::{BridgeError, HashAlgorithm, SharedMemoryBridge, Summary, TrackingMethod, Verdict};
+use crate::ram::incremental::{
+    record_copy, update_file, update_file_then, write_full, FullWriteError, IncrementalError, Origin,
+    Recorded, Updated,
+};
+use crate::ram::{
+    BridgeError, ChangeSet, HashAlgorithm, SharedMemoryBridge, Summary, TrackingMethod, Verdict,
+};
 use crate::vm::{Vm, VmError, VmInfo};
 
 /// How to capture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptureOptions {
-    /// Verify the copy against live memory and copy torn pages again (with `update`: update
-    /// again until a pass finds nothing more to write).
+    /// An image of one instant with a short pause: pre-copy passes while the guest runs, the
+    /// last pages while it is paused (with `update`: starting from the existing file).
     pub consistent: bool,
     /// Pause the VM for the whole copy (resumed afterwards if it was running).
     pub pause: bool,
@@ -27,7 +39,8 @@ pub struct CaptureOptions {
     pub update: bool,
     /// Find changed pages by fingerprints even where soft-dirty bits exist.
     pub fingerprints: bool,
-    /// Most copies (or update passes beyond the first) made.
+    /// Most passes of a consistent capture while the guest runs, after the first copy (0: the
+    /// default bound).
     pub attempts: u32,
     /// The digest reported.
     pub hash: HashAlgorithm,
@@ -40,7 +53,7 @@ impl Default for CaptureOptions {
             pause: false,
             update: false,
             fingerprints: false,
-            attempts: crate::ram::DEFAULT_ATTEMPTS,
+            attempts: MAX_RUNNING_PASSES,
             hash: HashAlgorithm::Blake3,
         }
     }
@@ -49,10 +62,19 @@ impl Default for CaptureOptions {
 /// What a capture did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capture {
-    /// Digest, verdict, attempts, torn pages, size: the line `snapshot` prints.
+    /// Digest, verdict, passes, size: the line `snapshot` prints.
     pub summary: Summary,
-    /// For an update: how the file was brought up to date.
+    /// For an update: how the file was brought up to date (its first pass).
     pub update: Option<UpdateReport>,
+    /// Pages written by each pass, the first (the whole copy, or the first update) first; for
+    /// a consistent capture the last pass is the one made while the VM was paused.
+    pub passes: Vec<u64>,
+    /// How long this capture kept the VM paused (from before `stop` to after `cont` as seen
+    /// here); `None` when it did not pause it.
+    pub paused_for: Option<std::time::Duration>,
+    /// For a copy of a running guest that was not paused: what the guest wrote while it was
+    /// copied (a superset of the pages that may not be of one instant).
+    pub smear: Option<ChangeSet>,
 }
 
 /// How an update went.
@@ -102,13 +124,20 @@ pub enum CaptureError {
     NoOrigin(u32),
 }
 
+/// Most passes of a consistent capture while the guest runs, after the first copy, when
+/// `attempts` does not say.
+const MAX_RUNNING_PASSES: u32 = 8;
+
+/// A pass that writes no more pages than this ends the passes while the guest runs.
+const FEW_PAGES: u64 = 64;
+
 /// Captures the RAM of `vm` (mapped as `bridge`, described by `info`) into `path`, telling
 /// `progress` the bytes written so far.
 ///
 /// # Errors
 ///
 /// [`CaptureError`]; then `path` is as it was (or, for an update, left without a record, so
-/// that the next update writes it whole).
+/// that the next update writes it whole), and a VM this paused runs again.
 pub fn to_file(
     vm: &Vm,
     bridge: &SharedMemoryBridge,
@@ -117,54 +146,219 @@ pub fn to_file(
     options: &CaptureOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Capture, CaptureError> {
-    let ram_error = |source| CaptureError::Ram { vm: info.name.to_string(), source };
-    let write_error = |source| CaptureError::Write { path: path.to_path_buf(), source };
+    let origin = Origin::of(info.name.as_str(), info.qemu_pid, bridge.size() as u64)
+        .ok_or(CaptureError::NoOrigin(info.qemu_pid))?;
+    let running = vm.with_qmp(|qmp| qmp.query_status())?.running;
+    if options.consistent && running {
+        return consistent(vm, bridge, info, &origin, path, options, progress);
+    }
     if options.update {
-        return update(vm, bridge, info, path, options);
+        return update(vm, bridge, info, &origin, path, options, running);
     }
-    if !options.pause && !options.consistent {
-        // unchecked: copied once, written while another thread hashes what is written
-        let mut digest = String::new();
-        write_atomically(path, |file| {
-            digest =
-                bridge.write_snapshot_hashed(file, options.hash, progress).map_err(std::io::Error::other)?;
-            Ok(())
-        })
-        .map_err(write_error)?;
-        let summary = Summary {
-            algorithm: options.hash,
-            digest,
-            verdict: Verdict::Unchecked,
-            attempts: 1,
-            torn_pages: 0,
-            size: bridge.size() as u64,
-        };
-        return Ok(Capture { summary, update: None });
-    }
-    let snapshot = if options.pause {
-        vm.paused_snapshot(bridge)?
+    let pausing = options.pause && running;
+    let paused = pausing.then(|| Pause::start(vm)).transpose()?;
+    let written = whole(bridge, info, path, options, progress);
+    let paused_for = paused.map(Pause::end).transpose()?;
+    let (digest, recorded) = written?;
+    // of a guest that ran during the copy: what it wrote meanwhile, recorded with the copy
+    let smear = if running && !pausing {
+        let pages = recorded.changed_pages(bridge.mapping()).map_err(|source| ram_error(info, source))?;
+        Some(ChangeSet::of_pages(&pages, bridge.size(), bridge.layout()))
     } else {
-        bridge.consistent_snapshot(options.attempts).map_err(ram_error)?
+        None
     };
-    write_atomically(path, |file| {
-        // pages of zeros become holes: the file takes the space of what the guest touched
-        let mut output = SparseWriter::at(file, 0);
-        for chunk in snapshot.data.chunks(4 << 20) {
-            output.write(chunk)?;
-            progress(output.position());
-        }
-        output.finish().map(drop)
+    let ranges =
+        smear.iter().flat_map(|set| set.ranges.iter().map(|range| [range.start, range.end])).collect();
+    record_copy(path, &origin, recorded, ranges)?;
+    let verdict = match (pausing, running) {
+        (true, _) => Verdict::Paused,
+        // a guest that does not run is copied as of one instant
+        (false, false) => Verdict::Consistent,
+        (false, true) => Verdict::Unchecked,
+    };
+    let pages = bridge.mapping().pages() as u64;
+    Ok(Capture {
+        summary: summary(options, digest, verdict, 1, bridge),
+        update: None,
+        passes: vec![pages],
+        paused_for,
+        smear,
     })
-    .map_err(write_error)?;
-    let summary = Summary {
-        algorithm: options.hash,
-        digest: options.hash.hex_digest(&snapshot.data),
-        verdict: snapshot.verdict,
-        attempts: snapshot.attempts,
-        torn_pages: snapshot.torn_pages,
-        size: snapshot.data.len() as u64,
+}
+
+fn ram_error(info: &VmInfo, source: BridgeError) -> CaptureError {
+    CaptureError::Ram { vm: info.name.to_string(), source }
+}
+
+fn summary(
+    options: &CaptureOptions,
+    digest: String,
+    verdict: Verdict,
+    attempts: u32,
+    bridge: &SharedMemoryBridge,
+) -> Summary {
+    Summary { algorithm: options.hash, digest, verdict, attempts, torn_pages: 0, size: bridge.size() as u64 }
+}
+
+/// The whole RAM written to a new file renamed over `path`, with the digest `options` asks for
+/// and the record of the bytes written (its side record is the caller's to write).
+fn whole(
+    bridge: &SharedMemoryBridge,
+    info: &VmInfo,
+    path: &Path,
+    options: &CaptureOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(String, Recorded), CaptureError> {
+    let mut outcome = None;
+    // the record of the old file goes first: it no longer describes what will be at `path`
+    remove_record(path)?;
+    let algorithm = (options.hash != HashAlgorithm::Blake3).then_some(options.hash);
+    write_atomically(path, |file| {
+        let written = write_full(bridge.mapping(), file, algorithm, progress);
+        match written {
+            Ok(done) => {
+                outcome = Some(Ok(done));
+                Ok(())
+            }
+            Err(FullWriteError::Write(err)) => Err(err),
+            Err(FullWriteError::Ram(err)) => {
+                outcome = Some(Err(ram_error(info, err)));
+                Err(std::io::Error::other("the RAM could not be read"))
+            }
+        }
+    })
+    .map_err(|err| match outcome.take() {
+        Some(Err(ram)) => ram,
+        _ => CaptureError::Write { path: path.to_path_buf(), source: err },
+    })?;
+    let (recorded, digest) = match outcome {
+        Some(Ok(done)) => done,
+        _ => unreachable!("a write that succeeded filled the outcome"),
     };
-    Ok(Capture { summary, update: None })
+    let digest = digest.unwrap_or_else(|| recorded.digest(bridge.size() as u64));
+    Ok((digest, recorded))
+}
+
+fn remove_record(path: &Path) -> Result<(), CaptureError> {
+    let record = crate::ram::incremental::record_path(path);
+    match std::fs::remove_file(&record) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(CaptureError::Write { path: record, source: err })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The VM paused by a capture: resumed by [`end`](Self::end), or when dropped on an error.
+struct Pause<'a> {
+    vm: &'a Vm,
+    since: std::time::Instant,
+    resumed: bool,
+}
+
+impl<'a> Pause<'a> {
+    fn start(vm: &'a Vm) -> Result<Self, CaptureError> {
+        let since = std::time::Instant::now();
+        vm.with_qmp(|qmp| qmp.stop())?;
+        Ok(Self { vm, since, resumed: false })
+    }
+
+    /// Resumes the VM; how long it was paused.
+    fn end(mut self) -> Result<std::time::Duration, CaptureError> {
+        self.resumed = true;
+        self.vm.with_qmp(|qmp| qmp.cont())?;
+        Ok(self.since.elapsed())
+    }
+}
+
+impl Drop for Pause<'_> {
+    fn drop(&mut self) {
+        if !self.resumed {
+            if let Err(err) = self.vm.with_qmp(|qmp| qmp.cont()) {
+                log::warn!("cannot resume VM {}: {}", self.vm.name(), crate::error::chain(&err));
+            }
+        }
+    }
+}
+
+/// A consistent capture of a running guest: pre-copy passes while it runs, the last pages
+/// while it is paused.
+fn consistent(
+    vm: &Vm,
+    bridge: &SharedMemoryBridge,
+    info: &VmInfo,
+    origin: &Origin,
+    path: &Path,
+    options: &CaptureOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Capture, CaptureError> {
+    let soft_dirty = soft_dirty_unless(options.fingerprints, info, bridge);
+    let pass = |then: &mut dyn FnMut()| {
+        update_file_then(bridge.mapping(), origin, path, soft_dirty.as_deref(), then)
+    };
+    let mut passes = Vec::new();
+    let mut first_update = None;
+    if options.update {
+        let first = pass(&mut || {})?;
+        passes.push(first.pages_written);
+        first_update = Some(first);
+    } else {
+        let (_, recorded) = whole(bridge, info, path, options, progress)?;
+        record_copy(path, origin, recorded, Vec::new())?;
+        passes.push(bridge.mapping().pages() as u64);
+    }
+    let bound = if options.attempts == 0 { MAX_RUNNING_PASSES } else { options.attempts.min(64) };
+    // while the guest runs: again, while what a pass writes shrinks
+    while (passes.len() as u32) <= bound {
+        let written = pass(&mut || {})?.pages_written;
+        let shrinking = written < passes[passes.len() - 1];
+        passes.push(written);
+        if !shrinking || written <= FEW_PAGES {
+            break;
+        }
+    }
+    // the last pages, paused; resumed as soon as they are written (before the sync)
+    let paused = Pause::start(vm)?;
+    let mut paused = Some(paused);
+    let mut paused_for = None;
+    let mut resume_error = None;
+    let last = pass(&mut || {
+        if let Some(paused) = paused.take() {
+            match paused.end() {
+                Ok(duration) => paused_for = Some(duration),
+                Err(err) => resume_error = Some(err),
+            }
+        }
+    });
+    drop(paused);
+    if let Some(err) = resume_error {
+        return Err(err);
+    }
+    let last = last?;
+    passes.push(last.pages_written);
+    let digest = match options.hash {
+        HashAlgorithm::Blake3 => last.digest.clone(),
+        algorithm => hash_file(path, algorithm)
+            .map_err(|source| CaptureError::Write { path: path.to_path_buf(), source })?,
+    };
+    let update = first_update.map(|first| update_report(&first, bridge, soft_dirty.is_some()));
+    Ok(Capture {
+        summary: summary(options, digest, Verdict::Consistent, passes.len() as u32, bridge),
+        update,
+        passes,
+        paused_for,
+        smear: None,
+    })
+}
+
+fn update_report(first: &Updated, bridge: &SharedMemoryBridge, soft_dirty: bool) -> UpdateReport {
+    UpdateReport {
+        full: first.full.clone(),
+        pages_written: first.pages_written,
+        pages_looked: first.pages_looked,
+        pages: bridge.mapping().pages(),
+        method: if soft_dirty { TrackingMethod::SoftDirty } else { TrackingMethod::Fingerprints },
+    }
 }
 
 /// The soft-dirty source of the VM's RAM, unless fingerprints were asked for or the host has
@@ -182,67 +376,39 @@ pub fn soft_dirty_unless(
         .ok()
 }
 
-/// `update`: the pages that changed, written in place; paused, or verified by passes that find
-/// nothing more to write, as a full capture is.
+/// `update` (not consistent): the pages that changed, written in place, paused if asked.
 fn update(
     vm: &Vm,
     bridge: &SharedMemoryBridge,
     info: &VmInfo,
+    origin: &Origin,
     path: &Path,
     options: &CaptureOptions,
+    running: bool,
 ) -> Result<Capture, CaptureError> {
-    let origin = Origin::of(info.name.as_str(), info.qemu_pid, bridge.size() as u64)
-        .ok_or(CaptureError::NoOrigin(info.qemu_pid))?;
-    let paused = options.pause && vm.with_qmp(|qmp| qmp.query_status())?.running;
-    if paused {
-        vm.with_qmp(|qmp| qmp.stop())?;
-    }
+    let pausing = options.pause && running;
+    let paused = pausing.then(|| Pause::start(vm)).transpose()?;
     let soft_dirty = soft_dirty_unless(options.fingerprints, info, bridge);
-    let pass = || update_file(bridge.mapping(), &origin, path, soft_dirty.as_deref());
-    let mut passes = vec![pass()];
-    // consistent: again until a pass finds nothing more to write
-    while options.consistent
-        && (passes.len() as u32) < options.attempts.max(1) + 1
-        && passes.last().is_some_and(|pass| pass.as_ref().is_ok_and(|pass| pass.pages_written > 0))
-    {
-        passes.push(pass());
-    }
-    if paused {
-        vm.with_qmp(|qmp| qmp.cont())?;
-    }
-    let passes: Vec<_> = passes.into_iter().collect::<Result<_, _>>()?;
-    let (first, last) = (&passes[0], &passes[passes.len() - 1]);
-    let verdict = if options.pause {
-        Verdict::Paused
-    } else if !options.consistent {
-        Verdict::Unchecked
-    } else if passes.len() > 1 && last.pages_written == 0 {
-        Verdict::Consistent
-    } else {
-        Verdict::Torn
+    let updated = update_file(bridge.mapping(), origin, path, soft_dirty.as_deref());
+    let paused_for = paused.map(Pause::end).transpose()?;
+    let updated = updated?;
+    let verdict = match (pausing, running) {
+        (true, _) => Verdict::Paused,
+        (false, false) => Verdict::Consistent,
+        (false, true) => Verdict::Unchecked,
     };
     let digest = match options.hash {
-        HashAlgorithm::Blake3 => last.digest.clone(),
+        HashAlgorithm::Blake3 => updated.digest.clone(),
         algorithm => hash_file(path, algorithm)
             .map_err(|source| CaptureError::Write { path: path.to_path_buf(), source })?,
     };
-    let summary = Summary {
-        algorithm: options.hash,
-        digest,
-        verdict,
-        attempts: passes.len() as u32,
-        torn_pages: if verdict == Verdict::Torn { last.pages_written } else { 0 },
-        size: bridge.size() as u64,
-    };
-    let method = if soft_dirty.is_some() { TrackingMethod::SoftDirty } else { TrackingMethod::Fingerprints };
-    let update = UpdateReport {
-        full: first.full.clone(),
-        pages_written: first.pages_written,
-        pages_looked: first.pages_looked,
-        pages: bridge.mapping().pages(),
-        method,
-    };
-    Ok(Capture { summary, update: Some(update) })
+    Ok(Capture {
+        summary: summary(options, digest, verdict, 1, bridge),
+        update: Some(update_report(&updated, bridge, soft_dirty.is_some())),
+        passes: vec![updated.pages_written],
+        paused_for,
+        smear: None,
+    })
 }
 
 /// The digest of the file at `path`.

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use qemu_bridge::launch::{self, Accel, LaunchOptions};
 use qemu_bridge::mount::{MountOptions, Passthrough};
-use qemu_bridge::ram::{HashAlgorithm, DEFAULT_ATTEMPTS};
+use qemu_bridge::ram::HashAlgorithm;
 use qemu_bridge::size::{parse_number, parse_size};
 use qemu_bridge::{default_run_dir, Machine, RunDir, RunState, Vm, VmName};
 
@@ -354,7 +354,8 @@ pub struct SnapshotArgs {
     /// Output file (written to a temporary name, then renamed: never left half-written)
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Verify the copy against live memory and re-copy changed pages
+    /// An image of one instant with a pause of milliseconds: copy while the guest runs, copy
+    /// again what it wrote, until that stops shrinking; then pause, copy the last pages, resume
     #[arg(long, conflicts_with = "pause")]
     pub consistent: bool,
     /// Pause the VM during the copy for an exact image (resumed only if it was running)
@@ -364,9 +365,13 @@ pub struct SnapshotArgs {
     /// QEMU wrote
     #[arg(long)]
     pub fingerprints: bool,
-    /// Copy attempts for --consistent
-    #[arg(long, default_value_t = DEFAULT_ATTEMPTS)]
+    /// Most passes of --consistent while the guest runs, after the first copy
+    #[arg(long, default_value_t = 8)]
     pub attempts: u32,
+    /// Print the report as one JSON object (digest, verdict, passes, pause, smear) instead of
+    /// the summary line
+    #[arg(long)]
+    pub json: bool,
     /// Rewrite, in an existing snapshot of this VM's QEMU, only the pages that changed since it
     /// was written (its side record FILE.qbsnap says what it was taken from); anything else is
     /// written whole, and said so
@@ -1152,8 +1157,65 @@ fn snapshot_verb(args: SnapshotArgs) -> CliResult {
             ),
         }
     }
-    println!("{} {}", captured.summary, args.output.display());
+    if captured.passes.len() > 1 {
+        let passes: Vec<String> = captured.passes.iter().map(u64::to_string).collect();
+        eprintln!("qemu-bridge: {} passes, pages written by each: {}", passes.len(), passes.join(" "));
+    }
+    if let Some(paused) = captured.paused_for {
+        eprintln!("qemu-bridge: the guest was paused for {:.1} ms", paused.as_secs_f64() * 1e3);
+    }
+    if let Some(smear) = captured.smear.as_ref().filter(|smear| smear.pages > 0) {
+        eprintln!(
+            "qemu-bridge: the guest wrote {} pages while they were copied (not of one instant; in {}): {}",
+            smear.pages,
+            qemu_bridge::ram::incremental::record_path(&args.output).display(),
+            smear_text(smear)
+        );
+    }
+    if args.json {
+        let smear = captured.smear.as_ref().map(|smear| {
+            serde_json::json!({
+                "pages": smear.pages,
+                "ranges": smear.ranges.iter().map(|range| [range.start, range.end]).collect::<Vec<_>>(),
+            })
+        });
+        let update = captured.update.as_ref().map(|update| {
+            serde_json::json!({
+                "full": update.full,
+                "pages_written": update.pages_written,
+                "pages_looked": update.pages_looked,
+                "pages": update.pages,
+                "tracking": update.method,
+            })
+        });
+        let summary = &captured.summary;
+        let report = serde_json::json!({
+            "path": args.output,
+            "algorithm": summary.algorithm.to_string(),
+            "digest": summary.digest,
+            "verdict": summary.verdict.to_string(),
+            "size": summary.size,
+            "passes": captured.passes,
+            "paused_ms": captured.paused_for.map(|paused| paused.as_secs_f64() * 1e3),
+            "smear": smear,
+            "update": update,
+        });
+        println!("{report}");
+    } else {
+        println!("{} {}", captured.summary, args.output.display());
+    }
     Ok(())
+}
+
+/// The first ranges of a smear report, as `0xSTART-0xEND`, and how many more.
+fn smear_text(smear: &qemu_bridge::ChangeSet) -> String {
+    const SHOWN: usize = 8;
+    let mut text: Vec<String> =
+        smear.ranges.iter().take(SHOWN).map(|range| format!("{:#x}-{:#x}", range.start, range.end)).collect();
+    if smear.ranges.len() > SHOWN {
+        text.push(format!("and {} more ranges", smear.ranges.len() - SHOWN));
+    }
+    text.join(" ")
 }
 
 /// What a libvirt domain needs for qemu-bridge to see it as `name`: shared file memory, QEMU

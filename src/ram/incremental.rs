@@ -101,6 +101,11 @@ struct Header {
     /// (read before the look): while it stays, the pages that read dirty are all that changed.
     #[serde(default)]
     soft_dirty_generation: Option<u64>,
+    /// The guest-physical ranges `[start, end)` the guest wrote while the file was copied
+    /// whole from a running guest (a superset of the pages that may not be of one instant);
+    /// empty when the copy was of one instant or updated since.
+    #[serde(default)]
+    smear: Vec<[u64; 2]>,
 }
 
 /// A snapshot file's side record: where it came from, its pages' fingerprints, its digest tree.
@@ -338,6 +343,7 @@ fn write_record(
     prints: Vec<u64>,
     tree: Vec<ChainingValue>,
     soft_dirty_generation: Option<u64>,
+    smear: Vec<[u64; 2]>,
 ) -> Result<(), IncrementalError> {
     let (file_len, file_dev, file_ino, file_mtime_ns) =
         file_identity(file).map_err(file_error("stat", path))?;
@@ -350,6 +356,7 @@ fn write_record(
         pages: prints.len() as u64,
         leaves: tree.len() as u64,
         soft_dirty_generation,
+        smear,
     };
     let record = Record { header, prints, tree };
     let target = record_path(path);
@@ -379,6 +386,23 @@ pub fn update_file(
     path: &Path,
     soft_dirty: Option<&SoftDirty>,
 ) -> Result<Updated, IncrementalError> {
+    update_file_then(ram, origin, path, soft_dirty, || {})
+}
+
+/// [`update_file`], calling `pages_done` once every page is looked at and written, before the
+/// file is synced and its digest and record are made: a caller that paused the VM for the
+/// update resumes it there, so that the guest stops only for the pages.
+///
+/// # Errors
+///
+/// As [`update_file`].
+pub fn update_file_then(
+    ram: &GuestRam,
+    origin: &Origin,
+    path: &Path,
+    soft_dirty: Option<&SoftDirty>,
+    pages_done: impl FnOnce(),
+) -> Result<Updated, IncrementalError> {
     let existing = std::fs::OpenOptions::new().read(true).write(true).open(path).ok();
     let record = usable_record(path, existing.as_ref(), origin);
     // from here on, the file no longer matches a record until the new one is written
@@ -392,8 +416,8 @@ pub fn update_file(
     let mut temporary = None;
     let known = record.as_ref().ok().and_then(|record| record.header.soft_dirty_generation);
     let (selection, generation) = select_pages(soft_dirty, known);
-    let (file, full, mut prints, mut tree) = match (existing, record) {
-        (Some(file), Ok(record)) => (file, None, record.prints, record.tree),
+    let (file, mut prints, mut tree) = match (existing, record) {
+        (Some(file), Ok(record)) => (file, record.prints, record.tree),
         (_, Err(reason)) => {
             // written whole beside the old file, which stays whole until the rename: a new file of
             // holes, where pages of zeros need no write
@@ -412,16 +436,25 @@ pub fn update_file(
                 .open(&partial)
                 .map_err(file_error("create", &partial))?;
             let partial = temporary.insert(Partial(partial));
-            file.set_len(total).map_err(file_error("size", &partial.0))?;
-            (file, Some(reason), vec![content_print(None); ram.pages()], Vec::new())
+            // copied in large writes, its record made from the very bytes written
+            let (recorded, _) = write_full(ram, &file, None, &|_| {}).map_err(|err| match err {
+                FullWriteError::Ram(err) => IncrementalError::Ram(err),
+                FullWriteError::Write(err) => file_error("write", &partial.0)(err),
+            })?;
+            pages_done();
+            file.sync_all().map_err(file_error("sync", path))?;
+            let digest = recorded.digest(total);
+            std::fs::rename(&partial.0, path).map_err(file_error("rename into place", path))?;
+            std::mem::forget(temporary.take());
+            write_record(path, &file, origin, recorded.prints, recorded.tree, generation, Vec::new())?;
+            let pages = ram.pages() as u64;
+            return Ok(Updated { full: Some(reason), pages_written: pages, pages_looked: pages, digest });
         }
         (None, Ok(_)) => unreachable!("a record is usable only with its file"),
     };
     let mut dirty_leaves = Vec::new();
     let mut pages_written = 0u64;
     let mut failure = None;
-    // a file written whole is written from every page
-    let selection = if full.is_some() { Selection::All } else { selection };
     let pages_looked = for_each_selected(ram, &selection, |page, bytes| {
         if failure.is_some() {
             return;
@@ -455,17 +488,178 @@ pub fn update_file(
             dirty_leaves.push(leaf);
         }
     })?;
+    pages_done();
     if let Some(err) = failure {
         return Err(file_error("write", path)(err));
     }
     file.sync_all().map_err(file_error("sync", path))?;
     let digest = digest(&file, total, &mut tree, &dirty_leaves).map_err(file_error("read back", path))?;
-    if let Some(partial) = temporary.take() {
-        std::fs::rename(&partial.0, path).map_err(file_error("rename into place", path))?;
-        std::mem::forget(partial);
+    write_record(path, &file, origin, prints, tree, generation, Vec::new())?;
+    Ok(Updated { full: None, pages_written, pages_looked, digest })
+}
+
+/// What writing a whole copy failed at.
+#[derive(Debug)]
+pub enum FullWriteError {
+    /// Reading RAM.
+    Ram(BridgeError),
+    /// Writing the file.
+    Write(std::io::Error),
+}
+
+/// Writes all of `ram` into `file` from its start (sparse: zero pages stay holes), in large
+/// pipelined writes ([`write_hashed_tapped`](super::snapshot::write_hashed_tapped)), and
+/// returns the record of exactly the bytes written: each page's fingerprint and each MiB's
+/// BLAKE3 chaining value, made on the hashing thread as the copy goes (no read back), and the
+/// digest of `algorithm` if one is named (BLAKE3's comes from the record:
+/// [`Recorded::digest`]). `progress` is told the bytes written so far.
+///
+/// # Errors
+///
+/// [`FullWriteError`].
+pub fn write_full(
+    ram: &GuestRam,
+    file: &File,
+    algorithm: Option<super::HashAlgorithm>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Recorded, Option<String>), FullWriteError> {
+    let mut recorder = Recorder::new(ram.len() as u64);
+    let digest =
+        super::snapshot::write_hashed_tapped(ram, file, algorithm, progress, &mut |offset, bytes| {
+            recorder.add(offset, bytes)
+        })
+        .map_err(|err| match err {
+            BridgeError::Write(err) => FullWriteError::Write(err),
+            err => FullWriteError::Ram(err),
+        })?;
+    Ok((recorder.finish(), digest))
+}
+
+/// The record of a copy made as it is written: page fingerprints, and the chaining value of
+/// each MiB leaf (of the root hash, for a copy of one leaf or less).
+struct Recorder {
+    total: u64,
+    prints: Vec<u64>,
+    tree: Vec<ChainingValue>,
+    leaf: blake3::Hasher,
+    /// Bytes of the current leaf hashed so far.
+    in_leaf: u64,
+    /// A page split between two chunks, until it is whole.
+    page: Vec<u8>,
+}
+
+impl Recorder {
+    fn new(total: u64) -> Self {
+        Self {
+            total,
+            prints: Vec::with_capacity(total.div_ceil(PAGE_SIZE as u64) as usize),
+            tree: Vec::with_capacity(total.div_ceil(LEAF) as usize),
+            leaf: blake3::Hasher::new(),
+            in_leaf: 0,
+            page: Vec::new(),
+        }
     }
-    write_record(path, &file, origin, prints, tree, generation)?;
-    Ok(Updated { full, pages_written, pages_looked, digest })
+
+    /// The next `bytes` of the copy (chunks come in order, from offset 0).
+    fn add(&mut self, offset: u64, mut bytes: &[u8]) {
+        debug_assert_eq!(offset, self.tree.len() as u64 * LEAF + self.in_leaf);
+        // fingerprints, page by page (a chunk need not end on a page)
+        let mut rest = bytes;
+        if !self.page.is_empty() {
+            let take = (PAGE_SIZE - self.page.len()).min(rest.len());
+            self.page.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.page.len() == PAGE_SIZE {
+                self.prints.push(content_print(Some(&self.page)));
+                self.page.clear();
+            }
+        }
+        let whole = rest.len() / PAGE_SIZE * PAGE_SIZE;
+        self.prints.extend(rest[..whole].chunks_exact(PAGE_SIZE).map(|page| content_print(Some(page))));
+        self.page.extend_from_slice(&rest[whole..]);
+        // the digest tree, leaf by leaf
+        while !bytes.is_empty() {
+            let take = ((LEAF - self.in_leaf) as usize).min(bytes.len());
+            self.leaf.update(&bytes[..take]);
+            self.in_leaf += take as u64;
+            bytes = &bytes[take..];
+            if self.in_leaf == LEAF && self.total > LEAF {
+                self.close_leaf();
+            }
+        }
+    }
+
+    fn close_leaf(&mut self) {
+        self.tree.push(self.leaf.finalize_non_root());
+        self.in_leaf = 0;
+        self.leaf = blake3::Hasher::new();
+        self.leaf.set_input_offset(self.tree.len() as u64 * LEAF);
+    }
+
+    fn finish(mut self) -> Recorded {
+        if !self.page.is_empty() {
+            // the last page, short: fingerprinted as it is in the file, padded as RAM is
+            self.page.resize(PAGE_SIZE, 0);
+            self.prints.push(content_print(Some(&self.page)));
+        }
+        if self.total <= LEAF {
+            self.tree = vec![self.leaf.finalize().into()];
+        } else if self.in_leaf > 0 {
+            self.close_leaf();
+        }
+        Recorded { prints: self.prints, tree: self.tree }
+    }
+}
+
+/// The record of a whole copy ([`write_full`]): what its side record keeps.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    prints: Vec<u64>,
+    tree: Vec<ChainingValue>,
+}
+
+impl Recorded {
+    /// The BLAKE3 digest of the `total`-byte copy (what `b3sum` prints).
+    pub fn digest(&self, total: u64) -> String {
+        match self.tree.as_slice() {
+            [] => blake3::hash(&[]).to_hex().to_string(),
+            [root] if total <= LEAF => blake3::Hash::from_bytes(*root).to_hex().to_string(),
+            tree => root_of(tree, total).to_hex().to_string(),
+        }
+    }
+
+    /// The pages of `ram` whose content differs now from the copy's (one read pass): those the
+    /// guest wrote since they were copied.
+    ///
+    /// # Errors
+    ///
+    /// As the read ([`BridgeError::FileShrunk`]).
+    pub fn changed_pages(&self, ram: &GuestRam) -> Result<Vec<usize>, BridgeError> {
+        let mut changed = Vec::new();
+        ram.for_each_page(|page, bytes| {
+            if self.prints.get(page) != Some(&content_print(bytes)) {
+                changed.push(page);
+            }
+        })?;
+        Ok(changed)
+    }
+}
+
+/// Writes the side record of the copy `recorded` now at `path`, taken from `origin`, with the
+/// guest-physical ranges `smear` the guest wrote during the copy: a later [`update_file`] of
+/// `path` then writes only what changed.
+///
+/// # Errors
+///
+/// The file or the record cannot be read or written.
+pub fn record_copy(
+    path: &Path,
+    origin: &Origin,
+    recorded: Recorded,
+    smear: Vec<[u64; 2]>,
+) -> Result<(), IncrementalError> {
+    let file = File::open(path).map_err(file_error("open", path))?;
+    write_record(path, &file, origin, recorded.prints, recorded.tree, None, smear)
 }
 
 /// A file being written whole, removed unless it was renamed into place.
@@ -571,6 +765,36 @@ mod tests {
         (file, ram)
     }
 
+    /// The record made as chunks go by equals the one made from the whole: every page's
+    /// fingerprint and the digest, for sizes below, at and above one leaf, chunks of any size.
+    #[test]
+    fn recorder_equals_the_record_of_the_whole() {
+        for total in [1usize, 4095, 4096, 5000, LEAF as usize, LEAF as usize + 1, 3 * LEAF as usize + 12345] {
+            let bytes: Vec<u8> = (0..total).map(|i| (i * 7 + i / 4096) as u8).collect();
+            for chunk in [1000, 4096, 512 << 10, 1 << 20] {
+                let mut recorder = Recorder::new(total as u64);
+                for (index, part) in bytes.chunks(chunk).enumerate() {
+                    recorder.add((index * chunk) as u64, part);
+                }
+                let recorded = recorder.finish();
+                assert_eq!(
+                    recorded.digest(total as u64),
+                    blake3::hash(&bytes).to_hex().to_string(),
+                    "{total} by {chunk}"
+                );
+                let prints: Vec<u64> = bytes
+                    .chunks(PAGE_SIZE)
+                    .map(|page| {
+                        let mut page = page.to_vec();
+                        page.resize(PAGE_SIZE, 0);
+                        content_print(Some(&page))
+                    })
+                    .collect();
+                assert_eq!(recorded.prints, prints, "{total} by {chunk}");
+            }
+        }
+    }
+
     fn b3sum(path: &Path) -> String {
         blake3::hash(&std::fs::read(path).unwrap()).to_hex().to_string()
     }
@@ -660,6 +884,7 @@ mod tests {
             pages: 257,
             leaves: 2,
             soft_dirty_generation: Some(7),
+            smear: vec![[0x1000, 0x3000]],
         };
         let record = Record { header, prints: (0..257).collect(), tree: vec![[1; 32], [2; 32]] };
         let bytes = record.to_bytes();

@@ -246,6 +246,24 @@ pub fn write_hashed(
     algorithm: HashAlgorithm,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<String, BridgeError> {
+    write_hashed_tapped(mapping, file, Some(algorithm), progress, &mut |_, _| {})
+        .map(|digest| digest.unwrap_or_default())
+}
+
+/// [`write_hashed`], with `tap(offset, bytes)` shown every chunk copied, in order, on the
+/// hashing thread (what the copy of the file holds at `offset`: a record of it can be made from
+/// exactly those bytes). With no `algorithm`, no digest is computed.
+///
+/// # Errors
+///
+/// As [`write_hashed`].
+pub fn write_hashed_tapped(
+    mapping: &GuestRam,
+    file: &std::fs::File,
+    algorithm: Option<HashAlgorithm>,
+    progress: &(dyn Fn(u64) + Sync),
+    tap: &mut (dyn FnMut(u64, &[u8]) + Send),
+) -> Result<Option<String>, BridgeError> {
     use std::sync::{mpsc, Arc};
     // a few chunks in flight; the stage that finishes with a chunk last gives its buffer back
     let (to_hasher, to_hash) = mpsc::sync_channel::<Arc<Vec<u8>>>(2);
@@ -274,12 +292,17 @@ pub fn write_hashed(
         });
         let hasher_give_back = give_back.clone();
         let hasher = scope.spawn(move || {
-            let mut hasher = algorithm.hasher();
+            let mut hasher = algorithm.map(HashAlgorithm::hasher);
+            let mut offset = 0u64;
             for chunk in to_hash {
-                hasher.update(&chunk);
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&chunk);
+                }
+                tap(offset, &chunk);
+                offset += chunk.len() as u64;
                 recycle(chunk, &hasher_give_back);
             }
-            hasher.finalize_hex()
+            hasher.map(Hasher::finalize_hex)
         });
         let mut output = super::sparse::SparseWriter::at(file, 0);
         let written = (|| {

@@ -126,6 +126,27 @@ pub fn writer_image() -> &'static Path {
     IMAGE.get_or_init(|| build_guest_image("writer", &["WRITER"]))
 }
 
+/// The boot-sector guest that sweeps a counter over 16-80 MiB about a thousand times a second
+/// (`tests/guest/boot.S` with `SWEEPER`): an image of one instant of it has at most one break.
+pub fn sweeper_image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| build_guest_image("sweeper", &["SWEEPER"]))
+}
+
+/// Where the sweeper guest stores its counter: the first dword of each page of this range.
+pub const SWEPT: std::ops::Range<u64> = 16 << 20..80 << 20;
+
+/// The places in `image` (the sweeper's RAM, in file order, guest-physical below 2 GiB) where
+/// the swept values do not rise by one from page to page: at most one in an image of one
+/// instant.
+pub fn sweep_breaks(image: &[u8]) -> usize {
+    let values: Vec<u32> = (SWEPT.start..SWEPT.end)
+        .step_by(4096)
+        .map(|at| u32::from_le_bytes(image[at as usize..at as usize + 4].try_into().unwrap()))
+        .collect();
+    values.windows(2).filter(|pair| pair[1] != pair[0].wrapping_add(1)).count()
+}
+
 /// Assembles `tests/guest/boot.S` with `symbols` defined into a 1 MiB disk image `<name>.img`
 /// under the test target directory, or under the temporary directory where that cannot be
 /// written (the tests run inside the soft-dirty VM see the checkout read-only).

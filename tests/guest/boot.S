@@ -16,7 +16,15 @@
  *                       holes of the RAM file)
  * so that a tracker must report exactly those pages, the counter's and what the BIOS writes.
  *
- * Build: as --32 [--defsym WRITER=1] boot.S -o boot.o && ld -m elf_i386 -Ttext 0x7c00 --oformat binary boot.o -o boot.bin
+ * Assembled with `--defsym SWEEPER=1` it is the sweeping guest of the capture tests: the timer
+ * set to tick at about 1 kHz, on every tick it stores a counter, incremented at every store,
+ * into the first dword of each page of 16 MiB-80 MiB in ascending order (through 32-bit
+ * addresses in real mode, with A20 on). An image of one instant shows the stored values rising
+ * by one from page to page with at most one break (where the sweep under way was when the image
+ * was taken); an image copied while the guest ran shows a break wherever the copy and a sweep
+ * crossed. Each sweep takes well under a tick under TCG, so the guest still halts most of the time.
+ *
+ * Build: as --32 [--defsym WRITER=1 | SWEEPER=1] boot.S -o boot.o && ld -m elf_i386 -Ttext 0x7c00 --oformat binary boot.o -o boot.bin
  *        truncate -s 1M boot.bin     (SeaBIOS refuses a 512-byte disk)
  */
     .code16
@@ -32,6 +40,19 @@ _start:
     or $2, %al
     and $0xfe, %al
     out %al, $0x92
+.endif
+.ifdef SWEEPER
+    in $0x92, %al           /* fast A20 on: addresses above 1 MiB reach RAM */
+    or $2, %al
+    and $0xfe, %al
+    out %al, $0x92
+    mov $0x34, %al          /* PIT channel 0, rate generator, divisor 1193: about 1 kHz */
+    out %al, $0x43
+    mov $0xa9, %al
+    out %al, $0x40
+    mov $0x04, %al
+    out %al, $0x40
+    mov $1, %ebx            /* the value of the next store */
 .endif
     mov $0x1000, %ax
     mov %ax, %es            /* es:0 = guest-physical 0x10000 */
@@ -55,6 +76,15 @@ count:
     sti                     /* the BIOS timer interrupt wakes us from hlt */
     hlt
     incl %es:0x40
+.ifdef SWEEPER
+    mov $0x1000000, %edi    /* 16 MiB */
+sweep:
+    addr32 movl %ebx, (%edi)   /* ds = 0; QEMU's real mode takes the 32-bit address whole */
+    inc %ebx
+    add $0x1000, %edi
+    cmp $0x5000000, %edi    /* 80 MiB */
+    jb sweep
+.endif
 .ifdef WRITER
     movl %es:0x40, %eax
     test $7, %al
