@@ -32,6 +32,7 @@ missing() {
     command -v script >/dev/null || need+=(bsdutils)   # a terminal for the progress bar's test
     command -v crash >/dev/null || need+=(crash)   # reads the mount's core in the tests
     command -v bpftool >/dev/null || need+=(bpftool)   # reads the mount's linux/btf in the tests
+    command -v makedumpfile >/dev/null || need+=(makedumpfile)   # turns ELF captures into kdump files in the tests
 }
 
 sudo=""

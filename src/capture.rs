@@ -19,17 +19,52 @@
 use std::path::{Path, PathBuf};
 
 use crate::ram::incremental::{
-    record_copy, update_file, update_file_then, write_full, FullWriteError, IncrementalError, Origin,
-    Recorded, Updated,
+    record_copy, update_file_then, write_full, FullWriteError, IncrementalError, Origin, Recorded, Updated,
 };
 use crate::ram::{
     BridgeError, ChangeSet, HashAlgorithm, SharedMemoryBridge, Summary, TrackingMethod, Verdict,
 };
 use crate::vm::{Vm, VmError, VmInfo};
 
+/// What a capture file holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// The guest's RAM in RAM-file order, as the RAM file holds it (`dd` of the file).
+    #[default]
+    Raw,
+    /// An ELF core (`ET_CORE`) as QEMU's `dump-guest-memory` writes one: a `PT_LOAD` per RAM
+    /// range at its guest-physical address, the vCPUs' registers (`NT_PRSTATUS`) and the guest
+    /// kernel's `VMCOREINFO` in notes. crash, drgn, Volatility and makedumpfile read it. Its
+    /// header takes the first MiB; the RAM file follows it byte for byte.
+    Elf,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "raw" => Ok(Format::Raw),
+            "elf" => Ok(Format::Elf),
+            other => Err(format!("unknown format {other:?}: raw or elf")),
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Raw => "raw",
+            Format::Elf => "elf",
+        })
+    }
+}
+
 /// How to capture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptureOptions {
+    /// What the file holds.
+    pub format: Format,
     /// An image of one instant with a short pause: pre-copy passes while the guest runs, the
     /// last pages while it is paused (with `update`: starting from the existing file).
     pub consistent: bool,
@@ -49,6 +84,7 @@ pub struct CaptureOptions {
 impl Default for CaptureOptions {
     fn default() -> Self {
         Self {
+            format: Format::Raw,
             consistent: false,
             pause: false,
             update: false,
@@ -157,7 +193,8 @@ pub fn to_file(
     }
     let pausing = options.pause && running;
     let paused = pausing.then(|| Pause::start(vm)).transpose()?;
-    let written = whole(bridge, info, path, options, progress);
+    let written = prefix(vm, bridge, info, options.format)
+        .and_then(|prefix| whole(bridge, info, path, &prefix, options, progress));
     let paused_for = paused.map(Pause::end).transpose()?;
     let (digest, recorded) = written?;
     // of a guest that ran during the copy: what it wrote meanwhile, recorded with the copy
@@ -186,6 +223,29 @@ pub fn to_file(
     })
 }
 
+/// What the file holds before the RAM: nothing for a raw image; for an ELF core its header,
+/// with the vCPUs' registers as they are now and the guest kernel's vmcoreinfo.
+fn prefix(
+    vm: &Vm,
+    bridge: &SharedMemoryBridge,
+    info: &VmInfo,
+    format: Format,
+) -> Result<Vec<u8>, CaptureError> {
+    if format == Format::Raw {
+        return Ok(Vec::new());
+    }
+    let notes = crate::vm::vcpu_notes_now(info, |ask| vm.with_qmp(ask));
+    let vmcoreinfo =
+        crate::guest::vmcoreinfo::find(bridge.mapping()).map_err(|source| ram_error(info, source))?;
+    Ok(crate::ram::dump::elf_header_over_ram(
+        bridge.layout(),
+        info.arch.elf_machine(),
+        &notes,
+        vmcoreinfo.as_ref().map(|info| info.text.as_str()),
+        crate::ram::incremental::LEAF,
+    ))
+}
+
 fn ram_error(info: &VmInfo, source: BridgeError) -> CaptureError {
     CaptureError::Ram { vm: info.name.to_string(), source }
 }
@@ -206,6 +266,7 @@ fn whole(
     bridge: &SharedMemoryBridge,
     info: &VmInfo,
     path: &Path,
+    prefix: &[u8],
     options: &CaptureOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(String, Recorded), CaptureError> {
@@ -214,7 +275,7 @@ fn whole(
     remove_record(path)?;
     let algorithm = (options.hash != HashAlgorithm::Blake3).then_some(options.hash);
     write_atomically(path, |file| {
-        let written = write_full(bridge.mapping(), file, algorithm, progress);
+        let written = write_full(bridge.mapping(), file, prefix, algorithm, progress);
         match written {
             Ok(done) => {
                 outcome = Some(Ok(done));
@@ -293,24 +354,25 @@ fn consistent(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Capture, CaptureError> {
     let soft_dirty = soft_dirty_unless(options.fingerprints, info, bridge);
-    let pass = |then: &mut dyn FnMut()| {
-        update_file_then(bridge.mapping(), origin, path, soft_dirty.as_deref(), then)
+    let pass = |prefix: &[u8], then: &mut dyn FnMut()| {
+        update_file_then(bridge.mapping(), origin, path, soft_dirty.as_deref(), prefix, then)
     };
+    let running_prefix = prefix(vm, bridge, info, options.format)?;
     let mut passes = Vec::new();
     let mut first_update = None;
     if options.update {
-        let first = pass(&mut || {})?;
+        let first = pass(&running_prefix, &mut || {})?;
         passes.push(first.pages_written);
         first_update = Some(first);
     } else {
-        let (_, recorded) = whole(bridge, info, path, options, progress)?;
+        let (_, recorded) = whole(bridge, info, path, &running_prefix, options, progress)?;
         record_copy(path, origin, recorded, Vec::new())?;
         passes.push(bridge.mapping().pages() as u64);
     }
     let bound = if options.attempts == 0 { MAX_RUNNING_PASSES } else { options.attempts.min(64) };
     // while the guest runs: again, while what a pass writes shrinks
     while (passes.len() as u32) <= bound {
-        let written = pass(&mut || {})?.pages_written;
+        let written = pass(&running_prefix, &mut || {})?.pages_written;
         let shrinking = written < passes[passes.len() - 1];
         passes.push(written);
         if !shrinking || written <= FEW_PAGES {
@@ -319,10 +381,12 @@ fn consistent(
     }
     // the last pages, paused; resumed as soon as they are written (before the sync)
     let paused = Pause::start(vm)?;
+    // the registers of the instant (read while paused) in the header
+    let paused_prefix = prefix(vm, bridge, info, options.format)?;
     let mut paused = Some(paused);
     let mut paused_for = None;
     let mut resume_error = None;
-    let last = pass(&mut || {
+    let last = pass(&paused_prefix, &mut || {
         if let Some(paused) = paused.take() {
             match paused.end() {
                 Ok(duration) => paused_for = Some(duration),
@@ -389,7 +453,10 @@ fn update(
     let pausing = options.pause && running;
     let paused = pausing.then(|| Pause::start(vm)).transpose()?;
     let soft_dirty = soft_dirty_unless(options.fingerprints, info, bridge);
-    let updated = update_file(bridge.mapping(), origin, path, soft_dirty.as_deref());
+    let updated = prefix(vm, bridge, info, options.format).and_then(|prefix| {
+        update_file_then(bridge.mapping(), origin, path, soft_dirty.as_deref(), &prefix, || {})
+            .map_err(CaptureError::from)
+    });
     let paused_for = paused.map(Pause::end).transpose()?;
     let updated = updated?;
     let verdict = match (pausing, running) {

@@ -354,6 +354,11 @@ pub struct SnapshotArgs {
     /// Output file (written to a temporary name, then renamed: never left half-written)
     #[arg(short, long)]
     pub output: PathBuf,
+    /// What the file holds: raw (the RAM in RAM-file order, as the RAM file holds it) or elf (an
+    /// ELF core as QEMU's dump-guest-memory writes one, with the vCPUs' registers and the guest
+    /// kernel's VMCOREINFO: crash, drgn, Volatility and makedumpfile read it)
+    #[arg(long, value_name = "FORMAT", default_value = "raw")]
+    pub format: qemu_bridge::capture::Format,
     /// An image of one instant with a pause of milliseconds: copy while the guest runs, copy
     /// again what it wrote, until that stops shrinking; then pause, copy the last pages, resume
     #[arg(long, conflicts_with = "pause")]
@@ -1132,6 +1137,7 @@ fn snapshot_verb(args: SnapshotArgs) -> CliResult {
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
     let (bridge, info) = vm.open_bridge()?;
     let options = CaptureOptions {
+        format: args.format,
         consistent: args.consistent,
         pause: args.pause,
         update: args.update,
@@ -1194,6 +1200,7 @@ fn snapshot_verb(args: SnapshotArgs) -> CliResult {
             "algorithm": summary.algorithm.to_string(),
             "digest": summary.digest,
             "verdict": summary.verdict.to_string(),
+            "format": args.format.to_string(),
             "size": summary.size,
             "passes": captured.passes,
             "paused_ms": captured.paused_for.map(|paused| paused.as_secs_f64() * 1e3),

@@ -1324,3 +1324,109 @@ fn test_hostile_kernel_structures_are_error_lines() {
     let after = common::anon_rss_kib(mount.pid);
     assert!(after < before + 16 * 1024, "the daemon grew from {before} KiB to {after} KiB");
 }
+
+/// `snapshot --format elf`, consistent, of the running Linux guest: an ELF core that crash (with
+/// the debug `vmlinux`), drgn (with no symbol file) and Volatility (with the table made from the
+/// guest's memory) read; makedumpfile turns it into a kdump-compressed file that crash opens and
+/// whose log is the guest's; an `--update` of it after the guest ran is incremental and still
+/// read; a format it does not know is refused, the guest running on.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_elf_captures_are_read_by_crash_drgn_volatility_and_makedumpfile() {
+    require_qemu();
+    common::require_fuse();
+    for program in ["crash", "drgn", "vol", "makedumpfile", "apt-get"] {
+        common::require_program(program);
+    }
+    let run_dir = TestRunDir::new();
+    let linux = boot_linux(&run_dir);
+    let name = linux.launched.name().to_string();
+    let oracle = guest_oracle(&linux);
+    let dir = tempfile::tempdir().unwrap();
+    let elf = dir.path().join("guest.elf");
+    let snapshot = |extra: &[&str]| {
+        let mut args = vec!["snapshot", &name, "-o", elf.to_str().unwrap(), "--format", "elf", "--json"];
+        args.extend_from_slice(extra);
+        let output = common::qemu_bridge(&run_dir, &args);
+        assert!(output.status.success(), "{}", common::stderr(&output));
+        serde_json::from_str::<serde_json::Value>(&common::stdout(&output)).unwrap()
+    };
+    let report = snapshot(&["--consistent"]);
+    assert_eq!(report["verdict"], "consistent", "{report}");
+    assert_eq!(report["format"], "elf", "{report}");
+    let status = common::stdout(&common::qemu_bridge(&run_dir, &["status", &name]));
+    assert_eq!(status.trim(), "running");
+
+    // drgn with no symbol file: a kernel core (its VMCOREINFO note), the banner at its address
+    let output = Command::new("drgn")
+        .arg("-c")
+        .arg(&elf)
+        .args(["--no-default-symbols", "-q", "-e", DRGN_BANNER])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "drgn: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let line = stdout.lines().find_map(|line| line.strip_prefix("BANNER ")).expect("drgn printed the banner");
+    let hex = line.split_once(' ').unwrap().1;
+    let banner: Vec<u8> =
+        (0..hex.len()).step_by(2).map(|at| u8::from_str_radix(&hex[at..at + 2], 16).unwrap()).collect();
+    assert!(
+        banner.starts_with(oracle.version.as_bytes().get(..20).unwrap()),
+        "{}",
+        String::from_utf8_lossy(&banner)
+    );
+
+    // crash with the debug vmlinux
+    let release = oracle.version.split_whitespace().nth(2).unwrap().to_string();
+    let vmlinux = debug_vmlinux(&release);
+    let commands = run_dir.path().join("crash.cmds");
+    std::fs::write(&commands, "sys\nq\n").unwrap();
+    let sys = crash_sys(&vmlinux, &elf, &commands);
+    assert!(sys.lines().any(|line| line.trim() == format!("RELEASE: {release}")), "{sys}");
+
+    // Volatility with the table the mount makes from the guest's memory
+    let mount = TestMount::new(&run_dir, &[]);
+    let symbols = mount.path(&format!("{name}/linux/volatility"));
+    let cache = tempfile::tempdir().unwrap();
+    let rows = volatility_rows(&elf, &symbols, cache.path(), "linux.pslist.PsList");
+    let listed: Vec<i32> = rows.iter().map(|row| row["PID"].parse().unwrap()).collect();
+    assert!(listed.contains(&1) && listed.contains(&oracle.sleeper), "{listed:?}");
+
+    // makedumpfile: a kdump-compressed file, which crash opens and whose log is the guest's
+    let kdump = dir.path().join("guest.kdump");
+    let output =
+        Command::new("makedumpfile").args(["-c", "-d", "31"]).arg(&elf).arg(&kdump).output().unwrap();
+    assert!(output.status.success(), "makedumpfile: {}", common::stderr(&output));
+    let log = dir.path().join("guest.log");
+    let output = Command::new("makedumpfile").arg("--dump-dmesg").arg(&kdump).arg(&log).output().unwrap();
+    assert!(output.status.success(), "makedumpfile --dump-dmesg: {}", common::stderr(&output));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("qemu-bridge-test: a line of the guest's own"), "{log}");
+    let sys = crash_sys(&vmlinux, &kdump, &commands);
+    assert!(sys.lines().any(|line| line.trim() == format!("RELEASE: {release}")), "{sys}");
+
+    // the guest runs on; an update of the core is incremental and still a core drgn reads
+    std::thread::sleep(Duration::from_millis(300));
+    let report = snapshot(&["--update", "--pause"]);
+    assert!(report["update"]["full"].is_null(), "{report}");
+    let output = Command::new("drgn")
+        .arg("-c")
+        .arg(&elf)
+        .args(["--no-default-symbols", "-q", "-e", DRGN_BANNER])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "drgn after the update: {}", String::from_utf8_lossy(&output.stderr));
+    // a raw update of the ELF file is another format: written whole, and said so
+    let output = common::qemu_bridge(&run_dir, &["snapshot", &name, "-o", elf.to_str().unwrap(), "--update"]);
+    assert!(common::stderr(&output).contains("another format"), "{}", common::stderr(&output));
+
+    let output =
+        common::qemu_bridge(&run_dir, &["snapshot", &name, "-o", elf.to_str().unwrap(), "--format", "png"]);
+    assert!(
+        !output.status.success() && common::stderr(&output).contains("unknown format"),
+        "{}",
+        common::stderr(&output)
+    );
+    let status = common::stdout(&common::qemu_bridge(&run_dir, &["status", &name]));
+    assert_eq!(status.trim(), "running");
+}

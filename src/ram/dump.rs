@@ -107,6 +107,86 @@ pub fn elf_note(name: &str, kind: u32, desc: &[u8]) -> Vec<u8> {
     note
 }
 
+/// The ELF header, program headers and notes of a core of a guest with `layout` (see
+/// [`Core::new`]), padded to a multiple of `align`; `place(header length, region)` says at which
+/// file offset each RAM range's bytes are.
+fn elf_header(
+    layout: &GuestLayout,
+    machine: u16,
+    notes: &[u8],
+    vmcoreinfo: Option<&str>,
+    align: u64,
+    mut place: impl FnMut(u64, &super::layout::Region) -> u64,
+) -> Vec<u8> {
+    let regions = layout.regions();
+    let vmcoreinfo = vmcoreinfo
+        .filter(|text| text.len() <= VMCOREINFO_TEXT_MAX)
+        .map_or_else(Vec::new, |text| elf_note("VMCOREINFO", 0, text.as_bytes()));
+    let room = ELF_HEADER + (regions.len() as u64 + 1) * PROGRAM_HEADER + notes.len() as u64;
+    let header_len = (room + VMCOREINFO_NOTE_ROOM).next_multiple_of(align);
+    let notes = [notes, vmcoreinfo.as_slice()].concat();
+    let note_headers = u64::from(!notes.is_empty());
+    let phnum = regions.len() as u64 + note_headers;
+    let notes_at = ELF_HEADER + phnum * PROGRAM_HEADER;
+    let mut header = Vec::with_capacity(header_len as usize);
+    // e_ident: ELF, 64-bit, little-endian, version 1, System V
+    header.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+    header.extend_from_slice(&[0; 8]);
+    push16(&mut header, 4); // e_type: ET_CORE
+    push16(&mut header, machine);
+    push32(&mut header, 1); // e_version
+    push64(&mut header, 0); // e_entry
+    push64(&mut header, ELF_HEADER); // e_phoff
+    push64(&mut header, 0); // e_shoff
+    push32(&mut header, 0); // e_flags
+    push16(&mut header, ELF_HEADER as u16); // e_ehsize
+    push16(&mut header, PROGRAM_HEADER as u16); // e_phentsize
+    push16(&mut header, u16::try_from(phnum).unwrap_or(u16::MAX)); // e_phnum
+    push16(&mut header, 0); // e_shentsize
+    push16(&mut header, 0); // e_shnum
+    push16(&mut header, 0); // e_shstrndx
+    if !notes.is_empty() {
+        push32(&mut header, 4); // p_type: PT_NOTE
+        push32(&mut header, 0); // p_flags
+        push64(&mut header, notes_at); // p_offset
+        push64(&mut header, 0); // p_vaddr
+        push64(&mut header, 0); // p_paddr
+        push64(&mut header, notes.len() as u64); // p_filesz
+        push64(&mut header, notes.len() as u64); // p_memsz
+        push64(&mut header, 0); // p_align
+    }
+    for region in regions {
+        push32(&mut header, 1); // p_type: PT_LOAD
+        push32(&mut header, 4 | 2 | 1); // p_flags: RWX, as QEMU writes them
+        push64(&mut header, place(header_len, region)); // p_offset
+        push64(&mut header, 0); // p_vaddr: no paging information
+        push64(&mut header, region.gpa); // p_paddr
+        push64(&mut header, region.len); // p_filesz
+        push64(&mut header, region.len); // p_memsz
+        push64(&mut header, 0); // p_align
+    }
+    header.extend_from_slice(&notes);
+    header.resize(header_len as usize, 0);
+    header
+}
+
+/// The header of an ELF core laid over a copy of the RAM file: `header.len()` bytes (a multiple
+/// of `align`) of ELF header, program headers and notes, then the RAM file whole, each
+/// `PT_LOAD` pointing at its range's bytes in it (`p_offset` = header length + RAM-file offset).
+/// Readers follow `p_offset`, so the file is a core like [`Core`]'s; and since its RAM part is
+/// the RAM file byte for byte, a raw capture (and an update of one) serves it unchanged.
+pub fn elf_header_over_ram(
+    layout: &GuestLayout,
+    machine: u16,
+    notes: &[u8],
+    vmcoreinfo: Option<&str>,
+    align: u64,
+) -> Vec<u8> {
+    elf_header(layout, machine, notes, vmcoreinfo, align.max(PAGE), |header_len, region| {
+        header_len + region.offset
+    })
+}
+
 /// A live ELF64 core file of the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Core {
@@ -123,60 +203,16 @@ impl Core {
     /// `vmcoreinfo` (see `guest::vmcoreinfo`) in a `PT_NOTE` when there are any. The size of the
     /// core depends on the layout and `notes` alone: room for the vmcoreinfo is kept either way.
     pub fn new(layout: &GuestLayout, machine: u16, notes: &[u8], vmcoreinfo: Option<&str>) -> Self {
-        let regions = layout.regions();
-        let vmcoreinfo = vmcoreinfo
-            .filter(|text| text.len() <= VMCOREINFO_TEXT_MAX)
-            .map_or_else(Vec::new, |text| elf_note("VMCOREINFO", 0, text.as_bytes()));
-        let room = ELF_HEADER + (regions.len() as u64 + 1) * PROGRAM_HEADER + notes.len() as u64;
-        let header_len = (room + VMCOREINFO_NOTE_ROOM).next_multiple_of(PAGE);
-        let notes = [notes, vmcoreinfo.as_slice()].concat();
-        let note_headers = u64::from(!notes.is_empty());
-        let phnum = regions.len() as u64 + note_headers;
-        let notes_at = ELF_HEADER + phnum * PROGRAM_HEADER;
-        let mut header = Vec::with_capacity(header_len as usize);
-        // e_ident: ELF, 64-bit, little-endian, version 1, System V
-        header.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
-        header.extend_from_slice(&[0; 8]);
-        push16(&mut header, 4); // e_type: ET_CORE
-        push16(&mut header, machine);
-        push32(&mut header, 1); // e_version
-        push64(&mut header, 0); // e_entry
-        push64(&mut header, ELF_HEADER); // e_phoff
-        push64(&mut header, 0); // e_shoff
-        push32(&mut header, 0); // e_flags
-        push16(&mut header, ELF_HEADER as u16); // e_ehsize
-        push16(&mut header, PROGRAM_HEADER as u16); // e_phentsize
-        push16(&mut header, u16::try_from(phnum).unwrap_or(u16::MAX)); // e_phnum
-        push16(&mut header, 0); // e_shentsize
-        push16(&mut header, 0); // e_shnum
-        push16(&mut header, 0); // e_shstrndx
-        if !notes.is_empty() {
-            push32(&mut header, 4); // p_type: PT_NOTE
-            push32(&mut header, 0); // p_flags
-            push64(&mut header, notes_at); // p_offset
-            push64(&mut header, 0); // p_vaddr
-            push64(&mut header, 0); // p_paddr
-            push64(&mut header, notes.len() as u64); // p_filesz
-            push64(&mut header, notes.len() as u64); // p_memsz
-            push64(&mut header, 0); // p_align
-        }
-        let mut loads = Vec::with_capacity(regions.len());
-        let mut data_at = header_len;
-        for region in regions {
-            push32(&mut header, 1); // p_type: PT_LOAD
-            push32(&mut header, 4 | 2 | 1); // p_flags: RWX, as QEMU writes them
-            push64(&mut header, data_at); // p_offset
-            push64(&mut header, 0); // p_vaddr: no paging information
-            push64(&mut header, region.gpa); // p_paddr
-            push64(&mut header, region.len); // p_filesz
-            push64(&mut header, region.len); // p_memsz
-            push64(&mut header, 0); // p_align
-            loads.push((data_at, region.offset, region.len));
-            data_at = (data_at + region.len).next_multiple_of(PAGE);
-        }
-        header.extend_from_slice(&notes);
-        header.resize(header_len as usize, 0);
-        let size = loads.last().map_or(header_len, |(at, _, len)| at + len);
+        let mut loads = Vec::with_capacity(layout.regions().len());
+        let header = elf_header(layout, machine, notes, vmcoreinfo, PAGE, |header_len, region| {
+            // each range page-aligned after the one before
+            let at = loads
+                .last()
+                .map_or(header_len, |&(at, _, len): &(u64, u64, u64)| (at + len).next_multiple_of(PAGE));
+            loads.push((at, region.offset, region.len));
+            at
+        });
+        let size = loads.last().map_or(header.len() as u64, |(at, _, len)| at + len);
         Self { header, loads, size }
     }
 

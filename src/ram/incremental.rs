@@ -26,7 +26,7 @@ use super::soft_dirty::SoftDirty;
 use super::{BridgeError, PAGE_SIZE};
 
 /// Bytes per leaf of the digest tree kept in the side record (32 bytes of record per MiB).
-const LEAF: u64 = 1 << 20;
+pub const LEAF: u64 = 1 << 20;
 /// First bytes of a side record, with its version.
 const MAGIC: &[u8; 8] = b"QBSNAP1\n";
 /// A side record header larger than this is not ours.
@@ -106,6 +106,10 @@ struct Header {
     /// empty when the copy was of one instant or updated since.
     #[serde(default)]
     smear: Vec<[u64; 2]>,
+    /// Bytes before the RAM in the file (an ELF core's header: a multiple of 1 MiB); 0 for a
+    /// raw image.
+    #[serde(default)]
+    base: u64,
 }
 
 /// A snapshot file's side record: where it came from, its pages' fingerprints, its digest tree.
@@ -196,7 +200,8 @@ impl Record {
         let pages = usize::try_from(header.pages).ok()?;
         let leaves = usize::try_from(header.leaves).ok()?;
         if header.pages != header.origin.ram_size.div_ceil(PAGE_SIZE as u64)
-            || header.leaves != header.origin.ram_size.div_ceil(LEAF)
+            || header.base % LEAF != 0
+            || header.leaves != header.origin.ram_size.checked_add(header.base)?.div_ceil(LEAF)
             || body.len() != pages.checked_mul(8)?.checked_add(leaves.checked_mul(32)?)?
         {
             return None;
@@ -310,7 +315,7 @@ pub struct Updated {
 }
 
 /// Why the record of `path` cannot serve an update from `origin`, or the record.
-fn usable_record(path: &Path, file: Option<&File>, origin: &Origin) -> Result<Record, String> {
+fn usable_record(path: &Path, file: Option<&File>, origin: &Origin, base: u64) -> Result<Record, String> {
     let record_file = record_path(path);
     let Some(file) = file else { return Err(format!("{} does not exist", path.display())) };
     let bytes = std::fs::read(&record_file)
@@ -326,6 +331,13 @@ fn usable_record(path: &Path, file: Option<&File>, origin: &Origin) -> Result<Re
             record.header.origin.ram_size
         ));
     }
+    if record.header.base != base {
+        return Err(format!(
+            "{} is of another format (its RAM starts at {})",
+            path.display(),
+            record.header.base
+        ));
+    }
     let (len, dev, ino, mtime) =
         file_identity(file).map_err(|err| format!("cannot stat {}: {err}", path.display()))?;
     let header = &record.header;
@@ -335,16 +347,17 @@ fn usable_record(path: &Path, file: Option<&File>, origin: &Origin) -> Result<Re
     Ok(record)
 }
 
-/// Writes the record of `file` (at `path`) atomically.
+/// Writes the record of `file` (at `path`) atomically: `recorded`, the soft-dirty generation
+/// its pages were looked at in, and the smear of its copy.
 fn write_record(
     path: &Path,
     file: &File,
     origin: &Origin,
-    prints: Vec<u64>,
-    tree: Vec<ChainingValue>,
+    recorded: Recorded,
     soft_dirty_generation: Option<u64>,
     smear: Vec<[u64; 2]>,
 ) -> Result<(), IncrementalError> {
+    let Recorded { prints, tree, base } = recorded;
     let (file_len, file_dev, file_ino, file_mtime_ns) =
         file_identity(file).map_err(file_error("stat", path))?;
     let header = Header {
@@ -357,6 +370,7 @@ fn write_record(
         leaves: tree.len() as u64,
         soft_dirty_generation,
         smear,
+        base,
     };
     let record = Record { header, prints, tree };
     let target = record_path(path);
@@ -386,12 +400,14 @@ pub fn update_file(
     path: &Path,
     soft_dirty: Option<&SoftDirty>,
 ) -> Result<Updated, IncrementalError> {
-    update_file_then(ram, origin, path, soft_dirty, || {})
+    update_file_then(ram, origin, path, soft_dirty, &[], || {})
 }
 
-/// [`update_file`], calling `pages_done` once every page is looked at and written, before the
-/// file is synced and its digest and record are made: a caller that paused the VM for the
-/// update resumes it there, so that the guest stops only for the pages.
+/// [`update_file`] of a file that holds `prefix` before the RAM (an ELF core's header; its
+/// length a multiple of 1 MiB, rewritten at every update), calling `pages_done` once every page
+/// is looked at and written, before the file is synced and its digest and record are made: a
+/// caller that paused the VM for the update resumes it there, so that the guest stops only for
+/// the pages.
 ///
 /// # Errors
 ///
@@ -401,10 +417,18 @@ pub fn update_file_then(
     origin: &Origin,
     path: &Path,
     soft_dirty: Option<&SoftDirty>,
+    prefix: &[u8],
     pages_done: impl FnOnce(),
 ) -> Result<Updated, IncrementalError> {
+    let base = prefix.len() as u64;
+    if base % LEAF != 0 {
+        return Err(file_error("write", path)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a prefix that is not whole MiBs",
+        )));
+    }
     let existing = std::fs::OpenOptions::new().read(true).write(true).open(path).ok();
-    let record = usable_record(path, existing.as_ref(), origin);
+    let record = usable_record(path, existing.as_ref(), origin, base);
     // from here on, the file no longer matches a record until the new one is written
     match std::fs::remove_file(record_path(path)) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
@@ -412,7 +436,7 @@ pub fn update_file_then(
         }
         _ => {}
     }
-    let total = ram.len() as u64;
+    let total = base + ram.len() as u64;
     let mut temporary = None;
     let known = record.as_ref().ok().and_then(|record| record.header.soft_dirty_generation);
     let (selection, generation) = select_pages(soft_dirty, known);
@@ -437,7 +461,7 @@ pub fn update_file_then(
                 .map_err(file_error("create", &partial))?;
             let partial = temporary.insert(Partial(partial));
             // copied in large writes, its record made from the very bytes written
-            let (recorded, _) = write_full(ram, &file, None, &|_| {}).map_err(|err| match err {
+            let (recorded, _) = write_full(ram, &file, prefix, None, &|_| {}).map_err(|err| match err {
                 FullWriteError::Ram(err) => IncrementalError::Ram(err),
                 FullWriteError::Write(err) => file_error("write", &partial.0)(err),
             })?;
@@ -446,13 +470,17 @@ pub fn update_file_then(
             let digest = recorded.digest(total);
             std::fs::rename(&partial.0, path).map_err(file_error("rename into place", path))?;
             std::mem::forget(temporary.take());
-            write_record(path, &file, origin, recorded.prints, recorded.tree, generation, Vec::new())?;
+            write_record(path, &file, origin, recorded, generation, Vec::new())?;
             let pages = ram.pages() as u64;
             return Ok(Updated { full: Some(reason), pages_written: pages, pages_looked: pages, digest });
         }
         (None, Ok(_)) => unreachable!("a record is usable only with its file"),
     };
-    let mut dirty_leaves = Vec::new();
+    // the prefix (an ELF header: registers and notes of now) is written again every time
+    let mut dirty_leaves: Vec<u64> = (0..base / LEAF).collect();
+    if !prefix.is_empty() {
+        file.write_all_at(prefix, 0).map_err(file_error("write", path))?;
+    }
     let mut pages_written = 0u64;
     let mut failure = None;
     let pages_looked = for_each_selected(ram, &selection, |page, bytes| {
@@ -463,7 +491,7 @@ pub fn update_file_then(
         if prints[page] == print {
             return;
         }
-        let offset = (page * PAGE_SIZE) as u64;
+        let offset = base + (page * PAGE_SIZE) as u64;
         let written = match bytes {
             Some(bytes) if bytes.iter().any(|&byte| byte != 0) => file.write_all_at(bytes, offset),
             // zeros stay (or become) a hole of the file
@@ -494,7 +522,7 @@ pub fn update_file_then(
     }
     file.sync_all().map_err(file_error("sync", path))?;
     let digest = digest(&file, total, &mut tree, &dirty_leaves).map_err(file_error("read back", path))?;
-    write_record(path, &file, origin, prints, tree, generation, Vec::new())?;
+    write_record(path, &file, origin, Recorded { prints, tree, base }, generation, Vec::new())?;
     Ok(Updated { full: None, pages_written, pages_looked, digest })
 }
 
@@ -507,7 +535,8 @@ pub enum FullWriteError {
     Write(std::io::Error),
 }
 
-/// Writes all of `ram` into `file` from its start (sparse: zero pages stay holes), in large
+/// Writes `prefix` (whole MiBs) and then all of `ram` into `file` from its start (sparse: zero
+/// pages stay holes), in large
 /// pipelined writes ([`write_hashed_tapped`](super::snapshot::write_hashed_tapped)), and
 /// returns the record of exactly the bytes written: each page's fingerprint and each MiB's
 /// BLAKE3 chaining value, made on the hashing thread as the copy goes (no read back), and the
@@ -520,12 +549,13 @@ pub enum FullWriteError {
 pub fn write_full(
     ram: &GuestRam,
     file: &File,
+    prefix: &[u8],
     algorithm: Option<super::HashAlgorithm>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(Recorded, Option<String>), FullWriteError> {
-    let mut recorder = Recorder::new(ram.len() as u64);
+    let mut recorder = Recorder::new(prefix.len() as u64, ram.len() as u64);
     let digest =
-        super::snapshot::write_hashed_tapped(ram, file, algorithm, progress, &mut |offset, bytes| {
+        super::snapshot::write_hashed_tapped(ram, file, prefix, algorithm, progress, &mut |offset, bytes| {
             recorder.add(offset, bytes)
         })
         .map_err(|err| match err {
@@ -538,6 +568,8 @@ pub fn write_full(
 /// The record of a copy made as it is written: page fingerprints, and the chaining value of
 /// each MiB leaf (of the root hash, for a copy of one leaf or less).
 struct Recorder {
+    /// Bytes before the RAM: in the digest tree, not fingerprinted.
+    base: u64,
     total: u64,
     prints: Vec<u64>,
     tree: Vec<ChainingValue>,
@@ -549,10 +581,12 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn new(total: u64) -> Self {
+    fn new(base: u64, ram: u64) -> Self {
+        let total = base + ram;
         Self {
+            base,
             total,
-            prints: Vec::with_capacity(total.div_ceil(PAGE_SIZE as u64) as usize),
+            prints: Vec::with_capacity(ram.div_ceil(PAGE_SIZE as u64) as usize),
             tree: Vec::with_capacity(total.div_ceil(LEAF) as usize),
             leaf: blake3::Hasher::new(),
             in_leaf: 0,
@@ -563,8 +597,9 @@ impl Recorder {
     /// The next `bytes` of the copy (chunks come in order, from offset 0).
     fn add(&mut self, offset: u64, mut bytes: &[u8]) {
         debug_assert_eq!(offset, self.tree.len() as u64 * LEAF + self.in_leaf);
-        // fingerprints, page by page (a chunk need not end on a page)
-        let mut rest = bytes;
+        // fingerprints of the RAM, page by page (a chunk need not end on a page)
+        let skip = self.base.saturating_sub(offset).min(bytes.len() as u64) as usize;
+        let mut rest = &bytes[skip..];
         if !self.page.is_empty() {
             let take = (PAGE_SIZE - self.page.len()).min(rest.len());
             self.page.extend_from_slice(&rest[..take]);
@@ -607,7 +642,7 @@ impl Recorder {
         } else if self.in_leaf > 0 {
             self.close_leaf();
         }
-        Recorded { prints: self.prints, tree: self.tree }
+        Recorded { prints: self.prints, tree: self.tree, base: self.base }
     }
 }
 
@@ -616,11 +651,14 @@ impl Recorder {
 pub struct Recorded {
     prints: Vec<u64>,
     tree: Vec<ChainingValue>,
+    /// Bytes before the RAM in the file.
+    base: u64,
 }
 
 impl Recorded {
-    /// The BLAKE3 digest of the `total`-byte copy (what `b3sum` prints).
-    pub fn digest(&self, total: u64) -> String {
+    /// The BLAKE3 digest of the file of a copy of `ram` bytes (what `b3sum` prints).
+    pub fn digest(&self, ram: u64) -> String {
+        let total = self.base + ram;
         match self.tree.as_slice() {
             [] => blake3::hash(&[]).to_hex().to_string(),
             [root] if total <= LEAF => blake3::Hash::from_bytes(*root).to_hex().to_string(),
@@ -659,7 +697,7 @@ pub fn record_copy(
     smear: Vec<[u64; 2]>,
 ) -> Result<(), IncrementalError> {
     let file = File::open(path).map_err(file_error("open", path))?;
-    write_record(path, &file, origin, recorded.prints, recorded.tree, None, smear)
+    write_record(path, &file, origin, recorded, None, smear)
 }
 
 /// A file being written whole, removed unless it was renamed into place.
@@ -772,7 +810,7 @@ mod tests {
         for total in [1usize, 4095, 4096, 5000, LEAF as usize, LEAF as usize + 1, 3 * LEAF as usize + 12345] {
             let bytes: Vec<u8> = (0..total).map(|i| (i * 7 + i / 4096) as u8).collect();
             for chunk in [1000, 4096, 512 << 10, 1 << 20] {
-                let mut recorder = Recorder::new(total as u64);
+                let mut recorder = Recorder::new(0, total as u64);
                 for (index, part) in bytes.chunks(chunk).enumerate() {
                     recorder.add((index * chunk) as u64, part);
                 }
@@ -885,6 +923,7 @@ mod tests {
             leaves: 2,
             soft_dirty_generation: Some(7),
             smear: vec![[0x1000, 0x3000]],
+            base: 0,
         };
         let record = Record { header, prints: (0..257).collect(), tree: vec![[1; 32], [2; 32]] };
         let bytes = record.to_bytes();

@@ -246,13 +246,14 @@ pub fn write_hashed(
     algorithm: HashAlgorithm,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<String, BridgeError> {
-    write_hashed_tapped(mapping, file, Some(algorithm), progress, &mut |_, _| {})
+    write_hashed_tapped(mapping, file, &[], Some(algorithm), progress, &mut |_, _| {})
         .map(|digest| digest.unwrap_or_default())
 }
 
-/// [`write_hashed`], with `tap(offset, bytes)` shown every chunk copied, in order, on the
-/// hashing thread (what the copy of the file holds at `offset`: a record of it can be made from
-/// exactly those bytes). With no `algorithm`, no digest is computed.
+/// [`write_hashed`], with `prefix` written (and hashed) before the RAM, which follows it in the
+/// file, and `tap(offset in the file, bytes)` shown the prefix and then every chunk copied, in
+/// order, on the hashing thread (what the file holds at that offset: a record of it can be
+/// made from exactly those bytes). With no `algorithm`, no digest is computed.
 ///
 /// # Errors
 ///
@@ -260,6 +261,7 @@ pub fn write_hashed(
 pub fn write_hashed_tapped(
     mapping: &GuestRam,
     file: &std::fs::File,
+    prefix: &[u8],
     algorithm: Option<HashAlgorithm>,
     progress: &(dyn Fn(u64) + Sync),
     tap: &mut (dyn FnMut(u64, &[u8]) + Send),
@@ -293,7 +295,11 @@ pub fn write_hashed_tapped(
         let hasher_give_back = give_back.clone();
         let hasher = scope.spawn(move || {
             let mut hasher = algorithm.map(HashAlgorithm::hasher);
-            let mut offset = 0u64;
+            if let Some(hasher) = hasher.as_mut() {
+                hasher.update(prefix);
+            }
+            tap(0, prefix);
+            let mut offset = prefix.len() as u64;
             for chunk in to_hash {
                 if let Some(hasher) = hasher.as_mut() {
                     hasher.update(&chunk);
@@ -306,6 +312,7 @@ pub fn write_hashed_tapped(
         });
         let mut output = super::sparse::SparseWriter::at(file, 0);
         let written = (|| {
+            output.write(prefix)?;
             for chunk in to_write.iter() {
                 output.write(&chunk)?;
                 progress(output.position());
