@@ -52,7 +52,14 @@ class Vm:
     def registers(self, cpu: int = 0) -> builtins_list[tuple[str, int]]: ...
     def changes(self, interval: float = 1.0) -> Changes: ...
     def snapshot(
-        self, path: _Path, *, update: bool = False, consistent: bool = False, pause: bool = False, hash: str = "blake3"
+        self,
+        path: _Path,
+        *,
+        update: bool = False,
+        consistent: bool = False,
+        pause: bool = False,
+        format: str = "raw",
+        hash: str = "blake3",
     ) -> dict[str, Any]: ...
 
 @final

@@ -279,13 +279,16 @@ impl Vm {
         Ok(Changes { changes: Mutex::new(changes) })
     }
 
-    /// Writes the guest's RAM to the file `path` (RAM in file order, holes sparse) and returns
-    /// what `qemu-bridge snapshot` prints, as a dict: `algorithm`, `digest`, `verdict`,
-    /// `attempts`, `torn_pages`, `size`, and for an update `update` (`full`: why it was written
+    /// Writes the guest's RAM to the file `path` (`format` `raw`: RAM in file order, holes
+    /// sparse; `elf`: an ELF core crash, drgn and Volatility read) and returns what `qemu-bridge
+    /// snapshot --json` reports, as a dict: `algorithm`, `digest`, `verdict`, `attempts`,
+    /// `torn_pages`, `size`, `passes`, `paused_ms`, `smear` (the guest-physical ranges a running
+    /// guest wrote during a plain copy), and for an update `update` (`full`: why it was written
     /// whole, or `None`; `pages_written`, `pages_looked`, `pages`, `method`). `pause` pauses the
-    /// VM for the copy; `consistent` verifies the copy against live memory; `update` rewrites
-    /// only what changed since the last update of that file.
-    #[pyo3(signature = (path, *, update = false, consistent = false, pause = false, hash = "blake3"))]
+    /// VM for the copy; `consistent` makes an image of one instant with a short pause
+    /// (pre-copy); `update` rewrites only what changed since the file was written.
+    #[pyo3(signature = (path, *, update = false, consistent = false, pause = false, format = "raw", hash = "blake3"))]
+    #[allow(clippy::too_many_arguments)]
     fn snapshot(
         &self,
         py: Python<'_>,
@@ -293,6 +296,7 @@ impl Vm {
         update: bool,
         consistent: bool,
         pause: bool,
+        format: &str,
         hash: &str,
     ) -> PyResult<Py<PyDict>> {
         use qemu_bridge::capture::{self, CaptureError, CaptureOptions};
@@ -301,7 +305,8 @@ impl Vm {
                 .message("consistent and pause exclude each other: pause is already exact".into()));
         }
         let hash = hash.parse().map_err(|err: String| Error::Address.message(err))?;
-        let options = CaptureOptions { update, consistent, pause, hash, ..CaptureOptions::default() };
+        let format = format.parse().map_err(|err: String| Error::Address.message(err))?;
+        let options = CaptureOptions { update, consistent, pause, format, hash, ..CaptureOptions::default() };
         let captured =
             py.detach(|| capture::to_file(&self.vm, &self.ram, &self.info, &path, &options, &|_| {}));
         let captured = captured.map_err(|err| match err {
@@ -317,6 +322,11 @@ impl Vm {
         report.set_item("attempts", summary.attempts)?;
         report.set_item("torn_pages", summary.torn_pages)?;
         report.set_item("size", summary.size)?;
+        report.set_item("passes", &captured.passes)?;
+        report.set_item("paused_ms", captured.paused_for.map(|paused| paused.as_secs_f64() * 1e3))?;
+        let smear: Option<Vec<(u64, u64)>> =
+            captured.smear.as_ref().map(|smear| smear.ranges.iter().map(|range| (range.start, range.end)).collect());
+        report.set_item("smear", smear)?;
         match &captured.update {
             Some(update) => {
                 let row = PyDict::new(py);

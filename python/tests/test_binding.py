@@ -269,7 +269,20 @@ def test_snapshots_equal_the_ram_and_update_in_place(run_dir, tmp_path):
         vm.snapshot(tmp_path / "both", consistent=True, pause=True)
     with pytest.raises(ValueError):
         vm.snapshot(tmp_path / "md5", hash="md5")
+    with pytest.raises(ValueError):
+        vm.snapshot(tmp_path / "png", format="png")
+    # an ELF core: its header in the first MiB, then the RAM file byte for byte
+    vm.resume()
+    report = vm.snapshot(tmp_path / "core", format="elf", consistent=True)
+    assert report["verdict"] == "consistent" and len(report["passes"]) >= 3 and report["paused_ms"] > 0
+    assert vm.status() == "running"
+    vm.pause()
+    core = (tmp_path / "core").read_bytes()
+    assert core[:4] == b"\x7fELF" and core[16:18] == b"\x04\x00"  # ET_CORE
+    vm.snapshot(tmp_path / "core", format="elf", update=True)
+    assert (tmp_path / "core").read_bytes()[1 << 20 :] == open(vm.ram_path, "rb").read()
     with pytest.raises(OSError):
         vm.snapshot(tmp_path / "no-such-dir" / "file")
     assert not (tmp_path / "both").exists() and not list(tmp_path.glob(".*partial*"))
+    assert not (tmp_path / "png").exists()
     run_dir.stop(name)
