@@ -303,7 +303,7 @@ fn main() {
     // `BENCH_ONLY=peers,listing` runs those sections alone
     let only = std::env::var("BENCH_ONLY").ok();
     type Section = (&'static str, fn(&mut Bench));
-    let sections: [Section; 15] = [
+    let sections: [Section; 16] = [
         ("baselines", Bench::baselines),
         ("views_and_copies", Bench::views_and_copies),
         ("snapshots", Bench::snapshots),
@@ -315,6 +315,7 @@ fn main() {
         ("pictures", Bench::pictures),
         ("view_scaling", Bench::view_scaling),
         ("incremental", Bench::incremental),
+        ("captures", Bench::captures),
         ("soft_dirty", Bench::soft_dirty),
         ("soft_dirty_inside", Bench::soft_dirty_inside),
         ("guest_state", Bench::guest_state),
@@ -1484,6 +1485,118 @@ impl Bench {
                 1.0 / refresh.0
             ),
         });
+        drop(lab);
+    }
+
+    /// Captures of a 1 GiB guest full of data (the fingerprint way: this host has no soft-dirty
+    /// bits; `soft_dirty_inside` has the other), in process through `capture::to_file`, to
+    /// /dev/shm: the pause and the whole time of `consistent` against `pause`, idle and with
+    /// 1 MiB written every 16 ms; a plain snapshot with its side record against the pipelined
+    /// writer alone (no record); the ELF format against raw and against QEMU's
+    /// `dump-guest-memory` of the same paused guest.
+    fn captures(&mut self) {
+        use qemu_bridge::capture::{self, CaptureOptions, Format};
+        let Self { results, .. } = self;
+        const MEMORY: u64 = 1 << 30;
+        let mut lab = Lab::new();
+        let vm = lab.launch_with("capture", MEMORY);
+        let (bridge, info) = vm.open_bridge().unwrap();
+        let ram = fill_with_data(&info.ram_path, MEMORY);
+        let dir = tempfile::Builder::new().prefix("qb-bench-capture").tempdir_in("/dev/shm").unwrap();
+        // QEMU (another user) writes its dump here too
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let out = dir.path().join("capture");
+        let capture = |options: &CaptureOptions| {
+            let started = Instant::now();
+            let captured = capture::to_file(&vm, &bridge, &info, &out, options, &|_| {}).unwrap();
+            (started.elapsed().as_secs_f64(), captured.paused_for.map_or(0.0, |paused| paused.as_secs_f64()))
+        };
+        let writing = std::sync::atomic::AtomicBool::new(false);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut stamp = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if writing.load(std::sync::atomic::Ordering::Relaxed) {
+                        stamp += 1;
+                        dirty_a_mebibyte(&ram, MEMORY, stamp);
+                    }
+                    std::thread::sleep(Duration::from_millis(16));
+                }
+            });
+            for (load, writes) in [("idle", false), ("1 MiB written every 16 ms", true)] {
+                writing.store(writes, std::sync::atomic::Ordering::Relaxed);
+                let pause = CaptureOptions { pause: true, ..Default::default() };
+                let consistent = CaptureOptions { consistent: true, ..Default::default() };
+                let paused: Vec<(f64, f64)> = (0..3).map(|_| capture(&pause)).collect();
+                let pre_copy: Vec<(f64, f64)> = (0..3).map(|_| capture(&consistent)).collect();
+                let paused_whole = stats(paused.iter().map(|run| run.0).collect());
+                let consistent_pause = stats(pre_copy.iter().map(|run| run.1).collect());
+                let consistent_whole = stats(pre_copy.iter().map(|run| run.0).collect());
+                results.add(Row {
+                    name: format!("guest paused by snapshot --consistent, 1 GiB running guest, {load}"),
+                    target: "<= 1/4 of --pause's pause (fingerprints)".into(),
+                    median: consistent_pause.0,
+                    p99: consistent_pause.1,
+                    unit: "s",
+                    baseline: Some(("--pause (paused for the whole copy)".into(), paused_whole.0)),
+                    ratio: Some(paused_whole.0 / consistent_pause.0),
+                    verdict: format!(
+                        "{}: {:.1}x shorter; whole capture {:.2} s against {:.2} s",
+                        if consistent_pause.0 * 4.0 <= paused_whole.0 { "met" } else { "not met" },
+                        paused_whole.0 / consistent_pause.0,
+                        consistent_whole.0,
+                        paused_whole.0
+                    ),
+                });
+            }
+            // the writer ends before the scope does (the scope waits for it)
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        vm.with_qmp(|q| q.stop()).unwrap();
+
+        // the side record's cost: the same pipelined copy, with and without it
+        let plain = CaptureOptions::default();
+        let without = dir.path().join("without");
+        let recorded = stats((0..5).map(|_| capture(&plain).0).collect());
+        let bare = stats(time(5, || {
+            let file = std::fs::File::create(&without).unwrap();
+            black_box(
+                bridge
+                    .write_snapshot_hashed(&file, qemu_bridge::ram::HashAlgorithm::Blake3, &|_| {})
+                    .unwrap(),
+            );
+            file.sync_all().unwrap();
+        }));
+        results.add(Row {
+            name: "snapshot of 1 GiB with its side record (paused guest)".into(),
+            target: "<= 1.05x the copy without one".into(),
+            median: recorded.0,
+            p99: recorded.1,
+            unit: "s",
+            baseline: Some(("the pipelined copy alone, no record".into(), bare.0)),
+            ratio: Some(bare.0 / recorded.0),
+            verdict: format!(
+                "{}: {:.2}x the time",
+                if recorded.0 <= bare.0 * 1.05 { "met" } else { "not met" },
+                recorded.0 / bare.0
+            ),
+        });
+        let elf = CaptureOptions { format: Format::Elf, ..Default::default() };
+        let ours = stats((0..5).map(|_| capture(&elf).0).collect());
+        let dump = dir.path().join("qemu.core");
+        let qemus = stats(time(3, || common::qemu_dump(&vm, &dump)));
+        results.add(Row {
+            name: "snapshot --format elf of 1 GiB (paused guest)".into(),
+            target: "-".into(),
+            median: ours.0,
+            p99: ours.1,
+            unit: "s",
+            baseline: Some(("QEMU's dump-guest-memory".into(), qemus.0)),
+            ratio: Some(qemus.0 / ours.0),
+            verdict: format!("{:.2}x the time of --format raw ({:.2} s)", ours.0 / recorded.0, recorded.0),
+        });
+        drop(bridge);
         drop(lab);
     }
 

@@ -729,26 +729,13 @@ impl Paging {
         va: u64,
         buf: &mut [u8],
     ) -> Result<(), PagingError> {
-        if !buf.is_empty() && va.checked_add(buf.len() as u64 - 1).is_none() {
-            return Err(PagingError::Wraps { va, len: buf.len() });
-        }
-        let mut done = 0;
         // consecutive pages are mostly in one table: the walk of the next starts there
         let mut leaf = None;
-        while done < buf.len() {
-            let at = va + done as u64;
+        read_pages(memory, va, buf, |at| {
             let (page, found) = self.walk(memory, at, leaf)?;
             leaf = Some(found);
-            let left_in_page = page.page_size - (at & (page.page_size - 1));
-            let part = left_in_page.min((buf.len() - done) as u64) as usize;
-            memory.read_at(page.gpa, &mut buf[done..done + part]).map_err(|source| PagingError::Read {
-                va: at,
-                gpa: page.gpa,
-                source,
-            })?;
-            done += part;
-        }
-        Ok(())
+            Ok((page.gpa, page.page_size - (at & (page.page_size - 1))))
+        })
     }
 
     /// Every mapping of the virtual addresses in `range` (canonical addresses; the
@@ -774,6 +761,39 @@ impl Paging {
     ) -> PageRuns<'a, M> {
         PageRuns::new(*self, memory, page_runs::offset_span(self.mode, range), limits)
     }
+}
+
+/// Fills `buf` with the bytes at virtual address `va`, page by page: `translate(va)` gives the
+/// guest-physical address of a byte and how many bytes from it on are in the same page. The
+/// one loop every virtual read goes through ([`Paging::read_virtual`], the kernel reader's).
+///
+/// # Errors
+///
+/// [`PagingError::Wraps`] when the range runs past the end of the address space, what
+/// `translate` returns, [`PagingError::Read`] when a page is not RAM. On error `buf` holds the
+/// bytes of the pages read before the failure.
+pub(crate) fn read_pages<M: GuestMemory + ?Sized>(
+    memory: &M,
+    va: u64,
+    buf: &mut [u8],
+    mut translate: impl FnMut(u64) -> Result<(Gpa, u64), PagingError>,
+) -> Result<(), PagingError> {
+    if !buf.is_empty() && va.checked_add(buf.len() as u64 - 1).is_none() {
+        return Err(PagingError::Wraps { va, len: buf.len() });
+    }
+    let mut done = 0;
+    while done < buf.len() {
+        let at = va + done as u64;
+        let (gpa, left_in_page) = translate(at)?;
+        let part = left_in_page.min((buf.len() - done) as u64) as usize;
+        memory.read_at(gpa, &mut buf[done..done + part]).map_err(|source| PagingError::Read {
+            va: at,
+            gpa,
+            source,
+        })?;
+        done += part;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use super::maple;
 use super::reader::KernelReader;
 use super::tasks::Task;
 use super::LinuxError;
-use crate::guest::memory::{Gpa, GuestMemory};
+use crate::guest::memory::GuestMemory;
 use crate::guest::paging::Paging;
 
 /// Memory areas listed at most (Linux's default `max_map_count` is 65,530).
@@ -264,10 +264,11 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
     /// The page tables of memory descriptor `mm` (its `pgd`, a kernel address).
     fn paging_of(&self, mm: &Mm) -> Result<Paging, LinuxError> {
         let kernel = self.reader.kernel().paging();
-        let root = kernel
-            .translate(self.reader.memory(), mm.pgd)
+        let root = self
+            .reader
+            .translate(mm.pgd)
             .map_err(|source| LinuxError::Read { what: "page tables (mm->pgd)", source })?;
-        Ok(Paging::new(kernel.mode(), Gpa(root.gpa.0), kernel.no_execute_enabled()))
+        Ok(Paging::new(kernel.mode(), root, kernel.no_execute_enabled()))
     }
 
     /// The bytes of the range `range` picks of its memory descriptor, at most

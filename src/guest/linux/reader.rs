@@ -93,35 +93,32 @@ impl<'a, M: GuestMemory + ?Sized> KernelReader<'a, M> {
         self.cursor.borrow().walks
     }
 
+    /// The guest-physical address of kernel virtual address `va`, through the kept
+    /// translations and the cursor.
+    ///
+    /// # Errors
+    ///
+    /// What the kernel's page tables say of `va` ([`PagingError`]).
+    pub fn translate(&self, va: u64) -> Result<Gpa, PagingError> {
+        self.translate_page(va).map(|(gpa, _)| gpa)
+    }
+
     /// Where `va` is, and how many bytes from it on are in the same page.
-    fn translate(&self, va: u64) -> Result<(u64, u64), PagingError> {
+    fn translate_page(&self, va: u64) -> Result<(Gpa, u64), PagingError> {
         let mut cursor = self.cursor.borrow_mut();
-        if let Some(found) = cursor.find(va) {
-            return Ok(found);
+        if let Some((gpa, left)) = cursor.find(va) {
+            return Ok((Gpa(gpa), left));
         }
         let (page, leaf) = self.kernel.paging().walk(self.memory, va, cursor.leaf)?;
         cursor.leaf = Some(leaf);
         cursor.walks += 1;
         let within = va & (page.page_size - 1);
         cursor.keep(Kept { va: va - within, size: page.page_size, gpa: page.gpa.0 - within });
-        Ok((page.gpa.0, page.page_size - within))
+        Ok((page.gpa, page.page_size - within))
     }
 
     fn read_virtual(&self, va: u64, buf: &mut [u8]) -> Result<(), PagingError> {
-        if !buf.is_empty() && va.checked_add(buf.len() as u64 - 1).is_none() {
-            return Err(PagingError::Wraps { va, len: buf.len() });
-        }
-        let mut done = 0;
-        while done < buf.len() {
-            let at = va + done as u64;
-            let (gpa, left_in_page) = self.translate(at)?;
-            let part = left_in_page.min((buf.len() - done) as u64) as usize;
-            self.memory
-                .read_at(Gpa(gpa), &mut buf[done..done + part])
-                .map_err(|source| PagingError::Read { va: at, gpa: Gpa(gpa), source })?;
-            done += part;
-        }
-        Ok(())
+        crate::guest::paging::read_pages(self.memory, va, buf, |at| self.translate_page(at))
     }
 
     /// Fills `buf` with the kernel's bytes at virtual address `va` (`what` names them in an
