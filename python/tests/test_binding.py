@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -286,3 +287,37 @@ def test_snapshots_equal_the_ram_and_update_in_place(run_dir, tmp_path):
     assert not (tmp_path / "both").exists() and not list(tmp_path.glob(".*partial*"))
     assert not (tmp_path / "png").exists()
     run_dir.stop(name)
+
+
+def test_a_refused_peer_and_a_silent_one_raise_their_own_errors(tmp_path):
+    import socket
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # a QMP peer that names a RAM file it does not hold: refused by the trust check
+    ram = tmp_path / "ram"
+    ram.write_bytes(bytes(1 << 20))
+    fake = Path(__file__).resolve().parents[2] / "tests/fixtures/fake_qmp.py"
+    server = subprocess.Popen(
+        [sys.executable, fake, run_dir / "liar.qmp", ram, str(1 << 20)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        with pytest.raises(qemu_bridge.RefusedError) as caught:
+            qemu_bridge.open("liar", str(run_dir))
+        assert isinstance(caught.value, PermissionError) and "liar" in str(caught.value)
+        rows = {row["name"]: row for row in qemu_bridge.list(str(run_dir))}
+        assert "refusing" in rows["liar"]["error"]
+    finally:
+        server.kill()
+        server.wait()
+    # a peer that accepts and never speaks: QMP's timeout, as a TimeoutError
+    silent = socket.socket(socket.AF_UNIX)
+    silent.bind(str(run_dir / "mute.qmp"))
+    silent.listen(4)
+    try:
+        with pytest.raises(qemu_bridge.QmpTimeoutError) as caught:
+            qemu_bridge.open("mute", str(run_dir))
+        assert isinstance(caught.value, TimeoutError) and "mute" in str(caught.value)
+    finally:
+        silent.close()
