@@ -11,7 +11,8 @@ venv=target/python-venv
 echo "== Python: the qemu_bridge package in a venv of $("$python" --version)"
 [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check pytest mypy typing_extensions drgn volatility3
-"$venv/bin/pip" install --quiet --disable-pip-version-check ./python
+# the dev profile (dependencies optimised, as Cargo.toml sets): it reuses what cargo test built
+MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/pip" install --quiet --disable-pip-version-check ./python
 cargo build --locked --quiet --bin qemu-bridge
 echo "== Python: stubtest"
 "$venv/bin/python" -m mypy.stubtest qemu_bridge

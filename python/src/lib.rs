@@ -324,8 +324,10 @@ impl Vm {
         report.set_item("size", summary.size)?;
         report.set_item("passes", &captured.passes)?;
         report.set_item("paused_ms", captured.paused_for.map(|paused| paused.as_secs_f64() * 1e3))?;
-        let smear: Option<Vec<(u64, u64)>> =
-            captured.smear.as_ref().map(|smear| smear.ranges.iter().map(|range| (range.start, range.end)).collect());
+        let smear: Option<Vec<(u64, u64)>> = captured
+            .smear
+            .as_ref()
+            .map(|smear| smear.ranges.iter().map(|range| (range.start, range.end)).collect());
         report.set_item("smear", smear)?;
         match &captured.update {
             Some(update) => {
