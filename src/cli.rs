@@ -24,7 +24,13 @@ const LINUX_MEMORY: u64 = 128 << 20;
 
 /// Look inside running QEMU virtual machines: their RAM as files and as a library.
 #[derive(Debug, Parser)]
-#[command(name = "qemu-bridge", version, about)]
+#[command(
+    name = "qemu-bridge",
+    version,
+    about,
+    after_help = "Exit status: 0 done, 1 failed, 2 usage error, 3 no such VM, 4 refused by the trust check, \
+                  5 QEMU did not answer (its QMP socket timed out, closed or cannot be reached)."
+)]
 pub struct Cli {
     /// The verb.
     #[command(subcommand)]

@@ -210,3 +210,46 @@ fn test_progress_bar_on_a_terminal_only() {
     assert!(piped.status.success());
     assert!(!stderr(&piped).contains("ETA"), "a bar without a terminal: {}", stderr(&piped));
 }
+
+/// Scripts tell failures apart by the exit status: 3 no such VM, 4 refused by the trust check,
+/// 5 QEMU did not answer, 2 a usage error, 1 anything else, 0 done; `--help` says so.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_exit_statuses_tell_failures_apart() {
+    let run_dir = TestRunDir::new();
+    let code = |args: &[&str]| qemu_bridge(&run_dir, args).status.code();
+    assert_eq!(code(&["status", "nope"]), Some(3));
+    assert_eq!(code(&["snapshot", "nope", "-o", "/tmp/never-written"]), Some(3));
+    assert_eq!(code(&["status", "--no-such-flag"]), Some(2));
+    // a peer that names a RAM file it does not hold: refused
+    let ram = run_dir.path().join("liar.ram");
+    std::fs::write(&ram, vec![0u8; 1 << 20]).unwrap();
+    let fake = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_qmp.py");
+    let mut liar = std::process::Command::new("python3")
+        .arg(&fake)
+        .arg(run_dir.path().join("liar.qmp"))
+        .arg(&ram)
+        .arg((1u64 << 20).to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(liar.stdout.take().unwrap()), &mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    assert_eq!(code(&["read", "liar", "0", "16"]), Some(4));
+    liar.kill().unwrap();
+    liar.wait().unwrap();
+    // a socket that accepts and never answers
+    let _mute = std::os::unix::net::UnixListener::bind(run_dir.path().join("mute.qmp")).unwrap();
+    let output = qemu_bridge(&run_dir, &["status", "mute"]);
+    assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
+    // a socket nobody listens on
+    drop(std::os::unix::net::UnixListener::bind(run_dir.path().join("gone.qmp")).unwrap());
+    assert_eq!(code(&["status", "gone"]), Some(5));
+    // a VM that runs, and a failure of another kind
+    let vm = VmBuilder::new("codes", &run_dir).launch();
+    assert_eq!(code(&["status", vm.name()]), Some(0));
+    assert_eq!(code(&["snapshot", vm.name(), "-o", run_dir.path().to_str().unwrap()]), Some(1));
+    assert!(stdout(&qemu_bridge(&run_dir, &["--help"])).contains("3 no such VM"));
+}
