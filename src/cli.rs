@@ -75,7 +75,7 @@ pub enum Verb {
     /// List the VMs of the run directory with state, RAM size and RAM file
     List(ListArgs),
     /// Print a VM's live run state
-    Status(NameArgs),
+    Status(StatusArgs),
     /// Pause a VM's vCPUs (QMP stop)
     Pause(NameArgs),
     /// Resume a paused VM (QMP cont)
@@ -92,8 +92,8 @@ pub enum Verb {
     DeleteSaved(StateArgs),
     /// Read guest-physical memory: a hex dump, or raw bytes with --raw
     Read(ReadArgs),
-    /// A Linux guest's kernel, read from its memory with no symbol file: its version banner,
-    /// its symbols (as /proc/kallsyms), its log (as dmesg) or its BTF
+    /// A Linux guest's kernel, read from its memory with no symbol file: version, kallsyms,
+    /// dmesg, btf, ps, modules, isf, and a process's maps, status, cmdline, environ
     Linux(LinuxArgs),
     /// Write a VM's whole RAM to a file and print its checksum and consistency verdict
     Snapshot(SnapshotArgs),
@@ -122,6 +122,19 @@ pub enum Verb {
 pub struct NameArgs {
     /// The VM's name (its socket's file stem)
     pub name: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The VM's name (its socket's file stem)
+    pub name: String,
+    /// Print {"name", "status", "running"} as JSON
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -177,6 +190,10 @@ pub struct LaunchArgs {
     /// Name of the new VM (at most 100 bytes, no '/', no control characters, not starting
     /// with '.')
     pub name: String,
+    /// Print what was started as JSON: name, pid, startup_s, qmp, ram, serial, boot_s,
+    /// state_disk, user, limits, warnings
+    #[arg(long)]
+    pub json: bool,
     /// Guest RAM, e.g. 64M, 1G (a bare number is MiB, as in QEMU) [default: 64M, 128M with
     /// --linux]
     #[arg(long, value_parser = parse_size)]
@@ -256,6 +273,14 @@ pub struct LinuxArgs {
     pub what: LinuxWhat,
     /// The process, for maps, status, cmdline and environ
     pub pid: Option<i32>,
+    /// Print JSON: ps and modules as arrays of objects, kallsyms of {"address", "kind", "name"},
+    /// dmesg of lines, maps of areas, status and environ as objects, cmdline as an array,
+    /// version as {"version"}, isf as it is (btf has none)
+    #[arg(long)]
+    pub json: bool,
+    /// Write binary output (btf) to a terminal too
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -300,9 +325,15 @@ pub struct ReadArgs {
     /// Number of bytes (decimal or 0x hex, at most 1 GiB)
     #[arg(value_parser = parse_number)]
     pub len: u64,
-    /// Write raw bytes to stdout instead of a hex dump
-    #[arg(long)]
+    /// Write raw bytes to stdout instead of a hex dump (refused on a terminal unless --force)
+    #[arg(long, conflicts_with = "json")]
     pub raw: bool,
+    /// Print {"address", "length", "virtual", "hex"} as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// With --raw, write to a terminal too
+    #[arg(long)]
+    pub force: bool,
     /// ADDR is a virtual address, translated by a vCPU's page tables as they are now (x86_64 in
     /// long mode, riscv64 through satp, aarch64 with --root; pause the VM for a translation
     /// that holds)
@@ -591,7 +622,15 @@ pub fn run(cli: Cli) -> CliResult {
         Verb::List(args) => list_verb(args),
         Verb::Status(args) => {
             let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
-            println!("{}", vm.status()?.status);
+            let status = vm.status()?;
+            if args.json {
+                let json = serde_json::json!({
+                    "name": args.name, "status": status.status.as_str(), "running": status.running,
+                });
+                println!("{json}");
+            } else {
+                println!("{}", status.status);
+            }
             Ok(())
         }
         Verb::Pause(args) => lifecycle(&args, |qmp| qmp.stop()),
@@ -812,8 +851,26 @@ fn clean_verb(args: &Nameless) -> CliResult {
 }
 
 fn launch_verb(args: LaunchArgs) -> CliResult {
+    let json = args.json;
     let options = args.options()?;
     let vm = launch::launch(&options)?;
+    if json {
+        let json = serde_json::json!({
+            "name": vm.name().as_str(),
+            "pid": vm.pid,
+            "startup_s": vm.startup.as_secs_f64(),
+            "qmp": vm.vm.socket(),
+            "ram": vm.ram_path,
+            "serial": vm.serial,
+            "boot_s": vm.boot.map(|boot| boot.as_secs_f64()),
+            "state_disk": vm.state_disk,
+            "user": vm.user,
+            "limits": vm.cgroup.iter().flat_map(|cgroup| cgroup.describe()).collect::<Vec<_>>(),
+            "warnings": vm.warnings,
+        });
+        println!("{json}");
+        return Ok(());
+    }
     println!(
         "launched {} (pid {}) in {:.2} s\n  qmp:    {}\n  ram:    {}\n  serial: {}",
         vm.name(),
@@ -1003,6 +1060,9 @@ fn read_verb(args: ReadArgs) -> CliResult {
     if args.len > 1 << 30 {
         return Err(format!("length {:#x} too large: at most 1 GiB per read", args.len).into());
     }
+    if args.raw {
+        refuse_binary_on_terminal(args.force)?;
+    }
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
     let (bridge, info) = vm.open_bridge()?;
     let mut buffer = vec![0u8; args.len as usize];
@@ -1015,8 +1075,27 @@ fn read_verb(args: ReadArgs) -> CliResult {
     let mut out = std::io::stdout().lock();
     if args.raw {
         out.write_all(&buffer)?;
+    } else if args.json {
+        let hex: String = buffer.iter().map(|byte| format!("{byte:02x}")).collect();
+        let json = serde_json::json!({
+            "address": args.addr, "length": buffer.len(), "virtual": args.virtual_address, "hex": hex,
+        });
+        writeln!(out, "{json}")?;
     } else {
         out.write_all(hex_dump(args.addr, &buffer).as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Binary output is not for a terminal (it can leave it in a state of its own): refused there
+/// unless `force`.
+fn refuse_binary_on_terminal(force: bool) -> CliResult {
+    use std::io::IsTerminal;
+    if !force && std::io::stdout().is_terminal() {
+        return Err(
+            "refusing to write binary data to a terminal: redirect it to a file or a pipe, or pass --force"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -1043,7 +1122,18 @@ fn linux_verb(args: &LinuxArgs) -> CliResult {
         LinuxWhat::Environ => Err(ProcessFile::Environ),
         LinuxWhat::Isf => Ok(LinuxFile::Volatility),
     };
+    if matches!(args.what, LinuxWhat::Btf) {
+        if args.json {
+            return Err("btf is binary: it has no JSON form".into());
+        }
+        refuse_binary_on_terminal(args.force)?;
+    }
     let guest = LinuxGuest::read(vmcoreinfo, &bridge).map_err(|err| failed(&err))?;
+    if args.json && !matches!(args.what, LinuxWhat::Isf) {
+        let json = linux_json(&guest, &bridge, args.what, args.pid).map_err(|err| failed(err.as_ref()))?;
+        writeln!(std::io::stdout().lock(), "{json}")?;
+        return Ok(());
+    }
     let text = match (view, args.pid) {
         (Ok(view), None) => view.render(&guest, &bridge).map_err(|err| failed(&err))?,
         (Ok(view), Some(_)) => return Err(format!("{} takes no PID", view.name()).into()),
@@ -1058,6 +1148,104 @@ fn linux_verb(args: &LinuxArgs) -> CliResult {
     };
     std::io::stdout().lock().write_all(&text)?;
     Ok(())
+}
+
+/// What `linux WHAT --json` prints.
+fn linux_json(
+    guest: &qemu_bridge::guest::linux::LinuxGuest,
+    bridge: &qemu_bridge::SharedMemoryBridge,
+    what: LinuxWhat,
+    pid: Option<i32>,
+) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
+    use qemu_bridge::guest::linux::LinuxFile;
+    use serde_json::{json, Value};
+    let lossy = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let nul_separated = |bytes: Vec<u8>| -> Vec<String> {
+        let bytes = bytes.strip_suffix(b"\0").unwrap_or(&bytes).to_vec();
+        if bytes.is_empty() {
+            return Vec::new();
+        }
+        bytes.split(|&byte| byte == 0).map(lossy).collect()
+    };
+    type Process<'a> = qemu_bridge::guest::linux::process::Process<'a, qemu_bridge::SharedMemoryBridge>;
+    let process = |pid: Option<i32>| -> Result<Process<'_>, Box<dyn std::error::Error + Send + Sync>> {
+        let pid = pid.ok_or_else(|| format!("{what:?} needs a PID").to_lowercase())?;
+        let found = guest.process(bridge, pid)?;
+        Ok(found.ok_or_else(|| format!("no process {pid}"))?)
+    };
+    Ok(match what {
+        LinuxWhat::Version => json!({ "version": lossy(&LinuxFile::Version.render(guest, bridge)?).trim_end() }),
+        LinuxWhat::Kallsyms => Value::Array(
+            guest
+                .symbols()
+                .iter()
+                .map(|symbol| json!({ "address": symbol.address, "kind": symbol.kind.to_string(), "name": symbol.name }))
+                .collect(),
+        ),
+        LinuxWhat::Dmesg => json!(lossy(&LinuxFile::Dmesg.render(guest, bridge)?).lines().collect::<Vec<_>>()),
+        LinuxWhat::Ps => Value::Array(
+            guest
+                .tasks(bridge)?
+                .iter()
+                .map(|task| {
+                    json!({
+                        "pid": task.pid, "tgid": task.tgid, "ppid": task.ppid, "uid": task.uid,
+                        "state": task.state_letter().to_string(), "comm": task.comm, "address": task.address,
+                    })
+                })
+                .collect(),
+        ),
+        LinuxWhat::Modules => Value::Array(
+            guest
+                .modules(bridge)?
+                .iter()
+                .map(|module| {
+                    json!({
+                        "name": module.name, "size": module.size, "refcount": module.refcount,
+                        "users": module.users, "state": module.state.word(), "base": module.base,
+                        "address": module.address,
+                    })
+                })
+                .collect(),
+        ),
+        LinuxWhat::Maps => {
+            let process = process(pid)?;
+            Value::Array(
+                process
+                    .areas()?
+                    .iter()
+                    .map(|area| {
+                        json!({
+                            "start": area.start, "end": area.end, "flags": area.flags, "offset": area.offset,
+                            "device": area.device, "inode": area.inode, "name": area.name,
+                        })
+                    })
+                    .collect(),
+            )
+        }
+        LinuxWhat::Status => {
+            let process = process(pid)?;
+            let status = process.status()?;
+            Value::Object(
+                status
+                    .lines()
+                    .filter_map(|line| line.split_once(':'))
+                    .map(|(key, value)| (key.to_string(), Value::String(value.trim().to_string())))
+                    .collect(),
+            )
+        }
+        LinuxWhat::Cmdline => json!(nul_separated(process(pid)?.cmdline()?)),
+        LinuxWhat::Environ => Value::Object(
+            nul_separated(process(pid)?.environ()?)
+                .into_iter()
+                .map(|entry| match entry.split_once('=') {
+                    Some((name, value)) => (name.to_string(), Value::String(value.to_string())),
+                    None => (entry, Value::String(String::new())),
+                })
+                .collect(),
+        ),
+        LinuxWhat::Btf | LinuxWhat::Isf => unreachable!("handled by the caller"),
+    })
 }
 
 /// How vCPU `cpu` of the VM translates virtual addresses now (with `root` in place of its CR3).

@@ -253,3 +253,56 @@ fn test_exit_statuses_tell_failures_apart() {
     assert_eq!(code(&["snapshot", vm.name(), "-o", run_dir.path().to_str().unwrap()]), Some(1));
     assert!(stdout(&qemu_bridge(&run_dir, &["--help"])).contains("3 no such VM"));
 }
+
+/// `--json` of `launch`, `status` and `read` in the shapes the README documents; raw bytes are
+/// refused on a terminal (through `script`) unless `--force`, and written to a pipe.
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_json_shapes_and_binary_output_on_a_terminal() {
+    require_qemu();
+    require_program("script");
+    let run_dir = TestRunDir::new();
+    let image = common::boot_image();
+    let name = common::unique_name("json");
+    let output = qemu_bridge(&run_dir, &["launch", &name, "--json", "--drive", image.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let _guard = common::VmGuard::launched_by_cli(&run_dir, &name);
+    let launched: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(launched["name"], name.as_str());
+    assert!(launched["pid"].as_u64().is_some() && launched["ram"].as_str().is_some(), "{launched}");
+    assert!(launched["qmp"].as_str().unwrap().ends_with(&format!("{name}.qmp")), "{launched}");
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&qemu_bridge(&run_dir, &["status", &name, "--json"]))).unwrap();
+    assert_eq!(status, serde_json::json!({"name": name, "status": "running", "running": true}));
+    let ram = std::fs::File::open(launched["ram"].as_str().unwrap()).unwrap();
+    assert!(common::wait_until(std::time::Duration::from_secs(30), || {
+        let mut marker = vec![0u8; MARKER.len()];
+        std::os::unix::fs::FileExt::read_exact_at(&ram, &mut marker, 0x10000).is_ok() && marker == MARKER
+    }));
+    let read: serde_json::Value = serde_json::from_str(&stdout(&qemu_bridge(
+        &run_dir,
+        &["read", &name, "0x10000", &MARKER.len().to_string(), "--json"],
+    )))
+    .unwrap();
+    let hex: String = MARKER.iter().map(|byte| format!("{byte:02x}")).collect();
+    assert_eq!(
+        read,
+        serde_json::json!({"address": 0x10000, "length": MARKER.len(), "virtual": false, "hex": hex})
+    );
+    // raw bytes: to a pipe yes, to a terminal only when forced
+    let piped = qemu_bridge(&run_dir, &["read", &name, "0x10000", "16", "--raw"]);
+    assert_eq!(piped.stdout, MARKER[..16]);
+    let on_terminal = |extra: &str| {
+        let command = format!(
+            "{} read {name} 0x10000 16 --raw --run-dir {}{extra}",
+            env!("CARGO_BIN_EXE_qemu-bridge"),
+            run_dir.path().display()
+        );
+        std::process::Command::new("script").args(["-qefc", &command, "/dev/null"]).output().unwrap()
+    };
+    let refused = on_terminal("");
+    assert!(!refused.status.success(), "raw bytes written to a terminal");
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("refusing to write binary data to a terminal"));
+    let forced = on_terminal(" --force");
+    assert!(forced.status.success() && String::from_utf8_lossy(&forced.stdout).contains("QEMU-BRIDGE"));
+}

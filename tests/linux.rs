@@ -920,9 +920,37 @@ fn processes_and_modules_agree(kernel: Kernel) {
     assert_eq!(std::fs::read(kthreadd.join("cmdline")).unwrap(), b"");
     assert!(!dir.join("proc/999999").exists());
 
-    // the command line prints the same
+    // the command line prints the same, and as JSON
     let output = common::qemu_bridge(&run_dir, &["linux", &name, "modules"]);
     assert_eq!(common::stdout(&output), oracle.modules);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["linux", name.as_str()];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let output = common::qemu_bridge(&run_dir, &all);
+        assert!(output.status.success(), "{args:?}: {}", common::stderr(&output));
+        serde_json::from_str(&common::stdout(&output)).unwrap()
+    };
+    let listed: Vec<String> = json(&["modules"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|module| module["name"].as_str().unwrap().to_string())
+        .collect();
+    let theirs: Vec<String> =
+        oracle.modules.lines().map(|line| line.split(' ').next().unwrap().to_string()).collect();
+    assert_eq!(listed, theirs);
+    let ps = json(&["ps"]);
+    let sleeper =
+        ps.as_array().unwrap().iter().find(|task| task["pid"] == oracle.sleeper).expect("the sleeper in ps");
+    assert_eq!(sleeper["comm"], "qb-sleeper");
+    let sleeper_pid = oracle.sleeper.to_string();
+    let maps = json(&["maps", &sleeper_pid]);
+    assert_eq!(maps.as_array().unwrap().len(), oracle.maps.lines().count());
+    assert_eq!(json(&["status", &sleeper_pid])["Name"], "qb-sleeper");
+    assert_eq!(json(&["environ", &sleeper_pid])["QB_SECRET"], "hush-42");
+    assert!(json(&["version"])["version"].as_str().unwrap().starts_with("Linux version "));
+    assert!(!common::qemu_bridge(&run_dir, &["linux", &name, "btf", "--json"]).status.success());
     let output = common::qemu_bridge(&run_dir, &["linux", &name, "maps", &oracle.sleeper.to_string()]);
     assert_eq!(common::stdout(&output), oracle.maps);
     let output = common::qemu_bridge(&run_dir, &["linux", &name, "maps"]);
