@@ -1,10 +1,10 @@
 //! `qemu-bridge view`: a local web page showing every VM of a run directory as a brick with its
 //! live Hilbert map of guest RAM (see [`crate::ram::picture`]).
 //!
-//! One thread per VM keeps a [`LiveMap`] and takes frames (60 a second in all, shared among the
-//! VMs). Each frame re-checks the next share of the VM's pages, for as long as the scan budget
-//! allows (a share of one core, split among the VMs: half a core by default), so that a frame
-//! costs the same whatever the size of the VM: on hosts with soft-dirty bits, the pages QEMU
+//! One thread per VM keeps a [`LiveMap`] and takes 60 frames a second, every VM alike. Each
+//! frame re-checks the next share of the VM's pages, for as long as the scan budget allows (a
+//! share of one core, split among the VMs: half a core by default; the VMs share the budget,
+//! not the frames), so that a frame costs the same whatever the size of the VM: on hosts with soft-dirty bits, the pages QEMU
 //! wrote (the watcher opens each VM's source, see [`crate::ram::soft_dirty`]); elsewhere the
 //! next pages in turn against their fingerprints. Each VM's summary says which way
 //! (`tracking`) and within how long a write is seen (`sweep_ms`). Browsers connect over
@@ -36,8 +36,7 @@ use crate::watcher::{WatchedVm, Watcher};
 
 /// The page, with its script: no build step, no framework.
 const PAGE_HTML: &str = include_str!("page.html");
-/// Frames per second in all, shared among the VMs (the specification: 60 for one VM, 20 each
-/// for three).
+/// Frames per second of each VM (the specification asks 60 for the picture).
 pub const FRAMES_PER_SECOND: f64 = 60.0;
 /// Frames of changes kept for browsers that fall behind; further behind, they get a whole frame.
 const HISTORY: usize = 120;
@@ -283,14 +282,15 @@ fn watch(
     let mut next_frame = Instant::now();
     while still_shown(scene, vm) {
         let shown = scene.read().unwrap_or_else(|e| e.into_inner()).vms.len().max(1);
-        next_frame += Duration::from_secs_f64(shown as f64 / FRAMES_PER_SECOND);
+        // every VM at the full frame rate; the scan budget, not the frames, is what VMs share
+        next_frame += Duration::from_secs_f64(1.0 / FRAMES_PER_SECOND);
         let now = Instant::now();
         if next_frame > now {
             std::thread::sleep(next_frame - now);
         } else {
             next_frame = now; // late: no catching up in a burst
         }
-        let delta = match live.update(vm.bridge.mapping(), Instant::now() + scan_per_frame) {
+        let delta = match live.update(vm.bridge.mapping(), Instant::now() + scan_per_frame / shown as u32) {
             Ok(delta) => delta,
             Err(err) => {
                 log::info!("view: VM {}: {}", vm.vm.name(), crate::error::chain(&err));
