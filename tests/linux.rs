@@ -419,6 +419,24 @@ banner = prog.symbol("linux_banner").address
 print("BANNER", hex(banner), prog.read(banner, 64).hex())
 "#;
 
+/// What drgn with no symbol file reads of the kernel core `core` ([`DRGN_BANNER`]): the banner's
+/// address (as drgn printed it) and its first 64 bytes.
+fn drgn_banner(core: &Path) -> (String, Vec<u8>) {
+    let output = Command::new("drgn")
+        .arg("-c")
+        .arg(core)
+        .args(["--no-default-symbols", "-q", "-e", DRGN_BANNER])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "drgn: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let line = stdout.lines().find_map(|line| line.strip_prefix("BANNER ")).expect("drgn printed the banner");
+    let (address, hex) = line.split_once(' ').unwrap();
+    let bytes =
+        (0..hex.len()).step_by(2).map(|at| u8::from_str_radix(&hex[at..at + 2], 16).unwrap()).collect();
+    (address.to_string(), bytes)
+}
+
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_drgn_reads_the_live_core_with_no_symbol_files() {
@@ -430,18 +448,8 @@ fn test_drgn_reads_the_live_core_with_no_symbol_files() {
     let name = linux.launched.name().to_string();
     let mount = TestMount::new(&run_dir, &[]);
     let core = mount.path(&format!("{name}/core"));
-    let output = Command::new("drgn")
-        .arg("-c")
-        .arg(&core)
-        .args(["--no-default-symbols", "-q", "-e", DRGN_BANNER])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "drgn: {stdout}{}", String::from_utf8_lossy(&output.stderr));
-    let line = stdout.lines().find_map(|line| line.strip_prefix("BANNER ")).expect("drgn printed the banner");
-    let (address, hex) = line.split_once(' ').unwrap();
-    let bytes: Vec<u8> =
-        (0..hex.len()).step_by(2).map(|at| u8::from_str_radix(&hex[at..at + 2], 16).unwrap()).collect();
+    let (address, bytes) = drgn_banner(&core);
+    let address = address.as_str();
     assert!(bytes.starts_with(b"Linux version 6."), "{}", String::from_utf8_lossy(&bytes));
     // our own translation of the same virtual address, through the vCPU's page tables, agrees
     let ours = common::qemu_bridge(&run_dir, &["read", &name, address, "64", "--virtual", "--raw"]);
@@ -1386,18 +1394,7 @@ fn test_elf_captures_are_read_by_crash_drgn_volatility_and_makedumpfile() {
     assert_eq!(status.trim(), "running");
 
     // drgn with no symbol file: a kernel core (its VMCOREINFO note), the banner at its address
-    let output = Command::new("drgn")
-        .arg("-c")
-        .arg(&elf)
-        .args(["--no-default-symbols", "-q", "-e", DRGN_BANNER])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "drgn: {stdout}{}", String::from_utf8_lossy(&output.stderr));
-    let line = stdout.lines().find_map(|line| line.strip_prefix("BANNER ")).expect("drgn printed the banner");
-    let hex = line.split_once(' ').unwrap().1;
-    let banner: Vec<u8> =
-        (0..hex.len()).step_by(2).map(|at| u8::from_str_radix(&hex[at..at + 2], 16).unwrap()).collect();
+    let (_, banner) = drgn_banner(&elf);
     assert!(
         banner.starts_with(oracle.version.as_bytes().get(..20).unwrap()),
         "{}",
@@ -1437,13 +1434,8 @@ fn test_elf_captures_are_read_by_crash_drgn_volatility_and_makedumpfile() {
     std::thread::sleep(Duration::from_millis(300));
     let report = snapshot(&["--update", "--pause"]);
     assert!(report["update"]["full"].is_null(), "{report}");
-    let output = Command::new("drgn")
-        .arg("-c")
-        .arg(&elf)
-        .args(["--no-default-symbols", "-q", "-e", DRGN_BANNER])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "drgn after the update: {}", String::from_utf8_lossy(&output.stderr));
+    let (_, again) = drgn_banner(&elf);
+    assert_eq!(again, banner, "drgn after the update");
     // a raw update of the ELF file is another format: written whole, and said so
     let output = common::qemu_bridge(&run_dir, &["snapshot", &name, "-o", elf.to_str().unwrap(), "--update"]);
     assert!(common::stderr(&output).contains("another format"), "{}", common::stderr(&output));
