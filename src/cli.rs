@@ -32,9 +32,29 @@ const LINUX_MEMORY: u64 = 128 << 20;
                   5 QEMU did not answer (its QMP socket timed out, closed or cannot be reached)."
 )]
 pub struct Cli {
+    /// Less output: no progress display, and only errors logged
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More log output on stderr (-v: what it does, -vv: debugging, -vvv: everything;
+    /// RUST_LOG, where set, decides instead)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
     /// The verb.
     #[command(subcommand)]
     pub command: Verb,
+}
+
+impl Cli {
+    /// The log filter the flags ask for (env_logger's syntax).
+    pub fn log_filter(&self) -> &'static str {
+        match (self.quiet, self.verbose) {
+            (true, _) => "error",
+            (false, 0) => "warn,fuser::mnt=error",
+            (false, 1) => "info,fuser=warn",
+            (false, 2) => "debug,fuser=info",
+            (false, _) => "trace",
+        }
+    }
 }
 
 /// Options every verb takes.
@@ -163,9 +183,6 @@ pub struct StateArgs {
     /// Seconds QEMU may take
     #[arg(long, default_value_t = qemu_bridge::saved_state::DEFAULT_WAIT.as_secs())]
     pub timeout: u64,
-    /// No progress display (there is none anyway when stderr is not a terminal)
-    #[arg(long, short)]
-    pub quiet: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -423,9 +440,6 @@ pub struct SnapshotArgs {
     /// `sha256sum` prints)
     #[arg(long, value_name = "HASH", default_value = "blake3")]
     pub hash: HashAlgorithm,
-    /// No progress bar (there is none anyway when stderr is not a terminal)
-    #[arg(long, short)]
-    pub quiet: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -616,6 +630,7 @@ pub fn from_mount_helper(argv: &[std::ffi::OsString]) -> Option<Result<Vec<std::
 ///
 /// Whatever the verb failed with.
 pub fn run(cli: Cli) -> CliResult {
+    let quiet = cli.quiet;
     match cli.command {
         Verb::Launch(args) => launch_verb(args),
         Verb::Stop(args) => stop_verb(&args),
@@ -638,7 +653,7 @@ pub fn run(cli: Cli) -> CliResult {
         Verb::Reset(args) => lifecycle(&args, |qmp| qmp.system_reset()),
         Verb::Save(args) => {
             // QEMU does not answer its monitor while it writes the state: time, not a fraction
-            let progress = Progress::spinner(&format!("saving {}", args.name), args.quiet);
+            let progress = Progress::spinner(&format!("saving {}", args.name), quiet);
             let saved = qemu_bridge::saved_state::save(&args.vm()?, &args.tag, args.wait());
             progress.finish();
             let saved = saved?;
@@ -647,7 +662,7 @@ pub fn run(cli: Cli) -> CliResult {
         }
         Verb::Restore(args) => {
             let vm = args.vm()?;
-            let progress = Progress::spinner(&format!("restoring {}", args.name), args.quiet);
+            let progress = Progress::spinner(&format!("restoring {}", args.name), quiet);
             let restored = qemu_bridge::saved_state::restore(&vm, &args.tag, args.wait());
             progress.finish();
             restored?;
@@ -662,7 +677,7 @@ pub fn run(cli: Cli) -> CliResult {
         Verb::Saved(args) => saved_verb(args),
         Verb::Read(args) => read_verb(args),
         Verb::Linux(args) => linux_verb(&args),
-        Verb::Snapshot(args) => snapshot_verb(args),
+        Verb::Snapshot(args) => snapshot_verb(args, quiet),
         Verb::Changes(args) => changes_verb(&args),
         Verb::Mount(args) => mount_verb(&args),
         Verb::Umount(args) => qemu_bridge::mount::umount(&args.mountpoint).map_err(Into::into),
@@ -1326,7 +1341,7 @@ pub fn hex_dump(start: u64, bytes: &[u8]) -> String {
     text
 }
 
-fn snapshot_verb(args: SnapshotArgs) -> CliResult {
+fn snapshot_verb(args: SnapshotArgs, quiet: bool) -> CliResult {
     use qemu_bridge::capture::{self, CaptureOptions};
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
     let (bridge, info) = vm.open_bridge()?;
@@ -1339,11 +1354,8 @@ fn snapshot_verb(args: SnapshotArgs) -> CliResult {
         attempts: args.attempts,
         hash: args.hash,
     };
-    let progress = Progress::bytes(
-        bridge.size() as u64,
-        &format!("snapshot of {}", args.name),
-        args.quiet || args.update,
-    );
+    let progress =
+        Progress::bytes(bridge.size() as u64, &format!("snapshot of {}", args.name), quiet || args.update);
     let report = |done: u64| progress.set(done);
     let captured = capture::to_file(&vm, &bridge, &info, &args.output, &options, &report);
     progress.finish();

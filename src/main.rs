@@ -10,8 +10,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser::mnt=error"))
-        .init();
     // mount(8) runs `qemu-bridge SOURCE MOUNTPOINT -o OPTIONS` (through mount.fuse3)
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let argv = match cli::from_mount_helper(&argv) {
@@ -22,7 +20,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli::run(cli::Cli::parse_from(argv)) {
+    let cli = cli::Cli::parse_from(argv);
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(cli.log_filter())).init();
+    match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // the reader went away (`| head`): what it did not read is nobody's error
         Err(err)

@@ -221,6 +221,10 @@ fn test_exit_statuses_tell_failures_apart() {
     assert_eq!(code(&["status", "nope"]), Some(3));
     assert_eq!(code(&["snapshot", "nope", "-o", "/tmp/never-written"]), Some(3));
     assert_eq!(code(&["status", "--no-such-flag"]), Some(2));
+    // -q and -v (repeatable) on every verb, before or after it; not both
+    assert_eq!(code(&["-vv", "status", "nope"]), Some(3));
+    assert_eq!(code(&["status", "nope", "-q"]), Some(3));
+    assert_eq!(code(&["status", "nope", "-q", "-v"]), Some(2));
     // a peer that names a RAM file it does not hold: refused
     let ram = run_dir.path().join("liar.ram");
     std::fs::write(&ram, vec![0u8; 1 << 20]).unwrap();
