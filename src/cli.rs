@@ -693,8 +693,7 @@ pub fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Verb::Man => {
-            use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            std::io::stdout().lock().write_all(&man_page()?)?;
             Ok(())
         }
         Verb::View(args) => {
@@ -1420,6 +1419,76 @@ fn snapshot_verb(args: SnapshotArgs, quiet: bool) -> CliResult {
     Ok(())
 }
 
+/// The man page: clap_mangen's from the definitions, and the sections it cannot know.
+fn man_page() -> std::io::Result<Vec<u8>> {
+    use clap::CommandFactory;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+    page.extend_from_slice(MAN_SECTIONS.as_bytes());
+    Ok(page)
+}
+
+/// ENVIRONMENT, FILES, EXIT STATUS and EXAMPLES, in roff.
+const MAN_SECTIONS: &str = r#".SH "ENVIRONMENT"
+.TP
+\fBQEMU_BRIDGE_RUN_DIR\fR
+The run directory (one QMP socket per VM, \fINAME\fR.qmp), when \fB\-\-run\-dir\fR is not given.
+.TP
+\fBRUST_LOG\fR
+The log filter (env_logger's syntax); it overrides \fB\-q\fR and \fB\-v\fR.
+.TP
+\fBQEMU_BRIDGE_QEMU\fR
+The QEMU binary \fBlaunch\fR runs (default: qemu\-system\-\fIARCH\fR from PATH).
+.TP
+\fBXDG_RUNTIME_DIR\fR, \fBXDG_CACHE_HOME\fR
+Where the default run directory (for users other than root) and the Linux guest's cache live.
+.SH "FILES"
+.TP
+\fI/run/qemu\-bridge\fR
+The default run directory for root; \fI$XDG_RUNTIME_DIR/qemu\-bridge\fR for other users.
+.TP
+\fIRUN_DIR/NAME.qmp\fR, \fI.pid\fR, \fI.serial\fR, \fI.log\fR, \fI.launch.json\fR, \fI.state.qcow2\fR
+A VM's QMP socket, and what \fBlaunch\fR made for it (removed by \fBstop\fR and \fBclean\fR).
+.TP
+\fI/dev/shm/qemu_ram_NAME\fR
+The RAM of a VM \fBlaunch\fR started.
+.TP
+\fIFILE.qbsnap\fR
+The side record of a snapshot \fIFILE\fR: what \fBsnapshot \-\-update\fR needs to write only what changed.
+.TP
+\fI/var/cache/qemu\-bridge/linux\fR
+The small Linux guest of \fBlaunch \-\-linux\fR (root; \fI$XDG_CACHE_HOME/qemu\-bridge/linux\fR otherwise).
+.SH "EXIT STATUS"
+.TP
+\fB0\fR
+Done.
+.TP
+\fB1\fR
+Failed (the error says why).
+.TP
+\fB2\fR
+A usage error.
+.TP
+\fB3\fR
+No such VM in the run directory.
+.TP
+\fB4\fR
+Refused by the trust check (a QMP peer of another user, a RAM file QEMU does not hold).
+.TP
+\fB5\fR
+QEMU did not answer: its QMP socket timed out, closed or cannot be reached.
+.SH "EXAMPLES"
+.nf
+qemu\-bridge launch web \-\-linux          # a small Linux guest, built once
+qemu\-bridge mount /mnt/qemu               # every VM as files
+cat /mnt/qemu/web/linux/tasks              # its processes, from its memory
+qemu\-bridge read web 0x1000 64            # guest\-physical bytes
+qemu\-bridge snapshot web \-o web.elf \-\-format elf \-\-consistent
+qemu\-bridge status web \-\-json
+qemu\-bridge umount /mnt/qemu && qemu\-bridge stop web
+.fi
+"#;
+
 /// The first ranges of a smear report, as `0xSTART-0xEND`, and how many more.
 fn smear_text(smear: &qemu_bridge::ChangeSet) -> String {
     const SHOWN: usize = 8;
@@ -1594,11 +1663,12 @@ mod tests {
         clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "qemu-bridge", &mut bash);
         let bash = String::from_utf8(bash).unwrap();
         assert!(bash.contains("snapshot") && bash.contains("--passthrough"), "{bash}");
-        let mut man = Vec::new();
-        clap_mangen::Man::new(Cli::command()).render(&mut man).unwrap();
-        let man = String::from_utf8(man).unwrap();
+        let man = String::from_utf8(man_page().unwrap()).unwrap();
         assert!(man.starts_with(".ie") || man.contains(".TH qemu-bridge"), "{man}");
         assert!(man.contains("launch"));
+        for section in ["ENVIRONMENT", "FILES", "EXIT STATUS", "EXAMPLES"] {
+            assert!(man.contains(&format!(".SH \"{section}\"")), "no {section} in the man page");
+        }
     }
 
     #[test]
