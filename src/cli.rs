@@ -275,6 +275,9 @@ pub struct ListArgs {
     /// One JSON array instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Only the VMs' names, one a line, asking no QEMU (what shell completion uses)
+    #[arg(long, conflicts_with = "json")]
+    pub names: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -688,8 +691,7 @@ pub fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Verb::Completions(args) => {
-            use clap::CommandFactory;
-            clap_complete::generate(args.shell, &mut Cli::command(), "qemu-bridge", &mut std::io::stdout());
+            std::io::stdout().lock().write_all(&completions(args.shell))?;
             Ok(())
         }
         Verb::Man => {
@@ -1014,6 +1016,13 @@ impl ListRow {
 
 fn list_verb(args: ListArgs) -> CliResult {
     let run_dir = args.common.run_dir();
+    if args.names {
+        let mut out = std::io::stdout().lock();
+        for name in run_dir.vm_names()? {
+            writeln!(out, "{}", name.as_str())?;
+        }
+        return Ok(());
+    }
     let mut rows: Vec<ListRow> =
         run_dir.vm_names()?.into_iter().map(|name| ListRow::of(&run_dir, name)).collect();
     // VMs that no longer run but keep saved states: to be found (and deleted) later
@@ -1417,6 +1426,74 @@ fn snapshot_verb(args: SnapshotArgs, quiet: bool) -> CliResult {
         println!("{} {}", captured.summary, args.output.display());
     }
     Ok(())
+}
+
+/// The verbs whose first argument is the name of a VM that runs (all but `launch`).
+fn verbs_of_a_vm() -> Vec<String> {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_subcommands()
+        .filter(|verb| verb.get_name() != "launch")
+        .filter(|verb| verb.get_positionals().next().is_some_and(|first| first.get_id() == "name"))
+        .map(|verb| verb.get_name().to_string())
+        .collect()
+}
+
+/// Shell completions: clap_complete's from the definitions, and VM names (from `list --names`,
+/// which asks no QEMU) where a verb takes one, in bash, zsh and fish.
+fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "qemu-bridge", &mut script);
+    let verbs = verbs_of_a_vm().join(" ");
+    let mut text = String::from_utf8_lossy(&script).into_owned();
+    match shell {
+        Shell::Bash => text.push_str(&format!(
+            r#"
+# VM names where a verb takes one (qemu-bridge list --names asks no QEMU)
+_qemu_bridge_with_vms() {{
+    _qemu__bridge "$@"
+    local verb=${{COMP_WORDS[1]}} cur=${{COMP_WORDS[COMP_CWORD]}}
+    if [[ $COMP_CWORD -eq 2 && $cur != -* && " {verbs} " == *" $verb "* ]]; then
+        local run_dir=() i
+        for ((i = 1; i < ${{#COMP_WORDS[@]}} - 1; i++)); do
+            [[ ${{COMP_WORDS[i]}} == --run-dir ]] && run_dir=(--run-dir "${{COMP_WORDS[i + 1]}}")
+        done
+        mapfile -t COMPREPLY < <(compgen -W "$(qemu-bridge list --names "${{run_dir[@]}}" 2>/dev/null)" -- "$cur")
+    fi
+}}
+complete -F _qemu_bridge_with_vms -o bashdefault -o default qemu-bridge
+"#
+        )),
+        Shell::Fish => text.push_str(&format!(
+            "\n# VM names where a verb takes one (qemu-bridge list --names asks no QEMU)\n\
+             complete -c qemu-bridge -n \"__fish_seen_subcommand_from {verbs}\" -f -a \"(qemu-bridge list --names 2>/dev/null)\"\n"
+        )),
+        Shell::Zsh => {
+            // the VM's name argument of every verb but launch completes from list --names
+            let mut lines: Vec<String> = text
+                .lines()
+                .map(|line| {
+                    if line.starts_with("':name -- The VM") && line.contains(":_default'") {
+                        line.replace(":_default'", ":_qemu_bridge_vms'")
+                    } else {
+                        line.to_string()
+                    }
+                })
+                .collect();
+            let at = lines.iter().position(|line| line.starts_with("if [ \"$funcstack[1]\"")).unwrap_or(lines.len());
+            lines.insert(
+                at,
+                "_qemu_bridge_vms() {\n    local -a vms\n    vms=(${(f)\"$(qemu-bridge list --names 2>/dev/null)\"})\n    \
+                 _describe 'VM' vms\n}\n"
+                    .to_string(),
+            );
+            text = lines.join("\n") + "\n";
+        }
+        _ => {}
+    }
+    text.into_bytes()
 }
 
 /// The man page: clap_mangen's from the definitions, and the sections it cannot know.

@@ -310,3 +310,38 @@ fn test_json_shapes_and_binary_output_on_a_terminal() {
     let forced = on_terminal(" --force");
     assert!(forced.status.success() && String::from_utf8_lossy(&forced.stdout).contains("QEMU-BRIDGE"));
 }
+
+/// Shell completion completes VM names (from `list --names`, which asks no QEMU): bash, run for
+/// real on `qemu-bridge status al<TAB>`; zsh's and fish's scripts name the same lister.
+#[test]
+fn test_completions_complete_vm_names() {
+    require_program("bash");
+    let run_dir = TestRunDir::new();
+    let _alpha = std::os::unix::net::UnixListener::bind(run_dir.path().join("alpha.qmp")).unwrap();
+    let _beta = std::os::unix::net::UnixListener::bind(run_dir.path().join("beta.qmp")).unwrap();
+    let names = stdout(&qemu_bridge(&run_dir, &["list", "--names"]));
+    assert_eq!(names.lines().collect::<std::collections::BTreeSet<_>>(), ["alpha", "beta"].into());
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_qemu-bridge"));
+    let script = "source <(qemu-bridge completions bash)\n\
+                  COMP_WORDS=(qemu-bridge status al); COMP_CWORD=2; _qemu_bridge_with_vms\n\
+                  printf 'status:%s\\n' \"${COMPREPLY[@]}\"\n\
+                  COMP_WORDS=(qemu-bridge launch al); COMP_CWORD=2; _qemu_bridge_with_vms\n\
+                  printf 'launch:%s\\n' \"${COMPREPLY[@]}\"\n";
+    let path =
+        format!("{}:{}", binary.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    let output = Command::new("bash")
+        .args(["-c", script])
+        .env("PATH", path)
+        .env("QEMU_BRIDGE_RUN_DIR", run_dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}{}", stderr(&output));
+    assert!(text.lines().any(|line| line == "status:alpha"), "{text}");
+    assert!(!text.lines().any(|line| line == "status:beta"), "{text}");
+    assert!(!text.contains("launch:alpha"), "launch takes a new name: {text}");
+    for shell in ["zsh", "fish"] {
+        let script = stdout(&Command::new(binary).args(["completions", shell]).output().unwrap());
+        assert!(script.contains("qemu-bridge list --names"), "{shell}: {script}");
+    }
+}
