@@ -241,11 +241,12 @@ impl Vm {
         })
     }
 
-    /// The guest-physical address of virtual address `va` as vCPU `cpu` sees it now.
-    #[pyo3(signature = (va, cpu = 0))]
-    fn translate(&self, py: Python<'_>, va: u64, cpu: usize) -> PyResult<u64> {
+    /// The guest-physical address of virtual address `va` as vCPU `cpu` sees it now (or
+    /// through the page tables at guest-physical `root`, in the vCPU's paging mode).
+    #[pyo3(signature = (va, cpu = 0, root = None))]
+    fn translate(&self, py: Python<'_>, va: u64, cpu: usize, root: Option<u64>) -> PyResult<u64> {
         py.detach(|| {
-            let paging = self.paging(cpu, None)?;
+            let paging = self.paging(cpu, root)?;
             paging.translate(&*self.ram, va).map(|translation| translation.gpa.0).map_err(paging_error)
         })
     }
