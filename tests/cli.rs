@@ -266,8 +266,10 @@ fn test_json_shapes_and_binary_output_on_a_terminal() {
     require_qemu();
     require_program("script");
     let run_dir = TestRunDir::new();
-    let image = common::boot_image();
     let name = common::unique_name("json");
+    // QEMU locks its disk image: a copy of its own, as the harness gives every VM
+    let image = run_dir.path().join(format!("{name}.img"));
+    std::fs::copy(common::boot_image(), &image).unwrap();
     let output = qemu_bridge(&run_dir, &["launch", &name, "--json", "--drive", image.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
     let _guard = common::VmGuard::launched_by_cli(&run_dir, &name);
@@ -279,7 +281,8 @@ fn test_json_shapes_and_binary_output_on_a_terminal() {
         serde_json::from_str(&stdout(&qemu_bridge(&run_dir, &["status", &name, "--json"]))).unwrap();
     assert_eq!(status, serde_json::json!({"name": name, "status": "running", "running": true}));
     let ram = std::fs::File::open(launched["ram"].as_str().unwrap()).unwrap();
-    assert!(common::wait_until(std::time::Duration::from_secs(30), || {
+    // TCG boots in a second on a quiet machine, far slower on a busy one
+    assert!(common::wait_until(std::time::Duration::from_secs(120), || {
         let mut marker = vec![0u8; MARKER.len()];
         std::os::unix::fs::FileExt::read_exact_at(&ram, &mut marker, 0x10000).is_ok() && marker == MARKER
     }));
