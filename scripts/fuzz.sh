@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the cargo-fuzz targets for a bounded time each (FUZZ_SECONDS, default 60):
+# Runs the cargo-fuzz targets for a bounded time each (FUZZ_SECONDS, default 50):
 #   qmp_reply  the QMP client fed arbitrary server bytes
 #   layout     guest-physical layout and bounds arithmetic
 #   mtree      the parser of QEMU's flat memory map (info mtree -f)
@@ -14,10 +14,10 @@
 # fuzz/artifacts/<target>/: turn it into a unit test next to the code, then fix the bug.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${FUZZ_SECONDS:-60}
+seconds=${FUZZ_SECONDS:-50}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 export RUSTC_BOOTSTRAP=1
-targets=(qmp_reply layout mtree paging vmcoreinfo kallsyms printk btf kernel_walks)
+targets=(qmp_reply layout mtree paging vmcoreinfo kallsyms printk btf kernel_walks record)
 # every target built first, its errors shown: the runs below filter their output, and a target
 # that no longer compiles must fail the run, not pass it in silence
 for target in "${targets[@]}"; do

@@ -3,7 +3,7 @@
 # (real QEMU under TCG, real FUSE mounts, real files in /dev/shm) and doc tests, the QEMU-facing
 # integration tests a second time against QEMU 10.0 (unpacked from bookworm-backports by
 # scripts/qemu10.sh; QEMU_BRIDGE_SKIP_QEMU10=1 skips that pass outside CI), then the fuzz targets
-# for 60 s each (FUZZ_SECONDS).
+# for 50 s each (FUZZ_SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

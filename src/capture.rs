@@ -191,10 +191,10 @@ pub fn to_file(
     if options.update {
         return update(vm, bridge, info, &origin, path, options, running);
     }
+    let header = Header::find(bridge, info, options.format)?;
     let pausing = options.pause && running;
     let paused = pausing.then(|| Pause::start(vm)).transpose()?;
-    let written = prefix(vm, bridge, info, options.format)
-        .and_then(|prefix| whole(bridge, info, path, &prefix, options, progress));
+    let written = whole(bridge, info, path, &header.bytes(vm, bridge, info), options, progress);
     let paused_for = paused.map(Pause::end).transpose()?;
     let (digest, recorded) = written?;
     // of a guest that ran during the copy: what it wrote meanwhile, recorded with the copy
@@ -223,27 +223,40 @@ pub fn to_file(
     })
 }
 
-/// What the file holds before the RAM: nothing for a raw image; for an ELF core its header,
-/// with the vCPUs' registers as they are now and the guest kernel's vmcoreinfo.
-fn prefix(
-    vm: &Vm,
-    bridge: &SharedMemoryBridge,
-    info: &VmInfo,
+/// What the file holds before the RAM: nothing for a raw image; for an ELF core its header.
+/// The guest kernel's vmcoreinfo is found once per capture, before any pause (a scan of RAM);
+/// the vCPUs' registers are read each time a header is made, so that a header made while the
+/// VM is paused holds the registers of that instant.
+struct Header {
     format: Format,
-) -> Result<Vec<u8>, CaptureError> {
-    if format == Format::Raw {
-        return Ok(Vec::new());
+    vmcoreinfo: Option<String>,
+}
+
+impl Header {
+    fn find(bridge: &SharedMemoryBridge, info: &VmInfo, format: Format) -> Result<Self, CaptureError> {
+        let vmcoreinfo = match format {
+            Format::Raw => None,
+            Format::Elf => crate::guest::vmcoreinfo::find(bridge.mapping())
+                .map_err(|source| ram_error(info, source))?
+                .map(|found| found.text),
+        };
+        Ok(Self { format, vmcoreinfo })
     }
-    let notes = crate::vm::vcpu_notes_now(info, |ask| vm.with_qmp(ask));
-    let vmcoreinfo =
-        crate::guest::vmcoreinfo::find(bridge.mapping()).map_err(|source| ram_error(info, source))?;
-    Ok(crate::ram::dump::elf_header_over_ram(
-        bridge.layout(),
-        info.arch.elf_machine(),
-        &notes,
-        vmcoreinfo.as_ref().map(|info| info.text.as_str()),
-        crate::ram::incremental::LEAF,
-    ))
+
+    /// The bytes before the RAM, with the registers as they are now.
+    fn bytes(&self, vm: &Vm, bridge: &SharedMemoryBridge, info: &VmInfo) -> Vec<u8> {
+        if self.format == Format::Raw {
+            return Vec::new();
+        }
+        let notes = crate::vm::vcpu_notes_now(info, |ask| vm.with_qmp(ask));
+        crate::ram::dump::elf_header_over_ram(
+            bridge.layout(),
+            info.arch.elf_machine(),
+            &notes,
+            self.vmcoreinfo.as_deref(),
+            crate::ram::incremental::LEAF,
+        )
+    }
 }
 
 fn ram_error(info: &VmInfo, source: BridgeError) -> CaptureError {
@@ -357,7 +370,8 @@ fn consistent(
     let pass = |prefix: &[u8], then: &mut dyn FnMut()| {
         update_file_then(bridge.mapping(), origin, path, soft_dirty.as_deref(), prefix, then)
     };
-    let running_prefix = prefix(vm, bridge, info, options.format)?;
+    let header = Header::find(bridge, info, options.format)?;
+    let running_prefix = header.bytes(vm, bridge, info);
     let mut passes = Vec::new();
     let mut first_update = None;
     if options.update {
@@ -382,7 +396,7 @@ fn consistent(
     // the last pages, paused; resumed as soon as they are written (before the sync)
     let paused = Pause::start(vm)?;
     // the registers of the instant (read while paused) in the header
-    let paused_prefix = prefix(vm, bridge, info, options.format)?;
+    let paused_prefix = header.bytes(vm, bridge, info);
     let mut paused = Some(paused);
     let mut paused_for = None;
     let mut resume_error = None;
@@ -450,13 +464,13 @@ fn update(
     options: &CaptureOptions,
     running: bool,
 ) -> Result<Capture, CaptureError> {
+    let header = Header::find(bridge, info, options.format)?;
     let pausing = options.pause && running;
     let paused = pausing.then(|| Pause::start(vm)).transpose()?;
     let soft_dirty = soft_dirty_unless(options.fingerprints, info, bridge);
-    let updated = prefix(vm, bridge, info, options.format).and_then(|prefix| {
-        update_file_then(bridge.mapping(), origin, path, soft_dirty.as_deref(), &prefix, || {})
-            .map_err(CaptureError::from)
-    });
+    let prefix = header.bytes(vm, bridge, info);
+    let updated = update_file_then(bridge.mapping(), origin, path, soft_dirty.as_deref(), &prefix, || {})
+        .map_err(CaptureError::from);
     let paused_for = paused.map(Pause::end).transpose()?;
     let updated = updated?;
     let verdict = match (pausing, running) {

@@ -150,14 +150,12 @@ pub struct NameArgs {
 /// `status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The VM's name (its socket's file stem)
-    pub name: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub vm: NameArgs,
     /// Print {"name", "status", "running"} as JSON
     #[arg(long)]
     pub json: bool,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub common: Common,
 }
 
 /// `stop`.
@@ -639,11 +637,11 @@ pub fn run(cli: Cli) -> CliResult {
         Verb::Stop(args) => stop_verb(&args),
         Verb::List(args) => list_verb(args),
         Verb::Status(args) => {
-            let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
+            let vm = Vm::existing(&args.vm.common.run_dir(), &args.vm.name)?;
             let status = vm.status()?;
             if args.json {
                 let json = serde_json::json!({
-                    "name": args.name, "status": status.status.as_str(), "running": status.running,
+                    "name": args.vm.name, "status": status.status.as_str(), "running": status.running,
                 });
                 println!("{json}");
             } else {

@@ -186,7 +186,47 @@ fn file_identity(file: &File) -> std::io::Result<(u64, u64, u64, i128)> {
     ))
 }
 
+/// The most bytes a record of `ram_size` bytes of RAM after `base` bytes of header can hold: a
+/// larger file is not such a record, and is not read whole to find out.
+fn record_len_bound(ram_size: u64, base: u64) -> u64 {
+    let pages = ram_size.div_ceil(PAGE_SIZE as u64);
+    let leaves = ram_size.saturating_add(base).div_ceil(LEAF);
+    (MAGIC.len() + 4 + MAX_HEADER) as u64 + pages.saturating_mul(8) + leaves.saturating_mul(32)
+}
+
+/// The file at `path`, or its first `limit + 1` bytes when it is longer (which no parser then
+/// accepts).
+fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    File::open(path)?.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// For the cargo-fuzz target only (built with `--cfg fuzzing`): parses a side record from
+/// arbitrary bytes and checks what an accepted one promises.
+#[cfg(fuzzing)]
+pub fn fuzz_record(bytes: &[u8]) {
+    if let Some(record) = Record::parse(bytes) {
+        record.check_parsed(bytes);
+    }
+}
+
 impl Record {
+    /// What a record accepted by [`parse`](Self::parse) from `bytes` promises: one fingerprint
+    /// a page and one chaining value a leaf of its RAM, a header within bounds, and the same
+    /// record again when written and parsed back.
+    #[cfg(any(test, fuzzing))]
+    fn check_parsed(&self, bytes: &[u8]) {
+        let header = &self.header;
+        assert_eq!(self.prints.len() as u64, header.pages);
+        assert_eq!(self.tree.len() as u64, header.leaves);
+        assert_eq!(header.pages, header.origin.ram_size.div_ceil(PAGE_SIZE as u64));
+        assert_eq!(header.base % LEAF, 0);
+        assert!(bytes.len() as u64 <= record_len_bound(header.origin.ram_size, header.base));
+        assert_eq!(Record::parse(&self.to_bytes()).as_ref(), Some(self));
+    }
+
     /// Parses a record; `None` for anything malformed (a record is a cache: a bad one means a
     /// full snapshot, never an error).
     fn parse(bytes: &[u8]) -> Option<Self> {
@@ -318,7 +358,7 @@ pub struct Updated {
 fn usable_record(path: &Path, file: Option<&File>, origin: &Origin, base: u64) -> Result<Record, String> {
     let record_file = record_path(path);
     let Some(file) = file else { return Err(format!("{} does not exist", path.display())) };
-    let bytes = std::fs::read(&record_file)
+    let bytes = read_bounded(&record_file, record_len_bound(origin.ram_size, base))
         .map_err(|_| format!("{} has no record ({})", path.display(), record_file.display()))?;
     let record =
         Record::parse(&bytes).ok_or_else(|| format!("{} is not a snapshot record", record_file.display()))?;
@@ -934,6 +974,76 @@ mod tests {
         let mut huge = MAGIC.to_vec();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(Record::parse(&huge), None);
+    }
+
+    /// A tampered record (bits flipped, bytes cut, inserted or overwritten, in the header or the
+    /// body) is refused or parses into a record that keeps every promise: never a panic.
+    #[test]
+    fn tampered_records_are_refused_or_keep_their_promises() {
+        let origin = Origin { vm: "vm".into(), qemu_pid: 1, qemu_start: 2, ram_size: 3 * LEAF };
+        let header = Header {
+            origin,
+            file_len: 5,
+            file_dev: 6,
+            file_ino: 7,
+            file_mtime_ns: -8,
+            pages: 768,
+            leaves: 4,
+            soft_dirty_generation: None,
+            smear: vec![[0, 4096]],
+            base: LEAF,
+        };
+        let record = Record { header, prints: (0..768).collect(), tree: vec![[9; 32]; 4] };
+        let valid = record.to_bytes();
+        record.check_parsed(&valid);
+        // xorshift: the same mutations on every run
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound.max(1) as u64) as usize
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let mut bytes = valid.clone();
+            for _ in 0..=next(3) {
+                // most mutations in the header, where the parser's decisions are
+                let at = if next(4) == 0 { next(bytes.len()) } else { next(bytes.len().min(400)) };
+                match next(5) {
+                    0 => bytes[at] ^= 1 << next(8),
+                    1 => bytes.truncate(at),
+                    2 => bytes.insert(at, next(256) as u8),
+                    3 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    _ if at < bytes.len() => bytes[at] = b"0123456789{}[]\",:-e"[next(19)],
+                    _ => {}
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            match Record::parse(&bytes) {
+                Some(parsed) => {
+                    parsed.check_parsed(&bytes);
+                    accepted += 1;
+                }
+                None => refused += 1,
+            }
+        }
+        // the mutations reach both outcomes: a test that only ever refused would test little
+        assert!(accepted > 100 && refused > 100, "accepted {accepted}, refused {refused}");
+    }
+
+    #[test]
+    fn an_oversized_record_file_is_not_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("record");
+        std::fs::write(&path, vec![7u8; 10_000]).unwrap();
+        assert_eq!(read_bounded(&path, 100).unwrap().len(), 101);
+        assert_eq!(read_bounded(&path, 20_000).unwrap().len(), 10_000);
+        assert!(record_len_bound(4 << 30, LEAF) < (9 << 20));
     }
 
     #[test]
