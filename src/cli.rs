@@ -192,8 +192,11 @@ pub struct SavedArgs {
     /// The VM's name
     pub name: String,
     /// One JSON array instead of a table
-    #[arg(long)]
+    #[arg(long, conflicts_with = "names")]
     pub json: bool,
+    /// Only the saved states' names, one a line (what shell completion uses)
+    #[arg(long)]
+    pub names: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -728,6 +731,12 @@ fn saved_verb(args: SavedArgs) -> CliResult {
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&states)?)?;
+        return Ok(());
+    }
+    if args.names {
+        for state in states {
+            writeln!(out, "{}", state.tag)?;
+        }
         return Ok(());
     }
     writeln!(out, "{:<24} {:>12} {:>12}  SAVED AT (UTC)", "NAME", "STATE SIZE", "GUEST TIME")?;
@@ -1445,6 +1454,8 @@ fn completions(shell: clap_complete::Shell) -> Vec<u8> {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "qemu-bridge", &mut script);
     let verbs = verbs_of_a_vm().join(" ");
+    // the verbs whose second argument is one of the VM's saved states (save makes a new one)
+    let tag_verbs = "restore delete-saved";
     let mut text = String::from_utf8_lossy(&script).into_owned();
     match shell {
         Shell::Bash => text.push_str(&format!(
@@ -1459,6 +1470,12 @@ _qemu_bridge_with_vms() {{
             [[ ${{COMP_WORDS[i]}} == --run-dir ]] && run_dir=(--run-dir "${{COMP_WORDS[i + 1]}}")
         done
         mapfile -t COMPREPLY < <(compgen -W "$(qemu-bridge list --names "${{run_dir[@]}}" 2>/dev/null)" -- "$cur")
+    elif [[ $COMP_CWORD -eq 3 && $cur != -* && " {tag_verbs} " == *" $verb "* ]]; then
+        local run_dir=() i
+        for ((i = 1; i < ${{#COMP_WORDS[@]}} - 1; i++)); do
+            [[ ${{COMP_WORDS[i]}} == --run-dir ]] && run_dir=(--run-dir "${{COMP_WORDS[i + 1]}}")
+        done
+        mapfile -t COMPREPLY < <(compgen -W "$(qemu-bridge saved "${{COMP_WORDS[2]}}" --names "${{run_dir[@]}}" 2>/dev/null)" -- "$cur")
     fi
 }}
 complete -F _qemu_bridge_with_vms -o bashdefault -o default qemu-bridge
@@ -1466,15 +1483,28 @@ complete -F _qemu_bridge_with_vms -o bashdefault -o default qemu-bridge
         )),
         Shell::Fish => text.push_str(&format!(
             "\n# VM names where a verb takes one (qemu-bridge list --names asks no QEMU)\n\
-             complete -c qemu-bridge -n \"__fish_seen_subcommand_from {verbs}\" -f -a \"(qemu-bridge list --names 2>/dev/null)\"\n"
+             complete -c qemu-bridge -n \"__fish_seen_subcommand_from {verbs}; and test (count (commandline -opc)) -eq 2\" -f -a \"(qemu-bridge list --names 2>/dev/null)\"\n\
+             # saved states' names where a verb takes one (qemu-bridge saved VM --names)\n\
+             complete -c qemu-bridge -n \"__fish_seen_subcommand_from {tag_verbs}; and test (count (commandline -opc)) -eq 3\" -f -a \"(qemu-bridge saved (commandline -opc)[3] --names 2>/dev/null)\"\n"
         )),
         Shell::Zsh => {
             // the VM's name argument of every verb but launch completes from list --names
+            // and the tag of the verbs in `tag_verbs` from `saved VM --names`; clap_complete
+            // writes each verb's arguments after a `(verb)` line
+            let mut verb = "";
             let mut lines: Vec<String> = text
                 .lines()
                 .map(|line| {
+                    if let Some(name) = line.strip_prefix('(').and_then(|rest| rest.strip_suffix(')')) {
+                        verb = name;
+                    }
                     if line.starts_with("':name -- The VM") && line.contains(":_default'") {
                         line.replace(":_default'", ":_qemu_bridge_vms'")
+                    } else if line.starts_with("':tag -- ")
+                        && line.contains(":_default'")
+                        && tag_verbs.split(' ').any(|tagged| tagged == verb)
+                    {
+                        line.replace(":_default'", ":_qemu_bridge_saved'")
                     } else {
                         line.to_string()
                     }
@@ -1484,7 +1514,10 @@ complete -F _qemu_bridge_with_vms -o bashdefault -o default qemu-bridge
             lines.insert(
                 at,
                 "_qemu_bridge_vms() {\n    local -a vms\n    vms=(${(f)\"$(qemu-bridge list --names 2>/dev/null)\"})\n    \
-                 _describe 'VM' vms\n}\n"
+                 _describe 'VM' vms\n}\n\
+                 _qemu_bridge_saved() {\n    local -a tags\n    \
+                 tags=(${(f)\"$(qemu-bridge saved ${words[2]} --names 2>/dev/null)\"})\n    \
+                 _describe 'saved state' tags\n}\n"
                     .to_string(),
             );
             text = lines.join("\n") + "\n";

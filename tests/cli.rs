@@ -346,5 +346,7 @@ fn test_completions_complete_vm_names() {
     for shell in ["zsh", "fish"] {
         let script = stdout(&Command::new(binary).args(["completions", shell]).output().unwrap());
         assert!(script.contains("qemu-bridge list --names"), "{shell}: {script}");
+        // saved states' names (tests/lifecycle.rs runs bash's on a VM with a saved state)
+        assert!(script.contains("qemu-bridge saved ") && script.contains(" --names"), "{shell}: {script}");
     }
 }

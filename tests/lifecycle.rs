@@ -26,6 +26,29 @@ fn status(run_dir: &TestRunDir, name: &str) -> String {
     stdout(&qemu_bridge(run_dir, &["status", name])).trim().to_string()
 }
 
+/// What bash completes for `qemu-bridge WORDS...` (the last word being completed), with the
+/// completion script the binary prints.
+fn bash_completes(run_dir: &TestRunDir, words: &[&str]) -> Vec<String> {
+    let binary = Path::new(env!("CARGO_BIN_EXE_qemu-bridge"));
+    let script = format!(
+        "source <(qemu-bridge completions bash)\n\
+         COMP_WORDS=(qemu-bridge {}); COMP_CWORD={}; _qemu_bridge_with_vms\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        words.join(" "),
+        words.len()
+    );
+    let path =
+        format!("{}:{}", binary.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    let output = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .env("PATH", path)
+        .env("QEMU_BRIDGE_RUN_DIR", run_dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output).lines().filter(|line| !line.is_empty()).map(String::from).collect()
+}
+
 fn ok(output: std::process::Output) -> String {
     assert!(output.status.success(), "{}", stderr(&output));
     stdout(&output)
@@ -55,6 +78,12 @@ fn test_save_and_restore_bring_back_ram_exactly() {
         serde_json::from_str(&ok(qemu_bridge(&run_dir, &["saved", &name, "--json"]))).unwrap();
     assert_eq!(listed[0]["tag"], "before");
     assert!(listed[0]["vm_state_size"].as_u64().unwrap() > 0, "{listed}");
+    // the shell completes saved states' names where a verb takes one, and not for save
+    assert_eq!(ok(qemu_bridge(&run_dir, &["saved", &name, "--names"])), "before\n");
+    assert_eq!(bash_completes(&run_dir, &["restore", &name, "be"]), ["before"]);
+    assert_eq!(bash_completes(&run_dir, &["delete-saved", &name, ""]), ["before"]);
+    assert_eq!(bash_completes(&run_dir, &["restore", &name, "x"]), Vec::<String>::new());
+    assert!(!bash_completes(&run_dir, &["save", &name, "be"]).contains(&"before".to_string()));
 
     // the guest runs on and changes memory
     ok(qemu_bridge(&run_dir, &["resume", &name]));

@@ -668,3 +668,93 @@ fn test_bad_input_at_every_edge() {
     assert_eq!(std::fs::read_to_string(dir.join("status")).unwrap(), "running\n");
     assert!(process_alive(mount.pid));
 }
+
+/// The threads, open sockets (QMP connections among them), other open descriptors and private
+/// memory (KiB) of process `pid`.
+fn footprint(pid: u32) -> (usize, usize, usize, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let threads = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap();
+    let (mut sockets, mut others) = (0, 0);
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        // a descriptor closed while listed is gone: not counted
+        match std::fs::read_link(entry.unwrap().path()) {
+            Ok(target) if target.to_string_lossy().starts_with("socket:") => sockets += 1,
+            Ok(_) => others += 1,
+            Err(_) => {}
+        }
+    }
+    (threads, sockets, others, common::anon_rss_kib(pid))
+}
+
+/// A host full of VMs: a mount of 100 (never started, 16 MiB each) lists every one on the first
+/// `ls` and serves each its own files (`ls -l` of every directory; its status; its memdev,
+/// naming its own RAM file; its `ram`, where a marker of its own written into each RAM file,
+/// as its guest would, reads back from that VM only: no two VMs' inodes alias), and nothing in
+/// the daemon grows per VM or per read: its threads stay a handful, the QMP connections it
+/// opened are closed once idle, and a second pass over every file leaves its other descriptors
+/// (one RAM file a VM) and its memory where the first pass left them. (Figures: the
+/// `many_vms` rows of the benchmarks.)
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_a_mount_of_a_hundred_vms() {
+    const COUNT: usize = 100;
+    const MARKER_AT: u64 = 0x7000;
+    let run_dir = TestRunDir::new();
+    let vms = common::never_started_vms("many", &run_dir, COUNT, 16 << 20);
+    for vm in &vms {
+        let ram = std::fs::OpenOptions::new().write(true).open(&vm.launched.ram_path).unwrap();
+        ram.write_all_at(vm.name().as_bytes(), MARKER_AT).unwrap();
+    }
+    let mount = TestMount::new(&run_dir, &[]);
+    let mut names: Vec<String> = vms.iter().map(|vm| vm.name().to_string()).collect();
+    names.sort();
+    assert_eq!(mount.ls(), names, "the first ls lists every VM");
+    let every_file = || {
+        for vm in &vms {
+            let dir = mount.path(vm.name());
+            let entries: std::collections::BTreeSet<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|entry| {
+                    let entry = entry.unwrap();
+                    entry.metadata().unwrap();
+                    entry.file_name().into_string().unwrap()
+                })
+                .collect();
+            for file in ["ram", "physical", "core", "status", "memdev.json", "layout.json", "cpus"] {
+                assert!(entries.contains(file), "{}: no {file} in {entries:?}", vm.name());
+            }
+            assert_eq!(std::fs::read_to_string(dir.join("status")).unwrap(), "prelaunch\n", "{}", vm.name());
+            let memdev = common::read_json(&dir.join("memdev.json"));
+            assert_eq!(memdev[0]["mem-path"], vm.launched.ram_path.to_str().unwrap());
+            let mut marker = vec![0u8; vm.name().len()];
+            File::open(dir.join("ram")).unwrap().read_exact_at(&mut marker, MARKER_AT).unwrap();
+            assert_eq!(marker, vm.name().as_bytes(), "{}'s ram serves another VM's bytes", vm.name());
+        }
+    };
+    let idle = || {
+        let mut now = footprint(mount.pid);
+        // cached QMP connections close after a moment unused
+        let closed = wait_until(Duration::from_secs(10), || {
+            now = footprint(mount.pid);
+            now.1 <= 2
+        });
+        assert!(
+            closed,
+            "QMP connections kept open per VM: {now:?} (threads, sockets, other descriptors, KiB)"
+        );
+        now
+    };
+    every_file();
+    let first = idle();
+    every_file();
+    let second = idle();
+    assert!(first.0 <= 16, "threads grow with the VMs: {first:?} with {COUNT} VMs");
+    assert!(
+        second.0 <= first.0 && second.2 <= first.2 && second.3 <= first.3 + 1024,
+        "a second pass grew the daemon: {first:?} then {second:?} (threads, sockets, other descriptors, KiB)"
+    );
+}

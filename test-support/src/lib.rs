@@ -259,6 +259,30 @@ pub fn paused_machine(prefix: &str, run_dir: &TestRunDir, machine: Machine, memo
     VmBuilder::new(prefix, run_dir).machine(machine).memory(memory).no_drive().extra(&["-S"]).launch()
 }
 
+/// `count` VMs of `memory` bytes in `run_dir`, named `<prefix>-...`, never started (`-S`: QEMU
+/// is up and answers QMP, the vCPUs have not run, RAM is untouched) and with no disk: the
+/// cheapest real VMs, for tests of many. Launched a few at a time; returned in launch order.
+pub fn never_started_vms(prefix: &str, run_dir: &TestRunDir, count: usize, memory: u64) -> Vec<TestVm> {
+    require_qemu();
+    let next = AtomicU32::new(0);
+    let launched = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if index >= count {
+                    break;
+                }
+                let vm = VmBuilder::new(prefix, run_dir).memory(memory).no_drive().extra(&["-S"]).launch();
+                launched.lock().unwrap().push((index, vm));
+            });
+        }
+    });
+    let mut launched = launched.into_inner().unwrap();
+    launched.sort_by_key(|(index, _)| *index);
+    launched.into_iter().map(|(_, vm)| vm).collect()
+}
+
 /// Builder for a real VM under TCG.
 pub struct VmBuilder {
     options: LaunchOptions,
