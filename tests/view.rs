@@ -21,9 +21,15 @@ const COUNTER_PAGE: u64 = common::COUNTER_ADDR / 4096;
 
 /// `qemu-bridge view --listen 127.0.0.1:0`, and the address it serves.
 fn start_view(run_dir: &TestRunDir) -> (KillOnDrop, SocketAddr) {
+    start_view_with(run_dir, &[])
+}
+
+/// [`start_view`] with `extra` arguments.
+fn start_view_with(run_dir: &TestRunDir, extra: &[&str]) -> (KillOnDrop, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qemu-bridge"))
         .args(["view", "--listen", "127.0.0.1:0", "--run-dir"])
         .arg(run_dir.path())
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -362,5 +368,162 @@ fn test_view_follows_restarts_and_hot_plugged_memory() {
     assert!(
         regions.iter().any(|region| region["len"] == 128 * MIB && region["offset"] == 64 * MIB),
         "no region for the DIMM: {regions:?}"
+    );
+}
+
+/// What a WebSocket client of the view has been told of one VM: its summary, its page classes
+/// and the last frame it got.
+#[derive(Default)]
+struct Shown {
+    summary: serde_json::Value,
+    classes: Vec<u8>,
+    seq: u32,
+    frames: u64,
+}
+
+/// A WebSocket client of the view that keeps each VM's picture up to date, as the page does.
+struct Pictures {
+    socket: tungstenite::WebSocket<TcpStream>,
+    by_id: std::collections::HashMap<u32, Shown>,
+}
+
+impl Pictures {
+    fn connect(address: SocketAddr) -> Self {
+        let stream = TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let (socket, _) = tungstenite::client::client(format!("ws://{address}/ws"), stream).unwrap();
+        Self { socket, by_id: Default::default() }
+    }
+
+    /// Takes one message in (or none within the read timeout).
+    fn take(&mut self) {
+        match self.socket.read() {
+            Ok(tungstenite::Message::Text(text)) => {
+                let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if message["type"] == "vms" {
+                    for vm in message["vms"].as_array().unwrap() {
+                        let id = vm["id"].as_u64().unwrap() as u32;
+                        self.by_id.entry(id).or_default().summary = vm.clone();
+                    }
+                }
+            }
+            Ok(tungstenite::Message::Binary(bytes)) => {
+                let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+                let shown = self.by_id.entry(word(1)).or_default();
+                shown.seq = word(5);
+                shown.frames += 1;
+                match bytes[0] {
+                    1 => shown.classes = bytes[9..].to_vec(),
+                    2 => {
+                        for change in bytes[13..].chunks_exact(5) {
+                            let page = u32::from_le_bytes(change[..4].try_into().unwrap()) as usize;
+                            if let Some(class) = shown.classes.get_mut(page) {
+                                *class = change[4];
+                            }
+                        }
+                    }
+                    kind => panic!("a frame of unknown kind {kind}"),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The VM shown as `name`.
+    fn named(&self, name: &str) -> Option<&Shown> {
+        self.by_id.values().find(|shown| shown.summary["name"] == name)
+    }
+
+    /// Takes messages until every VM of `names` is shown with a picture (within two minutes).
+    fn until_shown(&mut self, names: &[String]) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !names.iter().all(|name| self.named(name).is_some_and(|shown| !shown.classes.is_empty())) {
+            assert!(std::time::Instant::now() < deadline, "not every VM was shown");
+            self.take();
+        }
+    }
+
+    /// Frames of each VM (by name) received during `window`.
+    fn count(&mut self, window: Duration) -> std::collections::HashMap<String, u64> {
+        let before: Vec<(u32, u64)> = self.by_id.iter().map(|(id, shown)| (*id, shown.frames)).collect();
+        let start = std::time::Instant::now();
+        while start.elapsed() < window {
+            self.take();
+        }
+        before
+            .into_iter()
+            .map(|(id, frames)| {
+                let shown = &self.by_id[&id];
+                (shown.summary["name"].as_str().unwrap_or_default().to_string(), shown.frames - frames)
+            })
+            .collect()
+    }
+}
+
+/// Fifty VMs, each at the full frame rate: side by side over the same seconds, a view of 50
+/// (never started) VMs gives every one of them at least half the frames a view of a single VM
+/// gives its one (the old shared rate gave each of 50 a fiftieth; the rate itself is a
+/// benchmark row), and a page written into the 50th VM's RAM, as its guest would, shows in its
+/// picture within the sweep the view reports for it (counted in the view's own frames).
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_view_keeps_fifty_vms_at_the_full_frame_rate() {
+    const COUNT: usize = 50;
+    const MIB: u64 = 1 << 20;
+    let (many_dir, lone_dir) = (TestRunDir::new(), TestRunDir::new());
+    let vms = common::never_started_vms("fifty", &many_dir, COUNT, 16 * MIB);
+    let lone = common::never_started_vms("lone", &lone_dir, 1, 16 * MIB);
+    // fingerprints: this test writes through the RAM file, which soft-dirty bits (QEMU's own
+    // writes) would not see
+    let (_many_server, many_address) = start_view_with(&many_dir, &["--fingerprints"]);
+    let (_lone_server, lone_address) = start_view_with(&lone_dir, &["--fingerprints"]);
+    let names: Vec<String> = vms.iter().map(|vm| vm.name().to_string()).collect();
+    let lone_name = lone[0].name().to_string();
+    let ready = std::sync::Barrier::new(2);
+    let window = Duration::from_secs(3);
+    let (mut many, (many_frames, lone_frames)) = std::thread::scope(|scope| {
+        let alone = scope.spawn(|| {
+            let mut pictures = Pictures::connect(lone_address);
+            pictures.until_shown(std::slice::from_ref(&lone_name));
+            ready.wait();
+            pictures.count(window)
+        });
+        let mut pictures = Pictures::connect(many_address);
+        pictures.until_shown(&names);
+        ready.wait();
+        let counted = pictures.count(window);
+        (pictures, (counted, alone.join().unwrap()))
+    });
+    let alone = lone_frames[&lone_name];
+    assert!(alone > 0, "the lone VM got no frames");
+    let least = names.iter().map(|name| many_frames.get(name).copied().unwrap_or(0)).min();
+    eprintln!("in {window:?}: a lone VM {alone} frames, the least of {COUNT} VMs {least:?}");
+    for name in &names {
+        let frames = many_frames.get(name).copied().unwrap_or(0);
+        assert!(2 * frames >= alone, "VM {name} got {frames} frames while a lone VM got {alone}");
+    }
+
+    // a page of data in the 50th VM's untouched RAM
+    let last = &vms[COUNT - 1];
+    const PAGE: usize = (8 * MIB / 4096) as usize;
+    let before = many.named(last.name()).unwrap().classes[PAGE];
+    let seq_at_write = many.named(last.name()).unwrap().seq;
+    let ram = std::fs::OpenOptions::new().write(true).open(&last.launched.ram_path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&ram, &common::noise(4096), PAGE as u64 * 4096).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while many.named(last.name()).unwrap().classes[PAGE] == before {
+        assert!(std::time::Instant::now() < deadline, "the page written was never shown");
+        many.take();
+    }
+    let shown = many.named(last.name()).unwrap();
+    let sweep_ms = shown.summary["sweep_ms"].as_u64().expect("a sweep time reported with fingerprints");
+    // frames of 1/60 s that one reported sweep spans, and one more sweep for a write that
+    // landed just behind the sweep's cursor
+    let frames_per_sweep = (sweep_ms * 60).div_ceil(1000) as u32;
+    let took = shown.seq.wrapping_sub(seq_at_write);
+    eprintln!("the write showed {took} frames later; sweep {sweep_ms} ms ({frames_per_sweep} frames)");
+    assert!(
+        took <= 2 * frames_per_sweep + 2,
+        "the write showed {took} frames later; the view reports a sweep of {sweep_ms} ms"
     );
 }
