@@ -223,6 +223,60 @@ pub fn to_file(
     })
 }
 
+/// What [`consistent_into`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferCapture {
+    /// Pages copied by each refresh of the buffer; for a running guest the last one is the one
+    /// made while the VM was paused.
+    pub passes: Vec<u64>,
+    /// How long the VM was paused (from before `stop` to after `cont` as seen here); `None`
+    /// when it was not running, and so was not paused.
+    pub paused_for: Option<std::time::Duration>,
+}
+
+/// Brings `buffer` (a [`SnapshotBuffer`](crate::ram::incremental::SnapshotBuffer) of the VM's
+/// RAM, reused from one capture to the next) to the guest's RAM at one instant, pausing a
+/// running guest only for the last pages, as [`to_file`] does with `consistent`: refreshes while
+/// the guest runs, for as long as what a refresh copies shrinks (at most `attempts` times, 0:
+/// the default bound), then pauses it, refreshes once more and resumes it. A VM that is not
+/// running is refreshed once.
+///
+/// # Errors
+///
+/// [`CaptureError`]: QEMU did not answer, or the RAM could not be read (a buffer of another
+/// size among the reasons); a VM this paused runs again.
+pub fn consistent_into(
+    vm: &Vm,
+    bridge: &SharedMemoryBridge,
+    buffer: &mut crate::ram::incremental::SnapshotBuffer,
+    attempts: u32,
+) -> Result<BufferCapture, CaptureError> {
+    let refresh = |buffer: &mut crate::ram::incremental::SnapshotBuffer| {
+        buffer
+            .refresh(bridge.mapping())
+            .map(|pages| pages as u64)
+            .map_err(|source| CaptureError::Ram { vm: vm.name().to_string(), source })
+    };
+    if !vm.with_qmp(|qmp| qmp.query_status())?.running {
+        return Ok(BufferCapture { passes: vec![refresh(buffer)?], paused_for: None });
+    }
+    let bound = if attempts == 0 { MAX_RUNNING_PASSES } else { attempts.min(64) };
+    let mut passes = vec![refresh(buffer)?];
+    while (passes.len() as u32) < bound {
+        let copied = refresh(buffer)?;
+        let shrinking = copied < passes[passes.len() - 1];
+        passes.push(copied);
+        if !shrinking || copied <= FEW_PAGES {
+            break;
+        }
+    }
+    let paused = Pause::start(vm)?;
+    let last = refresh(buffer);
+    let paused_for = paused.end()?;
+    passes.push(last?);
+    Ok(BufferCapture { passes, paused_for: Some(paused_for) })
+}
+
 /// What the file holds before the RAM: nothing for a raw image; for an ELF core its header.
 /// The guest kernel's vmcoreinfo is found once per capture, before any pause (a scan of RAM);
 /// the vCPUs' registers are read each time a header is made, so that a header made while the

@@ -150,6 +150,38 @@ fn test_a_consistent_capture_of_a_running_guest_is_one_instant() {
 
 /// Every snapshot can be updated: `--update` of a file a plain `snapshot` made writes only what
 /// changed, and the file then equals the RAM file of the paused guest.
+/// The library's consistent capture into a buffer reused from one capture to the next: of the
+/// running sweeper, the buffer holds one instant (at most one break) each time, a pause that
+/// QEMU's own events bracket each time, the guest running again after each; the refreshes after
+/// the first copy only what the guest wrote (fewer pages than RAM has).
+#[test]
+#[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
+fn test_a_consistent_capture_into_a_reused_buffer_is_one_instant() {
+    let run_dir = TestRunDir::new();
+    let (vm, watch) = sweeper(&run_dir);
+    let mut events = QmpClient::connect(&watch, std::time::Duration::from_secs(10)).unwrap();
+    let handle = qemu_bridge::Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
+    let bridge = qemu_bridge::SharedMemoryBridge::open(vm.name(), &vm.launched.ram_path).unwrap();
+    let mut buffer = qemu_bridge::ram::incremental::SnapshotBuffer::new(bridge.mapping()).unwrap();
+    for round in 0..2 {
+        let capture = qemu_bridge::capture::consistent_into(&handle, &bridge, &mut buffer, 0).unwrap();
+        let breaks = sweep_breaks(buffer.data());
+        assert!(breaks <= 1, "round {round}: {breaks} breaks in a consistent capture: {capture:?}");
+        assert!(capture.paused_for.is_some() && capture.passes.len() >= 2, "{capture:?}");
+        assert!(capture.passes.iter().all(|&pages| pages < RAM / 4096), "only what was written: {capture:?}");
+        assert_eq!(status(&run_dir, vm.name()), "running");
+        events.query_status().unwrap();
+        let seen = events.take_events();
+        let stops = seen.iter().filter(|event| event["event"] == "STOP").count();
+        let resumes = seen.iter().filter(|event| event["event"] == "RESUME").count();
+        assert!(stops == 1 && resumes == 1, "round {round}: one pause: {seen:?}");
+        eprintln!(
+            "into a buffer, round {round}: passes {:?}, paused {:?}",
+            capture.passes, capture.paused_for
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs QEMU, FUSE or root: run by scripts/test.sh (cargo test -- --include-ignored)"]
 fn test_an_update_of_a_plain_snapshot_is_incremental() {

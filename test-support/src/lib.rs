@@ -5,6 +5,7 @@
 //! test` lists them as ignored instead of passing them silently; `scripts/test.sh` installs what
 //! they need and runs them with `--include-ignored`. Once included, a test whose tool is
 //! missing fails (the `require_*` helpers panic): it never passes without doing its work.
+pub mod browser;
 pub mod linux;
 pub mod nested;
 pub mod process;
