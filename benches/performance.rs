@@ -593,12 +593,55 @@ struct ViewSample {
     tracking: String,
 }
 
-/// Runs `qemu-bridge view` on `run_dir` and reads its WebSocket like a browser for `duration`
-/// once all `vms` are shown: the median frames per second per VM and the server's CPU (% of one
-/// core).
-fn view_frames(run_dir: &RunDir, vms: usize, duration: Duration) -> (f64, f64) {
-    let sample = view_sample(run_dir, vms, duration, &[]);
-    (sample.fps, sample.cpu)
+/// A thread that writes 1 MiB into each RAM file per frame (every 1/60 s), as the guests' vCPUs
+/// would: an 8-byte stamp into each of 256 pages spread over RAM (`spread`: 256 system calls a
+/// VM a frame), or one run of 256 pages, each page stamped, at a moving offset (one call); stopped
+/// when dropped.
+struct FrameWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FrameWriter {
+    fn start(rams: Vec<File>, memory: u64, spread: bool) -> Self {
+        const RUN: usize = 1 << 20;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut at = 0u64;
+            let mut stamp = 0u64;
+            let mut run = vec![0u8; RUN];
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                for ram in &rams {
+                    if spread {
+                        for _ in 0..256 {
+                            stamp += 1;
+                            ram.write_all_at(&stamp.to_le_bytes(), at).unwrap();
+                            at = (at + 7 * 4096 * 4099) % memory;
+                        }
+                    } else {
+                        stamp += 1;
+                        for page in run.chunks_mut(4096) {
+                            page[..8].copy_from_slice(&stamp.to_le_bytes());
+                        }
+                        ram.write_all_at(&run, at).unwrap();
+                        at = (at + RUN as u64) % memory;
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(16_667));
+            }
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for FrameWriter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Frames drawn per second by each of the `vms` bricks of the view's page in headless Chromium
@@ -630,7 +673,9 @@ fn browser_frames(run_dir: &common::TestRunDir, vms: usize, duration: Duration) 
     (rates.first().copied().unwrap_or(0.0), rates.get(rates.len() / 2).copied().unwrap_or(0.0))
 }
 
-/// [`view_frames`], with `extra` arguments to `view`, and what the server said of its tracking.
+/// Runs `qemu-bridge view` on `run_dir` with `extra` arguments and reads its WebSocket like a
+/// browser for `duration` once all `vms` are shown: frames per second per VM, the server's CPU
+/// and memory, and what it said of its tracking.
 fn view_sample(run_dir: &RunDir, vms: usize, duration: Duration, extra: &[&str]) -> ViewSample {
     let (server, address) = common::browser::start_view(run_dir.path(), extra);
     let stream = std::net::TcpStream::connect(address).unwrap();
@@ -1351,21 +1396,37 @@ impl Bench {
         // the old rate shared 60 frames a second among the VMs
         for (count, target_fps) in [(1usize, 60.0), (3, 60.0), (10, 60.0), (50, 60.0)] {
             vms.extend(common::never_started_vms("view", &run_dir, count - vms.len(), 64 << 20));
-            let (fps, cpu) = view_frames(&run_dir.run_dir, count, Duration::from_secs_f64(3.0));
-            let shared = 60.0 / count as f64;
-            results.add(Row {
-                name: format!("view: {count} VM(s), frames per second each, as a browser receives them"),
-                target: format!("{target_fps} FPS each"),
-                median: fps,
-                p99: fps,
-                unit: "fps",
-                baseline: Some(("the old shared rate, 60/VMs".into(), shared)),
-                ratio: Some(fps / shared),
-                verdict: format!(
-                    "{}: server CPU {cpu:.0} % of one core",
-                    if fps >= 0.9 * target_fps { "met" } else { "not met" }
-                ),
-            });
+            // idle, and with 1 MiB written into each VM per frame (a run of 256 pages: with 50
+            // VMs, 256 calls a VM a frame would be 768,000 system calls a second)
+            for writing in [false, true] {
+                let writer = writing.then(|| {
+                    let open = |vm: &common::TestVm| {
+                        std::fs::OpenOptions::new().write(true).open(&vm.launched.ram_path).unwrap()
+                    };
+                    FrameWriter::start(vms.iter().map(open).collect(), 64 << 20, false)
+                });
+                let sample = view_sample(&run_dir.run_dir, count, Duration::from_secs_f64(3.0), &[]);
+                drop(writer);
+                let shared = 60.0 / count as f64;
+                let load = if writing { "1 MiB written into each per frame" } else { "idle" };
+                results.add(Row {
+                    name: format!(
+                        "view: {count} VM(s), {load}: frames per second each, as a browser receives them"
+                    ),
+                    target: format!("{target_fps} FPS each"),
+                    median: sample.fps,
+                    p99: sample.fps,
+                    unit: "fps",
+                    baseline: Some(("the old shared rate, 60/VMs".into(), shared)),
+                    ratio: Some(sample.fps / shared),
+                    verdict: format!(
+                        "{}: server CPU {:.0} % of one core, private memory {:.1} MiB",
+                        if sample.fps >= 0.9 * target_fps { "met" } else { "not met" },
+                        sample.cpu,
+                        sample.rss as f64 / f64::from(1 << 20),
+                    ),
+                });
+            }
             if count >= 10 {
                 let (least, median) = browser_frames(&run_dir, count, Duration::from_secs(3));
                 results.add(Row {
@@ -1400,28 +1461,10 @@ impl Bench {
             let (_, info) = vm.open_bridge().unwrap();
             let ram = fill_with_data(&info.ram_path, memory);
             for writing in [false, true] {
-                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let writer = writing.then(|| {
-                    let (ram, stop) = (ram.try_clone().unwrap(), std::sync::Arc::clone(&stop));
-                    std::thread::spawn(move || {
-                        let mut at = 0u64;
-                        let mut stamp = 0u64;
-                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            // 256 pages a frame, spread over RAM
-                            for _ in 0..256 {
-                                stamp += 1;
-                                ram.write_all_at(&stamp.to_le_bytes(), at).unwrap();
-                                at = (at + 7 * 4096 * 4099) % memory;
-                            }
-                            std::thread::sleep(Duration::from_micros(16_667));
-                        }
-                    })
-                });
+                let writer =
+                    writing.then(|| FrameWriter::start(vec![ram.try_clone().unwrap()], memory, true));
                 let sample = view_sample(&lab.run_dir, 1, Duration::from_secs_f64(seconds), &[]);
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                if let Some(writer) = writer {
-                    writer.join().unwrap();
-                }
+                drop(writer);
                 let load = if writing { "1 MiB written per frame" } else { "idle" };
                 let sweep = sample.sweep_ms.map_or("-".into(), |ms| format!("{:.2} s", ms as f64 / 1000.0));
                 results.add(Row {

@@ -111,6 +111,10 @@ pub struct Capture {
     /// For a copy of a running guest that was not paused: what the guest wrote while it was
     /// copied (a superset of the pages that may not be of one instant).
     pub smear: Option<ChangeSet>,
+    /// How the passes after the first found the pages the guest wrote (soft-dirty bits or
+    /// fingerprints): for a consistent capture of a running guest and an update; `None` for a
+    /// single whole copy.
+    pub tracking: Option<TrackingMethod>,
 }
 
 /// How an update went.
@@ -220,6 +224,7 @@ pub fn to_file(
         passes: vec![pages],
         paused_for,
         smear,
+        tracking: None,
     })
 }
 
@@ -480,6 +485,7 @@ fn consistent(
         passes,
         paused_for,
         smear: None,
+        tracking: Some(method_of(soft_dirty.is_some())),
     })
 }
 
@@ -489,7 +495,15 @@ fn update_report(first: &Updated, bridge: &SharedMemoryBridge, soft_dirty: bool)
         pages_written: first.pages_written,
         pages_looked: first.pages_looked,
         pages: bridge.mapping().pages(),
-        method: if soft_dirty { TrackingMethod::SoftDirty } else { TrackingMethod::Fingerprints },
+        method: method_of(soft_dirty),
+    }
+}
+
+fn method_of(soft_dirty: bool) -> TrackingMethod {
+    if soft_dirty {
+        TrackingMethod::SoftDirty
+    } else {
+        TrackingMethod::Fingerprints
     }
 }
 
@@ -543,6 +557,7 @@ fn update(
         passes: vec![updated.pages_written],
         paused_for,
         smear: None,
+        tracking: Some(method_of(soft_dirty.is_some())),
     })
 }
 

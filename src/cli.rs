@@ -1386,7 +1386,13 @@ fn snapshot_verb(args: SnapshotArgs, quiet: bool) -> CliResult {
     }
     if captured.passes.len() > 1 {
         let passes: Vec<String> = captured.passes.iter().map(u64::to_string).collect();
-        eprintln!("qemu-bridge: {} passes, pages written by each: {}", passes.len(), passes.join(" "));
+        let tracking =
+            captured.tracking.map(|method| format!(" (changes found by {method})")).unwrap_or_default();
+        eprintln!(
+            "qemu-bridge: {} passes, pages written by each: {}{tracking}",
+            passes.len(),
+            passes.join(" ")
+        );
     }
     if let Some(paused) = captured.paused_for {
         eprintln!("qemu-bridge: the guest was paused for {:.1} ms", paused.as_secs_f64() * 1e3);
@@ -1425,6 +1431,7 @@ fn snapshot_verb(args: SnapshotArgs, quiet: bool) -> CliResult {
             "size": summary.size,
             "passes": captured.passes,
             "paused_ms": captured.paused_for.map(|paused| paused.as_secs_f64() * 1e3),
+            "tracking": captured.tracking,
             "smear": smear,
             "update": update,
         });

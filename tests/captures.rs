@@ -27,11 +27,7 @@ fn sweeper(run_dir: &TestRunDir) -> (common::TestVm, std::path::PathBuf) {
         .launch();
     // sweeping: the first swept page holds a counter that moves
     let ram = std::fs::File::open(&vm.launched.ram_path).unwrap();
-    let first = || {
-        let mut word = [0u8; 4];
-        std::os::unix::fs::FileExt::read_exact_at(&ram, &mut word, SWEPT.start).unwrap();
-        u32::from_le_bytes(word)
-    };
+    let first = || common::counter_at(&ram, SWEPT.start);
     let start = first();
     assert!(
         common::wait_until(std::time::Duration::from_secs(60), || first() > start + 100_000),
@@ -77,6 +73,8 @@ fn test_a_consistent_capture_of_a_running_guest_is_one_instant() {
     assert_eq!(image.len() as u64, RAM);
     assert!(sweep_breaks(&image) <= 1, "{} breaks in a consistent capture: {report}", sweep_breaks(&image));
     assert_eq!(report["verdict"], "consistent", "{report}");
+    // soft-dirty bits where the host keeps them (tests/soft_dirty.rs checks that they are used)
+    assert!(report["tracking"] == "fingerprints" || report["tracking"] == "soft-dirty", "{report}");
     let passes = report["passes"].as_array().unwrap();
     assert!(
         passes.len() >= 3 && passes[0] == RAM / 4096,
@@ -193,7 +191,7 @@ fn test_an_update_of_a_plain_snapshot_is_incremental() {
     vm.launched.vm.with_qmp(|qmp| qmp.stop()).unwrap();
     let report = snapshot(&run_dir, vm.name(), &out, &[]);
     assert_eq!(report["verdict"], "consistent", "a paused guest is copied as of one instant: {report}");
-    assert!(report["smear"].is_null(), "{report}");
+    assert!(report["smear"].is_null() && report["tracking"].is_null(), "one whole copy: {report}");
     // the guest runs a moment (its counter moves), then an update
     vm.launched.vm.with_qmp(|qmp| qmp.cont()).unwrap();
     let ram = std::fs::File::open(&vm.launched.ram_path).unwrap();

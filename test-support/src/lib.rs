@@ -169,6 +169,13 @@ fn run(command: &mut Command) {
     assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
 }
 
+/// The 32-bit little-endian word at offset `at` of a RAM file.
+pub fn counter_at(ram: &std::fs::File, at: u64) -> u32 {
+    let mut bytes = [0u8; 4];
+    ram.read_exact_at(&mut bytes, at).unwrap();
+    u32::from_le_bytes(bytes)
+}
+
 /// The guest's 32-bit counter, read through the library.
 pub fn counter(bridge: &SharedMemoryBridge) -> u32 {
     let mut bytes = [0u8; 4];
@@ -178,9 +185,7 @@ pub fn counter(bridge: &SharedMemoryBridge) -> u32 {
 
 /// The guest's 32-bit counter, read from a `ram` file of the mount.
 pub fn counter_in(ram: &std::fs::File) -> u32 {
-    let mut bytes = [0u8; 4];
-    std::os::unix::fs::FileExt::read_exact_at(ram, &mut bytes, COUNTER_ADDR).unwrap();
-    u32::from_le_bytes(bytes)
+    counter_at(ram, COUNTER_ADDR)
 }
 
 /// A temporary run directory, and a directory the VMs' QEMU may write to.
