@@ -191,7 +191,10 @@ pub(super) static PROCESS: Table<Pid, PROCESS_FILES> = Table {
     files: PROCESS_ROWS,
     dirs: &[],
     node: |vm, pid, row| Node::ProcessFile(vm, pid, row),
-    ttl: VANISHING,
+    // a process's files live as long as its directory, whose name is asked again at every
+    // path walk (a process that exits takes them with it); a `cat` of each file then costs no
+    // lookup of its name after the shell's glob looked it up
+    ttl: TTL,
     audited: false,
 };
 const PROCESS_ROWS: &[File<Pid>] = &[
@@ -256,14 +259,16 @@ pub(super) fn place(registry: &Arc<Registry>, node: Node, mounted_at: SystemTime
         return Some(Place { node, ttl: TTL, time: mounted_at, what: What::Dir(vms) });
     };
     let vm = registry.by_number(number.get())?;
-    // TTL 0 for what can vanish before its VM does: `linux/` of a guest that reboots, a vCPU
-    // unplugged, a process that exits, the table of a kernel that reboots into another
+    // TTL 0 for what can vanish before its VM does: a vCPU unplugged, a process that exits,
+    // the table of a kernel that reboots into another. `linux/` keeps its name as its files do
+    // theirs (a guest that reboots into no Linux shows it a second more: its files then say
+    // why they cannot be read)
     let (ttl, what) = match node {
         Node::Root => return None, // has no VM: answered above
         Node::Vm(_) => (VANISHING, rows(&VM, &vm, number, ())),
         Node::Cpus(_) => (TTL, What::Dir(Box::new(Cpus(Arc::clone(&vm), number)))),
         Node::Cpu(_, cpu) => (VANISHING, rows(&CPU, &vm, number, cpu)),
-        Node::Linux(_) => (VANISHING, rows(&LINUX, &vm, number, ())),
+        Node::Linux(_) => (TTL, rows(&LINUX, &vm, number, ())),
         Node::Proc(_) => (TTL, What::Dir(Box::new(Processes(Arc::clone(&vm), number)))),
         Node::Process(_, pid) => (VANISHING, rows(&PROCESS, &vm, number, pid)),
         Node::Volatility(_) => (TTL, What::Dir(Box::new(Volatility(Arc::clone(&vm), number)))),
