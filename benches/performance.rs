@@ -1647,6 +1647,8 @@ impl Bench {
                 )
             };
             consistent_against_pause(results, "4 GiB", &ram, MEMORY, &capture);
+            // the temporary file goes with its block; its side record is ours to remove
+            let _ = std::fs::remove_file(qemu_bridge::ram::incremental::record_path(out.path()));
         }
         const MEMORY: u64 = 1 << 30;
         let mut lab = Lab::new();
@@ -1737,8 +1739,8 @@ impl Bench {
             "export {BENCH_INSIDE}=1 BENCH_ONLY=captures_inside\ncd /tmp && exec {} --bench\n",
             exe.display()
         );
-        // the 4 GiB guest's RAM file and its capture both in the VM's tmpfs
-        let run = common::nested::run_inside(&script, 12288, Duration::from_secs(3600));
+        // the 4 GiB guest's RAM file and its capture both in the VM's tmpfs (half its memory)
+        let run = common::nested::run_inside(&script, 20480, Duration::from_secs(3600));
         assert_eq!(run.exit_code, 0, "the run inside failed:\n{}", run.output);
         for row in run.output.lines().filter_map(Row::from_line) {
             results.add(row);
@@ -1815,6 +1817,7 @@ impl Bench {
                 }
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
             });
+            let _ = std::fs::remove_file(qemu_bridge::ram::incremental::record_path(out.path()));
             drop(bridge);
             drop(lab);
         }
