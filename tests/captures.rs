@@ -19,10 +19,14 @@ fn sweeper(run_dir: &TestRunDir) -> (common::TestVm, std::path::PathBuf) {
     let name = common::unique_name("sweep");
     let watch = run_dir.path().join(format!("{name}.watch"));
     let monitor = format!("unix:{},server=on,wait=off", watch.display());
+    // QEMU locks its disk image for writing: each sweeper gets a copy of its own (the tests of
+    // this file run in parallel)
+    let image = run_dir.path().join(format!("{name}.sweeper.img"));
+    std::fs::copy(common::sweeper_image(), &image).unwrap();
     let vm = VmBuilder::new("sweep", run_dir)
         .named(&name)
         .memory(RAM)
-        .drive(common::sweeper_image())
+        .drive(&image)
         .extra(&["-qmp", &monitor])
         .launch();
     // sweeping: the first swept page holds a counter that moves
