@@ -242,8 +242,9 @@ pub struct BufferCapture {
 /// Brings `buffer` (a [`SnapshotBuffer`](crate::ram::incremental::SnapshotBuffer) of the VM's
 /// RAM, reused from one capture to the next) to the guest's RAM at one instant, pausing a
 /// running guest only for the last pages, as [`to_file`] does with `consistent`: refreshes while
-/// the guest runs, for as long as what a refresh copies shrinks (at most `attempts` times, 0:
-/// the default bound), then pauses it, refreshes once more and resumes it. A VM that is not
+/// the guest runs, for as long as what a refresh copies shrinks (after the first, at most
+/// `attempts` more times, 0: the default bound), then pauses it, refreshes once more and resumes
+/// it. A VM that is not
 /// running is refreshed once.
 ///
 /// # Errors
@@ -265,21 +266,34 @@ pub fn consistent_into(
     if !vm.with_qmp(|qmp| qmp.query_status())?.running {
         return Ok(BufferCapture { passes: vec![refresh(buffer)?], paused_for: None });
     }
-    let bound = if attempts == 0 { MAX_RUNNING_PASSES } else { attempts.min(64) };
-    let mut passes = vec![refresh(buffer)?];
-    while (passes.len() as u32) < bound {
-        let copied = refresh(buffer)?;
-        let shrinking = copied < passes[passes.len() - 1];
-        passes.push(copied);
-        if !shrinking || copied <= FEW_PAGES {
-            break;
-        }
-    }
+    let first = refresh(buffer)?;
+    let mut passes = while_shrinking(first, attempts, || refresh(buffer))?;
     let paused = Pause::start(vm)?;
     let last = refresh(buffer);
     let paused_for = paused.end()?;
     passes.push(last?);
     Ok(BufferCapture { passes, paused_for: Some(paused_for) })
+}
+
+/// The pages written by each pass while the guest runs: `first` (the first pass's), then `pass`
+/// again while what it writes shrinks, until it writes [`FEW_PAGES`] or fewer, at most
+/// `attempts` more times (0: [`MAX_RUNNING_PASSES`]; never more than 64).
+fn while_shrinking<E>(
+    first: u64,
+    attempts: u32,
+    mut pass: impl FnMut() -> Result<u64, E>,
+) -> Result<Vec<u64>, E> {
+    let bound = if attempts == 0 { MAX_RUNNING_PASSES } else { attempts.min(64) };
+    let mut passes = vec![first];
+    while (passes.len() as u32) <= bound {
+        let written = pass()?;
+        let shrinking = written < passes[passes.len() - 1];
+        passes.push(written);
+        if !shrinking || written <= FEW_PAGES {
+            break;
+        }
+    }
+    Ok(passes)
 }
 
 /// What the file holds before the RAM: nothing for a raw image; for an ELF core its header.
@@ -431,27 +445,20 @@ fn consistent(
     };
     let header = Header::find(bridge, info, options.format)?;
     let running_prefix = header.bytes(vm, bridge, info);
-    let mut passes = Vec::new();
     let mut first_update = None;
-    if options.update {
+    let first = if options.update {
         let first = pass(&running_prefix, &mut || {})?;
-        passes.push(first.pages_written);
+        let pages = first.pages_written;
         first_update = Some(first);
+        pages
     } else {
         let (_, recorded) = whole(bridge, info, path, &running_prefix, options, progress)?;
         record_copy(path, origin, recorded, Vec::new())?;
-        passes.push(bridge.mapping().pages() as u64);
-    }
-    let bound = if options.attempts == 0 { MAX_RUNNING_PASSES } else { options.attempts.min(64) };
-    // while the guest runs: again, while what a pass writes shrinks
-    while (passes.len() as u32) <= bound {
-        let written = pass(&running_prefix, &mut || {})?.pages_written;
-        let shrinking = written < passes[passes.len() - 1];
-        passes.push(written);
-        if !shrinking || written <= FEW_PAGES {
-            break;
-        }
-    }
+        bridge.mapping().pages() as u64
+    };
+    let mut passes = while_shrinking(first, options.attempts, || {
+        pass(&running_prefix, &mut || {}).map(|updated| updated.pages_written)
+    })?;
     // the last pages, paused; resumed as soon as they are written (before the sync)
     let paused = Pause::start(vm)?;
     // the registers of the instant (read while paused) in the header

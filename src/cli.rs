@@ -1470,18 +1470,13 @@ fn completions(shell: clap_complete::Shell) -> Vec<u8> {
 # VM names where a verb takes one (qemu-bridge list --names asks no QEMU)
 _qemu_bridge_with_vms() {{
     _qemu__bridge "$@"
-    local verb=${{COMP_WORDS[1]}} cur=${{COMP_WORDS[COMP_CWORD]}}
+    local verb=${{COMP_WORDS[1]}} cur=${{COMP_WORDS[COMP_CWORD]}} run_dir=() i
+    for ((i = 1; i < ${{#COMP_WORDS[@]}} - 1; i++)); do
+        [[ ${{COMP_WORDS[i]}} == --run-dir ]] && run_dir=(--run-dir "${{COMP_WORDS[i + 1]}}")
+    done
     if [[ $COMP_CWORD -eq 2 && $cur != -* && " {verbs} " == *" $verb "* ]]; then
-        local run_dir=() i
-        for ((i = 1; i < ${{#COMP_WORDS[@]}} - 1; i++)); do
-            [[ ${{COMP_WORDS[i]}} == --run-dir ]] && run_dir=(--run-dir "${{COMP_WORDS[i + 1]}}")
-        done
         mapfile -t COMPREPLY < <(compgen -W "$(qemu-bridge list --names "${{run_dir[@]}}" 2>/dev/null)" -- "$cur")
     elif [[ $COMP_CWORD -eq 3 && $cur != -* && " {tag_verbs} " == *" $verb "* ]]; then
-        local run_dir=() i
-        for ((i = 1; i < ${{#COMP_WORDS[@]}} - 1; i++)); do
-            [[ ${{COMP_WORDS[i]}} == --run-dir ]] && run_dir=(--run-dir "${{COMP_WORDS[i + 1]}}")
-        done
         mapfile -t COMPREPLY < <(compgen -W "$(qemu-bridge saved "${{COMP_WORDS[2]}}" --names "${{run_dir[@]}}" 2>/dev/null)" -- "$cur")
     fi
 }}
