@@ -535,6 +535,22 @@ impl QemuWriter {
     }
 }
 
+/// Runs the benchmark section `section` of this very binary inside a VM of `memory_mib` MiB on
+/// Debian's own kernel (test-support/src/nested.rs), with `environment` (`NAME=VALUE ...`)
+/// exported, and adds the rows it prints to `results`.
+fn rows_from_inside(results: &mut Results, section: &str, environment: &str, memory_mib: u64) {
+    let exe = std::env::current_exe().unwrap();
+    let script = format!(
+        "export {BENCH_INSIDE}=1 BENCH_ONLY={section} {environment}\ncd /tmp && exec {} --bench\n",
+        exe.display()
+    );
+    let run = common::nested::run_inside(&script, memory_mib, Duration::from_secs(3600));
+    assert_eq!(run.exit_code, 0, "the run inside failed:\n{}", run.output);
+    for row in run.output.lines().filter_map(Row::from_line) {
+        results.add(row);
+    }
+}
+
 /// Set in the environment of the benchmark run inside the soft-dirty VM.
 const BENCH_INSIDE: &str = "QEMU_BRIDGE_BENCH_INSIDE";
 /// Prefix of the rows the run inside prints for the run outside.
@@ -1717,34 +1733,15 @@ impl Bench {
     /// binary there; its rows join this table. Everything in that VM runs under TCG, so only the
     /// ratios between its rows mean something.
     fn soft_dirty(&mut self) {
-        let Self { results, seconds, .. } = self;
-        let exe = std::env::current_exe().unwrap();
-        let script = format!(
-            "export {BENCH_INSIDE}=1 BENCH_ONLY=soft_dirty_inside BENCH_SECONDS={seconds}\ncd /tmp && exec {} --bench\n",
-            exe.display()
-        );
-        let run = common::nested::run_inside(&script, 16384, Duration::from_secs(3600));
-        assert_eq!(run.exit_code, 0, "the run inside failed:\n{}", run.output);
-        for row in run.output.lines().filter_map(Row::from_line) {
-            results.add(row);
-        }
+        let seconds = self.seconds;
+        rows_from_inside(&mut self.results, "soft_dirty_inside", &format!("BENCH_SECONDS={seconds}"), 16384);
     }
 
     /// `snapshot --consistent` where the kernel keeps soft-dirty bits: boots Debian's own kernel
     /// (as [`soft_dirty`](Self::soft_dirty) does) and runs `captures_inside` there.
     fn captures_soft_dirty(&mut self) {
-        let Self { results, .. } = self;
-        let exe = std::env::current_exe().unwrap();
-        let script = format!(
-            "export {BENCH_INSIDE}=1 BENCH_ONLY=captures_inside\ncd /tmp && exec {} --bench\n",
-            exe.display()
-        );
         // the 4 GiB guest's RAM file and its capture both in the VM's tmpfs (half its memory)
-        let run = common::nested::run_inside(&script, 20480, Duration::from_secs(3600));
-        assert_eq!(run.exit_code, 0, "the run inside failed:\n{}", run.output);
-        for row in run.output.lines().filter_map(Row::from_line) {
-            results.add(row);
-        }
+        rows_from_inside(&mut self.results, "captures_inside", "", 20480);
     }
 
     /// Inside the Debian-kernel VM: the pause of `snapshot --consistent` of a running 1 GiB and
