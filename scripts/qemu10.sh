@@ -2,13 +2,15 @@
 # Unpacks QEMU 10.0 from Debian's bookworm-backports into DIR (default target/qemu10) without
 # installing it: the system keeps its QEMU (7.2), no apt source is added, no package conflicts
 # (Debian's qemu-system-x86 7.2 and backported packages replace each other). Prints the path of a
-# qemu-system-x86_64 that runs it with its own firmware and data; the tests use it through
+# qemu-system-x86_64 that runs it with its own firmware and data (the SeaBIOS of the same suite:
+# bookworm's 1.16.2 under QEMU 10 stalls about 30 s at every boot, after probing the ports, before
+# it reaches the AHCI disk; 1.16.3 boots at once); the tests use it through
 # QEMU_BRIDGE_QEMU. Reuses the mirror of the system's own Debian entry (deb822 or one-line).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=$(realpath -m "${1:-target/qemu10}")
 wrapper=$dir/qemu-system-x86_64
-if [[ -x $wrapper && -x $dir/root/usr/bin/qemu-system-x86_64 ]]; then
+if [[ -x $wrapper && -x $dir/root/usr/bin/qemu-system-x86_64 && -f $dir/root/usr/share/seabios/bios-256k.bin ]]; then
     echo "$wrapper"
     exit 0
 fi
@@ -31,7 +33,7 @@ options=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$apt/source
          -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache")
 apt-get "${options[@]}" update -qq
 chmod 777 "$dir/debs"   # apt-get download drops to the _apt user
-(cd "$dir/debs" && apt-get "${options[@]}" download -qq qemu-system-x86 qemu-system-data qemu-system-common)
+(cd "$dir/debs" && apt-get "${options[@]}" download -qq qemu-system-x86 qemu-system-data qemu-system-common seabios)
 rm -rf "$dir/root"
 for deb in "$dir"/debs/*.deb; do
     dpkg -x "$deb" "$dir/root"
@@ -43,8 +45,8 @@ if [[ -n $missing ]]; then
 fi
 cat > "$wrapper" <<WRAPPER
 #!/bin/sh
-# QEMU 10.0 unpacked by scripts/qemu10.sh: its own data first, then the system's firmware
-exec "$dir/root/usr/bin/qemu-system-x86_64" -L "$dir/root/usr/share/qemu" -L /usr/share/seabios -L /usr/share/qemu "\$@"
+# QEMU 10.0 unpacked by scripts/qemu10.sh: its own data and SeaBIOS first, then the system's
+exec "$dir/root/usr/bin/qemu-system-x86_64" -L "$dir/root/usr/share/qemu" -L "$dir/root/usr/share/seabios" -L /usr/share/qemu "\$@"
 WRAPPER
 chmod +x "$wrapper"
 "$wrapper" --version | head -1 >&2

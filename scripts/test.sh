@@ -3,21 +3,23 @@
 # (real QEMU under TCG, real FUSE mounts, real files in /dev/shm) and doc tests, the QEMU-facing
 # integration tests a second time against QEMU 10.0 (unpacked from bookworm-backports by
 # scripts/qemu10.sh; QEMU_BRIDGE_SKIP_QEMU10=1 skips that pass outside CI), then the fuzz targets
-# for 50 s each (FUZZ_SECONDS).
+# for 50 s each (FUZZ_SECONDS), one per core at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# each step's line says when it began (minutes into the run): where the time goes, in CI's log
+say() { printf '== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 scripts/install-deps.sh
-echo "== QEMU: $(qemu-system-x86_64 --version | head -1)"
-echo "== kernel: $(uname -r)"
+say "QEMU: $(qemu-system-x86_64 --version | head -1)"
+say "kernel: $(uname -r)"
 
-echo "== cargo fmt --check"
+say "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo doc (every link resolves)"
+say "cargo doc (every link resolves)"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
-echo "== library alone: no clap, fuser, env_logger, png or web server"
+say "library alone: no clap, fuser, env_logger, png or web server"
 cargo build --locked --lib --no-default-features
 tree=$(cargo tree --locked --no-default-features --edges normal --prefix none)
 for crate in clap clap_complete clap_mangen fuser env_logger png tiny_http tungstenite; do
@@ -26,17 +28,18 @@ for crate in clap clap_complete clap_mangen fuser env_logger png tiny_http tungs
         exit 1
     fi
 done
-echo "== cargo test (with the tests that need QEMU, FUSE and root)"
+say "cargo test (with the tests that need QEMU, FUSE and root)"
 cargo test --locked --all-targets -- --include-ignored
-echo "== doc tests"
+say "doc tests"
 cargo test --locked --doc
+say "Python (scripts/test-python.sh)"
 scripts/test-python.sh
 if [[ ${QEMU_BRIDGE_SKIP_QEMU10:-} == 1 && ${CI:-} != true ]]; then
-    echo "== QEMU 10.0: SKIPPED (QEMU_BRIDGE_SKIP_QEMU10=1)"
+    say "QEMU 10.0: SKIPPED (QEMU_BRIDGE_SKIP_QEMU10=1)"
 else
     # outside the checkout: tests run QEMU as another user, who may not reach a clone of mode 0700
     qemu10=$(scripts/qemu10.sh /var/cache/qemu-bridge/qemu10)
-    echo "== the QEMU-facing tests again, against $("$qemu10" --version | head -1)"
+    say "the QEMU-facing tests again, against $("$qemu10" --version | head -1)"
     # every integration test file runs again, but those named here with their reason; a name
     # here that is no test file is an error, so the list cannot rot
     declare -A not_again=(
@@ -57,5 +60,6 @@ else
     echo "   (not again: ${!not_again[*]})"
     QEMU_BRIDGE_QEMU=$qemu10 cargo test --locked "${again[@]}" -- --include-ignored
 fi
-echo "== fuzzing (bounded)"
+say "fuzzing (bounded)"
 scripts/fuzz.sh
+say "all passed"
