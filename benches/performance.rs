@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrusage, UsageWho};
 use qemu_bridge::launch::{self, LaunchOptions};
-use qemu_bridge::run_dir::RunDir;
+use qemu_bridge::RunDir;
 use qemu_bridge::{SharedMemoryBridge, Vm, VmInfo};
 
 const RAM: usize = 64 << 20;
@@ -509,11 +509,16 @@ impl QemuWriter {
         use std::os::unix::fs::MetadataExt;
         let inode = std::fs::metadata(&info.ram_path).unwrap().ino();
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", info.qemu_pid)).unwrap();
-        let base = qemu_bridge::ram::soft_dirty::parse_maps(&maps)
-            .into_iter()
-            .find(|entry| entry.inode == inode && entry.offset == 0)
-            .expect("QEMU maps its RAM file")
-            .start;
+        // "start-end perms offset dev inode path": the line of the RAM file's first byte
+        let base = maps
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let (range, offset, file) = (fields.first()?, fields.get(2)?, fields.get(4)?);
+                (u64::from_str_radix(offset, 16).ok()? == 0 && file.parse::<u64>().ok()? == inode)
+                    .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())?
+            })
+            .expect("QEMU maps its RAM file");
         let mem = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -1449,7 +1454,7 @@ impl Bench {
         // per page against per page: both on one thread
         let copy = stats(time(10, || bridge.mapping().copy_with_threads(0, snapshot, 1).unwrap()));
         let classify = stats(time(10, || {
-            black_box(qemu_bridge::ram::picture::page_classes(bridge.mapping()).unwrap());
+            black_box(qemu_bridge::ram::page_classes(bridge.mapping()).unwrap());
         }));
         results.add(Row {
             name: "classify every page of 64 MiB (map.png's work)".into(),
@@ -1601,7 +1606,7 @@ impl Bench {
         });
         drop(bridge);
         // the snapshot's side record sits beside it: ours to remove too
-        let _ = std::fs::remove_file(qemu_bridge::ram::incremental::record_path(out.path()));
+        let _ = std::fs::remove_file(qemu_bridge::ram::record_path(out.path()));
         drop(out);
         drop(lab);
 
@@ -1610,7 +1615,7 @@ impl Bench {
         vm.with_qmp(|q| q.stop()).unwrap();
         let (bridge, info) = vm.open_bridge().unwrap();
         let ram = fill_with_data(&info.ram_path, 64 << 20);
-        let mut buffer = qemu_bridge::ram::incremental::SnapshotBuffer::new(bridge.mapping()).unwrap();
+        let mut buffer = qemu_bridge::ram::SnapshotBuffer::new(bridge.mapping()).unwrap();
         let mut stamp = 0;
         let refresh = stats(time(30, || {
             stamp += 1;
@@ -1664,7 +1669,7 @@ impl Bench {
             };
             consistent_against_pause(results, "4 GiB", &ram, MEMORY, &capture);
             // the temporary file goes with its block; its side record is ours to remove
-            let _ = std::fs::remove_file(qemu_bridge::ram::incremental::record_path(out.path()));
+            let _ = std::fs::remove_file(qemu_bridge::ram::record_path(out.path()));
         }
         const MEMORY: u64 = 1 << 30;
         let mut lab = Lab::new();
@@ -1751,7 +1756,7 @@ impl Bench {
     fn captures_inside(&mut self) {
         use qemu_bridge::capture::{self, CaptureOptions};
         assert!(
-            qemu_bridge::ram::soft_dirty::host_has_soft_dirty(),
+            qemu_bridge::ram::host_has_soft_dirty(),
             "captures_inside runs on a kernel with soft-dirty bits (captures_soft_dirty boots one)"
         );
         let Self { results, .. } = self;
@@ -1814,7 +1819,7 @@ impl Bench {
                 }
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
             });
-            let _ = std::fs::remove_file(qemu_bridge::ram::incremental::record_path(out.path()));
+            let _ = std::fs::remove_file(qemu_bridge::ram::record_path(out.path()));
             drop(bridge);
             drop(lab);
         }
@@ -1826,7 +1831,7 @@ impl Bench {
     /// full snapshot; and what a clear costs the writer: minor faults per page written.
     fn soft_dirty_inside(&mut self) {
         assert!(
-            qemu_bridge::ram::soft_dirty::host_has_soft_dirty(),
+            qemu_bridge::ram::host_has_soft_dirty(),
             "soft_dirty_inside runs on a kernel with soft-dirty bits (the `soft_dirty` section boots one)"
         );
         let Self { results, .. } = self;
@@ -1918,7 +1923,7 @@ impl Bench {
         vm.with_qmp(|q| q.stop()).unwrap();
         let (bridge, info) = vm.open_bridge().unwrap();
         let writer = QemuWriter::open(&info);
-        let source = qemu_bridge::ram::tracker::soft_dirty_for(info.qemu_pid, bridge.mapping()).unwrap();
+        let source = qemu_bridge::ram::soft_dirty_for(info.qemu_pid, bridge.mapping()).unwrap();
         let faults = || getrusage(UsageWho::RUSAGE_SELF).unwrap().minor_page_faults() as f64;
         let pages = 4096u64;
         let write_all =
@@ -1978,7 +1983,7 @@ impl Bench {
                 ratio: Some(full.0 / update.0),
                 verdict: format!("{:.1}x faster than a full snapshot", full.0 / update.0),
             });
-            let _ = std::fs::remove_file(qemu_bridge::ram::incremental::record_path(out.path()));
+            let _ = std::fs::remove_file(qemu_bridge::ram::record_path(out.path()));
         }
     }
 
@@ -1990,8 +1995,8 @@ impl Bench {
     /// through our live `core`, through QEMU's own `dump-guest-memory` (the dump's writing
     /// counted) and over QMP (`drgn --qemu`, the guest read through QEMU).
     fn guest_state(&mut self) {
-        use qemu_bridge::guest::paging::Limits;
         use qemu_bridge::guest::GuestMemory;
+        use qemu_bridge::guest::Limits;
         let Self { results, .. } = self;
         let run_dir = common::TestRunDir::new();
         let (linux, vm) = common::linux::paused_linux(&run_dir, &["-device", "vmcoreinfo"]);
@@ -2131,7 +2136,7 @@ impl Bench {
         let (bridge, _) = vm.open_bridge().unwrap();
         let mut count = 0;
         let discovery = stats(time(5, || {
-            let info = qemu_bridge::guest::vmcoreinfo::find(bridge.mapping()).unwrap().unwrap();
+            let info = qemu_bridge::guest::find_vmcoreinfo(bridge.mapping()).unwrap().unwrap();
             let guest = LinuxGuest::read(info, &bridge).unwrap();
             count = guest.tasks(&bridge).unwrap().len();
         }));

@@ -11,8 +11,8 @@ use serde::Serialize;
 use qemu_bridge::launch::{self, Accel, LaunchOptions};
 use qemu_bridge::mount::{MountOptions, Passthrough};
 use qemu_bridge::ram::HashAlgorithm;
-use qemu_bridge::size::{parse_number, parse_size};
 use qemu_bridge::{default_run_dir, Machine, RunDir, RunState, Vm, VmName};
+use qemu_bridge::{parse_number, parse_size};
 
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -1134,7 +1134,7 @@ fn linux_verb(args: &LinuxArgs) -> CliResult {
     use qemu_bridge::guest::linux::{LinuxFile, LinuxGuest, ProcessFile};
     let vm = Vm::existing(&args.common.run_dir(), &args.name)?;
     let (bridge, _) = vm.open_bridge()?;
-    let vmcoreinfo = qemu_bridge::guest::vmcoreinfo::find(bridge.mapping())?.ok_or_else(|| {
+    let vmcoreinfo = qemu_bridge::guest::find_vmcoreinfo(bridge.mapping())?.ok_or_else(|| {
         format!("VM {}: no Linux kernel's vmcoreinfo in its RAM (not Linux, or not booted yet)", args.name)
     })?;
     let failed =
@@ -1197,7 +1197,7 @@ fn linux_json(
         }
         bytes.split(|&byte| byte == 0).map(lossy).collect()
     };
-    type Process<'a> = qemu_bridge::guest::linux::process::Process<'a, qemu_bridge::SharedMemoryBridge>;
+    type Process<'a> = qemu_bridge::guest::linux::Process<'a, qemu_bridge::SharedMemoryBridge>;
     let process = |pid: Option<i32>| -> Result<Process<'_>, Box<dyn std::error::Error + Send + Sync>> {
         let pid = pid.ok_or_else(|| format!("{what:?} needs a PID").to_lowercase())?;
         let found = guest.process(bridge, pid)?;
@@ -1401,7 +1401,7 @@ fn snapshot_verb(args: SnapshotArgs, quiet: bool) -> CliResult {
         eprintln!(
             "qemu-bridge: the guest wrote {} pages while they were copied (not of one instant; in {}): {}",
             smear.pages,
-            qemu_bridge::ram::incremental::record_path(&args.output).display(),
+            qemu_bridge::ram::record_path(&args.output).display(),
             smear_text(smear)
         );
     }

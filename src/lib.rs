@@ -3,7 +3,7 @@
 //! QEMU keeps guest RAM in a shared file (`memory-backend-file,share=on` under `/dev/shm`).
 //! This crate maps that file read-only ([`ram`]), asks QEMU over QMP where it is, which state
 //! the VM is in and how guest addresses map onto the file ([`qmp`]), ties both together per VM
-//! ([`vm`], found through the [`run_dir`]), starts VMs built for it ([`mod@launch`], with limits
+//! ([`Vm`], found through the [`RunDir`]), starts VMs built for it ([`mod@launch`], with limits
 //! from [`cgroup`]), saves and restores their whole state with QEMU's own snapshots
 //! ([`saved_state`]) and, with the `mount` feature, serves everything as a FUSE file system
 //! ([`mount`]).
@@ -15,7 +15,7 @@
 //! guest writes) and [`Snapshot`].
 //!
 //! Two words are kept apart: a *snapshot* is a copy of guest RAM taken by this crate
-//! ([`ram::snapshot`]); a *saved state* is QEMU's snapshot of the whole VM (RAM, devices,
+//! (`ram::snapshot`); a *saved state* is QEMU's snapshot of the whole VM (RAM, devices,
 //! disks), which QEMU writes and loads ([`saved_state`]).
 //!
 //! Features: `cli` (default) builds the `qemu-bridge` command and implies `mount` (the FUSE file
@@ -28,6 +28,19 @@
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+/// Declares a module of the crate's internals: crate-private, and public only to the cargo-fuzz
+/// targets (built with `--cfg fuzzing`), which feed its parsers arbitrary bytes.
+macro_rules! internal_mod {
+    ($name:ident) => {
+        #[cfg(fuzzing)]
+        #[allow(missing_docs)]
+        pub mod $name;
+        #[cfg(not(fuzzing))]
+        pub(crate) mod $name;
+    };
+}
+pub(crate) use internal_mod;
+
 pub mod capture;
 pub mod cgroup;
 pub mod error;
@@ -36,19 +49,19 @@ pub mod launch;
 #[cfg(feature = "mount")]
 pub mod mount;
 mod mountinfo;
-pub mod name;
+mod name;
 mod poll;
 mod process;
 pub mod qmp;
 pub mod ram;
 mod record;
-pub mod run_dir;
+mod run_dir;
 pub mod saved_state;
-pub mod size;
+mod size;
 #[cfg(feature = "view")]
 pub mod view;
-pub mod vm;
-pub mod watcher;
+mod vm;
+pub(crate) mod watcher;
 
 // The library's surface, flat: what a user of it (the command line, the Python binding, a
 // program of its own) needs. Modules stay public for the parsers and formats they document.
@@ -56,8 +69,10 @@ pub mod watcher;
 // VMs: finding, opening and asking them
 pub use name::{NameError, VmName};
 pub use qmp::{QmpClient, QmpError, RunState};
-pub use run_dir::{default_run_dir, RunDir, VmPaths};
-pub use vm::{vcpu_registers, Vm, VmError, VmInfo};
+pub use record::RecordError;
+pub use run_dir::{default_run_dir, RunDir, RunDirError, VmPaths};
+pub use size::{parse_number, parse_size};
+pub use vm::{vcpu_registers, BackendInfo, Peer, Vm, VmError, VmInfo};
 // guest-physical memory: reads, layouts, snapshots, change tracking
 pub use ram::{
     BridgeError, ChangeSet, Changes, Fingerprints, GuestLayout, GuestRam, LayoutSource, Machine, Region,

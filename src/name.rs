@@ -22,7 +22,7 @@ pub struct NameError {
     pub reason: &'static str,
 }
 
-/// A valid VM name: 1 to [`MAX_LEN`] bytes of UTF-8, no `/`, no control characters (newline,
+/// A valid VM name: 1 to `MAX_LEN` bytes of UTF-8, no `/`, no control characters (newline,
 /// tab, NUL...), not starting with `.` (so neither `.`, `..` nor a hidden file).
 ///
 /// # Examples

@@ -11,9 +11,9 @@
 /// # Examples
 ///
 /// ```
-/// assert_eq!(qemu_bridge::size::parse_size("64M"), Ok(64 << 20));
-/// assert_eq!(qemu_bridge::size::parse_size("128"), Ok(128 << 20));
-/// assert!(qemu_bridge::size::parse_size("-1G").is_err());
+/// assert_eq!(qemu_bridge::parse_size("64M"), Ok(64 << 20));
+/// assert_eq!(qemu_bridge::parse_size("128"), Ok(128 << 20));
+/// assert!(qemu_bridge::parse_size("-1G").is_err());
 /// ```
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();

@@ -102,7 +102,7 @@ pub struct VmInfo {
 
 impl VmInfo {
     /// How changed pages of this VM's RAM are found on this host
-    /// ([`tracker::method`](crate::ram::tracker::method)).
+    /// (`tracker::method`).
     pub fn tracking_method(&self) -> crate::ram::tracker::TrackingMethod {
         let on_hugetlbfs = self.backends.iter().any(|backend| backend.kind == RamKind::Hugetlbfs);
         crate::ram::tracker::method(self.qemu_pid, on_hugetlbfs)
@@ -685,7 +685,7 @@ pub fn vcpu_registers(
 }
 
 /// The notes of the vCPUs as QEMU reports them now, as the guest's architecture's cores carry
-/// them ([`ArchInfo::core_notes`](crate::guest::arch::ArchInfo::core_notes); x86_64: every vCPU's
+/// them (`ArchInfo::core_notes`; x86_64: every vCPU's
 /// `NT_PRSTATUS`, then every vCPU's `QEMU` note, in the order of QEMU's own dump). The cores of
 /// other architectures carry none, and QEMU is not asked. A monitor that fails gives none,
 /// with a log line.

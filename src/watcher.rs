@@ -124,7 +124,7 @@ impl<T> WatchedVm<T> {
     }
 
     /// The soft-dirty bits of its QEMU process over its RAM where the host has them (see
-    /// [`crate::ram::soft_dirty`]), opened once, on first use, and shared by every tracker of this
+    /// `ram::soft_dirty`), opened once, on first use, and shared by every tracker of this
     /// VM in this process; `None`: its changes are tracked by fingerprints (the reason is logged).
     pub fn soft_dirty(&self) -> Option<Arc<SoftDirty>> {
         self.soft_dirty

@@ -130,7 +130,7 @@ fn test_a_consistent_capture_of_a_running_guest_is_one_instant() {
     }
     assert!(differing > 0);
     // the side record keeps the same ranges
-    let record = std::fs::read(qemu_bridge::ram::incremental::record_path(&out)).unwrap();
+    let record = std::fs::read(qemu_bridge::ram::record_path(&out)).unwrap();
     let header_len = u32::from_le_bytes(record[8..12].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&record[12..12 + header_len]).unwrap();
     let kept: Vec<(u64, u64)> = header["smear"]
@@ -164,7 +164,7 @@ fn test_a_consistent_capture_into_a_reused_buffer_is_one_instant() {
     let mut events = QmpClient::connect(&watch, std::time::Duration::from_secs(10)).unwrap();
     let handle = qemu_bridge::Vm::existing(&run_dir.run_dir, vm.name()).unwrap();
     let bridge = qemu_bridge::SharedMemoryBridge::open(vm.name(), &vm.launched.ram_path).unwrap();
-    let mut buffer = qemu_bridge::ram::incremental::SnapshotBuffer::new(bridge.mapping()).unwrap();
+    let mut buffer = qemu_bridge::ram::SnapshotBuffer::new(bridge.mapping()).unwrap();
     for round in 0..2 {
         let capture = qemu_bridge::capture::consistent_into(&handle, &bridge, &mut buffer, 0).unwrap();
         let breaks = sweep_breaks(buffer.data());

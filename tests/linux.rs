@@ -353,7 +353,7 @@ fn test_read_virtual_equals_qemus_own_translation() {
     // kernel's text (where KASLR put it: the vCPU may be paused in a process, whose next page
     // of code need not be mapped)
     let (bridge, _) = vm.open_bridge().unwrap();
-    let vmcoreinfo = qemu_bridge::guest::vmcoreinfo::find(bridge.mapping()).unwrap().unwrap();
+    let vmcoreinfo = qemu_bridge::guest::find_vmcoreinfo(bridge.mapping()).unwrap().unwrap();
     let kaslr = u64::from_str_radix(vmcoreinfo.get("KERNELOFFSET").unwrap(), 16).unwrap();
     let page_end = 0xffff_ffff_8100_0000u64 + kaslr + 0x1000 - 8;
     for (va, len) in [(rip, 64), (rsp, 64), (page_end, 16)] {
@@ -1293,7 +1293,7 @@ fn test_hostile_kernel_structures_are_error_lines() {
     let name = linux.launched.name().to_string();
     let oracle = guest_oracle(&linux);
     let (bridge, _) = vm.open_bridge().unwrap();
-    let info = qemu_bridge::guest::vmcoreinfo::find(bridge.mapping()).unwrap().unwrap();
+    let info = qemu_bridge::guest::find_vmcoreinfo(bridge.mapping()).unwrap().unwrap();
     let guest = qemu_bridge::guest::linux::LinuxGuest::read(info, &bridge).unwrap();
     let btf = guest.btf().unwrap();
     let offset = |strukt: &str, path: &str| btf.offset_of(btf.struct_id(strukt).unwrap(), path).unwrap();

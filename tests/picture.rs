@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use common::{TestMount, MARKER_ADDR};
-use qemu_bridge::ram::picture::{classify, hilbert_point, PageClass, PAGE};
+use qemu_bridge::ram::{classify, hilbert_point, PageClass, PAGE_SIZE as PAGE};
 use qemu_bridge::Vm;
 
 /// The first hole of the file at or after `from` (SEEK_HOLE), page-aligned.

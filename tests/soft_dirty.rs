@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{nested, wait_until, ChangesRun, TestRunDir, TestVm, VmBuilder, COUNTER_ADDR};
-use qemu_bridge::ram::incremental::SnapshotBuffer;
-use qemu_bridge::ram::soft_dirty::host_has_soft_dirty;
-use qemu_bridge::ram::tracker::soft_dirty_for;
+use qemu_bridge::ram::host_has_soft_dirty;
+use qemu_bridge::ram::soft_dirty_for;
+use qemu_bridge::ram::SnapshotBuffer;
 use qemu_bridge::ram::{ChangeSet, Fingerprints, GuestLayout, GuestRam, TrackingMethod};
 use qemu_bridge::{SharedMemoryBridge, Vm};
 
@@ -320,7 +320,7 @@ fn inside_snapshot_updates_look_at_what_qemu_wrote_and_stay_exact() {
     let said = exact("update after that");
     assert!(looked(&said) * 100 < pages, "{said}");
     std::fs::remove_file(&output).unwrap();
-    std::fs::remove_file(qemu_bridge::ram::incremental::record_path(&output)).unwrap();
+    std::fs::remove_file(qemu_bridge::ram::record_path(&output)).unwrap();
 
     // the library's reused buffer follows the same bits and stays exact
     let source = soft_dirty_for(info.qemu_pid, bridge.mapping()).unwrap();

@@ -87,7 +87,7 @@ fn test_view_in_a_real_browser() {
     ));
     assert_eq!(sides, serde_json::json!([256]));
     // the marker page of the first VM is drawn in its class's colour (not a hole)
-    let hole = qemu_bridge::ram::picture::PageClass::Hole.color();
+    let hole = qemu_bridge::ram::PageClass::Hole.color();
     let marker_pixel = browser.eval(&format!(
         "(() => {{ const b = [...document.querySelectorAll('.brick')].find(b => b.dataset.vm == '{}'); \
          const c = b.querySelector('canvas'); const [x, y] = hilbertPoint(c.width, {}); \

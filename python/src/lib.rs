@@ -20,7 +20,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyMemoryView};
 
 use qemu_bridge::guest::linux::LinuxGuest;
-use qemu_bridge::guest::vmcoreinfo::{self, VmcoreInfo};
+use qemu_bridge::guest::{find_vmcoreinfo, VmcoreInfo};
 use qemu_bridge::guest::{vcpu_paging, Gpa, Paging};
 use qemu_bridge::{RunDir, SharedMemoryBridge, VmInfo};
 
@@ -120,7 +120,7 @@ impl Vm {
                 return Ok(Some(Arc::clone(guest)));
             }
         }
-        let Some(info) = vmcoreinfo::find(self.ram.mapping()).map_err(bridge_error)? else {
+        let Some(info) = find_vmcoreinfo(self.ram.mapping()).map_err(bridge_error)? else {
             *cached = None;
             return Ok(None);
         };
@@ -271,8 +271,7 @@ impl Vm {
                 Error::Address.message(format!("interval {interval}: not a positive number of seconds"))
             );
         }
-        let soft_dirty =
-            qemu_bridge::ram::tracker::soft_dirty_for(self.info.qemu_pid, self.ram.mapping()).ok();
+        let soft_dirty = qemu_bridge::ram::soft_dirty_for(self.info.qemu_pid, self.ram.mapping()).ok();
         let ram = Arc::clone(&self.ram);
         let changes = py
             .detach(|| qemu_bridge::Changes::new(ram, Duration::from_secs_f64(interval), soft_dirty))

@@ -6,7 +6,7 @@ use pyo3::exceptions::{PyKeyError, PyProcessLookupError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use qemu_bridge::guest::linux::{process, LinuxError, LinuxFile, LinuxGuest};
+use qemu_bridge::guest::linux::{LinuxError, LinuxFile, LinuxGuest};
 use qemu_bridge::SharedMemoryBridge;
 
 use crate::errors::{paging_error, Error};
@@ -163,7 +163,7 @@ pub struct Task {
 }
 
 impl Task {
-    fn of(task: &qemu_bridge::guest::linux::tasks::Task) -> Self {
+    fn of(task: &qemu_bridge::guest::linux::Task) -> Self {
         Self {
             address: task.address,
             pid: task.pid,
@@ -241,7 +241,7 @@ impl Process {
     fn with<T: Send>(
         &self,
         py: Python<'_>,
-        read: impl FnOnce(&process::Process<'_, SharedMemoryBridge>) -> Result<T, PyErr> + Send,
+        read: impl FnOnce(&qemu_bridge::guest::linux::Process<'_, SharedMemoryBridge>) -> Result<T, PyErr> + Send,
     ) -> PyResult<T> {
         let (linux, pid) = (&self.linux, self.task.pid);
         py.detach(|| {
@@ -271,7 +271,10 @@ impl Process {
     fn maps(&self, py: Python<'_>) -> PyResult<String> {
         let linux = &self.linux;
         self.with(py, |process| {
-            process.areas().map(|areas| process::maps_text(&areas)).map_err(|err| linux.error(err))
+            process
+                .areas()
+                .map(|areas| qemu_bridge::guest::linux::maps_text(&areas))
+                .map_err(|err| linux.error(err))
         })
     }
 

@@ -38,7 +38,7 @@
 //! # Examples
 //!
 //! ```
-//! use qemu_bridge::guest::paging::{PagingMode, Paging};
+//! use qemu_bridge::guest::{PagingMode, Paging};
 //! use qemu_bridge::guest::{FrozenMemory, Gpa};
 //! use qemu_bridge::ram::GuestLayout;
 //!
@@ -52,7 +52,7 @@
 //! let paging = Paging::new(PagingMode::FourLevel, Gpa(0x1000), true);
 //! let page = paging.translate(&memory, 0x1234)?;
 //! assert_eq!((page.gpa, page.page_size), (Gpa(0x5234), 0x1000));
-//! # Ok::<(), qemu_bridge::guest::paging::PagingError>(())
+//! # Ok::<(), qemu_bridge::guest::PagingError>(())
 //! ```
 
 use std::ops::{Bound, RangeBounds};
@@ -409,8 +409,8 @@ impl Default for Limits {
 pub struct Translation {
     /// The guest-physical address of the byte at the virtual address.
     pub gpa: Gpa,
-    /// The size of the page that maps it ([`Level::page_size`]): [`PAGE_4K`], [`PAGE_2M`] or
-    /// [`PAGE_1G`], and with Sv48 and Sv57 512 GiB and 256 TiB.
+    /// The size of the page that maps it ([`Level::page_size`]): `PAGE_4K`, `PAGE_2M` or
+    /// `PAGE_1G`, and with Sv48 and Sv57 512 GiB and 256 TiB.
     pub page_size: u64,
     /// Writes are allowed: x86_64 R/W set at every level, RISC-V W in the leaf, AArch64 `AP[2]`
     /// clear in the leaf and `APTable[1]` in every table above.

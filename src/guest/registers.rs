@@ -36,7 +36,7 @@ impl VcpuRegisters {
     }
 
     /// The program counter of a vCPU of architecture `arch`, by its spelling
-    /// ([`ArchInfo::program_counter`](super::arch::ArchInfo::program_counter): `RIP` or `EIP`,
+    /// (`ArchInfo::program_counter`: `RIP` or `EIP`,
     /// `pc`, `PC`); `None` when QEMU did not print it or the architecture is not known.
     pub fn pc(&self, arch: &Arch) -> Option<u64> {
         self.first_of(arch.info().program_counter)

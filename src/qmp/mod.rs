@@ -214,7 +214,7 @@ pub struct RamBackend {
 }
 
 impl RamBackend {
-    /// The main one of `backends` (see [`crate::ram::mtree::place`] for where the others go): the first with a file, else
+    /// The main one of `backends` (see `ram::mtree::place` for where the others go): the first with a file, else
     /// the first memfd, else the first.
     pub fn main(backends: &[RamBackend]) -> Option<&RamBackend> {
         let rank = |backend: &&RamBackend| match backend.storage {

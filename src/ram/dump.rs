@@ -36,11 +36,6 @@ impl Piece<'_> {
             Piece::Bytes(bytes) => bytes.len() as u64,
         }
     }
-
-    /// Whether it is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The guest-physical address space as a file: offset = address.

@@ -434,6 +434,7 @@ fn write_record(
 /// # Errors
 ///
 /// [`IncrementalError`] when RAM, the file or the record cannot be read or written.
+#[cfg(test)]
 pub fn update_file(
     ram: &GuestRam,
     origin: &Origin,

@@ -96,7 +96,7 @@ impl GuestLayout {
         Self { source: LayoutSource::Identity, ..Self::from_split(size, 0) }
     }
 
-    /// The ranges QEMU's flat memory map gives (see [`super::mtree::ram_regions`]), sorted by
+    /// The ranges QEMU's flat memory map gives (see `mtree::ram_regions`), sorted by
     /// guest-physical address. A flat map never overlaps itself; a region that would (a map
     /// that is not QEMU's) is cut where the one before it ends, or left out, so that the
     /// regions of every layout are sorted and disjoint, which its searches rely on.

@@ -1,31 +1,37 @@
 //! Guest RAM: the read-only mapping, the guest-physical layout and snapshots.
 
+// the parts are the crate's own (the parsers public to the fuzz targets only); what a user needs
+// of them is re-exported below
+pub(crate) mod dump;
 mod guest_ram;
-pub mod incremental;
-pub mod layout;
+crate::internal_mod!(incremental);
+crate::internal_mod!(layout);
 // The one module exempt from the crate's deny: the mapping, the copies out of it and the SIGBUS
 // guard.
-pub mod dump;
 #[allow(unsafe_code)]
 mod mapping;
-pub mod mtree;
-pub mod picture;
-pub mod snapshot;
-pub mod soft_dirty;
-pub mod sparse;
-pub mod tracker;
+crate::internal_mod!(mtree);
+pub(crate) mod picture;
+pub(crate) mod snapshot;
+pub(crate) mod soft_dirty;
+pub(crate) mod sparse;
+pub(crate) mod tracker;
 
 use std::path::{Path, PathBuf};
 
 use crate::name::{NameError, VmName};
 
 pub use guest_ram::GuestRam;
+pub use incremental::{record_path, IncrementalError, SnapshotBuffer};
 pub use layout::{GuestLayout, LayoutSource, Machine, Region};
+pub use layout::{LayoutPiece, Pieces};
 pub use mapping::{is_hugetlbfs, Mapping, ReadMethod};
+pub use picture::{classify, hilbert_point, page_classes, PageClass};
 pub use snapshot::{
     sha256_hex, CheckReport, HashAlgorithm, Snapshot, Summary, Verdict, CHECKSUM_ALGORITHM, DEFAULT_ATTEMPTS,
 };
-pub use tracker::{ChangeSet, Changes, Fingerprints, TrackingMethod};
+pub use soft_dirty::{host_has_soft_dirty, Generation, SoftDirty, SoftDirtyError, Unavailable};
+pub use tracker::{soft_dirty_for, ChangeSet, Changes, Fingerprints, TrackingMethod};
 
 /// Bytes per page wherever this crate counts pages (tmpfs and memfd pages, picture pixels,
 /// snapshot comparisons, fingerprints, guest page tables): 4 KiB. hugetlbfs maps bigger pages
@@ -426,7 +432,7 @@ impl SharedMemoryBridge {
     }
 
     /// A copy of all guest RAM verified page by page against live memory, re-copying changed
-    /// pages up to `max_attempts` copies in all. See [`snapshot`] for what the verdict means.
+    /// pages up to `max_attempts` copies in all. See `snapshot` for what the verdict means.
     ///
     /// # Errors
     ///

@@ -35,17 +35,6 @@ struct Range<'a> {
 /// # Errors
 ///
 /// [`MtreeError::NoMemoryView`] when the output has no view of the `memory` address space.
-///
-/// # Examples
-///
-/// ```
-/// let text = "FlatView #2\n AS \"memory\", root: system\n Root memory region: system\n  \
-///             0000000000000000-000000000009ffff (prio 0, ram): m\n  \
-///             0000000100000000-000000017fffffff (prio 0, ram): m @0000000080000000\n";
-/// let regions = qemu_bridge::ram::mtree::ram_regions(text, "m").unwrap();
-/// assert_eq!(regions[1].gpa, 1 << 32);
-/// assert_eq!(regions[1].offset, 0x8000_0000);
-/// ```
 pub fn ram_regions(text: &str, region: &str) -> Result<Vec<Region>, MtreeError> {
     let mut in_memory_view = false;
     let mut found_view = false;
@@ -109,17 +98,6 @@ pub struct Placement {
 /// ranges the map puts past its own size is left out too (the map does not fit what QEMU said
 /// of the backend: better no layout than a wrong one). `None` when no backend is placed, or the
 /// map has no `memory` view: then only a rule can give a layout.
-///
-/// # Examples
-///
-/// ```
-/// let text = "FlatView #2\n AS \"memory\", root: system\n  \
-///             0000000000000000-0000000003ffffff (prio 0, ram): m\n  \
-///             0000000100000000-0000000107ffffff (prio 0, ram): d0\n";
-/// let placed = qemu_bridge::ram::mtree::place(text, &[("d0", 128 << 20), ("m", 64 << 20)]).unwrap();
-/// assert_eq!(placed.order, [1, 0]);
-/// assert_eq!(placed.layout.translate(1 << 32, 1), Some(64 << 20));
-/// ```
 pub fn place(text: &str, backends: &[(&str, u64)]) -> Option<Placement> {
     let mut placed: Vec<(usize, Vec<Region>)> = Vec::new();
     for (index, &(name, size)) in backends.iter().enumerate() {
@@ -172,6 +150,27 @@ fn parse_range(line: &str) -> Option<Range<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ram_lines_of_the_memory_view_are_regions() {
+        let text = "FlatView #2\n AS \"memory\", root: system\n Root memory region: system\n  \
+                    0000000000000000-000000000009ffff (prio 0, ram): m\n  \
+                    0000000100000000-000000017fffffff (prio 0, ram): m @0000000080000000\n";
+        let regions = ram_regions(text, "m").unwrap();
+        assert_eq!(regions[1].gpa, 1 << 32);
+        assert_eq!(regions[1].offset, 0x8000_0000);
+    }
+
+    #[test]
+    fn backends_are_placed_by_their_regions() {
+        let text = "FlatView #2\n AS \"memory\", root: system\n  \
+                    0000000000000000-0000000003ffffff (prio 0, ram): m\n  \
+                    0000000100000000-0000000107ffffff (prio 0, ram): d0\n";
+        let placed = place(text, &[("d0", 128 << 20), ("m", 64 << 20)]).unwrap();
+        assert_eq!(placed.order, [1, 0]);
+        assert_eq!(placed.layout.translate(1 << 32, 1), Some(64 << 20));
+    }
+
 
     fn captured(name: &str) -> String {
         std::fs::read_to_string(format!("{}/tests/fixtures/mtree/{name}", env!("CARGO_MANIFEST_DIR")))

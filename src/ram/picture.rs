@@ -167,6 +167,7 @@ pub fn hilbert_point(side: u32, index: u64) -> (u32, u32) {
 }
 
 /// The position along the Hilbert curve of pixel `(x, y)`: the inverse of [`hilbert_point`].
+#[cfg(test)]
 pub fn hilbert_index(side: u32, x: u32, y: u32) -> u64 {
     let (mut x, mut y) = (u64::from(x), u64::from(y));
     let mut index = 0u64;

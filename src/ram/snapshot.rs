@@ -45,7 +45,7 @@ impl HashAlgorithm {
     }
 
     /// A fresh hasher.
-    pub fn hasher(self) -> Hasher {
+    pub(crate) fn hasher(self) -> Hasher {
         match self {
             HashAlgorithm::Sha256 => Hasher::Sha256(Box::default()),
             HashAlgorithm::Blake3 => Hasher::Blake3(Box::default()),

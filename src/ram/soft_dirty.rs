@@ -435,7 +435,7 @@ impl Generation {
         (self.count > 0).then(|| Duration::from_millis(now_ms().saturating_sub(self.cleared_at_ms)))
     }
 
-    /// Whether a tracker may clear now: never cleared, or not within [`MIN_CLEAR_INTERVAL`].
+    /// Whether a tracker may clear now: never cleared, or not within `MIN_CLEAR_INTERVAL`.
     pub fn may_clear(&self) -> bool {
         self.since_clear().is_none_or(|since| since >= MIN_CLEAR_INTERVAL)
     }

@@ -337,7 +337,7 @@ impl Fingerprints {
     /// calls `changed(page, bytes)` for each page whose bytes differ from its fingerprint
     /// (`None`: it became a hole) and records the new fingerprint. With fingerprints alone it
     /// hashes pages in turn, wrapping around; with soft-dirty bits it reads the next share of the
-    /// bits (within [`PAGEMAP_SHARE`] of a core) and hashes the pages that read dirty, then
+    /// bits (within `PAGEMAP_SHARE` of a core) and hashes the pages that read dirty, then
     /// any sweep a clear owes, then its background sweep. Returns the pages hashed.
     ///
     /// # Errors

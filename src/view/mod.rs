@@ -1,11 +1,11 @@
 //! `qemu-bridge view`: a local web page showing every VM of a run directory as a brick with its
-//! live Hilbert map of guest RAM (see [`crate::ram::picture`]).
+//! live Hilbert map of guest RAM (see `ram::picture`).
 //!
-//! One thread per VM keeps a [`LiveMap`] and takes 60 frames a second, every VM alike. Each
+//! One thread per VM keeps a `LiveMap` and takes 60 frames a second, every VM alike. Each
 //! frame re-checks the next share of the VM's pages, for as long as the scan budget allows (a
 //! share of one core, split among the VMs: half a core by default; the VMs share the budget,
 //! not the frames), so that a frame costs the same whatever the size of the VM: on hosts with soft-dirty bits, the pages QEMU
-//! wrote (the watcher opens each VM's source, see [`crate::ram::soft_dirty`]); elsewhere the
+//! wrote (the watcher opens each VM's source, see `ram::soft_dirty`); elsewhere the
 //! next pages in turn against their fingerprints. Each VM's summary says which way
 //! (`tracking`) and within how long a write is seen (`sweep_ms`). Browsers connect over
 //! WebSocket and get each VM's classes once, then only the pages that changed. The run directory's watcher (the mount's too) finds VMs as they appear,

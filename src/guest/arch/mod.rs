@@ -119,7 +119,7 @@ impl Arch {
     }
 
     /// What this crate knows of it.
-    pub fn info(&self) -> &'static ArchInfo {
+    pub(crate) fn info(&self) -> &'static ArchInfo {
         match self {
             Arch::X86_64 => &x86_64::INFO,
             Arch::I386 => &I386,

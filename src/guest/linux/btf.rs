@@ -209,7 +209,7 @@ impl Btf {
     /// # Errors
     ///
     /// [`BtfError::Corrupt`] naming what is wrong: the header, a section past the blob, an entry
-    /// running past the type section, more than [`MAX_TYPES`] types.
+    /// running past the type section, more than `MAX_TYPES` types.
     pub fn parse(blob: &[u8]) -> Result<Self, BtfError> {
         let (types_bytes, strings) = sections(blob)?;
         let mut types = vec![Entry {
@@ -489,7 +489,7 @@ impl Btf {
     }
 
     /// The size in bytes of type `id`: structs, unions, integers, enums and pointers (8 bytes:
-    /// the kernels read here are 64-bit), and arrays of those, nested at most [`MAX_HOPS`] deep.
+    /// the kernels read here are 64-bit), and arrays of those, nested at most `MAX_HOPS` deep.
     ///
     /// # Errors
     ///

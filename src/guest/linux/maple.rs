@@ -40,6 +40,7 @@ struct NodeLayout {
 impl Layout {
     /// Linux 6.1's layout (x86_64), as its BTF gives it: `maple_range_64` has 15 pivots from
     /// byte 8 and 16 slots from byte 128, `maple_arange_64` 9 pivots and 10 slots from byte 80.
+    #[cfg(any(test, fuzzing))]
     pub const LINUX_6_1: Layout = Layout {
         range: NodeLayout { pivot: 8, slot: 128, slots: 16, end: 248 },
         arange: NodeLayout { pivot: 8, slot: 80, slots: 10, end: 240 },

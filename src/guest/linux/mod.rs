@@ -1,34 +1,41 @@
 //! A Linux guest's kernel, found in its memory with no file from outside: its vmcoreinfo (see
-//! [`vmcoreinfo`](super::vmcoreinfo)) says where the kernel's own page tables (`init_top_pgt` on
+//! `vmcoreinfo`) says where the kernel's own page tables (`init_top_pgt` on
 //! x86_64, `swapper_pg_dir` on arm64), symbol tables (`kallsyms_*`, Linux >= 6.0) and log (`prb`,
 //! with the layout of every structure of the ring buffer, Linux >= 5.10) are; [`LinuxKernel`]
-//! reads kernel virtual addresses through those tables, [`kallsyms`] decodes the symbols and
-//! [`printk`] the log.
+//! reads kernel virtual addresses through those tables, `kallsyms` decodes the symbols and
+//! `printk` the log.
 //!
 //! What works from vmcoreinfo and kallsyms alone, with no type information: the version banner,
 //! the symbol table, the kernel log and the kernel's raw type information (the BTF blob between
-//! `__start_BTF` and `__stop_BTF`). Tasks ([`tasks`]), processes ([`process`]: memory areas in a
-//! [`maple`] tree, arguments, environment), modules ([`modules`]) and the Volatility symbol
-//! table ([`isf`]) need those types parsed ([`btf`]); [`LinuxGuest`] reads a kernel once and
+//! `__start_BTF` and `__stop_BTF`). Tasks ([`Task`]), processes ([`Process`]: memory areas in a
+//! maple tree, arguments, environment), modules ([`Module`]) and the Volatility symbol
+//! table (`isf`) need those types parsed (`btf`); [`LinuxGuest`] reads a kernel once and
 //! serves them all. x86_64 guests (4- and 5-level paging, as `NUMBER(pgtable_l5_enabled)` says)
 //! and arm64 guests (4 KiB pages, 48-bit addresses in use).
 //!
 //! Everything is the guest's: counts are capped, walks bounded, and a bad structure is an
 //! error naming what was wrong, never a hang or a panic.
 
-pub mod btf;
-pub mod isf;
-pub mod kallsyms;
-pub mod maple;
-pub mod modules;
-pub mod pid;
-pub mod printk;
-pub mod process;
-pub mod reader;
-pub mod tasks;
-pub mod walk;
+// the parsers and walks are the crate's own (public to the fuzz targets only); what a user
+// needs of them is re-exported below
+crate::internal_mod!(btf);
+crate::internal_mod!(isf);
+crate::internal_mod!(kallsyms);
+crate::internal_mod!(maple);
+mod modules;
+crate::internal_mod!(pid);
+crate::internal_mod!(printk);
+mod process;
+mod reader;
+mod tasks;
+crate::internal_mod!(walk);
 
+pub use btf::{Btf, BtfError, MemberInfo, TypeKind};
+pub use kallsyms::{Symbol, Symbols};
+pub use modules::{Module, ModuleState};
+pub use process::{maps_text, Area, Mm, Process};
 pub use reader::KernelReader;
+pub use tasks::Task;
 
 use super::memory::{Gpa, GuestMemory};
 use super::paging::{Paging, PagingError, PagingMode};
@@ -173,7 +180,7 @@ impl LinuxKernel {
     ///
     /// # Errors
     ///
-    /// As [`kallsyms::read_tables`], or a banner that is not `Linux version ...` text.
+    /// As `kallsyms::read_tables`, or a banner that is not `Linux version ...` text.
     pub fn banner<M: GuestMemory + ?Sized>(
         reader: &KernelReader<'_, M>,
         symbols: &kallsyms::Symbols,
@@ -396,7 +403,7 @@ impl LinuxGuest {
         self.kernel.reader(memory)
     }
 
-    /// The kernel's Volatility 3 symbol table ([`isf`]), made once.
+    /// The kernel's Volatility 3 symbol table (`isf`), made once.
     ///
     /// # Errors
     ///
@@ -414,7 +421,7 @@ impl LinuxGuest {
         Ok(isf)
     }
 
-    /// The name the symbol table is served under ([`isf::file_name`]).
+    /// The name the symbol table is served under (`isf::file_name`).
     ///
     /// # Errors
     ///
@@ -439,8 +446,8 @@ impl LinuxGuest {
     /// # Errors
     ///
     /// A kernel whose vmcoreinfo does not lay it out (before Linux 5.10): what
-    /// [`printk::Layout::of`] says it lacks.
-    pub fn log_layout(&self) -> Result<printk::Layout, LinuxError> {
+    /// `printk::Layout::of` says it lacks.
+    pub(crate) fn log_layout(&self) -> Result<printk::Layout, LinuxError> {
         self.log.map_or_else(|| printk::Layout::of(&self.kernel), Ok)
     }
 
@@ -465,7 +472,7 @@ impl LinuxGuest {
     ///
     /// # Errors
     ///
-    /// Memory that cannot be read, a task list that loops or runs past [`tasks::MAX_TASKS`], or no types.
+    /// Memory that cannot be read, a task list that loops or runs past `tasks::MAX_TASKS`, or no types.
     pub fn tasks<M: GuestMemory + ?Sized>(&self, memory: &M) -> Result<Vec<tasks::Task>, LinuxError> {
         let init_task = self.symbols.address("init_task")?;
         tasks::read(&self.reader(memory), self.layouts(|types| &types.tasks)?, init_task)
@@ -475,7 +482,7 @@ impl LinuxGuest {
     ///
     /// # Errors
     ///
-    /// Memory that cannot be read, a module list that loops or runs past [`modules::MAX_MODULES`], or no types.
+    /// Memory that cannot be read, a module list that loops or runs past `modules::MAX_MODULES`, or no types.
     pub fn modules<M: GuestMemory + ?Sized>(&self, memory: &M) -> Result<Vec<modules::Module>, LinuxError> {
         // `modules` is the list's head in kernel/module/main.c (a data symbol: other symbols of
         // that name may be functions)

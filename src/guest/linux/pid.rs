@@ -40,6 +40,7 @@ impl Offsets {
     /// A layout like Linux 6.1's on x86_64, for tests and fuzzing: `idr` at byte 8 of
     /// `pid_namespace`, 64 slots from byte 40 of an `xa_node`, `tasks` from byte 16 of
     /// `struct pid` and `numbers` from 96, `pid_links` at 0x500 of a task.
+    #[cfg(any(test, fuzzing))]
     pub const LINUX_6_1: Offsets = Offsets {
         head: 8,
         base: 16,

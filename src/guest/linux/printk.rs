@@ -56,6 +56,7 @@ pub struct Layout {
 impl Layout {
     /// Linux 6.1's layout on x86_64, as its vmcoreinfo says: for tests and fuzzing, which have
     /// no kernel to ask ([`Layout::of`] is what reads a guest).
+    #[cfg(any(test, fuzzing))]
     pub const LINUX_6_1: Layout = Layout {
         desc_ring: 0,
         text_data_ring: 48,
