@@ -15,7 +15,7 @@
 //! guest writes) and [`Snapshot`].
 //!
 //! Two words are kept apart: a *snapshot* is a copy of guest RAM taken by this crate
-//! (`ram::snapshot`); a *saved state* is QEMU's snapshot of the whole VM (RAM, devices,
+//! ([`Snapshot`], [`capture`]); a *saved state* is QEMU's snapshot of the whole VM (RAM, devices,
 //! disks), which QEMU writes and loads ([`saved_state`]).
 //!
 //! Features: `cli` (default) builds the `qemu-bridge` command and implies `mount` (the FUSE file
