@@ -19,10 +19,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::ram::incremental::{
-    record_copy, update_file_taken, update_file_then, write_full, FullWriteError, IncrementalError, Origin,
-    Recorded, Updated,
+    record_copy, update_file_then, write_full, FullWriteError, IncrementalError, Origin, Recorded, Updated,
 };
-use crate::ram::soft_dirty::MIN_CLEAR_INTERVAL;
 use crate::ram::{
     BridgeError, ChangeSet, HashAlgorithm, SharedMemoryBridge, Summary, TrackingMethod, Verdict,
 };
@@ -107,13 +105,9 @@ pub struct Capture {
     /// Pages written by each pass, the first (the whole copy, or the first update) first; for
     /// a consistent capture the last pass is the one made while the VM was paused.
     pub passes: Vec<u64>,
-    /// How long this capture kept the VM paused in all (from before `stop` to after `cont` as
-    /// seen here); `None` when it did not pause it.
+    /// How long this capture kept the VM paused (from before `stop` to after `cont` as seen
+    /// here); `None` when it did not pause it.
     pub paused_for: Option<std::time::Duration>,
-    /// Each pause, in order: one, or for a consistent capture by soft-dirty bits two (a short
-    /// one to take the bits and clear them, so that the last pause copies only what the guest
-    /// wrote during the last pass: see [`SoftDirty::take`](crate::ram::SoftDirty::take)).
-    pub pauses: Vec<std::time::Duration>,
     /// For a copy of a running guest that was not paused: what the guest wrote while it was
     /// copied (a superset of the pages that may not be of one instant).
     pub smear: Option<ChangeSet>,
@@ -228,7 +222,6 @@ pub fn to_file(
         summary: summary(options, digest, verdict, 1, bridge),
         update: None,
         passes: vec![pages],
-        pauses: paused_for.into_iter().collect(),
         paused_for,
         smear,
         tracking: None,
@@ -466,38 +459,17 @@ fn consistent(
     let mut passes = while_shrinking(first, options.attempts, || {
         pass(&running_prefix, &mut || {}).map(|updated| updated.pages_written)
     })?;
-    let mut pauses = Vec::new();
-    if let Some(source) = soft_dirty.as_deref() {
-        // The bits say what was written since their last clear, which may be long before the
-        // last pass (a clear is followed by a look at every page, during which the guest goes on
-        // writing, and clears are at most every MIN_CLEAR_INTERVAL). Taken and cleared while the
-        // guest is paused (no write falls between the look and the clear), they leave the last
-        // pause only what the guest writes while the pages they name are copied.
-        wait_until_clear_allowed(source);
-        let paused = Pause::start(vm)?;
-        let taken = source.take();
-        pauses.push(paused.end()?);
-        match taken {
-            Ok(taken) => {
-                let updated =
-                    update_file_taken(bridge.mapping(), origin, path, taken, &running_prefix, || {})?;
-                passes.push(updated.pages_written);
-            }
-            Err(err) => {
-                log::warn!("{}: the last pause looks at every page written since", crate::error::chain(&err))
-            }
-        }
-    }
     // the last pages, paused; resumed as soon as they are written (before the sync)
     let paused = Pause::start(vm)?;
     // the registers of the instant (read while paused) in the header
     let paused_prefix = header.bytes(vm, bridge, info);
     let mut paused = Some(paused);
+    let mut paused_for = None;
     let mut resume_error = None;
     let last = pass(&paused_prefix, &mut || {
         if let Some(paused) = paused.take() {
             match paused.end() {
-                Ok(duration) => pauses.push(duration),
+                Ok(duration) => paused_for = Some(duration),
                 Err(err) => resume_error = Some(err),
             }
         }
@@ -518,8 +490,7 @@ fn consistent(
         summary: summary(options, digest, Verdict::Consistent, passes.len() as u32, bridge),
         update,
         passes,
-        paused_for: Some(pauses.iter().sum()),
-        pauses,
+        paused_for,
         smear: None,
         tracking: Some(method_of(soft_dirty.is_some())),
     })
@@ -540,19 +511,6 @@ fn method_of(soft_dirty: bool) -> TrackingMethod {
         TrackingMethod::SoftDirty
     } else {
         TrackingMethod::Fingerprints
-    }
-}
-
-/// Waits until the soft-dirty bits may be cleared again (at most [`MIN_CLEAR_INTERVAL`] after
-/// the last clear, which keeps a capture from clearing under other consumers more often than
-/// they do), or gives up waiting when the record cannot be read (the clear then says why).
-fn wait_until_clear_allowed(source: &crate::ram::SoftDirty) {
-    let deadline = std::time::Instant::now() + MIN_CLEAR_INTERVAL;
-    while let Ok(generation) = source.generation() {
-        if generation.may_clear() || std::time::Instant::now() >= deadline {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -604,7 +562,6 @@ fn update(
         summary: summary(options, digest, verdict, 1, bridge),
         update: Some(update_report(&updated, bridge, soft_dirty.is_some())),
         passes: vec![updated.pages_written],
-        pauses: paused_for.into_iter().collect(),
         paused_for,
         smear: None,
         tracking: Some(method_of(soft_dirty.is_some())),

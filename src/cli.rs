@@ -1394,21 +1394,8 @@ fn snapshot_verb(args: SnapshotArgs, quiet: bool) -> CliResult {
             passes.join(" ")
         );
     }
-    match (captured.paused_for, captured.pauses.as_slice()) {
-        (Some(paused), [_] | []) => {
-            eprintln!("qemu-bridge: the guest was paused for {:.1} ms", paused.as_secs_f64() * 1e3)
-        }
-        (Some(paused), pauses) => eprintln!(
-            "qemu-bridge: the guest was paused {} times, for {:.1} ms in all: {} ms",
-            pauses.len(),
-            paused.as_secs_f64() * 1e3,
-            pauses
-                .iter()
-                .map(|pause| format!("{:.1}", pause.as_secs_f64() * 1e3))
-                .collect::<Vec<_>>()
-                .join(" + ")
-        ),
-        (None, _) => {}
+    if let Some(paused) = captured.paused_for {
+        eprintln!("qemu-bridge: the guest was paused for {:.1} ms", paused.as_secs_f64() * 1e3);
     }
     if let Some(smear) = captured.smear.as_ref().filter(|smear| smear.pages > 0) {
         eprintln!(
@@ -1444,7 +1431,6 @@ fn snapshot_verb(args: SnapshotArgs, quiet: bool) -> CliResult {
             "size": summary.size,
             "passes": captured.passes,
             "paused_ms": captured.paused_for.map(|paused| paused.as_secs_f64() * 1e3),
-            "pauses_ms": captured.pauses.iter().map(|pause| pause.as_secs_f64() * 1e3).collect::<Vec<_>>(),
             "tracking": captured.tracking,
             "smear": smear,
             "update": update,

@@ -282,8 +282,7 @@ impl Vm {
     /// Writes the guest's RAM to the file `path` (`format` `raw`: RAM in file order, holes
     /// sparse; `elf`: an ELF core crash, drgn and Volatility read) and returns what `qemu-bridge
     /// snapshot --json` reports, as a dict: `algorithm`, `digest`, `verdict`, `attempts`,
-    /// `torn_pages`, `size`, `passes`, `paused_ms` (in all), `pauses_ms` (each pause: two for a
-    /// consistent capture by soft-dirty bits), `tracking` (how the passes after the first
+    /// `torn_pages`, `size`, `passes`, `paused_ms`, `tracking` (how the passes after the first
     /// found what the guest wrote: `soft-dirty` or `fingerprints`, or `None` for one whole
     /// copy), `smear` (the guest-physical ranges a running guest wrote during a plain copy), and for an update `update` (`full`: why it was written
     /// whole, or `None`; `pages_written`, `pages_looked`, `pages`, `method`). `pause` pauses the
@@ -326,10 +325,6 @@ impl Vm {
         report.set_item("size", summary.size)?;
         report.set_item("passes", &captured.passes)?;
         report.set_item("paused_ms", captured.paused_for.map(|paused| paused.as_secs_f64() * 1e3))?;
-        report.set_item(
-            "pauses_ms",
-            captured.pauses.iter().map(|pause| pause.as_secs_f64() * 1e3).collect::<Vec<_>>(),
-        )?;
         report.set_item("tracking", captured.tracking.map(|method| method.to_string()))?;
         let smear: Option<Vec<(u64, u64)>> = captured
             .smear

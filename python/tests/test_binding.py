@@ -280,8 +280,6 @@ def test_snapshots_equal_the_ram_and_update_in_place(run_dir, tmp_path):
     vm.resume()
     report = vm.snapshot(tmp_path / "core", format="elf", consistent=True)
     assert report["verdict"] == "consistent" and len(report["passes"]) >= 3 and report["paused_ms"] > 0
-    # each pause, adding up to the whole (one here: by fingerprints)
-    assert report["pauses_ms"] and sum(report["pauses_ms"]) == pytest.approx(report["paused_ms"])
     assert vm.status() == "running"
     vm.pause()
     core = (tmp_path / "core").read_bytes()

@@ -461,44 +461,6 @@ pub fn update_file_then(
     prefix: &[u8],
     pages_done: impl FnOnce(),
 ) -> Result<Updated, IncrementalError> {
-    let by = if soft_dirty.is_some() { "soft-dirty bits" } else { "fingerprints" };
-    update_selected(ram, origin, path, prefix, pages_done, by, |known| select_pages(soft_dirty, known))
-}
-
-/// [`update_file_then`] by the pages `taken` from the soft-dirty bits (with the VM paused
-/// around the take: see [`SoftDirty::take`]): those pages alone when the file's record is of
-/// the generation they were written in, else every page; the record is then of the generation
-/// the take began, so that the next update looks at what was written after it only.
-///
-/// # Errors
-///
-/// As [`update_file`].
-pub fn update_file_taken(
-    ram: &GuestRam,
-    origin: &Origin,
-    path: &Path,
-    taken: super::soft_dirty::Taken,
-    prefix: &[u8],
-    pages_done: impl FnOnce(),
-) -> Result<Updated, IncrementalError> {
-    update_selected(ram, origin, path, prefix, pages_done, "soft-dirty bits taken", |known| {
-        let exact = known.is_some_and(|known| known == taken.since.count && known > 0);
-        let selection = if exact { Selection::Dirty(taken.dirty) } else { Selection::All };
-        (selection, Some(taken.now.count))
-    })
-}
-
-/// The update of [`update_file_then`], with the pages to look at chosen by `select` from the
-/// soft-dirty generation of the file's record (`None`: none, or no usable record).
-fn update_selected(
-    ram: &GuestRam,
-    origin: &Origin,
-    path: &Path,
-    prefix: &[u8],
-    pages_done: impl FnOnce(),
-    by: &str,
-    select: impl FnOnce(Option<u64>) -> (Selection, Option<u64>),
-) -> Result<Updated, IncrementalError> {
     let base = prefix.len() as u64;
     if base % LEAF != 0 {
         return Err(file_error("write", path)(std::io::Error::new(
@@ -520,7 +482,7 @@ fn update_selected(
     let total = base + ram.len() as u64;
     let mut temporary = None;
     let known = record.as_ref().ok().and_then(|record| record.header.soft_dirty_generation);
-    let (selection, generation) = select(known);
+    let (selection, generation) = select_pages(soft_dirty, known);
     let selected = started.elapsed();
     let (file, mut prints, mut tree) = match (existing, record) {
         (Some(file), Ok(record)) => (file, record.prints, record.tree),
@@ -603,7 +565,7 @@ fn update_selected(
         "update of {}: record read in {record_read:?}, pages selected by {} by {selected:?}, \
          {pages_looked} looked at and {pages_written} written by {:?}",
         path.display(),
-        by,
+        if soft_dirty.is_some() { "soft-dirty bits" } else { "fingerprints" },
         started.elapsed()
     );
     pages_done();

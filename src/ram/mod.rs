@@ -30,7 +30,7 @@ pub use picture::{classify, hilbert_point, page_classes, PageClass};
 pub use snapshot::{
     sha256_hex, CheckReport, HashAlgorithm, Snapshot, Summary, Verdict, CHECKSUM_ALGORITHM, DEFAULT_ATTEMPTS,
 };
-pub use soft_dirty::{host_has_soft_dirty, Generation, SoftDirty, SoftDirtyError, Taken, Unavailable};
+pub use soft_dirty::{host_has_soft_dirty, Generation, SoftDirty, SoftDirtyError, Unavailable};
 pub use tracker::{soft_dirty_for, ChangeSet, Changes, Fingerprints, TrackingMethod};
 
 /// Bytes per page wherever this crate counts pages (tmpfs and memfd pages, picture pixels,

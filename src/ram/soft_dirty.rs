@@ -363,13 +363,6 @@ impl SoftDirty {
             Some(file) => read_generation(file).map_err(self.error("read its record"))?,
             None => Generation::NEVER_CLEARED,
         };
-        self.scan(pages, dirty)?;
-        Ok(generation)
-    }
-
-    /// The pages of `pages` whose bit is set, ascending, into `dirty` (the caller holds the
-    /// record's lock, or there is no record).
-    fn scan(&self, pages: Range<usize>, dirty: &mut Vec<usize>) -> Result<(), SoftDirtyError> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         for span in &self.spans {
             let first = pages.start.max(span.ram_page);
@@ -391,7 +384,7 @@ impl SoftDirty {
             dirty.sort_unstable();
             dirty.dedup();
         }
-        Ok(())
+        Ok(generation)
     }
 
     /// Clears the soft-dirty bits of the whole QEMU process and counts the record's generation
@@ -402,30 +395,6 @@ impl SoftDirty {
     ///
     /// [`SoftDirtyError`] when the record or `clear_refs` cannot be written.
     pub fn clear(&self) -> Result<Generation, SoftDirtyError> {
-        self.clear_after(|| Ok(())).map(|(_, new)| new)
-    }
-
-    /// Every page whose bit is set, then a clear, under the record's exclusive lock (no other
-    /// consumer of ours clears between the two): what was written since the clear before
-    /// ([`Taken::since`]), and the generation that begins ([`Taken::now`]). Pages written
-    /// between the look and the clear are in neither: call it with the VM paused for an
-    /// exact account (a consistent capture does, for a pause of this look and this clear).
-    ///
-    /// # Errors
-    ///
-    /// As [`dirty_pages`](Self::dirty_pages) and [`clear`](Self::clear).
-    pub fn take(&self) -> Result<Taken, SoftDirtyError> {
-        let mut dirty = Vec::new();
-        let (since, now) = self.clear_after(|| self.scan(0..self.pages, &mut dirty))?;
-        Ok(Taken { dirty, since, now })
-    }
-
-    /// `before()`, then a clear, under the record's exclusive lock; the generations before and
-    /// after.
-    fn clear_after(
-        &self,
-        before: impl FnOnce() -> Result<(), SoftDirtyError>,
-    ) -> Result<(Generation, Generation), SoftDirtyError> {
         let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
         let writable = match record.take() {
             Some(file) if file_is_writable(&file) => file,
@@ -437,7 +406,6 @@ impl SoftDirty {
         let file = record.insert(writable);
         let _lock = Lock::exclusive(file).map_err(self.error("lock its record"))?;
         let old = read_generation(file).map_err(self.error("read its record"))?;
-        before()?;
         (&self.clear_refs).write_all(b"4").map_err(self.error("write its clear_refs"))?;
         let new = Generation { count: old.count + 1, cleared_at_ms: now_ms() };
         let mut bytes = [0u8; 16];
@@ -445,19 +413,8 @@ impl SoftDirty {
         bytes[8..].copy_from_slice(&new.cleared_at_ms.to_le_bytes());
         file.write_all_at(&bytes, 0).map_err(self.error("write its record"))?;
         log::debug!("soft-dirty bits of QEMU process {} cleared (generation {})", self.pid, new.count);
-        Ok((old, new))
+        Ok(new)
     }
-}
-
-/// What [`SoftDirty::take`] found and began.
-#[derive(Debug, Clone)]
-pub struct Taken {
-    /// The pages (RAM page numbers, ascending) written since generation `since` began.
-    pub dirty: Vec<usize>,
-    /// The generation the bits were of.
-    pub since: Generation,
-    /// The generation the clear began.
-    pub now: Generation,
 }
 
 /// How often a QEMU process's soft-dirty bits were cleared through its record, and when last.
