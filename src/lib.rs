@@ -61,6 +61,8 @@ mod size;
 #[cfg(feature = "view")]
 pub mod view;
 mod vm;
+// serves the mount and the view: a library built without them leaves parts of it unused
+#[cfg_attr(not(all(feature = "mount", feature = "view")), allow(dead_code))]
 pub(crate) mod watcher;
 
 // The library's surface, flat: what a user of it (the command line, the Python binding, a

@@ -2,6 +2,9 @@
 
 // the parts are the crate's own (the parsers public to the fuzz targets only); what a user needs
 // of them is re-exported below
+// the mount's `physical` and `core` files, and the view's live pictures: a library built
+// without them leaves parts of these unused
+#[cfg_attr(not(all(feature = "mount", feature = "view")), allow(dead_code))]
 pub(crate) mod dump;
 mod guest_ram;
 crate::internal_mod!(incremental);
@@ -11,6 +14,7 @@ crate::internal_mod!(layout);
 #[allow(unsafe_code)]
 mod mapping;
 crate::internal_mod!(mtree);
+#[cfg_attr(not(all(feature = "mount", feature = "view")), allow(dead_code))]
 pub(crate) mod picture;
 pub(crate) mod snapshot;
 pub(crate) mod soft_dirty;
