@@ -66,7 +66,8 @@ mod vm;
 pub(crate) mod watcher;
 
 // The library's surface, flat: what a user of it (the command line, the Python binding, a
-// program of its own) needs. Modules stay public for the parsers and formats they document.
+// program of its own) needs. The modules left public are concerns with vocabularies of their own
+// (captures, saved states, launching, QMP, the mount, the view); the rest is crate-private.
 
 // VMs: finding, opening and asking them
 pub use name::{NameError, VmName};

@@ -6,7 +6,7 @@ use pyo3::exceptions::{PyKeyError, PyProcessLookupError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use qemu_bridge::guest::linux::{LinuxError, LinuxFile, LinuxGuest};
+use qemu_bridge::guest::linux::{maps_text, LinuxError, LinuxFile, LinuxGuest};
 use qemu_bridge::SharedMemoryBridge;
 
 use crate::errors::{paging_error, Error};
@@ -271,10 +271,7 @@ impl Process {
     fn maps(&self, py: Python<'_>) -> PyResult<String> {
         let linux = &self.linux;
         self.with(py, |process| {
-            process
-                .areas()
-                .map(|areas| qemu_bridge::guest::linux::maps_text(&areas))
-                .map_err(|err| linux.error(err))
+            process.areas().map(|areas| maps_text(&areas)).map_err(|err| linux.error(err))
         })
     }
 
