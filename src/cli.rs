@@ -11,7 +11,7 @@ use serde::Serialize;
 use qemu_bridge::launch::{self, Accel, LaunchOptions};
 use qemu_bridge::mount::{MountOptions, Passthrough};
 use qemu_bridge::ram::HashAlgorithm;
-use qemu_bridge::{default_run_dir, Machine, RunDir, RunState, Vm, VmName};
+use qemu_bridge::{default_run_dir, Gva, Machine, RunDir, RunState, Vm, VmName};
 use qemu_bridge::{parse_number, parse_size};
 
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -1098,7 +1098,7 @@ fn read_verb(args: ReadArgs) -> CliResult {
     let mut buffer = vec![0u8; args.len as usize];
     if args.virtual_address {
         let paging = vcpu_paging(&vm, &info, args.cpu, args.root)?;
-        paging.read_virtual(&bridge, args.addr, &mut buffer)?;
+        paging.read_virtual(&bridge, Gva(args.addr), &mut buffer)?;
     } else {
         bridge.read_into(args.addr, &mut buffer)?;
     }
@@ -1220,7 +1220,7 @@ fn linux_json(
                 .map(|task| {
                     json!({
                         "pid": task.pid, "tgid": task.tgid, "ppid": task.ppid, "uid": task.uid,
-                        "state": task.state_letter().to_string(), "comm": task.comm, "address": task.address,
+                        "state": task.state_letter().to_string(), "comm": task.comm, "address": task.address.0,
                     })
                 })
                 .collect(),
@@ -1232,8 +1232,8 @@ fn linux_json(
                 .map(|module| {
                     json!({
                         "name": module.name, "size": module.size, "refcount": module.refcount,
-                        "users": module.users, "state": module.state.word(), "base": module.base,
-                        "address": module.address,
+                        "users": module.users, "state": module.state.word(), "base": module.base.0,
+                        "address": module.address.0,
                     })
                 })
                 .collect(),
@@ -1246,7 +1246,7 @@ fn linux_json(
                     .iter()
                     .map(|area| {
                         json!({
-                            "start": area.start, "end": area.end, "flags": area.flags, "offset": area.offset,
+                            "start": area.start.0, "end": area.end.0, "flags": area.flags, "offset": area.offset,
                             "device": area.device, "inode": area.inode, "name": area.name,
                         })
                     })

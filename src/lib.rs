@@ -83,8 +83,8 @@ pub use ram::{
 };
 // what the guest's memory and vCPUs mean: architectures, registers, page tables
 pub use guest::{
-    vcpu_paging, Arch, FrozenMemory, Gpa, GuestMemory, GuestMemoryError, Paging, PagingError, PagingMode,
-    Translation, VcpuPagingError, VcpuRegisters, VirtualSpace,
+    vcpu_paging, Arch, FrozenMemory, Gpa, GuestMemory, GuestMemoryError, Gva, Paging, PagingError,
+    PagingMode, Translation, VcpuPagingError, VcpuRegisters, VirtualSpace,
 };
 // a Linux guest's kernel, read from its memory
 pub use guest::linux::{KernelReader, LinuxError, LinuxFile, LinuxGuest, ProcessFile};

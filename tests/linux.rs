@@ -13,7 +13,7 @@ use common::linux::{
     boot_linux, boot_linux_with, debug_vmlinux, guest_dir, paused_kernel, paused_linux, Kernel,
 };
 use common::{require_qemu, wait_until, TestMount, TestRunDir, VmBuilder, MARKER, MARKER_ADDR};
-use qemu_bridge::{RunState, Verdict, Vm};
+use qemu_bridge::{Gva, RunState, Verdict, Vm};
 
 /// The largest `n` of any `QEMU-BRIDGE-COUNTER:n` in `ram`.
 fn max_counter(ram: &[u8]) -> u64 {
@@ -1268,7 +1268,7 @@ fn volatility_reads_the_guest(kernel: Kernel) {
 fn ram_offset(
     guest: &qemu_bridge::guest::linux::LinuxGuest,
     bridge: &qemu_bridge::SharedMemoryBridge,
-    va: u64,
+    va: Gva,
 ) -> u64 {
     let gpa = guest.kernel().paging().translate(bridge, va).unwrap().gpa.0;
     let region = bridge
@@ -1298,14 +1298,14 @@ fn test_hostile_kernel_structures_are_error_lines() {
     let btf = guest.btf().unwrap();
     let offset = |strukt: &str, path: &str| btf.offset_of(btf.struct_id(strukt).unwrap(), path).unwrap();
     let ram = std::fs::OpenOptions::new().write(true).open(&linux.launched.ram_path).unwrap();
-    let write = |va: u64, value: u64| {
+    let write = |va: Gva, value: u64| {
         ram.write_all_at(&value.to_le_bytes(), ram_offset(&guest, &bridge, va)).unwrap()
     };
 
     // the first module's list.next points at itself: a loop that never reaches the head
     let first = guest.modules(&bridge).unwrap()[0].address;
     let list = first + offset("module", "list");
-    write(list, list);
+    write(list, list.0);
     // the process's maple tree: its root node's first slot is the node itself
     let process = guest.process(&bridge, oracle.sleeper).unwrap().unwrap();
     let mm = process.mm().unwrap().unwrap().address;
@@ -1313,8 +1313,8 @@ fn test_hostile_kernel_structures_are_error_lines() {
     let node = root & !0xff;
     let range = node | 2 << 3 | 2; // the node as a maple_range_64 (not a leaf)
     write(mm + offset("mm_struct", "mm_mt.ma_root"), range);
-    write(node + offset("maple_range_64", "slot"), range);
-    write(node + offset("maple_range_64", "pivot"), 0x1000);
+    write(Gva(node) + offset("maple_range_64", "slot"), range);
+    write(Gva(node) + offset("maple_range_64", "pivot"), 0x1000);
     let mount = TestMount::new(&run_dir, &[]);
     let dir = mount.path(&format!("{name}/linux"));
     let second = guest.tasks(&bridge).unwrap()[1].address + offset("task_struct", "tasks");
@@ -1331,7 +1331,7 @@ fn test_hostile_kernel_structures_are_error_lines() {
     error_line("modules", "module list is corrupt: it comes back to");
     error_line(&format!("proc/{}/maps", oracle.sleeper), "maple tree is corrupt");
     // init_task.tasks.next of the second task points back at the second task
-    write(second, second);
+    write(second, second.0);
     error_line("tasks", "task list is corrupt: it comes back to");
     // a directory of processes cannot be listed from a list that loops: an error, not a hang
     let listed =
@@ -1348,9 +1348,9 @@ fn test_hostile_kernel_structures_are_error_lines() {
     let head = reader.u64(namespace + offset("pid_namespace", "idr.idr_rt.xa_head"), "pid tree").unwrap();
     assert_eq!(head & 3, 2, "the pid tree's root is a node: {head:#x}");
     let node = head - 2;
-    let shift = reader.bytes(node + offset("xa_node", "shift"), 1, "pid tree").unwrap()[0];
+    let shift = reader.bytes(Gva(node + offset("xa_node", "shift")), 1, "pid tree").unwrap()[0];
     let slot = (oracle.sleeper as u64 >> shift) % 64;
-    write(node + offset("xa_node", "slots") + 8 * slot, head);
+    write(Gva(node + offset("xa_node", "slots") + 8 * slot), head);
     assert!(!dir.join(format!("proc/{}", oracle.sleeper)).exists());
     let output = common::qemu_bridge(&run_dir, &["linux", &name, "status", &oracle.sleeper.to_string()]);
     common::assert_clean_failure(&output, "pid tree is corrupt");

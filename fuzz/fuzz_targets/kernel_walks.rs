@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use qemu_bridge::guest::linux::{maple, pid, walk, KernelReader, LinuxKernel};
-use qemu_bridge::guest::memory::{Gpa, GuestMemory, GuestMemoryError};
+use qemu_bridge::guest::memory::{Gpa, GuestMemory, GuestMemoryError, Gva};
 use qemu_bridge::guest::vmcoreinfo::VmcoreInfo;
 
 const KERNEL: u64 = 0xffff_ffff_8100_0000;
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
         VmcoreInfo { offset: 0, text: "SYMBOL(init_top_pgt)=ffffffff80001000\nNUMBER(phys_base)=0\n".into() };
     let kernel = LinuxKernel::new(info).unwrap();
     let memory = Ram(ram);
-    let in_data = |value: u64| KERNEL + value % data.len() as u64;
+    let in_data = |value: u64| Gva(KERNEL + value % data.len() as u64);
     let reader = KernelReader::new(&kernel, &memory);
     if let Ok(nodes) = walk::list(&reader, in_data(word(0)), 1000, "list") {
         assert!(nodes.len() <= 1000);
@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // the pid namespace where the list head is, the pid from the second word; a task is what
     // its first two words say
-    let ids = |task: u64| {
+    let ids = |task: Gva| {
         Ok(((reader.u32(task, "task")? as i32, reader.u32(task.wrapping_add(4), "task")? as i32), task))
     };
     if let Ok(Some(task)) =

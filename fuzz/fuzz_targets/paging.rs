@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use qemu_bridge::guest::paging::{Limits, PageRun, Paging, PagingError, PagingMode};
-use qemu_bridge::guest::{FrozenMemory, Gpa, GuestMemory};
+use qemu_bridge::guest::{FrozenMemory, Gpa, GuestMemory, Gva};
 use qemu_bridge::ram::GuestLayout;
 
 /// Bytes before the RAM image.
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     let cr4 = ((1 << 5) ^ bit(4, 1 << 5)) | bit(0, 1 << 12);
     let efer = ((1 << 10) ^ bit(3, 1 << 10)) | bit(1, 1 << 11);
     let cr3 = word(data, 1);
-    let va = word(data, 9);
+    let va = Gva(word(data, 9));
     let range_start = word(data, 17);
     let range_len = word(data, 25);
     let read_len = usize::from(byte(data, 33)) * 97;
@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(page) = paging.translate(&memory, va) {
         assert!(mode.is_canonical(va));
-        assert_eq!(page.gpa.0 & (page.page_size - 1), va & (page.page_size - 1));
+        assert_eq!(page.gpa.0 & (page.page_size - 1), va.0 & (page.page_size - 1));
     }
     let mut buf = vec![0u8; read_len];
     if paging.read_virtual(&memory, va, &mut buf).is_ok() && !buf.is_empty() {
@@ -66,9 +66,9 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let range = if flags & (1 << 5) != 0 {
-        0..=u64::MAX
+        Gva(0)..=Gva(u64::MAX)
     } else {
-        range_start..=range_start.saturating_add(range_len)
+        Gva(range_start)..=Gva(range_start.saturating_add(range_len))
     };
     let items: Vec<Result<PageRun, PagingError>> = paging.page_runs(&memory, range, limits).collect();
     assert!(items.len() <= limits.max_mappings + 1, "{} items", items.len());
@@ -80,21 +80,23 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(index + 1, items.len(), "truncation is the last item");
                 continue;
             }
-            Err(PagingError::Table { .. } | PagingError::ReservedPageSize { .. } | PagingError::Reserved { .. }) => {
-                continue
-            }
+            Err(
+                PagingError::Table { .. }
+                | PagingError::ReservedPageSize { .. }
+                | PagingError::Reserved { .. },
+            ) => continue,
             Err(other) => panic!("unexpected item {other:?}"),
         };
         let size = mapping.page_size;
         assert!(mode.is_canonical(mapping.va) && mode.is_canonical(mapping.va_last()), "{mapping:?}");
-        assert!(mapping.len >= size && mapping.len % size == 0 && mapping.va % size == 0, "{mapping:?}");
+        assert!(mapping.len >= size && mapping.len % size == 0 && mapping.va.0 % size == 0, "{mapping:?}");
         assert_eq!(mapping.gpa.0 % size, 0, "{mapping:?}");
         if let Some(previous) = previous {
             assert!(previous.va_last() < mapping.va, "{previous:?} then {mapping:?}");
         }
         previous = Some(*mapping);
         // the walk of one address agrees with the enumeration, at both ends of the run
-        let last_page = mapping.va_last() & !(size - 1);
+        let last_page = Gva(mapping.va_last().0 & !(size - 1));
         for (at, gpa) in [(mapping.va, mapping.gpa), (last_page, Gpa(mapping.gpa.0 + mapping.len - size))] {
             let page = paging.translate(&memory, at).expect("an enumerated page translates");
             assert_eq!(

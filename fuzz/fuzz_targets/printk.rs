@@ -7,7 +7,6 @@ use libfuzzer_sys::fuzz_target;
 use qemu_bridge::guest::linux::printk::{records, text, Layout, MAX_COUNT_BITS};
 use qemu_bridge::guest::linux::LinuxError;
 
-
 fuzz_target!(|data: &[u8]| {
     let reader = |va: u64, buf: &mut [u8]| -> Result<(), LinuxError> {
         let bytes = usize::try_from(va)

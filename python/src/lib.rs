@@ -21,7 +21,7 @@ use pyo3::types::{PyBytes, PyDict, PyMemoryView};
 
 use qemu_bridge::guest::linux::LinuxGuest;
 use qemu_bridge::guest::{find_vmcoreinfo, VmcoreInfo};
-use qemu_bridge::guest::{vcpu_paging, Gpa, Paging};
+use qemu_bridge::guest::{vcpu_paging, Gpa, Gva, Paging};
 use qemu_bridge::{RunDir, SharedMemoryBridge, VmInfo};
 
 use errors::{bridge_error, paging_error, vcpu_paging_error, vm_error, Error};
@@ -237,7 +237,7 @@ impl Vm {
     ) -> PyResult<Bound<'py, PyBytes>> {
         let paging = py.detach(|| self.paging(cpu, root))?;
         PyBytes::new_with(py, size, |buf| {
-            maybe_detached(py, size, || paging.read_virtual(&*self.ram, va, buf)).map_err(paging_error)
+            maybe_detached(py, size, || paging.read_virtual(&*self.ram, Gva(va), buf)).map_err(paging_error)
         })
     }
 
@@ -247,7 +247,7 @@ impl Vm {
     fn translate(&self, py: Python<'_>, va: u64, cpu: usize, root: Option<u64>) -> PyResult<u64> {
         py.detach(|| {
             let paging = self.paging(cpu, root)?;
-            paging.translate(&*self.ram, va).map(|translation| translation.gpa.0).map_err(paging_error)
+            paging.translate(&*self.ram, Gva(va)).map(|translation| translation.gpa.0).map_err(paging_error)
         })
     }
 

@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use qemu_bridge::guest::linux::{maps_text, LinuxError, LinuxFile, LinuxGuest};
-use qemu_bridge::SharedMemoryBridge;
+use qemu_bridge::{Gva, SharedMemoryBridge};
 
 use crate::errors::{paging_error, Error};
 
@@ -76,12 +76,12 @@ impl Linux {
             .into_iter()
             .map(|module| Module {
                 name: module.name,
-                address: module.address,
+                address: module.address.0,
                 size: module.size,
                 refcount: module.refcount,
                 users: module.users,
                 state: module.state.word().to_string(),
-                base: module.base,
+                base: module.base.0,
                 taints: module.taints,
             })
             .collect())
@@ -165,7 +165,7 @@ pub struct Task {
 impl Task {
     fn of(task: &qemu_bridge::guest::linux::Task) -> Self {
         Self {
-            address: task.address,
+            address: task.address.0,
             pid: task.pid,
             tgid: task.tgid,
             ppid: task.ppid,
@@ -306,7 +306,7 @@ impl Process {
                     .message(format!("process {} is a kernel thread: no memory of its own", self.task.pid))
             })?;
             let mut bytes = vec![0u8; size];
-            paging.read_virtual(&*self.linux.ram, va, &mut bytes).map_err(paging_error)?;
+            paging.read_virtual(&*self.linux.ram, Gva(va), &mut bytes).map_err(paging_error)?;
             Ok(bytes)
         })?;
         Ok(PyBytes::new(py, &bytes))

@@ -1,5 +1,5 @@
-//! Reading guest-physical memory, for code that walks guest structures (page tables, kernel
-//! lists): one small trait, [`GuestMemory`], implemented by a live VM's RAM
+//! Guest addresses ([`Gpa`], [`Gva`]) and reading guest-physical memory, for code that walks
+//! guest structures (page tables, kernel lists): one small trait, [`GuestMemory`], implemented by a live VM's RAM
 //! ([`SharedMemoryBridge`]) and by a frozen copy with its layout ([`FrozenMemory`]), so that the
 //! same walk runs on a live guest and on a snapshot. Addresses are [`Gpa`]s, never file offsets;
 //! an address that is not RAM (a hole of the layout: MMIO, the PCI hole, past the end) is an
@@ -21,6 +21,80 @@ impl Gpa {
 impl std::fmt::Display for Gpa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:#x}", self.0)
+    }
+}
+
+/// A guest-virtual address: what a vCPU's page tables (or the kernel's) translate into a
+/// [`Gpa`]. Pointers read out of guest structures are `Gva`s; arithmetic on them wraps, as the
+/// guest's own does, because a hostile pointer plus a member offset may pass 2^64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Gva(pub u64);
+
+impl Gva {
+    /// `self + bytes`, wrapping at 2^64 (a member of a structure at `self`).
+    #[must_use]
+    pub const fn wrapping_add(self, bytes: u64) -> Gva {
+        Gva(self.0.wrapping_add(bytes))
+    }
+
+    /// `self - bytes`, wrapping at 0 (`container_of`).
+    #[must_use]
+    pub const fn wrapping_sub(self, bytes: u64) -> Gva {
+        Gva(self.0.wrapping_sub(bytes))
+    }
+
+    /// `self + bytes`, or `None` past the last address.
+    pub const fn checked_add(self, bytes: u64) -> Option<Gva> {
+        match self.0.checked_add(bytes) {
+            Some(va) => Some(Gva(va)),
+            None => None,
+        }
+    }
+
+    /// Bytes from `start` up to `self`, or `None` when `self` is below `start`.
+    pub const fn offset_from(self, start: Gva) -> Option<u64> {
+        self.0.checked_sub(start.0)
+    }
+
+    /// Whether this is the null pointer.
+    pub const fn is_null(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl std::fmt::Display for Gva {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+impl std::fmt::LowerHex for Gva {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
+/// `va + bytes` wraps at 2^64, as [`Gva::wrapping_add`].
+impl std::ops::Add<u64> for Gva {
+    type Output = Gva;
+
+    fn add(self, bytes: u64) -> Gva {
+        self.wrapping_add(bytes)
+    }
+}
+
+/// `va - bytes` wraps at 0, as [`Gva::wrapping_sub`].
+impl std::ops::Sub<u64> for Gva {
+    type Output = Gva;
+
+    fn sub(self, bytes: u64) -> Gva {
+        self.wrapping_sub(bytes)
+    }
+}
+
+impl From<Gva> for u64 {
+    fn from(va: Gva) -> u64 {
+        va.0
     }
 }
 

@@ -17,7 +17,7 @@ pub(crate) mod virtual_space;
 crate::internal_mod!(vmcoreinfo);
 
 pub use arch::Arch;
-pub use memory::{FrozenMemory, Gpa, GuestMemory, GuestMemoryError};
+pub use memory::{FrozenMemory, Gpa, GuestMemory, GuestMemoryError, Gva};
 pub use paging::{Level, Limit, Limits, PageRun, PageRuns, Paging, PagingError, PagingMode, Translation};
 pub use registers::{parse_info_registers, Segment, VcpuRegisters};
 pub use virtual_space::{mappings_text, registers_json, vcpu_paging, VcpuPagingError, VirtualSpace};

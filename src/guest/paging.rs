@@ -39,7 +39,7 @@
 //!
 //! ```
 //! use qemu_bridge::guest::{PagingMode, Paging};
-//! use qemu_bridge::guest::{FrozenMemory, Gpa};
+//! use qemu_bridge::guest::{FrozenMemory, Gpa, Gva};
 //! use qemu_bridge::ram::GuestLayout;
 //!
 //! // PML4 at 0x1000, PDPT at 0x2000, PD at 0x3000, PT at 0x4000, one page at 0x5000
@@ -50,7 +50,7 @@
 //! let layout = GuestLayout::identity(ram.len() as u64);
 //! let memory = FrozenMemory::new(&ram, &layout);
 //! let paging = Paging::new(PagingMode::FourLevel, Gpa(0x1000), true);
-//! let page = paging.translate(&memory, 0x1234)?;
+//! let page = paging.translate(&memory, Gva(0x1234))?;
 //! assert_eq!((page.gpa, page.page_size), (Gpa(0x5234), 0x1000));
 //! # Ok::<(), qemu_bridge::guest::PagingError>(())
 //! ```
@@ -63,7 +63,7 @@ pub use page_runs::PageRuns;
 use super::arch::riscv64::{SATP_MODE_SHIFT, SATP_PPN};
 use super::arch::x86_64::{CR0_PG, CR4_LA57, CR4_PAE, EFER_LMA, EFER_NXE, PRESENT};
 use super::arch::{aarch64, riscv64, x86_64, Arch, PageTableRoot};
-use super::memory::{Gpa, GuestMemory, GuestMemoryError};
+use super::memory::{Gpa, GuestMemory, GuestMemoryError, Gva};
 use super::registers::VcpuRegisters;
 
 const ENTRIES_PER_TABLE: usize = 512;
@@ -151,10 +151,10 @@ impl PagingMode {
     /// Whether `va` is canonical: its bits above the significant ones all copy the highest
     /// significant bit. AArch64 is the exception: bits 63..48 all zeros (TTBR0_EL1's half) or
     /// all ones (TTBR1_EL1's), bits 47..0 indexing the tables of either.
-    pub fn is_canonical(self, va: u64) -> bool {
+    pub fn is_canonical(self, va: Gva) -> bool {
         match self {
-            PagingMode::Arm48 => [0, 0xffff].contains(&(va >> 48)),
-            _ => self.sign_extend(va) == va,
+            PagingMode::Arm48 => [0, 0xffff].contains(&(va.0 >> 48)),
+            _ => self.sign_extend(va.0) == va.0,
         }
     }
 
@@ -295,7 +295,7 @@ pub enum PagingError {
     #[error("virtual address {va:#x} is not canonical with {mode}")]
     NonCanonical {
         /// The address.
-        va: u64,
+        va: Gva,
         /// The paging mode.
         mode: PagingMode,
     },
@@ -303,7 +303,7 @@ pub enum PagingError {
     #[error("virtual address {va:#x} is not mapped: its {level} entry is not present")]
     NotMapped {
         /// The address.
-        va: u64,
+        va: Gva,
         /// The table whose entry is not present.
         level: Level,
     },
@@ -312,7 +312,7 @@ pub enum PagingError {
     #[error("cannot read the {level} entry of virtual address {va:#x}")]
     Table {
         /// The address being translated (in an enumeration: the first address the table maps).
-        va: u64,
+        va: Gva,
         /// The table that could not be read.
         level: Level,
         /// Why.
@@ -324,7 +324,7 @@ pub enum PagingError {
     #[error("the {level} entry of virtual address {va:#x} sets the page-size bit, reserved at that level")]
     ReservedPageSize {
         /// The address being translated (in an enumeration: the first address the entry maps).
-        va: u64,
+        va: Gva,
         /// The table of the entry.
         level: Level,
     },
@@ -334,7 +334,7 @@ pub enum PagingError {
     #[error("the {level} entry of virtual address {va:#x} has a reserved encoding")]
     Reserved {
         /// The address being translated (in an enumeration: the first address the entry maps).
-        va: u64,
+        va: Gva,
         /// The table of the entry.
         level: Level,
     },
@@ -358,7 +358,7 @@ pub enum PagingError {
     #[error("cannot read virtual address {va:#x} at guest-physical {gpa}")]
     Read {
         /// The first virtual address of the part that could not be read.
-        va: u64,
+        va: Gva,
         /// Where it maps to.
         gpa: Gpa,
         /// Why.
@@ -369,7 +369,7 @@ pub enum PagingError {
     #[error("{len} bytes at virtual address {va:#x} run past the end of the address space")]
     Wraps {
         /// The first address.
-        va: u64,
+        va: Gva,
         /// Bytes asked for.
         len: usize,
     },
@@ -380,7 +380,7 @@ pub enum PagingError {
         /// The limit reached.
         limit: Limit,
         /// Where a later enumeration could go on from.
-        resume_at: u64,
+        resume_at: Gva,
     },
 }
 
@@ -429,7 +429,7 @@ pub struct Translation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRun {
     /// The first virtual address, canonical.
-    pub va: u64,
+    pub va: Gva,
     /// Bytes mapped, a multiple of `page_size` (a length rather than an end, because the last
     /// page ends at 2^64).
     pub len: u64,
@@ -447,12 +447,12 @@ pub struct PageRun {
 
 impl PageRun {
     /// The last virtual address of the run (inclusive, so that it never overflows).
-    pub fn va_last(&self) -> u64 {
+    pub fn va_last(&self) -> Gva {
         self.va.wrapping_add(self.len.wrapping_sub(1))
     }
 
     /// Whether the run maps `va`.
-    pub fn contains(&self, va: u64) -> bool {
+    pub fn contains(&self, va: Gva) -> bool {
         va >= self.va && va <= self.va_last()
     }
 
@@ -466,14 +466,14 @@ impl PageRun {
 /// from `space_size() / 2` (2^38 with Sv39, 2^47 with the 48-bit modes, 2^56 with the 57-bit ones),
 /// so that 0xffff_8000_0000_0000 is at offset 2^47 with 4-level paging. The bits dropped are not
 /// checked: a non-canonical `va` gives the offset of the canonical one with the same low bits.
-pub fn offset_of_va(mode: PagingMode, va: u64) -> u64 {
-    va & (mode.space_size() - 1)
+pub fn offset_of_va(mode: PagingMode, va: Gva) -> u64 {
+    va.0 & (mode.space_size() - 1)
 }
 
 /// The virtual address at `offset` of a file of the virtual address space, sign-extended
 /// (the inverse of [`offset_of_va`]), or `None` past the end of the space.
-pub fn va_of_offset(mode: PagingMode, offset: u64) -> Option<u64> {
-    (offset < mode.space_size()).then(|| mode.sign_extend(offset))
+pub fn va_of_offset(mode: PagingMode, offset: u64) -> Option<Gva> {
+    (offset < mode.space_size()).then(|| Gva(mode.sign_extend(offset)))
 }
 
 /// What the entries walked so far allow. AArch64 keeps execution at EL0 and EL1 apart until
@@ -511,15 +511,15 @@ pub(crate) struct LeafTable {
     depth: usize,
     table: Gpa,
     access: Access,
-    va: u64,
+    va: Gva,
 }
 
 impl LeafTable {
     /// Whether this table is the one that maps `va`: the same index in every level above.
-    fn maps(&self, levels: &[Level], va: u64) -> bool {
+    fn maps(&self, levels: &[Level], va: Gva) -> bool {
         let Some(level) = levels.get(self.depth) else { return false };
         let span_bits = level.shift() + 9;
-        span_bits >= 64 || va >> span_bits == self.va >> span_bits
+        span_bits >= 64 || va.0 >> span_bits == self.va.0 >> span_bits
     }
 }
 
@@ -658,7 +658,7 @@ impl Paging {
     pub fn translate<M: GuestMemory + ?Sized>(
         &self,
         memory: &M,
-        va: u64,
+        va: Gva,
     ) -> Result<Translation, PagingError> {
         self.walk(memory, va, None).map(|(translation, _)| translation)
     }
@@ -669,7 +669,7 @@ impl Paging {
     pub(crate) fn walk<M: GuestMemory + ?Sized>(
         &self,
         memory: &M,
-        va: u64,
+        va: Gva,
         from: Option<LeafTable>,
     ) -> Result<(Translation, LeafTable), PagingError> {
         if !self.mode.is_canonical(va) {
@@ -681,7 +681,7 @@ impl Paging {
             (depth, table, access) = (known.depth, known.table, known.access);
         }
         for (at, &level) in levels.iter().enumerate().skip(depth) {
-            let index = (va >> level.shift()) % ENTRIES_PER_TABLE as u64;
+            let index = (va.0 >> level.shift()) % ENTRIES_PER_TABLE as u64;
             let entry = memory
                 .read_u64(Gpa(table.0 + index * ENTRY_BYTES as u64))
                 .map_err(|source| PagingError::Table { va, level, source })?;
@@ -696,7 +696,7 @@ impl Paging {
                 Entry::Table(next) => table = next,
                 Entry::Page { base, size } => {
                     let translation = Translation {
-                        gpa: Gpa(base | (va & (size - 1))),
+                        gpa: Gpa(base | (va.0 & (size - 1))),
                         page_size: size,
                         writable: access.writable,
                         user: access.user,
@@ -726,7 +726,7 @@ impl Paging {
     pub fn read_virtual<M: GuestMemory + ?Sized>(
         &self,
         memory: &M,
-        va: u64,
+        va: Gva,
         buf: &mut [u8],
     ) -> Result<(), PagingError> {
         // consecutive pages are mostly in one table: the walk of the next starts there
@@ -734,7 +734,7 @@ impl Paging {
         read_pages(memory, va, buf, |at| {
             let (page, found) = self.walk(memory, at, leaf)?;
             leaf = Some(found);
-            Ok((page.gpa, page.page_size - (at & (page.page_size - 1))))
+            Ok((page.gpa, page.page_size - (at.0 & (page.page_size - 1))))
         })
     }
 
@@ -756,7 +756,7 @@ impl Paging {
     pub fn page_runs<'a, M: GuestMemory + ?Sized>(
         &self,
         memory: &'a M,
-        range: impl RangeBounds<u64>,
+        range: impl RangeBounds<Gva>,
         limits: Limits,
     ) -> PageRuns<'a, M> {
         PageRuns::new(*self, memory, page_runs::offset_span(self.mode, range), limits)
@@ -774,16 +774,16 @@ impl Paging {
 /// bytes of the pages read before the failure.
 pub(crate) fn read_pages<M: GuestMemory + ?Sized>(
     memory: &M,
-    va: u64,
+    va: Gva,
     buf: &mut [u8],
-    mut translate: impl FnMut(u64) -> Result<(Gpa, u64), PagingError>,
+    mut translate: impl FnMut(Gva) -> Result<(Gpa, u64), PagingError>,
 ) -> Result<(), PagingError> {
     if !buf.is_empty() && va.checked_add(buf.len() as u64 - 1).is_none() {
         return Err(PagingError::Wraps { va, len: buf.len() });
     }
     let mut done = 0;
     while done < buf.len() {
-        let at = va + done as u64;
+        let at = va.wrapping_add(done as u64);
         let (gpa, left_in_page) = translate(at)?;
         let part = left_in_page.min((buf.len() - done) as u64) as usize;
         memory.read_at(gpa, &mut buf[done..done + part]).map_err(|source| PagingError::Read {
@@ -878,6 +878,8 @@ mod tests {
         range: impl RangeBounds<u64>,
         limits: Limits,
     ) -> Vec<Result<PageRun, PagingError>> {
+        let gva = |bound: Bound<&u64>| bound.map(|&va| Gva(va));
+        let range = (gva(range.start_bound()), gva(range.end_bound()));
         paging.page_runs(&tables.memory(), range, limits).collect()
     }
 
@@ -888,7 +890,7 @@ mod tests {
         page_size: u64,
         (writable, user, executable): (bool, bool, bool),
     ) -> PageRun {
-        PageRun { va, len, gpa: Gpa(gpa), page_size, writable, user, executable }
+        PageRun { va: Gva(va), len, gpa: Gpa(gpa), page_size, writable, user, executable }
     }
 
     const RWX_USER: (bool, bool, bool) = (true, true, true);
@@ -898,7 +900,7 @@ mod tests {
         let tables = Tables::four_level();
         let paging = four_level(PML4);
         let memory = tables.memory();
-        let small = paging.translate(&memory, 0x1234).unwrap();
+        let small = paging.translate(&memory, Gva(0x1234)).unwrap();
         assert_eq!(
             small,
             Translation {
@@ -909,15 +911,15 @@ mod tests {
                 executable: true
             }
         );
-        assert_eq!(paging.translate(&memory, 0x2fff).unwrap().gpa, Gpa(0x6fff));
-        let large = paging.translate(&memory, PAGE_2M + 0x1_2345).unwrap();
+        assert_eq!(paging.translate(&memory, Gva(0x2fff)).unwrap().gpa, Gpa(0x6fff));
+        let large = paging.translate(&memory, Gva(PAGE_2M + 0x1_2345)).unwrap();
         assert_eq!(
             (large.gpa, large.page_size),
             (Gpa(PAGE_2M + 0x1_2345), PAGE_2M),
             "PAT bit 12 is no address"
         );
         assert!(large.writable && !large.user);
-        let huge = paging.translate(&memory, PAGE_1G + 0x1234_5678).unwrap();
+        let huge = paging.translate(&memory, Gva(PAGE_1G + 0x1234_5678)).unwrap();
         assert_eq!((huge.gpa, huge.page_size), (Gpa(0x5234_5678), PAGE_1G));
     }
 
@@ -928,9 +930,9 @@ mod tests {
         tables.set(PML4, 511, PDPT | P | W);
         let paging = four_level(PML4);
         let memory = tables.memory();
-        let low = paging.translate(&memory, 0xffff_8000_0000_1234).unwrap();
+        let low = paging.translate(&memory, Gva(0xffff_8000_0000_1234)).unwrap();
         assert_eq!((low.gpa, low.user), (Gpa(0x8234), false));
-        assert_eq!(paging.translate(&memory, 0xffff_ff80_0000_2010).unwrap().gpa, Gpa(0x6010));
+        assert_eq!(paging.translate(&memory, Gva(0xffff_ff80_0000_2010)).unwrap().gpa, Gpa(0x6010));
     }
 
     #[test]
@@ -941,16 +943,16 @@ mod tests {
         let paging = Paging::from_registers(CR0_PG, PML5, CR4_PAE | CR4_LA57, EFER_LMA).unwrap();
         assert_eq!(paging.mode(), PagingMode::FiveLevel);
         let memory = tables.memory();
-        assert_eq!(paging.translate(&memory, (1 << 48) | 0x1234).unwrap().gpa, Gpa(0x8234));
-        let kernel = paging.translate(&memory, 0xff00_0000_0000_1234).unwrap();
+        assert_eq!(paging.translate(&memory, Gva((1 << 48) | 0x1234)).unwrap().gpa, Gpa(0x8234));
+        let kernel = paging.translate(&memory, Gva(0xff00_0000_0000_1234)).unwrap();
         assert_eq!((kernel.gpa, kernel.user), (Gpa(0x8234), false));
         assert!(matches!(
-            paging.translate(&memory, 0x1234),
-            Err(PagingError::NotMapped { va: 0x1234, level: Level::Pml5 })
+            paging.translate(&memory, Gva(0x1234)),
+            Err(PagingError::NotMapped { va: Gva(0x1234), level: Level::Pml5 })
         ));
         // canonical with 57 bits, not with 48
         assert!(matches!(
-            four_level(PML4).translate(&memory, (1 << 48) | 0x1234),
+            four_level(PML4).translate(&memory, Gva((1 << 48) | 0x1234)),
             Err(PagingError::NonCanonical { mode: PagingMode::FourLevel, .. })
         ));
     }
@@ -964,7 +966,7 @@ mod tests {
             let index = if table == PML4 { 3 } else { 0 };
             tables.set(table, index, target | bits[level]);
         }
-        Paging::new(PagingMode::FourLevel, Gpa(PML4), no_execute_enabled).translate(&tables.memory(), 3 << 39)
+        Paging::new(PagingMode::FourLevel, Gpa(PML4), no_execute_enabled).translate(&tables.memory(), Gva(3 << 39))
     }
 
     #[test]
@@ -996,7 +998,7 @@ mod tests {
             let mut bits = [rwu; 4];
             bits[level] = W | U;
             match chain(bits, true) {
-                Err(PagingError::NotMapped { va, level }) => assert_eq!((va, level), (3 << 39, name)),
+                Err(PagingError::NotMapped { va, level }) => assert_eq!((va, level), (Gva(3 << 39), name)),
                 other => panic!("{name}: {other:?}"),
             }
         }
@@ -1017,28 +1019,28 @@ mod tests {
         let paging = four_level(PML4);
         let memory = tables.memory();
         for va in [2 * PAGE_1G + 0x10, 3 * PAGE_1G] {
-            match paging.translate(&memory, va) {
+            match paging.translate(&memory, Gva(va)) {
                 Err(PagingError::Table {
                     va: at,
                     level: Level::Pd,
                     source: GuestMemoryError::NotRam { .. },
                 }) => {
-                    assert_eq!(at, va)
+                    assert_eq!(at, Gva(va))
                 }
                 other => panic!("{va:#x}: {other:?}"),
             }
         }
         // CR3 outside RAM
         assert!(matches!(
-            four_level(1 << 40).translate(&memory, 0),
+            four_level(1 << 40).translate(&memory, Gva(0)),
             Err(PagingError::Table { level: Level::Pml4, .. })
         ));
         // a page outside RAM translates, but cannot be read
-        assert_eq!(paging.translate(&memory, 4 * PAGE_1G).unwrap().gpa, Gpa(7 * PAGE_1G));
+        assert_eq!(paging.translate(&memory, Gva(4 * PAGE_1G)).unwrap().gpa, Gpa(7 * PAGE_1G));
         let mut buf = [0u8; 4];
         assert!(matches!(
-            paging.read_virtual(&memory, 4 * PAGE_1G, &mut buf),
-            Err(PagingError::Read { va, gpa, .. }) if va == 4 * PAGE_1G && gpa == Gpa(7 * PAGE_1G)
+            paging.read_virtual(&memory, Gva(4 * PAGE_1G), &mut buf),
+            Err(PagingError::Read { va, gpa, .. }) if va == Gva(4 * PAGE_1G) && gpa == Gpa(7 * PAGE_1G)
         ));
     }
 
@@ -1049,12 +1051,12 @@ mod tests {
         tables.set(PML5, 2, PML4 | P | PS);
         let memory = tables.memory();
         assert!(matches!(
-            four_level(PML4).translate(&memory, 4 << 39),
+            four_level(PML4).translate(&memory, Gva(4 << 39)),
             Err(PagingError::ReservedPageSize { level: Level::Pml4, .. })
         ));
         let five = Paging::new(PagingMode::FiveLevel, Gpa(PML5), true);
         assert!(matches!(
-            five.translate(&memory, 2 << 48),
+            five.translate(&memory, Gva(2 << 48)),
             Err(PagingError::ReservedPageSize { level: Level::Pml5, .. })
         ));
     }
@@ -1065,16 +1067,16 @@ mod tests {
         let memory = tables.memory();
         for va in [1 << 47, 0xffff_7fff_ffff_ffff, 0x0001_0000_0000_0000, 0x8000_0000_0000_0000] {
             assert!(
-                matches!(four_level(PML4).translate(&memory, va), Err(PagingError::NonCanonical { .. })),
+                matches!(four_level(PML4).translate(&memory, Gva(va)), Err(PagingError::NonCanonical { .. })),
                 "{va:#x}"
             );
         }
         let five = Paging::new(PagingMode::FiveLevel, Gpa(PML5), true);
-        assert!(matches!(five.translate(&memory, 1 << 47), Err(PagingError::NotMapped { .. })));
-        assert!(matches!(five.translate(&memory, 1 << 56), Err(PagingError::NonCanonical { .. })));
+        assert!(matches!(five.translate(&memory, Gva(1 << 47)), Err(PagingError::NotMapped { .. })));
+        assert!(matches!(five.translate(&memory, Gva(1 << 56)), Err(PagingError::NonCanonical { .. })));
         let mut buf = [0u8; 16];
         assert!(matches!(
-            four_level(PML4).read_virtual(&memory, (1 << 47) - 8, &mut buf),
+            four_level(PML4).read_virtual(&memory, Gva((1 << 47) - 8), &mut buf),
             Err(PagingError::NotMapped { .. })
         ));
     }
@@ -1112,19 +1114,19 @@ mod tests {
         let paging = four_level(PML4);
         let memory = tables.memory();
         let mut buf = [0u8; 16];
-        paging.read_virtual(&memory, 0x1ff8, &mut buf).unwrap();
+        paging.read_virtual(&memory, Gva(0x1ff8), &mut buf).unwrap();
         assert_eq!(buf, [8, 8, 8, 8, 8, 8, 8, 8, 6, 6, 6, 6, 6, 6, 6, 6], "0x8ff8.. then 0x6000..");
         let mut whole = vec![0u8; 0x2000];
-        paging.read_virtual(&memory, 0x1000, &mut whole).unwrap();
+        paging.read_virtual(&memory, Gva(0x1000), &mut whole).unwrap();
         assert!(whole[..0x1000].iter().all(|&b| b == 8) && whole[0x1000..].iter().all(|&b| b == 6));
-        paging.read_virtual(&memory, 0x1000, &mut []).unwrap();
+        paging.read_virtual(&memory, Gva(0x1000), &mut []).unwrap();
         // into a page that is not mapped
         assert!(matches!(
-            paging.read_virtual(&memory, 0x2ff8, &mut buf),
-            Err(PagingError::NotMapped { va: 0x3000, level: Level::Pt })
+            paging.read_virtual(&memory, Gva(0x2ff8), &mut buf),
+            Err(PagingError::NotMapped { va: Gva(0x3000), level: Level::Pt })
         ));
         assert!(matches!(
-            paging.read_virtual(&memory, u64::MAX - 3, &mut buf),
+            paging.read_virtual(&memory, Gva(u64::MAX - 3), &mut buf),
             Err(PagingError::Wraps { len: 16, .. })
         ));
     }
@@ -1139,12 +1141,12 @@ mod tests {
         tables.set(PML5, 0, 0x6000 | P | W | U);
         let paging = four_level(PML4);
         let mut buf = [0u8; 16];
-        paging.read_virtual(&tables.memory(), PAGE_2M - 8, &mut buf).unwrap();
+        paging.read_virtual(&tables.memory(), Gva(PAGE_2M - 8), &mut buf).unwrap();
         assert_eq!(buf, [8, 8, 8, 8, 8, 8, 8, 8, 6, 6, 6, 6, 6, 6, 6, 6], "0x8ff8.. then 0x6000..");
         // and within one table, pages after the first come from it
         let mut run = vec![0u8; 0x3000];
         tables.set(PT, 3, 0x9000 | P | W | U);
-        paging.read_virtual(&tables.memory(), 0x1000, &mut run).unwrap();
+        paging.read_virtual(&tables.memory(), Gva(0x1000), &mut run).unwrap();
         assert!(run[..0x1000].iter().all(|&b| b == 8) && run[0x1000..0x2000].iter().all(|&b| b == 6));
         assert!(run[0x2000..].iter().all(|&b| b == 9));
     }
@@ -1164,9 +1166,9 @@ mod tests {
                 (kernel_first + 0x1000, size / 2 + 0x1000),
                 (u64::MAX, size - 1),
             ] {
-                assert!(mode.is_canonical(va), "{mode}: {va:#x}");
-                assert_eq!(offset_of_va(mode, va), offset, "{mode}: {va:#x}");
-                assert_eq!(va_of_offset(mode, offset), Some(va), "{mode}: {offset:#x}");
+                assert!(mode.is_canonical(Gva(va)), "{mode}: {va:#x}");
+                assert_eq!(offset_of_va(mode, Gva(va)), offset, "{mode}: {va:#x}");
+                assert_eq!(va_of_offset(mode, offset), Some(Gva(va)), "{mode}: {offset:#x}");
             }
             assert_eq!(va_of_offset(mode, size), None);
             assert_eq!(va_of_offset(mode, u64::MAX), None);
@@ -1277,16 +1279,16 @@ mod tests {
         let paging = four_level(PML4);
         let found = all(&paging, &tables, .., Limits { max_mappings: 2, ..Limits::default() });
         assert_eq!(found.len(), 3);
-        assert_eq!(found[1].as_ref().unwrap().va, 0x2000);
+        assert_eq!(found[1].as_ref().unwrap().va, Gva(0x2000));
         assert!(matches!(
             found[2],
-            Err(PagingError::Truncated { limit: Limit::PageRuns, resume_at: PAGE_2M })
+            Err(PagingError::Truncated { limit: Limit::PageRuns, resume_at: Gva(PAGE_2M) })
         ));
         let rest = all(&paging, &tables, PAGE_2M.., Limits::default());
         assert_eq!(rest.len(), 2);
         assert!(matches!(
             all(&paging, &tables, .., Limits { max_mappings: 0, ..Limits::default() })[..],
-            [Err(PagingError::Truncated { limit: Limit::PageRuns, resume_at: 0x1000 })]
+            [Err(PagingError::Truncated { limit: Limit::PageRuns, resume_at: Gva(0x1000) })]
         ));
     }
 
@@ -1297,15 +1299,15 @@ mod tests {
         tables.set(PML4, 511, PML4 | P | W);
         let paging = four_level(PML4);
         let memory = tables.memory();
-        assert_eq!(paging.translate(&memory, 0xffff_ffff_ffff_f008).unwrap().gpa, Gpa(PML4 + 8));
+        assert_eq!(paging.translate(&memory, Gva(0xffff_ffff_ffff_f008)).unwrap().gpa, Gpa(PML4 + 8));
         // PML4[511] -> PML4[0] = PDPT as a PD -> PDPT[0] = PD as a PT -> PD[0] = PT as a page
-        assert_eq!(paging.translate(&memory, 0xffff_ff80_0000_0000).unwrap().gpa, Gpa(PT));
+        assert_eq!(paging.translate(&memory, Gva(0xffff_ff80_0000_0000)).unwrap().gpa, Gpa(PT));
         let found = all(&paging, &tables, .., Limits::default());
         assert!(found.iter().all(Result::is_ok), "{found:?}");
         let found: Vec<PageRun> = found.into_iter().map(Result::unwrap).collect();
         assert!(found.contains(&mapping(0xffff_ffff_ffff_f000, 0x1000, PML4, PAGE_4K, (true, false, true))));
         assert!(found.contains(&mapping(0x1000, 0x1000, 0x8000, PAGE_4K, RWX_USER)));
-        assert_eq!(found.last().unwrap().va_last(), u64::MAX);
+        assert_eq!(found.last().unwrap().va_last(), Gva(u64::MAX));
         assert!(found.windows(2).all(|pair| pair[0].va_last() < pair[1].va));
     }
 
@@ -1363,17 +1365,17 @@ mod tests {
         let paging = Paging::from_satp(8 << 60 | PML4 >> 12).unwrap();
         assert_eq!((paging.mode(), paging.root()), (PagingMode::Sv39, Gpa(PML4)));
         let memory = tables.memory();
-        let page = paging.translate(&memory, 0x1234).unwrap();
+        let page = paging.translate(&memory, Gva(0x1234)).unwrap();
         assert_eq!(
             (page.gpa, page.page_size, page.writable, page.user, page.executable),
             (Gpa(0x8234), PAGE_4K, true, true, true)
         );
-        let giga = paging.translate(&memory, PAGE_1G + 0x12_3456).unwrap();
+        let giga = paging.translate(&memory, Gva(PAGE_1G + 0x12_3456)).unwrap();
         assert_eq!(
             (giga.gpa, giga.page_size, giga.writable, giga.user, giga.executable),
             (Gpa(PAGE_1G + 0x12_3456), PAGE_1G, true, false, false)
         );
-        let mega = paging.translate(&memory, PAGE_2M + 0x1234).unwrap();
+        let mega = paging.translate(&memory, Gva(PAGE_2M + 0x1234)).unwrap();
         assert_eq!(
             (mega.gpa, mega.page_size, mega.writable, mega.executable),
             (Gpa(PAGE_2M + 0x1234), PAGE_2M, false, true)
@@ -1382,23 +1384,23 @@ mod tests {
             [(2 * PAGE_1G, Level::Riscv(2)), (3 * PAGE_1G, Level::Riscv(2)), (0x2000, Level::Riscv(0))]
         {
             assert!(
-                matches!(paging.translate(&memory, va), Err(PagingError::Reserved { level: found, .. }) if found == level),
+                matches!(paging.translate(&memory, Gva(va)), Err(PagingError::Reserved { level: found, .. }) if found == level),
                 "{va:#x}"
             );
         }
         assert!(matches!(
-            paging.translate(&memory, 0x3000),
+            paging.translate(&memory, Gva(0x3000)),
             Err(PagingError::NotMapped { level: Level::Riscv(0), .. })
         ));
         // 39 bits: bit 38 set is the upper half, sign-extended
-        assert!(matches!(paging.translate(&memory, 1 << 38), Err(PagingError::NonCanonical { .. })));
-        assert_eq!(paging.translate(&memory, 0xffff_ffc0_0000_1234).unwrap().gpa, Gpa(0x8234));
+        assert!(matches!(paging.translate(&memory, Gva(1 << 38)), Err(PagingError::NonCanonical { .. })));
+        assert_eq!(paging.translate(&memory, Gva(0xffff_ffc0_0000_1234)).unwrap().gpa, Gpa(0x8234));
         // the enumeration agrees, with the bad entries as errors
         let items = all(&paging, &tables, .., Limits::default());
         let pages: Vec<(u64, u64, u64)> = items
             .iter()
             .filter_map(|item| item.as_ref().ok())
-            .map(|m| (m.va, m.gpa.0, m.page_size))
+            .map(|m| (m.va.0, m.gpa.0, m.page_size))
             .collect();
         assert_eq!(
             pages,
@@ -1443,38 +1445,38 @@ mod tests {
         let paging = Paging::new(PagingMode::Arm48, Gpa(PML4 | 1), true);
         assert_eq!(paging.root(), Gpa(PML4), "CnP is no address");
         let memory = tables.memory();
-        let page = paging.translate(&memory, 0x1234).unwrap();
+        let page = paging.translate(&memory, Gva(0x1234)).unwrap();
         assert_eq!(
             (page.gpa, page.page_size, page.writable, page.user, page.executable),
             (Gpa(0x8234), PAGE_4K, true, true, true)
         );
-        let block = paging.translate(&memory, PAGE_1G + 0x10).unwrap();
+        let block = paging.translate(&memory, Gva(PAGE_1G + 0x10)).unwrap();
         assert_eq!(
             (block.gpa, block.page_size, block.writable, block.user, block.executable),
             (Gpa(PAGE_1G + 0x10), PAGE_1G, false, false, true)
         );
-        let no_exec = paging.translate(&memory, PAGE_2M + 0x10).unwrap();
+        let no_exec = paging.translate(&memory, Gva(PAGE_2M + 0x10)).unwrap();
         assert_eq!((no_exec.page_size, no_exec.executable), (PAGE_2M, false));
         // the table above limits the block below it: no writes, no EL0
-        let limited = paging.translate(&memory, (2 << 39) + 0x10).unwrap();
+        let limited = paging.translate(&memory, Gva((2 << 39) + 0x10)).unwrap();
         assert_eq!((limited.gpa, limited.writable, limited.user), (Gpa(PAGE_1G + 0x10), false, false));
         assert!(matches!(
-            paging.translate(&memory, 0x2000),
+            paging.translate(&memory, Gva(0x2000)),
             Err(PagingError::Reserved { level: Level::Arm(3), .. })
         ));
         assert!(matches!(
-            paging.translate(&memory, 1 << 39),
+            paging.translate(&memory, Gva(1 << 39)),
             Err(PagingError::Reserved { level: Level::Arm(0), .. })
         ));
         assert!(matches!(
-            paging.translate(&memory, 0x3000),
+            paging.translate(&memory, Gva(0x3000)),
             Err(PagingError::NotMapped { level: Level::Arm(3), .. })
         ));
-        assert!(matches!(paging.translate(&memory, 1 << 48), Err(PagingError::NonCanonical { .. })));
+        assert!(matches!(paging.translate(&memory, Gva(1 << 48)), Err(PagingError::NonCanonical { .. })));
         let pages: Vec<u64> = all(&paging, &tables, ..(3 << 39), Limits::default())
             .into_iter()
             .filter_map(|item| item.ok())
-            .map(|m| m.va)
+            .map(|m| m.va.0)
             .collect();
         assert_eq!(pages, [0x1000, PAGE_2M, PAGE_1G, 2 << 39]);
         assert!(matches!(

@@ -17,7 +17,7 @@
 use std::fmt::Write as _;
 
 use super::arch::{Arch, PageTableRoot};
-use super::memory::{Gpa, GuestMemory};
+use super::memory::{Gpa, GuestMemory, Gva};
 use super::paging::{offset_of_va, va_of_offset, Limits, PageRun, Paging, PagingError, PagingMode, PAGE_4K};
 use super::registers::VcpuRegisters;
 
@@ -122,7 +122,7 @@ pub fn mappings_text<M: GuestMemory + ?Sized>(paging: &Paging, memory: &M, limit
     for item in paging.page_runs(memory, .., limits) {
         match item {
             Ok(mapping) => {
-                let end = u128::from(mapping.va) + u128::from(mapping.len);
+                let end = u128::from(mapping.va.0) + u128::from(mapping.len);
                 let _ = writeln!(
                     text,
                     "{:016x}-{end:016x} {:016x} {} r{}{} {}",
@@ -245,14 +245,14 @@ impl VirtualSpace {
         Some(end)
     }
 
-    fn offset(&self, va: u64) -> u64 {
+    fn offset(&self, va: Gva) -> u64 {
         offset_of_va(self.paging.mode(), va)
     }
 
     fn mappings_from<'a, M: GuestMemory + ?Sized>(
         &self,
         memory: &'a M,
-        va: u64,
+        va: Gva,
     ) -> impl Iterator<Item = Result<PageRun, PagingError>> + 'a {
         self.paging.page_runs(memory, va.., self.limits)
     }
@@ -308,7 +308,7 @@ mod tests {
         space.read_at(&memory, 0x40_1000, &mut buf);
         assert_eq!(buf, [0; 8]);
         // the kernel half from 2^47
-        let kernel = offset_of_va(PagingMode::FourLevel, 0xffff_ffff_8000_0000);
+        let kernel = offset_of_va(PagingMode::FourLevel, Gva(0xffff_ffff_8000_0000));
         assert_eq!(kernel, 0xffff_8000_0000);
         space.read_at(&memory, kernel, &mut buf);
         assert_eq!(&buf[..6], b"kernel");

@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use super::btf::u32_at;
 use super::reader::KernelReader;
 use super::LinuxError;
-use crate::guest::memory::GuestMemory;
+use crate::guest::memory::{GuestMemory, Gva};
 
 /// Symbols a table may have (Linux 6.1 has about 150,000).
 pub const MAX_SYMBOLS: u32 = 1 << 21;
@@ -32,7 +32,8 @@ const MAX_TOKEN_TABLE: u64 = 64 << 10;
 /// One symbol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Symbol {
-    /// Its address.
+    /// Its value as `/proc/kallsyms` prints it: an address, or for a per-CPU symbol on x86_64
+    /// its offset in each CPU's area (which is why it is a number, not a [`Gva`]).
     pub address: u64,
     /// Its type, as `nm` and `/proc/kallsyms` give it.
     pub kind: char,
@@ -78,7 +79,7 @@ pub fn read_tables<M: GuestMemory + ?Sized>(reader: &KernelReader<'_, M>) -> Res
         return Err(corrupt(format!("{num_syms} symbols, more than {MAX_SYMBOLS}")));
     }
     let relative_base = reader.u64(kernel.symbol("kallsyms_relative_base")?, "kallsyms_relative_base")?;
-    let read = |address: u64, len: u64, what: &'static str| reader.bytes(address, len as usize, what);
+    let read = |address: Gva, len: u64, what: &'static str| reader.bytes(address, len as usize, what);
     let offsets = read(kernel.symbol("kallsyms_offsets")?, u64::from(num_syms) * 4, "kallsyms_offsets")?;
     let (names_at, tokens_at, index_at) = (
         kernel.symbol("kallsyms_names")?,
@@ -87,13 +88,15 @@ pub fn read_tables<M: GuestMemory + ?Sized>(reader: &KernelReader<'_, M>) -> Res
     );
     // the names end before the markers and the token table that follow them
     let names_len = tokens_at
-        .checked_sub(names_at)
+        .0
+        .checked_sub(names_at.0)
         .filter(|len| *len > 0)
         .unwrap_or(MAX_NAMES_BYTES)
         .min(MAX_NAMES_BYTES);
     let names = read(names_at, names_len, "kallsyms_names")?;
     let tokens_len = index_at
-        .checked_sub(tokens_at)
+        .0
+        .checked_sub(tokens_at.0)
         .filter(|len| *len > 0)
         .unwrap_or(MAX_TOKEN_TABLE)
         .min(MAX_TOKEN_TABLE);
@@ -236,9 +239,10 @@ pub fn find_tables<M: GuestMemory + ?Sized>(reader: &KernelReader<'_, M>) -> Res
     let mut image = vec![0u8; IMAGE_SEARCHED as usize];
     for (index, chunk) in image.chunks_mut(1 << 20).enumerate() {
         // a chunk not all mapped is read page by page; pages not mapped stay zeros
-        if reader.read(start + ((index as u64) << 20), chunk, "kernel image").is_err() {
+        let chunk_at = start.wrapping_add((index as u64) << 20);
+        if reader.read(chunk_at, chunk, "kernel image").is_err() {
             for (page, bytes) in chunk.chunks_mut(4096).enumerate() {
-                let at = start + ((index as u64) << 20) + ((page as u64) << 12);
+                let at = chunk_at.wrapping_add((page as u64) << 12);
                 let _ = reader.read(at, bytes, "kernel image");
             }
         }
@@ -391,10 +395,10 @@ impl Symbols {
     /// # Errors
     ///
     /// [`LinuxError::Missing`] when there is none.
-    pub fn address(&self, name: &str) -> Result<u64, LinuxError> {
+    pub fn address(&self, name: &str) -> Result<Gva, LinuxError> {
         self.named(name)
             .next()
-            .map(|symbol| symbol.address)
+            .map(|symbol| Gva(symbol.address))
             .ok_or_else(|| LinuxError::Missing(format!("{name} among the kernel's symbols")))
     }
 }

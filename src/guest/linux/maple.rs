@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use super::btf::Btf;
 use super::reader::KernelReader;
 use super::LinuxError;
-use crate::guest::memory::GuestMemory;
+use crate::guest::memory::{GuestMemory, Gva};
 
 /// Nodes visited at most (a process with 65,530 mappings, the kernel's default
 /// `max_map_count`, has a few thousand).
@@ -133,7 +133,7 @@ impl<M: GuestMemory + ?Sized> Walk<'_, '_, M> {
         };
         let leaf = kind == 1;
         let mut bytes = [0u8; NODE_SIZE];
-        self.reader.read(address, &mut bytes, "maple tree node")?;
+        self.reader.read(Gva(address), &mut bytes, "maple tree node")?;
         let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
         let pivots = node.slots - 1;
         let pivot = |index: usize| if index < pivots { word(node.pivot + 8 * index) } else { max };

@@ -37,7 +37,7 @@ pub use process::{maps_text, Area, Mm, Process};
 pub use reader::KernelReader;
 pub use tasks::Task;
 
-use super::memory::{Gpa, GuestMemory};
+use super::memory::{Gpa, GuestMemory, Gva};
 use super::paging::{Paging, PagingError, PagingMode};
 use super::vmcoreinfo::VmcoreInfo;
 
@@ -130,7 +130,7 @@ impl LinuxKernel {
                 why: format!("an arm64 kernel with {va_bits}-bit addresses and {page_size}-byte pages (only 48 and 4096 are read)"),
             });
         }
-        let root_gpa = root.wrapping_sub(voffset);
+        let root_gpa = root.0.wrapping_sub(voffset);
         Ok(Self { vmcoreinfo, paging: Paging::new(PagingMode::Arm48, Gpa(root_gpa), true) })
     }
 
@@ -157,7 +157,7 @@ impl LinuxKernel {
     /// # Errors
     ///
     /// As [`LinuxKernel::new`].
-    pub fn symbol(&self, name: &str) -> Result<u64, LinuxError> {
+    pub fn symbol(&self, name: &str) -> Result<Gva, LinuxError> {
         symbol(&self.vmcoreinfo, name)
     }
 
@@ -490,7 +490,7 @@ impl LinuxGuest {
             .symbols
             .named("modules")
             .find(|symbol| matches!(symbol.kind, 'd' | 'D' | 'b' | 'B'))
-            .map(|symbol| symbol.address)
+            .map(|symbol| Gva(symbol.address))
             .ok_or_else(|| LinuxError::Missing("modules among the kernel's symbols".into()))?;
         modules::read(&self.reader(memory), self.layouts(|types| &types.modules)?, head)
     }
@@ -575,14 +575,14 @@ impl LinuxKernel {
 ///
 /// [`LinuxError::Missing`] without those symbols (no `CONFIG_DEBUG_INFO_BTF`),
 /// [`LinuxError::Corrupt`] for a size past [`MAX_BTF`] (or negative).
-pub fn btf_extent(symbols: &kallsyms::Symbols) -> Result<(u64, u64), LinuxError> {
+pub fn btf_extent(symbols: &kallsyms::Symbols) -> Result<(Gva, u64), LinuxError> {
     let address = |name: &str| {
         symbols
             .address(name)
             .map_err(|_| LinuxError::Missing(format!("{name} among the kernel's symbols (no BTF)")))
     };
     let (start, stop) = (address("__start_BTF")?, address("__stop_BTF")?);
-    let len = stop.checked_sub(start).filter(|len| *len <= MAX_BTF).ok_or_else(|| LinuxError::Corrupt {
+    let len = stop.offset_from(start).filter(|len| *len <= MAX_BTF).ok_or_else(|| LinuxError::Corrupt {
         what: "BTF",
         why: format!("__start_BTF {start:#x} to __stop_BTF {stop:#x} is no size of at most {MAX_BTF} bytes"),
     })?;
@@ -599,12 +599,12 @@ impl From<btf::BtfError> for LinuxError {
 }
 
 /// The physical address of `va` in the kernel image (x86_64 `__pa_symbol`).
-fn image_physical(va: u64, phys_base: i64) -> Option<u64> {
-    va.checked_sub(START_KERNEL_MAP).map(|offset| offset.wrapping_add(phys_base as u64))
+fn image_physical(va: Gva, phys_base: i64) -> Option<u64> {
+    va.offset_from(Gva(START_KERNEL_MAP)).map(|offset| offset.wrapping_add(phys_base as u64))
 }
 
-fn symbol(vmcoreinfo: &VmcoreInfo, name: &str) -> Result<u64, LinuxError> {
-    hex(vmcoreinfo, &format!("SYMBOL({name})"))
+fn symbol(vmcoreinfo: &VmcoreInfo, name: &str) -> Result<Gva, LinuxError> {
+    hex(vmcoreinfo, &format!("SYMBOL({name})")).map(Gva)
 }
 
 /// A value the kernel writes in hex without a `0x` (`SYMBOL(...)`, `KERNELOFFSET`).

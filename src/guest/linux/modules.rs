@@ -9,7 +9,7 @@ use super::btf::Btf;
 use super::reader::KernelReader;
 use super::walk::list;
 use super::LinuxError;
-use crate::guest::memory::GuestMemory;
+use crate::guest::memory::{GuestMemory, Gva};
 
 /// Modules listed at most (a kernel has a few hundred).
 pub const MAX_MODULES: usize = 1 << 16;
@@ -54,7 +54,7 @@ impl ModuleState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Module {
     /// Its `struct module`'s address.
-    pub address: u64,
+    pub address: Gva,
     /// `name`.
     pub name: String,
     /// Bytes of its code and data (every layout's size, as the kernel adds them).
@@ -68,7 +68,7 @@ pub struct Module {
     /// `state`.
     pub state: ModuleState,
     /// Where its code is (`core_layout.base`, or `mem[MOD_TEXT].base`).
-    pub base: u64,
+    pub base: Gva,
     /// `taints`: the kernel's taint bits it set.
     pub taints: u64,
 }
@@ -145,7 +145,7 @@ impl Offsets {
 pub(crate) fn read<M: GuestMemory + ?Sized>(
     reader: &KernelReader<'_, M>,
     offsets: &Offsets,
-    modules_head: u64,
+    modules_head: Gva,
 ) -> Result<Vec<Module>, LinuxError> {
     let mut modules = Vec::new();
     for node in list(reader, modules_head, MAX_MODULES, "module list")? {
@@ -158,7 +158,7 @@ pub(crate) fn read<M: GuestMemory + ?Sized>(
         let name = reader.c_string(at(offsets.name), offsets.name_len, "module name")?;
         let mut users = Vec::new();
         for user in list(reader, at(offsets.source_list), MAX_USERS, "module users")? {
-            let source = reader.u64(
+            let source = reader.pointer(
                 user.wrapping_sub(offsets.use_source_list).wrapping_add(offsets.use_source),
                 "module user",
             )?;
@@ -171,8 +171,8 @@ pub(crate) fn read<M: GuestMemory + ?Sized>(
             size = size.saturating_add(u64::from(reader.u32(at(*size_offset), "module")?));
         }
         let base = match offsets.layouts.first() {
-            Some((base_offset, _)) => reader.u64(at(*base_offset), "module")?,
-            None => 0,
+            Some((base_offset, _)) => reader.pointer(at(*base_offset), "module")?,
+            None => Gva(0),
         };
         modules.push(Module {
             address: module,
@@ -240,14 +240,14 @@ mod tests {
 
     fn module(name: &str) -> Module {
         Module {
-            address: 0,
+            address: Gva(0),
             name: name.into(),
             size: 16384,
             refcount: 0,
             users: vec![],
             permanent: false,
             state: ModuleState::Live,
-            base: 0xffff_ffff_c024_d000,
+            base: Gva(0xffff_ffff_c024_d000),
             taints: 0,
         }
     }

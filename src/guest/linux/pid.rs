@@ -11,7 +11,7 @@
 use super::btf::Btf;
 use super::reader::KernelReader;
 use super::LinuxError;
-use crate::guest::memory::GuestMemory;
+use crate::guest::memory::{GuestMemory, Gva};
 
 /// Where each member is, from BTF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,11 +107,11 @@ fn corrupt(why: String) -> LinuxError {
 fn load<M: GuestMemory + ?Sized>(
     reader: &KernelReader<'_, M>,
     offsets: &Offsets,
-    head: u64,
+    head: Gva,
     index: u64,
-) -> Result<Option<u64>, LinuxError> {
+) -> Result<Option<Gva>, LinuxError> {
     let chunk = 1u64 << offsets.chunk_shift;
-    let shift_of = |node: u64| -> Result<u32, LinuxError> {
+    let shift_of = |node: Gva| -> Result<u32, LinuxError> {
         let mut byte = [0u8; 1];
         reader.read(node.wrapping_add(offsets.node_shift), &mut byte, "pid tree node")?;
         Ok(u32::from(byte[0]))
@@ -119,9 +119,9 @@ fn load<M: GuestMemory + ?Sized>(
     let mut entry = reader.u64(head, "pid tree")?;
     if !is_node(entry) {
         // a lone entry is index 0's
-        return Ok((index == 0 && entry != 0 && !is_internal(entry)).then_some(entry));
+        return Ok((index == 0 && entry != 0 && !is_internal(entry)).then_some(Gva(entry)));
     }
-    let mut node = entry - 2;
+    let mut node = Gva(entry - 2);
     let mut shift = shift_of(node)?;
     if shift % offsets.chunk_shift != 0 || shift >= 64 {
         return Err(corrupt(format!("the node at {node:#x} has shift {shift}")));
@@ -133,7 +133,7 @@ fn load<M: GuestMemory + ?Sized>(
         let slot = (index >> shift) & (chunk - 1);
         entry = reader.u64(node.wrapping_add(offsets.node_slots).wrapping_add(8 * slot), "pid tree node")?;
         if is_node(entry) {
-            let child = entry - 2;
+            let child = Gva(entry - 2);
             let child_shift = shift_of(child)?;
             if shift == 0 || child_shift + offsets.chunk_shift != shift {
                 return Err(corrupt(format!(
@@ -149,7 +149,7 @@ fn load<M: GuestMemory + ?Sized>(
         if shift != 0 {
             return Err(corrupt(format!("the node at {node:#x} of shift {shift} holds an entry {entry:#x}")));
         }
-        return Ok(Some(entry));
+        return Ok(Some(Gva(entry)));
     }
 }
 
@@ -165,9 +165,9 @@ fn load<M: GuestMemory + ?Sized>(
 pub fn find_leader<M: GuestMemory + ?Sized, T>(
     reader: &KernelReader<'_, M>,
     offsets: &Offsets,
-    namespace: u64,
+    namespace: Gva,
     pid: i32,
-    read_task: impl Fn(u64) -> Result<((i32, i32), T), LinuxError>,
+    read_task: impl Fn(Gva) -> Result<((i32, i32), T), LinuxError>,
 ) -> Result<Option<T>, LinuxError> {
     if pid <= 0 {
         return Ok(None);
@@ -178,14 +178,14 @@ pub fn find_leader<M: GuestMemory + ?Sized, T>(
         return Ok(None);
     };
     let number = reader.u32(found.wrapping_add(offsets.number), "struct pid")? as i32;
-    let owner = reader.u64(found.wrapping_add(offsets.namespace), "struct pid")?;
+    let owner = reader.pointer(found.wrapping_add(offsets.namespace), "struct pid")?;
     if number != pid || owner != namespace {
         return Err(corrupt(format!(
             "the struct pid at {found:#x} found under {pid} is {number} of namespace {owner:#x}"
         )));
     }
-    let link = reader.u64(found.wrapping_add(offsets.leader), "struct pid")?;
-    if link == 0 {
+    let link = reader.pointer(found.wrapping_add(offsets.leader), "struct pid")?;
+    if link.is_null() {
         return Ok(None);
     }
     let task = link.wrapping_sub(offsets.task_link);
@@ -243,10 +243,11 @@ mod tests {
     ) -> Result<Option<u64>, LinuxError> {
         let reader = KernelReader::new(kernel, memory);
         // the task's pid and tgid: the tests' tasks are what their address says
-        find_leader(&reader, &OFFSETS, NAMESPACE, pid, |task| {
-            let pid = ((task - TASKS) / 0x1000) as i32;
+        let found = find_leader(&reader, &OFFSETS, Gva(NAMESPACE), pid, |task| {
+            let pid = ((task.0 - TASKS) / 0x1000) as i32;
             Ok(((pid, pid), task))
-        })
+        });
+        found.map(|task| task.map(u64::from))
     }
 
     #[test]
@@ -296,7 +297,7 @@ mod tests {
         let (kernel, mut memory) = tree();
         put_pid(&mut memory, 5, NAMESPACE, true);
         let reader = KernelReader::new(&kernel, &memory);
-        let err = find_leader(&reader, &OFFSETS, NAMESPACE, 5, |task| Ok(((5, 4), task))).unwrap_err();
+        let err = find_leader(&reader, &OFFSETS, Gva(NAMESPACE), 5, |task| Ok(((5, 4), task))).unwrap_err();
         assert!(err.to_string().contains("tgid 4"), "{err}");
         // a tree nowhere
         memory.put_u64(NAMESPACE + OFFSETS.head, 0xffff_ffff_9000_0002);

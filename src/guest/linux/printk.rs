@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 
 use super::reader::KernelReader;
 use super::{LinuxError, LinuxKernel};
-use crate::guest::memory::GuestMemory;
+use crate::guest::memory::{GuestMemory, Gva};
 
 /// The largest descriptor ring walked: 2^20 records (a 6.1 kernel with `log_buf_len=32M` has
 /// 2^20; the default is 2^13).
@@ -232,7 +232,7 @@ pub fn read<M: GuestMemory + ?Sized>(
     layout: &Layout,
 ) -> Result<Vec<Record>, LinuxError> {
     let ring = reader.u64(reader.kernel().symbol("prb")?, "prb")?;
-    records(layout, ring, &|va: u64, buf: &mut [u8]| reader.read(va, buf, "log"))
+    records(layout, ring, &|va: u64, buf: &mut [u8]| reader.read(Gva(va), buf, "log"))
 }
 
 /// The records as `dmesg` prints them: `[    1.234567] text`, every line of a record with the

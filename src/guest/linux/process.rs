@@ -14,7 +14,7 @@ use super::maple;
 use super::reader::KernelReader;
 use super::tasks::Task;
 use super::LinuxError;
-use crate::guest::memory::GuestMemory;
+use crate::guest::memory::{GuestMemory, Gva};
 use crate::guest::paging::Paging;
 
 /// Memory areas listed at most (Linux's default `max_map_count` is 65,530).
@@ -28,26 +28,26 @@ pub const MAX_PATH_COMPONENTS: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mm {
     /// Its address.
-    pub address: u64,
+    pub address: Gva,
     /// Its page tables' root, a kernel address (`pgd`).
-    pub pgd: u64,
+    pub pgd: Gva,
     /// Its arguments (`arg_start..arg_end`).
-    pub arguments: (u64, u64),
+    pub arguments: (Gva, Gva),
     /// Its environment (`env_start..env_end`).
-    pub environment: (u64, u64),
+    pub environment: (Gva, Gva),
     /// Its heap (`start_brk..brk`).
-    pub heap: (u64, u64),
+    pub heap: (Gva, Gva),
     /// Where its stack started (`start_stack`).
-    pub start_stack: u64,
+    pub start_stack: Gva,
 }
 
 /// One memory area (`struct vm_area_struct`), as a line of `/proc/<pid>/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Area {
     /// `vm_start`.
-    pub start: u64,
+    pub start: Gva,
     /// `vm_end`.
-    pub end: u64,
+    pub end: Gva,
     /// `vm_flags`.
     pub flags: u64,
     /// The offset in its file, in bytes (0 without a file).
@@ -226,8 +226,8 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
         Self { reader, offsets, symbols, task }
     }
 
-    fn u64_at(&self, va: u64, what: &'static str) -> Result<u64, LinuxError> {
-        self.reader.u64(va, what)
+    fn pointer(&self, va: Gva, what: &'static str) -> Result<Gva, LinuxError> {
+        self.reader.pointer(va, what)
     }
 
     /// Its memory descriptor, `None` for a kernel thread.
@@ -236,12 +236,12 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
     ///
     /// Memory that cannot be read.
     pub fn mm(&self) -> Result<Option<Mm>, LinuxError> {
-        let address = self.u64_at(self.task.address.wrapping_add(self.offsets.task_mm), "task")?;
-        if address == 0 {
+        let address = self.pointer(self.task.address.wrapping_add(self.offsets.task_mm), "task")?;
+        if address.is_null() {
             return Ok(None);
         }
         let o = &self.offsets.mm;
-        let at = |offset: u64| self.u64_at(address.wrapping_add(offset), "memory descriptor");
+        let at = |offset: u64| self.pointer(address.wrapping_add(offset), "memory descriptor");
         Ok(Some(Mm {
             address,
             pgd: at(o.pgd)?,
@@ -273,10 +273,10 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
 
     /// The bytes of the range `range` picks of its memory descriptor, at most
     /// [`MAX_ARGUMENTS`] of them (none for a kernel thread).
-    fn user_bytes(&self, range: fn(&Mm) -> (u64, u64), what: &'static str) -> Result<Vec<u8>, LinuxError> {
+    fn user_bytes(&self, range: fn(&Mm) -> (Gva, Gva), what: &'static str) -> Result<Vec<u8>, LinuxError> {
         let Some(mm) = self.mm()? else { return Ok(Vec::new()) };
         let (start, end) = range(&mm);
-        let mut bytes = vec![0u8; end.saturating_sub(start).min(MAX_ARGUMENTS) as usize];
+        let mut bytes = vec![0u8; end.offset_from(start).unwrap_or(0).min(MAX_ARGUMENTS) as usize];
         self.paging_of(&mm)?
             .read_virtual(self.reader.memory(), start, &mut bytes)
             .map_err(|source| LinuxError::Read { what, source })?;
@@ -309,12 +309,12 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
     /// Memory that cannot be read.
     pub fn status(&self) -> Result<String, LinuxError> {
         let task = &self.task;
-        let cred = self.u64_at(task.address.wrapping_add(self.offsets.task_cred), "task")?;
+        let cred = self.pointer(task.address.wrapping_add(self.offsets.task_cred), "task")?;
         let mut ids = [0u32; 8];
         for (id, offset) in ids.iter_mut().zip(self.offsets.cred) {
             *id = self.reader.u32(cred.wrapping_add(offset), "credentials")?;
         }
-        let signal = self.u64_at(task.address.wrapping_add(self.offsets.task_signal), "task")?;
+        let signal = self.pointer(task.address.wrapping_add(self.offsets.task_signal), "task")?;
         let threads = self.reader.u32(signal.wrapping_add(self.offsets.nr_threads), "signal")?;
         let mut name = String::new();
         for c in task.comm.chars() {
@@ -343,11 +343,11 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
         let Some(mm) = self.mm()? else { return Ok(Vec::new()) };
         let addresses = match self.offsets.areas {
             Areas::Maple { root, layout } => {
-                let root = self.u64_at(mm.address.wrapping_add(root), "memory descriptor")?;
-                maple::entries(&self.reader, &layout, root)?
+                let root = self.pointer(mm.address.wrapping_add(root), "memory descriptor")?;
+                maple::entries(&self.reader, &layout, root.0)?.into_iter().map(Gva).collect::<Vec<_>>()
             }
             Areas::List { first } => {
-                self.area_list(self.u64_at(mm.address.wrapping_add(first), "memory descriptor")?)?
+                self.area_list(self.pointer(mm.address.wrapping_add(first), "memory descriptor")?)?
             }
         };
         if addresses.len() > MAX_AREAS {
@@ -364,11 +364,11 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
         Ok(areas)
     }
 
-    fn area_list(&self, first: u64) -> Result<Vec<u64>, LinuxError> {
+    fn area_list(&self, first: Gva) -> Result<Vec<Gva>, LinuxError> {
         let next =
             self.offsets.vma.next.ok_or_else(|| LinuxError::Missing("vm_area_struct.vm_next".into()))?;
         let (mut areas, mut seen, mut vma) = (Vec::new(), HashSet::new(), first);
-        while vma != 0 {
+        while !vma.is_null() {
             if areas.len() >= MAX_AREAS || !seen.insert(vma) {
                 return Err(LinuxError::Corrupt {
                     what: "memory areas",
@@ -376,14 +376,15 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
                 });
             }
             areas.push(vma);
-            vma = self.u64_at(vma.wrapping_add(next), "memory area")?;
+            vma = self.pointer(vma.wrapping_add(next), "memory area")?;
         }
         Ok(areas)
     }
 
-    fn area(&self, vma: u64, mm: &Mm) -> Result<Area, LinuxError> {
+    fn area(&self, vma: Gva, mm: &Mm) -> Result<Area, LinuxError> {
         let o = &self.offsets.vma;
-        let at = |offset: u64| self.u64_at(vma.wrapping_add(offset), "memory area");
+        let at = |offset: u64| self.pointer(vma.wrapping_add(offset), "memory area");
+        let number = |offset: u64| self.reader.u64(vma.wrapping_add(offset), "memory area");
         let (start, end, owner) = (at(o.start)?, at(o.end)?, at(o.mm)?);
         if owner != mm.address || end <= start {
             return Err(LinuxError::Corrupt {
@@ -394,14 +395,15 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
                 ),
             });
         }
-        let mut area = Area { start, end, flags: at(o.flags)?, offset: 0, device: 0, inode: 0, name: None };
+        let mut area =
+            Area { start, end, flags: number(o.flags)?, offset: 0, device: 0, inode: 0, name: None };
         let file = at(o.file)?;
-        if file != 0 {
-            let inode = self.u64_at(file.wrapping_add(self.offsets.file_inode), "file")?;
-            let sb = self.u64_at(inode.wrapping_add(self.offsets.inode_sb), "inode")?;
+        if !file.is_null() {
+            let inode = self.pointer(file.wrapping_add(self.offsets.file_inode), "file")?;
+            let sb = self.pointer(inode.wrapping_add(self.offsets.inode_sb), "inode")?;
             area.device = self.reader.u32(sb.wrapping_add(self.offsets.sb_dev), "super block")?;
-            area.inode = self.u64_at(inode.wrapping_add(self.offsets.inode_ino), "inode")?;
-            area.offset = at(o.pgoff)?.wrapping_mul(crate::ram::PAGE_SIZE as u64);
+            area.inode = self.reader.u64(inode.wrapping_add(self.offsets.inode_ino), "inode")?;
+            area.offset = number(o.pgoff)?.wrapping_mul(crate::ram::PAGE_SIZE as u64);
             area.name = Some(self.path(file)?);
             return Ok(area);
         }
@@ -418,7 +420,7 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
                 area.name = Some("[stack]".into());
             } else if let Some((member, name)) = self.offsets.anon_name {
                 let anon = at(member)?;
-                if anon != 0 {
+                if !anon.is_null() {
                     let text = self.reader.c_string(anon.wrapping_add(name), 256, "area name")?;
                     area.name = Some(format!("[anon:{}]", escape(&text)));
                 }
@@ -429,34 +431,34 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
 
     /// The name of a special mapping (`[vdso]`, `[vvar]`): an area whose operations name it
     /// with `special_mapping_name`.
-    fn special_name(&self, vma: u64) -> Result<Option<String>, LinuxError> {
-        let ops = self.u64_at(vma.wrapping_add(self.offsets.vma.ops), "memory area")?;
-        if ops == 0 {
+    fn special_name(&self, vma: Gva) -> Result<Option<String>, LinuxError> {
+        let ops = self.pointer(vma.wrapping_add(self.offsets.vma.ops), "memory area")?;
+        if ops.is_null() {
             return Ok(None);
         }
-        let namer = self.u64_at(ops.wrapping_add(self.offsets.ops_name), "area operations")?;
-        if namer == 0 || self.symbols.address("special_mapping_name").ok() != Some(namer) {
+        let namer = self.pointer(ops.wrapping_add(self.offsets.ops_name), "area operations")?;
+        if namer.is_null() || self.symbols.address("special_mapping_name").ok() != Some(namer) {
             return Ok(None);
         }
-        let special = self.u64_at(vma.wrapping_add(self.offsets.vma.private_data), "memory area")?;
-        let name = self.u64_at(special.wrapping_add(self.offsets.special_name), "special mapping")?;
+        let special = self.pointer(vma.wrapping_add(self.offsets.vma.private_data), "memory area")?;
+        let name = self.pointer(special.wrapping_add(self.offsets.special_name), "special mapping")?;
         Ok(Some(escape(&self.reader.c_string(name, 256, "special mapping name")?)))
     }
 
     /// The path of `file` from the root of the mount tree (`d_path`), at most
     /// [`MAX_PATH_COMPONENTS`] components across mounts.
-    fn path(&self, file: u64) -> Result<String, LinuxError> {
+    fn path(&self, file: Gva) -> Result<String, LinuxError> {
         let o = self.offsets;
-        let mut dentry = self.u64_at(file.wrapping_add(o.file_dentry), "file")?;
-        let mut vfsmount = self.u64_at(file.wrapping_add(o.file_mnt), "file")?;
+        let mut dentry = self.pointer(file.wrapping_add(o.file_dentry), "file")?;
+        let mut vfsmount = self.pointer(file.wrapping_add(o.file_mnt), "file")?;
         let mut names: Vec<Vec<u8>> = Vec::new();
         for _ in 0..MAX_PATH_COMPONENTS {
-            let root = self.u64_at(vfsmount.wrapping_add(o.vfsmount_root), "mount")?;
-            let parent = self.u64_at(dentry.wrapping_add(o.dentry_parent), "dentry")?;
+            let root = self.pointer(vfsmount.wrapping_add(o.vfsmount_root), "mount")?;
+            let parent = self.pointer(dentry.wrapping_add(o.dentry_parent), "dentry")?;
             if dentry == root || dentry == parent {
                 let mount = vfsmount.wrapping_sub(o.mount_mnt);
-                let mount_parent = self.u64_at(mount.wrapping_add(o.mount_parent), "mount")?;
-                if mount_parent == mount || mount_parent == 0 {
+                let mount_parent = self.pointer(mount.wrapping_add(o.mount_parent), "mount")?;
+                if mount_parent == mount || mount_parent.is_null() {
                     let mut path = Vec::new();
                     for name in names.iter().rev() {
                         path.push(b'/');
@@ -467,12 +469,12 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
                     }
                     return Ok(escape(&path));
                 }
-                dentry = self.u64_at(mount.wrapping_add(o.mount_mountpoint), "mount")?;
+                dentry = self.pointer(mount.wrapping_add(o.mount_mountpoint), "mount")?;
                 vfsmount = mount_parent.wrapping_add(o.mount_mnt);
                 continue;
             }
             let len = self.reader.u32(dentry.wrapping_add(o.dentry_name_len), "dentry")?;
-            let name = self.u64_at(dentry.wrapping_add(o.dentry_name), "dentry")?;
+            let name = self.pointer(dentry.wrapping_add(o.dentry_name), "dentry")?;
             let mut bytes = vec![0u8; (len as usize).min(255)];
             self.reader.read(name, &mut bytes, "file name")?;
             names.push(bytes);
@@ -530,18 +532,26 @@ mod tests {
     fn maps_lines_are_those_of_proc() {
         let areas = [
             Area {
-                start: 0x40_0000,
-                end: 0x40_1000,
+                start: Gva(0x40_0000),
+                end: Gva(0x40_1000),
                 flags: 1,
                 offset: 0,
                 device: 2,
                 inode: 12,
                 name: Some("/bin/busybox".into()),
             },
-            Area { start: 0x5e_5000, end: 0x5ec_000, flags: 3, offset: 0, device: 0, inode: 0, name: None },
             Area {
-                start: 0x7ffc_4aed_6000,
-                end: 0x7ffc_4aef_7000,
+                start: Gva(0x5e_5000),
+                end: Gva(0x5ec_000),
+                flags: 3,
+                offset: 0,
+                device: 0,
+                inode: 0,
+                name: None,
+            },
+            Area {
+                start: Gva(0x7ffc_4aed_6000),
+                end: Gva(0x7ffc_4aef_7000),
                 flags: 3,
                 offset: 0,
                 device: 0,
@@ -549,8 +559,8 @@ mod tests {
                 name: Some("[stack]".into()),
             },
             Area {
-                start: 0x1000,
-                end: 0x2000,
+                start: Gva(0x1000),
+                end: Gva(0x2000),
                 flags: 0x80 | 5,
                 offset: 0x18_5000,
                 device: (8 << 20) | 1,

@@ -15,7 +15,7 @@
 use std::cell::RefCell;
 
 use super::{LinuxError, LinuxKernel};
-use crate::guest::memory::{Gpa, GuestMemory};
+use crate::guest::memory::{Gpa, GuestMemory, Gva};
 use crate::guest::paging::{LeafTable, PagingError};
 
 /// Translations kept (a linear search of this many entries costs less than one read of guest
@@ -41,7 +41,7 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn find(&self, va: u64) -> Option<(u64, u64)> {
+    fn find(&self, Gva(va): Gva) -> Option<(u64, u64)> {
         self.kept
             .iter()
             .find(|kept| va.wrapping_sub(kept.va) < kept.size)
@@ -99,12 +99,12 @@ impl<'a, M: GuestMemory + ?Sized> KernelReader<'a, M> {
     /// # Errors
     ///
     /// What the kernel's page tables say of `va` ([`PagingError`]).
-    pub fn translate(&self, va: u64) -> Result<Gpa, PagingError> {
+    pub fn translate(&self, va: Gva) -> Result<Gpa, PagingError> {
         self.translate_page(va).map(|(gpa, _)| gpa)
     }
 
     /// Where `va` is, and how many bytes from it on are in the same page.
-    fn translate_page(&self, va: u64) -> Result<(Gpa, u64), PagingError> {
+    fn translate_page(&self, va: Gva) -> Result<(Gpa, u64), PagingError> {
         let mut cursor = self.cursor.borrow_mut();
         if let Some((gpa, left)) = cursor.find(va) {
             return Ok((Gpa(gpa), left));
@@ -112,12 +112,12 @@ impl<'a, M: GuestMemory + ?Sized> KernelReader<'a, M> {
         let (page, leaf) = self.kernel.paging().walk(self.memory, va, cursor.leaf)?;
         cursor.leaf = Some(leaf);
         cursor.walks += 1;
-        let within = va & (page.page_size - 1);
-        cursor.keep(Kept { va: va - within, size: page.page_size, gpa: page.gpa.0 - within });
+        let within = va.0 & (page.page_size - 1);
+        cursor.keep(Kept { va: va.0 - within, size: page.page_size, gpa: page.gpa.0 - within });
         Ok((page.gpa, page.page_size - within))
     }
 
-    fn read_virtual(&self, va: u64, buf: &mut [u8]) -> Result<(), PagingError> {
+    fn read_virtual(&self, va: Gva, buf: &mut [u8]) -> Result<(), PagingError> {
         crate::guest::paging::read_pages(self.memory, va, buf, |at| self.translate_page(at))
     }
 
@@ -127,7 +127,7 @@ impl<'a, M: GuestMemory + ?Sized> KernelReader<'a, M> {
     /// # Errors
     ///
     /// [`LinuxError::Read`] when the kernel's tables do not map all of it to RAM.
-    pub fn read(&self, va: u64, buf: &mut [u8], what: &'static str) -> Result<(), LinuxError> {
+    pub fn read(&self, va: Gva, buf: &mut [u8], what: &'static str) -> Result<(), LinuxError> {
         self.read_virtual(va, buf).map_err(|source| LinuxError::Read { what, source })
     }
 
@@ -136,7 +136,7 @@ impl<'a, M: GuestMemory + ?Sized> KernelReader<'a, M> {
     /// # Errors
     ///
     /// As [`read`](Self::read).
-    pub fn bytes(&self, va: u64, len: usize, what: &'static str) -> Result<Vec<u8>, LinuxError> {
+    pub fn bytes(&self, va: Gva, len: usize, what: &'static str) -> Result<Vec<u8>, LinuxError> {
         let mut bytes = vec![0u8; len];
         self.read(va, &mut bytes, what)?;
         Ok(bytes)
@@ -147,10 +147,19 @@ impl<'a, M: GuestMemory + ?Sized> KernelReader<'a, M> {
     /// # Errors
     ///
     /// As [`read`](Self::read).
-    pub fn u64(&self, va: u64, what: &'static str) -> Result<u64, LinuxError> {
+    pub fn u64(&self, va: Gva, what: &'static str) -> Result<u64, LinuxError> {
         let mut bytes = [0u8; 8];
         self.read(va, &mut bytes, what)?;
         Ok(u64::from_le_bytes(bytes))
+    }
+
+    /// The pointer at `va`: the little-endian u64 there, as an address.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read).
+    pub fn pointer(&self, va: Gva, what: &'static str) -> Result<Gva, LinuxError> {
+        self.u64(va, what).map(Gva)
     }
 
     /// The little-endian u32 at `va`.
@@ -158,7 +167,7 @@ impl<'a, M: GuestMemory + ?Sized> KernelReader<'a, M> {
     /// # Errors
     ///
     /// As [`read`](Self::read).
-    pub fn u32(&self, va: u64, what: &'static str) -> Result<u32, LinuxError> {
+    pub fn u32(&self, va: Gva, what: &'static str) -> Result<u32, LinuxError> {
         let mut bytes = [0u8; 4];
         self.read(va, &mut bytes, what)?;
         Ok(u32::from_le_bytes(bytes))
@@ -170,11 +179,11 @@ impl<'a, M: GuestMemory + ?Sized> KernelReader<'a, M> {
     /// # Errors
     ///
     /// [`LinuxError::Read`] when its first byte is not mapped.
-    pub fn c_string(&self, va: u64, max: usize, what: &'static str) -> Result<Vec<u8>, LinuxError> {
+    pub fn c_string(&self, va: Gva, max: usize, what: &'static str) -> Result<Vec<u8>, LinuxError> {
         let mut bytes = Vec::new();
         let mut at = va;
         while bytes.len() < max {
-            let room = (crate::ram::PAGE_SIZE as u64 - at % crate::ram::PAGE_SIZE as u64) as usize;
+            let room = (crate::ram::PAGE_SIZE as u64 - at.0 % crate::ram::PAGE_SIZE as u64) as usize;
             let mut chunk = vec![0u8; room.min(max - bytes.len())];
             if let Err(err) = self.read(at, &mut chunk, what) {
                 if bytes.is_empty() {
@@ -206,21 +215,21 @@ mod tests {
         }
         let reader = KernelReader::new(&kernel, &memory);
         for (index, at) in (0..0x40_0000u64).step_by(0x1000).enumerate() {
-            assert_eq!(reader.u64(KERNEL + at + 8, "test").unwrap(), index as u64);
+            assert_eq!(reader.u64(Gva(KERNEL + at + 8), "test").unwrap(), index as u64);
         }
         // two 2 MiB pages: two walks for 1024 reads
         assert_eq!(reader.walks(), 2);
         // a read across the two pages, against the walker's own
         let mut ours = [0u8; 64];
         let mut theirs = [0u8; 64];
-        reader.read(KERNEL + 0x20_0000 - 32, &mut ours, "test").unwrap();
-        kernel.paging().read_virtual(&memory, KERNEL + 0x20_0000 - 32, &mut theirs).unwrap();
+        reader.read(Gva(KERNEL + 0x20_0000 - 32), &mut ours, "test").unwrap();
+        kernel.paging().read_virtual(&memory, Gva(KERNEL + 0x20_0000 - 32), &mut theirs).unwrap();
         assert_eq!(ours, theirs);
         // what the tables do not map is an error, every time
-        assert!(matches!(reader.u64(0xffff_ffff_9000_0000, "test"), Err(LinuxError::Read { .. })));
-        assert!(matches!(reader.u64(0xffff_ffff_9000_0000, "test"), Err(LinuxError::Read { .. })));
+        assert!(matches!(reader.u64(Gva(0xffff_ffff_9000_0000), "test"), Err(LinuxError::Read { .. })));
+        assert!(matches!(reader.u64(Gva(0xffff_ffff_9000_0000), "test"), Err(LinuxError::Read { .. })));
         assert!(matches!(
-            reader.read(u64::MAX - 3, &mut ours, "test"),
+            reader.read(Gva(u64::MAX - 3), &mut ours, "test"),
             Err(LinuxError::Read { source: PagingError::Wraps { .. }, .. })
         ));
     }
@@ -239,7 +248,7 @@ mod tests {
         let reader = KernelReader::new(&kernel, &memory);
         let order: Vec<u64> = (0..64).chain((0..64).rev()).chain((0..64).step_by(7)).collect();
         for &page in &order {
-            assert_eq!(reader.u64(base + page * 0x1000 + 16, "test").unwrap(), 0x1000 + page);
+            assert_eq!(reader.u64(Gva(base + page * 0x1000 + 16), "test").unwrap(), 0x1000 + page);
         }
         assert!(reader.walks() as usize >= 64 + 64 - KEPT, "{} walks", reader.walks());
     }
@@ -249,8 +258,8 @@ mod tests {
         let (kernel, mut memory) = PagedMemory::kernel();
         memory.put(KERNEL + 0xffc, b"abcdefg\0");
         let reader = KernelReader::new(&kernel, &memory);
-        assert_eq!(reader.c_string(KERNEL + 0xffc, 100, "name").unwrap(), b"abcdefg");
-        assert_eq!(reader.c_string(KERNEL + 0xffc, 3, "name").unwrap(), b"abc");
-        assert!(reader.c_string(0xffff_ffff_9000_0000, 3, "name").is_err());
+        assert_eq!(reader.c_string(Gva(KERNEL + 0xffc), 100, "name").unwrap(), b"abcdefg");
+        assert_eq!(reader.c_string(Gva(KERNEL + 0xffc), 3, "name").unwrap(), b"abc");
+        assert!(reader.c_string(Gva(0xffff_ffff_9000_0000), 3, "name").is_err());
     }
 }

@@ -12,7 +12,7 @@ use super::btf::Btf;
 use super::reader::KernelReader;
 use super::walk::list;
 use super::LinuxError;
-use crate::guest::memory::GuestMemory;
+use crate::guest::memory::{GuestMemory, Gva};
 
 /// Tasks walked at most (Linux's default `pid_max` on 64-bit is 4 Mi; a guest with a million
 /// processes is not one this reads).
@@ -22,7 +22,7 @@ pub const MAX_TASKS: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
     /// Its address.
-    pub address: u64,
+    pub address: Gva,
     /// `pid`.
     pub pid: i32,
     /// `tgid`.
@@ -117,13 +117,13 @@ impl Offsets {
 pub(crate) fn task_at<M: GuestMemory + ?Sized>(
     reader: &KernelReader<'_, M>,
     offsets: &Offsets,
-    address: u64,
+    address: Gva,
 ) -> Result<Task, LinuxError> {
     let at = |offset: u64| address.wrapping_add(offset);
-    let parent = reader.u64(at(offsets.real_parent), "task")?;
+    let parent = reader.pointer(at(offsets.real_parent), "task")?;
     let ppid =
         if parent == address { 0 } else { reader.u32(parent.wrapping_add(offsets.tgid), "task")? as i32 };
-    let cred = reader.u64(at(offsets.cred), "task")?;
+    let cred = reader.pointer(at(offsets.cred), "task")?;
     let mut comm = [0u8; 16];
     reader.read(at(offsets.comm), &mut comm, "task")?;
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
@@ -148,7 +148,7 @@ pub(crate) fn task_at<M: GuestMemory + ?Sized>(
 pub(crate) fn read<M: GuestMemory + ?Sized>(
     reader: &KernelReader<'_, M>,
     offsets: &Offsets,
-    init_task: u64,
+    init_task: Gva,
 ) -> Result<Vec<Task>, LinuxError> {
     let head = init_task.wrapping_add(offsets.tasks);
     let others = list(reader, head, MAX_TASKS - 1, "task list")?;

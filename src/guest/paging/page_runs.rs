@@ -10,15 +10,15 @@ use super::*;
 /// `None` when it has none. Canonical addresses sorted are the user half, then the kernel half:
 /// in the same order as their offsets, so the canonical addresses of a range are one span of
 /// offsets.
-pub(super) fn offset_span(mode: PagingMode, range: impl RangeBounds<u64>) -> Option<(u64, u64)> {
+pub(super) fn offset_span(mode: PagingMode, range: impl RangeBounds<Gva>) -> Option<(u64, u64)> {
     let start = match range.start_bound() {
-        Bound::Included(&start) => start,
-        Bound::Excluded(&start) => start.checked_add(1)?,
+        Bound::Included(&Gva(start)) => start,
+        Bound::Excluded(&Gva(start)) => start.checked_add(1)?,
         Bound::Unbounded => 0,
     };
     let end = match range.end_bound() {
-        Bound::Included(&end) => end,
-        Bound::Excluded(&end) => end.checked_sub(1)?,
+        Bound::Included(&Gva(end)) => end,
+        Bound::Excluded(&Gva(end)) => end.checked_sub(1)?,
         Bound::Unbounded => u64::MAX,
     };
     let user_last = mode.space_size() / 2 - 1;
@@ -26,7 +26,7 @@ pub(super) fn offset_span(mode: PagingMode, range: impl RangeBounds<u64>) -> Opt
     let in_hole = |va: u64| va > user_last && va < kernel_first;
     let start = if in_hole(start) { kernel_first } else { start };
     let end = if in_hole(end) { user_last } else { end };
-    (start <= end).then(|| (offset_of_va(mode, start), offset_of_va(mode, end)))
+    (start <= end).then(|| (offset_of_va(mode, Gva(start)), offset_of_va(mode, Gva(end))))
 }
 
 /// One table of the walk in progress: the entries of it that the range needs.
@@ -137,7 +137,7 @@ impl<'a, M: GuestMemory + ?Sized> PageRuns<'a, M> {
         let decoded = (mode.mmu().decode)(level, entry);
         let leaf = matches!(decoded, Entry::Page { .. });
         let access = (mode.mmu().access)(frame.access, entry, leaf, self.paging.no_execute_enabled);
-        let va = mode.sign_extend(offset);
+        let va = Gva(mode.sign_extend(offset));
         match decoded {
             Entry::Table(table) => self.descend(self.depth, table, offset, access),
             Entry::Page { base, size } => Step::Page(PageRun {
@@ -163,7 +163,7 @@ impl<'a, M: GuestMemory + ?Sized> PageRuns<'a, M> {
         let level = frame.level;
         let table_last = base + ((ENTRIES_PER_TABLE as u64) << level.shift()) - 1;
         let (from, to) = (first.max(base), last.min(table_last));
-        let va = self.paging.mode.sign_extend(from);
+        let va = Gva(self.paging.mode.sign_extend(from));
         if from > to {
             return Step::Continue;
         }
@@ -218,7 +218,7 @@ impl<'a, M: GuestMemory + ?Sized> PageRuns<'a, M> {
                     | PagingError::ReservedPageSize { va, .. }
                     | PagingError::Reserved { va, .. },
                 ) => *va,
-                Err(_) => self.span.map_or(0, |(first, _)| self.paging.mode.sign_extend(first)),
+                Err(_) => Gva(self.span.map_or(0, |(first, _)| self.paging.mode.sign_extend(first))),
             };
             (self.finished, self.pending, self.queued) = (true, None, None);
             return Some(Err(PagingError::Truncated { limit: Limit::PageRuns, resume_at }));
