@@ -3,7 +3,8 @@
 
 The input is guest memory, hence hostile: every offset, length, type id and string reference is
 checked, and every failure is a :class:`ValueError` naming where (type id, byte offset). Parsing
-is in two steps: :class:`Btf` indexes the type records (one pass, kind and name of each type);
+is in two steps: :class:`Btf` indexes the type records (where each is, its kind and name, and the
+names and enumerators by name: the library's parser, fuzzed, through ``_native.BtfIndex``);
 :meth:`Btf.get` decodes one record in full, on demand, and caches it.
 
 Only the format is handled here; turning types into drgn types is :mod:`qemu_bridge.drgn`'s.
@@ -11,8 +12,12 @@ Only the format is handled here; turning types into drgn types is :mod:`qemu_bri
 
 from __future__ import annotations
 
+import array
 import struct
+import sys
 from dataclasses import dataclass
+
+from . import _native
 
 MAGIC = 0xEB9F
 
@@ -131,14 +136,6 @@ _2U32 = struct.Struct("<II")
 _2I = struct.Struct("<Ii")
 
 
-# kind -> (fixed bytes, bytes per vlen item) after the 12-byte common record
-_SIZES = {
-    INT: (4, 0), PTR: (0, 0), ARRAY: (12, 0), STRUCT: (0, 12), UNION: (0, 12), ENUM: (0, 8), FWD: (0, 0),
-    TYPEDEF: (0, 0), VOLATILE: (0, 0), CONST: (0, 0), RESTRICT: (0, 0), FUNC: (0, 0), FUNC_PROTO: (0, 8),
-    VAR: (4, 0), DATASEC: (0, 12), FLOAT: (0, 0), DECL_TAG: (4, 0), TYPE_TAG: (0, 0), ENUM64: (0, 12),
-}
-
-
 class Btf:
     """A parsed BTF blob (little- or big-endian header is checked; only little-endian types are
     supported, as on every architecture qemu-bridge serves)."""
@@ -173,44 +170,21 @@ class Btf:
         if str_len and self._strs[-1] != 0:
             raise ValueError("BTF string section: last string is not NUL-terminated")
 
-        # One pass: the offset, kind and name offset of each type. Index 0 is void.
-        offsets = [0]
-        kinds = [UNKN]
-        name_offs = [0]
-        types = self._types
-        n = len(types)
-        off = 0
-        tid = 1
-        unpack = _TYPE.unpack_from
-        sizes = _SIZES
-        while off < n:
-            if tid > MAX_TYPES:
-                raise ValueError(f"BTF: more than {MAX_TYPES} types")
-            if off + 12 > n:
-                raise ValueError(f"BTF type {tid} at type offset {off:#x}: truncated record")
-            name_off, info, _ = unpack(types, off)
-            kind = (info >> 24) & 0x1F
-            fixed_per = sizes.get(kind)
-            if fixed_per is None:
-                raise ValueError(f"BTF type {tid} at type offset {off:#x}: unknown kind {kind}")
-            extra = fixed_per[0] + fixed_per[1] * (info & 0xFFFF)
-            if off + 12 + extra > n:
-                raise ValueError(
-                    f"BTF type {tid} ({KIND_NAMES.get(kind, kind)}) at type offset {off:#x}: "
-                    f"{extra} bytes of data run past the type section ({n:#x})"
-                )
-            offsets.append(off)
-            kinds.append(kind)
-            name_offs.append(name_off)
-            off += 12 + extra
-            tid += 1
-        self._offsets = offsets
+        # Where each type's record is, its kind and name, and the names indexed: by the library's
+        # parser (what it refuses is a ValueError saying why). Index 0 is void.
+        self._index = _native.BtfIndex(data)
+        offsets, kinds, name_offs = self._index.records()
+        self._offsets = array.array("I")
+        self._offsets.frombytes(offsets)
         self._kinds = kinds
-        self._name_offs = name_offs
+        self._name_offs = array.array("I")
+        self._name_offs.frombytes(name_offs)
+        if sys.byteorder != "little":
+            self._offsets.byteswap()
+            self._name_offs.byteswap()
+        if len(self._offsets) - 1 > MAX_TYPES:
+            raise ValueError(f"BTF: more than {MAX_TYPES} types")
         self._cache: dict[int, Type] = {}
-        self._by_name_off: dict[int, list[int]] | None = None
-        self._str_index: dict[bytes, int | list[int]] | None = None
-        self._enumerators: dict[int, tuple[int, int]] | None = None
 
     # -- strings --
 
@@ -252,76 +226,18 @@ class Btf:
             return None
         return self._opt_name(self._name_offs[tid], f" type {tid}")
 
-    def _string_offsets(self, name: str) -> list[int]:
-        """Offsets in the string section where this exact string starts."""
-        if self._str_index is None:
-            index: dict[bytes, int | list[int]] = {}
-            off = 0
-            for piece in self._strs.split(b"\0"):
-                prev = index.get(piece)
-                if prev is None:
-                    index[piece] = off
-                elif isinstance(prev, list):
-                    prev.append(off)
-                else:
-                    index[piece] = [prev, off]
-                off += len(piece) + 1
-            self._str_index = index
-        try:
-            key = name.encode("utf-8")
-        except UnicodeEncodeError:
-            return []
-        found = self._str_index.get(key)
-        if found is None:
-            return []
-        return found if isinstance(found, list) else [found]
-
     def by_name(self, name: str) -> list[int]:
         """Ids of the named types (all kinds) with this name, in id order."""
         if not name:
             return []
-        if self._by_name_off is None:
-            index: dict[int, list[int]] = {}
-            name_offs = self._name_offs
-            for tid in range(1, len(name_offs)):
-                noff = name_offs[tid]
-                if noff:
-                    ids = index.get(noff)
-                    if ids is None:
-                        index[noff] = [tid]
-                    else:
-                        ids.append(tid)
-            self._by_name_off = index
-        offs = self._string_offsets(name)
-        if len(offs) == 1:
-            return self._by_name_off.get(offs[0], [])
-        return sorted(t for o in offs for t in self._by_name_off.get(o, []))
+        return self._index.named(name)
 
     def enumerator(self, name: str) -> tuple[int, int] | None:
         """``(enum type id, value)`` of the enumerator with this name, first one wins."""
-        if self._enumerators is None:
-            index: dict[int, tuple[int, int]] = {}
-            types = self._types
-            for tid in range(1, len(self._offsets)):
-                kind = self._kinds[tid]
-                if kind == ENUM or kind == ENUM64:
-                    off = self._offsets[tid]
-                    (info,) = _U32.unpack_from(types, off + 4)
-                    step = 8 if kind == ENUM else 12
-                    p = off + 12
-                    for i in range(info & 0xFFFF):
-                        (noff,) = _U32.unpack_from(types, p + step * i)
-                        if noff not in index:
-                            index[noff] = (tid, i)
-            self._enumerators = index
-        best = None
-        for o in self._string_offsets(name):
-            hit = self._enumerators.get(o)
-            if hit is not None and (best is None or hit < best):
-                best = hit
-        if best is None:
+        found = self._index.enumerator(name)
+        if found is None:
             return None
-        tid, i = best
+        tid, i = found
         return tid, self.get(tid).enumerators[i].value
 
     def ids_of_kind(self, *kinds: int):

@@ -398,7 +398,7 @@ class _Objects:
     """Objects by name: BTF functions and per-CPU variables, the :data:`GLOBALS` table, and
     enumerators (constants). Addresses come from kallsyms."""
 
-    def __init__(self, types: _BtfTypes, symbols: dict[str, tuple[int, int, str]], vmcoreinfo: str):
+    def __init__(self, types: _BtfTypes, symbols: _Kallsyms, vmcoreinfo: str):
         self.lengths: dict[str, int] = {}
         for line in vmcoreinfo.splitlines():
             if line.startswith("LENGTH(") and ")=" in line:
@@ -564,16 +564,20 @@ _LETTERS.update((c, _binding_kind(c)) for c in "aAbBdDgGrRsStTvVwW?")
 
 
 class _Kallsyms:
-    """The kernel's kallsyms: a name -> (address, size, kind letter) map of the core kernel's
-    symbols (the first of a name winning, as readers of /proc/kallsyms do), and a drgn symbol
-    finder over all of them, built on first use (stack traces, ``prog.symbol``): making ~100k
-    drgn ``Symbol`` objects is most of what it costs. Sizes run to the next symbol's address."""
+    """The kernel's kallsyms: ``get(name)`` -> ``(address, size, kind letter)`` of the first
+    symbol of a name (as readers of /proc/kallsyms do), asked of the library's index, and a drgn
+    symbol finder over all of them, built on first use (stack traces, ``prog.symbol``): making
+    ~100k drgn ``Symbol`` objects is most of what it costs. Sizes run to the next symbol's
+    address."""
 
     def __init__(self, linux: Any):
-        raw = [(s.address, s.kind, s.name, s.module) for s in linux.kallsyms()]
-        self.entries = sorted(raw, key=lambda e: e[0])
-        self.sizes: dict[int, int] = {}
-        entries = self.entries
+        self.get: Callable[[str], tuple[int, int, str] | None] = linux.symbol_info
+        self._linux = linux
+        self._index: Any = None
+
+    def _build(self) -> Any:
+        entries = sorted(((s.address, s.kind, s.name) for s in self._linux.kallsyms()), key=lambda e: e[0])
+        sizes: dict[int, int] = {}
         n = len(entries)
         i = 0
         while i < n:
@@ -582,21 +586,13 @@ class _Kallsyms:
             while j < n and entries[j][0] == address:
                 j += 1
             size = entries[j][0] - address if j < n else 0
-            self.sizes[address] = size if size <= 1 << 30 else 0  # not across areas (percpu, text, modules)
+            sizes[address] = size if size <= 1 << 30 else 0  # not across areas (percpu, text, modules)
             i = j
-        self.by_name: dict[str, tuple[int, int, str]] = {}
-        sizes = self.sizes
-        for address, kind, name, module in raw:
-            if module is None and name not in self.by_name:
-                self.by_name[name] = (address, sizes[address], kind)
-        self._index: Any = None
+        return SymbolIndex([Symbol(nm, a, sizes[a], *_binding_kind(kind)) for a, kind, nm in entries])
 
     def __call__(self, prog: Program, name: str | None, address: int | None, one: bool) -> Any:
         if self._index is None:
-            sizes = self.sizes
-            self._index = SymbolIndex(
-                [Symbol(nm, a, sizes[a], *_binding_kind(kind)) for a, kind, nm, _ in self.entries]
-            )
+            self._index = self._build()
         return self._index(prog, name, address, one)
 
 
@@ -635,7 +631,7 @@ def program(vm: Any, *, load_debug_info: bool = False) -> Program:
     btf = _btf.Btf(linux.btf())
     types = _BtfTypes(prog, btf)
     kallsyms = _Kallsyms(linux)
-    objects = _Objects(types, kallsyms.by_name, vmcoreinfo.decode("utf-8", "replace"))
+    objects = _Objects(types, kallsyms, vmcoreinfo.decode("utf-8", "replace"))
 
     prog.register_symbol_finder("qemu-bridge-kallsyms", kallsyms, enable_index=0)
     prog.register_type_finder("qemu-bridge-btf", types.find_type, enable_index=-1)

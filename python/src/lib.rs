@@ -8,6 +8,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+mod btf;
 mod buffer;
 mod errors;
 mod linux;
@@ -443,6 +444,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<ChangeSet>()?;
     module.add_class::<Changes>()?;
     module.add_class::<buffer::RamView>()?;
+    module.add_class::<btf::BtfIndex>()?;
     linux::register(module)?;
     errors::register(module)?;
     Ok(())

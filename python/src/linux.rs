@@ -1,6 +1,6 @@
 //! A Linux guest's kernel, read from its memory alone: `Vm.linux`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use pyo3::exceptions::{PyKeyError, PyProcessLookupError};
 use pyo3::prelude::*;
@@ -23,11 +23,13 @@ pub struct Linux {
     guest: Arc<LinuxGuest>,
     ram: Arc<SharedMemoryBridge>,
     vm: String,
+    /// The symbols' distinct addresses, sorted: where each symbol's size ends.
+    addresses: OnceLock<Vec<u64>>,
 }
 
 impl Linux {
     pub fn new(guest: Arc<LinuxGuest>, ram: Arc<SharedMemoryBridge>, vm: String) -> Self {
-        Self { guest, ram, vm }
+        Self { guest, ram, vm, addresses: OnceLock::new() }
     }
 
     fn render(&self, py: Python<'_>, file: LinuxFile) -> PyResult<Vec<u8>> {
@@ -113,6 +115,23 @@ impl Linux {
             .next()
             .map(|symbol| symbol.address)
             .ok_or_else(|| PyKeyError::new_err(name.to_string()))
+    }
+
+    /// `(address, size, kind)` of the first symbol named `name`, `None` if there is none: its
+    /// size runs to the next higher address of any symbol (0 for the last one, and for a gap
+    /// past 1 GiB, which runs across the kernel's areas), as drgn wants a symbol.
+    fn symbol_info(&self, name: &str) -> Option<(u64, u64, String)> {
+        let symbols = self.guest.symbols();
+        let symbol = symbols.named(name).next()?;
+        let addresses = self.addresses.get_or_init(|| {
+            let mut addresses: Vec<u64> = symbols.iter().map(|symbol| symbol.address).collect();
+            addresses.sort_unstable();
+            addresses.dedup();
+            addresses
+        });
+        let next = addresses.partition_point(|&address| address <= symbol.address);
+        let size = addresses.get(next).map_or(0, |&next| next - symbol.address);
+        Some((symbol.address, if size <= 1 << 30 { size } else { 0 }, symbol.kind.to_string()))
     }
 
     /// The kernel's BTF (its types), as the kernel keeps it.

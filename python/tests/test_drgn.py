@@ -281,7 +281,7 @@ def test_btf_rejects_garbage():
         b.get(1)
     # a struct whose members run past the type section
     st = struct.pack("<III", 0, (4 << 24) | 5, 8)
-    with pytest.raises(ValueError, match="past the type section"):
+    with pytest.raises(ValueError, match="runs past the types"):
         _btf.Btf(_blob(st))
     # a name beyond the string section
     i = struct.pack("<IIII", 1000, 1 << 24, 4, 32)

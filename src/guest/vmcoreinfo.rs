@@ -88,14 +88,25 @@ pub fn parse(page: &[u8]) -> Option<String> {
 ///
 /// As the copy out of RAM.
 pub fn find(ram: &GuestRam) -> Result<Option<VmcoreInfo>, BridgeError> {
-    let mut found: Vec<VmcoreInfo> = Vec::new();
-    ram.for_each_page(|page, bytes| {
-        if let Some(text) = bytes.filter(|bytes| bytes.starts_with(START)).and_then(parse) {
-            if !found.iter().any(|known| known.text == text) {
-                found.push(VmcoreInfo { offset: page * PAGE_SIZE, text });
-            }
+    // the pages that start as the text does (a few bytes of each copied), then those whole
+    let mut candidates = Vec::new();
+    ram.for_each_page_head(0..ram.pages(), START.len(), |page, head| {
+        if head == Some(START) {
+            candidates.push(page);
         }
     })?;
+    let mut found: Vec<VmcoreInfo> = Vec::new();
+    let mut bytes = vec![0u8; PAGE_SIZE];
+    for page in candidates {
+        let offset = page * PAGE_SIZE;
+        let len = PAGE_SIZE.min(ram.len() - offset);
+        ram.copy_to(offset, &mut bytes[..len])?;
+        if let Some(text) = parse(&bytes[..len]) {
+            if !found.iter().any(|known| known.text == text) {
+                found.push(VmcoreInfo { offset, text });
+            }
+        }
+    }
     if found.len() <= 1 {
         return Ok(found.pop());
     }

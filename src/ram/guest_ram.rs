@@ -210,6 +210,17 @@ impl GuestRam {
     pub fn for_each_page_in(
         &self,
         pages: std::ops::Range<usize>,
+        each: impl FnMut(usize, Option<&[u8]>),
+    ) -> Result<(), BridgeError> {
+        self.for_each_page_head(pages, PAGE_SIZE, each)
+    }
+
+    /// [`for_each_page_in`](Self::for_each_page_in) with only the first `head` bytes of each
+    /// page copied and handed over: a scan for pages that start a certain way reads no more.
+    pub(crate) fn for_each_page_head(
+        &self,
+        pages: std::ops::Range<usize>,
+        head: usize,
         mut each: impl FnMut(usize, Option<&[u8]>),
     ) -> Result<(), BridgeError> {
         for (start, mapping) in &self.parts {
@@ -217,8 +228,9 @@ impl GuestRam {
             let last = first + mapping.len().div_ceil(PAGE_SIZE);
             let (from, to) = (pages.start.max(first), pages.end.min(last));
             if from < to {
-                mapping
-                    .for_each_page_in(from - first..to - first, |page, bytes| each(first + page, bytes))?;
+                mapping.for_each_page_in(from - first..to - first, head, |page, bytes| {
+                    each(first + page, bytes)
+                })?;
             }
         }
         Ok(())

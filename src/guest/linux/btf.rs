@@ -53,6 +53,8 @@ pub enum BtfError {
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
+    /// Where its record starts in the type section.
+    record: u32,
     name_off: u32,
     kind: u8,
     kind_flag: bool,
@@ -213,6 +215,7 @@ impl Btf {
     pub fn parse(blob: &[u8]) -> Result<Self, BtfError> {
         let (types_bytes, strings) = sections(blob)?;
         let mut types = vec![Entry {
+            record: 0,
             name_off: 0,
             kind: 0,
             kind_flag: false,
@@ -278,6 +281,7 @@ impl Btf {
                 }
             }
             types.push(Entry {
+                record: at as u32,
                 name_off,
                 kind,
                 kind_flag: info >> 31 == 1,
@@ -293,13 +297,16 @@ impl Btf {
             at = body + trailing;
         }
         let mut btf = Self { types, members, strings: strings.to_vec(), by_name: Vec::new() };
-        let mut by_name: Vec<u32> =
-            (1..btf.types.len() as u32).filter(|&id| btf.types[id as usize].name_off != 0).collect();
-        by_name.sort_by(|&a, &b| {
-            btf.name(btf.types[a as usize].name_off)
-                .cmp(btf.name(btf.types[b as usize].name_off))
-                .then(a.cmp(&b))
-        });
+        // each name found once, then sorted with its id: (name, id) is a total order, so the
+        // unstable sort (no allocation, fewer moves) gives what a stable one would
+        let mut named: Vec<(&[u8], u32)> = (1..btf.types.len() as u32)
+            .filter_map(|id| {
+                let name_off = btf.types[id as usize].name_off;
+                (name_off != 0).then(|| (btf.name(name_off), id))
+            })
+            .collect();
+        named.sort_unstable();
+        let by_name = named.into_iter().map(|(_, id)| id).collect();
         btf.by_name = by_name;
         Ok(btf)
     }
@@ -313,6 +320,41 @@ impl Btf {
             .take_while(|&&id| self.name(self.types[id as usize].name_off) == name)
             .find(|&&id| self.types[id as usize].kind == kind)
             .copied()
+    }
+
+    /// Where the raw record of type `id` is, for a reader that decodes records itself (the
+    /// Python binding's drgn types): its offset in the type section, its BTF kind number
+    /// (`BTF_KIND_*`) and the offset of its name in the string section; `None` for `void` (id
+    /// 0) and ids past the types.
+    pub fn record(&self, id: u32) -> Option<(u32, u8, u32)> {
+        let entry = self.types.get(id as usize).filter(|_| id != 0)?;
+        Some((entry.record, entry.kind, entry.name_off))
+    }
+
+    /// The ids of every type named `name`, of any kind, in id order (through the index by name).
+    pub fn ids_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = u32> + 'a {
+        let name = name.as_bytes();
+        let first = self.by_name.partition_point(|&id| self.name(self.types[id as usize].name_off) < name);
+        self.by_name[first..]
+            .iter()
+            .take_while(move |&&id| self.name(self.types[id as usize].name_off) == name)
+            .copied()
+    }
+
+    /// The enumerator `name` of any enum: the enum's id and the enumerator's index among its
+    /// enumerators, the lowest id's first (`None` if no enum has it). A scan of every enum's
+    /// enumerators: for the few constants a debugger asks for by name.
+    pub fn enumerator_named(&self, name: &str) -> Option<(u32, usize)> {
+        let name = name.as_bytes();
+        self.types.iter().enumerate().find_map(|(id, entry)| {
+            if entry.kind != KIND_ENUM && entry.kind != KIND_ENUM64 {
+                return None;
+            }
+            let start = entry.first as usize;
+            let values = self.members.get(start..start + usize::from(entry.count))?;
+            let index = values.iter().position(|value| self.name(value.name_off) == name)?;
+            Some((id as u32, index))
+        })
     }
 
     /// How many types it has (`void` not counted).
@@ -596,6 +638,39 @@ pub(crate) mod tests {
         assert!(matches!(btf.offset_of(task, "comm"), Err(BtfError::NoMember { .. })));
         assert!(matches!(btf.offset_of(cred, "usage.val"), Err(BtfError::NoMember { .. })));
         assert!(matches!(btf.struct_id("mm_struct"), Err(BtfError::NoStruct(_))));
+    }
+
+    #[test]
+    fn records_names_and_enumerators_are_found_by_name() {
+        let btf = Btf::parse(&blob()).unwrap();
+        // the records follow one another: int (16 bytes), kuid (24), cred (36), kuid_t (12)...
+        assert_eq!(btf.record(1).map(|(at, kind, _)| (at, kind)), Some((0, KIND_INT)));
+        assert_eq!(btf.record(2).map(|(at, kind, _)| (at, kind)), Some((16, KIND_STRUCT)));
+        assert_eq!(btf.record(4).map(|(at, kind, _)| (at, kind)), Some((76, KIND_TYPEDEF)));
+        assert_eq!(btf.record(6), Some((124, KIND_UNION, 0)));
+        assert_eq!((btf.record(0), btf.record(7)), (None, None));
+        assert_eq!(btf.ids_named("kuid").collect::<Vec<_>>(), [2]);
+        assert_eq!(btf.ids_named("pid").count(), 0, "a member's name names no type");
+        assert_eq!(btf.enumerator_named("PIDTYPE_PID"), None);
+        // an enum (7) { A, PIDTYPE_TGID = 5 } after the blob's types, and a second one (8) with
+        // the same enumerator: the first enum's wins
+        let strings = b"\0int\0PIDTYPE_TGID\0A\0pid_type\0";
+        let mut types = Vec::new();
+        let mut put = |words: &[u32]| words.iter().for_each(|w| types.extend_from_slice(&w.to_le_bytes()));
+        put(&[1, (KIND_INT as u32) << 24, 4, 32]);
+        put(&[20, (KIND_ENUM as u32) << 24 | 2, 4, 18, 0, 5, 5]);
+        put(&[0, (KIND_ENUM as u32) << 24 | 1, 4, 5, 9]);
+        let mut enums = vec![0x9f, 0xeb, 1, 0];
+        for value in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+            enums.extend_from_slice(&value.to_le_bytes());
+        }
+        enums.extend_from_slice(&types);
+        enums.extend_from_slice(strings);
+        let btf = Btf::parse(&enums).unwrap();
+        assert_eq!(btf.enumerator_named("PIDTYPE_TGID"), Some((2, 1)));
+        assert_eq!(btf.enumerator_named("A"), Some((2, 0)));
+        assert_eq!(btf.enumerator_named("B"), None);
+        assert_eq!(btf.ids_named("pid_type").collect::<Vec<_>>(), [2]);
     }
 
     #[test]

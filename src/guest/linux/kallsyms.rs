@@ -376,8 +376,11 @@ pub struct Symbols {
 impl Symbols {
     /// `list`, indexed.
     pub fn new(list: Vec<Symbol>) -> Self {
-        let mut by_name: Vec<u32> = (0..list.len() as u32).collect();
-        by_name.sort_by(|&a, &b| list[a as usize].name.cmp(&list[b as usize].name).then(a.cmp(&b)));
+        // (name, index) is a total order: the unstable sort gives what a stable one would
+        let mut named: Vec<(&str, u32)> =
+            list.iter().enumerate().map(|(index, symbol)| (symbol.name.as_str(), index as u32)).collect();
+        named.sort_unstable();
+        let by_name = named.into_iter().map(|(_, index)| index).collect();
         Self { list, by_name }
     }
 

@@ -445,10 +445,12 @@ impl Mapping {
 
     /// One part's [`GuestRam::for_each_page_in`](crate::ram::GuestRam::for_each_page_in): page
     /// indexes of this mapping, `pages` clamped to it; the data and hole runs are looked up a
-    /// chunk at a time.
+    /// chunk at a time. Only the first `head` bytes of each page are copied and handed to
+    /// `each` (all of it with [`PAGE_SIZE`]).
     pub(crate) fn for_each_page_in(
         &self,
         pages: std::ops::Range<usize>,
+        head: usize,
         mut each: impl FnMut(usize, Option<&[u8]>),
     ) -> Result<(), BridgeError> {
         const CHUNK: usize = 1 << 20;
@@ -462,7 +464,7 @@ impl Mapping {
             for segment in self.segments(offset, len)? {
                 // segments are page-aligned inside a chunk (chunks are whole pages)
                 for start in (segment.start..segment.end).step_by(PAGE_SIZE) {
-                    let page = &mut buffer[..PAGE_SIZE.min(segment.end - start)];
+                    let page = &mut buffer[..head.min(PAGE_SIZE).min(segment.end - start)];
                     if segment.data {
                         let part = Segment { start, end: start + page.len(), data: true };
                         self.copy_segments(start, page, &[part])?;
