@@ -2,7 +2,8 @@
 Vm.read and Vm.view of 8 B, 4 KiB and 1 MiB against a slice of Python's own mmap of the RAM
 file (the floor: no QMP, no checks); drgn listing every task of a Linux guest with about 1,050
 processes through qemu_bridge.drgn.program (BTF, no vmlinux) against `drgn --qemu SOCKET` and
-`drgn -c MOUNT/VM/core` with Debian's DWARF vmlinux; qemu-bridge-vol's linux.pslist against
+`drgn -c MOUNT/VM/core` with Debian's DWARF vmlinux, and drgn's own start-up that all three pay
+(the interpreter, its imports, its plugins); qemu-bridge-vol's linux.pslist against
 `vol -f MOUNT/VM/core`.
 
     python python/benches/bench.py [--run-dir DIR]   # launches its VMs with target/debug/qemu-bridge
@@ -103,10 +104,19 @@ def tools(run_dir: str) -> None:
         core = f"{mount}/{name}/core"
         qemu = median_run(["drgn", "--qemu", f"{run_dir}/{name}.qmp", "-s", vmlinux, "-q", "-e", count])
         on_core = median_run(["drgn", "-c", core, "-s", vmlinux, "-q", "-e", count])
+        # what all three pay before reading anything: the interpreter, drgn's imports and its
+        # plugins (loaded when a program becomes a Linux kernel)
+        floor = median_run(
+            [sys.executable, "-c", "import drgn.cli, qemu_bridge; from _drgn_util.plugins import _load_plugins; _load_plugins()"]
+        )
         tasks = len(vm.linux.tasks())
         print(f"\ndrgn listing every task of a guest with {tasks} processes (whole process, median of 3):")
+        print(f"  drgn's own start-up (imports, plugins)      {floor:6.2f} s  (paid by each below)")
         print(f"  qemu_bridge.drgn.program (BTF, no vmlinux)  {ours:6.2f} s")
-        print(f"  drgn --qemu SOCKET -s vmlinux               {qemu:6.2f} s  ({qemu / ours:.2f}x ours)")
+        print(
+            f"  drgn --qemu SOCKET -s vmlinux               {qemu:6.2f} s  ({qemu / ours:.2f}x ours;"
+            f" {(qemu - floor) / max(ours - floor, 1e-3):.2f}x beyond the start-up)"
+        )
         print(f"  drgn -c MOUNT/vm/core -s vmlinux            {on_core:6.2f} s  ({on_core / ours:.2f}x ours)")
         vol = str(Path(sys.executable).parent / "qemu-bridge-vol")
         cache = tempfile.mkdtemp(prefix="qb-bench-py-vol-")

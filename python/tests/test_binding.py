@@ -5,6 +5,7 @@ itself on its console."""
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import subprocess
 import sys
@@ -225,17 +226,19 @@ def test_linux_modules_dmesg_kallsyms_and_tables(linux_vm):
     assert "OSRELEASE=" + linux.release in linux.vmcoreinfo
 
 
-def test_volatility_lists_the_guests_processes_with_nothing_prepared(linux_vm):
+def test_volatility_lists_the_guests_processes_with_nothing_prepared(linux_vm, tmp_path):
     require(
         subprocess.run([sys.executable, "-c", "import volatility3"], capture_output=True).returncode == 0,
         "volatility3 (pip install volatility3)",
     )
     vol = os.path.join(os.path.dirname(sys.executable), "qemu-bridge-vol")
+    cache = tmp_path / "cache"
     done = subprocess.run(
         [vol, "--run-dir", linux_vm.run_dir, linux_vm.name, "-q", "-r", "csv", "linux.pslist.PsList"],
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "XDG_CACHE_HOME": str(cache)},
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -245,8 +248,44 @@ def test_volatility_lists_the_guests_processes_with_nothing_prepared(linux_vm):
     listed = {(int(row["PID"]), int(row["PPID"]), row["COMM"]) for row in rows}
     ours = {(task.pid, task.ppid, task.comm) for task in linux_vm.vm.linux.tasks() if task.pid != 0}
     assert len(ours) > 30 and ours <= listed, ours - listed
-    # nothing was left behind: the table lived in a temporary directory for the run
-    assert not any(name.startswith("qemu-bridge-vol-") for name in os.listdir(os.environ.get("TMPDIR", "/tmp")))
+    # the table is kept for the next run, whole, under a hash of the kernel's BTF
+    linux = linux_vm.vm.linux
+    kept = list((cache / "qemu-bridge/volatility").glob(f"*/{linux.isf_name()}"))
+    assert len(kept) == 1 and kept[0].read_text() == linux.isf(), kept
+    assert kept[0].parent.name == hashlib.sha256(linux.btf()).hexdigest()[:16]
+    assert [path.name for path in kept[0].parent.iterdir()] == [linux.isf_name()], "no partial file left"
+
+
+def test_volatility_tables_are_made_once_per_kernel_build(linux_vm, tmp_path, monkeypatch):
+    from qemu_bridge import vol
+
+    linux = linux_vm.vm.linux
+
+    class Counted:
+        """The guest's Linux, counting the tables made of it."""
+
+        made = 0
+
+        def __getattr__(self, name):
+            return getattr(linux, name)
+
+        def isf(self):
+            Counted.made += 1
+            return linux.isf()
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with vol._symbols(Counted()) as first:
+        assert (Path(first) / linux.isf_name()).read_text() == linux.isf()
+    with vol._symbols(Counted()) as second:
+        assert second == first
+    assert Counted.made == 1, "the second run took the kept table"
+    # a cache that cannot be written: a temporary directory for the run, gone after it
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    with vol._symbols(Counted()) as temporary:
+        assert Path(temporary).name.startswith("qemu-bridge-vol-")
+        assert (Path(temporary) / linux.isf_name()).read_text() == linux.isf()
+    assert not Path(temporary).exists() and Counted.made == 2
 
 
 def test_snapshots_equal_the_ram_and_update_in_place(run_dir, tmp_path):
