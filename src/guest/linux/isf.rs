@@ -10,9 +10,8 @@
 //! symbols its plugins take objects from. BTF types no global variable, so those come from a
 //! small table here ([`TYPED_SYMBOLS`]); the rest of the symbols have addresses only.
 
-use std::collections::{HashMap, HashSet};
-
-use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 
 use super::btf::{Btf, TypeKind};
 use super::kallsyms::Symbol;
@@ -60,42 +59,94 @@ pub fn file_name(release: &str, banner: &str) -> String {
 /// The ISF of the kernel whose types are `btf`, whose symbols are `symbols` (at their runtime
 /// addresses, relocated by `kernel_offset`) and whose banner is `banner` (`linux_banner`'s
 /// text, newline included).
+///
+/// The JSON is written as it is made, each type's value once into one string, with the keys of
+/// every object in sorted order (as `serde_json`'s maps write them): a 6.1 kernel's 10 MB table
+/// costs a tenth of what a tree of JSON values did.
 pub fn generate(btf: &Btf, symbols: &[Symbol], banner: &str, kernel_offset: u64) -> Vec<u8> {
     let mut isf = Isf::new(btf);
     isf.types();
     let symbols = isf.symbols(symbols, banner, kernel_offset);
-    let document = json!({
-        "metadata": {
-            "format": "6.2.0",
-            "producer": { "name": "qemu-bridge", "version": env!("CARGO_PKG_VERSION") },
-            "linux": {
-                "symbols": [{ "kind": "symtab", "name": "kallsyms, read from the guest's memory" }],
-                "types": [{ "kind": "dwarf", "name": "BTF, read from the guest's memory" }],
-            },
-        },
-        "base_types": Value::Object(isf.base_types),
-        "user_types": Value::Object(isf.user_types),
-        "enums": Value::Object(isf.enums),
-        "symbols": Value::Object(symbols),
-    });
-    serde_json::to_vec(&document).unwrap_or_default()
+    let mut out = String::with_capacity(16 << 20);
+    out.push_str("{\"base_types\":");
+    object(&mut out, &isf.base_types);
+    out.push_str(",\"enums\":");
+    object(&mut out, &isf.enums);
+    out.push_str(",\"metadata\":{\"format\":\"6.2.0\",\"linux\":{\"symbols\":[{\"kind\":\"symtab\",\"name\":");
+    string(&mut out, "kallsyms, read from the guest's memory");
+    out.push_str("}],\"types\":[{\"kind\":\"dwarf\",\"name\":");
+    string(&mut out, "BTF, read from the guest's memory");
+    out.push_str("}]},\"producer\":{\"name\":\"qemu-bridge\",\"version\":");
+    string(&mut out, env!("CARGO_PKG_VERSION"));
+    out.push_str("}},\"symbols\":");
+    object(&mut out, &symbols);
+    out.push_str(",\"user_types\":");
+    object(&mut out, &isf.user_types);
+    out.push('}');
+    out.into_bytes()
+}
+
+/// `text` as a JSON string, escaped as `serde_json` escapes it (quote, backslash and the
+/// control characters; the rest as it is).
+fn string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A JSON object of `members`' raw values, in their (sorted) order.
+fn object(out: &mut String, members: &BTreeMap<String, String>) {
+    out.push('{');
+    for (index, (name, value)) in members.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        string(out, name);
+        out.push(':');
+        out.push_str(value);
+    }
+    out.push('}');
+}
+
+/// A reference to a named type: `{"kind":KIND,"name":NAME}`.
+fn named(kind: &str, name: &str) -> String {
+    let mut value = String::with_capacity(24 + name.len());
+    let _ = write!(value, "{{\"kind\":\"{kind}\",\"name\":");
+    string(&mut value, name);
+    value.push('}');
+    value
 }
 
 struct Isf<'a> {
     btf: &'a Btf,
     /// The ISF name of each struct, union and enum: its own, or `unnamed_<kind>_<id>`.
     names: HashMap<u32, String>,
-    base_types: Map<String, Value>,
-    user_types: Map<String, Value>,
-    enums: Map<String, Value>,
+    /// Each type's JSON value, by name.
+    base_types: BTreeMap<String, String>,
+    user_types: BTreeMap<String, String>,
+    enums: BTreeMap<String, String>,
 }
 
 impl<'a> Isf<'a> {
     fn new(btf: &'a Btf) -> Self {
-        let mut base_types = Map::new();
+        let mut base_types = BTreeMap::new();
         base_types.insert("pointer".into(), base(8, false, "int"));
         base_types.insert("void".into(), base(0, false, "void"));
-        Self { btf, names: HashMap::new(), base_types, user_types: Map::new(), enums: Map::new() }
+        Self { btf, names: HashMap::new(), base_types, user_types: BTreeMap::new(), enums: BTreeMap::new() }
     }
 
     /// Every struct, union, enum and base type.
@@ -141,21 +192,25 @@ impl<'a> Isf<'a> {
                         } else {
                             "struct"
                         };
+                        let mut value = String::from("{\"fields\":");
                         let fields = self.fields(id);
-                        self.user_types.insert(name, json!({ "kind": kind, "size": size, "fields": fields }));
+                        object(&mut value, &fields);
+                        let _ = write!(value, ",\"kind\":\"{kind}\",\"size\":{size}}}");
+                        self.user_types.insert(name, value);
                     }
                 }
                 Some(TypeKind::Enum { size, signed }) => {
                     let name = self.names[&id].clone();
                     if !self.enums.contains_key(&name) {
                         let base_name = self.integer(size, signed);
-                        let constants: Map<String, Value> = btf
-                            .enumerators(id)
-                            .into_iter()
-                            .map(|(name, value)| (name, json!(value)))
-                            .collect();
-                        self.enums
-                            .insert(name, json!({ "size": size, "base": base_name, "constants": constants }));
+                        let constants: BTreeMap<String, String> =
+                            btf.enumerators(id).into_iter().map(|(name, value)| (name, value.to_string())).collect();
+                        let mut value = String::from("{\"base\":");
+                        string(&mut value, base_name);
+                        value.push_str(",\"constants\":");
+                        object(&mut value, &constants);
+                        let _ = write!(value, ",\"size\":{size}}}");
+                        self.enums.insert(name, value);
                     }
                 }
                 _ => {}
@@ -167,7 +222,7 @@ impl<'a> Isf<'a> {
                 let name = btf.type_name(id);
                 if !name.is_empty() && !self.user_types.contains_key(&name) {
                     let kind = if union { "union" } else { "struct" };
-                    self.user_types.insert(name, json!({ "kind": kind, "size": 0, "fields": {} }));
+                    self.user_types.insert(name, format!("{{\"fields\":{{}},\"kind\":\"{kind}\",\"size\":0}}"));
                 }
             }
         }
@@ -186,16 +241,19 @@ impl<'a> Isf<'a> {
             (_, false) => "unsigned int",
         };
         let kind = if size == 1 { "char" } else { "int" };
-        self.base_types.entry(name).or_insert_with(|| base(size.clamp(1, 8), signed, kind));
+        if !self.base_types.contains_key(name) {
+            self.base_types.insert(name.into(), base(size.clamp(1, 8), signed, kind));
+        }
         name
     }
 
     /// The fields of struct or union `id`: anonymous members named for their place and marked,
     /// bitfields at the offset of the unit of their type that holds them.
-    fn fields(&mut self, id: u32) -> Map<String, Value> {
-        let mut fields = Map::new();
+    fn fields(&mut self, id: u32) -> BTreeMap<String, String> {
+        let mut fields = BTreeMap::new();
         for (index, member) in self.btf.members(id).into_iter().enumerate() {
-            let reference = self.reference(member.type_id, 0);
+            let mut reference = String::new();
+            self.reference(&mut reference, member.type_id, 0);
             let (name, anonymous) = match member.name.is_empty() {
                 true => (format!("unnamed_field_{index}"), true),
                 false => (member.name, false),
@@ -206,60 +264,62 @@ impl<'a> Isf<'a> {
                 if u64::from(member.bit_offset) + u64::from(member.bitfield_bits) > offset + unit {
                     offset = u64::from(member.bit_offset) / 8 * 8;
                 }
-                json!({
-                    "offset": offset / 8,
-                    "type": {
-                        "kind": "bitfield",
-                        "bit_position": u64::from(member.bit_offset) - offset,
-                        "bit_length": member.bitfield_bits,
-                        "type": reference,
-                    },
-                })
+                format!(
+                    "{{\"offset\":{},\"type\":{{\"bit_length\":{},\"bit_position\":{},\"kind\":\"bitfield\",\"type\":{reference}}}}}",
+                    offset / 8,
+                    member.bitfield_bits,
+                    u64::from(member.bit_offset) - offset,
+                )
             } else if anonymous {
-                json!({ "offset": member.bit_offset / 8, "type": reference, "anonymous": true })
+                format!("{{\"anonymous\":true,\"offset\":{},\"type\":{reference}}}", member.bit_offset / 8)
             } else {
-                json!({ "offset": member.bit_offset / 8, "type": reference })
+                format!("{{\"offset\":{},\"type\":{reference}}}", member.bit_offset / 8)
             };
             fields.insert(name, field);
         }
         fields
     }
 
-    /// The ISF reference to type `id`: typedefs and qualifiers resolved, at most
-    /// [`MAX_NESTING`] deep (deeper is `void`).
-    fn reference(&mut self, id: u32, depth: usize) -> Value {
+    /// The ISF reference to type `id`, written to `out`: typedefs and qualifiers resolved, at
+    /// most [`MAX_NESTING`] deep (deeper is `void`).
+    fn reference(&mut self, out: &mut String, id: u32, depth: usize) {
         if depth >= MAX_NESTING {
-            return json!({ "kind": "base", "name": "void" });
+            out.push_str("{\"kind\":\"base\",\"name\":\"void\"}");
+            return;
         }
         match self.btf.kind(id) {
             Some(TypeKind::Int { size, signed, .. }) => {
                 let name = self.btf.type_name(id);
                 let name = if name.is_empty() { self.integer(size, signed).to_string() } else { name };
-                json!({ "kind": "base", "name": name })
+                out.push_str(&named("base", &name));
             }
-            Some(TypeKind::Float { .. }) => json!({ "kind": "base", "name": self.btf.type_name(id) }),
+            Some(TypeKind::Float { .. }) => out.push_str(&named("base", &self.btf.type_name(id))),
             Some(TypeKind::Pointer(to)) => {
-                json!({ "kind": "pointer", "subtype": self.reference(to, depth + 1) })
+                out.push_str("{\"kind\":\"pointer\",\"subtype\":");
+                self.reference(out, to, depth + 1);
+                out.push('}');
             }
             Some(TypeKind::Array { element, count }) => {
-                json!({ "kind": "array", "count": count, "subtype": self.reference(element, depth + 1) })
+                let _ = write!(out, "{{\"count\":{count},\"kind\":\"array\",\"subtype\":");
+                self.reference(out, element, depth + 1);
+                out.push('}');
             }
-            Some(TypeKind::Struct { .. }) => json!({ "kind": "struct", "name": self.names[&id] }),
-            Some(TypeKind::Union { .. }) => json!({ "kind": "union", "name": self.names[&id] }),
-            Some(TypeKind::Enum { .. }) => json!({ "kind": "enum", "name": self.names[&id] }),
+            Some(TypeKind::Struct { .. }) => out.push_str(&named("struct", &self.names[&id])),
+            Some(TypeKind::Union { .. }) => out.push_str(&named("union", &self.names[&id])),
+            Some(TypeKind::Enum { .. }) => out.push_str(&named("enum", &self.names[&id])),
             Some(TypeKind::Forward { union }) => {
-                json!({ "kind": if union { "union" } else { "struct" }, "name": self.btf.type_name(id) })
+                out.push_str(&named(if union { "union" } else { "struct" }, &self.btf.type_name(id)))
             }
-            Some(TypeKind::Alias(to)) => self.reference(to, depth + 1),
-            Some(TypeKind::Function) => json!({ "kind": "function" }),
-            Some(TypeKind::Void | TypeKind::Other) | None => json!({ "kind": "base", "name": "void" }),
+            Some(TypeKind::Alias(to)) => self.reference(out, to, depth + 1),
+            Some(TypeKind::Function) => out.push_str("{\"kind\":\"function\"}"),
+            Some(TypeKind::Void | TypeKind::Other) | None => out.push_str("{\"kind\":\"base\",\"name\":\"void\"}"),
         }
     }
 
     /// Every symbol at its link-time address, the banner's bytes on `linux_banner`, the objects
     /// of [`TYPED_SYMBOLS`] typed where the BTF has their type.
-    fn symbols(&mut self, symbols: &[Symbol], banner: &str, kernel_offset: u64) -> Map<String, Value> {
-        let mut table = Map::new();
+    fn symbols(&mut self, symbols: &[Symbol], banner: &str, kernel_offset: u64) -> BTreeMap<String, String> {
+        let mut table = BTreeMap::new();
         for symbol in symbols {
             if table.contains_key(&symbol.name) || LEFT_OUT.contains(&symbol.name.as_str()) {
                 continue;
@@ -270,30 +330,42 @@ impl<'a> Isf<'a> {
             } else {
                 symbol.address
             };
-            let mut entry = Map::new();
-            entry.insert("address".into(), json!(address));
+            let mut kind = None;
             if let Some((_, type_name)) = TYPED_SYMBOLS.iter().find(|(name, _)| *name == symbol.name) {
                 if self.user_types.contains_key(*type_name) {
-                    entry.insert("type".into(), json!({ "kind": "struct", "name": type_name }));
+                    kind = Some(named("struct", type_name));
                 }
             }
             if let Some((_, members)) = ANONYMOUS_TYPED.iter().find(|(name, _)| *name == symbol.name) {
                 if let Some(type_name) = self.anonymous_struct(members) {
-                    entry.insert("type".into(), json!({ "kind": "struct", "name": type_name }));
+                    kind = Some(named("struct", &type_name));
                 }
             }
+            let mut constant_data = None;
             if symbol.name == "linux_banner" {
                 let mut bytes = banner.as_bytes().to_vec();
                 bytes.push(0);
                 self.integer(1, true);
-                self.base_types.entry("char").or_insert_with(|| base(1, true, "char"));
-                entry.insert(
-                    "type".into(),
-                    json!({ "kind": "array", "count": bytes.len(), "subtype": { "kind": "base", "name": "char" } }),
-                );
-                entry.insert("constant_data".into(), json!(base64(&bytes)));
+                if !self.base_types.contains_key("char") {
+                    self.base_types.insert("char".into(), base(1, true, "char"));
+                }
+                kind = Some(format!(
+                    "{{\"count\":{},\"kind\":\"array\",\"subtype\":{{\"kind\":\"base\",\"name\":\"char\"}}}}",
+                    bytes.len()
+                ));
+                constant_data = Some(base64(&bytes));
             }
-            table.insert(symbol.name.clone(), Value::Object(entry));
+            let mut entry = format!("{{\"address\":{address}");
+            if let Some(data) = constant_data {
+                entry.push_str(",\"constant_data\":");
+                string(&mut entry, &data);
+            }
+            if let Some(kind) = kind {
+                entry.push_str(",\"type\":");
+                entry.push_str(&kind);
+            }
+            entry.push('}');
+            table.insert(symbol.name.clone(), entry);
         }
         table
     }
@@ -314,8 +386,9 @@ impl Isf<'_> {
     }
 }
 
-fn base(size: u32, signed: bool, kind: &str) -> Value {
-    json!({ "size": size, "signed": signed, "kind": kind, "endian": "little" })
+/// A base type's JSON value.
+fn base(size: u32, signed: bool, kind: &str) -> String {
+    format!("{{\"endian\":\"little\",\"kind\":\"{kind}\",\"signed\":{signed},\"size\":{size}}}")
 }
 
 /// Standard base64 with padding (RFC 4648), as Volatility decodes `constant_data`: 20 lines
@@ -341,6 +414,7 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     #[test]
     fn base64_is_rfc_4648() {
