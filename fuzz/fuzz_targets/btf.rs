@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
             // found by its name
             if let Some((_, _, name_off)) = btf.record(id) {
                 let name = btf.type_name(id);
-                if name_off != 0 && !name.is_empty() && !name.contains('?') {
+                if name_off != 0 && !name.is_empty() && !name.contains(char::REPLACEMENT_CHARACTER) {
                     assert!(btf.ids_named(&name).any(|found| found == id), "type {id} {name:?}");
                 }
             }

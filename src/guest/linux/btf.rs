@@ -394,7 +394,8 @@ impl Btf {
         })
     }
 
-    /// The name of type `id` (empty for an anonymous one; bytes that are not UTF-8 as `?`).
+    /// The name of type `id` (empty for an anonymous one; bytes that are not UTF-8 as U+FFFD,
+    /// the replacement character).
     pub fn type_name(&self, id: u32) -> String {
         let offset = self.types.get(id as usize).map_or(0, |entry| entry.name_off);
         String::from_utf8_lossy(self.name(offset)).into_owned()

@@ -487,7 +487,7 @@ impl<'a, M: GuestMemory + ?Sized> Process<'a, M> {
     }
 }
 
-/// Text as `seq_file_path` writes it: a newline as `\012`; bytes that are not UTF-8 as `?`.
+/// Text as `seq_file_path` writes it: a newline as `\012`; bytes that are not UTF-8 as U+FFFD.
 fn escape(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).replace('\n', "\\012")
 }
