@@ -313,13 +313,7 @@ impl Btf {
 
     /// The first type (lowest id) of kind `kind` named `name`.
     fn find(&self, kind: u8, name: &str) -> Option<u32> {
-        let name = name.as_bytes();
-        let first = self.by_name.partition_point(|&id| self.name(self.types[id as usize].name_off) < name);
-        self.by_name[first..]
-            .iter()
-            .take_while(|&&id| self.name(self.types[id as usize].name_off) == name)
-            .find(|&&id| self.types[id as usize].kind == kind)
-            .copied()
+        self.ids_named(name).find(|&id| self.types[id as usize].kind == kind)
     }
 
     /// Where the raw record of type `id` is, for a reader that decodes records itself (the
